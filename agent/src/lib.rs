@@ -1,0 +1,371 @@
+//! The host agent: one per data-plane host.
+//!
+//! It dials out to the control plane (never the other way round): registers with its
+//! bootstrap token for a host-scoped token, long-polls its desired state and keeps the last
+//! copy on disk, and converges — one supervisor task per PostgreSQL instance creates
+//! (from a pre-initialised template when it is ready), configures, starts, health-checks,
+//! stops and deletes. It reports what it observes in heartbeats. With the control plane
+//! down it keeps running what it last knew (static stability).
+
+mod supervisor;
+
+use anyhow::{bail, Context, Result};
+use highrise_api::{DesiredState, Heartbeat, ObservedInstance, RegisterHost, Registered};
+use highrise_pg::{PgBin, RunAs};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub host_id: String,
+    /// The host's disk: token, desired state, template, instances.
+    pub dir: PathBuf,
+    /// The host's own address; PostgreSQL listens here.
+    pub address: String,
+    pub control_url: String,
+    pub metadata_url: Option<String>,
+    pub bootstrap_token: Option<String>,
+    /// Stop (and stop PostgreSQL) when the parent process goes away.
+    pub exit_with_parent: bool,
+}
+
+/// What supervisors share with the heartbeat task.
+pub(crate) struct Shared {
+    pub cfg: AgentConfig,
+    pub bin: PgBin,
+    pub run_as: Option<RunAs>,
+    pub observed: Mutex<BTreeMap<String, ObservedInstance>>,
+    pub observed_changed: Notify,
+    pub template: tokio::sync::OnceCell<Result<PathBuf, String>>,
+}
+
+impl Shared {
+    pub fn report(&self, o: ObservedInstance) {
+        let mut map = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&o.id) != Some(&o) {
+            map.insert(o.id.clone(), o);
+            drop(map);
+            self.observed_changed.notify_one();
+        }
+    }
+
+    pub fn forget(&self, id: &str) {
+        let mut map = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        if map.remove(id).is_some() {
+            drop(map);
+            self.observed_changed.notify_one();
+        }
+    }
+
+    /// The template data directory, initialised once per host (a never-started initdb).
+    pub async fn template(&self) -> Result<PathBuf> {
+        let res = self
+            .template
+            .get_or_init(|| async {
+                let dir = self.cfg.dir.join("template");
+                let ready = self.cfg.dir.join("template.ready");
+                if ready.exists() {
+                    return Ok(dir);
+                }
+                let bin = self.bin.clone();
+                let run_as = self.run_as;
+                let d = dir.clone();
+                let res = tokio::task::spawn_blocking(move || -> Result<()> {
+                    if d.exists() {
+                        std::fs::remove_dir_all(&d).context("clear half-made template")?;
+                    }
+                    highrise_pg::initdb(&bin, &d, run_as)?;
+                    highrise_pg::sync_datadir(&bin, &d, run_as)?;
+                    std::fs::write(&ready, b"").context("mark template ready")?;
+                    Ok(())
+                })
+                .await;
+                match res {
+                    Ok(Ok(())) => Ok(dir),
+                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Err(e) => Err(format!("template task failed: {e}")),
+                }
+            })
+            .await;
+        res.clone().map_err(|e| anyhow::anyhow!("prepare template: {e}"))
+    }
+}
+
+fn http() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+        .context("build HTTP client")
+}
+
+/// Runs the agent until SIGTERM/SIGINT (or the parent's exit, if asked).
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    let run_as = RunAs::detect()?;
+    let bin = PgBin::find(15)?;
+    std::fs::create_dir_all(cfg.dir.join("i")).with_context(|| format!("create {}", cfg.dir.display()))?;
+    if run_as.is_some() {
+        check_traversable(&cfg.dir)?;
+    }
+    let client = http()?;
+    let token = host_token(&cfg, &client).await?;
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        bin,
+        run_as,
+        observed: Mutex::new(BTreeMap::new()),
+        observed_changed: Notify::new(),
+        template: tokio::sync::OnceCell::new(),
+    });
+    // Prepare the template before anyone asks for it.
+    {
+        let s = Arc::clone(&shared);
+        tokio::spawn(async move {
+            if let Err(e) = s.template().await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
+
+    let desired_file = cfg.dir.join("desired.json");
+    let initial: Option<DesiredState> = match std::fs::read(&desired_file) {
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!("ignore unreadable {}: {e}", desired_file.display());
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    let (desired_tx, desired_rx) = watch::channel(initial);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let poller = tokio::spawn(poll_desired(
+        client.clone(),
+        cfg.clone(),
+        token.clone(),
+        desired_file,
+        desired_tx,
+        stop_rx.clone(),
+    ));
+    let beats = tokio::spawn(heartbeats(
+        client,
+        cfg.clone(),
+        token,
+        Arc::clone(&shared),
+        stop_rx.clone(),
+    ));
+    let converge = tokio::spawn(supervisor::converge(Arc::clone(&shared), desired_rx, stop_rx));
+
+    wait_for_stop(&cfg).await;
+    tracing::info!("stopping: PostgreSQL instances are shut down, their data stays");
+    let _ = stop_tx.send(true);
+    if let Err(e) = converge.await {
+        tracing::error!("converge task: {e}");
+    }
+    poller.abort();
+    beats.abort();
+    Ok(())
+}
+
+/// PostgreSQL runs as another OS user and must be able to reach the host directory.
+fn check_traversable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolve {}", dir.display()))?;
+    for anc in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(anc)
+            .with_context(|| format!("stat {}", anc.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            bail!(
+                "{} is not searchable by other users (mode {:o}), so the unprivileged PostgreSQL user cannot reach {}; use a data directory under /tmp or /var/lib, or chmod o+x it",
+                anc.display(),
+                mode & 0o777,
+                dir.display()
+            );
+        }
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+        .context("open host directory to PostgreSQL")?;
+    std::fs::set_permissions(dir.join("i"), std::fs::Permissions::from_mode(0o711))
+        .context("open instance directory to PostgreSQL")?;
+    Ok(())
+}
+
+async fn wait_for_stop(cfg: &AgentConfig) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    let parent = nix::unistd::getppid();
+    let watch_parent = cfg.exit_with_parent;
+    let orphaned = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if watch_parent && nix::unistd::getppid() != parent {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = orphaned => tracing::warn!("parent process exited"),
+    }
+}
+
+/// The host token from disk, or a fresh one from registering with the bootstrap token.
+async fn host_token(cfg: &AgentConfig, client: &reqwest::Client) -> Result<String> {
+    let path = cfg.dir.join("host-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let bootstrap = cfg
+        .bootstrap_token
+        .clone()
+        .context("no host token on disk and no bootstrap token (HIGHRISE_BOOTSTRAP_TOKEN) given")?;
+    let body = RegisterHost {
+        host_id: cfg.host_id.clone(),
+        bootstrap_token: bootstrap,
+        address: cfg.address.clone(),
+    };
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let res = client
+            .post(format!("{}/v1/agent/register", cfg.control_url))
+            .timeout(Duration::from_secs(10))
+            .json(&body)
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() => {
+                let reg: Registered = r.json().await.context("parse registration answer")?;
+                write_atomic(&path, reg.host_token.as_bytes())?;
+                tracing::info!("registered with the control plane");
+                return Ok(reg.host_token);
+            }
+            Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                bail!("the control plane refused the bootstrap token")
+            }
+            Ok(r) => tracing::warn!("register: control plane answered {}", r.status()),
+            Err(e) => tracing::warn!("register: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))?;
+    Ok(())
+}
+
+async fn poll_desired(
+    client: reqwest::Client,
+    cfg: AgentConfig,
+    token: String,
+    file: PathBuf,
+    tx: watch::Sender<Option<DesiredState>>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let known = tx.borrow().as_ref().map(|d| d.version.clone()).unwrap_or_default();
+        let res = client
+            .get(format!("{}/v1/agent/desired", cfg.control_url))
+            .query(&[("known", known.as_str()), ("wait", "25")])
+            .bearer_auth(&token)
+            .timeout(Duration::from_secs(35))
+            .send()
+            .await;
+        let res = match res {
+            Ok(r) if r.status().is_success() => r.json::<DesiredState>().await.map_err(anyhow::Error::from),
+            Ok(r) => Err(anyhow::anyhow!("control plane answered {}", r.status())),
+            Err(e) => Err(e.into()),
+        };
+        match res {
+            Ok(d) => {
+                failures = 0;
+                if tx.borrow().as_ref() != Some(&d) {
+                    match serde_json::to_vec(&d)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|b| write_atomic(&file, &b))
+                    {
+                        Ok(()) => {}
+                        Err(e) => tracing::error!("persist desired state: {e:#}"),
+                    }
+                    tx.send_replace(Some(d));
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::warn!("fetch desired state (keeping the last one): {e:#}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeats(
+    client: reqwest::Client,
+    cfg: AgentConfig,
+    token: String,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let instances: Vec<ObservedInstance> = shared
+            .observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let res = client
+            .post(format!("{}/v1/agent/heartbeat", cfg.control_url))
+            .bearer_auth(&token)
+            .timeout(Duration::from_secs(5))
+            .json(&Heartbeat { instances })
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() => failures = 0,
+            Ok(r) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::warn!("heartbeat: control plane answered {}", r.status());
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::warn!("heartbeat: {e}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shared.observed_changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

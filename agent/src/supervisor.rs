@@ -1,0 +1,366 @@
+//! Convergence: one supervisor task per PostgreSQL instance of the desired state.
+//!
+//! A supervisor owns its instance's directory `<host>/i/<id>/` (data directory, socket
+//! directory, log, `instance.json`) and nothing else. It creates the instance (copy of the
+//! host's template, or initdb), configures and starts it, checks its health every second,
+//! restarts it when it dies, and — when the instance leaves the desired state — stops it
+//! and removes its directory. On agent shutdown it stops PostgreSQL and keeps the data.
+
+use crate::{write_atomic, Shared};
+use anyhow::{bail, Context, Result};
+use highrise_api::{DesiredState, InstanceSpec, InstanceState, ObservedInstance};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Command {
+    Run(Box<InstanceSpec>),
+    Delete,
+}
+
+/// Follows the desired state: starts a supervisor per new instance, updates existing
+/// ones, deletes what left. Returns after every supervisor has stopped on shutdown.
+pub async fn converge(
+    shared: Arc<Shared>,
+    mut desired: watch::Receiver<Option<DesiredState>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tasks: BTreeMap<String, (watch::Sender<Command>, JoinHandle<()>)> = BTreeMap::new();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let current = desired.borrow_and_update().clone();
+        tasks.retain(|_, (_, h)| !h.is_finished());
+        if let Some(d) = current {
+            for spec in &d.instances {
+                let cmd = Command::Run(Box::new(spec.clone()));
+                match tasks.get(&spec.id) {
+                    Some((tx, _)) => {
+                        tx.send_if_modified(|c| {
+                            let changed = *c != cmd;
+                            *c = cmd.clone();
+                            changed
+                        });
+                    }
+                    None => {
+                        let (tx, rx) = watch::channel(cmd);
+                        let h = tokio::spawn(supervise(Arc::clone(&shared), spec.id.clone(), rx, stop.clone()));
+                        tasks.insert(spec.id.clone(), (tx, h));
+                    }
+                }
+            }
+            let wanted: Vec<&str> = d.instances.iter().map(|s| s.id.as_str()).collect();
+            for (id, (tx, _)) in tasks.iter() {
+                if !wanted.contains(&id.as_str()) {
+                    tx.send_if_modified(|c| {
+                        let changed = *c != Command::Delete;
+                        *c = Command::Delete;
+                        changed
+                    });
+                }
+            }
+            // Directories of instances this host no longer runs (e.g. deleted while the
+            // agent was down).
+            if let Ok(entries) = std::fs::read_dir(shared.cfg.dir.join("i")) {
+                for e in entries.flatten() {
+                    let id = e.file_name().to_string_lossy().to_string();
+                    if !wanted.contains(&id.as_str()) && !tasks.contains_key(&id) {
+                        let (tx, rx) = watch::channel(Command::Delete);
+                        let h = tokio::spawn(supervise(Arc::clone(&shared), id.clone(), rx, stop.clone()));
+                        tasks.insert(id, (tx, h));
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = desired.changed() => if r.is_err() { break },
+            _ = stop.changed() => {}
+            // Notice supervisors that finished (deletions) and re-check.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    for (_, (_, h)) in tasks {
+        let _ = h.await;
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LocalState {
+    port: u16,
+    initialized: bool,
+}
+
+struct Instance {
+    shared: Arc<Shared>,
+    id: String,
+    dir: PathBuf,
+    pgdata: PathBuf,
+    socket_dir: PathBuf,
+    log: PathBuf,
+    state_file: PathBuf,
+    local: LocalState,
+    pid: Option<u32>,
+    /// The spec whose role and database were last applied to the running server.
+    applied: Option<InstanceSpec>,
+    admin: Option<sqlx::PgConnection>,
+}
+
+impl Instance {
+    fn new(shared: Arc<Shared>, id: String) -> Self {
+        let dir = shared.cfg.dir.join("i").join(&id);
+        let pgdata = dir.join("pgdata");
+        // Unix socket paths are limited to 107 bytes; fall back to a short directory.
+        let mut socket_dir = dir.join("s");
+        if socket_dir.as_os_str().len() + 20 > 100 {
+            socket_dir = PathBuf::from(format!("/tmp/highrise-{id}"));
+        }
+        let state_file = dir.join("instance.json");
+        let local = std::fs::read(&state_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let pid = highrise_pg::running_pid(&pgdata);
+        Self {
+            log: dir.join("postgres.log"),
+            shared,
+            id,
+            dir,
+            pgdata,
+            socket_dir,
+            state_file,
+            local,
+            pid,
+            applied: None,
+            admin: None,
+        }
+    }
+
+    fn save(&self) -> Result<()> {
+        write_atomic(
+            &self.state_file,
+            &serde_json::to_vec(&self.local).context("serialize instance state")?,
+        )
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.shared.cfg.address, self.local.port)
+    }
+
+    fn observed(&self, state: InstanceState, error: Option<String>) -> ObservedInstance {
+        ObservedInstance {
+            id: self.id.clone(),
+            state,
+            addr: (self.local.port != 0 && state != InstanceState::Creating).then(|| self.addr()),
+            error,
+        }
+    }
+
+    /// Creates the data directory: a copy of the host's template, or initdb.
+    async fn create(&mut self) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        highrise_pg::own_dir(&self.dir, None, 0o711)?;
+        let template = shared.template().await;
+        let (bin, run_as, pgdata) = (shared.bin.clone(), shared.run_as, self.pgdata.clone());
+        tokio::task::spawn_blocking(move || match template {
+            Ok(t) => highrise_pg::copy_template(&t, &pgdata),
+            Err(e) => {
+                tracing::warn!("{e:#}; running initdb instead");
+                if pgdata.exists() {
+                    std::fs::remove_dir_all(&pgdata).context("clear half-made data directory")?;
+                }
+                highrise_pg::initdb(&bin, &pgdata, run_as)
+            }
+        })
+        .await
+        .context("create data directory task")??;
+        if self.local.port == 0 {
+            self.local.port = pick_port(&shared.cfg.address)?;
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self, spec: &InstanceSpec) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        highrise_pg::own_dir(&self.socket_dir, shared.run_as, 0o700)?;
+        let cfg = highrise_pg::ServerConfig {
+            listen_addr: shared.cfg.address.clone(),
+            port: self.local.port,
+            socket_dir: self.socket_dir.clone(),
+            memory_mb: spec.memory_mb,
+            tcp_logins: vec![(spec.owner.clone(), spec.database.clone())],
+        };
+        highrise_pg::write_config(&self.pgdata, &cfg, shared.run_as)?;
+        let pid = highrise_pg::start(&shared.bin, &self.pgdata, &self.log, shared.run_as)?;
+        self.pid = Some(pid);
+        highrise_pg::wait_ready(&self.pgdata, pid, &self.log, Duration::from_secs(60)).await?;
+        self.applied = None;
+        self.admin = None;
+        Ok(())
+    }
+
+    async fn admin(&mut self) -> Result<&mut sqlx::PgConnection> {
+        if self.admin.is_none() {
+            let conn = tokio::time::timeout(
+                Duration::from_secs(5),
+                highrise_pg::admin_connect(&self.socket_dir, self.local.port, "postgres"),
+            )
+            .await
+            .context("connect as admin: timed out")??;
+            self.admin = Some(conn);
+        }
+        self.admin.as_mut().context("admin connection")
+    }
+
+    /// Brings the instance to running with `spec` applied; returns its health.
+    async fn converge(&mut self, spec: &InstanceSpec) -> Result<InstanceState> {
+        if !self.local.initialized {
+            self.shared.report(self.observed(InstanceState::Creating, None));
+            if let Some(pid) = self.pid.take() {
+                highrise_pg::stop(pid, Duration::from_secs(10)).await?;
+            }
+            self.create().await?;
+            self.start(spec).await?;
+            self.apply(spec).await?;
+            self.local.initialized = true;
+            self.save()?;
+            // Durability of the copied files, off the critical path.
+            let (bin, pgdata, run_as) = (self.shared.bin.clone(), self.pgdata.clone(), self.shared.run_as);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = highrise_pg::sync_datadir(&bin, &pgdata, run_as) {
+                    tracing::warn!("{e:#}");
+                }
+            });
+            tracing::info!(instance = %self.id, addr = %self.addr(), "instance created");
+            return Ok(InstanceState::Running);
+        }
+        let alive = self
+            .pid
+            .is_some_and(|_| highrise_pg::running_pid(&self.pgdata).is_some());
+        if !alive {
+            if self.pid.is_some() {
+                tracing::warn!(instance = %self.id, "postgres is gone; restarting: {}", highrise_pg::log_tail(&self.log));
+            }
+            self.start(spec).await?;
+            tracing::info!(instance = %self.id, addr = %self.addr(), "instance started");
+        }
+        if self.applied.as_ref() != Some(spec) {
+            self.apply(spec).await?;
+        }
+        let healthy = match self.admin().await {
+            Ok(conn) => tokio::time::timeout(Duration::from_secs(3), sqlx::query("select 1").execute(conn))
+                .await
+                .map(|r| r.is_ok())
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        if !healthy {
+            self.admin = None;
+            return Ok(InstanceState::Unhealthy);
+        }
+        Ok(InstanceState::Running)
+    }
+
+    async fn apply(&mut self, spec: &InstanceSpec) -> Result<()> {
+        let conn = self.admin().await?;
+        highrise_pg::ensure_owner(conn, &spec.owner, &spec.owner_scram, &spec.database).await?;
+        self.applied = Some(spec.clone());
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        self.admin = None;
+        let pid = self.pid.take().or_else(|| highrise_pg::running_pid(&self.pgdata));
+        if let Some(pid) = pid {
+            highrise_pg::stop(pid, Duration::from_secs(30)).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&mut self) -> Result<()> {
+        self.stop().await?;
+        for d in [&self.dir, &self.socket_dir] {
+            match std::fs::remove_dir_all(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("remove {}", d.display())),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A free TCP port below the ephemeral range on this host's address.
+fn pick_port(address: &str) -> Result<u16> {
+    use rand::Rng;
+    for _ in 0..200 {
+        let port = rand::thread_rng().gen_range(20000..32000);
+        if std::net::TcpListener::bind((address, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on {address}")
+}
+
+async fn supervise(
+    shared: Arc<Shared>,
+    id: String,
+    mut cmd: watch::Receiver<Command>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut inst = Instance::new(Arc::clone(&shared), id.clone());
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if *stop.borrow() {
+            if let Err(e) = inst.stop().await {
+                tracing::error!(instance = %id, "stop: {e:#}");
+            }
+            return;
+        }
+        let current = cmd.borrow_and_update().clone();
+        let mut wait = Duration::from_secs(1);
+        match current {
+            Command::Delete => match inst.delete().await {
+                Ok(()) => {
+                    tracing::info!(instance = %id, "instance deleted");
+                    shared.forget(&id);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(instance = %id, "delete: {e:#}");
+                    wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            },
+            Command::Run(spec) => match inst.converge(&spec).await {
+                Ok(state) => {
+                    backoff = Duration::from_secs(1);
+                    shared.report(inst.observed(state, None));
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    tracing::error!(instance = %id, "{msg}");
+                    let state = if inst.local.initialized {
+                        InstanceState::Unhealthy
+                    } else {
+                        InstanceState::Failed
+                    };
+                    shared.report(inst.observed(state, Some(msg)));
+                    wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            },
+        }
+        tokio::select! {
+            _ = cmd.changed() => {}
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

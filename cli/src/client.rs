@@ -1,0 +1,356 @@
+//! Client commands: talk to the control plane's REST API.
+//!
+//! The API is found through `--api-url`/`--api-key`, then `HIGHRISE_API_URL`/
+//! `HIGHRISE_API_KEY`, then the config file `highrise up` wrote. `--output json` prints
+//! the API's JSON for scripts; text output is for people, and with `--wait` the last line
+//! of `cluster create` is the connection URI.
+
+use crate::up::{default_client_config_path, ClientConfig};
+use anyhow::{bail, Context, Result};
+use highrise_api::{
+    Cluster, CreateCluster, CreateOrg, CreatedCluster, CreatedOrg, ErrorBody, Operation, OperationStatus,
+};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Clone)]
+pub struct Conn {
+    /// Control plane URL (else $HIGHRISE_API_URL, else the config `highrise up` wrote).
+    #[arg(long, global = true)]
+    api_url: Option<String>,
+    /// API key (else $HIGHRISE_API_KEY, else the config `highrise up` wrote).
+    #[arg(long, global = true)]
+    api_key: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: Output,
+    /// Project of the cluster.
+    #[arg(long, global = true)]
+    project: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster.
+    Create {
+        name: String,
+        #[arg(long)]
+        cloud: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// small, medium or large.
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        replicas: Option<u32>,
+        #[arg(long)]
+        spot: bool,
+        /// Wait until the cluster answers queries; the last line printed is its URI.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List clusters.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show one cluster.
+    Show {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a cluster and its data.
+    Delete {
+        name: String,
+        /// Wait until the instance and its data are gone.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum OrgCommand {
+    /// Create an org; prints its first admin key (shown only once).
+    Create {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl Api {
+    fn from(conn: &Conn) -> Result<Self> {
+        let saved: Option<ClientConfig> = default_client_config_path()
+            .map(|p: PathBuf| p)
+            .and_then(|p| std::fs::read(&p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let url = conn
+            .api_url
+            .clone()
+            .or_else(|| std::env::var("HIGHRISE_API_URL").ok())
+            .or_else(|| saved.as_ref().map(|c| c.api_url.clone()))
+            .context(
+                "no API URL: pass --api-url, set HIGHRISE_API_URL, or start `highrise up` (it writes a client config)",
+            )?;
+        let key = conn
+            .api_key
+            .clone()
+            .or_else(|| std::env::var("HIGHRISE_API_KEY").ok())
+            .or_else(|| saved.as_ref().map(|c| c.api_key.clone()))
+            .context("no API key: pass --api-key, set HIGHRISE_API_KEY, or start `highrise up`")?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("build HTTP client")?;
+        Ok(Self {
+            http,
+            url: url.trim_end_matches('/').to_string(),
+            key,
+        })
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        let resp = req
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("reach the control plane at {}", self.url))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.context("read the control plane's answer")?;
+        if !status.is_success() {
+            match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => bail!("{} ({})", e.error.message, status),
+                Err(_) => bail!("control plane answered {status}: {}", String::from_utf8_lossy(&bytes)),
+            }
+        }
+        serde_json::from_slice(&bytes).context("parse the control plane's answer")
+    }
+
+    fn cluster_path(&self, name: &str, project: &Option<String>) -> String {
+        let mut p = format!("{}/v1/clusters/{}", self.url, urlencode(name));
+        if let Some(project) = project {
+            p.push_str(&format!("?project={}", urlencode(project)));
+        }
+        p
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Polls an operation until it ends, showing progress on a terminal.
+async fn wait_operation(api: &Api, op: &Operation, what: &str) -> Result<Operation> {
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(20);
+    let mut last_print = Instant::now();
+    loop {
+        let cur: Operation = api
+            .send(api.http.get(format!("{}/v1/operations/{}", api.url, op.id)))
+            .await?;
+        match cur.status {
+            OperationStatus::Succeeded => {
+                if tty {
+                    eprintln!("\r{what}: done in {:.1}s   ", started.elapsed().as_secs_f64());
+                }
+                return Ok(cur);
+            }
+            OperationStatus::Failed => {
+                if tty {
+                    eprintln!();
+                }
+                bail!("{what} failed: {}", cur.error.unwrap_or_else(|| "unknown error".into()))
+            }
+            OperationStatus::Running => {}
+        }
+        if tty && last_print.elapsed() > Duration::from_millis(250) {
+            eprint!("\r{what}: {:.1}s ", started.elapsed().as_secs_f64());
+            let _ = std::io::stderr().flush();
+            last_print = Instant::now();
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("{what}: still running after 10 minutes (operation {})", op.id);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}
+
+fn show_cluster(c: &Cluster) {
+    println!("name:       {}", c.name);
+    println!("id:         {}", c.id);
+    println!("project:    {}", c.project);
+    println!(
+        "status:     {}",
+        serde_json::to_string(&c.status).unwrap_or_default().trim_matches('"')
+    );
+    println!("location:   {} / {}", c.cloud, c.region);
+    println!(
+        "plan:       {}  (PostgreSQL {}, {} replicas)",
+        c.plan, c.pg_version, c.replicas
+    );
+    println!("endpoint:   {}", c.endpoint);
+    println!("term:       {}", c.term);
+    println!("connect:    {}", c.connection_uri);
+    if !c.members.is_empty() {
+        println!("members:");
+        println!(
+            "  {:<24} {:<8} {:<10} {:<24} CLOUD/ZONE",
+            "INSTANCE", "ROLE", "STATE", "HOST"
+        );
+        for m in &c.members {
+            println!(
+                "  {:<24} {:<8} {:<10} {:<24} {}/{}",
+                m.instance_id, m.role, m.state, m.host_id, m.cloud, m.zone
+            );
+        }
+    }
+}
+
+pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
+    match cmd {
+        ClusterCommand::Create {
+            name,
+            cloud,
+            region,
+            plan,
+            replicas,
+            spot,
+            wait,
+            conn,
+        } => {
+            let api = Api::from(&conn)?;
+            let body = CreateCluster {
+                name: name.clone(),
+                project: conn.project.clone(),
+                cloud,
+                region,
+                plan,
+                pg_version: None,
+                replicas,
+                spot: spot.then_some(true),
+            };
+            let mut created: CreatedCluster = api
+                .send(api.http.post(format!("{}/v1/clusters", api.url)).json(&body))
+                .await?;
+            if wait {
+                wait_operation(&api, &created.operation, &format!("creating {name}")).await?;
+                created.cluster = api
+                    .send(api.http.get(api.cluster_path(&created.cluster.id, &conn.project)))
+                    .await?;
+            }
+            if conn.output == Output::Json {
+                return print_json(&created);
+            }
+            println!(
+                "cluster {} ({}) {}",
+                created.cluster.name,
+                created.cluster.id,
+                if wait { "is running" } else { "is being created" }
+            );
+            println!(
+                "password of {} (shown only now): {}",
+                created.cluster.user, created.password
+            );
+            println!("{}", created.connection_uri);
+            Ok(())
+        }
+        ClusterCommand::List { conn } => {
+            let api = Api::from(&conn)?;
+            let clusters: Vec<Cluster> = api.send(api.http.get(format!("{}/v1/clusters", api.url))).await?;
+            if conn.output == Output::Json {
+                return print_json(&clusters);
+            }
+            println!(
+                "{:<20} {:<10} {:<10} {:<10} {:<18} ID",
+                "NAME", "PROJECT", "STATUS", "CLOUD", "ENDPOINT"
+            );
+            for c in clusters {
+                println!(
+                    "{:<20} {:<10} {:<10} {:<10} {:<18} {}",
+                    c.name,
+                    c.project,
+                    serde_json::to_string(&c.status).unwrap_or_default().trim_matches('"'),
+                    c.cloud,
+                    c.endpoint,
+                    c.id
+                );
+            }
+            Ok(())
+        }
+        ClusterCommand::Show { name, conn } => {
+            let api = Api::from(&conn)?;
+            let c: Cluster = api.send(api.http.get(api.cluster_path(&name, &conn.project))).await?;
+            if conn.output == Output::Json {
+                return print_json(&c);
+            }
+            show_cluster(&c);
+            Ok(())
+        }
+        ClusterCommand::Delete { name, wait, conn } => {
+            let api = Api::from(&conn)?;
+            let mut op: Operation = api
+                .send(api.http.delete(api.cluster_path(&name, &conn.project)))
+                .await?;
+            if wait {
+                op = wait_operation(&api, &op, &format!("deleting {name}")).await?;
+            }
+            if conn.output == Output::Json {
+                return print_json(&op);
+            }
+            println!(
+                "cluster {name} {} (operation {})",
+                if wait { "deleted" } else { "is being deleted" },
+                op.id
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn org(cmd: OrgCommand) -> Result<()> {
+    match cmd {
+        OrgCommand::Create { name, conn } => {
+            let api = Api::from(&conn)?;
+            let created: CreatedOrg = api
+                .send(api.http.post(format!("{}/v1/orgs", api.url)).json(&CreateOrg { name }))
+                .await?;
+            if conn.output == Output::Json {
+                return print_json(&created);
+            }
+            println!("org {} ({})", created.org.name, created.org.id);
+            println!("admin API key (shown only now): {}", created.api_key.secret);
+            Ok(())
+        }
+    }
+}

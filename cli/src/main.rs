@@ -1,0 +1,137 @@
+//! `highrise`: every component's entry point (`up`, `control`, `agent`, `proxy`) and the
+//! client commands. Parses arguments and hands over; the work is in the crates.
+
+mod client;
+mod up;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "highrise", version, about = "Cloud-neutral PostgreSQL as a service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run control plane + local land (two clouds) + proxy in the foreground.
+    Up(up::UpArgs),
+    /// Run a host agent (the local land starts these; see `highrise up`).
+    Agent(AgentArgs),
+    /// Run a standalone proxy against a control plane.
+    Proxy(ProxyArgs),
+    /// Manage clusters.
+    #[command(subcommand)]
+    Cluster(client::ClusterCommand),
+    /// Manage orgs (operator key only).
+    #[command(subcommand)]
+    Org(client::OrgCommand),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    #[arg(long)]
+    host_id: String,
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    address: String,
+    #[arg(long)]
+    control_url: String,
+    #[arg(long)]
+    metadata_url: Option<String>,
+    #[arg(long, env = "HIGHRISE_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    bootstrap_token: Option<String>,
+    #[arg(long)]
+    exit_with_parent: bool,
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    #[arg(long, default_value = "127.0.0.1:7432")]
+    listen: SocketAddr,
+    #[arg(long)]
+    control_url: String,
+    #[arg(long, env = "HIGHRISE_PROXY_TOKEN", hide_env_values = true)]
+    token: String,
+    #[arg(long)]
+    cache_file: PathBuf,
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HIGHRISE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let res: Result<()> = rt.block_on(async {
+        match cli.command {
+            Command::Up(args) => {
+                init_logging();
+                up::run(args).await
+            }
+            Command::Agent(a) => {
+                init_logging();
+                highrise_agent::run(highrise_agent::AgentConfig {
+                    host_id: a.host_id,
+                    dir: a.dir,
+                    address: a.address,
+                    control_url: a.control_url,
+                    metadata_url: a.metadata_url,
+                    bootstrap_token: a.bootstrap_token,
+                    exit_with_parent: a.exit_with_parent,
+                })
+                .await
+            }
+            Command::Proxy(p) => {
+                init_logging();
+                let listener = tokio::net::TcpListener::bind(p.listen).await?;
+                let (_tx, rx) = tokio::sync::watch::channel(false);
+                highrise_proxy::run(
+                    listener,
+                    highrise_proxy::ProxyConfig {
+                        control_url: p.control_url,
+                        token: p.token,
+                        cache_file: p.cache_file,
+                        tls: p.tls_cert.zip(p.tls_key),
+                        domain: p.domain,
+                    },
+                    rx,
+                )
+                .await
+            }
+            Command::Cluster(c) => client::cluster(c).await,
+            Command::Org(c) => client::org(c).await,
+        }
+    });
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

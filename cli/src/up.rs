@@ -1,0 +1,285 @@
+//! `highrise up`: the whole service on one machine, in the foreground — control plane on
+//! SQLite, the local land (two clouds) and the proxy, all under one data directory.
+//! Ctrl-C (or SIGTERM) stops everything it started; running it again on the same
+//! directory brings every cluster back with its data.
+
+use anyhow::{bail, Context, Result};
+use highrise_control::{Control, ControlConfig};
+use highrise_provider::local::{default_clouds, LocalLand, LocalLandConfig};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Where everything lives: metadata (SQLite), hosts' disks, object storage.
+    #[arg(long, default_value = ".highrise")]
+    data_dir: PathBuf,
+    /// Address of the REST API.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    api_listen: SocketAddr,
+    /// Address clients connect to with psql.
+    #[arg(long, default_value = "127.0.0.1:7432")]
+    proxy_listen: SocketAddr,
+    /// Metadata store; SQLite under the data directory when omitted.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Where to write the client config (API URL + admin key) that client commands read.
+    #[arg(long, env = "HIGHRISE_CONFIG")]
+    client_config: Option<PathBuf>,
+}
+
+/// The client config file: the API URL and a key.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ClientConfig {
+    pub api_url: String,
+    pub api_key: String,
+}
+
+pub fn default_client_config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HIGHRISE_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("highrise").join("config.json"))
+}
+
+fn secret_file(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => {
+            let s = make();
+            write_private(path, s.as_bytes())?;
+            Ok(s)
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    f.write_all(bytes).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))?;
+    Ok(())
+}
+
+fn random_token() -> String {
+    use std::fmt::Write as _;
+    let mut bytes = [0u8; 32];
+    // /dev/urandom is always there on Linux; failing to read it is fatal anyway.
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// PostgreSQL runs as an unprivileged user when we are root: it must reach the data dir.
+fn prepare_data_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create data directory {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolve {}", dir.display()))?;
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        for anc in dir.ancestors().skip(1) {
+            let mode = std::fs::metadata(anc)?.permissions().mode();
+            if mode & 0o001 == 0 {
+                bail!(
+                    "{} (mode {:o}) cannot be entered by the unprivileged PostgreSQL user; choose a --data-dir elsewhere (e.g. under /tmp or /var/lib) or chmod o+x it",
+                    anc.display(),
+                    mode & 0o777
+                );
+            }
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
+    Ok(dir)
+}
+
+fn ensure_tls(dir: &Path, domain: &str) -> Result<(PathBuf, PathBuf)> {
+    let cert = dir.join("tls").join("proxy.crt");
+    let key = dir.join("tls").join("proxy.key");
+    if !cert.exists() || !key.exists() {
+        let names = vec![format!("*.{domain}"), domain.to_string()];
+        let ck = rcgen::generate_simple_self_signed(names).context("generate the proxy's TLS certificate")?;
+        write_private(&key, ck.key_pair.serialize_pem().as_bytes())?;
+        write_private(&cert, ck.cert.pem().as_bytes())?;
+    }
+    Ok((cert, key))
+}
+
+pub async fn run(args: UpArgs) -> Result<()> {
+    let dir = prepare_data_dir(&args.data_dir)?;
+    // One `up` per data directory.
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("up.lock"))
+        .context("open lock file")?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| anyhow::anyhow!("another `highrise up` is running on {} ({e})", dir.display()))?;
+
+    let api_listener = TcpListener::bind(args.api_listen)
+        .await
+        .with_context(|| format!("listen for the API on {}", args.api_listen))?;
+    let proxy_listener = TcpListener::bind(args.proxy_listen)
+        .await
+        .with_context(|| format!("listen for clients on {}", args.proxy_listen))?;
+    let land_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("listen for the land's metadata service")?;
+    let api_addr = api_listener.local_addr()?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let land_addr = land_listener.local_addr()?;
+    let api_url = format!("http://{api_addr}");
+    let domain = "localhost".to_string();
+
+    let agent_program = std::env::current_exe().context("find the highrise binary")?;
+    let land = LocalLand::open(LocalLandConfig {
+        dir: dir.join("land"),
+        clouds: default_clouds(),
+        agent_program,
+        agent_args: vec!["agent".into()],
+        metadata_base_url: format!("http://{land_addr}"),
+        notice_secs: 30,
+    })?;
+    let proxy_token = secret_file(&dir.join("proxy-token"), random_token)?;
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.join("control.db").display()));
+    let control = Arc::new(
+        Control::open(
+            ControlConfig {
+                database_url,
+                public_url: api_url.clone(),
+                proxy_token: proxy_token.clone(),
+                proxy_public_addr: proxy_addr.to_string(),
+                endpoint_domain: domain.clone(),
+            },
+            land.clone(),
+        )
+        .await?,
+    );
+
+    // The client config: keep a saved key that still works, else mint one.
+    let config_path = args
+        .client_config
+        .clone()
+        .or_else(default_client_config_path)
+        .unwrap_or_else(|| dir.join("client.json"));
+    let saved: Option<ClientConfig> = std::fs::read(&config_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let key = match control.bootstrap_admin().await? {
+        Some(k) => k,
+        None => match saved {
+            Some(c) if control.key_is_valid(&c.api_key).await => c.api_key,
+            _ => control.new_admin_key().await?,
+        },
+    };
+    let client_cfg = ClientConfig {
+        api_url: api_url.clone(),
+        api_key: key,
+    };
+    write_private(&config_path, &serde_json::to_vec_pretty(&client_cfg)?)?;
+    write_private(&dir.join("client.json"), &serde_json::to_vec_pretty(&client_cfg)?)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api = {
+        let router = control.router();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(api_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let land_srv = {
+        let router = land.clone().router();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(land_listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let (reconciler_stop_tx, reconciler_stop_rx) = watch::channel(false);
+    let reconciler = {
+        let control = Arc::clone(&control);
+        tokio::spawn(async move { control.run_reconciler(reconciler_stop_rx).await })
+    };
+    let (tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
+    let proxy = tokio::spawn(highrise_proxy::run(
+        proxy_listener,
+        highrise_proxy::ProxyConfig {
+            control_url: api_url.clone(),
+            token: proxy_token,
+            cache_file: dir.join("proxy-routes.json"),
+            tls: Some((tls_cert, tls_key)),
+            domain: domain.clone(),
+        },
+        stop_rx.clone(),
+    ));
+    land.boot().context("boot the land's hosts")?;
+
+    println!("Highrise is up.");
+    println!("  API:           {api_url}");
+    println!("  proxy:         {proxy_addr}  (psql; TLS host names <endpoint>.{domain})");
+    println!("  client config: {}", config_path.display());
+    println!("  data:          {}", dir.display());
+    println!("Try: highrise cluster create shop --wait");
+    std::io::stdout().flush().ok();
+
+    wait_for_signal().await;
+    tracing::info!("stopping: proxy, reconciler, hosts (and their PostgreSQL), API");
+    let _ = stop_tx.send(true);
+    let _ = reconciler_stop_tx.send(true);
+    let _ = proxy.await;
+    let _ = reconciler.await;
+    land.shutdown().await;
+    let _ = api.await;
+    let _ = land_srv.await;
+    println!("Highrise stopped.");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

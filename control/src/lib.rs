@@ -1,0 +1,117 @@
+//! The control plane: REST API (`/v1`, OpenAPI at `/v1/openapi.json`), the metadata store,
+//! the agent and proxy endpoints, and the reconciler's executor.
+//!
+//! It owns all metadata and every decision's execution; the decisions themselves come from
+//! `highrise-planner`. It reaches the land only through the `Provider` trait and never
+//! dials into the data plane: agents and proxies call in (pull model).
+
+mod api;
+mod auth;
+mod reconcile;
+pub mod store;
+
+use anyhow::{Context, Result};
+use highrise_provider::Provider;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub use auth::{hash_secret, KEY_PREFIX};
+
+#[derive(Clone)]
+pub struct ControlConfig {
+    /// `sqlite://path` or `postgres://...`.
+    pub database_url: String,
+    /// The URL agents use to reach this control plane.
+    pub public_url: String,
+    /// Shared secret of the proxies, for the routes endpoint.
+    pub proxy_token: String,
+    /// `host:port` clients connect to (the proxy), for connection URIs.
+    pub proxy_public_addr: String,
+    /// DNS suffix of endpoints for TLS/SNI (`<endpoint>.<domain>`).
+    pub endpoint_domain: String,
+}
+
+pub(crate) struct AppState {
+    pub cfg: ControlConfig,
+    pub store: store::Store,
+    pub provider: Arc<dyn Provider>,
+    /// Bumped on every change an agent's desired state or the routes may depend on;
+    /// long-polls wait on it.
+    pub changes: watch::Sender<u64>,
+    /// Key for host bootstrap tokens (HMAC of the host id), kept in the store.
+    pub bootstrap_key: Vec<u8>,
+}
+
+impl AppState {
+    pub fn notify(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+pub struct Control {
+    state: Arc<AppState>,
+}
+
+impl Control {
+    /// Opens the metadata store (applying migrations) and prepares the service.
+    pub async fn open(cfg: ControlConfig, provider: Arc<dyn Provider>) -> Result<Self> {
+        let store = store::Store::open(&cfg.database_url)
+            .await
+            .with_context(|| format!("open metadata store {}", redact(&cfg.database_url)))?;
+        let key_hex = store
+            .setting_or_init("bootstrap_key", || auth::random_hex(32))
+            .await
+            .context("load bootstrap key")?;
+        let bootstrap_key = key_hex.into_bytes();
+        let (changes, _) = watch::channel(0);
+        Ok(Self {
+            state: Arc::new(AppState {
+                cfg,
+                store,
+                provider,
+                changes,
+                bootstrap_key,
+            }),
+        })
+    }
+
+    /// The HTTP service: public API, agent and proxy endpoints, OpenAPI document.
+    pub fn router(&self) -> axum::Router {
+        api::router(Arc::clone(&self.state))
+    }
+
+    /// Creates the operator org `default` with an admin key if the store has no org yet.
+    /// Returns the key's secret, shown only this once.
+    pub async fn bootstrap_admin(&self) -> Result<Option<String>> {
+        auth::bootstrap_admin(&self.state).await
+    }
+
+    /// Creates a fresh API key for the operator org (when the saved one was lost).
+    pub async fn new_admin_key(&self) -> Result<String> {
+        auth::new_operator_key(&self.state).await
+    }
+
+    /// Checks that a key secret is valid (not revoked).
+    pub async fn key_is_valid(&self, secret: &str) -> bool {
+        auth::authenticate(&self.state, secret).await.is_ok()
+    }
+
+    /// Runs the reconciler until `shutdown` turns true.
+    pub async fn run_reconciler(&self, shutdown: watch::Receiver<bool>) {
+        reconcile::run(Arc::clone(&self.state), shutdown).await
+    }
+}
+
+/// Hides the password of a database URL for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,160 @@
+//! The reconciler's executor: loads a snapshot, asks the planner, performs each action.
+//!
+//! Every action is recorded in the store before (launch: the host row comes first, so a
+//! crash leaves a `launching` row that is re-driven with the same idempotency key) or as
+//! (everything else: one statement) it takes effect, so a control plane that restarts
+//! mid-action picks up where it left off. Deciding lives in `highrise-planner`.
+
+use crate::auth;
+use crate::store::{now, HostRow, InstanceRow};
+use crate::AppState;
+use anyhow::{Context, Result};
+use highrise_planner::{plan, Action, Outcome};
+use highrise_provider::{LaunchRequest, Market};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    if let Err(e) = resume_launches(&state).await {
+        tracing::error!("resume host launches: {e:#}");
+    }
+    let mut changes = state.changes.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        changes.mark_unchanged();
+        let acted = match step(&state).await {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::error!("reconcile: {e:#}");
+                false
+            }
+        };
+        if acted {
+            continue;
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = shutdown.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Hosts recorded as launching may never have reached the provider (a crash between the
+/// two steps): ask again, with the same id, which the provider treats as idempotent.
+async fn resume_launches(state: &AppState) -> Result<()> {
+    for h in state.store.list_hosts().await.context("list hosts")? {
+        if h.status == "launching" {
+            launch(state, &h).await;
+        }
+    }
+    Ok(())
+}
+
+/// One planning round; returns how many actions were performed.
+async fn step(state: &AppState) -> Result<usize> {
+    let world = state.store.world(now()).await.context("load world")?;
+    let actions = plan(&world);
+    for action in &actions {
+        tracing::debug!(?action, "perform");
+        perform(state, action)
+            .await
+            .with_context(|| format!("perform {action:?}"))?;
+    }
+    if !actions.is_empty() {
+        state.notify();
+    }
+    Ok(actions.len())
+}
+
+async fn launch(state: &AppState, h: &HostRow) {
+    let req = LaunchRequest {
+        host_id: h.id.clone(),
+        cloud: h.cloud.clone(),
+        region: h.region.clone(),
+        market: Market::OnDemand,
+        bootstrap_token: auth::bootstrap_token(state, &h.id),
+        control_url: state.cfg.public_url.clone(),
+    };
+    match state.provider.launch_host(req).await {
+        Ok(info) => {
+            if let Err(e) = state.store.host_launched(&h.id, &info.zone, &info.address).await {
+                tracing::error!(host = %h.id, "record launched host: {e:#}");
+            }
+            tracing::info!(host = %h.id, cloud = %info.cloud, zone = %info.zone, address = %info.address, "host launched");
+        }
+        Err(e) => {
+            tracing::error!(host = %h.id, "launch host: {e:#}");
+            if let Err(e) = state.store.set_host_status(&h.id, "failed").await {
+                tracing::error!(host = %h.id, "record failed launch: {e:#}");
+            }
+        }
+    }
+}
+
+async fn perform(state: &AppState, action: &Action) -> Result<()> {
+    match action {
+        Action::LaunchHost { cloud, region } => {
+            let h = HostRow {
+                id: auth::new_id("host"),
+                cloud: cloud.clone(),
+                region: region.clone(),
+                zone: String::new(),
+                market: Market::OnDemand.as_str().into(),
+                address: None,
+                status: "launching".into(),
+                token_hash: None,
+                last_heartbeat: None,
+                launched_at: now(),
+            };
+            state.store.insert_host(&h).await.context("record host launch")?;
+            launch(state, &h).await;
+        }
+        Action::AbandonHost { host_id } => {
+            state.store.set_host_status(host_id, "failed").await?;
+            if let Err(e) = state.provider.terminate_host(host_id).await {
+                tracing::error!(host = %host_id, "terminate abandoned host: {e:#}");
+            }
+        }
+        Action::CreateInstance {
+            cluster_id,
+            host_id,
+            slots,
+        } => {
+            state
+                .store
+                .insert_instance(&InstanceRow {
+                    id: auth::new_id("inst"),
+                    cluster_id: cluster_id.clone(),
+                    host_id: host_id.clone(),
+                    slots: i64::from(*slots),
+                    role: "primary".into(),
+                    deleting: false,
+                    observed: "unknown".into(),
+                    addr: None,
+                    error: None,
+                    created_at: now(),
+                })
+                .await?;
+            tracing::info!(cluster = %cluster_id, host = %host_id, "instance placed");
+        }
+        Action::DeleteInstance { instance_id } => state.store.mark_instance_deleting(instance_id).await?,
+        Action::ForgetInstance { instance_id } => state.store.forget_instance(instance_id).await?,
+        Action::RemoveCluster { cluster_id } => {
+            state.store.remove_cluster(cluster_id).await?;
+            tracing::info!(cluster = %cluster_id, "cluster removed");
+        }
+        Action::CompleteOperation { operation_id, outcome } => {
+            let error = match outcome {
+                Outcome::Succeeded => None,
+                Outcome::Failed(e) => Some(e.as_str()),
+            };
+            state.store.complete_operation(operation_id, error, now()).await?;
+            tracing::info!(operation = %operation_id, ?outcome, "operation completed");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Wire types shared by the control plane, the agent, the proxy and the CLI.
+//!
+//! This crate owns the JSON shapes that cross a process boundary and nothing else: no
+//! I/O, no validation beyond what serde enforces (`deny_unknown_fields` on every request
+//! body, so a typo is a 400 rather than a silently ignored field). The OpenAPI schemas are
+//! derived here so the document the control plane serves is generated from these types.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Seconds since the Unix epoch, the one time format on the wire.
+pub type UnixSeconds = i64;
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// Every non-2xx answer of the API carries this body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_request`, `not_found`, `unauthorized`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Tenancy
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    pub created_at: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    pub name: String,
+}
+
+/// A new org comes with its first admin API key; the secret is shown only here.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedOrg {
+    pub org: Org,
+    pub api_key: CreatedApiKey,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Project {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub created_at: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKey {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub created_at: UnixSeconds,
+    pub revoked_at: Option<UnixSeconds>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: String,
+}
+
+/// The only time the secret of a key is shown; the control plane keeps just its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiKey {
+    pub key: ApiKey,
+    /// Pass as `Authorization: Bearer <secret>`.
+    pub secret: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Clusters
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCluster {
+    /// 1–63 characters: lowercase letters, digits and `-`, starting with a letter.
+    pub name: String,
+    /// Project name; `default` when omitted.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Cloud of the land to place the cluster on; the first cloud when omitted.
+    #[serde(default)]
+    pub cloud: Option<String>,
+    /// Region within the cloud; the cloud's first region when omitted.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Size: `small`, `medium` or `large`; `small` when omitted.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// PostgreSQL major version; 15 is the one supported today.
+    #[serde(default)]
+    pub pg_version: Option<u32>,
+    /// Number of standbys (0 today; replicas arrive with the HA work).
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Run on spot capacity (not yet supported).
+    #[serde(default)]
+    pub spot: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterStatus {
+    /// Accepted; capacity is being found and PostgreSQL is being created.
+    Creating,
+    /// The primary answers queries.
+    Running,
+    /// The primary is not healthy right now.
+    Degraded,
+    /// Deletion requested; the instance is being removed.
+    Deleting,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Cluster {
+    pub id: String,
+    pub name: String,
+    pub org_id: String,
+    pub project: String,
+    pub cloud: String,
+    pub region: String,
+    pub plan: String,
+    pub pg_version: u32,
+    pub replicas: u32,
+    pub spot: bool,
+    pub status: ClusterStatus,
+    /// The stable name clients connect to through the proxy.
+    pub endpoint: String,
+    /// Fencing generation; increments whenever the primary changes.
+    pub term: i64,
+    pub database: String,
+    pub user: String,
+    /// Connection URI without the password.
+    pub connection_uri: String,
+    pub members: Vec<Member>,
+    pub created_at: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    pub instance_id: String,
+    pub host_id: String,
+    pub role: String,
+    pub state: String,
+    pub cloud: String,
+    pub zone: String,
+}
+
+/// The answer to a create: the password of the owner role appears here and nowhere else.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedCluster {
+    pub cluster: Cluster,
+    pub operation: Operation,
+    pub password: String,
+    /// Connection URI including the password.
+    pub connection_uri: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Host {
+    pub id: String,
+    pub cloud: String,
+    pub region: String,
+    pub zone: String,
+    pub market: String,
+    pub address: Option<String>,
+    pub status: String,
+    pub last_heartbeat: Option<UnixSeconds>,
+    pub instances: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationStatus {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Operation {
+    pub id: String,
+    pub kind: String,
+    pub status: OperationStatus,
+    pub cluster_id: Option<String>,
+    pub error: Option<String>,
+    pub created_at: UnixSeconds,
+    pub updated_at: UnixSeconds,
+}
+
+// ---------------------------------------------------------------------------------------
+// Agent <-> control plane
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterHost {
+    pub host_id: String,
+    pub bootstrap_token: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    /// Host-scoped token for every later call of this agent.
+    pub host_token: String,
+}
+
+/// What one host should run. The agent keeps the last copy on disk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DesiredState {
+    /// Content hash; the agent sends it back as `known` to long-poll for a change.
+    pub version: String,
+    pub instances: Vec<InstanceSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub cluster_id: String,
+    pub pg_version: u32,
+    pub database: String,
+    pub owner: String,
+    /// SCRAM-SHA-256 verifier of the owner's password; the password itself never leaves
+    /// the control plane's answer to the create call.
+    pub owner_scram: String,
+    pub term: i64,
+    /// Memory budget in MiB, from the plan.
+    pub memory_mb: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Creating,
+    Running,
+    Unhealthy,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ObservedInstance {
+    pub id: String,
+    pub state: InstanceState,
+    /// Where PostgreSQL listens, `ip:port`.
+    pub addr: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub instances: Vec<ObservedInstance>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Proxy <-> control plane
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RouteTable {
+    pub version: String,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Route {
+    pub endpoint: String,
+    pub cluster_id: String,
+    /// Current primary, `ip:port`.
+    pub addr: String,
+    pub term: i64,
+}
+
+/// Content hash used as a version for long-polled documents (FNV-1a over the JSON).
+pub fn content_version<T: Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}

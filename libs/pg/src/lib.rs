@@ -1,0 +1,395 @@
+//! PostgreSQL process control for one data directory: initdb (or a copy of a template),
+//! configuration, start, readiness, stop, and SCRAM verifiers for roles.
+//!
+//! This crate owns how a PostgreSQL server is driven as an OS process. It knows nothing of
+//! clusters, tenants or the control plane; the agent decides *what* to run and calls in
+//! here to do it. When the caller is root, every PostgreSQL program runs as an
+//! unprivileged OS user ([`RunAs`]), because PostgreSQL refuses to run as root and a
+//! tenant's server must never hold root's rights.
+
+mod scram;
+
+pub use scram::scram_sha256_verifier;
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// The name of the bootstrap superuser; reachable only on the local socket.
+pub const ADMIN_USER: &str = "highrise_admin";
+
+/// Where the PostgreSQL programs of one major version live.
+#[derive(Debug, Clone)]
+pub struct PgBin {
+    dir: PathBuf,
+}
+
+impl PgBin {
+    /// Finds the binaries of `version`: `$HIGHRISE_PG_BIN` if set, else the Debian layout.
+    pub fn find(version: u32) -> Result<Self> {
+        let dir = match std::env::var_os("HIGHRISE_PG_BIN") {
+            Some(d) => PathBuf::from(d),
+            None => PathBuf::from(format!("/usr/lib/postgresql/{version}/bin")),
+        };
+        if !dir.join("postgres").is_file() || !dir.join("initdb").is_file() {
+            bail!(
+                "PostgreSQL {version} server binaries not found in {} (install postgresql-{version} or set HIGHRISE_PG_BIN)",
+                dir.display()
+            );
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self, program: &str) -> PathBuf {
+        self.dir.join(program)
+    }
+}
+
+/// The OS identity PostgreSQL runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// `None` when not root (PostgreSQL runs as the caller); as root, the `postgres` user
+    /// (or `$HIGHRISE_PG_USER`).
+    pub fn detect() -> Result<Option<Self>> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        let name = std::env::var("HIGHRISE_PG_USER").unwrap_or_else(|_| "postgres".into());
+        let user = nix::unistd::User::from_name(&name)
+            .context("look up the PostgreSQL OS user")?
+            .with_context(|| {
+                format!("running as root needs an unprivileged OS user `{name}` to run PostgreSQL (create it or set HIGHRISE_PG_USER)")
+            })?;
+        Ok(Some(Self {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }))
+    }
+
+    fn apply(self, cmd: &mut std::process::Command) {
+        cmd.uid(self.uid).gid(self.gid);
+    }
+}
+
+/// Makes `path` (a directory) owned by the PostgreSQL user with mode `mode`.
+pub fn own_dir(path: &Path, run_as: Option<RunAs>, mode: u32) -> Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("create {}", path.display()))?;
+    if let Some(r) = run_as {
+        nix::unistd::chown(path, Some(r.uid.into()), Some(r.gid.into()))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(())
+}
+
+fn run(mut cmd: std::process::Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawn {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `initdb` into `datadir` (which must not exist or be empty). Local connections of
+/// the admin superuser use trust on a socket directory only the PostgreSQL user can
+/// enter; every TCP connection uses scram-sha-256.
+pub fn initdb(bin: &PgBin, datadir: &Path, run_as: Option<RunAs>) -> Result<()> {
+    own_dir(datadir, run_as, 0o700)?;
+    let mut cmd = std::process::Command::new(bin.path("initdb"));
+    cmd.arg("-D")
+        .arg(datadir)
+        .args(["-U", ADMIN_USER, "-E", "UTF8", "--locale=C"])
+        .args(["--auth-local=trust", "--auth-host=scram-sha-256", "-N"])
+        .env("LC_ALL", "C");
+    if let Some(r) = run_as {
+        r.apply(&mut cmd);
+    }
+    run(cmd, "initdb")
+}
+
+/// Copies a never-started template data directory to `datadir` (ownership preserved).
+pub fn copy_template(template: &Path, datadir: &Path) -> Result<()> {
+    if datadir.exists() {
+        std::fs::remove_dir_all(datadir).with_context(|| format!("clear {}", datadir.display()))?;
+    }
+    let mut cmd = std::process::Command::new("cp");
+    cmd.args(["-a", "--reflink=auto"]).arg(template).arg(datadir);
+    run(cmd, "copy template data directory")
+}
+
+/// Flushes every file of a data directory to disk (initdb and the template copy skip it).
+pub fn sync_datadir(bin: &PgBin, datadir: &Path, run_as: Option<RunAs>) -> Result<()> {
+    let mut cmd = std::process::Command::new(bin.path("initdb"));
+    cmd.arg("--sync-only").arg("-D").arg(datadir);
+    if let Some(r) = run_as {
+        r.apply(&mut cmd);
+    }
+    run(cmd, "sync data directory")
+}
+
+/// The server settings the agent owns. Written to `highrise.conf`, which the main
+/// configuration file includes; tenants cannot change these (they are not superuser).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen_addr: String,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    pub memory_mb: u32,
+    /// Roles that may log in over TCP (scram-sha-256), to the given database.
+    pub tcp_logins: Vec<(String, String)>,
+}
+
+pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -> Result<()> {
+    let shared_buffers = (cfg.memory_mb / 4).max(16);
+    let conf = format!(
+        "# Written by the highrise agent; changes are overwritten.\n\
+         listen_addresses = '{listen}'\n\
+         port = {port}\n\
+         unix_socket_directories = '{sock}'\n\
+         unix_socket_permissions = 0700\n\
+         password_encryption = 'scram-sha-256'\n\
+         shared_buffers = '{shared_buffers}MB'\n\
+         max_connections = 100\n\
+         logging_collector = off\n\
+         log_line_prefix = '%m [%p] '\n\
+         wal_level = replica\n\
+         max_wal_senders = 10\n\
+         dynamic_shared_memory_type = posix\n",
+        listen = cfg.listen_addr,
+        port = cfg.port,
+        sock = cfg.socket_dir.display(),
+    );
+    let mut hba = String::from(
+        "# Written by the highrise agent; changes are overwritten.\n\
+         # TYPE  DATABASE  USER  ADDRESS  METHOD\n",
+    );
+    hba.push_str(&format!("local   all       {ADMIN_USER}  trust\n"));
+    for (user, db) in &cfg.tcp_logins {
+        hba.push_str(&format!("host    {db}  {user}  0.0.0.0/0  scram-sha-256\n"));
+        hba.push_str(&format!("host    {db}  {user}  ::/0  scram-sha-256\n"));
+    }
+    write_owned(&datadir.join("highrise.conf"), &conf, run_as)?;
+    write_owned(&datadir.join("pg_hba.conf"), &hba, run_as)?;
+    let main = datadir.join("postgresql.conf");
+    let text = std::fs::read_to_string(&main).with_context(|| format!("read {}", main.display()))?;
+    if !text.contains("include 'highrise.conf'") {
+        write_owned(&main, &format!("{text}\ninclude 'highrise.conf'\n"), run_as)?;
+    }
+    Ok(())
+}
+
+/// Writes a file atomically (temp file + rename) owned by the PostgreSQL user.
+fn write_owned(path: &Path, contents: &str, run_as: Option<RunAs>) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
+    if let Some(r) = run_as {
+        nix::unistd::chown(&tmp, Some(r.uid.into()), Some(r.gid.into()))
+            .with_context(|| format!("chown {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))?;
+    Ok(())
+}
+
+/// Starts the postmaster in its own session (so a terminal's Ctrl-C reaches only its
+/// supervisor, which then stops it in order). Returns its PID.
+pub fn start(bin: &PgBin, datadir: &Path, log: &Path, run_as: Option<RunAs>) -> Result<u32> {
+    let logfile = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let errfile = logfile.try_clone().context("duplicate log file handle")?;
+    let mut cmd = std::process::Command::new(bin.path("postgres"));
+    cmd.arg("-D")
+        .arg(datadir)
+        .stdin(Stdio::null())
+        .stdout(logfile)
+        .stderr(errfile)
+        .env("LC_ALL", "C")
+        .process_group(0);
+    if let Some(r) = run_as {
+        r.apply(&mut cmd);
+    }
+    let child = cmd.spawn().context("spawn postgres")?;
+    // The postmaster is watched through postmaster.pid, not through this handle; reap it
+    // in the background so it never lingers as a zombie.
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// PID of the postmaster running on `datadir`, if any (from `postmaster.pid`).
+pub fn running_pid(datadir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(datadir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    if pid <= 0 || !alive(pid as u32) {
+        return None;
+    }
+    // Guard against PID reuse: the process must be a postgres server on this directory.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    cmdline.contains("postgres").then_some(pid as u32)
+}
+
+fn alive(pid: u32) -> bool {
+    match kill(Pid::from_raw(pid as i32), None) {
+        Ok(()) => !is_zombie(pid),
+        Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Waits until the postmaster reports `ready` in `postmaster.pid` (as `pg_ctl -w` does,
+/// but polling every few milliseconds instead of every 100 ms).
+pub async fn wait_ready(datadir: &Path, pid: u32, log: &Path, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(datadir.join("postmaster.pid")) {
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.first().map(|l| l.trim()) == Some(&pid.to_string())
+                && lines.get(7).map(|l| l.trim()) == Some("ready")
+            {
+                return Ok(());
+            }
+        }
+        if !alive(pid) {
+            bail!("postgres exited during start-up: {}", log_tail(log));
+        }
+        if Instant::now() > deadline {
+            bail!("postgres not ready after {timeout:?}: {}", log_tail(log));
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+}
+
+/// The last lines of a log, for error messages.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+/// Stops the postmaster: fast shutdown, then immediate, then SIGKILL if it will not go.
+pub async fn stop(pid: u32, timeout: Duration) -> Result<()> {
+    let target = Pid::from_raw(pid as i32);
+    for (signal, wait) in [
+        (Signal::SIGINT, timeout),
+        (Signal::SIGQUIT, Duration::from_secs(5)),
+        (Signal::SIGKILL, Duration::from_secs(5)),
+    ] {
+        if !alive(pid) {
+            return Ok(());
+        }
+        let _ = kill(target, signal);
+        let deadline = Instant::now() + wait;
+        while alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    if alive(pid) {
+        bail!("postgres (pid {pid}) did not exit");
+    }
+    Ok(())
+}
+
+/// Connects as the admin superuser over the local socket.
+pub async fn admin_connect(socket_dir: &Path, port: u16, database: &str) -> Result<sqlx::PgConnection> {
+    use sqlx::ConnectOptions;
+    let opts = sqlx::postgres::PgConnectOptions::new()
+        .socket(socket_dir)
+        .port(port)
+        .username(ADMIN_USER)
+        .database(database)
+        .log_statements(tracing::log::LevelFilter::Trace);
+    opts.connect().await.context("connect as admin over the local socket")
+}
+
+/// Quotes an identifier for SQL (`"..."` with doubled quotes).
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Creates (or updates) the tenant's owner role and database. The role is not superuser
+/// and gets no role that reaches the host: no `pg_execute_server_program`, no server
+/// file access, no CREATEROLE (which in PostgreSQL 15 could grant those).
+pub async fn ensure_owner(conn: &mut sqlx::PgConnection, owner: &str, scram: &str, database: &str) -> Result<()> {
+    use sqlx::{Executor, Row};
+    let exists = sqlx::query("select 1 from pg_roles where rolname = $1")
+        .bind(owner)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("look up owner role")?
+        .is_some();
+    let attrs = "LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION NOBYPASSRLS";
+    let sql = if exists {
+        format!(
+            "ALTER ROLE {} {attrs} PASSWORD {}",
+            quote_ident(owner),
+            quote_literal(scram)
+        )
+    } else {
+        format!(
+            "CREATE ROLE {} {attrs} PASSWORD {}",
+            quote_ident(owner),
+            quote_literal(scram)
+        )
+    };
+    conn.execute(sql.as_str()).await.context("create owner role")?;
+    let db_exists = sqlx::query("select datname from pg_database where datname = $1")
+        .bind(database)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("look up database")?
+        .map(|r| r.get::<String, _>(0))
+        .is_some();
+    if !db_exists {
+        let sql = format!("CREATE DATABASE {} OWNER {}", quote_ident(database), quote_ident(owner));
+        conn.execute(sql.as_str()).await.context("create database")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_quotes() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

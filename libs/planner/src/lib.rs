@@ -1,0 +1,288 @@
+//! Pure reconciliation decisions: `plan(world) -> Vec<Action>`.
+//!
+//! The planner owns *what* should happen next, never *how*: it reads a snapshot of desired
+//! state (clusters the tenants asked for) and observed state (hosts, instances as agents
+//! report them, open operations) and returns the actions that move the world toward the
+//! desired state. It does no I/O, holds no clock (the snapshot carries `now`) and is
+//! deterministic, so the control plane's executor and the tests — and later the fleet
+//! simulator — all run the very same decisions.
+//!
+//! Every action is safe to repeat: the executor may crash after performing an action and
+//! before recording it, and the next plan over the new snapshot must converge anyway.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How many plan slots one host offers. A `small` instance takes 1, `medium` 2, `large` 4.
+pub const HOST_SLOTS: u32 = 8;
+
+/// A host that has not registered this long after its launch is given up on.
+pub const HOST_LAUNCH_TIMEOUT_SECS: i64 = 120;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIntent {
+    pub id: String,
+    pub cloud: String,
+    pub region: String,
+    /// Capacity the cluster's primary needs on a host.
+    pub slots: u32,
+    /// The tenant asked for deletion.
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostStatus {
+    /// Asked of the provider; the agent has not registered yet.
+    Launching,
+    /// The agent registered.
+    Running,
+    /// Launch failed or the host is gone; never placed on again.
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    pub id: String,
+    pub cloud: String,
+    pub region: String,
+    pub status: HostStatus,
+    pub launched_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Observed {
+    /// The agent has not reported this instance yet.
+    Unknown,
+    Creating,
+    Running,
+    Unhealthy,
+    Failed,
+    /// The agent reports that it no longer has this instance.
+    Absent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub cluster_id: String,
+    pub host_id: String,
+    pub slots: u32,
+    /// Removal was decided; the instance is no longer in its host's desired state.
+    pub deleting: bool,
+    pub observed: Observed,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperationKind {
+    CreateCluster,
+    DeleteCluster,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationView {
+    pub id: String,
+    pub cluster_id: String,
+    pub kind: OperationKind,
+}
+
+/// One consistent snapshot of the metadata store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct World {
+    pub now: i64,
+    pub clusters: Vec<ClusterIntent>,
+    pub hosts: Vec<HostView>,
+    pub instances: Vec<InstanceView>,
+    pub operations: Vec<OperationView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Ask the provider for a new host in this cloud/region.
+    LaunchHost {
+        cloud: String,
+        region: String,
+    },
+    /// A launch that never registered: stop waiting for it and give its capacity up.
+    AbandonHost {
+        host_id: String,
+    },
+    /// Put a new instance of the cluster on the host's desired state.
+    CreateInstance {
+        cluster_id: String,
+        host_id: String,
+        slots: u32,
+    },
+    /// Take the instance off its host's desired state; the agent stops and removes it.
+    DeleteInstance {
+        instance_id: String,
+    },
+    /// The agent confirmed the instance is gone: drop its record.
+    ForgetInstance {
+        instance_id: String,
+    },
+    /// Every instance of a deleted cluster is gone: drop the cluster's record.
+    RemoveCluster {
+        cluster_id: String,
+    },
+    CompleteOperation {
+        operation_id: String,
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Succeeded,
+    Failed(String),
+}
+
+/// Decide the next actions. Deterministic: the same world gives the same plan.
+pub fn plan(world: &World) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let hosts: BTreeMap<&str, &HostView> = world.hosts.iter().map(|h| (h.id.as_str(), h)).collect();
+    let mut used: BTreeMap<&str, u32> = BTreeMap::new();
+    for i in &world.instances {
+        *used.entry(i.host_id.as_str()).or_default() += i.slots;
+    }
+    let live_clusters: BTreeSet<&str> = world
+        .clusters
+        .iter()
+        .filter(|c| !c.deleted)
+        .map(|c| c.id.as_str())
+        .collect();
+
+    // Launches that never came up.
+    for h in &world.hosts {
+        if h.status == HostStatus::Launching && world.now - h.launched_at > HOST_LAUNCH_TIMEOUT_SECS {
+            actions.push(Action::AbandonHost { host_id: h.id.clone() });
+        }
+    }
+
+    // Instances: remove those whose cluster is gone or whose host failed; forget removed.
+    for i in &world.instances {
+        let host_failed = hosts
+            .get(i.host_id.as_str())
+            .is_none_or(|h| h.status == HostStatus::Failed);
+        if i.deleting {
+            if i.observed == Observed::Absent || host_failed {
+                actions.push(Action::ForgetInstance {
+                    instance_id: i.id.clone(),
+                });
+            }
+        } else if !live_clusters.contains(i.cluster_id.as_str()) {
+            actions.push(Action::DeleteInstance {
+                instance_id: i.id.clone(),
+            });
+        }
+    }
+
+    // Placement: each live cluster has exactly one (primary) instance.
+    let mut launching_need: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    for c in world.clusters.iter().filter(|c| !c.deleted) {
+        let has_instance = world.instances.iter().any(|i| i.cluster_id == c.id && !i.deleting);
+        if has_instance {
+            continue;
+        }
+        let candidate = world
+            .hosts
+            .iter()
+            .filter(|h| h.status == HostStatus::Running && h.cloud == c.cloud && h.region == c.region)
+            .filter(|h| used.get(h.id.as_str()).copied().unwrap_or(0) + c.slots <= HOST_SLOTS)
+            // Fill the fullest host first, so empty hosts stay free for big plans.
+            .max_by_key(|h| {
+                (
+                    used.get(h.id.as_str()).copied().unwrap_or(0),
+                    std::cmp::Reverse(h.id.clone()),
+                )
+            });
+        match candidate {
+            Some(h) => {
+                *used.entry(h.id.as_str()).or_default() += c.slots;
+                actions.push(Action::CreateInstance {
+                    cluster_id: c.id.clone(),
+                    host_id: h.id.clone(),
+                    slots: c.slots,
+                });
+            }
+            None => {
+                *launching_need.entry((c.cloud.as_str(), c.region.as_str())).or_default() += c.slots;
+            }
+        }
+    }
+    for ((cloud, region), need) in launching_need {
+        let launching = world
+            .hosts
+            .iter()
+            .filter(|h| h.status == HostStatus::Launching && h.cloud == cloud && h.region == region)
+            .count() as u32;
+        let hosts_needed = need.div_ceil(HOST_SLOTS);
+        for _ in launching..hosts_needed {
+            actions.push(Action::LaunchHost {
+                cloud: cloud.to_string(),
+                region: region.to_string(),
+            });
+        }
+    }
+
+    // Deleted clusters whose instances are all gone.
+    for c in world.clusters.iter().filter(|c| c.deleted) {
+        if !world.instances.iter().any(|i| i.cluster_id == c.id) {
+            actions.push(Action::RemoveCluster {
+                cluster_id: c.id.clone(),
+            });
+        }
+    }
+
+    // Operations.
+    for op in &world.operations {
+        let outcome = match op.kind {
+            OperationKind::CreateCluster => {
+                let cluster = world.clusters.iter().find(|c| c.id == op.cluster_id);
+                let inst = world
+                    .instances
+                    .iter()
+                    .find(|i| i.cluster_id == op.cluster_id && !i.deleting);
+                match (cluster, inst) {
+                    (None, _) => Some(Outcome::Failed("cluster was removed".into())),
+                    (Some(c), _) if c.deleted => Some(Outcome::Failed("cluster was deleted".into())),
+                    (_, Some(i)) if i.observed == Observed::Running => Some(Outcome::Succeeded),
+                    (_, Some(i)) if i.observed == Observed::Failed => Some(Outcome::Failed(
+                        i.error.clone().unwrap_or_else(|| "instance failed".into()),
+                    )),
+                    _ => None,
+                }
+            }
+            OperationKind::DeleteCluster => {
+                let gone = !world.clusters.iter().any(|c| c.id == op.cluster_id)
+                    || (!world.instances.iter().any(|i| i.cluster_id == op.cluster_id));
+                gone.then_some(Outcome::Succeeded)
+            }
+        };
+        if let Some(outcome) = outcome {
+            actions.push(Action::CompleteOperation {
+                operation_id: op.id.clone(),
+                outcome,
+            });
+        }
+    }
+    actions
+}
+
+/// Slots a plan takes on a host, or `None` for an unknown plan.
+pub fn plan_slots(plan: &str) -> Option<u32> {
+    match plan {
+        "small" => Some(1),
+        "medium" => Some(2),
+        "large" => Some(4),
+        _ => None,
+    }
+}
+
+/// Memory budget in MiB of a plan's instance.
+pub fn plan_memory_mb(slots: u32) -> u32 {
+    256 * slots
+}
+
+#[cfg(test)]
+mod tests;

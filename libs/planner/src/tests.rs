@@ -1,0 +1,378 @@
+//! Planner tests: table cases plus properties over generated worlds. No I/O anywhere.
+
+use super::*;
+use proptest::prelude::*;
+
+fn cluster(id: &str, slots: u32) -> ClusterIntent {
+    ClusterIntent {
+        id: id.into(),
+        cloud: "a".into(),
+        region: "r1".into(),
+        slots,
+        deleted: false,
+    }
+}
+
+fn host(id: &str, status: HostStatus) -> HostView {
+    HostView {
+        id: id.into(),
+        cloud: "a".into(),
+        region: "r1".into(),
+        status,
+        launched_at: 0,
+    }
+}
+
+fn instance(id: &str, cluster: &str, host: &str, observed: Observed) -> InstanceView {
+    InstanceView {
+        id: id.into(),
+        cluster_id: cluster.into(),
+        host_id: host.into(),
+        slots: 1,
+        deleting: false,
+        observed,
+        error: None,
+    }
+}
+
+/// What the executor does, in memory: enough to check that plans converge.
+fn apply(world: &mut World, actions: &[Action]) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1000);
+    for a in actions {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match a {
+            Action::LaunchHost { cloud, region } => world.hosts.push(HostView {
+                id: format!("h{n}"),
+                cloud: cloud.clone(),
+                region: region.clone(),
+                status: HostStatus::Launching,
+                launched_at: world.now,
+            }),
+            Action::AbandonHost { host_id } => {
+                for h in world.hosts.iter_mut().filter(|h| &h.id == host_id) {
+                    h.status = HostStatus::Failed;
+                }
+            }
+            Action::CreateInstance {
+                cluster_id,
+                host_id,
+                slots,
+            } => world.instances.push(InstanceView {
+                id: format!("i{n}"),
+                cluster_id: cluster_id.clone(),
+                host_id: host_id.clone(),
+                slots: *slots,
+                deleting: false,
+                observed: Observed::Unknown,
+                error: None,
+            }),
+            Action::DeleteInstance { instance_id } => {
+                for i in world.instances.iter_mut().filter(|i| &i.id == instance_id) {
+                    i.deleting = true;
+                }
+            }
+            Action::ForgetInstance { instance_id } => world.instances.retain(|i| &i.id != instance_id),
+            Action::RemoveCluster { cluster_id } => world.clusters.retain(|c| &c.id != cluster_id),
+            Action::CompleteOperation { operation_id, .. } => world.operations.retain(|o| &o.id != operation_id),
+        }
+    }
+}
+
+/// What the agents and provider do: hosts register, instances start, deleted ones vanish.
+fn observe(world: &mut World) {
+    for h in world.hosts.iter_mut().filter(|h| h.status == HostStatus::Launching) {
+        h.status = HostStatus::Running;
+    }
+    for i in world.instances.iter_mut() {
+        i.observed = if i.deleting {
+            Observed::Absent
+        } else {
+            Observed::Running
+        };
+    }
+}
+
+#[test]
+fn new_cluster_without_hosts_launches_one_host() {
+    let world = World {
+        clusters: vec![cluster("c1", 1), cluster("c2", 1)],
+        ..Default::default()
+    };
+    assert_eq!(
+        plan(&world),
+        vec![Action::LaunchHost {
+            cloud: "a".into(),
+            region: "r1".into()
+        }]
+    );
+}
+
+#[test]
+fn launching_host_is_not_launched_twice() {
+    let world = World {
+        clusters: vec![cluster("c1", 1)],
+        hosts: vec![host("h1", HostStatus::Launching)],
+        ..Default::default()
+    };
+    assert!(plan(&world).is_empty());
+}
+
+#[test]
+fn places_on_running_host_with_room() {
+    let world = World {
+        clusters: vec![cluster("c1", 1)],
+        hosts: vec![host("h1", HostStatus::Running)],
+        ..Default::default()
+    };
+    assert_eq!(
+        plan(&world),
+        vec![Action::CreateInstance {
+            cluster_id: "c1".into(),
+            host_id: "h1".into(),
+            slots: 1
+        }]
+    );
+}
+
+#[test]
+fn full_host_triggers_launch() {
+    let mut world = World {
+        clusters: vec![cluster("c1", 4), cluster("c2", 4), cluster("c3", 1)],
+        hosts: vec![host("h1", HostStatus::Running)],
+        ..Default::default()
+    };
+    world.instances.push(InstanceView {
+        slots: 8,
+        ..instance("i0", "c0", "h1", Observed::Running)
+    });
+    world.clusters.push(cluster("c0", 8));
+    let p = plan(&world);
+    assert_eq!(
+        p.iter().filter(|a| matches!(a, Action::LaunchHost { .. })).count(),
+        2,
+        "9 slots of demand need two 8-slot hosts: {p:?}"
+    );
+}
+
+#[test]
+fn stuck_launch_is_abandoned() {
+    let world = World {
+        now: HOST_LAUNCH_TIMEOUT_SECS + 1,
+        hosts: vec![host("h1", HostStatus::Launching)],
+        ..Default::default()
+    };
+    assert_eq!(plan(&world), vec![Action::AbandonHost { host_id: "h1".into() }]);
+}
+
+#[test]
+fn create_operation_completes_when_running_and_fails_with_agent_error() {
+    let mut world = World {
+        clusters: vec![cluster("c1", 1), cluster("c2", 1)],
+        hosts: vec![host("h1", HostStatus::Running)],
+        instances: vec![
+            instance("i1", "c1", "h1", Observed::Running),
+            InstanceView {
+                error: Some("initdb failed".into()),
+                ..instance("i2", "c2", "h1", Observed::Failed)
+            },
+        ],
+        operations: vec![
+            OperationView {
+                id: "o1".into(),
+                cluster_id: "c1".into(),
+                kind: OperationKind::CreateCluster,
+            },
+            OperationView {
+                id: "o2".into(),
+                cluster_id: "c2".into(),
+                kind: OperationKind::CreateCluster,
+            },
+        ],
+        ..Default::default()
+    };
+    let p = plan(&world);
+    assert!(p.contains(&Action::CompleteOperation {
+        operation_id: "o1".into(),
+        outcome: Outcome::Succeeded
+    }));
+    assert!(p.contains(&Action::CompleteOperation {
+        operation_id: "o2".into(),
+        outcome: Outcome::Failed("initdb failed".into())
+    }));
+    world.instances[0].observed = Observed::Creating;
+    assert!(!plan(&world)
+        .iter()
+        .any(|a| matches!(a, Action::CompleteOperation { operation_id, .. } if operation_id == "o1")));
+}
+
+#[test]
+fn delete_goes_through_deleting_absent_forget_remove() {
+    let mut world = World {
+        clusters: vec![ClusterIntent {
+            deleted: true,
+            ..cluster("c1", 1)
+        }],
+        hosts: vec![host("h1", HostStatus::Running)],
+        instances: vec![instance("i1", "c1", "h1", Observed::Running)],
+        operations: vec![OperationView {
+            id: "o1".into(),
+            cluster_id: "c1".into(),
+            kind: OperationKind::DeleteCluster,
+        }],
+        ..Default::default()
+    };
+    let p = plan(&world);
+    assert_eq!(
+        p,
+        vec![Action::DeleteInstance {
+            instance_id: "i1".into()
+        }]
+    );
+    apply(&mut world, &p);
+    // Until the agent confirms, nothing more happens, and nothing repeats.
+    assert!(plan(&world).is_empty());
+    world.instances[0].observed = Observed::Absent;
+    let p = plan(&world);
+    assert_eq!(
+        p,
+        vec![Action::ForgetInstance {
+            instance_id: "i1".into()
+        }]
+    );
+    apply(&mut world, &p);
+    let p = plan(&world);
+    assert!(p.contains(&Action::RemoveCluster {
+        cluster_id: "c1".into()
+    }));
+    assert!(p.contains(&Action::CompleteOperation {
+        operation_id: "o1".into(),
+        outcome: Outcome::Succeeded
+    }));
+}
+
+#[test]
+fn instances_on_failed_hosts_are_forgotten_once_deleted() {
+    let world = World {
+        hosts: vec![host("h1", HostStatus::Failed)],
+        instances: vec![InstanceView {
+            deleting: true,
+            ..instance("i1", "c1", "h1", Observed::Running)
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        plan(&world),
+        vec![Action::ForgetInstance {
+            instance_id: "i1".into()
+        }]
+    );
+}
+
+fn arb_world() -> impl Strategy<Value = World> {
+    let clusters = proptest::collection::vec((1u32..=4, any::<bool>(), 0usize..2), 0..12);
+    let hosts = proptest::collection::vec((0usize..3, 0usize..2), 0..4);
+    (clusters, hosts).prop_map(|(cs, hs)| {
+        let clouds = ["a", "b"];
+        let statuses = [HostStatus::Launching, HostStatus::Running, HostStatus::Failed];
+        World {
+            now: 10,
+            clusters: cs
+                .iter()
+                .enumerate()
+                .map(|(n, (slots, deleted, cloud))| ClusterIntent {
+                    id: format!("c{n}"),
+                    cloud: clouds[*cloud].into(),
+                    region: "r1".into(),
+                    slots: if *slots == 3 { 2 } else { *slots },
+                    deleted: *deleted,
+                })
+                .collect(),
+            hosts: hs
+                .iter()
+                .enumerate()
+                .map(|(n, (st, cloud))| HostView {
+                    id: format!("h{n}"),
+                    cloud: clouds[*cloud].into(),
+                    region: "r1".into(),
+                    status: statuses[*st],
+                    launched_at: 0,
+                })
+                .collect(),
+            instances: vec![],
+            operations: vec![],
+        }
+    })
+}
+
+fn check_invariants(world: &World) -> Result<(), TestCaseError> {
+    for h in &world.hosts {
+        let used: u32 = world
+            .instances
+            .iter()
+            .filter(|i| i.host_id == h.id)
+            .map(|i| i.slots)
+            .sum();
+        prop_assert!(used <= HOST_SLOTS, "host {} over capacity: {used}", h.id);
+    }
+    for c in &world.clusters {
+        let live = world
+            .instances
+            .iter()
+            .filter(|i| i.cluster_id == c.id && !i.deleting)
+            .count();
+        prop_assert!(live <= 1, "cluster {} has {live} live instances", c.id);
+    }
+    for i in world.instances.iter().filter(|i| !i.deleting) {
+        let h = world.hosts.iter().find(|h| h.id == i.host_id);
+        prop_assert!(
+            h.is_some_and(|h| h.status != HostStatus::Failed),
+            "instance {} placed on a failed or unknown host",
+            i.id
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    /// Running the planner and the (simulated) world in turns converges: every live
+    /// cluster ends with one running instance, deleted ones vanish, capacity is never
+    /// exceeded, and a cluster never gets a second live instance along the way.
+    #[test]
+    fn plans_converge_and_keep_invariants(mut world in arb_world()) {
+        for _ in 0..10 {
+            let p = plan(&world);
+            apply(&mut world, &p);
+            check_invariants(&world)?;
+            observe(&mut world);
+        }
+        prop_assert!(plan(&world).is_empty(), "not converged: {:?}", plan(&world));
+        for c in &world.clusters {
+            prop_assert!(!c.deleted, "deleted cluster {} still recorded", c.id);
+            prop_assert!(world.instances.iter().any(|i| i.cluster_id == c.id && i.observed == Observed::Running));
+        }
+    }
+
+    /// Planning twice over the same world gives the same plan (deterministic), and a plan
+    /// applied once does not ask for the same launch or placement again (idempotent).
+    #[test]
+    fn plan_is_deterministic_and_idempotent(world in arb_world()) {
+        let p1 = plan(&world);
+        prop_assert_eq!(&p1, &plan(&world));
+        let placed: Vec<&String> = p1
+            .iter()
+            .filter_map(|a| match a {
+                Action::CreateInstance { cluster_id, .. } => Some(cluster_id),
+                _ => None,
+            })
+            .collect();
+        let mut after = world.clone();
+        apply(&mut after, &p1);
+        let p2 = plan(&after);
+        for a in &p2 {
+            prop_assert!(!matches!(a, Action::LaunchHost { .. }), "second launch: {:?}", p2);
+            if let Action::CreateInstance { cluster_id, .. } = a {
+                prop_assert!(!placed.contains(&cluster_id), "placed twice: {}", cluster_id);
+            }
+        }
+    }
+}

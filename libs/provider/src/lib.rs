@@ -1,0 +1,97 @@
+//! The land: the [`Provider`] trait through which the control plane launches and
+//! terminates hosts, and [`local::LocalLand`], an honest IaaS emulator on one machine.
+//!
+//! The control plane never reaches a cloud except through this trait, so a real cloud's
+//! driver is one more implementation (behind a cargo feature), not a change to the core.
+
+pub mod local;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Market {
+    OnDemand,
+    Spot,
+}
+
+impl Market {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Market::OnDemand => "on_demand",
+            Market::Spot => "spot",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    pub name: String,
+    pub zones: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cloud {
+    pub name: String,
+    pub regions: Vec<Region>,
+}
+
+/// What the control plane asks for. `host_id` is the idempotency key: launching the same
+/// id twice yields the one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchRequest {
+    pub host_id: String,
+    pub cloud: String,
+    pub region: String,
+    pub market: Market,
+    /// Handed to the host's agent, which trades it for a host-scoped token.
+    pub bootstrap_token: String,
+    /// Where the agent finds the control plane.
+    pub control_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    Running,
+    /// A spot notice was posted; the host dies when it runs out.
+    Preempting,
+    /// Gone, disk wiped (terminated, preempted, or its zone/cloud went down).
+    Terminated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub host_id: String,
+    pub cloud: String,
+    pub region: String,
+    pub zone: String,
+    pub market: Market,
+    /// The host's own network address.
+    pub address: String,
+    pub state: HostState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("unknown cloud or region: {0}")]
+    UnknownLocation(String),
+    #[error("no capacity: {0}")]
+    NoCapacity(String),
+    #[error("unknown host {0}")]
+    UnknownHost(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The clouds, regions and zones this land offers.
+    fn clouds(&self) -> Vec<Cloud>;
+    /// Launches a host (idempotent by `host_id`).
+    async fn launch_host(&self, req: LaunchRequest) -> Result<HostInfo, ProviderError>;
+    /// Terminates a host and wipes its disk (idempotent; unknown hosts are fine).
+    async fn terminate_host(&self, host_id: &str) -> Result<(), ProviderError>;
+    async fn list_hosts(&self) -> Result<Vec<HostInfo>, ProviderError>;
+}

@@ -1,0 +1,512 @@
+//! The local land: many clouds on one machine.
+//!
+//! A host is an agent process with its own directory (its ephemeral disk, wiped when the
+//! host goes away) and its own loopback address `127.<base>.<cloud>.<n>`; `<base>` is
+//! picked at random when a land is created, so several lands (parallel tests) do not
+//! share addresses. The land persists its host table in `land.json`; when it is opened
+//! again (after `highrise up` restarts) it boots the hosts that were running, as VMs come
+//! back after a power cycle.
+//!
+//! Besides the [`Provider`] trait, the land serves an HTTP router with each host's
+//! metadata endpoint (`/hosts/{id}/latest/meta-data/...`, shaped like the clouds'
+//! instance metadata: the spot notice is 404 until one is posted) and test controls to
+//! preempt a host or take a zone or a whole cloud down.
+
+use crate::{Cloud, HostInfo, HostState, LaunchRequest, Market, Provider, ProviderError, Region};
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone)]
+pub struct LocalLandConfig {
+    /// Where hosts' disks and `land.json` live.
+    pub dir: PathBuf,
+    pub clouds: Vec<Cloud>,
+    /// The program started as a host's agent, and the arguments before the host's own.
+    pub agent_program: PathBuf,
+    pub agent_args: Vec<String>,
+    /// Base URL under which this land's router is served (for hosts' metadata URLs).
+    pub metadata_base_url: String,
+    /// Seconds between a spot notice and the host's death.
+    pub notice_secs: u64,
+}
+
+/// Two clouds with one region and two zones each: the default land of `highrise up`.
+pub fn default_clouds() -> Vec<Cloud> {
+    ["local-a", "local-b"]
+        .iter()
+        .map(|c| Cloud {
+            name: c.to_string(),
+            regions: vec![Region {
+                name: "region-1".into(),
+                zones: vec!["zone-1".into(), "zone-2".into()],
+            }],
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HostRecord {
+    info: HostInfo,
+    bootstrap_token: String,
+    control_url: String,
+    /// Unix seconds at which a posted spot notice expires.
+    notice_deadline: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    octet_base: u8,
+    hosts: BTreeMap<String, HostRecord>,
+    /// Clouds or `cloud/zone`s that are down.
+    down: Vec<String>,
+}
+
+struct Inner {
+    persisted: Persisted,
+    agents: BTreeMap<String, tokio::process::Child>,
+}
+
+pub struct LocalLand {
+    cfg: LocalLandConfig,
+    inner: Mutex<Inner>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl LocalLand {
+    /// Opens (or creates) the land in `cfg.dir`. Does not start any host yet: see [`boot`].
+    ///
+    /// [`boot`]: LocalLand::boot
+    pub fn open(cfg: LocalLandConfig) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&cfg.dir).with_context(|| format!("create {}", cfg.dir.display()))?;
+        let state_file = cfg.dir.join("land.json");
+        let persisted = match std::fs::read(&state_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parse {}", state_file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted {
+                octet_base: rand::Rng::gen_range(&mut rand::thread_rng(), 20..=250),
+                ..Default::default()
+            },
+            Err(e) => return Err(e).with_context(|| format!("read {}", state_file.display())),
+        };
+        let land = Arc::new(Self {
+            cfg,
+            inner: Mutex::new(Inner {
+                persisted,
+                agents: BTreeMap::new(),
+            }),
+        });
+        land.save()?;
+        Ok(land)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the map half-updated in a way that
+        // matters more than stopping the land; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self) -> Result<()> {
+        let inner = self.lock();
+        save_state(&self.cfg.dir, &inner.persisted)
+    }
+
+    fn host_dir(&self, host_id: &str) -> PathBuf {
+        self.cfg.dir.join("hosts").join(host_id)
+    }
+
+    /// Starts the agents of every host that was running when the land last stopped.
+    pub fn boot(&self) -> Result<()> {
+        let hosts: Vec<HostRecord> = self
+            .lock()
+            .persisted
+            .hosts
+            .values()
+            .filter(|h| h.info.state != HostState::Terminated)
+            .cloned()
+            .collect();
+        for h in hosts {
+            self.start_agent(&h)
+                .with_context(|| format!("boot host {}", h.info.host_id))?;
+        }
+        Ok(())
+    }
+
+    fn start_agent(&self, h: &HostRecord) -> Result<()> {
+        let dir = self.host_dir(&h.info.host_id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .context("open agent log")?;
+        let log2 = log.try_clone().context("duplicate agent log handle")?;
+        let mut cmd = tokio::process::Command::new(&self.cfg.agent_program);
+        cmd.args(&self.cfg.agent_args)
+            .arg("--host-id")
+            .arg(&h.info.host_id)
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--address")
+            .arg(&h.info.address)
+            .arg("--control-url")
+            .arg(&h.control_url)
+            .arg("--metadata-url")
+            .arg(format!("{}/hosts/{}", self.cfg.metadata_base_url, h.info.host_id))
+            .arg("--exit-with-parent")
+            .env("HIGHRISE_BOOTSTRAP_TOKEN", &h.bootstrap_token)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Own process group: a terminal's Ctrl-C reaches `up`, which stops hosts in order.
+            .process_group(0);
+        let child = cmd.spawn().context("spawn agent")?;
+        self.lock().agents.insert(h.info.host_id.clone(), child);
+        Ok(())
+    }
+
+    /// Stops every agent (which stops its PostgreSQL instances) without wiping disks:
+    /// the machine is powered off, not the hosts terminated.
+    pub async fn shutdown(&self) {
+        let agents: Vec<(String, tokio::process::Child)> =
+            std::mem::take(&mut self.lock().agents).into_iter().collect();
+        let mut waits = Vec::new();
+        for (id, mut child) in agents {
+            waits.push(async move {
+                stop_child(&mut child, Duration::from_secs(30)).await;
+                id
+            });
+        }
+        for w in waits {
+            let id = w.await;
+            kill_postgres_under(&self.host_dir(&id), Signal::SIGQUIT);
+        }
+    }
+
+    /// Kills a host the hard way, as a dying VM: agent and PostgreSQL get SIGKILL, the disk
+    /// is wiped, the state is `Terminated`.
+    async fn kill_host(&self, host_id: &str) {
+        let child = self.lock().agents.remove(host_id);
+        if let Some(mut child) = child {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        let dir = self.host_dir(host_id);
+        kill_postgres_under(&dir, Signal::SIGKILL);
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut inner = self.lock();
+        if let Some(h) = inner.persisted.hosts.get_mut(host_id) {
+            h.info.state = HostState::Terminated;
+            h.notice_deadline = None;
+        }
+        if let Err(e) = save_state(&self.cfg.dir, &inner.persisted) {
+            tracing::error!("save land state: {e:#}");
+        }
+    }
+
+    /// Posts a spot notice on the host's metadata endpoint; the host dies when it expires.
+    pub fn preempt(self: &Arc<Self>, host_id: &str) -> Result<u64, ProviderError> {
+        let deadline = unix_now() + self.cfg.notice_secs;
+        {
+            let mut inner = self.lock();
+            let h = inner
+                .persisted
+                .hosts
+                .get_mut(host_id)
+                .filter(|h| h.info.state != HostState::Terminated)
+                .ok_or_else(|| ProviderError::UnknownHost(host_id.into()))?;
+            h.info.state = HostState::Preempting;
+            h.notice_deadline = Some(deadline);
+            save_state(&self.cfg.dir, &inner.persisted)?;
+        }
+        let land = Arc::clone(self);
+        let id = host_id.to_string();
+        let secs = self.cfg.notice_secs;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            land.kill_host(&id).await;
+        });
+        Ok(deadline)
+    }
+
+    /// Takes a whole cloud (or one `zone` of it) down: its hosts die at once, and
+    /// launches there fail until it is brought back.
+    pub async fn take_down(&self, cloud: &str, zone: Option<&str>) -> Result<Vec<String>, ProviderError> {
+        if !self.cfg.clouds.iter().any(|c| c.name == cloud) {
+            return Err(ProviderError::UnknownLocation(cloud.into()));
+        }
+        let victims: Vec<String> = {
+            let mut inner = self.lock();
+            let key = zone.map_or_else(|| cloud.to_string(), |z| format!("{cloud}/{z}"));
+            if !inner.persisted.down.contains(&key) {
+                inner.persisted.down.push(key);
+            }
+            inner
+                .persisted
+                .hosts
+                .values()
+                .filter(|h| h.info.cloud == cloud && zone.is_none_or(|z| h.info.zone == z))
+                .filter(|h| h.info.state != HostState::Terminated)
+                .map(|h| h.info.host_id.clone())
+                .collect()
+        };
+        for id in &victims {
+            self.kill_host(id).await;
+        }
+        Ok(victims)
+    }
+
+    /// Brings a cloud (or zone) back: launches succeed again; dead hosts stay dead.
+    pub fn bring_up(&self, cloud: &str, zone: Option<&str>) -> Result<(), ProviderError> {
+        let key = zone.map_or_else(|| cloud.to_string(), |z| format!("{cloud}/{z}"));
+        let mut inner = self.lock();
+        inner.persisted.down.retain(|d| d != &key);
+        save_state(&self.cfg.dir, &inner.persisted)?;
+        Ok(())
+    }
+
+    /// Metadata endpoints and test controls.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/hosts/{id}/latest/meta-data/instance-id", get(meta_instance_id))
+            .route(
+                "/hosts/{id}/latest/meta-data/spot/instance-action",
+                get(meta_spot_action),
+            )
+            .route("/land/hosts", get(list_hosts_http))
+            .route("/land/hosts/{id}/preempt", post(preempt_http))
+            .route("/land/clouds/{cloud}/down", post(cloud_down_http))
+            .route("/land/clouds/{cloud}/up", post(cloud_up_http))
+            .with_state(self)
+    }
+}
+
+fn save_state(dir: &Path, p: &Persisted) -> Result<()> {
+    let path = dir.join("land.json");
+    let tmp = dir.join("land.json.tmp");
+    let bytes = serde_json::to_vec_pretty(p).context("serialize land state")?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("replace {}", path.display()))?;
+    Ok(())
+}
+
+async fn stop_child(child: &mut tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+}
+
+/// Signals every postmaster whose data directory lies under `dir` (a host's disk).
+fn kill_postgres_under(dir: &Path, signal: Signal) {
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        let pidfile = d.join("postmaster.pid");
+        if let Ok(text) = std::fs::read_to_string(&pidfile) {
+            if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) {
+                let is_pg = std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains("postgres"))
+                    .unwrap_or(false);
+                if pid > 0 && is_pg {
+                    let _ = kill(Pid::from_raw(pid), signal);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while kill(Pid::from_raw(pid), None).is_ok() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            continue;
+        }
+        if depth < 4 {
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                for e in entries.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push((e.path(), depth + 1));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for LocalLand {
+    fn clouds(&self) -> Vec<Cloud> {
+        self.cfg.clouds.clone()
+    }
+
+    async fn launch_host(&self, req: LaunchRequest) -> Result<HostInfo, ProviderError> {
+        let record = {
+            let mut inner = self.lock();
+            if let Some(h) = inner.persisted.hosts.get(&req.host_id) {
+                return Ok(h.info.clone());
+            }
+            let (cloud_idx, cloud) = self
+                .cfg
+                .clouds
+                .iter()
+                .enumerate()
+                .find(|(_, c)| c.name == req.cloud)
+                .ok_or_else(|| ProviderError::UnknownLocation(req.cloud.clone()))?;
+            let region = cloud
+                .regions
+                .iter()
+                .find(|r| r.name == req.region)
+                .ok_or_else(|| ProviderError::UnknownLocation(format!("{}/{}", req.cloud, req.region)))?;
+            if inner.persisted.down.contains(&req.cloud) {
+                return Err(ProviderError::NoCapacity(format!("cloud {} is down", req.cloud)));
+            }
+            let in_cloud: Vec<&HostRecord> = inner
+                .persisted
+                .hosts
+                .values()
+                .filter(|h| h.info.cloud == req.cloud && h.info.state != HostState::Terminated)
+                .collect();
+            let zones: Vec<&String> = region
+                .zones
+                .iter()
+                .filter(|z| !inner.persisted.down.contains(&format!("{}/{z}", req.cloud)))
+                .collect();
+            // Spread over zones: the zone with the fewest live hosts.
+            let zone = zones
+                .iter()
+                .min_by_key(|z| in_cloud.iter().filter(|h| &&h.info.zone == *z).count())
+                .ok_or_else(|| ProviderError::NoCapacity(format!("every zone of {} is down", req.cloud)))?
+                .to_string();
+            let base = inner.persisted.octet_base;
+            let taken: Vec<&str> = in_cloud.iter().map(|h| h.info.address.as_str()).collect();
+            let address = (1..=254u16)
+                .map(|n| format!("127.{base}.{}.{n}", cloud_idx + 1))
+                .find(|a| !taken.contains(&a.as_str()))
+                .ok_or_else(|| ProviderError::NoCapacity(format!("cloud {} is full", req.cloud)))?;
+            let record = HostRecord {
+                info: HostInfo {
+                    host_id: req.host_id.clone(),
+                    cloud: req.cloud.clone(),
+                    region: req.region.clone(),
+                    zone,
+                    market: req.market,
+                    address,
+                    state: HostState::Running,
+                },
+                bootstrap_token: req.bootstrap_token.clone(),
+                control_url: req.control_url.clone(),
+                notice_deadline: None,
+            };
+            inner.persisted.hosts.insert(req.host_id.clone(), record.clone());
+            save_state(&self.cfg.dir, &inner.persisted)?;
+            record
+        };
+        if req.market == Market::Spot {
+            tracing::info!(host = %req.host_id, "launched on the spot market");
+        }
+        self.start_agent(&record)?;
+        Ok(record.info)
+    }
+
+    async fn terminate_host(&self, host_id: &str) -> Result<(), ProviderError> {
+        let child = self.lock().agents.remove(host_id);
+        if let Some(mut child) = child {
+            stop_child(&mut child, Duration::from_secs(30)).await;
+        }
+        self.kill_host(host_id).await;
+        Ok(())
+    }
+
+    async fn list_hosts(&self) -> Result<Vec<HostInfo>, ProviderError> {
+        Ok(self.lock().persisted.hosts.values().map(|h| h.info.clone()).collect())
+    }
+}
+
+fn http_error(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "error": { "code": "land", "message": message } })),
+    )
+        .into_response()
+}
+
+fn provider_error(e: ProviderError) -> Response {
+    let status = match e {
+        ProviderError::UnknownHost(_) | ProviderError::UnknownLocation(_) => StatusCode::NOT_FOUND,
+        ProviderError::NoCapacity(_) => StatusCode::CONFLICT,
+        ProviderError::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    http_error(status, format!("{e:#}"))
+}
+
+async fn meta_instance_id(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
+    match land.lock().persisted.hosts.get(&id) {
+        Some(h) if h.info.state != HostState::Terminated => id.into_response(),
+        _ => http_error(StatusCode::NOT_FOUND, format!("unknown host {id}")),
+    }
+}
+
+/// 404 until a notice is posted, then `{"action": "terminate", "time": <unix seconds>}`.
+async fn meta_spot_action(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
+    match land.lock().persisted.hosts.get(&id).and_then(|h| h.notice_deadline) {
+        Some(t) => Json(serde_json::json!({ "action": "terminate", "time": t })).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn list_hosts_http(State(land): State<Arc<LocalLand>>) -> Response {
+    match land.list_hosts().await {
+        Ok(hosts) => Json(hosts).into_response(),
+        Err(e) => provider_error(e),
+    }
+}
+
+async fn preempt_http(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
+    match land.preempt(&id) {
+        Ok(t) => Json(serde_json::json!({ "host_id": id, "terminates_at": t })).into_response(),
+        Err(e) => provider_error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ZoneQuery {
+    zone: Option<String>,
+}
+
+async fn cloud_down_http(
+    State(land): State<Arc<LocalLand>>,
+    UrlPath(cloud): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<ZoneQuery>,
+) -> Response {
+    match land.take_down(&cloud, q.zone.as_deref()).await {
+        Ok(hosts) => Json(serde_json::json!({ "terminated": hosts })).into_response(),
+        Err(e) => provider_error(e),
+    }
+}
+
+async fn cloud_up_http(
+    State(land): State<Arc<LocalLand>>,
+    UrlPath(cloud): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<ZoneQuery>,
+) -> Response {
+    match land.bring_up(&cloud, q.zone.as_deref()) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => provider_error(e),
+    }
+}

@@ -1,0 +1,107 @@
+//! The routing table: endpoint → current primary. Long-polled from the control plane,
+//! kept in memory and in a cache file, so the proxy serves known clusters while the
+//! control plane is away (static stability).
+
+use crate::ProxyConfig;
+use highrise_api::{Route, RouteTable};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Clone, Default)]
+pub struct RouteCache {
+    inner: Arc<RwLock<(String, HashMap<String, Route>)>>,
+}
+
+impl RouteCache {
+    /// Starts from the cache file when there is a readable one.
+    pub fn load(path: &Path) -> Self {
+        let cache = Self::default();
+        match std::fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice::<RouteTable>(&bytes) {
+                Ok(t) => cache.replace(t),
+                Err(e) => tracing::warn!("ignore unreadable route cache {}: {e}", path.display()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("read route cache {}: {e}", path.display()),
+        }
+        cache
+    }
+
+    pub fn get(&self, endpoint: &str) -> Option<Route> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .get(endpoint)
+            .cloned()
+    }
+
+    pub fn version(&self) -> String {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    pub fn replace(&self, t: RouteTable) {
+        let map = t.routes.into_iter().map(|r| (r.endpoint.clone(), r)).collect();
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = (t.version, map);
+    }
+}
+
+pub(crate) async fn refresh(cache: RouteCache, cfg: ProxyConfig, stop: watch::Receiver<bool>) {
+    let client = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("build HTTP client: {e}");
+            return;
+        }
+    };
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let known = cache.version();
+        let res = client
+            .get(format!("{}/v1/proxy/routes", cfg.control_url))
+            .query(&[("known", known.as_str()), ("wait", "25")])
+            .bearer_auth(&cfg.token)
+            .timeout(Duration::from_secs(35))
+            .send()
+            .await;
+        let res = match res {
+            Ok(r) if r.status().is_success() => r.json::<RouteTable>().await.map_err(|e| e.to_string()),
+            Ok(r) => Err(format!("control plane answered {}", r.status())),
+            Err(e) => Err(e.to_string()),
+        };
+        match res {
+            Ok(t) => {
+                failures = 0;
+                if t.version != known {
+                    tracing::debug!(routes = t.routes.len(), "routing table updated");
+                    if let Err(e) = persist(&cfg.cache_file, &t) {
+                        tracing::warn!("write route cache: {e}");
+                    }
+                    cache.replace(t);
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(60) {
+                    tracing::warn!("fetch routes (serving the cached table): {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+fn persist(path: &Path, t: &RouteTable) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(t).map_err(std::io::Error::other)?)?;
+    std::fs::rename(tmp, path)
+}
