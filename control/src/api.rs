@@ -97,13 +97,28 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Self(v)),
+        let value = match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(v)) => v,
             Err(rej) => {
                 let rej: JsonRejection = rej;
-                Err(ApiError::new(rej.status(), "invalid_request", rej.body_text()))
+                return Err(ApiError::new(rej.status(), "invalid_request", rej.body_text()));
             }
+        };
+        // serde accepts a struct written as an array; the API does not.
+        if !value.is_object() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "the request body must be a JSON object",
+            ));
         }
+        serde_json::from_value(value).map(Self).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("invalid request body: {e}"),
+            )
+        })
     }
 }
 

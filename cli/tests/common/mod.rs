@@ -1,0 +1,238 @@
+//! Test harness: starts the real `highrise up` in its own temporary directory on ports the
+//! kernel picks, runs the real CLI and `psql` against it, and stops it by its PID.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_highrise");
+
+pub struct Up {
+    pub child: Option<Child>,
+    pub root: PathBuf,
+    pub data_dir: PathBuf,
+    pub api_url: String,
+    pub proxy_addr: String,
+    pub api_key: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// A temporary directory the unprivileged PostgreSQL user can traverse.
+pub fn temp_root() -> tempfile::TempDir {
+    let tmp = tempfile::Builder::new()
+        .prefix("hr-test-")
+        .tempdir()
+        .expect("create temp dir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod temp dir");
+    tmp
+}
+
+impl Up {
+    pub fn start() -> Self {
+        let tmp = temp_root();
+        let root = tmp.path().to_path_buf();
+        let mut up = Self::start_in(&root);
+        up._tmp = Some(tmp);
+        up
+    }
+
+    /// Starts `up` on `root/data` (again, when it ran there before).
+    pub fn start_in(root: &Path) -> Self {
+        let data_dir = root.join("data");
+        let mut child = Command::new(BIN)
+            .args([
+                "up",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&data_dir)
+            .env("XDG_CONFIG_HOME", root.join("config"))
+            .env_remove("HIGHRISE_CONFIG")
+            .env("HIGHRISE_LOG", "info,highrise=debug,sqlx=warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(root.join(format!("up-{}.log", now_ms()))).expect("create log"))
+            .spawn()
+            .expect("spawn highrise up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut api = None;
+            let mut proxy = None;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(v) = line.trim().strip_prefix("API:") {
+                    api = Some(v.trim().to_string());
+                }
+                if let Some(v) = line.trim().strip_prefix("proxy:") {
+                    proxy = v.split_whitespace().next().map(str::to_string);
+                }
+                if line.starts_with("Try:") {
+                    let _ = tx.send((api.clone(), proxy.clone()));
+                }
+            }
+        });
+        let (api, proxy) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((Some(a), Some(p))) => (a, p),
+            other => {
+                let _ = child.kill();
+                panic!("highrise up did not start ({other:?}); log in {}", root.display());
+            }
+        };
+        let cfg: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(root.join("config/highrise/config.json")).expect("read client config"),
+        )
+        .expect("parse client config");
+        Self {
+            child: Some(child),
+            root: root.to_path_buf(),
+            data_dir,
+            api_url: api,
+            proxy_addr: proxy,
+            api_key: cfg["api_key"].as_str().expect("api_key").to_string(),
+            _tmp: None,
+        }
+    }
+
+    /// Runs a client command of the real CLI with this `up`'s client config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.root.join("config"))
+            .env_remove("HIGHRISE_API_URL")
+            .env_remove("HIGHRISE_API_KEY")
+            .env_remove("HIGHRISE_CONFIG")
+            .output()
+            .expect("run highrise")
+    }
+
+    /// Like [`cli`], asserting success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "highrise {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Creates a cluster with `--wait`; returns its connection URI (the last line).
+    pub fn create_cluster(&self, name: &str) -> String {
+        let out = self.cli_ok(&["cluster", "create", name, "--wait"]);
+        out.lines().last().expect("a URI line").trim().to_string()
+    }
+
+    /// Stops `up` with SIGINT (as Ctrl-C would) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        assert!(status.success(), "highrise up exited with {status}");
+                        return;
+                    }
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("highrise up did not stop within 60 s");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Runs `psql` with `sql`; returns (success, stdout, stderr).
+pub fn psql(uri: &str, sql: &str) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", uri, "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+pub fn psql_ok(uri: &str, sql: &str) -> String {
+    let (ok, out, err) = psql(uri, sql);
+    assert!(ok, "psql {sql:?} failed: {err}");
+    out
+}
+
+/// PIDs of processes whose command line mentions `needle` (e.g. a test's temp dir).
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let me = std::process::id();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+            .unwrap_or(false);
+        if cmd.contains(needle) && !zombie {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+/// Waits for `cond` up to `timeout`, polling.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,408 @@
+//! End-to-end tests of the foundation: the real `highrise up`, the real CLI, real
+//! PostgreSQL and stock `psql`, each test in its own temporary directory and ports.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+fn postmaster_pids(data_dir: &std::path::Path) -> Vec<(u32, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    let hosts = data_dir.join("land/hosts");
+    for host in std::fs::read_dir(hosts).into_iter().flatten().flatten() {
+        for inst in std::fs::read_dir(host.path().join("i")).into_iter().flatten().flatten() {
+            let pidfile = inst.path().join("pgdata/postmaster.pid");
+            if let Ok(text) = std::fs::read_to_string(&pidfile) {
+                if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse().ok()) {
+                    out.push((pid, inst.path()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[test]
+fn tour_create_connect_and_delete() {
+    let up = Up::start();
+    let uri = up.create_cluster("shop");
+    assert!(uri.starts_with("postgresql://owner:"), "{uri}");
+    assert_eq!(
+        psql_ok(&uri, "create table t(x int); insert into t values (1); select * from t"),
+        "1"
+    );
+
+    // The tenant is not a superuser and cannot reach the host.
+    assert_eq!(
+        psql_ok(&uri, "select rolsuper from pg_roles where rolname = current_user"),
+        "f"
+    );
+    let (ok, _, err) = psql(&uri, "copy t from program 'id'");
+    assert!(!ok && err.contains("pg_execute_server_program"), "{err}");
+    let (ok, _, err) = psql(&uri, "select pg_read_file('/etc/passwd')");
+    assert!(!ok && err.contains("permission denied"), "{err}");
+    let (ok, _, err) = psql(&uri, "create role sneaky superuser");
+    assert!(!ok && err.contains("must be superuser"), "{err}");
+
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "shop", "--output", "json"])).unwrap();
+    assert_eq!(shown["status"], "running");
+    assert_eq!(shown["members"].as_array().map(Vec::len), Some(1));
+    let listed: Value = serde_json::from_str(&up.cli_ok(&["cluster", "list", "--output", "json"])).unwrap();
+    assert_eq!(listed[0]["name"], "shop");
+    assert!(up.cli_ok(&["cluster", "list"]).contains("shop"));
+
+    let pids = postmaster_pids(&up.data_dir);
+    assert_eq!(pids.len(), 1, "one PostgreSQL instance: {pids:?}");
+    let (pid, inst_dir) = pids[0].clone();
+    assert!(alive(pid));
+
+    up.cli_ok(&["cluster", "delete", "shop", "--wait"]);
+    wait_for("postgres to exit", Duration::from_secs(30), || !alive(pid));
+    wait_for("the instance directory to go", Duration::from_secs(30), || {
+        !inst_dir.exists()
+    });
+    let listed: Value = serde_json::from_str(&up.cli_ok(&["cluster", "list", "--output", "json"])).unwrap();
+    assert_eq!(listed, json!([]));
+    let (ok, _, err) = psql(&uri, "select 1");
+    assert!(!ok && err.contains("not found"), "{err}");
+}
+
+fn raw_exchange(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn proxy_answers_unknown_and_malformed_connections_with_postgres_errors() {
+    let up = Up::start();
+    let uri = format!(
+        "postgresql://owner:pw@{}/db?options=endpoint%3Dep-nope&sslmode=disable",
+        up.proxy_addr
+    );
+    let (ok, _, err) = psql(&uri, "select 1");
+    assert!(!ok && err.contains("endpoint \"ep-nope\" not found"), "{err}");
+
+    let uri = format!("postgresql://owner:pw@{}/db?sslmode=disable", up.proxy_addr);
+    let (ok, _, err) = psql(&uri, "select 1");
+    assert!(!ok && err.contains("no endpoint given"), "{err}");
+
+    // Over TLS, the endpoint comes from the SNI host name.
+    let port = up.proxy_addr.rsplit_once(':').unwrap().1;
+    let uri = format!("postgresql://owner:pw@ep-zzz.localhost:{port}/db?sslmode=require&hostaddr=127.0.0.1");
+    let (ok, _, err) = psql(&uri, "select 1");
+    assert!(!ok && err.contains("endpoint \"ep-zzz\" not found"), "{err}");
+
+    // Malformed and oversized packets get an ErrorResponse, then the connection closes.
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![0, 0, 0, 4], "too short"),
+        (vec![0, 1, 0, 0, 0, 3, 0, 0], "too large"),
+        (vec![0, 0, 0, 8, 0, 2, 0, 0], "unsupported frontend protocol"),
+        (vec![0, 0, 0, 12, 0, 3, 0, 0, b'u', b's', b'e', b'r'], "not terminated"),
+        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "startup packet"),
+    ];
+    for (bytes, expect) in cases {
+        let answer = raw_exchange(&up.proxy_addr, &bytes);
+        assert_eq!(answer.first(), Some(&b'E'), "{bytes:?} -> {answer:?}");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains(expect), "{bytes:?} -> {text}");
+    }
+    // A client that says nothing and hangs up does not hurt the proxy.
+    drop(std::net::TcpStream::connect(&up.proxy_addr).unwrap());
+    let uri = format!(
+        "postgresql://owner:pw@{}/db?options=endpoint%3Dep-nope&sslmode=disable",
+        up.proxy_addr
+    );
+    let (_, _, err) = psql(&uri, "select 1");
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_rejects_bad_input_and_isolates_orgs() {
+    let up = tokio::task::spawn_blocking(Up::start).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("{}{}", up.api_url, p);
+    let key = up.api_key.clone();
+
+    async fn expect_error(resp: reqwest::Response, status: u16) -> Value {
+        let got = resp.status().as_u16();
+        let body: Value = resp.json().await.expect("a JSON error body");
+        assert_eq!(got, status, "{body}");
+        assert!(
+            body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        body
+    }
+
+    // Authentication.
+    expect_error(http.get(url("/v1/clusters")).send().await.unwrap(), 401).await;
+    for bad in ["nonsense", "hrk_key_x.y", "hrk_.", &format!("{key}x")] {
+        let r = http.get(url("/v1/clusters")).bearer_auth(bad).send().await.unwrap();
+        expect_error(r, 401).await;
+    }
+
+    // Names.
+    let long = "a".repeat(300);
+    for bad in [
+        "",
+        long.as_str(),
+        "../x",
+        "a\"b",
+        "it's",
+        "Shop",
+        "-a",
+        "a-",
+        "a b",
+        "a/b",
+    ] {
+        let r = http
+            .post(url("/v1/clusters"))
+            .bearer_auth(&key)
+            .json(&json!({ "name": bad }))
+            .send()
+            .await
+            .unwrap();
+        let body = expect_error(r, 400).await;
+        assert_eq!(body["error"]["code"], "invalid_request", "{bad:?}: {body}");
+    }
+    // Unknown fields, wrong types, broken JSON, no content type.
+    for body in [
+        json!({ "name": "ok", "colour": "red" }),
+        json!({ "name": 5 }),
+        json!({ "name": "ok", "replicas": "two" }),
+        json!({ "name": "ok", "replicas": -1 }),
+        json!({ "name": "ok", "spot": "yes" }),
+        json!(["ok"]),
+        json!({}),
+    ] {
+        let r = http
+            .post(url("/v1/clusters"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{body}: {}", r.status());
+        expect_error(r, 422).await;
+    }
+    let r = http
+        .post(url("/v1/clusters"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 400).await;
+    let r = http
+        .post(url("/v1/clusters"))
+        .bearer_auth(&key)
+        .body("name=x")
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 415).await;
+    // Accepted shapes that are not supported yet, and unknown places.
+    for (body, code) in [
+        (json!({ "name": "ok", "replicas": 1 }), "not_supported"),
+        (json!({ "name": "ok", "spot": true }), "not_supported"),
+        (json!({ "name": "ok", "replicas": 9 }), "invalid_request"),
+        (json!({ "name": "ok", "cloud": "mars" }), "invalid_request"),
+        (json!({ "name": "ok", "plan": "huge" }), "invalid_request"),
+        (json!({ "name": "ok", "pg_version": 9 }), "not_supported"),
+    ] {
+        let r = http
+            .post(url("/v1/clusters"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let b = expect_error(r, 400).await;
+        assert_eq!(b["error"]["code"], code, "{body}: {b}");
+    }
+    expect_error(http.get(url("/v1/nope")).bearer_auth(&key).send().await.unwrap(), 404).await;
+    expect_error(
+        http.get(url("/v1/clusters/none"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+
+    // A second org sees nothing of the first.
+    let r = http
+        .post(url("/v1/orgs"))
+        .bearer_auth(&key)
+        .json(&json!({ "name": "acme" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let acme: Value = r.json().await.unwrap();
+    let acme_key = acme["api_key"]["secret"].as_str().unwrap().to_string();
+    let r = http
+        .post(url("/v1/clusters"))
+        .bearer_auth(&key)
+        .json(&json!({ "name": "private-db" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let created: Value = r.json().await.unwrap();
+    let id = created["cluster"]["id"].as_str().unwrap();
+    let op = created["operation"]["id"].as_str().unwrap();
+    for path in [
+        "/v1/clusters/private-db".to_string(),
+        format!("/v1/clusters/{id}"),
+        format!("/v1/operations/{op}"),
+    ] {
+        expect_error(http.get(url(&path)).bearer_auth(&acme_key).send().await.unwrap(), 404).await;
+    }
+    expect_error(
+        http.delete(url(&format!("/v1/clusters/{id}")))
+            .bearer_auth(&acme_key)
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    let list: Value = http
+        .get(url("/v1/clusters"))
+        .bearer_auth(&acme_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list, json!([]));
+    // Only the operator creates orgs and sees hosts.
+    let r = http
+        .post(url("/v1/orgs"))
+        .bearer_auth(&acme_key)
+        .json(&json!({ "name": "evil" }))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 403).await;
+    expect_error(
+        http.get(url("/v1/hosts")).bearer_auth(&acme_key).send().await.unwrap(),
+        403,
+    )
+    .await;
+    // The same name in another org is fine; a duplicate in one project is a conflict.
+    let r = http
+        .post(url("/v1/clusters"))
+        .bearer_auth(&key)
+        .json(&json!({ "name": "private-db" }))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 409).await;
+
+    // API keys: the secret works until revoked.
+    let r = http
+        .post(url("/v1/api-keys"))
+        .bearer_auth(&acme_key)
+        .json(&json!({ "name": "ci" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let k: Value = r.json().await.unwrap();
+    let (kid, ksecret) = (k["key"]["id"].as_str().unwrap(), k["secret"].as_str().unwrap());
+    assert_eq!(
+        http.get(url("/v1/clusters"))
+            .bearer_auth(ksecret)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    let keys: Value = http
+        .get(url("/v1/api-keys"))
+        .bearer_auth(&acme_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(keys.to_string().contains(kid) && !keys.to_string().contains(ksecret));
+    let r = http
+        .delete(url(&format!("/v1/api-keys/{kid}")))
+        .bearer_auth(&acme_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    expect_error(
+        http.get(url("/v1/clusters")).bearer_auth(ksecret).send().await.unwrap(),
+        401,
+    )
+    .await;
+
+    // The OpenAPI document is generated from the code.
+    let doc: Value = http
+        .get(url("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/v1/clusters"]["post"].is_object(), "{doc}");
+    assert!(doc["components"]["schemas"]["CreateCluster"].is_object());
+    tokio::task::spawn_blocking(move || drop(up)).await.unwrap();
+}
+
+#[test]
+fn ctrl_c_stops_everything_and_restart_brings_data_back() {
+    let tmp = temp_root();
+    let root = tmp.path();
+    let needle = root.to_string_lossy().to_string();
+    let mut up = Up::start_in(root);
+    let uri = up.create_cluster("shop");
+    psql_ok(&uri, "create table t(x int); insert into t values (42)");
+    assert!(
+        processes_mentioning(&needle).len() >= 2,
+        "agent and postgres run: {:?}",
+        processes_mentioning(&needle)
+    );
+    let old_proxy = up.proxy_addr.clone();
+    up.stop();
+    wait_for("every process to exit", Duration::from_secs(30), || {
+        processes_mentioning(&needle).is_empty()
+    });
+
+    let up = Up::start_in(root);
+    let uri = uri.replace(&old_proxy, &up.proxy_addr);
+    wait_for("the cluster to answer again", Duration::from_secs(60), || {
+        psql(&uri, "select 1").0
+    });
+    assert_eq!(psql_ok(&uri, "select x from t"), "42");
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "shop", "--output", "json"])).unwrap();
+    assert_eq!(shown["status"], "running");
+    drop(up);
+    wait_for("every process to exit", Duration::from_secs(30), || {
+        processes_mentioning(&needle).is_empty()
+    });
+}
