@@ -1,0 +1,357 @@
+//! The metadata store's behaviour, run unchanged against SQLite and against a throwaway
+//! real PostgreSQL server that the test starts in its own directory and port.
+
+use highrise_api::{InstanceState, ObservedInstance};
+use highrise_control::store::*;
+use highrise_pg::{PgBin, RunAs};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+struct TempPg {
+    _dir: tempfile::TempDir,
+    pid: u32,
+    url: String,
+}
+
+impl TempPg {
+    async fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("hr-store-").tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let run_as = RunAs::detect().unwrap();
+        let bin = PgBin::find(15).unwrap();
+        let data = dir.path().join("data");
+        highrise_pg::initdb(&bin, &data, run_as).unwrap();
+        let sock = dir.path().join("s");
+        highrise_pg::own_dir(&sock, run_as, 0o700).unwrap();
+        let port = free_port();
+        highrise_pg::write_config(
+            &data,
+            &highrise_pg::ServerConfig {
+                listen_addr: "127.0.0.1".into(),
+                port,
+                socket_dir: sock.clone(),
+                memory_mb: 128,
+                tcp_logins: vec![],
+            },
+            run_as,
+        )
+        .unwrap();
+        let log = dir.path().join("pg.log");
+        let pid = highrise_pg::start(&bin, &data, &log, run_as).unwrap();
+        highrise_pg::wait_ready(&data, pid, &log, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let url = format!(
+            "postgres://{}@localhost:{port}/postgres?host={}",
+            highrise_pg::ADMIN_USER,
+            sock.display()
+        );
+        Self { _dir: dir, pid, url }
+    }
+}
+
+impl Drop for TempPg {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGQUIT,
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    for port in 20000..32000u16 {
+        let p = 20000 + (port as u32 * 7919 + std::process::id()) % 12000;
+        if std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok() {
+            return p as u16;
+        }
+    }
+    panic!("no free port")
+}
+
+fn org_row(id: &str, name: &str) -> OrgRow {
+    OrgRow {
+        id: id.into(),
+        name: name.into(),
+        operator: false,
+        created_at: 1,
+    }
+}
+
+fn key_row(id: &str, org: &str) -> ApiKeyRow {
+    ApiKeyRow {
+        id: id.into(),
+        org_id: org.into(),
+        name: "k".into(),
+        secret_hash: "h".into(),
+        created_at: 1,
+        revoked_at: None,
+    }
+}
+
+fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &str) -> ClusterRow {
+    ClusterRow {
+        id: id.into(),
+        org_id: org.into(),
+        project_id: project.into(),
+        project_name: "default".into(),
+        name: name.into(),
+        cloud: "local-a".into(),
+        region: "region-1".into(),
+        plan: "small".into(),
+        pg_version: 15,
+        replicas: 0,
+        spot: false,
+        endpoint: endpoint.into(),
+        db_name: name.into(),
+        owner_name: "owner".into(),
+        owner_scram: "SCRAM".into(),
+        term: 1,
+        created_at: 5,
+        deleted_at: None,
+    }
+}
+
+fn op_row(id: &str, org: &str, cluster: &str, kind: &str) -> OperationRow {
+    OperationRow {
+        id: id.into(),
+        org_id: org.into(),
+        cluster_id: Some(cluster.into()),
+        kind: kind.into(),
+        status: "running".into(),
+        error: None,
+        created_at: 5,
+        updated_at: 5,
+    }
+}
+
+async fn exercise(store: Store) {
+    // Settings: first writer wins.
+    let a = store.setting_or_init("k", || "one".into()).await.unwrap();
+    let b = store.setting_or_init("k", || "two".into()).await.unwrap();
+    assert_eq!((a.as_str(), b.as_str()), ("one", "one"));
+
+    // Orgs, projects, keys.
+    assert_eq!(store.org_count().await.unwrap(), 0);
+    store
+        .create_org(&org_row("o1", "alpha"), "p1", &key_row("k1", "o1"))
+        .await
+        .unwrap();
+    store
+        .create_org(&org_row("o2", "beta"), "p2", &key_row("k2", "o2"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_org(&org_row("o3", "alpha"), "p3", &key_row("k3", "o3"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.org_count().await.unwrap(),
+        2,
+        "a failed create leaves nothing behind"
+    );
+    assert_eq!(store.project_by_name("o1", "default").await.unwrap().id, "p1");
+    let extra = ProjectRow {
+        id: "p1b".into(),
+        org_id: "o1".into(),
+        name: "web".into(),
+        created_at: 2,
+    };
+    store.create_project(&extra).await.unwrap();
+    assert!(matches!(
+        store.create_project(&extra).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.list_projects("o1").await.unwrap().len(), 2);
+    assert!(matches!(
+        store.project_by_name("o2", "web").await,
+        Err(StoreError::NotFound)
+    ));
+
+    assert_eq!(store.api_key("k1").await.unwrap().org_id, "o1");
+    store.create_api_key(&key_row("k1b", "o1")).await.unwrap();
+    assert_eq!(store.list_api_keys("o1").await.unwrap().len(), 2);
+    assert!(matches!(
+        store.revoke_api_key("o2", "k1b", 9).await,
+        Err(StoreError::NotFound)
+    ));
+    store.revoke_api_key("o1", "k1b", 9).await.unwrap();
+    store.revoke_api_key("o1", "k1b", 10).await.unwrap();
+    assert_eq!(store.api_key("k1b").await.unwrap().revoked_at, Some(9));
+
+    // Clusters and their operations.
+    store
+        .create_cluster(
+            &cluster_row("c1", "o1", "p1", "shop", "ep-1"),
+            &op_row("op1", "o1", "c1", "create_cluster"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .create_cluster(
+                &cluster_row("c2", "o1", "p1", "shop", "ep-2"),
+                &op_row("op2", "o1", "c2", "create_cluster")
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        matches!(store.get_operation("o1", "op2").await, Err(StoreError::NotFound)),
+        "rolled back"
+    );
+    // The same name in another project or org is fine.
+    store
+        .create_cluster(
+            &cluster_row("c3", "o1", "p1b", "shop", "ep-3"),
+            &op_row("op3", "o1", "c3", "create_cluster"),
+        )
+        .await
+        .unwrap();
+    store
+        .create_cluster(
+            &cluster_row("c4", "o2", "p2", "shop", "ep-4"),
+            &op_row("op4", "o2", "c4", "create_cluster"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.find_cluster("o1", "p1", "shop").await.unwrap().id, "c1");
+    assert_eq!(store.find_cluster("o1", "p1", "c3").await.unwrap().id, "c3");
+    assert!(matches!(
+        store.find_cluster("o2", "p2", "c1").await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.list_clusters("o1").await.unwrap().len(), 2);
+    assert!(matches!(
+        store.get_operation("o2", "op1").await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Hosts, instances, heartbeats, routes.
+    let host = HostRow {
+        id: "h1".into(),
+        cloud: "local-a".into(),
+        region: "region-1".into(),
+        zone: String::new(),
+        market: "on_demand".into(),
+        address: None,
+        status: "launching".into(),
+        token_hash: None,
+        last_heartbeat: None,
+        launched_at: 3,
+    };
+    store.insert_host(&host).await.unwrap();
+    store.host_launched("h1", "zone-1", "127.9.1.1").await.unwrap();
+    assert!(matches!(
+        store.register_host("nope", "t", "a", 4).await,
+        Err(StoreError::NotFound)
+    ));
+    store.register_host("h1", "thash", "127.9.1.1", 4).await.unwrap();
+    let h = store.get_host("h1").await.unwrap();
+    assert_eq!(
+        (h.status.as_str(), h.zone.as_str(), h.token_hash.as_deref()),
+        ("running", "zone-1", Some("thash"))
+    );
+
+    store
+        .insert_instance(&InstanceRow {
+            id: "i1".into(),
+            cluster_id: "c1".into(),
+            host_id: "h1".into(),
+            slots: 1,
+            role: "primary".into(),
+            deleting: false,
+            observed: "unknown".into(),
+            addr: None,
+            error: None,
+            created_at: 6,
+        })
+        .await
+        .unwrap();
+    let desired = store.desired_for_host("h1").await.unwrap();
+    assert_eq!(desired.len(), 1);
+    assert_eq!((desired[0].id.as_str(), desired[0].database.as_str()), ("i1", "shop"));
+    assert!(store.routes().await.unwrap().is_empty(), "no address yet");
+    let running = ObservedInstance {
+        id: "i1".into(),
+        state: InstanceState::Running,
+        addr: Some("127.9.1.1:25000".into()),
+        error: None,
+    };
+    assert!(store.heartbeat("h1", 7, std::slice::from_ref(&running)).await.unwrap());
+    assert!(!store.heartbeat("h1", 8, &[running]).await.unwrap(), "nothing changed");
+    let routes = store.routes().await.unwrap();
+    assert_eq!(routes.len(), 1);
+    assert_eq!(
+        (routes[0].endpoint.as_str(), routes[0].addr.as_str()),
+        ("ep-1", "127.9.1.1:25000")
+    );
+
+    let world = store.world(10).await.unwrap();
+    assert_eq!(world.clusters.len(), 3);
+    assert_eq!(world.instances[0].observed, highrise_planner::Observed::Running);
+    assert_eq!(world.operations.len(), 3);
+    store.complete_operation("op1", None, 11).await.unwrap();
+    store.complete_operation("op1", Some("late"), 12).await.unwrap();
+    let op = store.get_operation("o1", "op1").await.unwrap();
+    assert_eq!(
+        (op.status.as_str(), op.error),
+        ("succeeded", None),
+        "completion happens once"
+    );
+
+    // Deletion: idempotent request, then the reconciler's steps.
+    let c1 = store.find_cluster("o1", "p1", "shop").await.unwrap();
+    let del = store
+        .delete_cluster(&c1, &op_row("op5", "o1", "c1", "delete_cluster"))
+        .await
+        .unwrap();
+    let again = store
+        .delete_cluster(&c1, &op_row("op6", "o1", "c1", "delete_cluster"))
+        .await
+        .unwrap();
+    assert_eq!(del.id, again.id);
+    assert!(matches!(
+        store.find_cluster("o1", "p1", "shop").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.routes().await.unwrap().is_empty());
+    store.mark_instance_deleting("i1").await.unwrap();
+    assert!(store.desired_for_host("h1").await.unwrap().is_empty());
+    assert!(store.heartbeat("h1", 13, &[]).await.unwrap());
+    assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].observed, "absent");
+    store.forget_instance("i1").await.unwrap();
+    store.remove_cluster("c1").await.unwrap();
+    assert!(matches!(
+        store.find_cluster("o1", "p1", "c1").await,
+        Err(StoreError::NotFound)
+    ));
+    // The name is free again.
+    store
+        .create_cluster(
+            &cluster_row("c5", "o1", "p1", "shop", "ep-5"),
+            &op_row("op7", "o1", "c5", "create_cluster"),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn store_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    exercise(Store::open(&url).await.unwrap()).await;
+    // Migrations are applied once; reopening keeps the data.
+    let store = Store::open(&url).await.unwrap();
+    assert_eq!(store.org_count().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn store_on_postgres() {
+    let pg = TempPg::start().await;
+    exercise(Store::open(&pg.url).await.unwrap()).await;
+    let store = Store::open(&pg.url).await.unwrap();
+    assert_eq!(store.org_count().await.unwrap(), 2);
+}
