@@ -172,7 +172,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 async fn wait_operation(api: &Api, op: &Operation, what: &str) -> Result<Operation> {
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
-    let mut delay = Duration::from_millis(20);
+    let mut delay = Duration::from_millis(10);
     let mut last_print = Instant::now();
     loop {
         let cur: Operation = api
@@ -202,7 +202,9 @@ async fn wait_operation(api: &Api, op: &Operation, what: &str) -> Result<Operati
             bail!("{what}: still running after 10 minutes (operation {})", op.id);
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(250));
+        if started.elapsed() > Duration::from_secs(10) {
+            delay = Duration::from_millis(250);
+        }
     }
 }
 

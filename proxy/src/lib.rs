@@ -54,6 +54,7 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
     let routes = RouteCache::load(&cfg.cache_file);
     let refresher = tokio::spawn(routes::refresh(routes.clone(), cfg.clone(), shutdown.clone()));
     let ctx = Arc::new(Ctx {
+        on_miss: routes::OnMiss::new(cfg.clone()),
         routes,
         acceptor,
         domain: cfg.domain.clone(),
@@ -100,6 +101,7 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcce
 
 struct Ctx {
     routes: RouteCache,
+    on_miss: Option<routes::OnMiss>,
     acceptor: Option<TlsAcceptor>,
     domain: String,
 }
@@ -165,7 +167,14 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(e) => e,
         Err(e) => return reject(&mut client, &e).await,
     };
-    let Some(Route { addr, .. }) = ctx.routes.get(&endpoint) else {
+    let mut route = ctx.routes.get(&endpoint);
+    if route.is_none() {
+        if let Some(on_miss) = &ctx.on_miss {
+            on_miss.refresh(&ctx.routes).await;
+            route = ctx.routes.get(&endpoint);
+        }
+    }
+    let Some(Route { addr, .. }) = route else {
         return reject(&mut client, &StartupError::UnknownEndpoint(endpoint)).await;
     };
     let mut backend = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr)).await {

@@ -49,6 +49,56 @@ impl RouteCache {
     }
 }
 
+/// Fetches the table once, now, when a client names an endpoint the cache does not know
+/// (it may be seconds old); at most one such fetch per 50 ms, so unknown names cannot
+/// turn into a flood on the control plane.
+pub(crate) struct OnMiss {
+    client: reqwest::Client,
+    cfg: ProxyConfig,
+    last: tokio::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl OnMiss {
+    pub fn new(cfg: ProxyConfig) -> Option<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .ok()?;
+        Some(Self {
+            client,
+            cfg,
+            last: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub async fn refresh(&self, cache: &RouteCache) {
+        let mut last = self.last.lock().await;
+        if last.is_some_and(|t| t.elapsed() < Duration::from_millis(50)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let res = self
+            .client
+            .get(format!("{}/v1/proxy/routes", self.cfg.control_url))
+            .bearer_auth(&self.cfg.token)
+            .send()
+            .await;
+        if let Ok(r) = res {
+            if let Ok(t) = r.error_for_status().map(|r| r.json::<RouteTable>()) {
+                if let Ok(t) = t.await {
+                    if t.version != cache.version() {
+                        if let Err(e) = persist(&self.cfg.cache_file, &t) {
+                            tracing::warn!("write route cache: {e}");
+                        }
+                        cache.replace(t);
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub(crate) async fn refresh(cache: RouteCache, cfg: ProxyConfig, stop: watch::Receiver<bool>) {
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))

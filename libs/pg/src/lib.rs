@@ -168,7 +168,7 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
          unix_socket_permissions = 0700\n\
          password_encryption = 'scram-sha-256'\n\
          shared_buffers = '{shared_buffers}MB'\n\
-         max_connections = 100\n\
+         max_connections = {max_connections}\n\
          logging_collector = off\n\
          log_line_prefix = '%m [%p] '\n\
          wal_level = replica\n\
@@ -177,6 +177,7 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
         listen = cfg.listen_addr,
         port = cfg.port,
         sock = cfg.socket_dir.display(),
+        max_connections = (cfg.memory_mb / 256 * 100).clamp(100, 1000),
     );
     let mut hba = String::from(
         "# Written by the highrise agent; changes are overwritten.\n\
