@@ -4,7 +4,7 @@
 mod client;
 mod up;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -108,7 +108,11 @@ fn main() -> std::process::ExitCode {
             }
             Command::Proxy(p) => {
                 init_logging();
-                let listener = tokio::net::TcpListener::bind(p.listen).await?;
+                let listener = tokio::net::TcpListener::bind(p.listen)
+                    .await
+                    .with_context(|| format!("listen on {}", p.listen))?;
+                println!("proxy listening on {}", listener.local_addr()?);
+                std::io::Write::flush(&mut std::io::stdout()).ok();
                 let (_tx, rx) = tokio::sync::watch::channel(false);
                 highrise_proxy::run(
                     listener,

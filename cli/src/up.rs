@@ -27,6 +27,9 @@ pub struct UpArgs {
     /// Metadata store; SQLite under the data directory when omitted.
     #[arg(long)]
     database_url: Option<String>,
+    /// Seconds between a spot notice and the host's death in the local land.
+    #[arg(long, default_value_t = 30, hide = true)]
+    spot_notice_secs: u64,
     /// Where to write the client config (API URL + admin key) that client commands read.
     #[arg(long, env = "HIGHRISE_CONFIG")]
     client_config: Option<PathBuf>,
@@ -162,7 +165,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         agent_program,
         agent_args: vec!["agent".into()],
         metadata_base_url: format!("http://{land_addr}"),
-        notice_secs: 30,
+        notice_secs: args.spot_notice_secs,
     })?;
     let proxy_token = secret_file(&dir.join("proxy-token"), random_token)?;
     let database_url = args
@@ -251,6 +254,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("Highrise is up.");
     println!("  API:           {api_url}");
     println!("  proxy:         {proxy_addr}  (psql; TLS host names <endpoint>.{domain})");
+    println!("  land:          http://{land_addr}  (host metadata and test controls)");
     println!("  client config: {}", config_path.display());
     println!("  data:          {}", dir.display());
     println!("Try: highrise cluster create shop --wait");

@@ -406,3 +406,177 @@ fn ctrl_c_stops_everything_and_restart_brings_data_back() {
         processes_mentioning(&needle).is_empty()
     });
 }
+
+#[test]
+fn a_crash_mid_create_is_finished_after_restart() {
+    let tmp = temp_root();
+    let root = tmp.path();
+    let needle = root.to_string_lossy().to_string();
+    let mut up = Up::start_in(root);
+    let out = up.cli_ok(&["cluster", "create", "shop"]);
+    let uri = out.lines().last().unwrap().trim().to_string();
+    up.crash();
+    // Agents notice that their parent is gone and stop their PostgreSQL: no orphans.
+    wait_for("every process to exit after the crash", Duration::from_secs(30), || {
+        processes_mentioning(&needle).is_empty()
+    });
+
+    let old_proxy = up.proxy_addr.clone();
+    let up = Up::start_in(root);
+    wait_for("the create operation to finish", Duration::from_secs(60), || {
+        let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "shop", "--output", "json"])).unwrap();
+        shown["status"] == "running"
+    });
+    let uri = uri.replace(&old_proxy, &up.proxy_addr);
+    assert_eq!(psql_ok(&uri, "select 40 + 2"), "42");
+    let hosts: Value = serde_json::from_str(&up.cli_ok(&["cluster", "list", "--output", "json"])).unwrap();
+    assert_eq!(hosts.as_array().map(Vec::len), Some(1), "exactly one cluster: {hosts}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn land_preempts_hosts_and_takes_clouds_down() {
+    let tmp = temp_root();
+    let root = tmp.path().to_path_buf();
+    let up = tokio::task::spawn_blocking(move || {
+        let up = Up::start_with(&root, &["--spot-notice-secs", "1"]);
+        up.create_cluster("shop");
+        up
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let land = up.land_url.clone();
+    let hosts: Value = http
+        .get(format!("{land}/land/hosts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hosts.as_array().map(Vec::len), Some(1), "{hosts}");
+    let id = hosts[0]["host_id"].as_str().unwrap().to_string();
+    assert_eq!(hosts[0]["state"], "running");
+    assert!(hosts[0]["address"].as_str().unwrap().starts_with("127."));
+
+    // The spot notice appears on the host's metadata endpoint, then the host dies.
+    let notice_url = format!("{land}/hosts/{id}/latest/meta-data/spot/instance-action");
+    assert_eq!(http.get(&notice_url).send().await.unwrap().status().as_u16(), 404);
+    let r = http
+        .post(format!("{land}/land/hosts/{id}/preempt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let notice: Value = http.get(&notice_url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(notice["action"], "terminate");
+    let host_dir = up.data_dir.join("land/hosts").join(&id);
+    let needle = host_dir.to_string_lossy().to_string();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the preempted host to die", Duration::from_secs(30), || {
+            !host_dir.exists() && processes_mentioning(&needle).is_empty()
+        })
+    })
+    .await
+    .unwrap();
+    let hosts: Value = http
+        .get(format!("{land}/land/hosts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hosts[0]["state"], "terminated");
+    let r = http
+        .post(format!("{land}/land/hosts/nope/preempt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
+    // A cloud that is down refuses launches: the cluster waits, and comes up once the
+    // cloud is back.
+    let r = http
+        .post(format!("{land}/land/clouds/local-b/down"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let up = tokio::task::spawn_blocking(move || {
+        up.cli_ok(&["cluster", "create", "other", "--cloud", "local-b"]);
+        std::thread::sleep(Duration::from_secs(1));
+        let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "other", "--output", "json"])).unwrap();
+        assert_eq!(shown["status"], "creating", "{shown}");
+        up
+    })
+    .await
+    .unwrap();
+    let r = http
+        .post(format!("{land}/land/clouds/local-b/up"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    tokio::task::spawn_blocking(move || {
+        wait_for("the cluster in the recovered cloud", Duration::from_secs(60), || {
+            let shown: Value =
+                serde_json::from_str(&up.cli_ok(&["cluster", "show", "other", "--output", "json"])).unwrap();
+            shown["status"] == "running"
+        });
+        // The cluster on the preempted host is reported as such.
+        wait_for("the lost cluster to show as degraded", Duration::from_secs(30), || {
+            let shown: Value =
+                serde_json::from_str(&up.cli_ok(&["cluster", "show", "shop", "--output", "json"])).unwrap();
+            shown["status"] == "degraded" && shown["members"][0]["state"] == "unreachable"
+        });
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn standalone_proxy_serves_cached_routes_while_the_control_plane_is_unreachable() {
+    let up = Up::start();
+    let uri = up.create_cluster("shop");
+    let token = std::fs::read_to_string(up.data_dir.join("proxy-token")).unwrap();
+    let cache = up.root.join("proxy-cache.json");
+    let start_proxy = |control_url: &str| {
+        let mut child = std::process::Command::new(BIN)
+            .args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--control-url",
+                control_url,
+                "--cache-file",
+            ])
+            .arg(&cache)
+            .env("HIGHRISE_PROXY_TOKEN", token.trim())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+        (child, addr)
+    };
+    let (mut proxy, addr) = start_proxy(&up.api_url);
+    let via = uri.replace(&up.proxy_addr, &addr);
+    wait_for(
+        "the standalone proxy to learn the route",
+        Duration::from_secs(30),
+        || psql(&via, "select 1").0,
+    );
+    proxy.kill().unwrap();
+    proxy.wait().unwrap();
+    assert!(cache.exists());
+
+    // Nothing listens on port 1: the control plane is unreachable for this proxy.
+    let (mut proxy, addr) = start_proxy("http://127.0.0.1:1");
+    let via = uri.replace(&up.proxy_addr, &addr);
+    assert_eq!(psql_ok(&via, "select 'still here'"), "still here");
+    proxy.kill().unwrap();
+    proxy.wait().unwrap();
+}

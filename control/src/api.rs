@@ -91,6 +91,10 @@ fn store_err(what: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A host whose agent has not sent a heartbeat for this long is reported unreachable
+/// (agents beat every 2 s).
+const HOST_SILENCE_SECS: i64 = 10;
+
 /// `Json<T>` whose rejections are JSON error bodies.
 pub struct ApiJson<T>(pub T);
 
@@ -284,15 +288,23 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
         .map_err(store_err("cluster instances"))?;
     let mut members = Vec::new();
     for i in instances.iter().filter(|i| !i.deleting) {
-        let (cloud, zone) = match state.store.get_host(&i.host_id).await {
-            Ok(h) => (h.cloud, h.zone),
-            Err(_) => (String::new(), String::new()),
+        let (cloud, zone, silent) = match state.store.get_host(&i.host_id).await {
+            Ok(h) => {
+                let silent = h.last_heartbeat.is_none_or(|t| now() - t > HOST_SILENCE_SECS) && h.status != "launching";
+                (h.cloud, h.zone, silent)
+            }
+            Err(_) => (String::new(), String::new(), true),
         };
         members.push(Member {
             instance_id: i.id.clone(),
             host_id: i.host_id.clone(),
             role: i.role.clone(),
-            state: i.observed.clone(),
+            // What the agent last said is stale once its host has gone quiet.
+            state: if silent {
+                "unreachable".into()
+            } else {
+                i.observed.clone()
+            },
             cloud,
             zone,
         });
@@ -302,7 +314,7 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
     } else {
         match members.first().map(|m| m.state.as_str()) {
             Some("running") => ClusterStatus::Running,
-            Some("unhealthy") | Some("failed") => ClusterStatus::Degraded,
+            Some("unhealthy") | Some("failed") | Some("unreachable") => ClusterStatus::Degraded,
             _ => ClusterStatus::Creating,
         }
     };

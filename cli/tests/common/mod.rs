@@ -17,6 +17,7 @@ pub struct Up {
     pub data_dir: PathBuf,
     pub api_url: String,
     pub proxy_addr: String,
+    pub land_url: String,
     pub api_key: String,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -42,6 +43,11 @@ impl Up {
 
     /// Starts `up` on `root/data` (again, when it ran there before).
     pub fn start_in(root: &Path) -> Self {
+        Self::start_with(root, &[])
+    }
+
+    /// Starts `up` on `root/data` with extra arguments.
+    pub fn start_with(root: &Path, extra: &[&str]) -> Self {
         let data_dir = root.join("data");
         let mut child = Command::new(BIN)
             .args([
@@ -53,6 +59,7 @@ impl Up {
                 "--data-dir",
             ])
             .arg(&data_dir)
+            .args(extra)
             .env("XDG_CONFIG_HOME", root.join("config"))
             .env_remove("HIGHRISE_CONFIG")
             .env("HIGHRISE_LOG", "info,highrise=debug,sqlx=warn")
@@ -65,21 +72,25 @@ impl Up {
         std::thread::spawn(move || {
             let mut api = None;
             let mut proxy = None;
+            let mut land = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(v) = line.trim().strip_prefix("API:") {
                     api = Some(v.trim().to_string());
                 }
+                if let Some(v) = line.trim().strip_prefix("land:") {
+                    land = v.split_whitespace().next().map(str::to_string);
+                }
                 if let Some(v) = line.trim().strip_prefix("proxy:") {
                     proxy = v.split_whitespace().next().map(str::to_string);
                 }
                 if line.starts_with("Try:") {
-                    let _ = tx.send((api.clone(), proxy.clone()));
+                    let _ = tx.send((api.clone(), proxy.clone(), land.clone()));
                 }
             }
         });
-        let (api, proxy) = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok((Some(a), Some(p))) => (a, p),
+        let (api, proxy, land) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((Some(a), Some(p), Some(l))) => (a, p, l),
             other => {
                 let _ = child.kill();
                 panic!("highrise up did not start ({other:?}); log in {}", root.display());
@@ -95,6 +106,7 @@ impl Up {
             data_dir,
             api_url: api,
             proxy_addr: proxy,
+            land_url: land,
             api_key: cfg["api_key"].as_str().expect("api_key").to_string(),
             _tmp: None,
         }
@@ -128,6 +140,14 @@ impl Up {
     pub fn create_cluster(&self, name: &str) -> String {
         let out = self.cli_ok(&["cluster", "create", name, "--wait"]);
         out.lines().last().expect("a URI line").trim().to_string()
+    }
+
+    /// Kills `up` with SIGKILL, as a crash would, and reaps it.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stops `up` with SIGINT (as Ctrl-C would) and waits for it to exit.

@@ -19,6 +19,10 @@ pub const HOST_SLOTS: u32 = 8;
 /// A host that has not registered this long after its launch is given up on.
 pub const HOST_LAUNCH_TIMEOUT_SECS: i64 = 120;
 
+/// After a launch in a cloud/region failed, wait this long before trying there again
+/// (a cloud that is down must not turn into a storm of launch calls).
+pub const LAUNCH_RETRY_SECS: i64 = 10;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIntent {
     pub id: String,
@@ -211,6 +215,15 @@ pub fn plan(world: &World) -> Vec<Action> {
         }
     }
     for ((cloud, region), need) in launching_need {
+        let failed_recently = world.hosts.iter().any(|h| {
+            h.status == HostStatus::Failed
+                && h.cloud == cloud
+                && h.region == region
+                && world.now - h.launched_at < LAUNCH_RETRY_SECS
+        });
+        if failed_recently {
+            continue;
+        }
         let launching = world
             .hosts
             .iter()

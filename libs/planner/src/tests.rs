@@ -155,6 +155,28 @@ fn full_host_triggers_launch() {
 }
 
 #[test]
+fn failed_launch_is_retried_only_after_a_pause() {
+    let mut world = World {
+        now: 100,
+        clusters: vec![cluster("c1", 1)],
+        hosts: vec![HostView {
+            launched_at: 95,
+            ..host("h1", HostStatus::Failed)
+        }],
+        ..Default::default()
+    };
+    assert!(plan(&world).is_empty(), "no launch storm while the cloud refuses");
+    world.now = 95 + LAUNCH_RETRY_SECS;
+    assert_eq!(
+        plan(&world),
+        vec![Action::LaunchHost {
+            cloud: "a".into(),
+            region: "r1".into()
+        }]
+    );
+}
+
+#[test]
 fn stuck_launch_is_abandoned() {
     let world = World {
         now: HOST_LAUNCH_TIMEOUT_SECS + 1,
