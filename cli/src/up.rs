@@ -238,17 +238,31 @@ pub async fn run(args: UpArgs) -> Result<()> {
         tokio::spawn(async move { control.run_reconciler(reconciler_stop_rx).await })
     };
     let (tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
-    let proxy = tokio::spawn(highrise_proxy::run(
-        proxy_listener,
-        highrise_proxy::ProxyConfig {
-            control_url: api_url.clone(),
-            token: proxy_token,
-            cache_file: dir.join("proxy-routes.json"),
-            tls: Some((tls_cert, tls_key)),
-            domain: domain.clone(),
-        },
-        stop_rx.clone(),
-    ));
+    // The proxy gets its own single-threaded runtime on its own OS thread: the relay is
+    // latency-bound, and hopping between the shared runtime's workers costs more than it
+    // gains on a small machine (measured in bench/README.md).
+    let proxy_cfg = highrise_proxy::ProxyConfig {
+        control_url: api_url.clone(),
+        token: proxy_token,
+        cache_file: dir.join("proxy-routes.json"),
+        tls: Some((tls_cert, tls_key)),
+        domain: domain.clone(),
+    };
+    let proxy_listener = proxy_listener.into_std().context("detach the proxy listener")?;
+    let proxy_stop = stop_rx.clone();
+    let proxy = std::thread::Builder::new()
+        .name("proxy".into())
+        .spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the proxy's runtime")?;
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(proxy_listener).context("attach the proxy listener")?;
+                highrise_proxy::run(listener, proxy_cfg, proxy_stop).await
+            })
+        })
+        .context("start the proxy thread")?;
     land.boot().context("boot the land's hosts")?;
 
     println!("Highrise is up.");
@@ -264,7 +278,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     tracing::info!("stopping: proxy, reconciler, hosts (and their PostgreSQL), API");
     let _ = stop_tx.send(true);
     let _ = reconciler_stop_tx.send(true);
-    let _ = proxy.await;
+    match tokio::task::spawn_blocking(move || proxy.join()).await {
+        Ok(Ok(Err(e))) => tracing::error!("proxy: {e:#}"),
+        Ok(Err(_)) => tracing::error!("the proxy thread panicked"),
+        _ => {}
+    }
     let _ = reconciler.await;
     land.shutdown().await;
     let _ = api.await;

@@ -13,6 +13,7 @@
 
 mod protocol;
 mod routes;
+mod splice;
 
 pub use protocol::{Startup, StartupError};
 pub use routes::RouteCache;
@@ -146,7 +147,7 @@ async fn reject<S: AsyncWrite + Unpin>(client: &mut S, e: &StartupError) -> Resu
     Err(anyhow::anyhow!("rejected: {e}"))
 }
 
-async fn route<S: AsyncRead + AsyncWrite + Unpin>(
+async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
     mut client: S,
     packet: Packet,
     sni: Option<String>,
@@ -190,8 +191,31 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin>(
         .write_all(&startup.encode())
         .await
         .context("forward startup packet")?;
-    tokio::io::copy_bidirectional(&mut client, &mut backend)
-        .await
-        .context("splice")?;
+    // Plain TCP on both sides takes the leaner relay; TLS goes through the generic copy.
+    match client.into_tcp() {
+        Ok(tcp) => splice::relay(tcp, backend).await.context("relay")?,
+        Err(mut client) => {
+            tokio::io::copy_bidirectional(&mut client, &mut backend)
+                .await
+                .context("relay")?;
+        }
+    }
     Ok(())
+}
+
+/// A client connection: plain TCP can be relayed with the lean path.
+trait IntoTcp: Sized {
+    fn into_tcp(self) -> Result<TcpStream, Self>;
+}
+
+impl IntoTcp for TcpStream {
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Ok(self)
+    }
+}
+
+impl IntoTcp for tokio_rustls::server::TlsStream<TcpStream> {
+    fn into_tcp(self) -> Result<TcpStream, Self> {
+        Err(self)
+    }
 }
