@@ -210,28 +210,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     write_private(&dir.join("client.json"), &serde_json::to_vec_pretty(&client_cfg)?)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let api = {
-        let router = control.router();
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(api_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        })
-    };
-    let land_srv = {
-        let router = land.clone().router();
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            axum::serve(land_listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        })
-    };
+    let api = serve_http(api_listener, control.router(), stop_rx.clone());
+    let land_srv = serve_http(land_listener, land.clone().router(), stop_rx.clone());
     let (reconciler_stop_tx, reconciler_stop_rx) = watch::channel(false);
     let reconciler = {
         let control = Arc::clone(&control);
@@ -289,6 +269,21 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let _ = land_srv.await;
     println!("Highrise stopped.");
     Ok(())
+}
+
+/// Serves `router` until `stop` turns true (in-flight requests finish first).
+fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
 }
 
 async fn wait_for_signal() {
