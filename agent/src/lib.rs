@@ -28,8 +28,8 @@ pub struct AgentConfig {
     pub control_url: String,
     pub metadata_url: Option<String>,
     pub bootstrap_token: Option<String>,
-    /// Stop (and stop PostgreSQL) when the parent process goes away.
-    pub exit_with_parent: bool,
+    /// Stop (and stop PostgreSQL) when this process is no longer the agent's parent.
+    pub parent_pid: Option<u32>,
 }
 
 /// What supervisors share with the heartbeat task.
@@ -110,7 +110,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         check_traversable(&cfg.dir)?;
     }
     let client = http()?;
-    let token = host_token(&cfg, &client).await?;
+    // Registration retries while the control plane is away; a stop request (or the
+    // parent's exit) must still end the agent.
+    let token = tokio::select! {
+        t = host_token(&cfg, &client) => t?,
+        _ = wait_for_stop(&cfg) => {
+            tracing::info!("stopping before registration finished");
+            return Ok(());
+        }
+    };
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         bin,
@@ -204,14 +212,15 @@ async fn wait_for_stop(cfg: &AgentConfig) {
         tracing::error!("cannot install signal handlers; stopping");
         return;
     };
-    let parent = nix::unistd::getppid();
-    let watch_parent = cfg.exit_with_parent;
+    let parent = cfg.parent_pid;
     let orphaned = async move {
         loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if watch_parent && nix::unistd::getppid() != parent {
-                return;
+            if let Some(p) = parent {
+                if nix::unistd::getppid().as_raw() as u32 != p {
+                    return;
+                }
             }
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     };
     tokio::select! {

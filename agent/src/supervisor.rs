@@ -338,12 +338,18 @@ async fn supervise(
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             },
-            Command::Run(spec) => match inst.converge(&spec).await {
-                Ok(state) => {
+            Command::Run(spec) => match tokio::select! {
+                r = inst.converge(&spec) => Some(r),
+                // A stop in the middle of a long create or start: give up on it; the
+                // next round stops whatever was started, and a later run creates again.
+                _ = stop.changed() => None,
+            } {
+                None => continue,
+                Some(Ok(state)) => {
                     backoff = Duration::from_secs(1);
                     shared.report(inst.observed(state, None));
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let msg = format!("{e:#}");
                     tracing::error!(instance = %id, "{msg}");
                     let state = if inst.local.initialized {

@@ -20,6 +20,9 @@ struct Cli {
 enum Command {
     /// Run control plane + local land (two clouds) + proxy in the foreground.
     Up(up::UpArgs),
+    /// Run the control plane (API, reconciler) with the local land, without a proxy;
+    /// `--proxy-listen` is then the address of the separate proxies, for connection URIs.
+    Control(up::UpArgs),
     /// Run a host agent (the local land starts these; see `highrise up`).
     Agent(AgentArgs),
     /// Run a standalone proxy against a control plane.
@@ -46,8 +49,9 @@ struct AgentArgs {
     metadata_url: Option<String>,
     #[arg(long, env = "HIGHRISE_BOOTSTRAP_TOKEN", hide_env_values = true)]
     bootstrap_token: Option<String>,
+    /// Exit (stopping PostgreSQL) once this process is no longer the agent's parent.
     #[arg(long)]
-    exit_with_parent: bool,
+    parent_pid: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -91,7 +95,11 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Up(args) => {
                 init_logging();
-                up::run(args).await
+                up::run(args, true).await
+            }
+            Command::Control(args) => {
+                init_logging();
+                up::run(args, false).await
             }
             Command::Agent(a) => {
                 init_logging();
@@ -102,7 +110,7 @@ fn main() -> std::process::ExitCode {
                     control_url: a.control_url,
                     metadata_url: a.metadata_url,
                     bootstrap_token: a.bootstrap_token,
-                    exit_with_parent: a.exit_with_parent,
+                    parent_pid: a.parent_pid,
                 })
                 .await
             }

@@ -131,7 +131,33 @@ fn ensure_tls(dir: &Path, domain: &str) -> Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
-pub async fn run(args: UpArgs) -> Result<()> {
+/// The proxy gets its own single-threaded runtime on its own OS thread: the relay is
+/// latency-bound, and hopping between the shared runtime's workers costs more than it
+/// gains on a small machine (see bench/README.md).
+fn spawn_proxy(
+    listener: TcpListener,
+    cfg: highrise_proxy::ProxyConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<Result<()>>> {
+    let listener = listener.into_std().context("detach the proxy listener")?;
+    std::thread::Builder::new()
+        .name("proxy".into())
+        .spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the proxy's runtime")?;
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener).context("attach the proxy listener")?;
+                highrise_proxy::run(listener, cfg, stop).await
+            })
+        })
+        .context("start the proxy thread")
+}
+
+/// `highrise up`: control plane, local land and proxy. `highrise control` is the same
+/// without the embedded proxy (proxies then run as `highrise proxy`).
+pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let dir = prepare_data_dir(&args.data_dir)?;
     // One `up` per data directory.
     let lock_file = std::fs::OpenOptions::new()
@@ -146,14 +172,23 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let api_listener = TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("listen for the API on {}", args.api_listen))?;
-    let proxy_listener = TcpListener::bind(args.proxy_listen)
-        .await
-        .with_context(|| format!("listen for clients on {}", args.proxy_listen))?;
+    let proxy_listener = match with_proxy {
+        true => Some(
+            TcpListener::bind(args.proxy_listen)
+                .await
+                .with_context(|| format!("listen for clients on {}", args.proxy_listen))?,
+        ),
+        false => None,
+    };
     let land_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("listen for the land's metadata service")?;
     let api_addr = api_listener.local_addr()?;
-    let proxy_addr = proxy_listener.local_addr()?;
+    // Without an embedded proxy, --proxy-listen is where the separate proxies are reached.
+    let proxy_addr = match &proxy_listener {
+        Some(l) => l.local_addr()?,
+        None => args.proxy_listen,
+    };
     let land_addr = land_listener.local_addr()?;
     let api_url = format!("http://{api_addr}");
     let domain = "localhost".to_string();
@@ -217,37 +252,31 @@ pub async fn run(args: UpArgs) -> Result<()> {
         let control = Arc::clone(&control);
         tokio::spawn(async move { control.run_reconciler(reconciler_stop_rx).await })
     };
-    let (tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
-    // The proxy gets its own single-threaded runtime on its own OS thread: the relay is
-    // latency-bound, and hopping between the shared runtime's workers costs more than it
-    // gains on a small machine (measured in bench/README.md).
-    let proxy_cfg = highrise_proxy::ProxyConfig {
-        control_url: api_url.clone(),
-        token: proxy_token,
-        cache_file: dir.join("proxy-routes.json"),
-        tls: Some((tls_cert, tls_key)),
-        domain: domain.clone(),
+    let proxy = match proxy_listener {
+        Some(listener) => {
+            let (tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
+            let cfg = highrise_proxy::ProxyConfig {
+                control_url: api_url.clone(),
+                token: proxy_token.clone(),
+                cache_file: dir.join("proxy-routes.json"),
+                tls: Some((tls_cert, tls_key)),
+                domain: domain.clone(),
+            };
+            Some(spawn_proxy(listener, cfg, stop_rx.clone())?)
+        }
+        None => None,
     };
-    let proxy_listener = proxy_listener.into_std().context("detach the proxy listener")?;
-    let proxy_stop = stop_rx.clone();
-    let proxy = std::thread::Builder::new()
-        .name("proxy".into())
-        .spawn(move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("start the proxy's runtime")?;
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(proxy_listener).context("attach the proxy listener")?;
-                highrise_proxy::run(listener, proxy_cfg, proxy_stop).await
-            })
-        })
-        .context("start the proxy thread")?;
-    land.boot().context("boot the land's hosts")?;
+    land.boot(&api_url).context("boot the land's hosts")?;
 
     println!("Highrise is up.");
     println!("  API:           {api_url}");
-    println!("  proxy:         {proxy_addr}  (psql; TLS host names <endpoint>.{domain})");
+    match proxy {
+        Some(_) => println!("  proxy:         {proxy_addr}  (psql; TLS host names <endpoint>.{domain})"),
+        None => println!(
+            "  proxy token:   {}  (for `highrise proxy --control-url {api_url}`; clients are sent to {proxy_addr})",
+            dir.join("proxy-token").display()
+        ),
+    }
     println!("  land:          http://{land_addr}  (host metadata and test controls)");
     println!("  client config: {}", config_path.display());
     println!("  data:          {}", dir.display());
@@ -258,10 +287,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
     tracing::info!("stopping: proxy, reconciler, hosts (and their PostgreSQL), API");
     let _ = stop_tx.send(true);
     let _ = reconciler_stop_tx.send(true);
-    match tokio::task::spawn_blocking(move || proxy.join()).await {
-        Ok(Ok(Err(e))) => tracing::error!("proxy: {e:#}"),
-        Ok(Err(_)) => tracing::error!("the proxy thread panicked"),
-        _ => {}
+    if let Some(proxy) = proxy {
+        match tokio::task::spawn_blocking(move || proxy.join()).await {
+            Ok(Ok(Err(e))) => tracing::error!("proxy: {e:#}"),
+            Ok(Err(_)) => tracing::error!("the proxy thread panicked"),
+            _ => {}
+        }
     }
     let _ = reconciler.await;
     land.shutdown().await;

@@ -55,6 +55,19 @@ fn tour_create_connect_and_delete() {
     let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "shop", "--output", "json"])).unwrap();
     assert_eq!(shown["status"], "running");
     assert_eq!(shown["members"].as_array().map(Vec::len), Some(1));
+
+    // The same database over TLS, named by the SNI host name instead of the option.
+    let endpoint = shown["endpoint"].as_str().unwrap();
+    let port = up.proxy_addr.rsplit_once(':').unwrap().1;
+    let tls_uri = uri
+        .replace(&up.proxy_addr, &format!("{endpoint}.localhost:{port}"))
+        .replace(
+            &format!("options=endpoint%3D{endpoint}"),
+            "sslmode=require&hostaddr=127.0.0.1",
+        );
+    let (ok, out, err) = psql(&tls_uri, "\\conninfo");
+    assert!(ok && out.contains("SSL connection"), "{tls_uri}: {out} {err}");
+    assert_eq!(psql_ok(&tls_uri, "select count(*) from t"), "1");
     let listed: Value = serde_json::from_str(&up.cli_ok(&["cluster", "list", "--output", "json"])).unwrap();
     assert_eq!(listed[0]["name"], "shop");
     assert!(up.cli_ok(&["cluster", "list"]).contains("shop"));
@@ -577,6 +590,43 @@ fn standalone_proxy_serves_cached_routes_while_the_control_plane_is_unreachable(
     let (mut proxy, addr) = start_proxy("http://127.0.0.1:1");
     let via = uri.replace(&up.proxy_addr, &addr);
     assert_eq!(psql_ok(&via, "select 'still here'"), "still here");
+    proxy.kill().unwrap();
+    proxy.wait().unwrap();
+}
+
+#[test]
+fn control_plane_and_proxy_run_as_separate_processes() {
+    let tmp = temp_root();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy_addr = format!("127.0.0.1:{port}");
+    let control = Up::start_command(tmp.path(), "control", &proxy_addr, &[]);
+    assert_eq!(control.proxy_addr, proxy_addr);
+    let token = std::fs::read_to_string(control.data_dir.join("proxy-token")).unwrap();
+    let mut proxy = std::process::Command::new(BIN)
+        .args([
+            "proxy",
+            "--listen",
+            &proxy_addr,
+            "--control-url",
+            &control.api_url,
+            "--cache-file",
+        ])
+        .arg(control.root.join("routes.json"))
+        .env("HIGHRISE_PROXY_TOKEN", token.trim())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let uri = control.create_cluster("shop");
+    assert!(uri.contains(&proxy_addr), "{uri}");
+    wait_for("the proxy to route", Duration::from_secs(30), || {
+        psql(&uri, "select 1").0
+    });
+    assert_eq!(psql_ok(&uri, "select current_database()"), "shop");
     proxy.kill().unwrap();
     proxy.wait().unwrap();
 }

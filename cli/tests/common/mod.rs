@@ -48,14 +48,19 @@ impl Up {
 
     /// Starts `up` on `root/data` with extra arguments.
     pub fn start_with(root: &Path, extra: &[&str]) -> Self {
+        Self::start_command(root, "up", "127.0.0.1:0", extra)
+    }
+
+    /// Starts `highrise <command>` (`up` or `control`) on `root/data`.
+    pub fn start_command(root: &Path, command: &str, proxy_listen: &str, extra: &[&str]) -> Self {
         let data_dir = root.join("data");
         let mut child = Command::new(BIN)
             .args([
-                "up",
+                command,
                 "--api-listen",
                 "127.0.0.1:0",
                 "--proxy-listen",
-                "127.0.0.1:0",
+                proxy_listen,
                 "--data-dir",
             ])
             .arg(&data_dir)
@@ -83,6 +88,9 @@ impl Up {
                 }
                 if let Some(v) = line.trim().strip_prefix("proxy:") {
                     proxy = v.split_whitespace().next().map(str::to_string);
+                }
+                if let Some(v) = line.trim().split("clients are sent to ").nth(1) {
+                    proxy = Some(v.trim_end_matches(')').to_string());
                 }
                 if line.starts_with("Try:") {
                     let _ = tx.send((api.clone(), proxy.clone(), land.clone()));

@@ -132,16 +132,23 @@ impl LocalLand {
         self.cfg.dir.join("hosts").join(host_id)
     }
 
-    /// Starts the agents of every host that was running when the land last stopped.
-    pub fn boot(&self) -> Result<()> {
-        let hosts: Vec<HostRecord> = self
-            .lock()
-            .persisted
-            .hosts
-            .values()
-            .filter(|h| h.info.state != HostState::Terminated)
-            .cloned()
-            .collect();
+    /// Starts the agents of every host that was running when the land last stopped,
+    /// pointing them at `control_url` (the control plane may have moved since).
+    pub fn boot(&self, control_url: &str) -> Result<()> {
+        let hosts: Vec<HostRecord> = {
+            let mut inner = self.lock();
+            for h in inner.persisted.hosts.values_mut() {
+                h.control_url = control_url.to_string();
+            }
+            save_state(&self.cfg.dir, &inner.persisted)?;
+            inner
+                .persisted
+                .hosts
+                .values()
+                .filter(|h| h.info.state != HostState::Terminated)
+                .cloned()
+                .collect()
+        };
         for h in hosts {
             self.start_agent(&h)
                 .with_context(|| format!("boot host {}", h.info.host_id))?;
@@ -170,7 +177,8 @@ impl LocalLand {
             .arg(&h.control_url)
             .arg("--metadata-url")
             .arg(format!("{}/hosts/{}", self.cfg.metadata_base_url, h.info.host_id))
-            .arg("--exit-with-parent")
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string())
             .env("HIGHRISE_BOOTSTRAP_TOKEN", &h.bootstrap_token)
             .stdin(Stdio::null())
             .stdout(log)
