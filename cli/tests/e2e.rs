@@ -72,6 +72,29 @@ fn tour_create_connect_and_delete() {
     assert_eq!(listed[0]["name"], "shop");
     assert!(up.cli_ok(&["cluster", "list"]).contains("shop"));
 
+    // Ctrl-C in psql cancels the running query: the CancelRequest finds its way through
+    // the proxy to the right server.
+    let sleeper = std::process::Command::new("psql")
+        .args(["-X", "-q", &uri, "-c", "select pg_sleep(60)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the query to run", Duration::from_secs(30), || {
+        psql_ok(
+            &uri,
+            "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)'",
+        ) == "1"
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sleeper.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = sleeper.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("canceling statement due to user request"), "{err}");
+
     let pids = postmaster_pids(&up.data_dir);
     assert_eq!(pids.len(), 1, "one PostgreSQL instance: {pids:?}");
     let (pid, inst_dir) = pids[0].clone();

@@ -20,12 +20,15 @@ pub use routes::RouteCache;
 
 use anyhow::{Context, Result};
 use highrise_api::Route;
-use protocol::{error_response, read_packet, Packet};
+use protocol::{cancel_request, error_response, read_packet, scan_server_messages, Packet, ServerEvent};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -55,6 +58,7 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
     let routes = RouteCache::load(&cfg.cache_file);
     let refresher = tokio::spawn(routes::refresh(routes.clone(), cfg.clone(), shutdown.clone()));
     let ctx = Arc::new(Ctx {
+        cancels: Mutex::new(HashMap::new()),
         on_miss: routes::OnMiss::new(cfg.clone()),
         routes,
         acceptor,
@@ -100,7 +104,11 @@ fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcce
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Live sessions by the key a `CancelRequest` carries: where to send it.
+type CancelMap = Mutex<HashMap<(u32, u32), String>>;
+
 struct Ctx {
+    cancels: CancelMap,
     routes: RouteCache,
     on_miss: Option<routes::OnMiss>,
     acceptor: Option<TlsAcceptor>,
@@ -155,7 +163,7 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
 ) -> Result<()> {
     let mut startup = match packet {
         Packet::Startup(s) => s,
-        Packet::CancelRequest => return Ok(()), // Cancellation is not routed yet.
+        Packet::CancelRequest { pid, secret } => return forward_cancel(ctx, pid, secret).await,
         Packet::SslRequest | Packet::GssEncRequest => {
             return reject(
                 &mut client,
@@ -191,6 +199,95 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
         .write_all(&startup.encode())
         .await
         .context("forward startup packet")?;
+    let key = match relay_startup(&mut client, &mut backend).await? {
+        Session::Ready(key) => key,
+        Session::Ended => return Ok(()),
+    };
+    if let Some(k) = key {
+        ctx.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(k, addr.clone());
+    }
+    let res = relay(client, backend).await;
+    if let Some(k) = key {
+        ctx.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
+    }
+    res
+}
+
+enum Session {
+    /// The session is ready; the cancel key, if the server sent one.
+    Ready(Option<(u32, u32)>),
+    /// The server refused the session (its error went to the client) or a side hung up.
+    Ended,
+}
+
+/// Relays the authentication exchange both ways, watching the server's messages for
+/// `BackendKeyData` until `ReadyForQuery`. Reads are single `read` calls on either side,
+/// so whichever side is not ready loses nothing.
+async fn relay_startup<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S, backend: &mut TcpStream) -> Result<Session> {
+    let mut from_client = vec![0u8; 8192];
+    let mut from_server: Vec<u8> = Vec::with_capacity(8192);
+    let mut key = None;
+    loop {
+        tokio::select! {
+            n = client.read(&mut from_client) => {
+                let n = n.context("read from client")?;
+                if n == 0 {
+                    return Ok(Session::Ended);
+                }
+                backend.write_all(&from_client[..n]).await.context("write to server")?;
+            }
+            n = backend.read_buf(&mut from_server) => {
+                if n.context("read from server")? == 0 {
+                    return Ok(Session::Ended);
+                }
+                let (used, events) = scan_server_messages(&from_server).map_err(|e| anyhow::anyhow!("{e}"))?;
+                client.write_all(&from_server[..used]).await.context("write to client")?;
+                from_server.drain(..used);
+                for ev in events {
+                    match ev {
+                        ServerEvent::KeyData { pid, secret } => key = Some((pid, secret)),
+                        ServerEvent::Error => {
+                            client.write_all(&from_server).await.context("write to client")?;
+                            return Ok(Session::Ended);
+                        }
+                        ServerEvent::Ready => {
+                            client.write_all(&from_server).await.context("write to client")?;
+                            return Ok(Session::Ready(key));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends a client's `CancelRequest` to the server of the session it names. Unknown keys
+/// are dropped silently, as PostgreSQL does.
+async fn forward_cancel(ctx: &Ctx, pid: u32, secret: u32) -> Result<()> {
+    let addr = ctx
+        .cancels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(pid, secret))
+        .cloned();
+    let Some(addr) = addr else {
+        return Ok(());
+    };
+    let mut backend = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr))
+        .await
+        .context("connect to server for cancel: timed out")?
+        .context("connect to server for cancel")?;
+    backend
+        .write_all(&cancel_request(pid, secret))
+        .await
+        .context("forward cancel request")?;
+    Ok(())
+}
+
+async fn relay<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(client: S, mut backend: TcpStream) -> Result<()> {
     // Plain TCP on both sides takes the leaner relay; TLS goes through the generic copy.
     match client.into_tcp() {
         Ok(tcp) => splice::relay(tcp, backend).await.context("relay")?,

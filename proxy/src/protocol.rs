@@ -51,7 +51,11 @@ impl StartupError {
 pub enum Packet {
     SslRequest,
     GssEncRequest,
-    CancelRequest,
+    /// The backend's process id and secret key, from `BackendKeyData`.
+    CancelRequest {
+        pid: u32,
+        secret: u32,
+    },
     Startup(Startup),
 }
 
@@ -86,7 +90,13 @@ pub fn parse(code: u32, body: &[u8]) -> Result<Packet, StartupError> {
     match code {
         SSL_REQUEST => Ok(Packet::SslRequest),
         GSSENC_REQUEST => Ok(Packet::GssEncRequest),
-        CANCEL_REQUEST => Ok(Packet::CancelRequest),
+        CANCEL_REQUEST => match body {
+            [a, b, c, d, e, f, g, h] => Ok(Packet::CancelRequest {
+                pid: u32::from_be_bytes([*a, *b, *c, *d]),
+                secret: u32::from_be_bytes([*e, *f, *g, *h]),
+            }),
+            _ => Err(StartupError::Malformed("cancel request of the wrong length".into())),
+        },
         PROTOCOL_3_0 => Startup::parse(body).map(Packet::Startup),
         other => Err(StartupError::Protocol(other >> 16, other & 0xffff)),
     }
@@ -222,6 +232,59 @@ fn escape_option(w: &str) -> String {
     out
 }
 
+/// Encodes a `CancelRequest` to send on to the backend.
+pub fn cancel_request(pid: u32, secret: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&16u32.to_be_bytes());
+    out.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    out.extend_from_slice(&pid.to_be_bytes());
+    out.extend_from_slice(&secret.to_be_bytes());
+    out
+}
+
+/// What the proxy needs to know of the server's messages before the session is ready.
+#[derive(Debug, PartialEq)]
+pub enum ServerEvent {
+    /// `BackendKeyData`: what a later `CancelRequest` must carry.
+    KeyData { pid: u32, secret: u32 },
+    /// `ReadyForQuery`: start-up is over.
+    Ready,
+    /// `ErrorResponse` during start-up: the server will close the connection.
+    Error,
+}
+
+/// Splits complete server messages off the front of `buf`; returns how many bytes they
+/// span and the events among them. A partial message at the end is left for later.
+pub fn scan_server_messages(buf: &[u8]) -> Result<(usize, Vec<ServerEvent>), StartupError> {
+    let mut pos = 0;
+    let mut events = Vec::new();
+    while buf.len() - pos >= 5 {
+        let tag = buf[pos];
+        let len = u32::from_be_bytes([buf[pos + 1], buf[pos + 2], buf[pos + 3], buf[pos + 4]]) as usize;
+        if !(4..=1 << 24).contains(&len) {
+            return Err(StartupError::Malformed(format!("server message of length {len}")));
+        }
+        if buf.len() - pos < 1 + len {
+            break;
+        }
+        let body = &buf[pos + 5..pos + 1 + len];
+        match (tag, body) {
+            (b'K', [a, b, c, d, e, f, g, h]) => events.push(ServerEvent::KeyData {
+                pid: u32::from_be_bytes([*a, *b, *c, *d]),
+                secret: u32::from_be_bytes([*e, *f, *g, *h]),
+            }),
+            (b'Z', _) => events.push(ServerEvent::Ready),
+            (b'E', _) => events.push(ServerEvent::Error),
+            _ => {}
+        }
+        pos += 1 + len;
+        if matches!(events.last(), Some(ServerEvent::Ready | ServerEvent::Error)) {
+            break;
+        }
+    }
+    Ok((pos, events))
+}
+
 /// A FATAL `ErrorResponse` message.
 pub fn error_response(sqlstate: &str, message: &str) -> Vec<u8> {
     let mut body = Vec::new();
@@ -314,6 +377,38 @@ mod tests {
         for c in cases {
             assert!(read_packet(&mut &c[..]).await.is_err(), "{c:?}");
         }
+    }
+
+    #[test]
+    fn server_messages_are_scanned_across_partial_reads() {
+        let mut stream = Vec::new();
+        stream.extend_from_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]); // AuthenticationOk
+        stream.extend_from_slice(&[b'K', 0, 0, 0, 12, 0, 0, 0, 7, 0, 0, 0, 9]);
+        stream.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        stream.extend_from_slice(&[b'T', 0, 0]); // the start of a later message
+        let (used, events) = scan_server_messages(&stream[..10]).unwrap();
+        assert_eq!((used, events), (9, vec![]));
+        let (used, events) = scan_server_messages(&stream).unwrap();
+        assert_eq!(used, 9 + 13 + 6, "stops after ReadyForQuery");
+        assert_eq!(
+            events,
+            vec![ServerEvent::KeyData { pid: 7, secret: 9 }, ServerEvent::Ready]
+        );
+        assert!(scan_server_messages(&[b'X', 0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn cancel_requests_round_trip() {
+        let bytes = cancel_request(42, 0xdead_beef);
+        let code = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        assert_eq!(
+            parse(code, &bytes[8..]).unwrap(),
+            Packet::CancelRequest {
+                pid: 42,
+                secret: 0xdead_beef
+            }
+        );
+        assert!(parse(code, &bytes[8..12]).is_err());
     }
 
     #[test]
