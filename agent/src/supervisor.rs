@@ -108,6 +108,8 @@ struct Instance {
     pid: Option<u32>,
     /// The spec whose role and database were last applied to the running server.
     applied: Option<InstanceSpec>,
+    /// The cluster-dependent settings the running server was last configured with.
+    applied_config: Option<(String, Option<String>)>,
     admin: Option<sqlx::PgConnection>,
 }
 
@@ -137,6 +139,7 @@ impl Instance {
             local,
             pid,
             applied: None,
+            applied_config: None,
             admin: None,
         }
     }
@@ -161,47 +164,102 @@ impl Instance {
         }
     }
 
-    /// Creates the data directory: a copy of the host's template, or initdb.
-    async fn create(&mut self) -> Result<()> {
+    /// Creates the data directory: for a primary a copy of the host's template (or
+    /// initdb), for a standby a base backup of its primary. Returns false while a standby
+    /// still waits for its primary to run.
+    async fn create(&mut self, spec: &InstanceSpec) -> Result<bool> {
         let shared = Arc::clone(&self.shared);
         highrise_pg::own_dir(&self.dir, None, 0o711)?;
-        let template = shared.template().await;
         let (bin, run_as, pgdata) = (shared.bin.clone(), shared.run_as, self.pgdata.clone());
-        tokio::task::spawn_blocking(move || match template {
-            Ok(t) => highrise_pg::copy_template(&t, &pgdata),
-            Err(e) => {
-                tracing::warn!("{e:#}; running initdb instead");
-                if pgdata.exists() {
-                    std::fs::remove_dir_all(&pgdata).context("clear half-made data directory")?;
+        if spec.role == "standby" {
+            let (Some(primary), Some(password)) = (&spec.primary_addr, &spec.replication_password) else {
+                return Ok(false);
+            };
+            let (host, port) = split_addr(primary)?;
+            let password = password.clone();
+            tokio::task::spawn_blocking(move || {
+                highrise_pg::basebackup(&bin, &pgdata, (&host, port), REPL_USER, &password, run_as)
+            })
+            .await
+            .context("base backup task")??;
+        } else {
+            let template = shared.template().await;
+            tokio::task::spawn_blocking(move || match template {
+                Ok(t) => highrise_pg::copy_template(&t, &pgdata),
+                Err(e) => {
+                    tracing::warn!("{e:#}; running initdb instead");
+                    if pgdata.exists() {
+                        std::fs::remove_dir_all(&pgdata).context("clear half-made data directory")?;
+                    }
+                    highrise_pg::initdb(&bin, &pgdata, run_as)
                 }
-                highrise_pg::initdb(&bin, &pgdata, run_as)
-            }
-        })
-        .await
-        .context("create data directory task")??;
+            })
+            .await
+            .context("create data directory task")??;
+        }
         if self.local.port == 0 {
             self.local.port = pick_port(&shared.cfg.address)?;
             self.save()?;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    fn server_config(&self, spec: &InstanceSpec) -> highrise_pg::ServerConfig {
+        let standby = spec.role == "standby";
+        let sync = if !standby && spec.sync_quorum > 0 && !spec.sync_standbys.is_empty() {
+            format!("ANY {} ({})", spec.sync_quorum, spec.sync_standbys.join(", "))
+        } else {
+            String::new()
+        };
+        let conninfo = match (&spec.primary_addr, &spec.replication_password) {
+            (Some(addr), Some(pw)) if standby => split_addr(addr).ok().map(|(host, port)| {
+                format!(
+                    "host={host} port={port} user={REPL_USER} password={pw} application_name={} connect_timeout=5",
+                    self.id
+                )
+            }),
+            _ => None,
+        };
+        highrise_pg::ServerConfig {
+            listen_addr: self.shared.cfg.address.clone(),
+            port: self.local.port,
+            socket_dir: self.socket_dir.clone(),
+            memory_mb: spec.memory_mb,
+            tcp_logins: vec![(spec.owner.clone(), spec.database.clone())],
+            replication_user: (!standby).then(|| REPL_USER.to_string()),
+            synchronous_standby_names: sync,
+            primary_conninfo: conninfo,
+        }
     }
 
     async fn start(&mut self, spec: &InstanceSpec) -> Result<()> {
         let shared = Arc::clone(&self.shared);
         highrise_pg::own_dir(&self.socket_dir, shared.run_as, 0o700)?;
-        let cfg = highrise_pg::ServerConfig {
-            listen_addr: shared.cfg.address.clone(),
-            port: self.local.port,
-            socket_dir: self.socket_dir.clone(),
-            memory_mb: spec.memory_mb,
-            tcp_logins: vec![(spec.owner.clone(), spec.database.clone())],
-        };
+        let cfg = self.server_config(spec);
         highrise_pg::write_config(&self.pgdata, &cfg, shared.run_as)?;
         let pid = highrise_pg::start(&shared.bin, &self.pgdata, &self.log, shared.run_as)?;
         self.pid = Some(pid);
         highrise_pg::wait_ready(&self.pgdata, pid, &self.log, Duration::from_secs(60)).await?;
         self.applied = None;
+        self.applied_config = Some(config_key(&cfg));
         self.admin = None;
+        Ok(())
+    }
+
+    /// Rewrites the configuration and reloads when the parts that follow the cluster
+    /// (synchronous standbys, the primary's address) changed.
+    fn refresh_config(&mut self, spec: &InstanceSpec) -> Result<()> {
+        let cfg = self.server_config(spec);
+        let key = config_key(&cfg);
+        if self.applied_config.as_ref() == Some(&key) {
+            return Ok(());
+        }
+        highrise_pg::write_config(&self.pgdata, &cfg, self.shared.run_as)?;
+        if let Some(pid) = self.pid {
+            highrise_pg::reload(pid)?;
+        }
+        tracing::info!(instance = %self.id, sync = %cfg.synchronous_standby_names, "configuration reloaded");
+        self.applied_config = Some(key);
         Ok(())
     }
 
@@ -225,7 +283,9 @@ impl Instance {
             if let Some(pid) = self.pid.take() {
                 highrise_pg::stop(pid, Duration::from_secs(10)).await?;
             }
-            self.create().await?;
+            if !self.create(spec).await? {
+                return Ok(InstanceState::Creating);
+            }
             self.start(spec).await?;
             self.apply(spec).await?;
             self.local.initialized = true;
@@ -237,7 +297,7 @@ impl Instance {
                     tracing::warn!("{e:#}");
                 }
             });
-            tracing::info!(instance = %self.id, addr = %self.addr(), "instance created");
+            tracing::info!(instance = %self.id, role = %spec.role, addr = %self.addr(), "instance created");
             return Ok(InstanceState::Running);
         }
         let alive = self
@@ -247,9 +307,13 @@ impl Instance {
             if self.pid.is_some() {
                 tracing::warn!(instance = %self.id, "postgres is gone; restarting: {}", highrise_pg::log_tail(&self.log));
             }
-            self.start(spec).await?;
-            tracing::info!(instance = %self.id, addr = %self.addr(), "instance started");
+            self.pid = highrise_pg::running_pid(&self.pgdata);
+            if self.pid.is_none() {
+                self.start(spec).await?;
+                tracing::info!(instance = %self.id, addr = %self.addr(), "instance started");
+            }
         }
+        self.refresh_config(spec)?;
         if self.applied.as_ref() != Some(spec) {
             self.apply(spec).await?;
         }
@@ -268,8 +332,12 @@ impl Instance {
     }
 
     async fn apply(&mut self, spec: &InstanceSpec) -> Result<()> {
-        let conn = self.admin().await?;
-        highrise_pg::ensure_owner(conn, &spec.owner, &spec.owner_scram, &spec.database).await?;
+        // A standby is read-only: roles and databases arrive from its primary.
+        if spec.role != "standby" {
+            let conn = self.admin().await?;
+            highrise_pg::ensure_owner(conn, &spec.owner, &spec.owner_scram, &spec.database).await?;
+            highrise_pg::ensure_replicator(conn, REPL_USER, &spec.replication_scram).await?;
+        }
         self.applied = Some(spec.clone());
         Ok(())
     }
@@ -294,6 +362,21 @@ impl Instance {
         }
         Ok(())
     }
+}
+
+/// The role standbys stream as; created on every primary with the cluster's verifier.
+const REPL_USER: &str = "replicator";
+
+fn config_key(cfg: &highrise_pg::ServerConfig) -> (String, Option<String>) {
+    (cfg.synchronous_standby_names.clone(), cfg.primary_conninfo.clone())
+}
+
+fn split_addr(addr: &str) -> Result<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':').with_context(|| format!("bad address {addr:?}"))?;
+    Ok((
+        host.to_string(),
+        port.parse().with_context(|| format!("bad port in {addr:?}"))?,
+    ))
 }
 
 /// A free TCP port below the ephemeral range on this host's address.

@@ -252,7 +252,6 @@ async fn api_rejects_bad_input_and_isolates_orgs() {
     expect_error(r, 415).await;
     // Accepted shapes that are not supported yet, and unknown places.
     for (body, code) in [
-        (json!({ "name": "ok", "replicas": 1 }), "not_supported"),
         (json!({ "name": "ok", "spot": true }), "not_supported"),
         (json!({ "name": "ok", "replicas": 9 }), "invalid_request"),
         (json!({ "name": "ok", "cloud": "mars" }), "invalid_request"),
@@ -652,4 +651,46 @@ fn control_plane_and_proxy_run_as_separate_processes() {
     assert_eq!(psql_ok(&uri, "select current_database()"), "shop");
     proxy.kill().unwrap();
     proxy.wait().unwrap();
+}
+
+#[test]
+fn replicas_stream_synchronously_from_their_primary() {
+    let up = Up::start();
+    let out = up.cli_ok(&["cluster", "create", "ha", "--replicas", "1", "--wait"]);
+    let uri = out.lines().last().unwrap().trim().to_string();
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+    let members = shown["members"].as_array().unwrap().clone();
+    assert_eq!(members.len(), 2, "{shown}");
+    let primary = members.iter().find(|m| m["role"] == "primary").expect("a primary");
+    let standby = members.iter().find(|m| m["role"] == "standby").expect("a standby");
+    assert_ne!(primary["host_id"], standby["host_id"], "members share a host");
+    assert_ne!(primary["zone"], standby["zone"], "members share a zone");
+    assert_eq!(standby["state"], "running");
+
+    psql_ok(&uri, "create table t(x int); insert into t values (7)");
+    // Commits wait for the standby once it has come up.
+    let expected = format!("ANY 1 ({})", standby["instance_id"].as_str().unwrap());
+    wait_for("the primary to require the standby", Duration::from_secs(30), || {
+        psql_ok(&uri, "show synchronous_standby_names") == expected
+    });
+    psql_ok(&uri, "insert into t values (8)");
+
+    let standby_addr = standby["addr"].as_str().unwrap();
+    let standby_uri = uri
+        .replace(&up.proxy_addr, standby_addr)
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    wait_for("the rows to reach the standby", Duration::from_secs(30), || {
+        psql(&standby_uri, "select string_agg(x::text, ',' order by x) from t").1 == "7,8"
+    });
+    assert_eq!(psql_ok(&standby_uri, "select pg_is_in_recovery()"), "t");
+    let (ok, _, err) = psql(&standby_uri, "insert into t values (9)");
+    assert!(!ok && err.contains("read-only"), "{err}");
+
+    up.cli_ok(&["cluster", "delete", "ha", "--wait"]);
+    wait_for("both members to be removed", Duration::from_secs(30), || {
+        postmaster_pids(&up.data_dir).is_empty()
+    });
 }

@@ -307,12 +307,13 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
             },
             cloud,
             zone,
+            addr: i.addr.clone(),
         });
     }
     let status = if c.deleted_at.is_some() {
         ClusterStatus::Deleting
     } else {
-        match members.first().map(|m| m.state.as_str()) {
+        match members.iter().find(|m| m.role == "primary").map(|m| m.state.as_str()) {
             Some("running") => ClusterStatus::Running,
             Some("unhealthy") | Some("failed") | Some("unreachable") => ClusterStatus::Degraded,
             _ => ClusterStatus::Creating,
@@ -625,22 +626,23 @@ async fn create_cluster(
     if replicas > 3 {
         return Err(ApiError::invalid("replicas must be between 0 and 3"));
     }
-    if replicas > 0 {
-        return Err(ApiError::not_supported(
-            "replicas are not yet supported; create with 0 replicas",
-        ));
-    }
     if req.spot == Some(true) {
         return Err(ApiError::not_supported(
             "spot capacity is not yet supported; create on demand",
         ));
     }
     let password = auth::random_name(24);
-    let scram = {
-        let p = password.clone();
-        tokio::task::spawn_blocking(move || highrise_pg::scram_sha256_verifier(&p))
-            .await
-            .map_err(|e| ApiError::internal("compute password verifier", e))?
+    let repl_password = auth::random_name(32);
+    let (scram, repl_scram) = {
+        let (p, r) = (password.clone(), repl_password.clone());
+        tokio::task::spawn_blocking(move || {
+            (
+                highrise_pg::scram_sha256_verifier(&p),
+                highrise_pg::scram_sha256_verifier(&r),
+            )
+        })
+        .await
+        .map_err(|e| ApiError::internal("compute password verifiers", e))?
     };
     let created = now();
     let c = ClusterRow {
@@ -659,6 +661,8 @@ async fn create_cluster(
         db_name: req.name.replace('-', "_"),
         owner_name: "owner".into(),
         owner_scram: scram,
+        repl_password,
+        repl_scram,
         term: 1,
         created_at: created,
         deleted_at: None,

@@ -9,7 +9,7 @@ use crate::auth;
 use crate::store::{now, HostRow, InstanceRow};
 use crate::AppState;
 use anyhow::{Context, Result};
-use highrise_planner::{plan, Action, Outcome};
+use highrise_planner::{plan, Action, Outcome, Role};
 use highrise_provider::{LaunchRequest, Market};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +123,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<()> {
             cluster_id,
             host_id,
             slots,
+            role,
         } => {
             state
                 .store
@@ -131,7 +132,10 @@ async fn perform(state: &AppState, action: &Action) -> Result<()> {
                     cluster_id: cluster_id.clone(),
                     host_id: host_id.clone(),
                     slots: i64::from(*slots),
-                    role: "primary".into(),
+                    role: match role {
+                        Role::Primary => "primary".into(),
+                        Role::Standby => "standby".into(),
+                    },
                     deleting: false,
                     observed: "unknown".into(),
                     addr: None,
@@ -139,7 +143,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<()> {
                     created_at: now(),
                 })
                 .await?;
-            tracing::info!(cluster = %cluster_id, host = %host_id, "instance placed");
+            tracing::info!(cluster = %cluster_id, host = %host_id, ?role, "instance placed");
         }
         Action::DeleteInstance { instance_id } => state.store.mark_instance_deleting(instance_id).await?,
         Action::ForgetInstance { instance_id } => state.store.forget_instance(instance_id).await?,

@@ -12,7 +12,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 /// Versioned migrations, applied in order, each in its own transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_replication.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,6 +72,9 @@ pub struct ClusterRow {
     pub db_name: String,
     pub owner_name: String,
     pub owner_scram: String,
+    /// Password of the cluster's replication role (standbys need it in clear).
+    pub repl_password: String,
+    pub repl_scram: String,
     pub term: i64,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
@@ -144,8 +150,8 @@ fn api_key(r: &AnyRow) -> Result<ApiKeyRow> {
 }
 
 const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name, c.name, c.cloud, c.region, \
-    c.plan, c.pg_version, c.replicas, c.spot, c.endpoint, c.db_name, c.owner_name, c.owner_scram, c.term, \
-    c.created_at, c.deleted_at";
+    c.plan, c.pg_version, c.replicas, c.spot, c.endpoint, c.db_name, c.owner_name, c.owner_scram, c.repl_password, \
+    c.repl_scram, c.term, c.created_at, c.deleted_at";
 
 fn cluster(r: &AnyRow) -> Result<ClusterRow> {
     Ok(ClusterRow {
@@ -164,6 +170,8 @@ fn cluster(r: &AnyRow) -> Result<ClusterRow> {
         db_name: r.try_get("db_name")?,
         owner_name: r.try_get("owner_name")?,
         owner_scram: r.try_get("owner_scram")?,
+        repl_password: r.try_get("repl_password")?,
+        repl_scram: r.try_get("repl_scram")?,
         term: r.try_get("term")?,
         created_at: r.try_get("created_at")?,
         deleted_at: r.try_get("deleted_at")?,
@@ -442,8 +450,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
             "INSERT INTO clusters (id, org_id, project_id, name, cloud, region, plan, pg_version, replicas, spot, \
-             endpoint, db_name, owner_name, owner_scram, term, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&c.id)
         .bind(&c.org_id)
@@ -461,6 +469,8 @@ impl Store {
         .bind(&c.owner_scram)
         .bind(c.term)
         .bind(c.created_at)
+        .bind(&c.repl_password)
+        .bind(&c.repl_scram)
         .execute(&mut *tx)
         .await;
         match res {
@@ -691,31 +701,55 @@ impl Store {
         rows.iter().map(instance).collect()
     }
 
-    /// The desired state of one host: its instances that are not being deleted.
+    /// The desired state of one host: its instances that are not being deleted, each with
+    /// what its role needs (a standby: where its primary is and the replication password;
+    /// a primary: which standbys must confirm commits).
     pub async fn desired_for_host(&self, host_id: &str) -> Result<Vec<InstanceSpec>> {
         let rows = sqlx::query(
-            "SELECT i.id, i.cluster_id, i.slots, c.pg_version, c.db_name, c.owner_name, c.owner_scram, c.term \
+            "SELECT i.id, i.cluster_id, i.slots, i.role, c.pg_version, c.db_name, c.owner_name, c.owner_scram, \
+             c.repl_password, c.repl_scram, c.term \
              FROM instances i JOIN clusters c ON c.id = i.cluster_id \
              WHERE i.host_id = $1 AND i.deleting = 0 ORDER BY i.id",
         )
         .bind(host_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let slots: i64 = r.try_get("slots")?;
-                Ok(InstanceSpec {
-                    id: r.try_get("id")?,
-                    cluster_id: r.try_get("cluster_id")?,
-                    pg_version: u32::try_from(r.try_get::<i64, _>("pg_version")?).unwrap_or(15),
-                    database: r.try_get("db_name")?,
-                    owner: r.try_get("owner_name")?,
-                    owner_scram: r.try_get("owner_scram")?,
-                    term: r.try_get("term")?,
-                    memory_mb: planner::plan_memory_mb(u32::try_from(slots).unwrap_or(1)),
-                })
-            })
-            .collect()
+        let mut specs = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let slots: i64 = r.try_get("slots")?;
+            let role: String = r.try_get("role")?;
+            let cluster_id: String = r.try_get("cluster_id")?;
+            let members = self.instances_of_cluster(&cluster_id).await?;
+            let live = members.iter().filter(|m| !m.deleting);
+            let primary_addr = live
+                .clone()
+                .find(|m| m.role == "primary" && m.observed == "running")
+                .and_then(|m| m.addr.clone());
+            // Only standbys that have come up count toward the quorum: naming one that
+            // never connected would stop every commit.
+            let sync_standbys: Vec<String> = live
+                .filter(|m| m.role == "standby" && m.addr.is_some())
+                .map(|m| m.id.clone())
+                .collect();
+            let standby = role == "standby";
+            specs.push(InstanceSpec {
+                id: r.try_get("id")?,
+                cluster_id,
+                pg_version: u32::try_from(r.try_get::<i64, _>("pg_version")?).unwrap_or(15),
+                database: r.try_get("db_name")?,
+                owner: r.try_get("owner_name")?,
+                owner_scram: r.try_get("owner_scram")?,
+                term: r.try_get("term")?,
+                memory_mb: planner::plan_memory_mb(u32::try_from(slots).unwrap_or(1)),
+                primary_addr: if standby { primary_addr } else { None },
+                replication_password: standby.then(|| r.try_get("repl_password")).transpose()?,
+                replication_scram: r.try_get("repl_scram")?,
+                sync_quorum: u32::from(!sync_standbys.is_empty() && !standby),
+                sync_standbys: if standby { vec![] } else { sync_standbys },
+                role,
+            });
+        }
+        Ok(specs)
     }
 
     /// Where each live cluster's primary is: the proxy's routing table.
@@ -780,7 +814,7 @@ impl Store {
     // --- the planner's snapshot --------------------------------------------------------
 
     pub async fn world(&self, now: i64) -> Result<planner::World> {
-        let clusters = sqlx::query("SELECT id, cloud, region, plan, deleted_at FROM clusters ORDER BY id")
+        let clusters = sqlx::query("SELECT id, cloud, region, plan, replicas, deleted_at FROM clusters ORDER BY id")
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -791,6 +825,7 @@ impl Store {
                     cloud: r.try_get("cloud")?,
                     region: r.try_get("region")?,
                     slots: planner::plan_slots(&plan).unwrap_or(1),
+                    members: 1 + u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0),
                     deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
                 })
             })
@@ -808,6 +843,7 @@ impl Store {
                 id: h.id,
                 cloud: h.cloud,
                 region: h.region,
+                zone: h.zone,
                 launched_at: h.launched_at,
             })
             .collect();
@@ -828,6 +864,11 @@ impl Store {
                 cluster_id: i.cluster_id,
                 host_id: i.host_id,
                 slots: u32::try_from(i.slots).unwrap_or(1),
+                role: if i.role == "standby" {
+                    planner::Role::Standby
+                } else {
+                    planner::Role::Primary
+                },
                 deleting: i.deleting,
                 error: i.error,
             })

@@ -32,6 +32,9 @@ impl TempPg {
                 socket_dir: sock.clone(),
                 memory_mb: 128,
                 tcp_logins: vec![],
+                replication_user: None,
+                synchronous_standby_names: String::new(),
+                primary_conninfo: None,
             },
             run_as,
         )
@@ -106,6 +109,8 @@ fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &str) -
         db_name: name.into(),
         owner_name: "owner".into(),
         owner_scram: "SCRAM".into(),
+        repl_password: "rp".into(),
+        repl_scram: "RSCRAM".into(),
         term: 1,
         created_at: 5,
         deleted_at: None,

@@ -168,6 +168,8 @@ pub struct Member {
     pub state: String,
     pub cloud: String,
     pub zone: String,
+    /// Where the member's PostgreSQL listens (the host's network), once known.
+    pub addr: Option<String>,
 }
 
 /// The answer to a create: the password of the owner role appears here and nowhere else.
@@ -251,6 +253,17 @@ pub struct InstanceSpec {
     pub term: i64,
     /// Memory budget in MiB, from the plan.
     pub memory_mb: u32,
+    /// `primary` or `standby`.
+    pub role: String,
+    /// A standby's primary, `ip:port`, once that primary runs.
+    pub primary_addr: Option<String>,
+    /// A standby's password for the cluster's replication role.
+    pub replication_password: Option<String>,
+    /// SCRAM verifier of the replication role (the primary creates the role).
+    pub replication_scram: String,
+    /// A primary's standbys that must confirm commits (`ANY sync_quorum (...)`).
+    pub sync_standbys: Vec<String>,
+    pub sync_quorum: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -156,6 +156,12 @@ pub struct ServerConfig {
     pub memory_mb: u32,
     /// Roles that may log in over TCP (scram-sha-256), to the given database.
     pub tcp_logins: Vec<(String, String)>,
+    /// The role standbys stream as (a `replication` line in pg_hba), on a primary.
+    pub replication_user: Option<String>,
+    /// `synchronous_standby_names` of a primary (empty: asynchronous).
+    pub synchronous_standby_names: String,
+    /// A standby's `primary_conninfo`.
+    pub primary_conninfo: Option<String>,
 }
 
 pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -> Result<()> {
@@ -173,17 +179,26 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
          log_line_prefix = '%m [%p] '\n\
          wal_level = replica\n\
          max_wal_senders = 10\n\
-         dynamic_shared_memory_type = posix\n",
+         dynamic_shared_memory_type = posix\n\
+         hot_standby = on\n\
+         wal_retrieve_retry_interval = '200ms'\n\
+         synchronous_standby_names = {sync}\n\
+         primary_conninfo = {conninfo}\n",
         listen = cfg.listen_addr,
         port = cfg.port,
         sock = cfg.socket_dir.display(),
         max_connections = (cfg.memory_mb / 256 * 100).clamp(100, 1000),
+        sync = quote_literal(&cfg.synchronous_standby_names),
+        conninfo = quote_literal(cfg.primary_conninfo.as_deref().unwrap_or("")),
     );
     let mut hba = String::from(
         "# Written by the highrise agent; changes are overwritten.\n\
          # TYPE  DATABASE  USER  ADDRESS  METHOD\n",
     );
     hba.push_str(&format!("local   all       {ADMIN_USER}  trust\n"));
+    if let Some(user) = &cfg.replication_user {
+        hba.push_str(&format!("host    replication  {user}  0.0.0.0/0  scram-sha-256\n"));
+    }
     for (user, db) in &cfg.tcp_logins {
         hba.push_str(&format!("host    {db}  {user}  0.0.0.0/0  scram-sha-256\n"));
         hba.push_str(&format!("host    {db}  {user}  ::/0  scram-sha-256\n"));
@@ -290,6 +305,59 @@ pub async fn wait_ready(datadir: &Path, pid: u32, log: &Path, timeout: Duration)
         }
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
+}
+
+/// Copies a running primary into `datadir` with `pg_basebackup` (WAL streamed along),
+/// ready to start as its standby.
+pub fn basebackup(
+    bin: &PgBin,
+    datadir: &Path,
+    primary: (&str, u16),
+    user: &str,
+    password: &str,
+    run_as: Option<RunAs>,
+) -> Result<()> {
+    if datadir.exists() {
+        std::fs::remove_dir_all(datadir).with_context(|| format!("clear {}", datadir.display()))?;
+    }
+    own_dir(datadir, run_as, 0o700)?;
+    let mut cmd = std::process::Command::new(bin.path("pg_basebackup"));
+    cmd.arg("-D")
+        .arg(datadir)
+        .args(["-h", primary.0, "-p", &primary.1.to_string(), "-U", user])
+        .args(["-X", "stream", "-c", "fast", "--no-password", "--no-sync"])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10");
+    if let Some(r) = run_as {
+        r.apply(&mut cmd);
+    }
+    run(cmd, "pg_basebackup")?;
+    let signal = datadir.join("standby.signal");
+    write_owned(&signal, "", run_as)
+}
+
+/// Asks the postmaster to re-read its configuration.
+pub fn reload(pid: u32) -> Result<()> {
+    kill(Pid::from_raw(pid as i32), Signal::SIGHUP).context("signal postgres to reload")
+}
+
+/// Creates (or updates) the cluster's replication role, with the password's verifier.
+pub async fn ensure_replicator(conn: &mut sqlx::PgConnection, user: &str, scram: &str) -> Result<()> {
+    use sqlx::Executor;
+    let exists = sqlx::query("select 1 from pg_roles where rolname = $1")
+        .bind(user)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("look up replication role")?
+        .is_some();
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    let sql = format!(
+        "{verb} ROLE {} LOGIN REPLICATION NOSUPERUSER PASSWORD {}",
+        quote_ident(user),
+        quote_literal(scram)
+    );
+    conn.execute(sql.as_str()).await.context("create replication role")?;
+    Ok(())
 }
 
 /// The last lines of a log, for error messages.

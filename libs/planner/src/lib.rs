@@ -28,8 +28,10 @@ pub struct ClusterIntent {
     pub id: String,
     pub cloud: String,
     pub region: String,
-    /// Capacity the cluster's primary needs on a host.
+    /// Capacity each member needs on a host.
     pub slots: u32,
+    /// Members wanted: the primary plus its standbys.
+    pub members: u32,
     /// The tenant asked for deletion.
     pub deleted: bool,
 }
@@ -49,8 +51,15 @@ pub struct HostView {
     pub id: String,
     pub cloud: String,
     pub region: String,
+    pub zone: String,
     pub status: HostStatus,
     pub launched_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Primary,
+    Standby,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +80,7 @@ pub struct InstanceView {
     pub cluster_id: String,
     pub host_id: String,
     pub slots: u32,
+    pub role: Role,
     /// Removal was decided; the instance is no longer in its host's desired state.
     pub deleting: bool,
     pub observed: Observed,
@@ -116,6 +126,7 @@ pub enum Action {
         cluster_id: String,
         host_id: String,
         slots: u32,
+        role: Role,
     },
     /// Take the instance off its host's desired state; the agent stops and removes it.
     DeleteInstance {
@@ -181,40 +192,77 @@ pub fn plan(world: &World) -> Vec<Action> {
         }
     }
 
-    // Placement: each live cluster has exactly one (primary) instance.
-    let mut launching_need: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    // Placement: each live cluster has `members` instances, one of them the primary, each
+    // on its own host, spread over zones where the region has several.
+    let mut launching_need: BTreeMap<(&str, &str), (u32, u32)> = BTreeMap::new();
+    let mut extra_members: Vec<Action> = Vec::new();
     for c in world.clusters.iter().filter(|c| !c.deleted) {
-        let has_instance = world.instances.iter().any(|i| i.cluster_id == c.id && !i.deleting);
-        if has_instance {
-            continue;
-        }
-        let candidate = world
-            .hosts
+        let live: Vec<&InstanceView> = world
+            .instances
             .iter()
-            .filter(|h| h.status == HostStatus::Running && h.cloud == c.cloud && h.region == c.region)
-            .filter(|h| used.get(h.id.as_str()).copied().unwrap_or(0) + c.slots <= HOST_SLOTS)
-            // Fill the fullest host first, so empty hosts stay free for big plans.
-            .max_by_key(|h| {
-                (
-                    used.get(h.id.as_str()).copied().unwrap_or(0),
-                    std::cmp::Reverse(h.id.clone()),
-                )
-            });
-        match candidate {
-            Some(h) => {
-                *used.entry(h.id.as_str()).or_default() += c.slots;
-                actions.push(Action::CreateInstance {
-                    cluster_id: c.id.clone(),
-                    host_id: h.id.clone(),
-                    slots: c.slots,
+            .filter(|i| i.cluster_id == c.id && !i.deleting)
+            .collect();
+        let mut taken_hosts: BTreeSet<&str> = live.iter().map(|i| i.host_id.as_str()).collect();
+        let mut taken_zones: BTreeSet<&str> = live
+            .iter()
+            .filter_map(|i| hosts.get(i.host_id.as_str()).map(|h| h.zone.as_str()))
+            .collect();
+        let mut has_primary = live.iter().any(|i| i.role == Role::Primary);
+        let missing = c.members.saturating_sub(live.len() as u32);
+        // Too many members (replicas were lowered): remove standbys, newest last placed.
+        if (live.len() as u32) > c.members {
+            let excess = live.len() - c.members as usize;
+            let mut standbys: Vec<&&InstanceView> = live.iter().filter(|i| i.role == Role::Standby).collect();
+            standbys.sort_by(|a, b| b.id.cmp(&a.id));
+            for i in standbys.into_iter().take(excess) {
+                extra_members.push(Action::DeleteInstance {
+                    instance_id: i.id.clone(),
                 });
             }
-            None => {
-                *launching_need.entry((c.cloud.as_str(), c.region.as_str())).or_default() += c.slots;
+        }
+        let mut unplaced = 0;
+        for _ in 0..missing {
+            let candidate = world
+                .hosts
+                .iter()
+                .filter(|h| h.status == HostStatus::Running && h.cloud == c.cloud && h.region == c.region)
+                .filter(|h| !taken_hosts.contains(h.id.as_str()))
+                .filter(|h| used.get(h.id.as_str()).copied().unwrap_or(0) + c.slots <= HOST_SLOTS)
+                // A zone the cluster is not in yet first; then the fullest host, so empty
+                // hosts stay free for big plans.
+                .max_by_key(|h| {
+                    (
+                        !taken_zones.contains(h.zone.as_str()),
+                        used.get(h.id.as_str()).copied().unwrap_or(0),
+                        std::cmp::Reverse(h.id.clone()),
+                    )
+                });
+            match candidate {
+                Some(h) => {
+                    *used.entry(h.id.as_str()).or_default() += c.slots;
+                    taken_hosts.insert(h.id.as_str());
+                    taken_zones.insert(h.zone.as_str());
+                    let role = if has_primary { Role::Standby } else { Role::Primary };
+                    has_primary = true;
+                    actions.push(Action::CreateInstance {
+                        cluster_id: c.id.clone(),
+                        host_id: h.id.clone(),
+                        slots: c.slots,
+                        role,
+                    });
+                }
+                None => unplaced += 1,
             }
         }
+        if unplaced > 0 {
+            let need = launching_need.entry((c.cloud.as_str(), c.region.as_str())).or_default();
+            need.0 += unplaced * c.slots;
+            // Members of one cluster need distinct hosts.
+            need.1 = need.1.max(unplaced);
+        }
     }
-    for ((cloud, region), need) in launching_need {
+    actions.extend(extra_members);
+    for ((cloud, region), (slots, distinct)) in launching_need {
         let failed_recently = world.hosts.iter().any(|h| {
             h.status == HostStatus::Failed
                 && h.cloud == cloud
@@ -229,7 +277,7 @@ pub fn plan(world: &World) -> Vec<Action> {
             .iter()
             .filter(|h| h.status == HostStatus::Launching && h.cloud == cloud && h.region == region)
             .count() as u32;
-        let hosts_needed = need.div_ceil(HOST_SLOTS);
+        let hosts_needed = slots.div_ceil(HOST_SLOTS).max(distinct);
         for _ in launching..hosts_needed {
             actions.push(Action::LaunchHost {
                 cloud: cloud.to_string(),
@@ -252,18 +300,27 @@ pub fn plan(world: &World) -> Vec<Action> {
         let outcome = match op.kind {
             OperationKind::CreateCluster => {
                 let cluster = world.clusters.iter().find(|c| c.id == op.cluster_id);
-                let inst = world
+                let members: Vec<&InstanceView> = world
                     .instances
                     .iter()
-                    .find(|i| i.cluster_id == op.cluster_id && !i.deleting);
-                match (cluster, inst) {
-                    (None, _) => Some(Outcome::Failed("cluster was removed".into())),
-                    (Some(c), _) if c.deleted => Some(Outcome::Failed("cluster was deleted".into())),
-                    (_, Some(i)) if i.observed == Observed::Running => Some(Outcome::Succeeded),
-                    (_, Some(i)) if i.observed == Observed::Failed => Some(Outcome::Failed(
-                        i.error.clone().unwrap_or_else(|| "instance failed".into()),
-                    )),
-                    _ => None,
+                    .filter(|i| i.cluster_id == op.cluster_id && !i.deleting)
+                    .collect();
+                match cluster {
+                    None => Some(Outcome::Failed("cluster was removed".into())),
+                    Some(c) if c.deleted => Some(Outcome::Failed("cluster was deleted".into())),
+                    Some(c) => {
+                        if let Some(f) = members.iter().find(|i| i.observed == Observed::Failed) {
+                            Some(Outcome::Failed(
+                                f.error.clone().unwrap_or_else(|| "instance failed".into()),
+                            ))
+                        } else if members.len() as u32 >= c.members
+                            && members.iter().all(|i| i.observed == Observed::Running)
+                        {
+                            Some(Outcome::Succeeded)
+                        } else {
+                            None
+                        }
+                    }
                 }
             }
             OperationKind::DeleteCluster => {

@@ -9,6 +9,7 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         cloud: "a".into(),
         region: "r1".into(),
         slots,
+        members: 1,
         deleted: false,
     }
 }
@@ -18,6 +19,7 @@ fn host(id: &str, status: HostStatus) -> HostView {
         id: id.into(),
         cloud: "a".into(),
         region: "r1".into(),
+        zone: "z1".into(),
         status,
         launched_at: 0,
     }
@@ -29,6 +31,7 @@ fn instance(id: &str, cluster: &str, host: &str, observed: Observed) -> Instance
         cluster_id: cluster.into(),
         host_id: host.into(),
         slots: 1,
+        role: Role::Primary,
         deleting: false,
         observed,
         error: None,
@@ -45,6 +48,7 @@ fn apply(world: &mut World, actions: &[Action]) {
                 id: format!("h{n}"),
                 cloud: cloud.clone(),
                 region: region.clone(),
+                zone: format!("z{}", n % 2),
                 status: HostStatus::Launching,
                 launched_at: world.now,
             }),
@@ -57,11 +61,13 @@ fn apply(world: &mut World, actions: &[Action]) {
                 cluster_id,
                 host_id,
                 slots,
+                role,
             } => world.instances.push(InstanceView {
                 id: format!("i{n}"),
                 cluster_id: cluster_id.clone(),
                 host_id: host_id.clone(),
                 slots: *slots,
+                role: *role,
                 deleting: false,
                 observed: Observed::Unknown,
                 error: None,
@@ -129,7 +135,8 @@ fn places_on_running_host_with_room() {
         vec![Action::CreateInstance {
             cluster_id: "c1".into(),
             host_id: "h1".into(),
-            slots: 1
+            slots: 1,
+            role: Role::Primary,
         }]
     );
 }
@@ -152,6 +159,69 @@ fn full_host_triggers_launch() {
         2,
         "9 slots of demand need two 8-slot hosts: {p:?}"
     );
+}
+
+#[test]
+fn replicas_go_to_distinct_hosts_in_distinct_zones() {
+    let mut world = World {
+        clusters: vec![ClusterIntent {
+            members: 3,
+            ..cluster("c1", 1)
+        }],
+        hosts: vec![
+            host("h1", HostStatus::Running),
+            host("h2", HostStatus::Running),
+            HostView {
+                zone: "z2".into(),
+                ..host("h3", HostStatus::Running)
+            },
+        ],
+        ..Default::default()
+    };
+    let p = plan(&world);
+    let placed: Vec<(&str, Role)> = p
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateInstance { host_id, role, .. } => Some((host_id.as_str(), *role)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(placed.len(), 3, "{p:?}");
+    assert_eq!(placed.iter().filter(|(_, r)| *r == Role::Primary).count(), 1);
+    // The second member goes to the other zone before a second host of the first zone.
+    assert_eq!(placed[1].0, "h3", "{p:?}");
+    // Lowering the count removes a standby, never the primary.
+    apply(&mut world, &p);
+    world.clusters[0].members = 1;
+    let p = plan(&world);
+    let removed: Vec<&String> = p
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeleteInstance { instance_id } => Some(instance_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed.len(), 2, "{p:?}");
+    for id in removed {
+        let i = world.instances.iter().find(|i| &i.id == id).unwrap();
+        assert_eq!(i.role, Role::Standby);
+    }
+}
+
+#[test]
+fn members_without_room_launch_distinct_hosts() {
+    let world = World {
+        clusters: vec![ClusterIntent {
+            members: 3,
+            ..cluster("c1", 1)
+        }],
+        ..Default::default()
+    };
+    let launches = plan(&world)
+        .iter()
+        .filter(|a| matches!(a, Action::LaunchHost { .. }))
+        .count();
+    assert_eq!(launches, 3, "three members need three hosts");
 }
 
 #[test]
@@ -291,7 +361,7 @@ fn instances_on_failed_hosts_are_forgotten_once_deleted() {
 }
 
 fn arb_world() -> impl Strategy<Value = World> {
-    let clusters = proptest::collection::vec((1u32..=4, any::<bool>(), 0usize..2), 0..12);
+    let clusters = proptest::collection::vec((1u32..=4, any::<bool>(), 0usize..2, 1u32..=4), 0..12);
     let hosts = proptest::collection::vec((0usize..3, 0usize..2), 0..4);
     (clusters, hosts).prop_map(|(cs, hs)| {
         let clouds = ["a", "b"];
@@ -301,11 +371,12 @@ fn arb_world() -> impl Strategy<Value = World> {
             clusters: cs
                 .iter()
                 .enumerate()
-                .map(|(n, (slots, deleted, cloud))| ClusterIntent {
+                .map(|(n, (slots, deleted, cloud, members))| ClusterIntent {
                     id: format!("c{n}"),
                     cloud: clouds[*cloud].into(),
                     region: "r1".into(),
                     slots: if *slots == 3 { 2 } else { *slots },
+                    members: *members,
                     deleted: *deleted,
                 })
                 .collect(),
@@ -316,6 +387,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     id: format!("h{n}"),
                     cloud: clouds[*cloud].into(),
                     region: "r1".into(),
+                    zone: format!("z{}", n % 2),
                     status: statuses[*st],
                     launched_at: 0,
                 })
@@ -337,12 +409,21 @@ fn check_invariants(world: &World) -> Result<(), TestCaseError> {
         prop_assert!(used <= HOST_SLOTS, "host {} over capacity: {used}", h.id);
     }
     for c in &world.clusters {
-        let live = world
+        let live: Vec<&InstanceView> = world
             .instances
             .iter()
             .filter(|i| i.cluster_id == c.id && !i.deleting)
-            .count();
-        prop_assert!(live <= 1, "cluster {} has {live} live instances", c.id);
+            .collect();
+        prop_assert!(
+            live.len() as u32 <= c.members,
+            "cluster {} has {} live members",
+            c.id,
+            live.len()
+        );
+        let primaries = live.iter().filter(|i| i.role == Role::Primary).count();
+        prop_assert!(primaries <= 1, "cluster {} has {primaries} primaries", c.id);
+        let hosts: BTreeSet<&str> = live.iter().map(|i| i.host_id.as_str()).collect();
+        prop_assert_eq!(hosts.len(), live.len(), "two members of {} share a host", c.id);
     }
     for i in world.instances.iter().filter(|i| !i.deleting) {
         let h = world.hosts.iter().find(|h| h.id == i.host_id);
@@ -370,7 +451,13 @@ proptest! {
         prop_assert!(plan(&world).is_empty(), "not converged: {:?}", plan(&world));
         for c in &world.clusters {
             prop_assert!(!c.deleted, "deleted cluster {} still recorded", c.id);
-            prop_assert!(world.instances.iter().any(|i| i.cluster_id == c.id && i.observed == Observed::Running));
+            let running = world
+                .instances
+                .iter()
+                .filter(|i| i.cluster_id == c.id && i.observed == Observed::Running)
+                .collect::<Vec<_>>();
+            prop_assert_eq!(running.len() as u32, c.members);
+            prop_assert_eq!(running.iter().filter(|i| i.role == Role::Primary).count(), 1);
         }
     }
 
