@@ -110,6 +110,10 @@ struct Instance {
     applied: Option<InstanceSpec>,
     /// The cluster-dependent settings the running server was last configured with.
     applied_config: Option<(String, Option<String>)>,
+    /// The standbys in the running server's `synchronous_standby_names`.
+    running_sync: Vec<String>,
+    /// The last health check's view of the server.
+    status: Option<highrise_pg::Status>,
     admin: Option<sqlx::PgConnection>,
 }
 
@@ -140,6 +144,8 @@ impl Instance {
             pid,
             applied: None,
             applied_config: None,
+            running_sync: Vec::new(),
+            status: None,
             admin: None,
         }
     }
@@ -156,11 +162,21 @@ impl Instance {
     }
 
     fn observed(&self, state: InstanceState, error: Option<String>) -> ObservedInstance {
+        let status = if state == InstanceState::Running {
+            self.status
+        } else {
+            None
+        };
         ObservedInstance {
             id: self.id.clone(),
             state,
             addr: (self.local.port != 0 && state != InstanceState::Creating).then(|| self.addr()),
             error,
+            in_recovery: status.map(|s| s.in_recovery),
+            lsn: status.and_then(|s| s.lsn),
+            streaming: status.map(|s| s.streaming),
+            sync_standbys: self.running_sync.clone(),
+            term: self.applied.as_ref().map_or(0, |s| s.term),
         }
     }
 
@@ -242,6 +258,7 @@ impl Instance {
         highrise_pg::wait_ready(&self.pgdata, pid, &self.log, Duration::from_secs(60)).await?;
         self.applied = None;
         self.applied_config = Some(config_key(&cfg));
+        self.running_sync = sync_members(spec);
         self.admin = None;
         Ok(())
     }
@@ -260,6 +277,7 @@ impl Instance {
         }
         tracing::info!(instance = %self.id, sync = %cfg.synchronous_standby_names, "configuration reloaded");
         self.applied_config = Some(key);
+        self.running_sync = sync_members(spec);
         Ok(())
     }
 
@@ -313,21 +331,33 @@ impl Instance {
                 tracing::info!(instance = %self.id, addr = %self.addr(), "instance started");
             }
         }
+        let status = match self.admin().await {
+            Ok(conn) => tokio::time::timeout(Duration::from_secs(3), highrise_pg::status(conn))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        let Some(status) = status else {
+            self.admin = None;
+            self.status = None;
+            return Ok(InstanceState::Unhealthy);
+        };
+        // This member was chosen as the new primary: promote it before anything else.
+        if spec.role == "primary" && status.in_recovery {
+            tracing::warn!(instance = %self.id, term = spec.term, "promoting to primary");
+            let conn = self.admin().await?;
+            highrise_pg::promote(conn).await?;
+            tracing::info!(instance = %self.id, term = spec.term, "promoted");
+        }
         self.refresh_config(spec)?;
         if self.applied.as_ref() != Some(spec) {
             self.apply(spec).await?;
         }
-        let healthy = match self.admin().await {
-            Ok(conn) => tokio::time::timeout(Duration::from_secs(3), sqlx::query("select 1").execute(conn))
-                .await
-                .map(|r| r.is_ok())
-                .unwrap_or(false),
-            Err(_) => false,
+        self.status = match self.admin().await {
+            Ok(conn) => highrise_pg::status(conn).await.ok(),
+            Err(_) => None,
         };
-        if !healthy {
-            self.admin = None;
-            return Ok(InstanceState::Unhealthy);
-        }
         Ok(InstanceState::Running)
     }
 
@@ -366,6 +396,14 @@ impl Instance {
 
 /// The role standbys stream as; created on every primary with the cluster's verifier.
 const REPL_USER: &str = "replicator";
+
+fn sync_members(spec: &InstanceSpec) -> Vec<String> {
+    if spec.role == "standby" || spec.sync_quorum == 0 {
+        Vec::new()
+    } else {
+        spec.sync_standbys.clone()
+    }
+}
 
 fn config_key(cfg: &highrise_pg::ServerConfig) -> (String, Option<String>) {
     (cfg.synchronous_standby_names.clone(), cfg.primary_conninfo.clone())

@@ -95,7 +95,8 @@ async fn launch(state: &AppState, h: &HostRow) {
     }
 }
 
-async fn perform(state: &AppState, action: &Action) -> Result<()> {
+/// Performs one action; returns whether it changed anything.
+async fn perform(state: &AppState, action: &Action) -> Result<bool> {
     match action {
         Action::LaunchHost { cloud, region } => {
             let h = HostRow {
@@ -141,8 +142,24 @@ async fn perform(state: &AppState, action: &Action) -> Result<()> {
                     addr: None,
                     error: None,
                     created_at: now(),
+                    in_recovery: None,
+                    lsn: None,
+                    streaming: None,
+                    sync_standbys: vec![],
+                    observed_term: 0,
                 })
                 .await?;
+            if *role == Role::Standby {
+                state
+                    .store
+                    .add_event(
+                        cluster_id,
+                        now(),
+                        "member_added",
+                        &format!("new standby placed on host {host_id}"),
+                    )
+                    .await?;
+            }
             tracing::info!(cluster = %cluster_id, host = %host_id, ?role, "instance placed");
         }
         Action::DeleteInstance { instance_id } => state.store.mark_instance_deleting(instance_id).await?,
@@ -159,6 +176,35 @@ async fn perform(state: &AppState, action: &Action) -> Result<()> {
             state.store.complete_operation(operation_id, error, now()).await?;
             tracing::info!(operation = %operation_id, ?outcome, "operation completed");
         }
+        Action::Failover {
+            cluster_id,
+            term,
+            from,
+            to,
+            reason,
+        } => {
+            let done = state
+                .store
+                .failover(cluster_id, *term, from.as_deref(), to, now(), reason)
+                .await?;
+            if done {
+                tracing::warn!(cluster = %cluster_id, from = ?from, to = %to, term = term + 1, "failover: {reason}");
+            }
+            return Ok(done);
+        }
+        Action::Event {
+            cluster_id,
+            kind,
+            message,
+        } => {
+            let last = state.store.last_event(cluster_id).await?;
+            if last.is_some_and(|e| &e.kind == kind && &e.message == message) {
+                return Ok(false);
+            }
+            tracing::warn!(cluster = %cluster_id, "{message}");
+            state.store.add_event(cluster_id, now(), kind, message).await?;
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }

@@ -15,6 +15,7 @@ use sqlx::{AnyPool, Row};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_replication.sql")),
+    (3, include_str!("../migrations/0003_ha.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +107,20 @@ pub struct InstanceRow {
     pub addr: Option<String>,
     pub error: Option<String>,
     pub created_at: i64,
+    pub in_recovery: Option<bool>,
+    pub lsn: Option<i64>,
+    pub streaming: Option<bool>,
+    pub sync_standbys: Vec<String>,
+    pub observed_term: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub id: String,
+    pub cluster_id: String,
+    pub at: i64,
+    pub kind: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +220,16 @@ fn instance(r: &AnyRow) -> Result<InstanceRow> {
         addr: r.try_get("addr")?,
         error: r.try_get("error")?,
         created_at: r.try_get("created_at")?,
+        in_recovery: r.try_get::<Option<i64>, _>("in_recovery")?.map(|v| v != 0),
+        lsn: r.try_get("lsn")?,
+        streaming: r.try_get::<Option<i64>, _>("streaming")?.map(|v| v != 0),
+        sync_standbys: r
+            .try_get::<String, _>("sync_standbys")?
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        observed_term: r.try_get("observed_term")?,
     })
 }
 
@@ -633,21 +658,45 @@ impl Store {
         let mut changed = false;
         for r in rows.iter().map(instance) {
             let r = r?;
-            let (state, addr, error) = match observed.iter().find(|o| o.id == r.id) {
-                Some(o) => (observed_name(o.state).to_string(), o.addr.clone(), o.error.clone()),
-                None if r.deleting => ("absent".to_string(), None, None),
-                None => continue,
+            let Some(o) = observed.iter().find(|o| o.id == r.id) else {
+                if r.deleting && r.observed != "absent" {
+                    changed = true;
+                    sqlx::query("UPDATE instances SET observed = 'absent', addr = NULL, error = NULL WHERE id = $1")
+                        .bind(&r.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                continue;
             };
-            if state != r.observed || addr != r.addr || error != r.error {
+            let state = observed_name(o.state).to_string();
+            let sync = o.sync_standbys.join(",");
+            // Positions move with every write: stored, but not a change worth waking
+            // the planner and the long-polls for.
+            if state != r.observed
+                || o.addr != r.addr
+                || o.error != r.error
+                || o.in_recovery != r.in_recovery
+                || o.streaming != r.streaming
+                || o.sync_standbys != r.sync_standbys
+                || o.term != r.observed_term
+            {
                 changed = true;
-                sqlx::query("UPDATE instances SET observed = $1, addr = $2, error = $3 WHERE id = $4")
-                    .bind(&state)
-                    .bind(&addr)
-                    .bind(&error)
-                    .bind(&r.id)
-                    .execute(&mut *tx)
-                    .await?;
             }
+            sqlx::query(
+                "UPDATE instances SET observed = $1, addr = $2, error = $3, in_recovery = $4, lsn = $5, \
+                 streaming = $6, sync_standbys = $7, observed_term = $8 WHERE id = $9",
+            )
+            .bind(&state)
+            .bind(&o.addr)
+            .bind(&o.error)
+            .bind(o.in_recovery.map(i64::from))
+            .bind(o.lsn.and_then(|l| i64::try_from(l).ok()))
+            .bind(o.streaming.map(i64::from))
+            .bind(&sync)
+            .bind(o.term)
+            .bind(&r.id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(changed)
@@ -752,12 +801,15 @@ impl Store {
         Ok(specs)
     }
 
-    /// Where each live cluster's primary is: the proxy's routing table.
+    /// Where each live cluster's primary is: the proxy's routing table. A cluster whose
+    /// current-term primary has not (yet) reported itself promoted has no address.
     pub async fn routes(&self) -> Result<Vec<Route>> {
         let rows = sqlx::query(
-            "SELECT c.endpoint, c.id, c.term, i.addr FROM clusters c JOIN instances i ON i.cluster_id = c.id \
-             WHERE c.deleted_at IS NULL AND i.deleting = 0 AND i.role = 'primary' AND i.addr IS NOT NULL \
-             ORDER BY c.endpoint",
+            "SELECT c.endpoint, c.id, c.term, \
+             (SELECT i.addr FROM instances i WHERE i.cluster_id = c.id AND i.deleting = 0 AND i.role = 'primary' \
+              AND i.in_recovery = 0 AND i.observed_term = c.term AND i.observed IN ('running', 'unhealthy') \
+              AND i.addr IS NOT NULL ORDER BY i.id LIMIT 1) AS addr \
+             FROM clusters c WHERE c.deleted_at IS NULL ORDER BY c.endpoint",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -771,6 +823,82 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Makes `to` the primary of `cluster_id` in a new term and takes `from` out of the
+    /// cluster, in one transaction; only if the term is still `term` (a compare-and-set,
+    /// so two deciders can never both promote).
+    pub async fn failover(
+        &self,
+        cluster_id: &str,
+        term: i64,
+        from: Option<&str>,
+        to: &str,
+        at: i64,
+        why: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query("UPDATE clusters SET term = term + 1 WHERE id = $1 AND term = $2")
+            .bind(cluster_id)
+            .bind(term)
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(from) = from {
+            sqlx::query("UPDATE instances SET deleting = 1 WHERE id = $1 AND cluster_id = $2")
+                .bind(from)
+                .bind(cluster_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("UPDATE instances SET role = 'primary' WHERE id = $1 AND cluster_id = $2")
+            .bind(to)
+            .bind(cluster_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(
+            &mut tx,
+            cluster_id,
+            at,
+            "promoted",
+            &format!("{to} is the primary of term {}: {why}", term + 1),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn add_event(&self, cluster_id: &str, at: i64, kind: &str, message: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_event(&mut tx, cluster_id, at, kind, message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn events(&self, cluster_id: &str) -> Result<Vec<EventRow>> {
+        let rows =
+            sqlx::query("SELECT id, cluster_id, at, kind, message FROM events WHERE cluster_id = $1 ORDER BY at, id")
+                .bind(cluster_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventRow {
+                    id: r.try_get("id")?,
+                    cluster_id: r.try_get("cluster_id")?,
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The most recent event of a kind for a cluster (to avoid repeating one).
+    pub async fn last_event(&self, cluster_id: &str) -> Result<Option<EventRow>> {
+        Ok(self.events(cluster_id).await?.pop())
     }
 
     // --- operations --------------------------------------------------------------------
@@ -814,22 +942,24 @@ impl Store {
     // --- the planner's snapshot --------------------------------------------------------
 
     pub async fn world(&self, now: i64) -> Result<planner::World> {
-        let clusters = sqlx::query("SELECT id, cloud, region, plan, replicas, deleted_at FROM clusters ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                let plan: String = r.try_get("plan")?;
-                Ok(planner::ClusterIntent {
-                    id: r.try_get("id")?,
-                    cloud: r.try_get("cloud")?,
-                    region: r.try_get("region")?,
-                    slots: planner::plan_slots(&plan).unwrap_or(1),
-                    members: 1 + u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0),
-                    deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
+        let clusters =
+            sqlx::query("SELECT id, cloud, region, plan, replicas, term, deleted_at FROM clusters ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    let plan: String = r.try_get("plan")?;
+                    Ok(planner::ClusterIntent {
+                        id: r.try_get("id")?,
+                        cloud: r.try_get("cloud")?,
+                        region: r.try_get("region")?,
+                        slots: planner::plan_slots(&plan).unwrap_or(1),
+                        members: 1 + u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0),
+                        term: r.try_get("term")?,
+                        deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()?;
         let hosts = self
             .list_hosts()
             .await?
@@ -845,6 +975,7 @@ impl Store {
                 region: h.region,
                 zone: h.zone,
                 launched_at: h.launched_at,
+                last_heartbeat: h.last_heartbeat,
             })
             .collect();
         let instances = self
@@ -871,6 +1002,11 @@ impl Store {
                 },
                 deleting: i.deleting,
                 error: i.error,
+                in_recovery: i.in_recovery,
+                lsn: i.lsn.map(|l| l as u64),
+                streaming: i.streaming,
+                sync_standbys: i.sync_standbys,
+                term: i.observed_term,
             })
             .collect();
         let operations =
@@ -908,6 +1044,26 @@ async fn insert_key(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &ApiKeyRow) 
         .bind(&key.name)
         .bind(&key.secret_hash)
         .bind(key.created_at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    cluster_id: &str,
+    at: i64,
+    kind: &str,
+    message: &str,
+) -> Result<()> {
+    use rand::Rng;
+    let id = format!("ev_{at:012}_{:08x}", rand::thread_rng().gen::<u32>());
+    sqlx::query("INSERT INTO events (id, cluster_id, at, kind, message) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(cluster_id)
+        .bind(at)
+        .bind(kind)
+        .bind(message)
         .execute(&mut **tx)
         .await?;
     Ok(())

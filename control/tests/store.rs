@@ -272,27 +272,43 @@ async fn exercise(store: Store) {
             addr: None,
             error: None,
             created_at: 6,
+            in_recovery: None,
+            lsn: None,
+            streaming: None,
+            sync_standbys: vec![],
+            observed_term: 0,
         })
         .await
         .unwrap();
     let desired = store.desired_for_host("h1").await.unwrap();
     assert_eq!(desired.len(), 1);
     assert_eq!((desired[0].id.as_str(), desired[0].database.as_str()), ("i1", "shop"));
-    assert!(store.routes().await.unwrap().is_empty(), "no address yet");
+    let route = |routes: Vec<highrise_api::Route>| routes.into_iter().find(|r| r.endpoint == "ep-1").unwrap();
+    assert_eq!(route(store.routes().await.unwrap()).addr, None, "no address yet");
     let running = ObservedInstance {
         id: "i1".into(),
         state: InstanceState::Running,
         addr: Some("127.9.1.1:25000".into()),
         error: None,
+        in_recovery: Some(false),
+        lsn: Some(100),
+        streaming: None,
+        sync_standbys: vec![],
+        term: 1,
     };
     assert!(store.heartbeat("h1", 7, std::slice::from_ref(&running)).await.unwrap());
-    assert!(!store.heartbeat("h1", 8, &[running]).await.unwrap(), "nothing changed");
-    let routes = store.routes().await.unwrap();
-    assert_eq!(routes.len(), 1);
-    assert_eq!(
-        (routes[0].endpoint.as_str(), routes[0].addr.as_str()),
-        ("ep-1", "127.9.1.1:25000")
+    let moved = ObservedInstance {
+        lsn: Some(200),
+        ..running.clone()
+    };
+    assert!(
+        !store.heartbeat("h1", 8, &[moved]).await.unwrap(),
+        "only the position moved"
     );
+    assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].lsn, Some(200));
+    let routes = store.routes().await.unwrap();
+    assert_eq!(routes.len(), 3, "every live cluster has a route entry");
+    assert_eq!(route(routes).addr.as_deref(), Some("127.9.1.1:25000"));
 
     let world = store.world(10).await.unwrap();
     assert_eq!(world.clusters.len(), 3);
@@ -306,6 +322,38 @@ async fn exercise(store: Store) {
         ("succeeded", None),
         "completion happens once"
     );
+
+    // Failover is a compare-and-set on the term.
+    store
+        .insert_instance(&InstanceRow {
+            id: "i2".into(),
+            role: "standby".into(),
+            created_at: 7,
+            ..store.instances_of_cluster("c1").await.unwrap()[0].clone()
+        })
+        .await
+        .unwrap();
+    assert!(store.failover("c1", 1, Some("i1"), "i2", 14, "test").await.unwrap());
+    assert!(
+        !store.failover("c1", 1, Some("i2"), "i1", 15, "stale").await.unwrap(),
+        "term moved on"
+    );
+    let c1 = store.find_cluster("o1", "p1", "c1").await.unwrap();
+    assert_eq!(c1.term, 2);
+    let members = store.instances_of_cluster("c1").await.unwrap();
+    assert!(members.iter().any(|m| m.id == "i1" && m.deleting));
+    assert!(members
+        .iter()
+        .any(|m| m.id == "i2" && m.role == "primary" && !m.deleting));
+    assert_eq!(
+        route(store.routes().await.unwrap()).addr,
+        None,
+        "until i2 reports itself promoted in term 2"
+    );
+    let events = store.events("c1").await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "promoted");
+    store.forget_instance("i2").await.unwrap();
 
     // Deletion: idempotent request, then the reconciler's steps.
     let c1 = store.find_cluster("o1", "p1", "shop").await.unwrap();
@@ -322,7 +370,7 @@ async fn exercise(store: Store) {
         store.find_cluster("o1", "p1", "shop").await,
         Err(StoreError::NotFound)
     ));
-    assert!(store.routes().await.unwrap().is_empty());
+    assert!(store.routes().await.unwrap().iter().all(|r| r.endpoint != "ep-1"));
     store.mark_instance_deleting("i1").await.unwrap();
     assert!(store.desired_for_host("h1").await.unwrap().is_empty());
     assert!(store.heartbeat("h1", 13, &[]).await.unwrap());

@@ -19,7 +19,6 @@ pub use protocol::{Startup, StartupError};
 pub use routes::RouteCache;
 
 use anyhow::{Context, Result};
-use highrise_api::Route;
 use protocol::{cancel_request, error_response, read_packet, scan_server_messages, Packet, ServerEvent};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -45,6 +44,9 @@ pub struct ProxyConfig {
     /// Endpoints are `<id>.<domain>` under TLS.
     pub domain: String,
 }
+
+/// How long a new connection is held while its cluster has no reachable primary.
+const HOLD: Duration = Duration::from_secs(30);
 
 /// How long a client may take to send its startup packet.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -183,16 +185,30 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
             route = ctx.routes.get(&endpoint);
         }
     }
-    let Some(Route { addr, .. }) = route else {
+    if route.is_none() {
         return reject(&mut client, &StartupError::UnknownEndpoint(endpoint)).await;
-    };
-    let mut backend = match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            tracing::warn!(%endpoint, %addr, "connect to primary: {e}");
+    }
+    // During a switch the route has no primary, or the old one refuses connections:
+    // hold the client (up to HOLD) and release it to the new primary.
+    let deadline = tokio::time::Instant::now() + HOLD;
+    let mut refused: Option<String> = None;
+    let (mut backend, addr) = loop {
+        let Some(addr) = ctx
+            .routes
+            .wait_for_primary(&endpoint, refused.as_deref(), deadline)
+            .await
+        else {
+            return reject(&mut client, &StartupError::Unavailable(endpoint)).await;
+        };
+        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await {
+            Ok(Ok(b)) => break (b, addr),
+            Ok(Err(e)) => tracing::debug!(%endpoint, %addr, "connect to primary: {e}"),
+            Err(_) => tracing::debug!(%endpoint, %addr, "connect to primary: timed out"),
+        }
+        if tokio::time::Instant::now() >= deadline {
             return reject(&mut client, &StartupError::Unavailable(endpoint)).await;
         }
-        Err(_) => return reject(&mut client, &StartupError::Unavailable(endpoint)).await,
+        refused = Some(addr);
     };
     backend.set_nodelay(true).context("set TCP_NODELAY")?;
     backend

@@ -10,9 +10,20 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RouteCache {
     inner: Arc<RwLock<(String, HashMap<String, Route>)>>,
+    /// Bumped on every table change; held connections wait on it.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            changes: Arc::new(watch::channel(0).0),
+        }
+    }
 }
 
 impl RouteCache {
@@ -46,6 +57,38 @@ impl RouteCache {
     pub fn replace(&self, t: RouteTable) {
         let map = t.routes.into_iter().map(|r| (r.endpoint.clone(), r)).collect();
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = (t.version, map);
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Waits until the endpoint's primary address is known and differs from `not`
+    /// (a primary that just refused a connection), or `deadline` passes.
+    pub async fn wait_for_primary(
+        &self,
+        endpoint: &str,
+        not: Option<&str>,
+        deadline: tokio::time::Instant,
+    ) -> Option<String> {
+        let mut rx = self.changes.subscribe();
+        loop {
+            rx.mark_unchanged();
+            match self.get(endpoint) {
+                None => return None,
+                Some(Route { addr: Some(a), .. }) if Some(a.as_str()) != not => return Some(a),
+                _ => {}
+            }
+            // Wake on a table change, and every so often to retry the same address (a
+            // restarting primary comes back where it was).
+            let tick = tokio::time::Instant::now() + Duration::from_millis(250);
+            match tokio::time::timeout_at(deadline.min(tick), rx.changed()).await {
+                Ok(_) => {}
+                Err(_) if tokio::time::Instant::now() >= deadline => return None,
+                Err(_) => {
+                    if let Some(Route { addr: Some(a), .. }) = self.get(endpoint) {
+                        return Some(a);
+                    }
+                }
+            }
+        }
     }
 }
 

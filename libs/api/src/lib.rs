@@ -282,6 +282,21 @@ pub struct ObservedInstance {
     /// Where PostgreSQL listens, `ip:port`.
     pub addr: Option<String>,
     pub error: Option<String>,
+    /// What the server says of itself: `true` while it is a standby.
+    #[serde(default)]
+    pub in_recovery: Option<bool>,
+    /// A primary's flushed WAL position; a standby's received-and-flushed position.
+    #[serde(default)]
+    pub lsn: Option<u64>,
+    /// A standby: its WAL receiver is streaming from a primary right now.
+    #[serde(default)]
+    pub streaming: Option<bool>,
+    /// A primary: the standbys its running configuration waits for.
+    #[serde(default)]
+    pub sync_standbys: Vec<String>,
+    /// The term of the spec the instance runs.
+    #[serde(default)]
+    pub term: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -304,8 +319,9 @@ pub struct RouteTable {
 pub struct Route {
     pub endpoint: String,
     pub cluster_id: String,
-    /// Current primary, `ip:port`.
-    pub addr: String,
+    /// Current primary, `ip:port`; none while a switch is in progress (the proxy then
+    /// holds new connections until a primary is routed again).
+    pub addr: Option<String>,
     pub term: i64,
 }
 

@@ -182,6 +182,8 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
          dynamic_shared_memory_type = posix\n\
          hot_standby = on\n\
          wal_retrieve_retry_interval = '200ms'\n\
+         wal_receiver_timeout = '5s'\n\
+         wal_sender_timeout = '5s'\n\
          synchronous_standby_names = {sync}\n\
          primary_conninfo = {conninfo}\n",
         listen = cfg.listen_addr,
@@ -336,6 +338,56 @@ pub fn basebackup(
     write_owned(&signal, "", run_as)
 }
 
+/// What a running server says of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub in_recovery: bool,
+    /// Primary: flushed WAL; standby: received and flushed WAL (replayed, if none yet).
+    pub lsn: Option<u64>,
+    /// A standby's WAL receiver is streaming.
+    pub streaming: bool,
+}
+
+/// Parses `X/Y` into a 64-bit position.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
+    use sqlx::Row;
+    let row = sqlx::query(
+        "select pg_is_in_recovery() as rec, \
+         (case when pg_is_in_recovery() then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
+          else pg_current_wal_flush_lsn() end)::text as lsn, \
+         coalesce((select status = 'streaming' from pg_stat_wal_receiver limit 1), false) as streaming",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("query server status")?;
+    Ok(Status {
+        in_recovery: row.try_get("rec").context("read status")?,
+        lsn: row
+            .try_get::<Option<String>, _>("lsn")
+            .context("read status")?
+            .and_then(|l| parse_lsn(&l)),
+        streaming: row.try_get("streaming").context("read status")?,
+    })
+}
+
+/// Promotes a standby and waits (up to 60 s) until it accepts writes.
+pub async fn promote(conn: &mut sqlx::PgConnection) -> Result<()> {
+    use sqlx::Row;
+    let row = sqlx::query("select pg_promote(true, 60) as ok")
+        .fetch_one(&mut *conn)
+        .await
+        .context("promote")?;
+    if !row.try_get::<bool, _>("ok").context("read promote result")? {
+        bail!("promotion did not finish within 60 s");
+    }
+    Ok(())
+}
+
 /// Asks the postmaster to re-read its configuration.
 pub fn reload(pid: u32) -> Result<()> {
     kill(Pid::from_raw(pid as i32), Signal::SIGHUP).context("signal postgres to reload")
@@ -455,6 +507,14 @@ pub async fn ensure_owner(conn: &mut sqlx::PgConnection, owner: &str, scram: &st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsns_parse_in_order() {
+        assert_eq!(parse_lsn("0/16B3748"), Some(0x16B3748));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert!(parse_lsn("1/0").unwrap() > parse_lsn("0/FFFFFFFF").unwrap());
+        assert_eq!(parse_lsn("nope"), None);
+    }
 
     #[test]
     fn quoting_doubles_quotes() {

@@ -19,6 +19,12 @@ pub const HOST_SLOTS: u32 = 8;
 /// A host that has not registered this long after its launch is given up on.
 pub const HOST_LAUNCH_TIMEOUT_SECS: i64 = 120;
 
+/// A host silent for this long is considered gone (agents beat every 2 s).
+pub const HOST_DEAD_SECS: i64 = 5;
+
+/// Standbys in the synchronous set; commits wait for `ANY SYNC_QUORUM` of them.
+pub const SYNC_QUORUM: usize = 1;
+
 /// After a launch in a cloud/region failed, wait this long before trying there again
 /// (a cloud that is down must not turn into a storm of launch calls).
 pub const LAUNCH_RETRY_SECS: i64 = 10;
@@ -32,6 +38,8 @@ pub struct ClusterIntent {
     pub slots: u32,
     /// Members wanted: the primary plus its standbys.
     pub members: u32,
+    /// Fencing generation: increments whenever the primary changes.
+    pub term: i64,
     /// The tenant asked for deletion.
     pub deleted: bool,
 }
@@ -54,6 +62,7 @@ pub struct HostView {
     pub zone: String,
     pub status: HostStatus,
     pub launched_at: i64,
+    pub last_heartbeat: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +94,16 @@ pub struct InstanceView {
     pub deleting: bool,
     pub observed: Observed,
     pub error: Option<String>,
+    /// The server says it is a standby (`None`: not reported).
+    pub in_recovery: Option<bool>,
+    /// Flushed (primary) or received-and-flushed (standby) WAL position.
+    pub lsn: Option<u64>,
+    /// A standby's WAL receiver streams from a primary right now.
+    pub streaming: Option<bool>,
+    /// A primary's running `synchronous_standby_names` members.
+    pub sync_standbys: Vec<String>,
+    /// The term of the spec the instance last reported running.
+    pub term: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +163,21 @@ pub enum Action {
         operation_id: String,
         outcome: Outcome,
     },
+    /// Make `to` the primary of the next term; `from` (the failed primary) leaves the
+    /// cluster. Only valid while the cluster is still in `term`.
+    Failover {
+        cluster_id: String,
+        term: i64,
+        from: Option<String>,
+        to: String,
+        reason: String,
+    },
+    /// Tell the operator something (deduplicated by the executor).
+    Event {
+        cluster_id: String,
+        kind: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +224,11 @@ pub fn plan(world: &World) -> Vec<Action> {
                 instance_id: i.id.clone(),
             });
         }
+    }
+
+    // Failover and fencing, before placement: a promotion changes who is primary.
+    for c in world.clusters.iter().filter(|c| !c.deleted) {
+        actions.extend(plan_failover(world, c, &hosts));
     }
 
     // Placement: each live cluster has `members` instances, one of them the primary, each
@@ -336,6 +375,97 @@ pub fn plan(world: &World) -> Vec<Action> {
             });
         }
     }
+    actions
+}
+
+fn host_alive(world: &World, hosts: &BTreeMap<&str, &HostView>, host_id: &str) -> bool {
+    hosts.get(host_id).is_some_and(|h| {
+        h.status == HostStatus::Running && h.last_heartbeat.is_some_and(|t| world.now - t <= HOST_DEAD_SECS)
+    })
+}
+
+/// Failure detection, the safe choice of a new primary, and fencing of stale primaries.
+///
+/// A primary is failed when its host is gone or silent, or its agent reports it failed,
+/// absent or unhealthy — and no standby still streams from it (the standbys' view). A
+/// standby is promoted only if it provably holds every acknowledged commit: commits wait
+/// for `ANY k` of the primary's synchronous set S, so once `|S| - k + 1` members of S
+/// have stopped streaming and reported their final positions, the furthest of them has
+/// every acknowledged commit. Otherwise nothing is promoted and an event says why.
+fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostView>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let live: Vec<&InstanceView> = world
+        .instances
+        .iter()
+        .filter(|i| i.cluster_id == c.id && !i.deleting)
+        .collect();
+    // Fencing: a member that runs as a primary but is not this term's primary steps down.
+    for i in &live {
+        let stale = i.in_recovery == Some(false) && (i.role != Role::Primary || i.term < c.term);
+        if stale {
+            actions.push(Action::DeleteInstance {
+                instance_id: i.id.clone(),
+            });
+        }
+    }
+    let Some(primary) = live.iter().find(|i| i.role == Role::Primary) else {
+        return actions;
+    };
+    let standbys: Vec<&&InstanceView> = live.iter().filter(|i| i.role == Role::Standby).collect();
+    if standbys.is_empty() {
+        return actions;
+    }
+    let primary_host_alive = host_alive(world, hosts, &primary.host_id);
+    let failed = !primary_host_alive
+        || matches!(
+            primary.observed,
+            Observed::Failed | Observed::Absent | Observed::Unhealthy
+        );
+    let still_followed = standbys.iter().any(|s| s.streaming == Some(true));
+    if !failed || still_followed || primary.in_recovery == Some(true) {
+        return actions;
+    }
+    let sync_set: Vec<&str> = primary.sync_standbys.iter().map(String::as_str).collect();
+    let reporters: Vec<&&&InstanceView> = standbys
+        .iter()
+        .filter(|s| sync_set.contains(&s.id.as_str()))
+        .filter(|s| host_alive(world, hosts, &s.host_id))
+        .filter(|s| s.observed == Observed::Running && s.in_recovery == Some(true) && s.streaming == Some(false))
+        .filter(|s| s.lsn.is_some() && s.term == c.term)
+        .collect();
+    let needed = (sync_set.len() + 1).saturating_sub(SYNC_QUORUM);
+    if sync_set.is_empty() || reporters.len() < needed {
+        actions.push(Action::Event {
+            cluster_id: c.id.clone(),
+            kind: "failover_waiting".into(),
+            message: format!(
+                "primary {} is down; waiting: {} of the {} synchronous standbys have reported their final position, {} needed to prove one holds every acknowledged commit",
+                primary.id,
+                reporters.len(),
+                sync_set.len(),
+                needed.max(1)
+            ),
+        });
+        return actions;
+    }
+    let Some(best) = reporters
+        .iter()
+        .max_by_key(|s| (s.lsn, std::cmp::Reverse(s.id.clone())))
+    else {
+        return actions;
+    };
+    let reason = if primary_host_alive {
+        format!("primary {} reported {:?}", primary.id, primary.observed)
+    } else {
+        format!("host {} of primary {} is gone", primary.host_id, primary.id)
+    };
+    actions.push(Action::Failover {
+        cluster_id: c.id.clone(),
+        term: c.term,
+        from: Some(primary.id.clone()),
+        to: best.id.clone(),
+        reason,
+    });
     actions
 }
 

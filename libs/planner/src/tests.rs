@@ -2,6 +2,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 
 fn cluster(id: &str, slots: u32) -> ClusterIntent {
     ClusterIntent {
@@ -10,6 +11,7 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         region: "r1".into(),
         slots,
         members: 1,
+        term: 1,
         deleted: false,
     }
 }
@@ -22,6 +24,7 @@ fn host(id: &str, status: HostStatus) -> HostView {
         zone: "z1".into(),
         status,
         launched_at: 0,
+        last_heartbeat: Some(0),
     }
 }
 
@@ -35,6 +38,11 @@ fn instance(id: &str, cluster: &str, host: &str, observed: Observed) -> Instance
         deleting: false,
         observed,
         error: None,
+        in_recovery: None,
+        lsn: None,
+        streaming: None,
+        sync_standbys: vec![],
+        term: 1,
     }
 }
 
@@ -51,6 +59,7 @@ fn apply(world: &mut World, actions: &[Action]) {
                 zone: format!("z{}", n % 2),
                 status: HostStatus::Launching,
                 launched_at: world.now,
+                last_heartbeat: None,
             }),
             Action::AbandonHost { host_id } => {
                 for h in world.hosts.iter_mut().filter(|h| &h.id == host_id) {
@@ -71,6 +80,11 @@ fn apply(world: &mut World, actions: &[Action]) {
                 deleting: false,
                 observed: Observed::Unknown,
                 error: None,
+                in_recovery: None,
+                lsn: None,
+                streaming: None,
+                sync_standbys: vec![],
+                term: 1,
             }),
             Action::DeleteInstance { instance_id } => {
                 for i in world.instances.iter_mut().filter(|i| &i.id == instance_id) {
@@ -80,21 +94,53 @@ fn apply(world: &mut World, actions: &[Action]) {
             Action::ForgetInstance { instance_id } => world.instances.retain(|i| &i.id != instance_id),
             Action::RemoveCluster { cluster_id } => world.clusters.retain(|c| &c.id != cluster_id),
             Action::CompleteOperation { operation_id, .. } => world.operations.retain(|o| &o.id != operation_id),
+            Action::Failover {
+                cluster_id,
+                term,
+                from,
+                to,
+                ..
+            } => {
+                let Some(c) = world
+                    .clusters
+                    .iter_mut()
+                    .find(|c| &c.id == cluster_id && c.term == *term)
+                else {
+                    continue;
+                };
+                c.term += 1;
+                for i in world.instances.iter_mut().filter(|i| &i.cluster_id == cluster_id) {
+                    if Some(&i.id) == from.as_ref() {
+                        i.deleting = true;
+                    }
+                    if &i.id == to {
+                        i.role = Role::Primary;
+                    }
+                }
+            }
+            Action::Event { .. } => {}
         }
     }
 }
 
 /// What the agents and provider do: hosts register, instances start, deleted ones vanish.
 fn observe(world: &mut World) {
-    for h in world.hosts.iter_mut().filter(|h| h.status == HostStatus::Launching) {
-        h.status = HostStatus::Running;
+    for h in world.hosts.iter_mut() {
+        if h.status == HostStatus::Launching {
+            h.status = HostStatus::Running;
+        }
+        h.last_heartbeat = Some(world.now);
     }
+    let terms: BTreeMap<String, i64> = world.clusters.iter().map(|c| (c.id.clone(), c.term)).collect();
     for i in world.instances.iter_mut() {
         i.observed = if i.deleting {
             Observed::Absent
         } else {
             Observed::Running
         };
+        i.in_recovery = Some(i.role == Role::Standby);
+        i.streaming = Some(i.role == Role::Standby);
+        i.term = terms.get(&i.cluster_id).copied().unwrap_or(1);
     }
 }
 
@@ -377,6 +423,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     region: "r1".into(),
                     slots: if *slots == 3 { 2 } else { *slots },
                     members: *members,
+                    term: 1,
                     deleted: *deleted,
                 })
                 .collect(),
@@ -390,6 +437,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     zone: format!("z{}", n % 2),
                     status: statuses[*st],
                     launched_at: 0,
+                    last_heartbeat: Some(10),
                 })
                 .collect(),
             instances: vec![],
@@ -482,6 +530,178 @@ proptest! {
             if let Action::CreateInstance { cluster_id, .. } = a {
                 prop_assert!(!placed.contains(&cluster_id), "placed twice: {}", cluster_id);
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Failover
+// ---------------------------------------------------------------------------------------
+
+/// A two-zone world: primary `p` on `hp`, standbys `s1..` on their own hosts.
+fn ha_world(standbys: &[(&str, u64, bool)], sync: &[&str]) -> World {
+    let mut world = World {
+        now: 100,
+        clusters: vec![ClusterIntent {
+            members: 1 + standbys.len() as u32,
+            term: 3,
+            ..cluster("c", 1)
+        }],
+        hosts: vec![HostView {
+            last_heartbeat: Some(100),
+            ..host("hp", HostStatus::Running)
+        }],
+        instances: vec![InstanceView {
+            in_recovery: Some(false),
+            lsn: Some(1000),
+            sync_standbys: sync.iter().map(|s| s.to_string()).collect(),
+            term: 3,
+            ..instance("p", "c", "hp", Observed::Running)
+        }],
+        ..Default::default()
+    };
+    for (id, lsn, streaming) in standbys {
+        world.hosts.push(HostView {
+            last_heartbeat: Some(100),
+            ..host(&format!("h{id}"), HostStatus::Running)
+        });
+        world.instances.push(InstanceView {
+            role: Role::Standby,
+            in_recovery: Some(true),
+            lsn: Some(*lsn),
+            streaming: Some(*streaming),
+            term: 3,
+            ..instance(id, "c", &format!("h{id}"), Observed::Running)
+        });
+    }
+    world
+}
+
+fn failovers(p: &[Action]) -> Vec<(String, i64)> {
+    p.iter()
+        .filter_map(|a| match a {
+            Action::Failover { to, term, .. } => Some((to.clone(), *term)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kill_primary_host(world: &mut World) {
+    world.hosts[0].last_heartbeat = Some(world.now - HOST_DEAD_SECS - 1);
+}
+
+#[test]
+fn healthy_primary_is_left_alone() {
+    let world = ha_world(&[("s1", 1000, true)], &["s1"]);
+    assert!(plan(&world).is_empty(), "{:?}", plan(&world));
+}
+
+#[test]
+fn lost_primary_host_promotes_the_synchronous_standby_in_a_new_term() {
+    let mut world = ha_world(&[("s1", 1000, false)], &["s1"]);
+    kill_primary_host(&mut world);
+    let p = plan(&world);
+    assert_eq!(failovers(&p), vec![("s1".to_string(), 3)], "{p:?}");
+    apply(&mut world, &p);
+    assert_eq!(world.clusters[0].term, 4);
+    assert!(world.instances.iter().find(|i| i.id == "p").unwrap().deleting);
+    // Idempotent: the next plan does not promote again; it replaces the lost member.
+    let p = plan(&world);
+    assert!(failovers(&p).is_empty(), "{p:?}");
+    assert!(p
+        .iter()
+        .any(|a| matches!(a, Action::LaunchHost { .. } | Action::CreateInstance { .. })));
+}
+
+#[test]
+fn a_standby_that_still_streams_vetoes_failover() {
+    let mut world = ha_world(&[("s1", 1000, true)], &["s1"]);
+    kill_primary_host(&mut world);
+    assert!(failovers(&plan(&world)).is_empty());
+}
+
+#[test]
+fn without_a_synchronous_standby_nothing_is_promoted_and_an_event_says_why() {
+    let mut world = ha_world(&[("s1", 1000, false)], &[]);
+    kill_primary_host(&mut world);
+    let p = plan(&world);
+    assert!(failovers(&p).is_empty());
+    assert!(p
+        .iter()
+        .any(|a| matches!(a, Action::Event { kind, .. } if kind == "failover_waiting")));
+}
+
+#[test]
+fn quorum_intersection_needs_enough_final_positions() {
+    // ANY 1 (s1, s2): an acknowledged commit is on s1 or s2, so both must report.
+    let mut world = ha_world(&[("s1", 900, false), ("s2", 1000, false)], &["s1", "s2"]);
+    kill_primary_host(&mut world);
+    world.hosts[2].last_heartbeat = Some(0); // s2's host is gone too
+    assert!(
+        failovers(&plan(&world)).is_empty(),
+        "s1 alone may miss commits only s2 has"
+    );
+    world.hosts[2].last_heartbeat = Some(100);
+    assert_eq!(
+        failovers(&plan(&world)),
+        vec![("s2".to_string(), 3)],
+        "the furthest one"
+    );
+}
+
+#[test]
+fn a_member_running_as_primary_outside_its_term_is_told_to_step_down() {
+    let mut world = ha_world(&[("s1", 1000, true)], &["s1"]);
+    world.instances[1].in_recovery = Some(false); // s1 thinks it is a primary
+    let p = plan(&world);
+    assert!(p.contains(&Action::DeleteInstance {
+        instance_id: "s1".into()
+    }));
+    let mut world = ha_world(&[("s1", 1000, true)], &["s1"]);
+    world.instances[0].term = 2; // the primary runs an older term's spec
+    assert!(plan(&world).contains(&Action::DeleteInstance {
+        instance_id: "p".into()
+    }));
+}
+
+proptest! {
+    /// Commits are acknowledged once `SYNC_QUORUM` members of the synchronous set have
+    /// them. Whatever the planner promotes holds the last acknowledged position; after
+    /// the promotion the cluster has one primary and a higher term; and planning again
+    /// promotes nobody else.
+    #[test]
+    fn failover_never_loses_an_acknowledged_commit(
+        lsns in proptest::collection::vec(0u64..2000, 1..4),
+        streaming in proptest::collection::vec(any::<bool>(), 4),
+        alive in proptest::collection::vec(any::<bool>(), 4),
+        in_sync in proptest::collection::vec(any::<bool>(), 4),
+        acked in 0u64..2000,
+    ) {
+        let ids = ["s0", "s1", "s2", "s3"];
+        let sync: Vec<&str> = ids.iter().take(lsns.len()).enumerate().filter(|(n, _)| in_sync[*n]).map(|(_, s)| *s).collect();
+        // The acknowledgement invariant: some synchronous standby holds `acked`.
+        let holds = sync.iter().any(|s| lsns[ids.iter().position(|i| i == s).unwrap()] >= acked);
+        prop_assume!(holds);
+        let standbys: Vec<(&str, u64, bool)> = lsns.iter().enumerate().map(|(n, l)| (ids[n], *l, streaming[n])).collect();
+        let mut world = ha_world(&standbys, &sync);
+        kill_primary_host(&mut world);
+        for (n, _) in lsns.iter().enumerate() {
+            if !alive[n] {
+                world.hosts[n + 1].last_heartbeat = Some(0);
+            }
+        }
+        let p = plan(&world);
+        let f = failovers(&p);
+        prop_assert!(f.len() <= 1);
+        if let Some((to, term)) = f.first() {
+            let promoted = world.instances.iter().find(|i| &i.id == to).unwrap();
+            prop_assert!(promoted.lsn.unwrap() >= acked, "promoted {} at {:?} behind {}", to, promoted.lsn, acked);
+            prop_assert_eq!(*term, 3);
+            apply(&mut world, &p);
+            let primaries = world.instances.iter().filter(|i| !i.deleting && i.role == Role::Primary).count();
+            prop_assert_eq!(primaries, 1);
+            prop_assert_eq!(world.clusters[0].term, 4);
+            prop_assert!(failovers(&plan(&world)).is_empty());
         }
     }
 }
