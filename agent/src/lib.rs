@@ -374,7 +374,7 @@ async fn heartbeats(
         }
         tokio::select! {
             _ = shared.observed_changed.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }

@@ -8,7 +8,7 @@
 use crate::up::{default_client_config_path, ClientConfig};
 use anyhow::{bail, Context, Result};
 use highrise_api::{
-    Cluster, CreateCluster, CreateOrg, CreatedCluster, CreatedOrg, ErrorBody, Operation, OperationStatus,
+    Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster, CreatedOrg, ErrorBody, Operation, OperationStatus,
 };
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -65,6 +65,12 @@ pub enum ClusterCommand {
     },
     /// Show one cluster.
     Show {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a cluster's events (failovers, promotions, replaced members).
+    Events {
         name: String,
         #[command(flatten)]
         conn: Conn,
@@ -317,6 +323,22 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 return print_json(&c);
             }
             show_cluster(&c);
+            Ok(())
+        }
+        ClusterCommand::Events { name, conn } => {
+            let api = Api::from(&conn)?;
+            let mut path = api.cluster_path(&name, &conn.project);
+            path = match path.split_once('?') {
+                Some((p, q)) => format!("{p}/events?{q}"),
+                None => format!("{path}/events"),
+            };
+            let events: Vec<ClusterEvent> = api.send(api.http.get(path)).await?;
+            if conn.output == Output::Json {
+                return print_json(&events);
+            }
+            for e in events {
+                println!("{}  {:<18} {}", e.at, e.kind, e.message);
+            }
             Ok(())
         }
         ClusterCommand::Delete { name, wait, conn } => {

@@ -694,3 +694,173 @@ fn replicas_stream_synchronously_from_their_primary() {
         postmaster_pids(&up.data_dir).is_empty()
     });
 }
+
+/// Writes rows one by one through the proxy, reconnecting after errors, and records
+/// every id whose commit was acknowledged.
+async fn ledger_writer(
+    uri: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<i64>, Vec<(std::time::Instant, bool)>) {
+    use sqlx::Connection;
+    let mut acked = Vec::new();
+    let mut timeline = Vec::new();
+    let mut conn: Option<sqlx::PgConnection> = None;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if conn.is_none() {
+            match tokio::time::timeout(Duration::from_secs(40), sqlx::PgConnection::connect(&uri)).await {
+                Ok(Ok(c)) => conn = Some(c),
+                _ => {
+                    timeline.push((std::time::Instant::now(), false));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().unwrap();
+        let res = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::query_scalar::<_, i64>("insert into ledger default values returning id").fetch_one(c),
+        )
+        .await;
+        match res {
+            Ok(Ok(id)) => {
+                acked.push(id);
+                timeline.push((std::time::Instant::now(), true));
+            }
+            _ => {
+                conn = None;
+                timeline.push((std::time::Instant::now(), false));
+            }
+        }
+    }
+    (acked, timeline)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_primary_host_fails_over_without_losing_an_acknowledged_commit() {
+    let up = tokio::task::spawn_blocking(Up::start).await.unwrap();
+    let up = std::sync::Arc::new(up);
+    let u = up.clone();
+    let (uri, standby_id) = tokio::task::spawn_blocking(move || {
+        let out = u.cli_ok(&["cluster", "create", "ha", "--replicas", "1", "--wait"]);
+        let uri = out.lines().last().unwrap().trim().to_string();
+        let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+        let standby = shown["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["role"] == "standby")
+            .unwrap()["instance_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        psql_ok(
+            &uri,
+            "create table ledger(id bigserial primary key, at timestamptz default now())",
+        );
+        let expected = format!("ANY 1 ({standby})");
+        wait_for("commits to wait for the standby", Duration::from_secs(30), || {
+            psql_ok(&uri, "show synchronous_standby_names") == expected
+        });
+        (uri, standby)
+    })
+    .await
+    .unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Kill the primary's whole host: agent and PostgreSQL die, the disk is wiped.
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+    let primary = shown["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["role"] == "primary")
+        .unwrap()
+        .clone();
+    let killed_at = std::time::Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/land/hosts/{}/kill",
+            up.land_url,
+            primary["host_id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+
+    let u = up.clone();
+    let standby = standby_id.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the standby to be promoted", Duration::from_secs(60), || {
+            let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+            shown["term"] == 2
+                && shown["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["role"] == "primary" && m["instance_id"] == standby.as_str())
+        });
+    })
+    .await
+    .unwrap();
+    // Writes resume through the same connection string.
+    let before = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(before.elapsed() < Duration::from_secs(60), "writes did not resume");
+        if psql(&uri, "insert into ledger default values").0 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, timeline) = writer.await.unwrap();
+    // The outage: from the kill to the first acknowledged commit after the first failure.
+    let first_failure = timeline.iter().find(|(t, ok)| !*ok && *t > killed_at).map(|(t, _)| *t);
+    let first_after = first_failure.and_then(|f| {
+        timeline
+            .iter()
+            .find(|(t, ok)| *ok && *t > f)
+            .map(|(t, _)| t.duration_since(killed_at))
+    });
+    eprintln!(
+        "write outage after the host loss: {first_after:?}; {} acknowledged commits",
+        acked.len()
+    );
+    assert!(acked.len() > 10, "the writer made progress: {}", acked.len());
+
+    // Every acknowledged commit is in the new primary.
+    let present: std::collections::BTreeSet<i64> = psql_ok(&uri, "select id from ledger")
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(lost.is_empty(), "lost acknowledged commits: {lost:?}");
+
+    // The cluster heals back to its replica count, and the events tell the story.
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("a replacement standby", Duration::from_secs(90), || {
+            let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+            let members = shown["members"].as_array().unwrap();
+            members.len() == 2 && members.iter().all(|m| m["state"] == "running")
+        });
+        let events: Value = serde_json::from_str(&u.cli_ok(&["cluster", "events", "ha", "--output", "json"])).unwrap();
+        let kinds: Vec<&str> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["kind"].as_str())
+            .collect();
+        assert!(
+            kinds.contains(&"promoted") && kinds.contains(&"member_added"),
+            "{events}"
+        );
+    })
+    .await
+    .unwrap();
+}

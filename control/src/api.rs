@@ -92,7 +92,7 @@ fn store_err(what: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// A host whose agent has not sent a heartbeat for this long is reported unreachable
-/// (agents beat every 2 s).
+/// (agents beat every second).
 const HOST_SILENCE_SECS: i64 = 10;
 
 /// `Json<T>` whose rejections are JSON error bodies.
@@ -350,7 +350,7 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
     info(title = "Highrise control plane API", description = "Cloud-neutral PostgreSQL as a service"),
     paths(
         create_org, list_projects, create_project, list_api_keys, create_api_key, revoke_api_key,
-        list_clusters, create_cluster, get_cluster, delete_cluster, list_hosts, list_operations,
+        list_clusters, create_cluster, get_cluster, delete_cluster, cluster_events, list_hosts, list_operations,
         get_operation, agent_register, agent_desired, agent_heartbeat, proxy_routes
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -382,6 +382,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/api-keys/{id}", axum::routing::delete(revoke_api_key))
         .route("/v1/clusters", get(list_clusters).post(create_cluster))
         .route("/v1/clusters/{cluster}", get(get_cluster).delete(delete_cluster))
+        .route("/v1/clusters/{cluster}/events", get(cluster_events))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(get_operation))
@@ -747,6 +748,34 @@ async fn delete_cluster(
     state.notify();
     tracing::info!(cluster = %c.id, "cluster deletion requested");
     Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
+}
+
+/// The cluster's events, oldest first.
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/events", params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
+    responses((status = 200, body = [ClusterEvent]), (status = 404, body = ErrorBody)))]
+async fn cluster_events(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+) -> ApiResult<Json<Vec<ClusterEvent>>> {
+    let project = resolve_project(&state, &caller, q.project.as_deref()).await?;
+    let c = state
+        .store
+        .find_cluster(&caller.org_id, &project.id, &cluster)
+        .await
+        .map_err(store_err("cluster"))?;
+    let events = state.store.events(&c.id).await.map_err(store_err("events"))?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| ClusterEvent {
+                at: e.at,
+                kind: e.kind,
+                message: e.message,
+            })
+            .collect(),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------

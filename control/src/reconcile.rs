@@ -16,6 +16,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    // Host silence is judged only from now on: while this process was down, nobody
+    // could hear the agents.
+    let started = now();
     if let Err(e) = resume_launches(&state).await {
         tracing::error!("resume host launches: {e:#}");
     }
@@ -25,7 +28,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             return;
         }
         changes.mark_unchanged();
-        let acted = match step(&state).await {
+        let acted = match step(&state, started).await {
             Ok(n) => n > 0,
             Err(e) => {
                 tracing::error!("reconcile: {e:#}");
@@ -38,7 +41,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = changes.changed() => {}
             _ = shutdown.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }
@@ -55,8 +58,8 @@ async fn resume_launches(state: &AppState) -> Result<()> {
 }
 
 /// One planning round; returns how many actions were performed.
-async fn step(state: &AppState) -> Result<usize> {
-    let world = state.store.world(now()).await.context("load world")?;
+async fn step(state: &AppState, started: i64) -> Result<usize> {
+    let world = state.store.world(now(), started).await.context("load world")?;
     let actions = plan(&world);
     for action in &actions {
         tracing::debug!(?action, "perform");

@@ -941,7 +941,7 @@ impl Store {
 
     // --- the planner's snapshot --------------------------------------------------------
 
-    pub async fn world(&self, now: i64) -> Result<planner::World> {
+    pub async fn world(&self, now: i64, observing_since: i64) -> Result<planner::World> {
         let clusters =
             sqlx::query("SELECT id, cloud, region, plan, replicas, term, deleted_at FROM clusters ORDER BY id")
                 .fetch_all(&self.pool)
@@ -1029,6 +1029,7 @@ impl Store {
                 .collect();
         Ok(planner::World {
             now,
+            observing_since,
             clusters,
             hosts,
             instances,

@@ -310,7 +310,7 @@ async fn exercise(store: Store) {
     assert_eq!(routes.len(), 3, "every live cluster has a route entry");
     assert_eq!(route(routes).addr.as_deref(), Some("127.9.1.1:25000"));
 
-    let world = store.world(10).await.unwrap();
+    let world = store.world(10, 0).await.unwrap();
     assert_eq!(world.clusters.len(), 3);
     assert_eq!(world.instances[0].observed, highrise_planner::Observed::Running);
     assert_eq!(world.operations.len(), 3);

@@ -172,6 +172,14 @@ pub struct Member {
     pub addr: Option<String>,
 }
 
+/// Something that happened to a cluster (failover started, promoted X, member added).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterEvent {
+    pub at: UnixSeconds,
+    pub kind: String,
+    pub message: String,
+}
+
 /// The answer to a create: the password of the owner role appears here and nowhere else.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatedCluster {

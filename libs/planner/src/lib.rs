@@ -19,8 +19,13 @@ pub const HOST_SLOTS: u32 = 8;
 /// A host that has not registered this long after its launch is given up on.
 pub const HOST_LAUNCH_TIMEOUT_SECS: i64 = 120;
 
-/// A host silent for this long is considered gone (agents beat every 2 s).
-pub const HOST_DEAD_SECS: i64 = 5;
+/// A host silent for this long is considered gone (agents beat every second). Safe to
+/// keep short: failover also needs every standby to have lost the primary.
+pub const HOST_DEAD_SECS: i64 = 3;
+
+/// A host silent for this long is given up: marked failed and terminated, so the
+/// standbys it held are replaced elsewhere.
+pub const HOST_LOST_SECS: i64 = 30;
 
 /// Standbys in the synchronous set; commits wait for `ANY SYNC_QUORUM` of them.
 pub const SYNC_QUORUM: usize = 1;
@@ -123,6 +128,9 @@ pub struct OperationView {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct World {
     pub now: i64,
+    /// Since when the decider has been watching: silence is counted from no earlier than
+    /// this, so a control plane that was down does not mistake every host for lost.
+    pub observing_since: i64,
     pub clusters: Vec<ClusterIntent>,
     pub hosts: Vec<HostView>,
     pub instances: Vec<InstanceView>,
@@ -208,6 +216,13 @@ pub fn plan(world: &World) -> Vec<Action> {
         }
     }
 
+    // Hosts that went silent for good.
+    for h in &world.hosts {
+        if h.status == HostStatus::Running && silence(world, h) > HOST_LOST_SECS {
+            actions.push(Action::AbandonHost { host_id: h.id.clone() });
+        }
+    }
+
     // Instances: remove those whose cluster is gone or whose host failed; forget removed.
     for i in &world.instances {
         let host_failed = hosts
@@ -219,7 +234,10 @@ pub fn plan(world: &World) -> Vec<Action> {
                     instance_id: i.id.clone(),
                 });
             }
-        } else if !live_clusters.contains(i.cluster_id.as_str()) {
+        } else if !live_clusters.contains(i.cluster_id.as_str()) || (host_failed && i.role == Role::Standby) {
+            // A standby on a lost host is replaced elsewhere. A primary is not: its
+            // data went with the host, and an empty new primary would be a silently
+            // wrong database; failover (or a restore) must take its place.
             actions.push(Action::DeleteInstance {
                 instance_id: i.id.clone(),
             });
@@ -265,6 +283,7 @@ pub fn plan(world: &World) -> Vec<Action> {
                 .hosts
                 .iter()
                 .filter(|h| h.status == HostStatus::Running && h.cloud == c.cloud && h.region == c.region)
+                .filter(|h| host_alive(world, &hosts, &h.id))
                 .filter(|h| !taken_hosts.contains(h.id.as_str()))
                 .filter(|h| used.get(h.id.as_str()).copied().unwrap_or(0) + c.slots <= HOST_SLOTS)
                 // A zone the cluster is not in yet first; then the fullest host, so empty
@@ -378,10 +397,15 @@ pub fn plan(world: &World) -> Vec<Action> {
     actions
 }
 
+/// Seconds since the host was last heard from (or since observation began).
+fn silence(world: &World, h: &HostView) -> i64 {
+    world.now - h.last_heartbeat.unwrap_or(i64::MIN).max(world.observing_since)
+}
+
 fn host_alive(world: &World, hosts: &BTreeMap<&str, &HostView>, host_id: &str) -> bool {
-    hosts.get(host_id).is_some_and(|h| {
-        h.status == HostStatus::Running && h.last_heartbeat.is_some_and(|t| world.now - t <= HOST_DEAD_SECS)
-    })
+    hosts
+        .get(host_id)
+        .is_some_and(|h| h.status == HostStatus::Running && silence(world, h) <= HOST_DEAD_SECS)
 }
 
 /// Failure detection, the safe choice of a new primary, and fencing of stale primaries.

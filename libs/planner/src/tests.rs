@@ -414,6 +414,7 @@ fn arb_world() -> impl Strategy<Value = World> {
         let statuses = [HostStatus::Launching, HostStatus::Running, HostStatus::Failed];
         World {
             now: 10,
+            observing_since: 0,
             clusters: cs
                 .iter()
                 .enumerate()
@@ -588,6 +589,17 @@ fn failovers(p: &[Action]) -> Vec<(String, i64)> {
 
 fn kill_primary_host(world: &mut World) {
     world.hosts[0].last_heartbeat = Some(world.now - HOST_DEAD_SECS - 1);
+}
+
+#[test]
+fn silence_counts_only_from_when_observation_began() {
+    let mut world = ha_world(&[("s1", 1000, false)], &["s1"]);
+    world.now = 1000; // every host last heard from at 100
+    world.observing_since = 999; // the control plane just restarted
+    assert!(plan(&world).is_empty(), "{:?}", plan(&world));
+    world.observing_since = 0;
+    let p = plan(&world);
+    assert!(p.iter().any(|a| matches!(a, Action::AbandonHost { .. })), "{p:?}");
 }
 
 #[test]

@@ -10,7 +10,7 @@
 //! Besides the [`Provider`] trait, the land serves an HTTP router with each host's
 //! metadata endpoint (`/hosts/{id}/latest/meta-data/...`, shaped like the clouds'
 //! instance metadata: the spot notice is 404 until one is posted) and test controls to
-//! preempt a host or take a zone or a whole cloud down.
+//! preempt a host (with notice), kill one at once, or take a zone or a whole cloud down.
 
 use crate::{Cloud, HostInfo, HostState, LaunchRequest, Market, Provider, ProviderError, Region};
 use anyhow::{Context, Result};
@@ -300,6 +300,7 @@ impl LocalLand {
             )
             .route("/land/hosts", get(list_hosts_http))
             .route("/land/hosts/{id}/preempt", post(preempt_http))
+            .route("/land/hosts/{id}/kill", post(kill_http))
             .route("/land/clouds/{cloud}/down", post(cloud_down_http))
             .route("/land/clouds/{cloud}/up", post(cloud_up_http))
             .with_state(self)
@@ -490,6 +491,21 @@ async fn preempt_http(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<S
         Ok(t) => Json(serde_json::json!({ "host_id": id, "terminates_at": t })).into_response(),
         Err(e) => provider_error(e),
     }
+}
+
+/// Kills a host at once, as a dying VM: no notice, disk wiped.
+async fn kill_http(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
+    let known = land
+        .lock()
+        .persisted
+        .hosts
+        .get(&id)
+        .is_some_and(|h| h.info.state != HostState::Terminated);
+    if !known {
+        return provider_error(ProviderError::UnknownHost(id));
+    }
+    land.kill_host(&id).await;
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(Debug, Deserialize)]
