@@ -109,7 +109,7 @@ struct Instance {
     /// The spec whose role and database were last applied to the running server.
     applied: Option<InstanceSpec>,
     /// The cluster-dependent settings the running server was last configured with.
-    applied_config: Option<(String, Option<String>)>,
+    applied_config: Option<ConfigKey>,
     /// The standbys in the running server's `synchronous_standby_names`.
     running_sync: Vec<String>,
     /// The last health check's view of the server.
@@ -296,6 +296,16 @@ impl Instance {
 
     /// Brings the instance to running with `spec` applied; returns its health.
     async fn converge(&mut self, spec: &InstanceSpec) -> Result<InstanceState> {
+        // Drained for a switchover: stop (fast shutdown, so every connected standby gets
+        // all of the WAL) and stay stopped.
+        if spec.stopped {
+            if self.pid.is_some() || highrise_pg::running_pid(&self.pgdata).is_some() {
+                tracing::info!(instance = %self.id, "stopping for a switchover");
+                self.stop().await?;
+            }
+            self.status = None;
+            return Ok(InstanceState::Stopped);
+        }
         if !self.local.initialized {
             self.shared.report(self.observed(InstanceState::Creating, None));
             if let Some(pid) = self.pid.take() {
@@ -405,9 +415,16 @@ fn sync_members(spec: &InstanceSpec) -> Vec<String> {
     }
 }
 
-fn config_key(cfg: &highrise_pg::ServerConfig) -> (String, Option<String>) {
-    (cfg.synchronous_standby_names.clone(), cfg.primary_conninfo.clone())
+/// The settings that follow the cluster's shape (the rest never changes after start).
+fn config_key(cfg: &highrise_pg::ServerConfig) -> ConfigKey {
+    (
+        cfg.synchronous_standby_names.clone(),
+        cfg.primary_conninfo.clone(),
+        cfg.replication_user.clone(),
+    )
 }
+
+type ConfigKey = (String, Option<String>, Option<String>);
 
 fn split_addr(addr: &str) -> Result<(String, u16)> {
     let (host, port) = addr.rsplit_once(':').with_context(|| format!("bad address {addr:?}"))?;

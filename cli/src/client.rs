@@ -9,6 +9,7 @@ use crate::up::{default_client_config_path, ClientConfig};
 use anyhow::{bail, Context, Result};
 use highrise_api::{
     Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster, CreatedOrg, ErrorBody, Operation, OperationStatus,
+    Switchover,
 };
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -66,6 +67,18 @@ pub enum ClusterCommand {
     /// Show one cluster.
     Show {
         name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Planned switchover to a standby (the most advanced one without --to).
+    Switchover {
+        name: String,
+        /// The standby's instance id (see `cluster show`).
+        #[arg(long)]
+        to: Option<String>,
+        /// Wait until the new primary takes writes.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -323,6 +336,26 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 return print_json(&c);
             }
             show_cluster(&c);
+            Ok(())
+        }
+        ClusterCommand::Switchover { name, to, wait, conn } => {
+            let api = Api::from(&conn)?;
+            let path = match api.cluster_path(&name, &conn.project).split_once('?') {
+                Some((p, q)) => format!("{p}/switchover?{q}"),
+                None => format!("{}/switchover", api.cluster_path(&name, &conn.project)),
+            };
+            let mut op: Operation = api.send(api.http.post(path).json(&Switchover { to })).await?;
+            if wait {
+                op = wait_operation(&api, &op, &format!("switching {name} over")).await?;
+            }
+            if conn.output == Output::Json {
+                return print_json(&op);
+            }
+            println!(
+                "switchover of {name} {} (operation {})",
+                if wait { "done" } else { "started" },
+                op.id
+            );
             Ok(())
         }
         ClusterCommand::Events { name, conn } => {

@@ -864,3 +864,79 @@ async fn losing_the_primary_host_fails_over_without_losing_an_acknowledged_commi
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn planned_switchover_under_load_loses_nothing() {
+    let up = std::sync::Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
+    let u = up.clone();
+    let (uri, standby_id) = tokio::task::spawn_blocking(move || {
+        let out = u.cli_ok(&["cluster", "create", "ha", "--replicas", "1", "--wait"]);
+        let uri = out.lines().last().unwrap().trim().to_string();
+        let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+        let standby = shown["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["role"] == "standby")
+            .unwrap()["instance_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        psql_ok(&uri, "create table ledger(id bigserial primary key)");
+        let expected = format!("ANY 1 ({standby})");
+        wait_for("commits to wait for the standby", Duration::from_secs(30), || {
+            psql_ok(&uri, "show synchronous_standby_names") == expected
+        });
+        // A switchover to a member that is not a standby is refused.
+        let out = u.cli(&["cluster", "switchover", "ha", "--to", "inst_nope"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not a standby"));
+        (uri, standby)
+    })
+    .await
+    .unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let u = up.clone();
+    let target = standby_id.clone();
+    tokio::task::spawn_blocking(move || {
+        u.cli_ok(&["cluster", "switchover", "ha", "--to", &target, "--wait"]);
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, _) = writer.await.unwrap();
+    assert!(acked.len() > 10, "the writer made progress: {}", acked.len());
+
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+    assert_eq!(shown["term"], 2);
+    assert!(shown["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["role"] == "primary" && m["instance_id"] == standby_id.as_str()));
+    let present: std::collections::BTreeSet<i64> = psql_ok(&uri, "select id from ledger")
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(lost.is_empty(), "lost acknowledged commits: {lost:?}");
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "the old primary to be replaced by a standby",
+            Duration::from_secs(90),
+            || {
+                let shown: Value =
+                    serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+                let members = shown["members"].as_array().unwrap();
+                members.len() == 2 && members.iter().all(|m| m["state"] == "running")
+            },
+        );
+    })
+    .await
+    .unwrap();
+}

@@ -350,7 +350,7 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
     info(title = "Highrise control plane API", description = "Cloud-neutral PostgreSQL as a service"),
     paths(
         create_org, list_projects, create_project, list_api_keys, create_api_key, revoke_api_key,
-        list_clusters, create_cluster, get_cluster, delete_cluster, cluster_events, list_hosts, list_operations,
+        list_clusters, create_cluster, get_cluster, delete_cluster, cluster_events, switchover, list_hosts, list_operations,
         get_operation, agent_register, agent_desired, agent_heartbeat, proxy_routes
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -383,6 +383,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/clusters", get(list_clusters).post(create_cluster))
         .route("/v1/clusters/{cluster}", get(get_cluster).delete(delete_cluster))
         .route("/v1/clusters/{cluster}/events", get(cluster_events))
+        .route("/v1/clusters/{cluster}/switchover", post(switchover))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(get_operation))
@@ -747,6 +748,77 @@ async fn delete_cluster(
         .map_err(store_err("cluster"))?;
     state.notify();
     tracing::info!(cluster = %c.id, "cluster deletion requested");
+    Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
+}
+
+/// Planned switchover: hold new connections, stop the primary once the target streams
+/// (its WAL reaches every connected standby on the way out), promote the target in a new
+/// term, release the held connections to it. Zero lost commits.
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/switchover", request_body = Switchover,
+    params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
+    responses((status = 202, body = Operation), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn switchover(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+    ApiJson(req): ApiJson<Switchover>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let project = resolve_project(&state, &caller, q.project.as_deref()).await?;
+    let c = state
+        .store
+        .find_cluster(&caller.org_id, &project.id, &cluster)
+        .await
+        .map_err(store_err("cluster"))?;
+    if c.deleted_at.is_some() {
+        return Err(ApiError::not_found("cluster"));
+    }
+    let members = state
+        .store
+        .instances_of_cluster(&c.id)
+        .await
+        .map_err(store_err("cluster members"))?;
+    let standbys: Vec<&store::InstanceRow> = members.iter().filter(|m| !m.deleting && m.role == "standby").collect();
+    if standbys.is_empty() {
+        return Err(ApiError::invalid("the cluster has no standby to switch over to"));
+    }
+    if let Some(to) = &req.to {
+        if !standbys.iter().any(|m| &m.id == to) {
+            let shown: String = to.chars().take(70).collect();
+            return Err(ApiError::invalid(format!("{shown:?} is not a standby of this cluster")));
+        }
+    }
+    if !state
+        .store
+        .open_operations_of(&c.id, "switchover")
+        .await
+        .map_err(store_err("operations"))?
+        .is_empty()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "a switchover is already in progress",
+        ));
+    }
+    let at = now();
+    let op = OperationRow {
+        id: auth::new_id("op"),
+        org_id: caller.org_id.clone(),
+        cluster_id: Some(c.id.clone()),
+        kind: "switchover".into(),
+        status: "running".into(),
+        error: None,
+        created_at: at,
+        updated_at: at,
+    };
+    state
+        .store
+        .request_switchover(&c.id, req.to.as_deref().unwrap_or(""), &op)
+        .await
+        .map_err(store_err("switchover"))?;
+    state.notify();
+    tracing::info!(cluster = %c.id, to = ?req.to, "switchover requested");
     Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
 }
 

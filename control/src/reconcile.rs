@@ -150,6 +150,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                     streaming: None,
                     sync_standbys: vec![],
                     observed_term: 0,
+                    draining: false,
                 })
                 .await?;
             if *role == Role::Standby {
@@ -194,6 +195,20 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                 tracing::warn!(cluster = %cluster_id, from = ?from, to = %to, term = term + 1, "failover: {reason}");
             }
             return Ok(done);
+        }
+        Action::Drain { instance_id } => {
+            state.store.drain(instance_id).await?;
+            tracing::info!(instance = %instance_id, "switchover: draining the primary");
+        }
+        Action::CancelSwitchover { cluster_id, reason } => {
+            state.store.cancel_switchover(cluster_id).await?;
+            state
+                .store
+                .add_event(cluster_id, now(), "switchover_cancelled", reason)
+                .await?;
+            for op in state.store.open_operations_of(cluster_id, "switchover").await? {
+                state.store.complete_operation(&op, Some(reason), now()).await?;
+            }
         }
         Action::Event {
             cluster_id,

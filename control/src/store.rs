@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_replication.sql")),
     (3, include_str!("../migrations/0003_ha.sql")),
+    (4, include_str!("../migrations/0004_switchover.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +113,7 @@ pub struct InstanceRow {
     pub streaming: Option<bool>,
     pub sync_standbys: Vec<String>,
     pub observed_term: i64,
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -230,6 +232,7 @@ fn instance(r: &AnyRow) -> Result<InstanceRow> {
             .map(str::to_string)
             .collect(),
         observed_term: r.try_get("observed_term")?,
+        draining: r.try_get::<i64, _>("draining")? != 0,
     })
 }
 
@@ -755,7 +758,7 @@ impl Store {
     /// a primary: which standbys must confirm commits).
     pub async fn desired_for_host(&self, host_id: &str) -> Result<Vec<InstanceSpec>> {
         let rows = sqlx::query(
-            "SELECT i.id, i.cluster_id, i.slots, i.role, c.pg_version, c.db_name, c.owner_name, c.owner_scram, \
+            "SELECT i.id, i.cluster_id, i.slots, i.role, i.draining, c.pg_version, c.db_name, c.owner_name, c.owner_scram, \
              c.repl_password, c.repl_scram, c.term \
              FROM instances i JOIN clusters c ON c.id = i.cluster_id \
              WHERE i.host_id = $1 AND i.deleting = 0 ORDER BY i.id",
@@ -795,6 +798,7 @@ impl Store {
                 replication_scram: r.try_get("repl_scram")?,
                 sync_quorum: u32::from(!sync_standbys.is_empty() && !standby),
                 sync_standbys: if standby { vec![] } else { sync_standbys },
+                stopped: r.try_get::<i64, _>("draining")? != 0,
                 role,
             });
         }
@@ -806,7 +810,7 @@ impl Store {
     pub async fn routes(&self) -> Result<Vec<Route>> {
         let rows = sqlx::query(
             "SELECT c.endpoint, c.id, c.term, \
-             (SELECT i.addr FROM instances i WHERE i.cluster_id = c.id AND i.deleting = 0 AND i.role = 'primary' \
+             (SELECT i.addr FROM instances i WHERE i.cluster_id = c.id AND i.deleting = 0 AND i.draining = 0 AND i.role = 'primary' \
               AND i.in_recovery = 0 AND i.observed_term = c.term AND i.observed IN ('running', 'unhealthy') \
               AND i.addr IS NOT NULL ORDER BY i.id LIMIT 1) AS addr \
              FROM clusters c WHERE c.deleted_at IS NULL ORDER BY c.endpoint",
@@ -838,7 +842,7 @@ impl Store {
         why: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let res = sqlx::query("UPDATE clusters SET term = term + 1 WHERE id = $1 AND term = $2")
+        let res = sqlx::query("UPDATE clusters SET term = term + 1, switchover_to = NULL WHERE id = $1 AND term = $2")
             .bind(cluster_id)
             .bind(term)
             .execute(&mut *tx)
@@ -868,6 +872,37 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Records a requested switchover (the target, or `""` for "the most advanced").
+    pub async fn request_switchover(&self, cluster_id: &str, to: &str, op: &OperationRow) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE clusters SET switchover_to = $1 WHERE id = $2")
+            .bind(to)
+            .bind(cluster_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_operation(&mut tx, op).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn cancel_switchover(&self, cluster_id: &str) -> Result<()> {
+        sqlx::query("UPDATE clusters SET switchover_to = NULL WHERE id = $1")
+            .bind(cluster_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stops routing to the primary and tells its agent to stop it: the first step of a
+    /// switchover (its walsenders hand every WAL byte to the standbys on the way out).
+    pub async fn drain(&self, instance_id: &str) -> Result<()> {
+        sqlx::query("UPDATE instances SET draining = 1 WHERE id = $1")
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn add_event(&self, cluster_id: &str, at: i64, kind: &str, message: &str) -> Result<()> {
@@ -926,6 +961,15 @@ impl Store {
         rows.iter().map(operation).collect()
     }
 
+    pub async fn open_operations_of(&self, cluster_id: &str, kind: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM operations WHERE cluster_id = $1 AND kind = $2 AND status = 'running'")
+            .bind(cluster_id)
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
     pub async fn complete_operation(&self, id: &str, error: Option<&str>, at: i64) -> Result<()> {
         sqlx::query(
             "UPDATE operations SET status = $1, error = $2, updated_at = $3 WHERE id = $4 AND status = 'running'",
@@ -942,24 +986,26 @@ impl Store {
     // --- the planner's snapshot --------------------------------------------------------
 
     pub async fn world(&self, now: i64, observing_since: i64) -> Result<planner::World> {
-        let clusters =
-            sqlx::query("SELECT id, cloud, region, plan, replicas, term, deleted_at FROM clusters ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    let plan: String = r.try_get("plan")?;
-                    Ok(planner::ClusterIntent {
-                        id: r.try_get("id")?,
-                        cloud: r.try_get("cloud")?,
-                        region: r.try_get("region")?,
-                        slots: planner::plan_slots(&plan).unwrap_or(1),
-                        members: 1 + u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0),
-                        term: r.try_get("term")?,
-                        deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+        let clusters = sqlx::query(
+            "SELECT id, cloud, region, plan, replicas, term, switchover_to, deleted_at FROM clusters ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let plan: String = r.try_get("plan")?;
+            Ok(planner::ClusterIntent {
+                id: r.try_get("id")?,
+                cloud: r.try_get("cloud")?,
+                region: r.try_get("region")?,
+                slots: planner::plan_slots(&plan).unwrap_or(1),
+                members: 1 + u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0),
+                term: r.try_get("term")?,
+                switchover_to: r.try_get("switchover_to")?,
+                deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
         let hosts = self
             .list_hosts()
             .await?
@@ -989,6 +1035,7 @@ impl Store {
                     "unhealthy" => planner::Observed::Unhealthy,
                     "failed" => planner::Observed::Failed,
                     "absent" => planner::Observed::Absent,
+                    "stopped" => planner::Observed::Stopped,
                     _ => planner::Observed::Unknown,
                 },
                 id: i.id,
@@ -1007,6 +1054,7 @@ impl Store {
                 streaming: i.streaming,
                 sync_standbys: i.sync_standbys,
                 term: i.observed_term,
+                draining: i.draining,
             })
             .collect();
         let operations =
@@ -1018,6 +1066,7 @@ impl Store {
                     let kind = match r.try_get::<String, _>("kind").ok()?.as_str() {
                         "create_cluster" => planner::OperationKind::CreateCluster,
                         "delete_cluster" => planner::OperationKind::DeleteCluster,
+                        "switchover" => planner::OperationKind::Switchover,
                         _ => return None,
                     };
                     Some(planner::OperationView {
@@ -1095,6 +1144,7 @@ pub fn observed_name(s: highrise_api::InstanceState) -> &'static str {
         Running => "running",
         Unhealthy => "unhealthy",
         Failed => "failed",
+        Stopped => "stopped",
     }
 }
 

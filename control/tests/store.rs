@@ -277,6 +277,7 @@ async fn exercise(store: Store) {
             streaming: None,
             sync_standbys: vec![],
             observed_term: 0,
+            draining: false,
         })
         .await
         .unwrap();

@@ -172,6 +172,14 @@ pub struct Member {
     pub addr: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Switchover {
+    /// The standby to promote (instance id); the most advanced one when omitted.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
 /// Something that happened to a cluster (failover started, promoted X, member added).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClusterEvent {
@@ -272,6 +280,9 @@ pub struct InstanceSpec {
     /// A primary's standbys that must confirm commits (`ANY sync_quorum (...)`).
     pub sync_standbys: Vec<String>,
     pub sync_quorum: u32,
+    /// Stop the server and keep it stopped (a primary drained for a switchover).
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -281,6 +292,8 @@ pub enum InstanceState {
     Running,
     Unhealthy,
     Failed,
+    /// Stopped on purpose (desired state says so).
+    Stopped,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

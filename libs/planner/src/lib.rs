@@ -45,6 +45,8 @@ pub struct ClusterIntent {
     pub members: u32,
     /// Fencing generation: increments whenever the primary changes.
     pub term: i64,
+    /// A requested planned switchover: the target standby, or `""` for the most advanced.
+    pub switchover_to: Option<String>,
     /// The tenant asked for deletion.
     pub deleted: bool,
 }
@@ -86,6 +88,8 @@ pub enum Observed {
     Failed,
     /// The agent reports that it no longer has this instance.
     Absent,
+    /// Stopped on purpose (a primary drained for a switchover).
+    Stopped,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,12 +113,15 @@ pub struct InstanceView {
     pub sync_standbys: Vec<String>,
     /// The term of the spec the instance last reported running.
     pub term: i64,
+    /// A primary being stopped for a switchover: no longer routed.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OperationKind {
     CreateCluster,
     DeleteCluster,
+    Switchover,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +185,16 @@ pub enum Action {
         term: i64,
         from: Option<String>,
         to: String,
+        reason: String,
+    },
+    /// Stop routing to the primary and stop it, for a switchover; its walsenders pass
+    /// every WAL byte to the connected standbys before it exits.
+    Drain {
+        instance_id: String,
+    },
+    /// A requested switchover cannot happen (its target is gone).
+    CancelSwitchover {
+        cluster_id: String,
         reason: String,
     },
     /// Tell the operator something (deduplicated by the executor).
@@ -381,6 +398,25 @@ pub fn plan(world: &World) -> Vec<Action> {
                     }
                 }
             }
+            OperationKind::Switchover => {
+                let cluster = world.clusters.iter().find(|c| c.id == op.cluster_id);
+                match cluster {
+                    None => Some(Outcome::Failed("cluster was removed".into())),
+                    Some(c) if c.deleted => Some(Outcome::Failed("cluster was deleted".into())),
+                    Some(c) if c.switchover_to.is_none() => {
+                        let promoted = world.instances.iter().any(|i| {
+                            i.cluster_id == c.id
+                                && !i.deleting
+                                && i.role == Role::Primary
+                                && i.in_recovery == Some(false)
+                                && i.term == c.term
+                                && i.observed == Observed::Running
+                        });
+                        promoted.then_some(Outcome::Succeeded)
+                    }
+                    Some(_) => None,
+                }
+            }
             OperationKind::DeleteCluster => {
                 let gone = !world.clusters.iter().any(|c| c.id == op.cluster_id)
                     || (!world.instances.iter().any(|i| i.cluster_id == op.cluster_id));
@@ -439,8 +475,34 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
     if standbys.is_empty() {
         return actions;
     }
+    let sync_set: Vec<&str> = primary.sync_standbys.iter().map(String::as_str).collect();
+    // Planned switchover: drain the primary once a suitable target streams from it.
+    if let Some(target) = &c.switchover_to {
+        if !primary.draining {
+            let suitable = standbys.iter().any(|s| {
+                (target.is_empty() || &s.id == target)
+                    && s.observed == Observed::Running
+                    && s.streaming == Some(true)
+                    && sync_set.contains(&s.id.as_str())
+            });
+            let exists = target.is_empty() || standbys.iter().any(|s| &s.id == target);
+            if suitable {
+                actions.push(Action::Drain {
+                    instance_id: primary.id.clone(),
+                });
+            } else if !exists {
+                actions.push(Action::CancelSwitchover {
+                    cluster_id: c.id.clone(),
+                    reason: format!("{target} is not a standby of this cluster"),
+                });
+            }
+            return actions;
+        }
+    }
     let primary_host_alive = host_alive(world, hosts, &primary.host_id);
+    let drained = primary.draining && matches!(primary.observed, Observed::Stopped);
     let failed = !primary_host_alive
+        || drained
         || matches!(
             primary.observed,
             Observed::Failed | Observed::Absent | Observed::Unhealthy
@@ -449,7 +511,6 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
     if !failed || still_followed || primary.in_recovery == Some(true) {
         return actions;
     }
-    let sync_set: Vec<&str> = primary.sync_standbys.iter().map(String::as_str).collect();
     let reporters: Vec<&&&InstanceView> = standbys
         .iter()
         .filter(|s| sync_set.contains(&s.id.as_str()))
@@ -478,7 +539,17 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
     else {
         return actions;
     };
-    let reason = if primary_host_alive {
+    // A switchover's target, when it is among the most advanced.
+    let best = match c.switchover_to.as_deref() {
+        Some(t) if !t.is_empty() => reporters
+            .iter()
+            .find(|s| s.id == t && s.lsn == best.lsn)
+            .unwrap_or(best),
+        _ => best,
+    };
+    let reason = if drained {
+        format!("planned switchover from {}", primary.id)
+    } else if primary_host_alive {
         format!("primary {} reported {:?}", primary.id, primary.observed)
     } else {
         format!("host {} of primary {} is gone", primary.host_id, primary.id)

@@ -12,6 +12,7 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         slots,
         members: 1,
         term: 1,
+        switchover_to: None,
         deleted: false,
     }
 }
@@ -43,6 +44,7 @@ fn instance(id: &str, cluster: &str, host: &str, observed: Observed) -> Instance
         streaming: None,
         sync_standbys: vec![],
         term: 1,
+        draining: false,
     }
 }
 
@@ -85,6 +87,7 @@ fn apply(world: &mut World, actions: &[Action]) {
                 streaming: None,
                 sync_standbys: vec![],
                 term: 1,
+                draining: false,
             }),
             Action::DeleteInstance { instance_id } => {
                 for i in world.instances.iter_mut().filter(|i| &i.id == instance_id) {
@@ -109,6 +112,7 @@ fn apply(world: &mut World, actions: &[Action]) {
                     continue;
                 };
                 c.term += 1;
+                c.switchover_to = None;
                 for i in world.instances.iter_mut().filter(|i| &i.cluster_id == cluster_id) {
                     if Some(&i.id) == from.as_ref() {
                         i.deleting = true;
@@ -116,6 +120,16 @@ fn apply(world: &mut World, actions: &[Action]) {
                     if &i.id == to {
                         i.role = Role::Primary;
                     }
+                }
+            }
+            Action::Drain { instance_id } => {
+                for i in world.instances.iter_mut().filter(|i| &i.id == instance_id) {
+                    i.draining = true;
+                }
+            }
+            Action::CancelSwitchover { cluster_id, .. } => {
+                for c in world.clusters.iter_mut().filter(|c| &c.id == cluster_id) {
+                    c.switchover_to = None;
                 }
             }
             Action::Event { .. } => {}
@@ -425,6 +439,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     slots: if *slots == 3 { 2 } else { *slots },
                     members: *members,
                     term: 1,
+                    switchover_to: None,
                     deleted: *deleted,
                 })
                 .collect(),
@@ -600,6 +615,39 @@ fn silence_counts_only_from_when_observation_began() {
     world.observing_since = 0;
     let p = plan(&world);
     assert!(p.iter().any(|a| matches!(a, Action::AbandonHost { .. })), "{p:?}");
+}
+
+#[test]
+fn switchover_drains_then_promotes_the_target_in_a_new_term() {
+    let mut world = ha_world(&[("s1", 1000, true), ("s2", 1000, true)], &["s1", "s2"]);
+    world.clusters[0].switchover_to = Some("s2".into());
+    let p = plan(&world);
+    assert_eq!(
+        p,
+        vec![Action::Drain {
+            instance_id: "p".into()
+        }]
+    );
+    apply(&mut world, &p);
+    assert!(
+        failovers(&plan(&world)).is_empty(),
+        "not before the primary has stopped"
+    );
+    // The primary stops; its walsenders flushed everything to both standbys.
+    world.instances[0].observed = Observed::Stopped;
+    world.instances[1].streaming = Some(false);
+    world.instances[2].streaming = Some(false);
+    let p = plan(&world);
+    assert_eq!(failovers(&p), vec![("s2".to_string(), 3)], "{p:?}");
+    apply(&mut world, &p);
+    assert_eq!(world.clusters[0].switchover_to, None);
+}
+
+#[test]
+fn switchover_to_a_stranger_is_cancelled() {
+    let mut world = ha_world(&[("s1", 1000, true)], &["s1"]);
+    world.clusters[0].switchover_to = Some("nobody".into());
+    assert!(matches!(plan(&world)[..], [Action::CancelSwitchover { .. }]));
 }
 
 #[test]
