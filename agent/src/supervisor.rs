@@ -341,14 +341,7 @@ impl Instance {
                 tracing::info!(instance = %self.id, addr = %self.addr(), "instance started");
             }
         }
-        let status = match self.admin().await {
-            Ok(conn) => tokio::time::timeout(Duration::from_secs(3), highrise_pg::status(conn))
-                .await
-                .ok()
-                .and_then(Result::ok),
-            Err(_) => None,
-        };
-        let Some(status) = status else {
+        let Some(status) = self.check_status().await else {
             self.admin = None;
             self.status = None;
             return Ok(InstanceState::Unhealthy);
@@ -364,11 +357,26 @@ impl Instance {
         if self.applied.as_ref() != Some(spec) {
             self.apply(spec).await?;
         }
-        self.status = match self.admin().await {
-            Ok(conn) => highrise_pg::status(conn).await.ok(),
-            Err(_) => None,
+        let Some(status) = self.check_status().await else {
+            self.admin = None;
+            self.status = None;
+            return Ok(InstanceState::Unhealthy);
         };
+        self.status = Some(status);
         Ok(InstanceState::Running)
+    }
+
+    /// The server's view of itself, or `None` if it does not answer within 3 s (a hung
+    /// or frozen server must never stall the supervisor).
+    async fn check_status(&mut self) -> Option<highrise_pg::Status> {
+        let conn = self.admin().await.ok()?;
+        match tokio::time::timeout(Duration::from_secs(3), highrise_pg::status(conn)).await {
+            Ok(Ok(s)) => Some(s),
+            _ => {
+                self.admin = None;
+                None
+            }
+        }
     }
 
     async fn apply(&mut self, spec: &InstanceSpec) -> Result<()> {

@@ -940,3 +940,243 @@ async fn planned_switchover_under_load_loses_nothing() {
     .await
     .unwrap();
 }
+
+/// Creates an HA cluster and waits until its primary's commits wait for a standby.
+fn ha_cluster(up: &Up, name: &str, replicas: u32) -> (String, Value) {
+    let out = up.cli_ok(&["cluster", "create", name, "--replicas", &replicas.to_string(), "--wait"]);
+    let uri = out.lines().last().unwrap().trim().to_string();
+    psql_ok(&uri, "create table ledger(id bigserial primary key)");
+    wait_for("commits to wait for the standbys", Duration::from_secs(60), || {
+        let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", name, "--output", "json"])).unwrap();
+        let standbys = shown["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "standby")
+            .count();
+        psql_ok(&uri, "show synchronous_standby_names").matches("inst_").count() == standbys
+    });
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", name, "--output", "json"])).unwrap();
+    (uri, shown)
+}
+
+fn member<'a>(shown: &'a Value, role: &str) -> &'a Value {
+    shown["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m[role_key(role)] == role)
+        .unwrap()
+}
+
+fn role_key(_: &str) -> &'static str {
+    "role"
+}
+
+fn pgdata(up: &Up, m: &Value) -> std::path::PathBuf {
+    up.data_dir
+        .join("land/hosts")
+        .join(m["host_id"].as_str().unwrap())
+        .join("i")
+        .join(m["instance_id"].as_str().unwrap())
+        .join("pgdata")
+}
+
+fn postmaster_pid(dir: &std::path::Path) -> i32 {
+    std::fs::read_to_string(dir.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The postmaster `pid` and its children (from /proc), postmaster first.
+fn server_processes(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn check_ledger(uri: &str, acked: &[i64]) {
+    let present: std::collections::BTreeSet<i64> = psql_ok(uri, "select id from ledger")
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(lost.is_empty(), "lost acknowledged commits: {lost:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_primarys_postgres_loses_nothing() {
+    let up = std::sync::Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
+    let u = up.clone();
+    let (uri, shown) = tokio::task::spawn_blocking(move || ha_cluster(&u, "ha", 1))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = postmaster_pid(&pgdata(&up, member(&shown, "primary")));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // The agent restarts it in place (crash recovery), or the cluster fails over.
+    let before = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(before.elapsed() < Duration::from_secs(60), "writes did not resume");
+        if psql(&uri, "insert into ledger default values").0 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, _) = writer.await.unwrap();
+    assert!(acked.len() > 10, "the writer made progress: {}", acked.len());
+    check_ledger(&uri, &acked);
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("a healthy cluster with its standby", Duration::from_secs(60), || {
+            let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+            let members = shown["members"].as_array().unwrap();
+            shown["status"] == "running" && members.len() == 2 && members.iter().all(|m| m["state"] == "running")
+        });
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_a_standby_keeps_writes_going_and_replaces_it() {
+    let up = std::sync::Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
+    let u = up.clone();
+    let (uri, shown) = tokio::task::spawn_blocking(move || ha_cluster(&u, "ha", 2))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let standby = member(&shown, "standby").clone();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/land/hosts/{}/kill",
+            up.land_url,
+            standby["host_id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    // ANY 1 of the two standbys: commits keep being acknowledged by the other one.
+    let count = |uri: &str| psql_ok(uri, "select count(*) from ledger").parse::<u64>().unwrap();
+    let before = count(&uri);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(count(&uri) > before, "writes stalled after losing one standby");
+    let u = up.clone();
+    let lost = standby["instance_id"].as_str().unwrap().to_string();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the lost standby to be replaced", Duration::from_secs(120), || {
+            let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+            let members = shown["members"].as_array().unwrap();
+            members.len() == 3
+                && members
+                    .iter()
+                    .all(|m| m["state"] == "running" && m["instance_id"] != lost.as_str())
+        });
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, _) = writer.await.unwrap();
+    check_ledger(&uri, &acked);
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+    assert_eq!(shown["term"], 1, "no failover for a lost standby");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_primary_is_replaced_and_never_acknowledges_another_write() {
+    let up = std::sync::Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
+    let u = up.clone();
+    let (uri, shown) = tokio::task::spawn_blocking(move || ha_cluster(&u, "ha", 1))
+        .await
+        .unwrap();
+    let primary = member(&shown, "primary").clone();
+    let old_addr = primary["addr"].as_str().unwrap().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Freeze the whole server: the postmaster first (no new children), then every child
+    // (PostgreSQL puts each child in its own process group, so a group signal is not it).
+    let pid = postmaster_pid(&pgdata(&up, &primary));
+    let server = server_processes(pid);
+    for p in &server {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("a new primary", Duration::from_secs(60), || {
+            let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+            shown["term"] == 2
+        });
+    })
+    .await
+    .unwrap();
+    for p in &server {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGCONT);
+    }
+    // The old primary, awake again, cannot acknowledge a write: its only synchronous
+    // standby is now the primary, and its agent removes it.
+    let direct = uri
+        .replace(&up.proxy_addr, &old_addr)
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    // (No statement_timeout: cancelling a commit's wait for its standby makes PostgreSQL
+    // report it committed. The client just gives up after 5 s.)
+    let mut attempt = std::process::Command::new("psql")
+        .args(["-X", "-q", &direct, "-c", "insert into ledger default values"])
+        .env("PGCONNECT_TIMEOUT", "5")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let acknowledged = loop {
+        match attempt.try_wait().unwrap() {
+            Some(status) => break status.success(),
+            None if std::time::Instant::now() > deadline => {
+                let _ = attempt.kill();
+                let _ = attempt.wait();
+                break false;
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert!(!acknowledged, "the old primary acknowledged a write");
+    let before = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(before.elapsed() < Duration::from_secs(60), "writes did not resume");
+        if psql(&uri, "insert into ledger default values").0 {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, _) = writer.await.unwrap();
+    check_ledger(&uri, &acked);
+}
