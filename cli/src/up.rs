@@ -247,6 +247,8 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let api = serve_http(api_listener, control.router(), stop_rx.clone());
     let land_srv = serve_http(land_listener, land.clone().router(), stop_rx.clone());
+    // Hosts come back first; then the reconciler re-drives what was in flight.
+    land.boot(&api_url).context("boot the land's hosts")?;
     let (reconciler_stop_tx, reconciler_stop_rx) = watch::channel(false);
     let reconciler = {
         let control = Arc::clone(&control);
@@ -266,7 +268,6 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         }
         None => None,
     };
-    land.boot(&api_url).context("boot the land's hosts")?;
 
     println!("Highrise is up.");
     println!("  API:           {api_url}");

@@ -184,8 +184,31 @@ impl Up {
     }
 }
 
+/// The last lines of every log under `root` (up's and each agent's), for a failing test.
+pub fn dump_logs(root: &Path) {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.ends_with("pgdata") {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("==== {} (last 40 lines)", p.display());
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            dump_logs(&self.root);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),

@@ -156,7 +156,13 @@ impl LocalLand {
         Ok(())
     }
 
+    /// Starts the host's agent unless one is already running (one agent per host, ever).
     fn start_agent(&self, h: &HostRecord) -> Result<()> {
+        if let Some(child) = self.lock().agents.get_mut(&h.info.host_id) {
+            if matches!(child.try_wait(), Ok(None)) {
+                return Ok(());
+            }
+        }
         let dir = self.host_dir(&h.info.host_id);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let log = std::fs::OpenOptions::new()
