@@ -9,7 +9,7 @@ use crate::up::{default_client_config_path, ClientConfig};
 use anyhow::{bail, Context, Result};
 use highrise_api::{
     Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster, CreatedOrg, ErrorBody, Operation, OperationStatus,
-    Switchover,
+    Switchover, UpdateCluster,
 };
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -67,6 +67,14 @@ pub enum ClusterCommand {
     /// Show one cluster.
     Show {
         name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Change a cluster (its number of standbys).
+    Update {
+        name: String,
+        #[arg(long)]
+        replicas: Option<u32>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -246,13 +254,18 @@ fn show_cluster(c: &Cluster) {
     if !c.members.is_empty() {
         println!("members:");
         println!(
-            "  {:<24} {:<8} {:<10} {:<24} CLOUD/ZONE",
-            "INSTANCE", "ROLE", "STATE", "HOST"
+            "  {:<24} {:<8} {:<12} {:<24} {:<18} LAG",
+            "INSTANCE", "ROLE", "STATE", "HOST", "CLOUD/ZONE"
         );
         for m in &c.members {
+            let lag = m.lag_bytes.map_or_else(|| "-".to_string(), |b| format!("{b} B"));
             println!(
-                "  {:<24} {:<8} {:<10} {:<24} {}/{}",
-                m.instance_id, m.role, m.state, m.host_id, m.cloud, m.zone
+                "  {:<24} {:<8} {:<12} {:<24} {:<18} {lag}",
+                m.instance_id,
+                m.role,
+                m.state,
+                m.host_id,
+                format!("{}/{}", m.cloud, m.zone)
             );
         }
     }
@@ -332,6 +345,21 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
         ClusterCommand::Show { name, conn } => {
             let api = Api::from(&conn)?;
             let c: Cluster = api.send(api.http.get(api.cluster_path(&name, &conn.project))).await?;
+            if conn.output == Output::Json {
+                return print_json(&c);
+            }
+            show_cluster(&c);
+            Ok(())
+        }
+        ClusterCommand::Update { name, replicas, conn } => {
+            let api = Api::from(&conn)?;
+            let c: Cluster = api
+                .send(
+                    api.http
+                        .patch(api.cluster_path(&name, &conn.project))
+                        .json(&UpdateCluster { replicas }),
+                )
+                .await?;
             if conn.output == Output::Json {
                 return print_json(&c);
             }

@@ -689,6 +689,25 @@ fn replicas_stream_synchronously_from_their_primary() {
     let (ok, _, err) = psql(&standby_uri, "insert into t values (9)");
     assert!(!ok && err.contains("read-only"), "{err}");
 
+    wait_for("the standby's lag to be shown", Duration::from_secs(30), || {
+        let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+        shown["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["role"] == "standby" && m["lag_bytes"].is_u64())
+    });
+
+    // Lowering the replica count removes the standby, and commits stop waiting for it.
+    let updated: Value =
+        serde_json::from_str(&up.cli_ok(&["cluster", "update", "ha", "--replicas", "0", "--output", "json"])).unwrap();
+    assert_eq!(updated["replicas"], 0);
+    wait_for("the standby to go", Duration::from_secs(30), || {
+        let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+        shown["members"].as_array().unwrap().len() == 1 && psql_ok(&uri, "show synchronous_standby_names").is_empty()
+    });
+    psql_ok(&uri, "insert into t values (10)");
+
     up.cli_ok(&["cluster", "delete", "ha", "--wait"]);
     wait_for("both members to be removed", Duration::from_secs(30), || {
         postmaster_pids(&up.data_dir).is_empty()

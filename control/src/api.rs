@@ -286,6 +286,10 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
         .instances_of_cluster(&c.id)
         .await
         .map_err(store_err("cluster instances"))?;
+    let primary_lsn = instances
+        .iter()
+        .find(|i| !i.deleting && i.role == "primary")
+        .and_then(|i| i.lsn);
     let mut members = Vec::new();
     for i in instances.iter().filter(|i| !i.deleting) {
         let (cloud, zone, silent) = match state.store.get_host(&i.host_id).await {
@@ -308,6 +312,10 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
             cloud,
             zone,
             addr: i.addr.clone(),
+            lag_bytes: match (i.role.as_str(), primary_lsn, i.lsn) {
+                ("standby", Some(p), Some(s)) => Some(p.saturating_sub(s) as u64),
+                _ => None,
+            },
         });
     }
     let status = if c.deleted_at.is_some() {
@@ -350,7 +358,7 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
     info(title = "Highrise control plane API", description = "Cloud-neutral PostgreSQL as a service"),
     paths(
         create_org, list_projects, create_project, list_api_keys, create_api_key, revoke_api_key,
-        list_clusters, create_cluster, get_cluster, delete_cluster, cluster_events, switchover, list_hosts, list_operations,
+        list_clusters, create_cluster, get_cluster, update_cluster, delete_cluster, cluster_events, switchover, list_hosts, list_operations,
         get_operation, agent_register, agent_desired, agent_heartbeat, proxy_routes
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -381,7 +389,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/api-keys", get(list_api_keys).post(create_api_key))
         .route("/v1/api-keys/{id}", axum::routing::delete(revoke_api_key))
         .route("/v1/clusters", get(list_clusters).post(create_cluster))
-        .route("/v1/clusters/{cluster}", get(get_cluster).delete(delete_cluster))
+        .route(
+            "/v1/clusters/{cluster}",
+            get(get_cluster).delete(delete_cluster).patch(update_cluster),
+        )
         .route("/v1/clusters/{cluster}/events", get(cluster_events))
         .route("/v1/clusters/{cluster}/switchover", post(switchover))
         .route("/v1/hosts", get(list_hosts))
@@ -710,6 +721,46 @@ async fn get_cluster(
     let c = state
         .store
         .find_cluster(&caller.org_id, &project.id, &cluster)
+        .await
+        .map_err(store_err("cluster"))?;
+    Ok(Json(cluster_view(&state, &c).await?))
+}
+
+/// Change a cluster: today its number of standbys (members are added or removed).
+#[utoipa::path(patch, path = "/v1/clusters/{cluster}", request_body = UpdateCluster,
+    params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
+    responses((status = 200, body = Cluster), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_cluster(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+    ApiJson(req): ApiJson<UpdateCluster>,
+) -> ApiResult<Json<Cluster>> {
+    let project = resolve_project(&state, &caller, q.project.as_deref()).await?;
+    let c = state
+        .store
+        .find_cluster(&caller.org_id, &project.id, &cluster)
+        .await
+        .map_err(store_err("cluster"))?;
+    if c.deleted_at.is_some() {
+        return Err(ApiError::not_found("cluster"));
+    }
+    if let Some(replicas) = req.replicas {
+        if replicas > 3 {
+            return Err(ApiError::invalid("replicas must be between 0 and 3"));
+        }
+        state
+            .store
+            .set_replicas(&c.id, i64::from(replicas))
+            .await
+            .map_err(store_err("cluster"))?;
+        state.notify();
+        tracing::info!(cluster = %c.id, replicas, "replica count changed");
+    }
+    let c = state
+        .store
+        .find_cluster(&caller.org_id, &project.id, &c.id)
         .await
         .map_err(store_err("cluster"))?;
     Ok(Json(cluster_view(&state, &c).await?))

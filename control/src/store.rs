@@ -565,6 +565,15 @@ impl Store {
         Ok(op.clone())
     }
 
+    pub async fn set_replicas(&self, id: &str, replicas: i64) -> Result<()> {
+        sqlx::query("UPDATE clusters SET replicas = $1 WHERE id = $2 AND deleted_at IS NULL")
+            .bind(replicas)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn remove_cluster(&self, id: &str) -> Result<()> {
         sqlx::query("DELETE FROM clusters WHERE id = $1 AND deleted_at IS NOT NULL")
             .bind(id)

@@ -170,6 +170,16 @@ pub struct Member {
     pub zone: String,
     /// Where the member's PostgreSQL listens (the host's network), once known.
     pub addr: Option<String>,
+    /// A standby's replication lag behind the primary, in bytes of WAL, when known.
+    pub lag_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCluster {
+    /// New number of standbys (0–3); members are added or removed to match.
+    #[serde(default)]
+    pub replicas: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
