@@ -1199,3 +1199,113 @@ async fn a_frozen_primary_is_replaced_and_never_acknowledges_another_write() {
     let (acked, _) = writer.await.unwrap();
     check_ledger(&uri, &acked);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_control_plane_down_clients_keep_working_and_nothing_is_promoted_unsafely() {
+    // Control plane and proxy as separate processes, as in production.
+    let tmp = temp_root();
+    let root = tmp.path().to_path_buf();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy_addr = format!("127.0.0.1:{port}");
+    let control = std::sync::Arc::new(Up::start_command(&root, "control", &proxy_addr, &[]));
+    let token = std::fs::read_to_string(control.data_dir.join("proxy-token")).unwrap();
+    let mut proxy = std::process::Command::new(BIN)
+        .args([
+            "proxy",
+            "--listen",
+            &proxy_addr,
+            "--control-url",
+            &control.api_url,
+            "--cache-file",
+        ])
+        .arg(root.join("routes.json"))
+        .env("HIGHRISE_PROXY_TOKEN", token.trim())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = control.clone();
+    let (uri, shown) = tokio::task::spawn_blocking(move || ha_cluster(&c, "ha", 1))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Freeze the control plane for longer than any detection time.
+    let control_pid = nix::unistd::Pid::from_raw(control.child.as_ref().unwrap().id() as i32);
+    nix::sys::signal::kill(control_pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let frozen_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The primary's host dies while nobody is watching: agent and PostgreSQL killed.
+    let primary = member(&shown, "primary").clone();
+    let host_dir = control
+        .data_dir
+        .join("land/hosts")
+        .join(primary["host_id"].as_str().unwrap());
+    let pid = postmaster_pid(&pgdata(&control, &primary));
+    for (p, cmd) in processes_mentioning(&host_dir.to_string_lossy()) {
+        if cmd.contains(" agent ") {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let died_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let shown_now = tokio::task::spawn_blocking({
+        let c = control.clone();
+        move || c.cli(&["cluster", "show", "ha", "--output", "json"])
+    });
+    // Nothing can be promoted while the control plane is down.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nix::sys::signal::kill(control_pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let _ = shown_now.await;
+    let c = control.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "failover once the control plane is back",
+            Duration::from_secs(60),
+            || {
+                let shown: Value =
+                    serde_json::from_str(&c.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+                shown["term"] == 2
+            },
+        );
+    })
+    .await
+    .unwrap();
+    let before = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(before.elapsed() < Duration::from_secs(60), "writes did not resume");
+        if psql(&uri, "insert into ledger default values").0 {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, timeline) = writer.await.unwrap();
+    // While the control plane was frozen and the primary alive, no client saw an error.
+    let errors_while_frozen = timeline
+        .iter()
+        .filter(|(t, ok)| !*ok && *t > frozen_at && *t < died_at)
+        .count();
+    assert_eq!(
+        errors_while_frozen, 0,
+        "clients saw errors while only the control plane was down"
+    );
+    assert!(
+        timeline
+            .iter()
+            .filter(|(t, ok)| *ok && *t > frozen_at && *t < died_at)
+            .count()
+            > 10,
+        "clients kept committing while the control plane was down"
+    );
+    check_ledger(&uri, &acked);
+    proxy.kill().unwrap();
+    proxy.wait().unwrap();
+}
