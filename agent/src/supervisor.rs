@@ -318,6 +318,9 @@ impl Instance {
             self.apply(spec).await?;
             self.local.initialized = true;
             self.save()?;
+            // Report what the server is right away: the proxy routes to a primary only
+            // once it is known to take writes.
+            self.status = self.check_status().await;
             // Durability of the copied files, off the critical path.
             let (bin, pgdata, run_as) = (self.shared.bin.clone(), self.pgdata.clone(), self.shared.run_as);
             tokio::task::spawn_blocking(move || {

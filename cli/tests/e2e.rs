@@ -1198,6 +1198,16 @@ async fn a_frozen_primary_is_replaced_and_never_acknowledges_another_write() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (acked, _) = writer.await.unwrap();
     check_ledger(&uri, &acked);
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the full replica count again", Duration::from_secs(90), || {
+            let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+            let members = shown["members"].as_array().unwrap();
+            members.len() == 2 && members.iter().all(|m| m["state"] == "running")
+        });
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

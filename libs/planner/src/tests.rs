@@ -765,3 +765,41 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Whatever else is going on, a member that runs as a primary without being this
+    /// term's primary is told to step down, and no plan ever names two primaries.
+    #[test]
+    fn stale_primaries_always_step_down(
+        roles in proptest::collection::vec(any::<bool>(), 1..4),
+        terms in proptest::collection::vec(1i64..=3, 4),
+        writable in proptest::collection::vec(any::<bool>(), 4),
+        primary_alive in any::<bool>(),
+    ) {
+        let standbys: Vec<(&str, u64, bool)> = ["s0", "s1", "s2"].iter().take(roles.len()).map(|s| (*s, 500, true)).collect();
+        let mut world = ha_world(&standbys, &["s0"]);
+        if !primary_alive {
+            kill_primary_host(&mut world);
+        }
+        for (n, i) in world.instances.iter_mut().enumerate() {
+            i.term = terms[n];
+            i.in_recovery = Some(!writable[n]);
+            if n > 0 && roles[n - 1] {
+                i.role = Role::Standby;
+            }
+        }
+        let p = plan(&world);
+        for i in &world.instances {
+            let stale = i.in_recovery == Some(false) && (i.role != Role::Primary || i.term < world.clusters[0].term);
+            if stale {
+                prop_assert!(
+                    p.contains(&Action::DeleteInstance { instance_id: i.id.clone() }),
+                    "{} runs as a primary outside its term and was not told to step down: {:?}", i.id, p
+                );
+            }
+        }
+        apply(&mut world, &p);
+        let primaries = world.instances.iter().filter(|i| !i.deleting && i.role == Role::Primary).count();
+        prop_assert!(primaries <= 1);
+    }
+}
