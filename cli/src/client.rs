@@ -53,6 +53,9 @@ pub enum ClusterCommand {
         replicas: Option<u32>,
         #[arg(long)]
         spot: bool,
+        /// Put the standbys in other clouds than the primary.
+        #[arg(long)]
+        spread_clouds: bool,
         /// Wait until the cluster answers queries; the last line printed is its URI.
         #[arg(long)]
         wait: bool,
@@ -280,6 +283,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             plan,
             replicas,
             spot,
+            spread_clouds,
             wait,
             conn,
         } => {
@@ -293,6 +297,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 pg_version: None,
                 replicas,
                 spot: spot.then_some(true),
+                spread_clouds: spread_clouds.then_some(true),
             };
             let mut created: CreatedCluster = api
                 .send(api.http.post(format!("{}/v1/clusters", api.url)).json(&body))

@@ -708,6 +708,27 @@ fn replicas_stream_synchronously_from_their_primary() {
     });
     psql_ok(&uri, "insert into t values (10)");
 
+    // On request, the standbys live in another cloud than the primary.
+    up.cli_ok(&[
+        "cluster",
+        "create",
+        "multi",
+        "--replicas",
+        "1",
+        "--spread-clouds",
+        "--wait",
+    ]);
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "multi", "--output", "json"])).unwrap();
+    assert_eq!(shown["spread_clouds"], true);
+    let clouds: std::collections::BTreeSet<&str> = shown["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["cloud"].as_str().unwrap())
+        .collect();
+    assert_eq!(clouds.len(), 2, "members in two clouds: {shown}");
+    up.cli_ok(&["cluster", "delete", "multi", "--wait"]);
+
     up.cli_ok(&["cluster", "delete", "ha", "--wait"]);
     wait_for("both members to be removed", Duration::from_secs(30), || {
         postmaster_pids(&up.data_dir).is_empty()

@@ -59,7 +59,13 @@ async fn resume_launches(state: &AppState) -> Result<()> {
 
 /// One planning round; returns how many actions were performed.
 async fn step(state: &AppState, started: i64) -> Result<usize> {
-    let world = state.store.world(now(), started).await.context("load world")?;
+    let mut world = state.store.world(now(), started).await.context("load world")?;
+    world.locations = state
+        .provider
+        .clouds()
+        .into_iter()
+        .flat_map(|c| c.regions.into_iter().map(move |r| (c.name.clone(), r.name)))
+        .collect();
     let actions = plan(&world);
     for action in &actions {
         tracing::debug!(?action, "perform");

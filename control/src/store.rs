@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../migrations/0002_replication.sql")),
     (3, include_str!("../migrations/0003_ha.sql")),
     (4, include_str!("../migrations/0004_switchover.sql")),
+    (5, include_str!("../migrations/0005_spread.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,7 @@ pub struct ClusterRow {
     /// Password of the cluster's replication role (standbys need it in clear).
     pub repl_password: String,
     pub repl_scram: String,
+    pub spread_clouds: bool,
     pub term: i64,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
@@ -168,7 +170,7 @@ fn api_key(r: &AnyRow) -> Result<ApiKeyRow> {
 
 const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name, c.name, c.cloud, c.region, \
     c.plan, c.pg_version, c.replicas, c.spot, c.endpoint, c.db_name, c.owner_name, c.owner_scram, c.repl_password, \
-    c.repl_scram, c.term, c.created_at, c.deleted_at";
+    c.repl_scram, c.spread_clouds, c.term, c.created_at, c.deleted_at";
 
 fn cluster(r: &AnyRow) -> Result<ClusterRow> {
     Ok(ClusterRow {
@@ -189,6 +191,7 @@ fn cluster(r: &AnyRow) -> Result<ClusterRow> {
         owner_scram: r.try_get("owner_scram")?,
         repl_password: r.try_get("repl_password")?,
         repl_scram: r.try_get("repl_scram")?,
+        spread_clouds: r.try_get::<i64, _>("spread_clouds")? != 0,
         term: r.try_get("term")?,
         created_at: r.try_get("created_at")?,
         deleted_at: r.try_get("deleted_at")?,
@@ -478,8 +481,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
             "INSERT INTO clusters (id, org_id, project_id, name, cloud, region, plan, pg_version, replicas, spot, \
-             endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram, spread_clouds) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
         )
         .bind(&c.id)
         .bind(&c.org_id)
@@ -499,6 +502,7 @@ impl Store {
         .bind(c.created_at)
         .bind(&c.repl_password)
         .bind(&c.repl_scram)
+        .bind(i64::from(c.spread_clouds))
         .execute(&mut *tx)
         .await;
         match res {
@@ -996,7 +1000,8 @@ impl Store {
 
     pub async fn world(&self, now: i64, observing_since: i64) -> Result<planner::World> {
         let clusters = sqlx::query(
-            "SELECT id, cloud, region, plan, replicas, term, switchover_to, deleted_at FROM clusters ORDER BY id",
+            "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, deleted_at FROM clusters \
+             ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?
@@ -1011,6 +1016,7 @@ impl Store {
                 members: 1 + u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0),
                 term: r.try_get("term")?,
                 switchover_to: r.try_get("switchover_to")?,
+                spread_clouds: r.try_get::<i64, _>("spread_clouds")? != 0,
                 deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
             })
         })
@@ -1088,6 +1094,7 @@ impl Store {
         Ok(planner::World {
             now,
             observing_since,
+            locations: Vec::new(),
             clusters,
             hosts,
             instances,

@@ -111,6 +111,7 @@ fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &str) -
         owner_scram: "SCRAM".into(),
         repl_password: "rp".into(),
         repl_scram: "RSCRAM".into(),
+        spread_clouds: false,
         term: 1,
         created_at: 5,
         deleted_at: None,

@@ -120,6 +120,9 @@ pub struct CreateCluster {
     /// Run on spot capacity (not yet supported).
     #[serde(default)]
     pub spot: Option<bool>,
+    /// Put the standbys in other clouds than the primary (where the land has them).
+    #[serde(default)]
+    pub spread_clouds: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -147,6 +150,8 @@ pub struct Cluster {
     pub pg_version: u32,
     pub replicas: u32,
     pub spot: bool,
+    /// Standbys live in other clouds than the primary.
+    pub spread_clouds: bool,
     pub status: ClusterStatus,
     /// The stable name clients connect to through the proxy.
     pub endpoint: String,

@@ -47,6 +47,9 @@ pub struct ClusterIntent {
     pub term: i64,
     /// A requested planned switchover: the target standby, or `""` for the most advanced.
     pub switchover_to: Option<String>,
+    /// Standbys go to other clouds of the land where it has them (the primary stays in
+    /// `cloud`), so losing a whole provider loses at most the primary.
+    pub spread_clouds: bool,
     /// The tenant asked for deletion.
     pub deleted: bool,
 }
@@ -138,6 +141,8 @@ pub struct World {
     /// Since when the decider has been watching: silence is counted from no earlier than
     /// this, so a control plane that was down does not mistake every host for lost.
     pub observing_since: i64,
+    /// Every (cloud, region) the land offers, in the land's order.
+    pub locations: Vec<(String, String)>,
     pub clusters: Vec<ClusterIntent>,
     pub hosts: Vec<HostView>,
     pub instances: Vec<InstanceView>,
@@ -277,6 +282,25 @@ pub fn plan(world: &World) -> Vec<Action> {
             .filter(|i| i.cluster_id == c.id && !i.deleting)
             .collect();
         let mut taken_hosts: BTreeSet<&str> = live.iter().map(|i| i.host_id.as_str()).collect();
+        let mut taken_clouds: BTreeSet<&str> = live
+            .iter()
+            .filter_map(|i| hosts.get(i.host_id.as_str()).map(|h| h.cloud.as_str()))
+            .collect();
+        // Where members may go: the cluster's cloud and region; with spread_clouds, also
+        // every other cloud (in its region of the same name, else its first region).
+        let mut allowed: Vec<(&str, &str)> = vec![(c.cloud.as_str(), c.region.as_str())];
+        if c.spread_clouds {
+            for (cloud, region) in &world.locations {
+                if allowed.iter().any(|(a, _)| a == cloud) {
+                    continue;
+                }
+                let same = world.locations.iter().any(|(oc, or)| oc == cloud && or == &c.region);
+                if same && region != &c.region {
+                    continue;
+                }
+                allowed.push((cloud.as_str(), region.as_str()));
+            }
+        }
         let mut taken_zones: BTreeSet<&str> = live
             .iter()
             .filter_map(|i| hosts.get(i.host_id.as_str()).map(|h| h.zone.as_str()))
@@ -294,19 +318,34 @@ pub fn plan(world: &World) -> Vec<Action> {
                 });
             }
         }
-        let mut unplaced = 0;
+        // Hosts this cluster alone needs launched, per location (its members need
+        // distinct hosts; other clusters may share them).
+        let mut own_need: BTreeMap<(&str, &str), u32> = BTreeMap::new();
         for _ in 0..missing {
+            let primary_turn = !has_primary;
+            // A spread cluster's standby must go to a cloud it is not in, while one is left.
+            let needs_new_cloud =
+                c.spread_clouds && !primary_turn && allowed.iter().any(|(cl, _)| !taken_clouds.contains(cl));
             let candidate = world
                 .hosts
                 .iter()
-                .filter(|h| h.status == HostStatus::Running && h.cloud == c.cloud && h.region == c.region)
+                .filter(|h| h.status == HostStatus::Running)
+                .filter(|h| {
+                    if primary_turn {
+                        h.cloud == c.cloud && h.region == c.region
+                    } else {
+                        allowed.contains(&(h.cloud.as_str(), h.region.as_str()))
+                    }
+                })
+                .filter(|h| !needs_new_cloud || !taken_clouds.contains(h.cloud.as_str()))
                 .filter(|h| host_alive(world, &hosts, &h.id))
                 .filter(|h| !taken_hosts.contains(h.id.as_str()))
                 .filter(|h| used.get(h.id.as_str()).copied().unwrap_or(0) + c.slots <= HOST_SLOTS)
-                // A zone the cluster is not in yet first; then the fullest host, so empty
-                // hosts stay free for big plans.
+                // A cloud, then a zone, the cluster is not in yet first; then the fullest
+                // host, so empty hosts stay free for big plans.
                 .max_by_key(|h| {
                     (
+                        !taken_clouds.contains(h.cloud.as_str()),
                         !taken_zones.contains(h.zone.as_str()),
                         used.get(h.id.as_str()).copied().unwrap_or(0),
                         std::cmp::Reverse(h.id.clone()),
@@ -317,6 +356,7 @@ pub fn plan(world: &World) -> Vec<Action> {
                     *used.entry(h.id.as_str()).or_default() += c.slots;
                     taken_hosts.insert(h.id.as_str());
                     taken_zones.insert(h.zone.as_str());
+                    taken_clouds.insert(h.cloud.as_str());
                     let role = if has_primary { Role::Standby } else { Role::Primary };
                     has_primary = true;
                     actions.push(Action::CreateInstance {
@@ -326,14 +366,28 @@ pub fn plan(world: &World) -> Vec<Action> {
                         role,
                     });
                 }
-                None => unplaced += 1,
+                None => {
+                    // Launch where the member should go: the primary in the cluster's
+                    // cloud, a standby preferably in a cloud the cluster is not in yet.
+                    let at = if primary_turn {
+                        (c.cloud.as_str(), c.region.as_str())
+                    } else {
+                        allowed
+                            .iter()
+                            .copied()
+                            .find(|(cloud, _)| !taken_clouds.contains(cloud))
+                            .unwrap_or((c.cloud.as_str(), c.region.as_str()))
+                    };
+                    taken_clouds.insert(at.0);
+                    has_primary = true;
+                    launching_need.entry(at).or_default().0 += c.slots;
+                    *own_need.entry(at).or_default() += 1;
+                }
             }
         }
-        if unplaced > 0 {
-            let need = launching_need.entry((c.cloud.as_str(), c.region.as_str())).or_default();
-            need.0 += unplaced * c.slots;
-            // Members of one cluster need distinct hosts.
-            need.1 = need.1.max(unplaced);
+        for (at, n) in own_need {
+            let need = launching_need.entry(at).or_default();
+            need.1 = need.1.max(n);
         }
     }
     actions.extend(extra_members);

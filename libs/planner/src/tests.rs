@@ -13,6 +13,7 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         members: 1,
         term: 1,
         switchover_to: None,
+        spread_clouds: false,
         deleted: false,
     }
 }
@@ -269,6 +270,50 @@ fn replicas_go_to_distinct_hosts_in_distinct_zones() {
 }
 
 #[test]
+fn spread_clusters_put_standbys_in_other_clouds() {
+    let mut world = World {
+        locations: vec![("a".into(), "r1".into()), ("b".into(), "r1".into())],
+        clusters: vec![ClusterIntent {
+            members: 2,
+            spread_clouds: true,
+            ..cluster("c1", 1)
+        }],
+        hosts: vec![host("h1", HostStatus::Running), host("h2", HostStatus::Running)],
+        ..Default::default()
+    };
+    // No host in cloud b yet: the primary goes to a, and a host is launched in b.
+    let p = plan(&world);
+    assert!(
+        p.contains(&Action::LaunchHost {
+            cloud: "b".into(),
+            region: "r1".into()
+        }),
+        "{p:?}"
+    );
+    assert_eq!(
+        p.iter().filter(|a| matches!(a, Action::CreateInstance { .. })).count(),
+        1,
+        "the standby waits for its cloud: {p:?}"
+    );
+    apply(&mut world, &p);
+    observe(&mut world);
+    let p = plan(&world);
+    let standby_host = p
+        .iter()
+        .find_map(|a| match a {
+            Action::CreateInstance {
+                host_id,
+                role: Role::Standby,
+                ..
+            } => Some(host_id.clone()),
+            _ => None,
+        })
+        .expect("a standby placed");
+    let h = world.hosts.iter().find(|h| h.id == standby_host).unwrap();
+    assert_eq!(h.cloud, "b");
+}
+
+#[test]
 fn members_without_room_launch_distinct_hosts() {
     let world = World {
         clusters: vec![ClusterIntent {
@@ -429,6 +474,7 @@ fn arb_world() -> impl Strategy<Value = World> {
         World {
             now: 10,
             observing_since: 0,
+            locations: vec![("a".into(), "r1".into()), ("b".into(), "r1".into())],
             clusters: cs
                 .iter()
                 .enumerate()
@@ -440,6 +486,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     members: *members,
                     term: 1,
                     switchover_to: None,
+                    spread_clouds: *members == 3,
                     deleted: *deleted,
                 })
                 .collect(),
