@@ -1337,6 +1337,16 @@ async fn with_the_control_plane_down_clients_keep_working_and_nothing_is_promote
         "clients kept committing while the control plane was down"
     );
     check_ledger(&uri, &acked);
+    let c = control.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the full replica count again", Duration::from_secs(90), || {
+            let shown: Value = serde_json::from_str(&c.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
+            let members = shown["members"].as_array().unwrap();
+            members.len() == 2 && members.iter().all(|m| m["state"] == "running")
+        });
+    })
+    .await
+    .unwrap();
     proxy.kill().unwrap();
     proxy.wait().unwrap();
 }

@@ -875,12 +875,13 @@ impl Store {
             .bind(cluster_id)
             .execute(&mut *tx)
             .await?;
+        insert_event(&mut tx, cluster_id, at, "failover_started", why).await?;
         insert_event(
             &mut tx,
             cluster_id,
             at,
             "promoted",
-            &format!("{to} is the primary of term {}: {why}", term + 1),
+            &format!("{to} is the primary of term {}", term + 1),
         )
         .await?;
         tx.commit().await?;
@@ -1123,7 +1124,12 @@ async fn insert_event(
     message: &str,
 ) -> Result<()> {
     use rand::Rng;
-    let id = format!("ev_{at:012}_{:08x}", rand::thread_rng().gen::<u32>());
+    // Ids sort in insertion order within a second (events of one transaction share `at`).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = format!("ev_{at:012}_{nanos:024}_{:04x}", rand::thread_rng().gen::<u16>());
     sqlx::query("INSERT INTO events (id, cluster_id, at, kind, message) VALUES ($1, $2, $3, $4, $5)")
         .bind(id)
         .bind(cluster_id)

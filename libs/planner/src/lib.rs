@@ -21,7 +21,7 @@ pub const HOST_LAUNCH_TIMEOUT_SECS: i64 = 120;
 
 /// A host silent for this long is considered gone (agents beat every second). Safe to
 /// keep short: failover also needs every standby to have lost the primary.
-pub const HOST_DEAD_SECS: i64 = 3;
+pub const HOST_DEAD_SECS: i64 = 2;
 
 /// A host silent for this long is given up: marked failed and terminated, so the
 /// standbys it held are replaced elsewhere.
