@@ -782,26 +782,8 @@ async fn losing_the_primary_host_fails_over_without_losing_an_acknowledged_commi
     let up = std::sync::Arc::new(up);
     let u = up.clone();
     let (uri, standby_id) = tokio::task::spawn_blocking(move || {
-        let out = u.cli_ok(&["cluster", "create", "ha", "--replicas", "1", "--wait"]);
-        let uri = out.lines().last().unwrap().trim().to_string();
-        let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
-        let standby = shown["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["role"] == "standby")
-            .unwrap()["instance_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        psql_ok(
-            &uri,
-            "create table ledger(id bigserial primary key, at timestamptz default now())",
-        );
-        let expected = format!("ANY 1 ({standby})");
-        wait_for("commits to wait for the standby", Duration::from_secs(30), || {
-            psql_ok(&uri, "show synchronous_standby_names") == expected
-        });
+        let (uri, shown) = ha_cluster(&u, "ha", 1);
+        let standby = member(&shown, "standby")["instance_id"].as_str().unwrap().to_string();
         (uri, standby)
     })
     .await
@@ -884,11 +866,7 @@ async fn losing_the_primary_host_fails_over_without_losing_an_acknowledged_commi
     // The cluster heals back to its replica count, and the events tell the story.
     let u = up.clone();
     tokio::task::spawn_blocking(move || {
-        wait_for("a replacement standby", Duration::from_secs(90), || {
-            let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
-            let members = shown["members"].as_array().unwrap();
-            members.len() == 2 && members.iter().all(|m| m["state"] == "running")
-        });
+        wait_members_running(&u, "ha", 2, "a replacement standby", Duration::from_secs(90));
         let events: Value = serde_json::from_str(&u.cli_ok(&["cluster", "events", "ha", "--output", "json"])).unwrap();
         let kinds: Vec<&str> = events
             .as_array()
@@ -910,23 +888,8 @@ async fn planned_switchover_under_load_loses_nothing() {
     let up = std::sync::Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
     let u = up.clone();
     let (uri, standby_id) = tokio::task::spawn_blocking(move || {
-        let out = u.cli_ok(&["cluster", "create", "ha", "--replicas", "1", "--wait"]);
-        let uri = out.lines().last().unwrap().trim().to_string();
-        let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
-        let standby = shown["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["role"] == "standby")
-            .unwrap()["instance_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        psql_ok(&uri, "create table ledger(id bigserial primary key)");
-        let expected = format!("ANY 1 ({standby})");
-        wait_for("commits to wait for the standby", Duration::from_secs(30), || {
-            psql_ok(&uri, "show synchronous_standby_names") == expected
-        });
+        let (uri, shown) = ha_cluster(&u, "ha", 1);
+        let standby = member(&shown, "standby")["instance_id"].as_str().unwrap().to_string();
         // A switchover to a member that is not a standby is refused.
         let out = u.cli(&["cluster", "switchover", "ha", "--to", "inst_nope"]);
         assert!(!out.status.success());
@@ -1031,6 +994,15 @@ fn postmaster_pid(dir: &std::path::Path) -> i32 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// Waits until the cluster has `n` members, all running.
+fn wait_members_running(up: &Up, name: &str, n: usize, what: &str, timeout: Duration) {
+    wait_for(what, timeout, || {
+        let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", name, "--output", "json"])).unwrap();
+        let members = shown["members"].as_array().unwrap();
+        members.len() == n && members.iter().all(|m| m["state"] == "running")
+    });
 }
 
 /// The postmaster `pid` and its children (from /proc), postmaster first.
@@ -1221,11 +1193,7 @@ async fn a_frozen_primary_is_replaced_and_never_acknowledges_another_write() {
     check_ledger(&uri, &acked);
     let u = up.clone();
     tokio::task::spawn_blocking(move || {
-        wait_for("the full replica count again", Duration::from_secs(90), || {
-            let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
-            let members = shown["members"].as_array().unwrap();
-            members.len() == 2 && members.iter().all(|m| m["state"] == "running")
-        });
+        wait_members_running(&u, "ha", 2, "the full replica count again", Duration::from_secs(90));
     })
     .await
     .unwrap();
@@ -1339,11 +1307,7 @@ async fn with_the_control_plane_down_clients_keep_working_and_nothing_is_promote
     check_ledger(&uri, &acked);
     let c = control.clone();
     tokio::task::spawn_blocking(move || {
-        wait_for("the full replica count again", Duration::from_secs(90), || {
-            let shown: Value = serde_json::from_str(&c.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
-            let members = shown["members"].as_array().unwrap();
-            members.len() == 2 && members.iter().all(|m| m["state"] == "running")
-        });
+        wait_members_running(&c, "ha", 2, "the full replica count again", Duration::from_secs(90));
     })
     .await
     .unwrap();

@@ -575,6 +575,21 @@ async fn resolve_project(state: &AppState, caller: &Caller, name: Option<&str>) 
         })
 }
 
+/// A cluster of the caller's org by id, or by name within `project` (`default`).
+async fn find_cluster(
+    state: &AppState,
+    caller: &Caller,
+    project: Option<&str>,
+    cluster: &str,
+) -> ApiResult<ClusterRow> {
+    let project = resolve_project(state, caller, project).await?;
+    state
+        .store
+        .find_cluster(&caller.org_id, &project.id, cluster)
+        .await
+        .map_err(store_err("cluster"))
+}
+
 #[utoipa::path(get, path = "/v1/clusters", responses((status = 200, body = [Cluster]), (status = 401, body = ErrorBody)))]
 async fn list_clusters(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<Vec<Cluster>>> {
     let rows = state
@@ -719,12 +734,7 @@ async fn get_cluster(
     ApiPath(cluster): ApiPath<String>,
     ApiQuery(q): ApiQuery<ProjectQuery>,
 ) -> ApiResult<Json<Cluster>> {
-    let project = resolve_project(&state, &caller, q.project.as_deref()).await?;
-    let c = state
-        .store
-        .find_cluster(&caller.org_id, &project.id, &cluster)
-        .await
-        .map_err(store_err("cluster"))?;
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     Ok(Json(cluster_view(&state, &c).await?))
 }
 
@@ -739,12 +749,7 @@ async fn update_cluster(
     ApiQuery(q): ApiQuery<ProjectQuery>,
     ApiJson(req): ApiJson<UpdateCluster>,
 ) -> ApiResult<Json<Cluster>> {
-    let project = resolve_project(&state, &caller, q.project.as_deref()).await?;
-    let c = state
-        .store
-        .find_cluster(&caller.org_id, &project.id, &cluster)
-        .await
-        .map_err(store_err("cluster"))?;
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     if c.deleted_at.is_some() {
         return Err(ApiError::not_found("cluster"));
     }
@@ -760,11 +765,7 @@ async fn update_cluster(
         state.notify();
         tracing::info!(cluster = %c.id, replicas, "replica count changed");
     }
-    let c = state
-        .store
-        .find_cluster(&caller.org_id, &project.id, &c.id)
-        .await
-        .map_err(store_err("cluster"))?;
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &c.id).await?;
     Ok(Json(cluster_view(&state, &c).await?))
 }
 
@@ -777,12 +778,7 @@ async fn delete_cluster(
     ApiPath(cluster): ApiPath<String>,
     ApiQuery(q): ApiQuery<ProjectQuery>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    let project = resolve_project(&state, &caller, q.project.as_deref()).await?;
-    let c = state
-        .store
-        .find_cluster(&caller.org_id, &project.id, &cluster)
-        .await
-        .map_err(store_err("cluster"))?;
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     let at = now();
     let op = OperationRow {
         id: auth::new_id("op"),
@@ -817,12 +813,7 @@ async fn switchover(
     ApiQuery(q): ApiQuery<ProjectQuery>,
     ApiJson(req): ApiJson<Switchover>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    let project = resolve_project(&state, &caller, q.project.as_deref()).await?;
-    let c = state
-        .store
-        .find_cluster(&caller.org_id, &project.id, &cluster)
-        .await
-        .map_err(store_err("cluster"))?;
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     if c.deleted_at.is_some() {
         return Err(ApiError::not_found("cluster"));
     }
@@ -884,12 +875,7 @@ async fn cluster_events(
     ApiPath(cluster): ApiPath<String>,
     ApiQuery(q): ApiQuery<ProjectQuery>,
 ) -> ApiResult<Json<Vec<ClusterEvent>>> {
-    let project = resolve_project(&state, &caller, q.project.as_deref()).await?;
-    let c = state
-        .store
-        .find_cluster(&caller.org_id, &project.id, &cluster)
-        .await
-        .map_err(store_err("cluster"))?;
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     let events = state.store.events(&c.id).await.map_err(store_err("events"))?;
     Ok(Json(
         events
