@@ -357,8 +357,10 @@ impl Instance {
             tracing::info!(instance = %self.id, term = spec.term, "promoted");
         }
         self.refresh_config(spec)?;
-        if self.applied.as_ref() != Some(spec) {
+        if self.applied.as_ref().is_none_or(|a| !same_roles(a, spec)) {
             self.apply(spec).await?;
+        } else {
+            self.applied = Some(spec.clone());
         }
         let Some(status) = self.check_status().await else {
             self.admin = None;
@@ -413,6 +415,15 @@ impl Instance {
         }
         Ok(())
     }
+}
+
+/// Whether two specs ask for the same roles and database (what `apply` creates).
+fn same_roles(a: &InstanceSpec, b: &InstanceSpec) -> bool {
+    a.role == b.role
+        && a.owner == b.owner
+        && a.owner_scram == b.owner_scram
+        && a.database == b.database
+        && a.replication_scram == b.replication_scram
 }
 
 /// The role standbys stream as; created on every primary with the cluster's verifier.
@@ -489,9 +500,10 @@ async fn supervise(
             },
             Command::Run(spec) => match tokio::select! {
                 r = inst.converge(&spec) => Some(r),
-                // A stop in the middle of a long create or start: give up on it; the
-                // next round stops whatever was started, and a later run creates again.
+                // A stop or a new command (a delete, a new spec) in the middle of a long
+                // step: give up on it; the next round starts from what is on disk.
                 _ = stop.changed() => None,
+                _ = cmd.changed() => None,
             } {
                 None => continue,
                 Some(Ok(state)) => {

@@ -442,7 +442,9 @@ pub async fn stop(pid: u32, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-/// Connects as the admin superuser over the local socket.
+/// Connects as the admin superuser over the local socket. Its commits do not wait for
+/// synchronous standbys (`synchronous_commit = local`): the agent's own catalog changes
+/// are idempotent and re-applied, and must never hang on a standby that is gone.
 pub async fn admin_connect(socket_dir: &Path, port: u16, database: &str) -> Result<sqlx::PgConnection> {
     use sqlx::ConnectOptions;
     let opts = sqlx::postgres::PgConnectOptions::new()
@@ -450,6 +452,7 @@ pub async fn admin_connect(socket_dir: &Path, port: u16, database: &str) -> Resu
         .port(port)
         .username(ADMIN_USER)
         .database(database)
+        .options([("synchronous_commit", "local")])
         .log_statements(tracing::log::LevelFilter::Trace);
     opts.connect().await.context("connect as admin over the local socket")
 }
