@@ -963,17 +963,14 @@ fn ha_cluster(up: &Up, name: &str, replicas: u32) -> (String, Value) {
     (uri, shown)
 }
 
+/// The first member of `shown` with this role.
 fn member<'a>(shown: &'a Value, role: &str) -> &'a Value {
     shown["members"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m[role_key(role)] == role)
+        .find(|m| m["role"] == role)
         .unwrap()
-}
-
-fn role_key(_: &str) -> &'static str {
-    "role"
 }
 
 fn pgdata(up: &Up, m: &Value) -> std::path::PathBuf {
