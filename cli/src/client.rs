@@ -193,6 +193,26 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// `YYYY-MM-DD HH:MM:SSZ` of Unix seconds (civil-from-days, proleptic Gregorian).
+fn utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -403,7 +423,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 return print_json(&events);
             }
             for e in events {
-                println!("{}  {:<18} {}", e.at, e.kind, e.message);
+                println!("{}  {:<18} {}", utc(e.at), e.kind, e.message);
             }
             Ok(())
         }
@@ -442,5 +462,15 @@ pub async fn org(cmd: OrgCommand) -> Result<()> {
             println!("admin API key (shown only now): {}", created.api_key.secret);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(super::utc(1_795_689_664), "2026-11-26 10:41:04Z");
     }
 }
