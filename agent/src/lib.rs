@@ -181,28 +181,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 
 /// PostgreSQL runs as another OS user and must be able to reach the host directory.
 fn check_traversable(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("resolve {}", dir.display()))?;
-    for anc in dir.ancestors().skip(1) {
-        let mode = std::fs::metadata(anc)
-            .with_context(|| format!("stat {}", anc.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o001 == 0 {
-            bail!(
-                "{} is not searchable by other users (mode {:o}), so the unprivileged PostgreSQL user cannot reach {}; use a data directory under /tmp or /var/lib, or chmod o+x it",
-                anc.display(),
-                mode & 0o777,
-                dir.display()
-            );
-        }
-    }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
-        .context("open host directory to PostgreSQL")?;
-    std::fs::set_permissions(dir.join("i"), std::fs::Permissions::from_mode(0o711))
-        .context("open instance directory to PostgreSQL")?;
+    let dir = highrise_pg::open_to_postgres(dir)?;
+    highrise_pg::open_to_postgres(&dir.join("i"))?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! Ctrl-C (or SIGTERM) stops everything it started; running it again on the same
 //! directory brings every cluster back with its data.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use highrise_control::{Control, ControlConfig};
 use highrise_provider::local::{default_clouds, LocalLand, LocalLandConfig};
 use std::io::Write;
@@ -81,20 +81,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn random_token() -> String {
-    use std::fmt::Write as _;
-    let mut bytes = [0u8; 32];
-    // /dev/urandom is always there on Linux; failing to read it is fatal anyway.
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut bytes);
-    }
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// PostgreSQL runs as an unprivileged user when we are root: it must reach the data dir.
 fn prepare_data_dir(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("create data directory {}", dir.display()))?;
@@ -102,19 +88,7 @@ fn prepare_data_dir(dir: &Path) -> Result<PathBuf> {
         .canonicalize()
         .with_context(|| format!("resolve {}", dir.display()))?;
     if nix::unistd::geteuid().is_root() {
-        use std::os::unix::fs::PermissionsExt;
-        for anc in dir.ancestors().skip(1) {
-            let mode = std::fs::metadata(anc)?.permissions().mode();
-            if mode & 0o001 == 0 {
-                bail!(
-                    "{} (mode {:o}) cannot be entered by the unprivileged PostgreSQL user; choose a --data-dir elsewhere (e.g. under /tmp or /var/lib) or chmod o+x it",
-                    anc.display(),
-                    mode & 0o777
-                );
-            }
-        }
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
-            .with_context(|| format!("chmod {}", dir.display()))?;
+        return highrise_pg::open_to_postgres(&dir).context("choose a --data-dir the PostgreSQL user can reach");
     }
     Ok(dir)
 }
@@ -202,7 +176,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         metadata_base_url: format!("http://{land_addr}"),
         notice_secs: args.spot_notice_secs,
     })?;
-    let proxy_token = secret_file(&dir.join("proxy-token"), random_token)?;
+    let proxy_token = secret_file(&dir.join("proxy-token"), || highrise_control::random_hex(32))?;
     let database_url = args
         .database_url
         .clone()
@@ -214,7 +188,6 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
                 public_url: api_url.clone(),
                 proxy_token: proxy_token.clone(),
                 proxy_public_addr: proxy_addr.to_string(),
-                endpoint_domain: domain.clone(),
             },
             land.clone(),
         )

@@ -341,7 +341,7 @@ async fn api_rejects_bad_input_and_isolates_orgs() {
         403,
     )
     .await;
-    // The same name in another org is fine; a duplicate in one project is a conflict.
+    // A duplicate name in one project is a conflict.
     let r = http
         .post(url("/v1/clusters"))
         .bearer_auth(&key)

@@ -15,7 +15,7 @@ use highrise_provider::Provider;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-pub use auth::{hash_secret, KEY_PREFIX};
+pub use auth::{hash_secret, random_hex, KEY_PREFIX};
 
 #[derive(Clone)]
 pub struct ControlConfig {
@@ -27,8 +27,6 @@ pub struct ControlConfig {
     pub proxy_token: String,
     /// `host:port` clients connect to (the proxy), for connection URIs.
     pub proxy_public_addr: String,
-    /// DNS suffix of endpoints for TLS/SNI (`<endpoint>.<domain>`).
-    pub endpoint_domain: String,
 }
 
 pub(crate) struct AppState {

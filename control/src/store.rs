@@ -239,6 +239,16 @@ fn instance(r: &AnyRow) -> Result<InstanceRow> {
     })
 }
 
+fn event(r: &AnyRow) -> Result<EventRow> {
+    Ok(EventRow {
+        id: r.try_get("id")?,
+        cluster_id: r.try_get("cluster_id")?,
+        at: r.try_get("at")?,
+        kind: r.try_get("kind")?,
+        message: r.try_get("message")?,
+    })
+}
+
 fn operation(r: &AnyRow) -> Result<OperationRow> {
     Ok(OperationRow {
         id: r.try_get("id")?,
@@ -932,22 +942,18 @@ impl Store {
                 .bind(cluster_id)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EventRow {
-                    id: r.try_get("id")?,
-                    cluster_id: r.try_get("cluster_id")?,
-                    at: r.try_get("at")?,
-                    kind: r.try_get("kind")?,
-                    message: r.try_get("message")?,
-                })
-            })
-            .collect()
+        rows.iter().map(event).collect()
     }
 
-    /// The most recent event of a kind for a cluster (to avoid repeating one).
+    /// The most recent event of a cluster (the executor does not repeat one).
     pub async fn last_event(&self, cluster_id: &str) -> Result<Option<EventRow>> {
-        Ok(self.events(cluster_id).await?.pop())
+        let row = sqlx::query(
+            "SELECT id, cluster_id, at, kind, message FROM events WHERE cluster_id = $1 ORDER BY at DESC, id DESC LIMIT 1",
+        )
+        .bind(cluster_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(event).transpose()
     }
 
     // --- operations --------------------------------------------------------------------

@@ -121,23 +121,20 @@ impl OnMiss {
             return;
         }
         *last = Some(std::time::Instant::now());
-        let res = self
-            .client
-            .get(format!("{}/v1/proxy/routes", self.cfg.control_url))
-            .bearer_auth(&self.cfg.token)
-            .send()
-            .await;
-        if let Ok(r) = res {
-            if let Ok(t) = r.error_for_status().map(|r| r.json::<RouteTable>()) {
-                if let Ok(t) = t.await {
-                    if t.version != cache.version() {
-                        if let Err(e) = persist(&self.cfg.cache_file, &t) {
-                            tracing::warn!("write route cache: {e}");
-                        }
-                        cache.replace(t);
-                    }
-                }
-            }
+        // A failed fetch leaves the cached table in place; the long-poll keeps trying.
+        let fetched = async {
+            self.client
+                .get(format!("{}/v1/proxy/routes", self.cfg.control_url))
+                .bearer_auth(&self.cfg.token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json::<RouteTable>()
+                .await
+        };
+        match fetched.await {
+            Ok(t) => install(cache, &self.cfg, t),
+            Err(e) => tracing::debug!("fetch routes on a miss: {e}"),
         }
     }
 }
@@ -174,13 +171,7 @@ pub(crate) async fn refresh(cache: RouteCache, cfg: ProxyConfig, stop: watch::Re
         match res {
             Ok(t) => {
                 failures = 0;
-                if t.version != known {
-                    tracing::debug!(routes = t.routes.len(), "routing table updated");
-                    if let Err(e) = persist(&cfg.cache_file, &t) {
-                        tracing::warn!("write route cache: {e}");
-                    }
-                    cache.replace(t);
-                }
+                install(&cache, &cfg, t);
             }
             Err(e) => {
                 failures += 1;
@@ -191,6 +182,18 @@ pub(crate) async fn refresh(cache: RouteCache, cfg: ProxyConfig, stop: watch::Re
             }
         }
     }
+}
+
+/// Takes a fetched table into use (and into the cache file) if it is new.
+fn install(cache: &RouteCache, cfg: &ProxyConfig, t: RouteTable) {
+    if t.version == cache.version() {
+        return;
+    }
+    tracing::debug!(routes = t.routes.len(), "routing table updated");
+    if let Err(e) = persist(&cfg.cache_file, &t) {
+        tracing::warn!("write route cache: {e}");
+    }
+    cache.replace(t);
 }
 
 fn persist(path: &Path, t: &RouteTable) -> std::io::Result<()> {

@@ -81,6 +81,32 @@ impl RunAs {
     }
 }
 
+/// Checks that the unprivileged PostgreSQL user can reach the existing directory `dir`
+/// (every ancestor searchable by others), then opens `dir` itself to it (mode 0711).
+/// Returns the canonical path.
+pub fn open_to_postgres(dir: &Path) -> Result<PathBuf> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolve {}", dir.display()))?;
+    for anc in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(anc)
+            .with_context(|| format!("stat {}", anc.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            bail!(
+                "{} (mode {:o}) cannot be entered by the unprivileged PostgreSQL user, so it cannot reach {}; use a directory under /tmp or /var/lib, or chmod o+x it",
+                anc.display(),
+                mode & 0o777,
+                dir.display()
+            );
+        }
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// Makes `path` (a directory) owned by the PostgreSQL user with mode `mode`.
 pub fn own_dir(path: &Path, run_as: Option<RunAs>, mode: u32) -> Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("create {}", path.display()))?;
