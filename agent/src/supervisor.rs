@@ -245,6 +245,7 @@ impl Instance {
             replication_user: (!standby).then(|| REPL_USER.to_string()),
             synchronous_standby_names: sync,
             primary_conninfo: conninfo,
+            recovery: None,
         }
     }
 

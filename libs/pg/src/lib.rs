@@ -188,6 +188,17 @@ pub struct ServerConfig {
     pub synchronous_standby_names: String,
     /// A standby's `primary_conninfo`.
     pub primary_conninfo: Option<String>,
+    /// Archive recovery from WAL already placed in `pg_wal` (a restore), up to a target.
+    pub recovery: Option<Recovery>,
+}
+
+/// Where a restore's archive recovery stops; the end of the WAL when both are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// `recovery_target_time`, e.g. `2026-11-26 12:00:00+00`.
+    pub target_time: Option<String>,
+    /// `recovery_target_lsn`, e.g. `0/3000060`.
+    pub target_lsn: Option<String>,
 }
 
 pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -> Result<()> {
@@ -224,12 +235,28 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
          # TYPE  DATABASE  USER  ADDRESS  METHOD\n",
     );
     hba.push_str(&format!("local   all       {ADMIN_USER}  trust\n"));
+    // The agent's WAL archiver streams over the local socket.
+    hba.push_str(&format!("local   replication  {ADMIN_USER}  trust\n"));
     if let Some(user) = &cfg.replication_user {
         hba.push_str(&format!("host    replication  {user}  0.0.0.0/0  scram-sha-256\n"));
     }
     for (user, db) in &cfg.tcp_logins {
         hba.push_str(&format!("host    {db}  {user}  0.0.0.0/0  scram-sha-256\n"));
         hba.push_str(&format!("host    {db}  {user}  ::/0  scram-sha-256\n"));
+    }
+    let mut conf = conf;
+    if let Some(r) = &cfg.recovery {
+        // The restore placed every segment in pg_wal already; the archive has nothing more.
+        conf.push_str(
+            "restore_command = 'false'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n",
+        );
+        if let Some(t) = &r.target_time {
+            conf.push_str(&format!("recovery_target_time = {}\n", quote_literal(t)));
+        }
+        if let Some(l) = &r.target_lsn {
+            conf.push_str(&format!("recovery_target_lsn = {}\n", quote_literal(l)));
+        }
+        write_owned(&datadir.join("recovery.signal"), "", run_as)?;
     }
     write_owned(&datadir.join("highrise.conf"), &conf, run_as)?;
     write_owned(&datadir.join("pg_hba.conf"), &hba, run_as)?;
@@ -362,6 +389,51 @@ pub fn basebackup(
     run(cmd, "pg_basebackup")?;
     let signal = datadir.join("standby.signal");
     write_owned(&signal, "", run_as)
+}
+
+/// Hands a restored data directory to the PostgreSQL user (every file, mode 0700 on the
+/// top directory, as PostgreSQL demands).
+pub fn chown_tree(dir: &Path, run_as: Option<RunAs>) -> Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod {}", dir.display()))?;
+    let Some(r) = run_as else { return Ok(()) };
+    fn walk(p: &Path, r: RunAs) -> Result<()> {
+        nix::unistd::chown(p, Some(r.uid.into()), Some(r.gid.into()))
+            .with_context(|| format!("chown {}", p.display()))?;
+        if p.symlink_metadata()
+            .with_context(|| format!("stat {}", p.display()))?
+            .is_dir()
+        {
+            for e in std::fs::read_dir(p).with_context(|| format!("read {}", p.display()))? {
+                walk(&e.with_context(|| format!("read {}", p.display()))?.path(), r)?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir, r)
+}
+
+/// Starts `pg_basebackup` writing a tar of the server listening on `socket_dir`/`port`
+/// to its stdout (no WAL: the archive has it; PostgreSQL's manifest appended).
+pub fn basebackup_stream(
+    bin: &PgBin,
+    socket_dir: &Path,
+    port: u16,
+    run_as: Option<RunAs>,
+) -> Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(bin.path("pg_basebackup"));
+    cmd.arg("-h")
+        .arg(socket_dir)
+        .args(["-p", &port.to_string(), "-U", ADMIN_USER])
+        .args(["-D", "-", "-F", "tar", "-X", "none", "-c", "fast", "--no-password"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(r) = run_as {
+        cmd.uid(r.uid).gid(r.gid);
+    }
+    cmd.spawn().context("spawn pg_basebackup")
 }
 
 /// What a running server says of itself.
