@@ -7,10 +7,11 @@
 //! stops and deletes. It reports what it observes in heartbeats. With the control plane
 //! down it keeps running what it last knew (static stability).
 
+mod durability;
 mod supervisor;
 
 use anyhow::{bail, Context, Result};
-use highrise_api::{DesiredState, Heartbeat, ObservedInstance, RegisterHost, Registered};
+use highrise_api::{BackupReport, DesiredState, Heartbeat, ObservedInstance, RegisterHost, Registered};
 use highrise_pg::{PgBin, RunAs};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,14 @@ pub(crate) struct Shared {
     pub observed: Mutex<BTreeMap<String, ObservedInstance>>,
     pub observed_changed: Notify,
     pub template: tokio::sync::OnceCell<Result<PathBuf, String>>,
+    /// Finished base backups, reported until the desired state stops asking for them.
+    pub backups: Mutex<BTreeMap<String, BackupReport>>,
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Shared {
@@ -50,6 +59,27 @@ impl Shared {
             drop(map);
             self.observed_changed.notify_one();
         }
+    }
+
+    pub fn report_backup(&self, r: BackupReport) {
+        self.backups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.id.clone(), r);
+        self.observed_changed.notify_one();
+    }
+
+    /// Whether backup `id` was taken already (its report is waiting to be acknowledged).
+    pub fn backup_reported(&self, id: &str) -> bool {
+        self.backups.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+    }
+
+    /// Drops reports of backups the desired state no longer asks for (acknowledged).
+    pub fn retain_backups(&self, wanted: &[&str]) {
+        self.backups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| wanted.contains(&id.as_str()));
     }
 
     pub fn forget(&self, id: &str) {
@@ -126,6 +156,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         observed: Mutex::new(BTreeMap::new()),
         observed_changed: Notify::new(),
         template: tokio::sync::OnceCell::new(),
+        backups: Mutex::new(BTreeMap::new()),
     });
     // Prepare the template before anyone asks for it.
     {
@@ -330,11 +361,18 @@ async fn heartbeats(
             .values()
             .cloned()
             .collect();
+        let backups: Vec<BackupReport> = shared
+            .backups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let res = client
             .post(format!("{}/v1/agent/heartbeat", cfg.control_url))
             .bearer_auth(&token)
             .timeout(Duration::from_secs(5))
-            .json(&Heartbeat { instances })
+            .json(&Heartbeat { instances, backups })
             .send()
             .await;
         match res {

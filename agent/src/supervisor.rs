@@ -6,6 +6,7 @@
 //! restarts it when it dies, and — when the instance leaves the desired state — stops it
 //! and removes its directory. On agent shutdown it stops PostgreSQL and keeps the data.
 
+use crate::durability::{self, Archiver};
 use crate::{write_atomic, Shared};
 use anyhow::{bail, Context, Result};
 use highrise_api::{DesiredState, InstanceSpec, InstanceState, ObservedInstance};
@@ -56,6 +57,8 @@ pub async fn converge(
                 }
             }
             let wanted: Vec<&str> = d.instances.iter().map(|s| s.id.as_str()).collect();
+            let backups: Vec<&str> = d.instances.iter().filter_map(|s| s.backup.as_deref()).collect();
+            shared.retain_backups(&backups);
             for (id, (tx, _)) in tasks.iter() {
                 if !wanted.contains(&id.as_str()) {
                     tx.send_if_modified(|c| {
@@ -115,6 +118,12 @@ struct Instance {
     /// The last health check's view of the server.
     status: Option<highrise_pg::Status>,
     admin: Option<sqlx::PgConnection>,
+    /// A primary's WAL archiver.
+    archiver: Option<Archiver>,
+    /// The base backup being taken (its id).
+    backup: Option<(String, JoinHandle<()>)>,
+    /// Archive recovery settings for the next start (a restore).
+    recovery: Option<highrise_pg::Recovery>,
 }
 
 impl Instance {
@@ -147,6 +156,9 @@ impl Instance {
             running_sync: Vec::new(),
             status: None,
             admin: None,
+            archiver: None,
+            backup: None,
+            recovery: None,
         }
     }
 
@@ -177,6 +189,8 @@ impl Instance {
             streaming: status.map(|s| s.streaming),
             sync_standbys: self.running_sync.clone(),
             term: self.applied.as_ref().map_or(0, |s| s.term),
+            archived_lsn: self.archiver.as_ref().and_then(|a| a.status.borrow().archived),
+            archive_error: self.archiver.as_ref().and_then(|a| a.status.borrow().error.clone()),
         }
     }
 
@@ -198,6 +212,12 @@ impl Instance {
             })
             .await
             .context("base backup task")??;
+        } else if let Some(r) = &spec.restore {
+            durability::restore(&shared, r, &pgdata).await?;
+            self.recovery = Some(highrise_pg::Recovery {
+                target_time: r.target_time.clone(),
+                target_lsn: r.target_lsn.clone(),
+            });
         } else {
             let template = shared.template().await;
             tokio::task::spawn_blocking(move || match template {
@@ -222,7 +242,15 @@ impl Instance {
 
     fn server_config(&self, spec: &InstanceSpec) -> highrise_pg::ServerConfig {
         let standby = spec.role == "standby";
-        let sync = if !standby && spec.sync_quorum > 0 && !spec.sync_standbys.is_empty() {
+        let quorum = !standby && spec.sync_quorum > 0 && !spec.sync_standbys.is_empty();
+        let sync = if !standby && spec.durability == "sync" && spec.storage.is_some() {
+            // The archiver first: with it connected, a commit waits for object storage
+            // and for `sync_quorum` standbys; without it, for one standby more.
+            let mut names = vec![highrise_backup::archiver::APPLICATION_NAME.to_string()];
+            names.extend(spec.sync_standbys.iter().cloned());
+            let k = 1 + if quorum { spec.sync_quorum } else { 0 };
+            format!("FIRST {k} ({})", names.join(", "))
+        } else if quorum {
             format!("ANY {} ({})", spec.sync_quorum, spec.sync_standbys.join(", "))
         } else {
             String::new()
@@ -252,16 +280,46 @@ impl Instance {
     async fn start(&mut self, spec: &InstanceSpec) -> Result<()> {
         let shared = Arc::clone(&self.shared);
         highrise_pg::own_dir(&self.socket_dir, shared.run_as, 0o700)?;
-        let cfg = self.server_config(spec);
+        let mut cfg = self.server_config(spec);
+        // A restore's archive recovery: once, on the first start.
+        cfg.recovery = self.recovery.take();
+        let recovering = cfg.recovery.is_some();
+        let timeout = Duration::from_secs(if recovering { 3600 } else { 60 });
         highrise_pg::write_config(&self.pgdata, &cfg, shared.run_as)?;
+        cfg.recovery = None;
         let pid = highrise_pg::start(&shared.bin, &self.pgdata, &self.log, shared.run_as)?;
         self.pid = Some(pid);
-        highrise_pg::wait_ready(&self.pgdata, pid, &self.log, Duration::from_secs(60)).await?;
+        highrise_pg::wait_ready(&self.pgdata, pid, &self.log, timeout).await?;
+        if recovering {
+            self.wait_recovered(pid).await?;
+        }
         self.applied = None;
         self.applied_config = Some(config_key(&cfg));
         self.running_sync = sync_members(spec);
         self.admin = None;
         Ok(())
+    }
+
+    /// Waits until a restore's archive recovery has ended and the server was promoted (it
+    /// takes read-only connections before that).
+    async fn wait_recovered(&mut self, pid: u32) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        loop {
+            if highrise_pg::running_pid(&self.pgdata) != Some(pid) {
+                bail!("postgres exited during recovery: {}", highrise_pg::log_tail(&self.log));
+            }
+            if self.check_status().await.is_some_and(|s| !s.in_recovery) {
+                tracing::info!(instance = %self.id, "recovery finished; promoted");
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "recovery still running after an hour: {}",
+                    highrise_pg::log_tail(&self.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Rewrites the configuration and reloads when the parts that follow the cluster
@@ -300,6 +358,7 @@ impl Instance {
         // Drained for a switchover: stop (fast shutdown, so every connected standby gets
         // all of the WAL) and stay stopped.
         if spec.stopped {
+            self.stop_archiver().await;
             if self.pid.is_some() || highrise_pg::running_pid(&self.pgdata).is_some() {
                 tracing::info!(instance = %self.id, "stopping for a switchover");
                 self.stop().await?;
@@ -369,7 +428,63 @@ impl Instance {
             return Ok(InstanceState::Unhealthy);
         };
         self.status = Some(status);
+        if spec.role == "primary" && !status.in_recovery {
+            self.ensure_archiver(spec).await;
+            self.ensure_backup(spec);
+        } else {
+            self.stop_archiver().await;
+        }
         Ok(InstanceState::Running)
+    }
+
+    /// Keeps one archiver running with the spec's term, storage and durability.
+    async fn ensure_archiver(&mut self, spec: &InstanceSpec) {
+        let Some(storage) = &spec.storage else {
+            return self.stop_archiver().await;
+        };
+        let key = (spec.term, storage.clone(), spec.durability.clone());
+        if self.archiver.as_ref().is_some_and(|a| a.key == key) {
+            return;
+        }
+        self.stop_archiver().await;
+        let socket = self.socket_dir.join(format!(".s.PGSQL.{}", self.local.port));
+        match Archiver::start(key, &socket) {
+            Ok(a) => self.archiver = Some(a),
+            Err(e) => tracing::error!(instance = %self.id, "start WAL archiving: {e:#}"),
+        }
+    }
+
+    async fn stop_archiver(&mut self) {
+        if let Some(a) = self.archiver.take() {
+            a.shutdown().await;
+        }
+    }
+
+    /// Starts the base backup the spec asks for, once.
+    fn ensure_backup(&mut self, spec: &InstanceSpec) {
+        let (Some(id), Some(storage), Some(archiver)) = (&spec.backup, &spec.storage, &self.archiver) else {
+            return;
+        };
+        if self.backup.as_ref().is_some_and(|(b, h)| b == id && !h.is_finished()) || self.shared.backup_reported(id) {
+            return;
+        }
+        tracing::info!(instance = %self.id, backup = %id, "taking a base backup");
+        let shared = Arc::clone(&self.shared);
+        let task = durability::take_backup(
+            Arc::clone(&shared),
+            id.clone(),
+            storage.clone(),
+            self.socket_dir.clone(),
+            self.local.port,
+            archiver.status.clone(),
+        );
+        self.backup = Some((
+            id.clone(),
+            tokio::spawn(async move {
+                let report = task.await;
+                shared.report_backup(report);
+            }),
+        ));
     }
 
     /// The server's view of itself, or `None` if it does not answer within 3 s (a hung
@@ -398,6 +513,10 @@ impl Instance {
 
     async fn stop(&mut self) -> Result<()> {
         self.admin = None;
+        self.stop_archiver().await;
+        if let Some((_, h)) = self.backup.take() {
+            h.abort();
+        }
         let pid = self.pid.take().or_else(|| highrise_pg::running_pid(&self.pgdata));
         if let Some(pid) = pid {
             highrise_pg::stop(pid, Duration::from_secs(30)).await?;

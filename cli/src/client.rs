@@ -8,8 +8,8 @@
 use crate::up::{default_client_config_path, ClientConfig};
 use anyhow::{bail, Context, Result};
 use highrise_api::{
-    Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster, CreatedOrg, ErrorBody, Operation, OperationStatus,
-    Switchover, UpdateCluster,
+    Backup, BackupPolicy, BackupVerification, Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster,
+    CreatedOrg, ErrorBody, Operation, OperationStatus, RestoreFrom, Switchover, UpdateCluster,
 };
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -56,7 +56,43 @@ pub enum ClusterCommand {
         /// Put the standbys in other clouds than the primary.
         #[arg(long)]
         spread_clouds: bool,
+        /// async (WAL in object storage within about a second) or sync (commits wait for it).
+        #[arg(long)]
+        durability: Option<String>,
+        #[command(flatten)]
+        policy: PolicyArgs,
         /// Wait until the cluster answers queries; the last line printed is its URI.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Create a new cluster from another one's backups and WAL in object storage (also
+    /// of a deleted cluster, also in another cloud).
+    Restore {
+        /// Name of the new cluster.
+        name: String,
+        /// The cluster to restore from.
+        #[arg(long)]
+        from: String,
+        /// Recover up to this time (RFC 3339 in UTC, or Unix seconds); the end of the
+        /// archived WAL when neither --time nor --lsn is given.
+        #[arg(long, conflicts_with = "lsn")]
+        time: Option<String>,
+        /// Recover up to this WAL position (X/Y).
+        #[arg(long)]
+        lsn: Option<String>,
+        #[arg(long)]
+        cloud: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        replicas: Option<u32>,
+        #[arg(long)]
+        durability: Option<String>,
+        /// Wait until the restored cluster answers queries.
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -73,11 +109,16 @@ pub enum ClusterCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Change a cluster (its number of standbys).
+    /// Change a cluster: its number of standbys, durability, backup policy.
     Update {
         name: String,
         #[arg(long)]
         replicas: Option<u32>,
+        /// async or sync.
+        #[arg(long)]
+        durability: Option<String>,
+        #[command(flatten)]
+        policy: PolicyArgs,
         #[command(flatten)]
         conn: Conn,
     },
@@ -105,6 +146,60 @@ pub enum ClusterCommand {
         /// Wait until the instance and its data are gone.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Base backup schedule and retention; unset parts keep their current (or default) value.
+#[derive(clap::Args, Clone, Default)]
+pub struct PolicyArgs {
+    /// Seconds between scheduled base backups.
+    #[arg(long)]
+    backup_interval: Option<i64>,
+    /// Keep at least this many backups.
+    #[arg(long)]
+    retain_count: Option<u32>,
+    /// Keep every backup younger than this many days.
+    #[arg(long)]
+    retain_days: Option<u32>,
+}
+
+impl PolicyArgs {
+    fn merge(&self, base: BackupPolicy) -> Option<BackupPolicy> {
+        if self.backup_interval.is_none() && self.retain_count.is_none() && self.retain_days.is_none() {
+            return None;
+        }
+        Some(BackupPolicy {
+            interval_seconds: self.backup_interval.unwrap_or(base.interval_seconds),
+            retain_count: self.retain_count.unwrap_or(base.retain_count),
+            retain_days: self.retain_days.unwrap_or(base.retain_days),
+        })
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum BackupCommand {
+    /// List a cluster's base backups (also of a deleted cluster).
+    List {
+        cluster: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Take a base backup now.
+    Create {
+        cluster: String,
+        /// Wait until the backup is complete.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Read a backup back and check every checksum (the newest without --id).
+    Verify {
+        cluster: String,
+        #[arg(long)]
+        id: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -176,11 +271,49 @@ impl Api {
     }
 
     fn cluster_path(&self, name: &str, project: &Option<String>) -> String {
-        let mut p = format!("{}/v1/clusters/{}", self.url, urlencode(name));
+        self.cluster_sub(name, project, "")
+    }
+
+    /// `/v1/clusters/<name><suffix>[?project=…]`.
+    fn cluster_sub(&self, name: &str, project: &Option<String>, suffix: &str) -> String {
+        let mut p = format!("{}/v1/clusters/{}{suffix}", self.url, urlencode(name));
         if let Some(project) = project {
             p.push_str(&format!("?project={}", urlencode(project)));
         }
         p
+    }
+
+    async fn create_cluster(&self, body: &CreateCluster, wait: bool, conn: &Conn) -> Result<()> {
+        let name = &body.name;
+        let mut created: CreatedCluster = self
+            .send(self.http.post(format!("{}/v1/clusters", self.url)).json(body))
+            .await?;
+        if wait {
+            let what = if body.restore.is_some() {
+                "restoring"
+            } else {
+                "creating"
+            };
+            wait_operation(self, &created.operation, &format!("{what} {name}")).await?;
+            created.cluster = self
+                .send(self.http.get(self.cluster_path(&created.cluster.id, &conn.project)))
+                .await?;
+        }
+        if conn.output == Output::Json {
+            return print_json(&created);
+        }
+        println!(
+            "cluster {} ({}) {}",
+            created.cluster.name,
+            created.cluster.id,
+            if wait { "is running" } else { "is being created" }
+        );
+        println!(
+            "password of {} (shown only now): {}",
+            created.cluster.user, created.password
+        );
+        println!("{}", created.connection_uri);
+        Ok(())
     }
 }
 
@@ -273,6 +406,18 @@ fn show_cluster(c: &Cluster) {
     );
     println!("endpoint:   {}", c.endpoint);
     println!("term:       {}", c.term);
+    println!(
+        "durability: {}  (base backup every {} s, keep {} / {} days)",
+        c.durability, c.backup_policy.interval_seconds, c.backup_policy.retain_count, c.backup_policy.retain_days
+    );
+    if let Some(a) = &c.archive {
+        println!(
+            "archive:    WAL stored up to {}, {} behind{}",
+            a.archived_lsn.as_deref().unwrap_or("-"),
+            a.lag_bytes.map_or_else(|| "?".to_string(), |b| format!("{b} B")),
+            a.error.as_ref().map(|e| format!("; failing: {e}")).unwrap_or_default()
+        );
+    }
     println!("connect:    {}", c.connection_uri);
     if !c.members.is_empty() {
         println!("members:");
@@ -304,12 +449,14 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             replicas,
             spot,
             spread_clouds,
+            durability,
+            policy,
             wait,
             conn,
         } => {
             let api = Api::from(&conn)?;
             let body = CreateCluster {
-                name: name.clone(),
+                name,
                 project: conn.project.clone(),
                 cloud,
                 region,
@@ -318,31 +465,41 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 replicas,
                 spot: spot.then_some(true),
                 spread_clouds: spread_clouds.then_some(true),
+                durability,
+                backup_policy: policy.merge(BackupPolicy::default()),
+                restore: None,
             };
-            let mut created: CreatedCluster = api
-                .send(api.http.post(format!("{}/v1/clusters", api.url)).json(&body))
-                .await?;
-            if wait {
-                wait_operation(&api, &created.operation, &format!("creating {name}")).await?;
-                created.cluster = api
-                    .send(api.http.get(api.cluster_path(&created.cluster.id, &conn.project)))
-                    .await?;
-            }
-            if conn.output == Output::Json {
-                return print_json(&created);
-            }
-            println!(
-                "cluster {} ({}) {}",
-                created.cluster.name,
-                created.cluster.id,
-                if wait { "is running" } else { "is being created" }
-            );
-            println!(
-                "password of {} (shown only now): {}",
-                created.cluster.user, created.password
-            );
-            println!("{}", created.connection_uri);
-            Ok(())
+            api.create_cluster(&body, wait, &conn).await
+        }
+        ClusterCommand::Restore {
+            name,
+            from,
+            time,
+            lsn,
+            cloud,
+            region,
+            plan,
+            replicas,
+            durability,
+            wait,
+            conn,
+        } => {
+            let api = Api::from(&conn)?;
+            let body = CreateCluster {
+                name,
+                project: conn.project.clone(),
+                cloud,
+                region,
+                plan,
+                pg_version: None,
+                replicas,
+                spot: None,
+                spread_clouds: None,
+                durability,
+                backup_policy: None,
+                restore: Some(RestoreFrom { from, time, lsn }),
+            };
+            api.create_cluster(&body, wait, &conn).await
         }
         ClusterCommand::List { conn } => {
             let api = Api::from(&conn)?;
@@ -376,14 +533,28 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             show_cluster(&c);
             Ok(())
         }
-        ClusterCommand::Update { name, replicas, conn } => {
+        ClusterCommand::Update {
+            name,
+            replicas,
+            durability,
+            policy,
+            conn,
+        } => {
             let api = Api::from(&conn)?;
+            let backup_policy = match policy.merge(BackupPolicy::default()) {
+                Some(_) => {
+                    let cur: Cluster = api.send(api.http.get(api.cluster_path(&name, &conn.project))).await?;
+                    policy.merge(cur.backup_policy)
+                }
+                None => None,
+            };
+            let body = UpdateCluster {
+                replicas,
+                durability,
+                backup_policy,
+            };
             let c: Cluster = api
-                .send(
-                    api.http
-                        .patch(api.cluster_path(&name, &conn.project))
-                        .json(&UpdateCluster { replicas }),
-                )
+                .send(api.http.patch(api.cluster_path(&name, &conn.project)).json(&body))
                 .await?;
             if conn.output == Output::Json {
                 return print_json(&c);
@@ -393,10 +564,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
         }
         ClusterCommand::Switchover { name, to, wait, conn } => {
             let api = Api::from(&conn)?;
-            let path = match api.cluster_path(&name, &conn.project).split_once('?') {
-                Some((p, q)) => format!("{p}/switchover?{q}"),
-                None => format!("{}/switchover", api.cluster_path(&name, &conn.project)),
-            };
+            let path = api.cluster_sub(&name, &conn.project, "/switchover");
             let mut op: Operation = api.send(api.http.post(path).json(&Switchover { to })).await?;
             if wait {
                 op = wait_operation(&api, &op, &format!("switching {name} over")).await?;
@@ -413,11 +581,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
         }
         ClusterCommand::Events { name, conn } => {
             let api = Api::from(&conn)?;
-            let mut path = api.cluster_path(&name, &conn.project);
-            path = match path.split_once('?') {
-                Some((p, q)) => format!("{p}/events?{q}"),
-                None => format!("{path}/events"),
-            };
+            let path = api.cluster_sub(&name, &conn.project, "/events");
             let events: Vec<ClusterEvent> = api.send(api.http.get(path)).await?;
             if conn.output == Output::Json {
                 return print_json(&events);
@@ -443,6 +607,102 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 if wait { "deleted" } else { "is being deleted" },
                 op.id
             );
+            Ok(())
+        }
+    }
+}
+
+fn show_backups(list: &[Backup]) {
+    println!(
+        "{:<26} {:<9} {:<9} {:<20} {:>10} {:>10}  WAL",
+        "ID", "KIND", "STATUS", "FINISHED", "SIZE MB", "STORED MB"
+    );
+    for b in list {
+        let mb = |v: Option<u64>| v.map_or_else(|| "-".into(), |v| format!("{:.1}", v as f64 / 1e6));
+        println!(
+            "{:<26} {:<9} {:<9} {:<20} {:>10} {:>10}  {}",
+            b.id,
+            b.kind,
+            b.status,
+            b.finished_at.map_or_else(|| "-".into(), utc),
+            mb(b.size_bytes),
+            mb(b.stored_bytes),
+            match (&b.start_lsn, &b.end_lsn) {
+                (Some(s), Some(e)) => format!("{s} – {e}"),
+                _ => b.error.clone().unwrap_or_default(),
+            }
+        );
+    }
+}
+
+pub async fn backup(cmd: BackupCommand) -> Result<()> {
+    match cmd {
+        BackupCommand::List { cluster, conn } => {
+            let api = Api::from(&conn)?;
+            let list: Vec<Backup> = api
+                .send(api.http.get(api.cluster_sub(&cluster, &conn.project, "/backups")))
+                .await?;
+            if conn.output == Output::Json {
+                return print_json(&list);
+            }
+            show_backups(&list);
+            Ok(())
+        }
+        BackupCommand::Create { cluster, wait, conn } => {
+            let api = Api::from(&conn)?;
+            let path = api.cluster_sub(&cluster, &conn.project, "/backups");
+            let mut b: Backup = api.send(api.http.post(&path)).await?;
+            let started = Instant::now();
+            while wait && b.status == "pending" {
+                if started.elapsed() > Duration::from_secs(3600) {
+                    bail!("backup {} still pending after an hour", b.id);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let list: Vec<Backup> = api.send(api.http.get(&path)).await?;
+                b = list
+                    .into_iter()
+                    .find(|x| x.id == b.id)
+                    .with_context(|| format!("backup {} disappeared", b.id))?;
+            }
+            if b.status == "failed" {
+                bail!("backup {} failed: {}", b.id, b.error.unwrap_or_default());
+            }
+            if conn.output == Output::Json {
+                return print_json(&b);
+            }
+            show_backups(&[b]);
+            Ok(())
+        }
+        BackupCommand::Verify { cluster, id, conn } => {
+            let api = Api::from(&conn)?;
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    let list: Vec<Backup> = api
+                        .send(api.http.get(api.cluster_sub(&cluster, &conn.project, "/backups")))
+                        .await?;
+                    list.into_iter()
+                        .rev()
+                        .find(|b| b.status == "complete")
+                        .map(|b| b.id)
+                        .with_context(|| format!("cluster {cluster} has no complete backup"))?
+                }
+            };
+            let suffix = format!("/backups/{}/verify", urlencode(&id));
+            let v: BackupVerification = api
+                .send(api.http.post(api.cluster_sub(&cluster, &conn.project, &suffix)))
+                .await?;
+            if conn.output == Output::Json {
+                print_json(&v)?;
+            } else if v.ok {
+                println!(
+                    "backup {}: every checksum matches ({} bytes read)",
+                    v.backup, v.checked_bytes
+                );
+            }
+            if !v.ok {
+                bail!("backup {} is damaged: {}", v.backup, v.error.unwrap_or_default());
+            }
             Ok(())
         }
     }

@@ -30,6 +30,9 @@ enum Command {
     /// Manage clusters.
     #[command(subcommand)]
     Cluster(client::ClusterCommand),
+    /// Base backups of a cluster (list, take, verify).
+    #[command(subcommand)]
+    Backup(client::BackupCommand),
     /// Manage orgs (operator key only).
     #[command(subcommand)]
     Org(client::OrgCommand),
@@ -136,6 +139,7 @@ fn main() -> std::process::ExitCode {
                 .await
             }
             Command::Cluster(c) => client::cluster(c).await,
+            Command::Backup(c) => client::backup(c).await,
             Command::Org(c) => client::org(c).await,
         }
     });

@@ -33,6 +33,21 @@ pub struct UpArgs {
     /// Where to write the client config (API URL + admin key) that client commands read.
     #[arg(long, env = "HIGHRISE_CONFIG")]
     client_config: Option<PathBuf>,
+    /// Object storage for WAL and backups: `file:///dir`, `s3://bucket`, `az://container`;
+    /// `<data-dir>/objects` when omitted.
+    #[arg(long, env = "HIGHRISE_STORAGE_URL")]
+    storage_url: Option<String>,
+    /// A client option of the object store, `key=value` (repeat), e.g.
+    /// `aws_endpoint=http://127.0.0.1:9000`, `azure_storage_use_emulator=true`.
+    #[arg(long = "storage-option", value_parser = parse_option)]
+    storage_options: Vec<(String, String)>,
+}
+
+fn parse_option(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
 }
 
 /// The client config file: the API URL and a key.
@@ -181,6 +196,22 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.join("control.db").display()));
+    // The master key wraps every tenant's data key; it lives beside, not in, the
+    // metadata store (or comes from the environment).
+    let master_key = match std::env::var("HIGHRISE_MASTER_KEY") {
+        Ok(k) => k,
+        Err(_) => secret_file(&dir.join("master.key"), || highrise_control::random_hex(32))?,
+    };
+    let storage_url = match &args.storage_url {
+        Some(u) => u.clone(),
+        None => {
+            let objects = dir.join("objects");
+            std::fs::create_dir_all(&objects).with_context(|| format!("create {}", objects.display()))?;
+            url::Url::from_directory_path(&objects)
+                .map_err(|_| anyhow::anyhow!("{} is not an absolute path", objects.display()))?
+                .to_string()
+        }
+    };
     let control = Arc::new(
         Control::open(
             ControlConfig {
@@ -188,6 +219,11 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
                 public_url: api_url.clone(),
                 proxy_token: proxy_token.clone(),
                 proxy_public_addr: proxy_addr.to_string(),
+                storage: highrise_control::durability::StorageConfig {
+                    url: storage_url,
+                    options: args.storage_options.iter().cloned().collect(),
+                },
+                master_key,
             },
             land.clone(),
         )

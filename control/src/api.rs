@@ -5,6 +5,8 @@
 //! plane themselves — the reconciler does, from what they record. Every error is an
 //! [`ErrorBody`] with a 4xx/5xx status; internal details are logged, not returned.
 
+mod backups;
+
 use crate::auth::{self, Caller};
 use crate::store::{self, now, ClusterRow, OperationRow, ProjectRow, StoreError};
 use crate::AppState;
@@ -339,6 +341,23 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
         replicas: u32::try_from(c.replicas).unwrap_or(0),
         spot: c.spot,
         spread_clouds: c.spread_clouds,
+        durability: c.durability.clone(),
+        backup_policy: highrise_api::BackupPolicy {
+            interval_seconds: c.backup_interval,
+            retain_count: u32::try_from(c.backup_retain_count).unwrap_or(1),
+            retain_days: u32::try_from(c.backup_retain_days).unwrap_or(0),
+        },
+        archive: instances
+            .iter()
+            .find(|i| !i.deleting && i.role == "primary" && (i.archived_lsn.is_some() || i.archive_error.is_some()))
+            .map(|i| highrise_api::ArchiveState {
+                archived_lsn: i.archived_lsn.map(|l| highrise_backup::fmt_lsn(l as u64)),
+                lag_bytes: match (i.lsn, i.archived_lsn) {
+                    (Some(l), Some(a)) => Some(l.saturating_sub(a).max(0) as u64),
+                    _ => None,
+                },
+                error: i.archive_error.clone(),
+            }),
         status,
         endpoint: c.endpoint.clone(),
         term: c.term,
@@ -360,7 +379,8 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
     paths(
         create_org, list_projects, create_project, list_api_keys, create_api_key, revoke_api_key,
         list_clusters, create_cluster, get_cluster, update_cluster, delete_cluster, cluster_events, switchover, list_hosts, list_operations,
-        get_operation, agent_register, agent_desired, agent_heartbeat, proxy_routes
+        get_operation, agent_register, agent_desired, agent_heartbeat, proxy_routes,
+        backups::list_backups, backups::create_backup, backups::verify_backup
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -396,6 +416,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/clusters/{cluster}/events", get(cluster_events))
         .route("/v1/clusters/{cluster}/switchover", post(switchover))
+        .route(
+            "/v1/clusters/{cluster}/backups",
+            get(backups::list_backups).post(backups::create_backup),
+        )
+        .route(
+            "/v1/clusters/{cluster}/backups/{id}/verify",
+            post(backups::verify_backup),
+        )
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/operations", get(list_operations))
         .route("/v1/operations/{id}", get(get_operation))
@@ -660,6 +688,18 @@ async fn create_cluster(
             "spot capacity is not yet supported; create on demand",
         ));
     }
+    let durability = req.durability.clone().unwrap_or_else(|| "async".into());
+    backups::validate_durability(&durability)?;
+    let policy = req.backup_policy.unwrap_or_default();
+    backups::validate_policy(&policy)?;
+    let (restore_json, db_name) = match &req.restore {
+        Some(r) => {
+            let (record, db) = backups::plan_restore(&state, &caller, &project, r).await?;
+            let json = serde_json::to_string(&record).map_err(|e| ApiError::internal("restore record", e))?;
+            (Some(json), db)
+        }
+        None => (None, req.name.replace('-', "_")),
+    };
     let password = auth::random_name(24);
     let repl_password = auth::random_name(32);
     let (scram, repl_scram) = {
@@ -687,7 +727,7 @@ async fn create_cluster(
         replicas: i64::from(replicas),
         spot: false,
         endpoint: format!("ep-{}", auth::random_name(12)),
-        db_name: req.name.replace('-', "_"),
+        db_name,
         owner_name: "owner".into(),
         owner_scram: scram,
         repl_password,
@@ -696,6 +736,11 @@ async fn create_cluster(
         term: 1,
         created_at: created,
         deleted_at: None,
+        durability,
+        backup_interval: policy.interval_seconds,
+        backup_retain_count: i64::from(policy.retain_count),
+        backup_retain_days: i64::from(policy.retain_days),
+        restore_json,
     };
     let op = OperationRow {
         id: auth::new_id("op"),
@@ -764,6 +809,29 @@ async fn update_cluster(
             .map_err(store_err("cluster"))?;
         state.notify();
         tracing::info!(cluster = %c.id, replicas, "replica count changed");
+    }
+    if let Some(d) = &req.durability {
+        backups::validate_durability(d)?;
+        state
+            .store
+            .set_durability(&c.id, d)
+            .await
+            .map_err(store_err("cluster"))?;
+        state.notify();
+        tracing::info!(cluster = %c.id, durability = %d, "durability changed");
+    }
+    if let Some(p) = &req.backup_policy {
+        backups::validate_policy(p)?;
+        state
+            .store
+            .set_backup_policy(
+                &c.id,
+                p.interval_seconds,
+                i64::from(p.retain_count),
+                i64::from(p.retain_days),
+            )
+            .await
+            .map_err(store_err("cluster"))?;
     }
     let c = find_cluster(&state, &caller, q.project.as_deref(), &c.id).await?;
     Ok(Json(cluster_view(&state, &c).await?))
@@ -1013,11 +1081,12 @@ async fn agent_desired(
     ApiQuery(q): ApiQuery<LongPoll>,
 ) -> ApiResult<Json<DesiredState>> {
     let doc = long_poll(&state, &q, || async {
-        let instances = state
+        let rows = state
             .store
             .desired_for_host(&host.host_id)
             .await
             .map_err(store_err("desired state"))?;
+        let instances = backups::fill_desired(&state, rows).await?;
         let version = content_version(&instances);
         Ok((version.clone(), DesiredState { version, instances }))
     })
@@ -1032,11 +1101,22 @@ async fn agent_heartbeat(
     host: HostCaller,
     ApiJson(hb): ApiJson<Heartbeat>,
 ) -> ApiResult<StatusCode> {
-    let changed = state
+    let mut changed = state
         .store
         .heartbeat(&host.host_id, now(), &hb.instances)
         .await
         .map_err(store_err("heartbeat"))?;
+    for b in &hb.backups {
+        if state
+            .store
+            .record_backup(&host.host_id, b, now())
+            .await
+            .map_err(store_err("backup report"))?
+        {
+            tracing::info!(backup = %b.id, status = %b.status, error = ?b.error, "backup finished");
+            changed = true;
+        }
+    }
     if changed {
         state.notify();
     }

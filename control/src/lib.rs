@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+pub mod durability;
 mod reconcile;
 pub mod store;
 
@@ -27,6 +28,11 @@ pub struct ControlConfig {
     pub proxy_token: String,
     /// `host:port` clients connect to (the proxy), for connection URIs.
     pub proxy_public_addr: String,
+    /// Where clusters' WAL and backups go.
+    pub storage: durability::StorageConfig,
+    /// The key that wraps every tenant's data key (hex, 32 bytes); kept outside the
+    /// metadata store.
+    pub master_key: String,
 }
 
 pub(crate) struct AppState {
@@ -38,6 +44,7 @@ pub(crate) struct AppState {
     pub changes: watch::Sender<u64>,
     /// Key for host bootstrap tokens (HMAC of the host id), kept in the store.
     pub bootstrap_key: Vec<u8>,
+    pub keys: durability::Keyring,
 }
 
 impl AppState {
@@ -62,6 +69,7 @@ impl Control {
             .context("load bootstrap key")?;
         let bootstrap_key = key_hex.into_bytes();
         let (changes, _) = watch::channel(0);
+        let keys = durability::Keyring::new(&cfg.master_key)?;
         Ok(Self {
             state: Arc::new(AppState {
                 cfg,
@@ -69,6 +77,7 @@ impl Control {
                 provider,
                 changes,
                 bootstrap_key,
+                keys,
             }),
         })
     }

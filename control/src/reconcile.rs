@@ -23,9 +23,19 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         tracing::error!("resume host launches: {e:#}");
     }
     let mut changes = state.changes.subscribe();
+    let mut lagging = std::collections::HashSet::new();
+    let mut last_backup_round = tokio::time::Instant::now() - Duration::from_secs(60);
     loop {
         if *shutdown.borrow() {
             return;
+        }
+        if last_backup_round.elapsed() >= Duration::from_secs(1) {
+            last_backup_round = tokio::time::Instant::now();
+            match crate::durability::tick(&state, &mut lagging).await {
+                Ok(true) => state.notify(),
+                Ok(false) => {}
+                Err(e) => tracing::error!("backup scheduler: {e:#}"),
+            }
         }
         changes.mark_unchanged();
         let acted = match step(&state, started).await {
@@ -157,6 +167,8 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                     sync_standbys: vec![],
                     observed_term: 0,
                     draining: false,
+                    archived_lsn: None,
+                    archive_error: None,
                 })
                 .await?;
             if *role == Role::Standby {

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/0003_ha.sql")),
     (4, include_str!("../migrations/0004_switchover.sql")),
     (5, include_str!("../migrations/0005_spread.sql")),
+    (6, include_str!("../migrations/0006_durability.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,62 @@ pub struct ClusterRow {
     pub term: i64,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
+    /// `async` or `sync`.
+    pub durability: String,
+    pub backup_interval: i64,
+    pub backup_retain_count: i64,
+    pub backup_retain_days: i64,
+    /// What the first primary restores from (JSON of a restore record), until it runs.
+    pub restore_json: Option<String>,
+}
+
+/// One instance of a host's desired state, before the keys are filled in.
+#[derive(Debug, Clone)]
+pub struct DesiredRow {
+    pub org_id: String,
+    pub restore_json: Option<String>,
+    pub spec: InstanceSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupRow {
+    pub id: String,
+    pub cluster_id: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub cluster_name: String,
+    pub db_name: String,
+    pub kind: String,
+    pub status: String,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub timeline: Option<i64>,
+    pub start_lsn: Option<i64>,
+    pub end_lsn: Option<i64>,
+    pub size_bytes: Option<i64>,
+    pub stored_bytes: Option<i64>,
+    pub error: Option<String>,
+}
+
+fn backup(r: &AnyRow) -> Result<BackupRow> {
+    Ok(BackupRow {
+        id: r.try_get("id")?,
+        cluster_id: r.try_get("cluster_id")?,
+        org_id: r.try_get("org_id")?,
+        project_id: r.try_get("project_id")?,
+        cluster_name: r.try_get("cluster_name")?,
+        db_name: r.try_get("db_name")?,
+        kind: r.try_get("kind")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+        finished_at: r.try_get("finished_at")?,
+        timeline: r.try_get("timeline")?,
+        start_lsn: r.try_get("start_lsn")?,
+        end_lsn: r.try_get("end_lsn")?,
+        size_bytes: r.try_get("size_bytes")?,
+        stored_bytes: r.try_get("stored_bytes")?,
+        error: r.try_get("error")?,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +173,8 @@ pub struct InstanceRow {
     pub sync_standbys: Vec<String>,
     pub observed_term: i64,
     pub draining: bool,
+    pub archived_lsn: Option<i64>,
+    pub archive_error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -170,7 +229,8 @@ fn api_key(r: &AnyRow) -> Result<ApiKeyRow> {
 
 const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name, c.name, c.cloud, c.region, \
     c.plan, c.pg_version, c.replicas, c.spot, c.endpoint, c.db_name, c.owner_name, c.owner_scram, c.repl_password, \
-    c.repl_scram, c.spread_clouds, c.term, c.created_at, c.deleted_at";
+    c.repl_scram, c.spread_clouds, c.term, c.created_at, c.deleted_at, c.durability, c.backup_interval, \
+    c.backup_retain_count, c.backup_retain_days, c.restore_json";
 
 fn cluster(r: &AnyRow) -> Result<ClusterRow> {
     Ok(ClusterRow {
@@ -195,6 +255,11 @@ fn cluster(r: &AnyRow) -> Result<ClusterRow> {
         term: r.try_get("term")?,
         created_at: r.try_get("created_at")?,
         deleted_at: r.try_get("deleted_at")?,
+        durability: r.try_get("durability")?,
+        backup_interval: r.try_get("backup_interval")?,
+        backup_retain_count: r.try_get("backup_retain_count")?,
+        backup_retain_days: r.try_get("backup_retain_days")?,
+        restore_json: r.try_get("restore_json")?,
     })
 }
 
@@ -236,6 +301,8 @@ fn instance(r: &AnyRow) -> Result<InstanceRow> {
             .collect(),
         observed_term: r.try_get("observed_term")?,
         draining: r.try_get::<i64, _>("draining")? != 0,
+        archived_lsn: r.try_get("archived_lsn")?,
+        archive_error: r.try_get("archive_error")?,
     })
 }
 
@@ -491,8 +558,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
             "INSERT INTO clusters (id, org_id, project_id, name, cloud, region, plan, pg_version, replicas, spot, \
-             endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram, spread_clouds) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+             endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram, spread_clouds, \
+             durability, backup_interval, backup_retain_count, backup_retain_days, restore_json) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+             $23, $24)",
         )
         .bind(&c.id)
         .bind(&c.org_id)
@@ -513,6 +582,11 @@ impl Store {
         .bind(&c.repl_password)
         .bind(&c.repl_scram)
         .bind(i64::from(c.spread_clouds))
+        .bind(&c.durability)
+        .bind(c.backup_interval)
+        .bind(c.backup_retain_count)
+        .bind(c.backup_retain_days)
+        .bind(&c.restore_json)
         .execute(&mut *tx)
         .await;
         match res {
@@ -586,6 +660,153 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    pub async fn set_durability(&self, id: &str, durability: &str) -> Result<()> {
+        sqlx::query("UPDATE clusters SET durability = $1 WHERE id = $2 AND deleted_at IS NULL")
+            .bind(durability)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_backup_policy(&self, id: &str, interval: i64, count: i64, days: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE clusters SET backup_interval = $1, backup_retain_count = $2, backup_retain_days = $3 \
+             WHERE id = $4 AND deleted_at IS NULL",
+        )
+        .bind(interval)
+        .bind(count)
+        .bind(days)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // --- keys and backups ----------------------------------------------------------------
+
+    /// The org's wrapped data key, creating it with `init()` if absent (first writer wins).
+    pub async fn org_key_or_init(&self, org_id: &str, init: impl FnOnce() -> String) -> Result<String> {
+        let get = || async {
+            sqlx::query("SELECT wrapped FROM org_keys WHERE org_id = $1")
+                .bind(org_id)
+                .fetch_optional(&self.pool)
+                .await
+        };
+        if let Some(r) = get().await? {
+            return Ok(r.try_get("wrapped")?);
+        }
+        let res = sqlx::query("INSERT INTO org_keys (org_id, wrapped, created_at) VALUES ($1, $2, $3)")
+            .bind(org_id)
+            .bind(init())
+            .bind(now())
+            .execute(&self.pool)
+            .await;
+        match res {
+            Err(e) if !is_unique_violation(&e) => return Err(e.into()),
+            _ => {}
+        }
+        Ok(get().await?.ok_or(StoreError::NotFound)?.try_get("wrapped")?)
+    }
+
+    /// Records a requested backup, unless the cluster has one pending already.
+    pub async fn insert_backup(&self, b: &BackupRow) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let open = sqlx::query("SELECT id FROM backups WHERE cluster_id = $1 AND status = 'pending'")
+            .bind(&b.cluster_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if open.is_some() {
+            return Err(StoreError::Conflict("a backup of this cluster is in progress".into()));
+        }
+        sqlx::query(
+            "INSERT INTO backups (id, cluster_id, org_id, project_id, cluster_name, db_name, kind, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&b.id)
+        .bind(&b.cluster_id)
+        .bind(&b.org_id)
+        .bind(&b.project_id)
+        .bind(&b.cluster_name)
+        .bind(&b.db_name)
+        .bind(&b.kind)
+        .bind(&b.status)
+        .bind(b.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn backups_of(&self, cluster_id: &str) -> Result<Vec<BackupRow>> {
+        let rows = sqlx::query("SELECT * FROM backups WHERE cluster_id = $1 ORDER BY created_at, id")
+            .bind(cluster_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(backup).collect()
+    }
+
+    /// The backups of the most recent cluster (live or deleted) called `name` in a
+    /// project: what a restore or a listing by name means.
+    pub async fn backups_by_name(&self, org_id: &str, project_id: &str, name: &str) -> Result<Vec<BackupRow>> {
+        let latest = sqlx::query(
+            "SELECT cluster_id FROM backups WHERE org_id = $1 AND project_id = $2 AND cluster_name = $3 \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(org_id)
+        .bind(project_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        match latest {
+            Some(r) => self.backups_of(&r.try_get::<String, _>("cluster_id")?).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Records what an agent reports of a backup it was asked for; returns whether the
+    /// ledger changed.
+    pub async fn record_backup(&self, host_id: &str, r: &highrise_api::BackupReport, at: i64) -> Result<bool> {
+        let as_i64 = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
+        // Only the host that runs the cluster's primary may report on its backups.
+        let res = sqlx::query(
+            "UPDATE backups SET status = $1, finished_at = $2, timeline = $3, start_lsn = $4, end_lsn = $5, \
+             size_bytes = $6, stored_bytes = $7, error = $8 WHERE id = $9 AND status = 'pending' AND cluster_id IN \
+             (SELECT cluster_id FROM instances WHERE host_id = $10 AND role = 'primary')",
+        )
+        .bind(if r.status == "complete" { "complete" } else { "failed" })
+        .bind(at)
+        .bind(r.timeline.map(i64::from))
+        .bind(as_i64(r.start_lsn))
+        .bind(as_i64(r.end_lsn))
+        .bind(as_i64(r.size_bytes))
+        .bind(as_i64(r.stored_bytes))
+        .bind(&r.error)
+        .bind(&r.id)
+        .bind(host_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    pub async fn delete_backup_row(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM backups WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every live cluster (for the backup scheduler).
+    pub async fn live_clusters(&self) -> Result<Vec<ClusterRow>> {
+        let sql = format!(
+            "SELECT {CLUSTER_COLS} FROM clusters c JOIN projects p ON p.id = c.project_id \
+             WHERE c.deleted_at IS NULL ORDER BY c.created_at"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(cluster).collect()
     }
 
     pub async fn remove_cluster(&self, id: &str) -> Result<()> {
@@ -705,12 +926,14 @@ impl Store {
                 || o.streaming != r.streaming
                 || o.sync_standbys != r.sync_standbys
                 || o.term != r.observed_term
+                || o.archive_error != r.archive_error
             {
                 changed = true;
             }
             sqlx::query(
                 "UPDATE instances SET observed = $1, addr = $2, error = $3, in_recovery = $4, lsn = $5, \
-                 streaming = $6, sync_standbys = $7, observed_term = $8 WHERE id = $9",
+                 streaming = $6, sync_standbys = $7, observed_term = $8, archived_lsn = $9, archive_error = $10 \
+                 WHERE id = $11",
             )
             .bind(&state)
             .bind(&o.addr)
@@ -720,6 +943,8 @@ impl Store {
             .bind(o.streaming.map(i64::from))
             .bind(&sync)
             .bind(o.term)
+            .bind(o.archived_lsn.and_then(|l| i64::try_from(l).ok()))
+            .bind(&o.archive_error)
             .bind(&r.id)
             .execute(&mut *tx)
             .await?;
@@ -779,10 +1004,15 @@ impl Store {
     /// The desired state of one host: its instances that are not being deleted, each with
     /// what its role needs (a standby: where its primary is and the replication password;
     /// a primary: which standbys must confirm commits).
-    pub async fn desired_for_host(&self, host_id: &str) -> Result<Vec<InstanceSpec>> {
+    ///
+    /// Storage and restore are left for the caller, who holds the keys: each spec comes
+    /// with its org and the cluster's restore record.
+    pub async fn desired_for_host(&self, host_id: &str) -> Result<Vec<DesiredRow>> {
         let rows = sqlx::query(
             "SELECT i.id, i.cluster_id, i.slots, i.role, i.draining, c.pg_version, c.db_name, c.owner_name, c.owner_scram, \
-             c.repl_password, c.repl_scram, c.term \
+             c.repl_password, c.repl_scram, c.term, c.org_id, c.durability, c.restore_json, \
+             (SELECT b.id FROM backups b WHERE b.cluster_id = c.id AND b.status = 'pending' ORDER BY b.created_at LIMIT 1) \
+             AS backup_id \
              FROM instances i JOIN clusters c ON c.id = i.cluster_id \
              WHERE i.host_id = $1 AND i.deleting = 0 ORDER BY i.id",
         )
@@ -807,7 +1037,8 @@ impl Store {
                 .map(|m| m.id.clone())
                 .collect();
             let standby = role == "standby";
-            specs.push(InstanceSpec {
+            let primary = role == "primary";
+            let spec = InstanceSpec {
                 id: r.try_get("id")?,
                 cluster_id,
                 pg_version: u32::try_from(r.try_get::<i64, _>("pg_version")?).unwrap_or(15),
@@ -823,6 +1054,15 @@ impl Store {
                 sync_standbys: if standby { vec![] } else { sync_standbys },
                 stopped: r.try_get::<i64, _>("draining")? != 0,
                 role,
+                storage: None,
+                durability: r.try_get("durability")?,
+                backup: if primary { r.try_get("backup_id")? } else { None },
+                restore: None,
+            };
+            specs.push(DesiredRow {
+                org_id: r.try_get("org_id")?,
+                restore_json: if primary { r.try_get("restore_json")? } else { None },
+                spec,
             });
         }
         Ok(specs)
@@ -991,6 +1231,16 @@ impl Store {
     }
 
     pub async fn complete_operation(&self, id: &str, error: Option<&str>, at: i64) -> Result<()> {
+        if error.is_none() {
+            // A restored cluster that runs is on its own: its primary never restores again.
+            sqlx::query(
+                "UPDATE clusters SET restore_json = NULL WHERE id = \
+                 (SELECT cluster_id FROM operations WHERE id = $1 AND kind = 'create_cluster')",
+            )
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        }
         sqlx::query(
             "UPDATE operations SET status = $1, error = $2, updated_at = $3 WHERE id = $4 AND status = 'running'",
         )

@@ -35,6 +35,7 @@ impl TempPg {
                 replication_user: None,
                 synchronous_standby_names: String::new(),
                 primary_conninfo: None,
+                recovery: None,
             },
             run_as,
         )
@@ -115,6 +116,11 @@ fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &str) -
         term: 1,
         created_at: 5,
         deleted_at: None,
+        durability: "async".into(),
+        backup_interval: 86_400,
+        backup_retain_count: 7,
+        backup_retain_days: 7,
+        restore_json: None,
     }
 }
 
@@ -279,12 +285,16 @@ async fn exercise(store: Store) {
             sync_standbys: vec![],
             observed_term: 0,
             draining: false,
+            archived_lsn: None,
+            archive_error: None,
         })
         .await
         .unwrap();
     let desired = store.desired_for_host("h1").await.unwrap();
     assert_eq!(desired.len(), 1);
-    assert_eq!((desired[0].id.as_str(), desired[0].database.as_str()), ("i1", "shop"));
+    let spec = &desired[0].spec;
+    assert_eq!((spec.id.as_str(), spec.database.as_str()), ("i1", "shop"));
+    assert_eq!((spec.durability.as_str(), spec.backup.as_deref()), ("async", None));
     let route = |routes: Vec<highrise_api::Route>| routes.into_iter().find(|r| r.endpoint == "ep-1").unwrap();
     assert_eq!(route(store.routes().await.unwrap()).addr, None, "no address yet");
     let running = ObservedInstance {
@@ -297,6 +307,8 @@ async fn exercise(store: Store) {
         streaming: None,
         sync_standbys: vec![],
         term: 1,
+        archived_lsn: Some(90),
+        archive_error: None,
     };
     assert!(store.heartbeat("h1", 7, std::slice::from_ref(&running)).await.unwrap());
     let moved = ObservedInstance {
@@ -308,6 +320,38 @@ async fn exercise(store: Store) {
         "only the position moved"
     );
     assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].lsn, Some(200));
+    assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].archived_lsn, Some(90));
+
+    // The backup ledger: one pending backup at a time, handed to the primary, completed
+    // only by the primary's host, and kept (and found by name) after the cluster is gone.
+    let c1 = store.find_cluster("o1", "p1", "c1").await.unwrap();
+    let b1 = highrise_control::durability::new_backup(&c1, "manual");
+    store.insert_backup(&b1).await.unwrap();
+    let again = highrise_control::durability::new_backup(&c1, "manual");
+    assert!(matches!(store.insert_backup(&again).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.desired_for_host("h1").await.unwrap()[0].spec.backup.as_deref(), Some(b1.id.as_str()));
+    let report = highrise_api::BackupReport {
+        id: b1.id.clone(),
+        status: "complete".into(),
+        timeline: Some(1),
+        start_lsn: Some(0x2000028),
+        end_lsn: Some(0x2000100),
+        size_bytes: Some(1000),
+        stored_bytes: Some(100),
+        error: None,
+    };
+    assert!(!store.record_backup("h-other", &report, 9).await.unwrap(), "not the primary's host");
+    assert!(store.record_backup("h1", &report, 9).await.unwrap());
+    assert!(!store.record_backup("h1", &report, 10).await.unwrap(), "recorded once");
+    assert_eq!(store.desired_for_host("h1").await.unwrap()[0].spec.backup, None);
+    let by_name = store.backups_by_name("o1", "p1", &c1.name).await.unwrap();
+    assert_eq!(by_name.len(), 1);
+    assert_eq!((by_name[0].status.as_str(), by_name[0].end_lsn), ("complete", Some(0x2000100)));
+
+    // Data keys: the first writer wins.
+    let k1 = store.org_key_or_init("o1", || "wrapped-1".into()).await.unwrap();
+    let k2 = store.org_key_or_init("o1", || "wrapped-2".into()).await.unwrap();
+    assert_eq!((k1.as_str(), k2.as_str()), ("wrapped-1", "wrapped-1"));
     let routes = store.routes().await.unwrap();
     assert_eq!(routes.len(), 3, "every live cluster has a route entry");
     assert_eq!(route(routes).addr.as_deref(), Some("127.9.1.1:25000"));

@@ -123,6 +123,95 @@ pub struct CreateCluster {
     /// Put the standbys in other clouds than the primary (where the land has them).
     #[serde(default)]
     pub spread_clouds: Option<bool>,
+    /// `async` (default: WAL reaches object storage within about a second of commit) or
+    /// `sync` (a commit returns only once its WAL is in object storage).
+    #[serde(default)]
+    pub durability: Option<String>,
+    /// When to take base backups and how many to keep; defaults apply when omitted.
+    #[serde(default)]
+    pub backup_policy: Option<BackupPolicy>,
+    /// Create the cluster from another cluster's backups and WAL (point-in-time restore).
+    #[serde(default)]
+    pub restore: Option<RestoreFrom>,
+}
+
+/// Base backup schedule and retention of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupPolicy {
+    /// A base backup is taken when the last one is this old (60 s – 30 days).
+    pub interval_seconds: i64,
+    /// Keep at least this many complete backups (1–100)…
+    pub retain_count: u32,
+    /// …and every backup younger than this many days (0–3650).
+    pub retain_days: u32,
+}
+
+impl Default for BackupPolicy {
+    fn default() -> Self {
+        Self {
+            interval_seconds: 86_400,
+            retain_count: 7,
+            retain_days: 7,
+        }
+    }
+}
+
+/// The source of a restore: a cluster of the same org (live or deleted) by name, and the
+/// point to stop at (the end of its archived WAL when neither is given).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFrom {
+    /// Name of the source cluster (in the same project).
+    pub from: String,
+    /// Recover up to this time: RFC 3339 (`2026-11-26T12:00:00Z`) or Unix seconds.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Recover up to this WAL position (`0/3000060`).
+    #[serde(default)]
+    pub lsn: Option<String>,
+}
+
+/// A base backup of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Backup {
+    pub id: String,
+    pub cluster: String,
+    /// `scheduled` or `manual`.
+    pub kind: String,
+    /// `pending`, `running`, `complete` or `failed`.
+    pub status: String,
+    pub created_at: UnixSeconds,
+    pub finished_at: Option<UnixSeconds>,
+    pub timeline: Option<u32>,
+    /// WAL range the backup needs to be consistent (`X/Y`).
+    pub start_lsn: Option<String>,
+    pub end_lsn: Option<String>,
+    /// Bytes of the data directory copy, and as stored (compressed, encrypted).
+    pub size_bytes: Option<u64>,
+    pub stored_bytes: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// The result of reading a backup back.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupVerification {
+    pub backup: String,
+    pub ok: bool,
+    /// Bytes read and checked.
+    pub checked_bytes: u64,
+    /// What failed, naming the object.
+    pub error: Option<String>,
+}
+
+/// A primary's WAL archiving, as last reported.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ArchiveState {
+    /// Everything before this WAL position is in object storage.
+    pub archived_lsn: Option<String>,
+    /// WAL written but not yet in object storage, in bytes.
+    pub lag_bytes: Option<u64>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -152,6 +241,11 @@ pub struct Cluster {
     pub spot: bool,
     /// Standbys live in other clouds than the primary.
     pub spread_clouds: bool,
+    /// `async` or `sync` (see [`CreateCluster::durability`]).
+    pub durability: String,
+    pub backup_policy: BackupPolicy,
+    /// The primary's WAL archiving, once it reports.
+    pub archive: Option<ArchiveState>,
     pub status: ClusterStatus,
     /// The stable name clients connect to through the proxy.
     pub endpoint: String,
@@ -185,6 +279,11 @@ pub struct UpdateCluster {
     /// New number of standbys (0–3); members are added or removed to match.
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// `async` or `sync`.
+    #[serde(default)]
+    pub durability: Option<String>,
+    #[serde(default)]
+    pub backup_policy: Option<BackupPolicy>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -298,6 +397,39 @@ pub struct InstanceSpec {
     /// Stop the server and keep it stopped (a primary drained for a switchover).
     #[serde(default)]
     pub stopped: bool,
+    /// Where the cluster's WAL and backups go (a primary archives there).
+    #[serde(default)]
+    pub storage: Option<StorageSpec>,
+    /// `async` or `sync`: whether commits wait for the WAL archiver.
+    #[serde(default)]
+    pub durability: String,
+    /// A base backup the primary should take now (its id).
+    #[serde(default)]
+    pub backup: Option<String>,
+    /// Create the data directory from object storage instead of empty.
+    #[serde(default)]
+    pub restore: Option<RestoreSpec>,
+}
+
+/// A cluster's corner of object storage and the tenant's data key to seal it with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StorageSpec {
+    /// `file:///dir`, `s3://bucket`, `az://container`.
+    pub url: String,
+    /// Client options of the store (endpoint, credentials).
+    pub options: std::collections::BTreeMap<String, String>,
+    /// `<org>/<cluster>`.
+    pub prefix: String,
+    /// The tenant's data key, hex.
+    pub data_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RestoreSpec {
+    pub storage: StorageSpec,
+    pub backup_id: String,
+    pub target_time: Option<String>,
+    pub target_lsn: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -333,12 +465,35 @@ pub struct ObservedInstance {
     /// The term of the spec the instance runs.
     #[serde(default)]
     pub term: i64,
+    /// A primary: everything before this WAL position is in object storage.
+    #[serde(default)]
+    pub archived_lsn: Option<u64>,
+    /// A primary: why archiving fails right now.
+    #[serde(default)]
+    pub archive_error: Option<String>,
+}
+
+/// What became of a requested base backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BackupReport {
+    pub id: String,
+    /// `complete` or `failed`.
+    pub status: String,
+    pub timeline: Option<u32>,
+    pub start_lsn: Option<u64>,
+    pub end_lsn: Option<u64>,
+    pub size_bytes: Option<u64>,
+    pub stored_bytes: Option<u64>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub instances: Vec<ObservedInstance>,
+    /// Base backups finished since the desired state asked for them.
+    #[serde(default)]
+    pub backups: Vec<BackupReport>,
 }
 
 // ---------------------------------------------------------------------------------------

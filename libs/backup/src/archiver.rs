@@ -159,7 +159,8 @@ async fn session(
     let mut pending_since: Option<Instant> = None;
     let mut upload: Option<tokio::task::JoinHandle<Result<u64, crate::Error>>> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    let mut ended: Option<ArchiveError> = None;
+    while ended.is_none() {
         let due = pending_since.map(|t| t + cfg.min_interval);
         tokio::select! {
             msg = rx.recv(), if pending.len() < MAX_PENDING => match msg {
@@ -178,9 +179,11 @@ async fn session(
                 Some(Ok(Incoming::Keepalive { reply })) => if reply {
                     feedback.send(received, archived).await?;
                 },
-                Some(Ok(Incoming::Done)) => return Err(ArchiveError::Other("the server ended the stream".into())),
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(ArchiveError::Other("replication stream closed".into())),
+                // The server went away (a shutdown sends all WAL first): store what
+                // arrived before reconnecting.
+                Some(Ok(Incoming::Done)) => ended = Some(ArchiveError::Other("the server ended the stream".into())),
+                Some(Err(e)) => ended = Some(e.into()),
+                None => ended = Some(ArchiveError::Other("replication stream closed".into())),
             },
             r = async { upload.as_mut().expect("guarded").await }, if upload.is_some() => {
                 upload = None;
@@ -209,4 +212,15 @@ async fn session(
             }));
         }
     }
+    if let Some(u) = upload.take() {
+        if let Ok(Ok(end)) = u.await {
+            status.send_modify(|s| s.archived = Some(end));
+        }
+    }
+    if !pending.is_empty() {
+        repo.put_wal(tli, cfg.term, pending_start, &pending).await?;
+        let end = pending_start + pending.len() as u64;
+        status.send_modify(|s| s.archived = Some(end));
+    }
+    Err(ended.expect("loop ends with a reason"))
 }

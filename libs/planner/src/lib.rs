@@ -10,6 +10,8 @@
 //! Every action is safe to repeat: the executor may crash after performing an action and
 //! before recording it, and the next plan over the new snapshot must converge anyway.
 
+pub mod backups;
+
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 

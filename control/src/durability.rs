@@ -1,0 +1,199 @@
+//! Durability in object storage, as the control plane sees it: tenant data keys (envelope
+//! encryption under the master key), where each cluster's objects live, and the scheduler
+//! that requests base backups, applies retention and watches archiving lag.
+//!
+//! The objects themselves are written by agents (WAL, base backups); the control plane
+//! opens a cluster's corner of the store only to verify backups and to delete what
+//! retention lets go.
+
+use crate::store::{now, BackupRow, ClusterRow, Store};
+use crate::AppState;
+use anyhow::{Context, Result};
+use highrise_api::StorageSpec;
+use highrise_backup::{Key, Location, Repo};
+use highrise_planner::backups::{backup_due, retention, BackupEntry};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+/// Where the objects of every cluster go.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// `file:///dir`, `s3://bucket`, `az://container`.
+    pub url: String,
+    /// Client options (`aws_endpoint`, `aws_access_key_id`, `azure_storage_use_emulator`, …).
+    pub options: BTreeMap<String, String>,
+}
+
+/// Archiving lag (bytes of WAL not yet in object storage) that raises an event.
+pub const ARCHIVE_LAG_EVENT_BYTES: i64 = 16 * 1024 * 1024;
+
+/// Tenant data keys, unwrapped on first use and cached.
+pub struct Keyring {
+    master: Key,
+    cache: Mutex<HashMap<String, Key>>,
+}
+
+impl Keyring {
+    pub fn new(master_hex: &str) -> Result<Self> {
+        Ok(Self {
+            master: Key::from_hex(master_hex).context("read the master key")?,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The org's data key: created (and stored wrapped) the first time it is needed.
+    pub async fn data_key(&self, store: &Store, org_id: &str) -> Result<Key> {
+        if let Some(k) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(org_id) {
+            return Ok(k.clone());
+        }
+        let fresh = Key::generate().context("generate a data key")?;
+        let wrapped_fresh = self.master.wrap(&fresh, org_id).context("wrap a data key")?;
+        let wrapped = store
+            .org_key_or_init(org_id, || wrapped_fresh)
+            .await
+            .context("load the org's data key")?;
+        let key = self
+            .master
+            .unwrap_key(&wrapped, org_id)
+            .context("unwrap the org's data key (is this the master key it was made with?)")?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(org_id.to_string(), key.clone());
+        Ok(key)
+    }
+}
+
+pub fn prefix(org_id: &str, cluster_id: &str) -> String {
+    format!("{org_id}/{cluster_id}")
+}
+
+pub(crate) async fn storage_spec(state: &AppState, org_id: &str, cluster_id: &str) -> Result<StorageSpec> {
+    let key = state.keys.data_key(&state.store, org_id).await?;
+    Ok(StorageSpec {
+        url: state.cfg.storage.url.clone(),
+        options: state.cfg.storage.options.clone(),
+        prefix: prefix(org_id, cluster_id),
+        data_key: key.to_hex(),
+    })
+}
+
+pub(crate) async fn repo(state: &AppState, org_id: &str, cluster_id: &str) -> Result<Repo> {
+    let key = state.keys.data_key(&state.store, org_id).await?;
+    let loc = Location {
+        url: state.cfg.storage.url.clone(),
+        options: state.cfg.storage.options.clone(),
+        prefix: prefix(org_id, cluster_id),
+    };
+    Ok(Repo::open(&loc, key)?)
+}
+
+/// What a restored cluster's first primary starts from (kept with the cluster until it
+/// runs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRecord {
+    pub source_cluster_id: String,
+    pub backup_id: String,
+    pub target_time: Option<String>,
+    pub target_lsn: Option<String>,
+}
+
+fn entries(rows: &[BackupRow]) -> Vec<BackupEntry> {
+    rows.iter()
+        .map(|b| BackupEntry {
+            id: b.id.clone(),
+            status: b.status.clone(),
+            created_at: b.created_at,
+            finished_at: b.finished_at,
+            timeline: b.timeline.and_then(|t| u32::try_from(t).ok()).unwrap_or(1),
+            start_lsn: b.start_lsn.map_or(0, |l| l as u64),
+        })
+        .collect()
+}
+
+pub fn new_backup(c: &ClusterRow, kind: &str) -> BackupRow {
+    BackupRow {
+        id: format!("bk-{}-{}", now(), crate::auth::random_name(6)),
+        cluster_id: c.id.clone(),
+        org_id: c.org_id.clone(),
+        project_id: c.project_id.clone(),
+        cluster_name: c.name.clone(),
+        db_name: c.db_name.clone(),
+        kind: kind.into(),
+        status: "pending".into(),
+        created_at: now(),
+        finished_at: None,
+        timeline: None,
+        start_lsn: None,
+        end_lsn: None,
+        size_bytes: None,
+        stored_bytes: None,
+        error: None,
+    }
+}
+
+/// One round of the scheduler: requests due backups, applies retention, raises archive
+/// lag events. `lagging` remembers which clusters were flagged.
+pub(crate) async fn tick(state: &AppState, lagging: &mut HashSet<String>) -> Result<bool> {
+    let mut changed = false;
+    let t = now();
+    for c in state.store.live_clusters().await.context("list clusters")? {
+        let members = state.store.instances_of_cluster(&c.id).await?;
+        let Some(primary) = members
+            .iter()
+            .find(|m| !m.deleting && m.role == "primary" && m.observed == "running" && m.in_recovery == Some(false))
+        else {
+            continue;
+        };
+        let rows = state.store.backups_of(&c.id).await?;
+        let ledger = entries(&rows);
+        // Backups need the archiver working: a backup is complete only with its WAL.
+        if primary.archived_lsn.is_some() && backup_due(&ledger, c.backup_interval, t) {
+            let kind = if rows.is_empty() { "initial" } else { "scheduled" };
+            match state.store.insert_backup(&new_backup(&c, kind)).await {
+                Ok(()) => changed = true,
+                Err(crate::store::StoreError::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let keep = retention(
+            &ledger,
+            u32::try_from(c.backup_retain_count).unwrap_or(1),
+            u32::try_from(c.backup_retain_days).unwrap_or(0),
+            t,
+        );
+        if !keep.delete.is_empty() {
+            let repo = repo(state, &c.org_id, &c.id).await?;
+            for id in &keep.delete {
+                repo.delete_base(id)
+                    .await
+                    .with_context(|| format!("delete backup {id}"))?;
+                state.store.delete_backup_row(id).await?;
+                tracing::info!(cluster = %c.id, backup = %id, "backup expired by retention");
+            }
+            if let Some((tli, lsn)) = keep.wal_before {
+                let n = repo.prune_wal(tli, lsn).await.context("prune WAL")?;
+                tracing::info!(cluster = %c.id, objects = n, "WAL no backup needs was deleted");
+            }
+        }
+        // Archiving lag: raise an event when it grows, another when it is back.
+        let lag = match (primary.lsn, primary.archived_lsn) {
+            (Some(l), Some(a)) => l - a,
+            _ => 0,
+        };
+        let behind = lag > ARCHIVE_LAG_EVENT_BYTES || primary.archive_error.is_some();
+        if behind && lagging.insert(c.id.clone()) {
+            let why = primary.archive_error.clone().unwrap_or_default();
+            let msg = format!("WAL archiving is {lag} bytes behind {why}").trim().to_string();
+            state.store.add_event(&c.id, t, "archive_lagging", &msg).await?;
+            tracing::warn!(cluster = %c.id, "{msg}");
+        } else if !behind && lag < ARCHIVE_LAG_EVENT_BYTES / 4 && lagging.remove(&c.id) {
+            state
+                .store
+                .add_event(&c.id, t, "archive_caught_up", "WAL archiving caught up")
+                .await?;
+        }
+    }
+    Ok(changed)
+}
