@@ -320,7 +320,10 @@ async fn exercise(store: Store) {
         "only the position moved"
     );
     assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].lsn, Some(200));
-    assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].archived_lsn, Some(90));
+    assert_eq!(
+        store.instances_of_cluster("c1").await.unwrap()[0].archived_lsn,
+        Some(90)
+    );
 
     // The backup ledger: one pending backup at a time, handed to the primary, completed
     // only by the primary's host, and kept (and found by name) after the cluster is gone.
@@ -328,8 +331,14 @@ async fn exercise(store: Store) {
     let b1 = highrise_control::durability::new_backup(&c1, "manual");
     store.insert_backup(&b1).await.unwrap();
     let again = highrise_control::durability::new_backup(&c1, "manual");
-    assert!(matches!(store.insert_backup(&again).await, Err(StoreError::Conflict(_))));
-    assert_eq!(store.desired_for_host("h1").await.unwrap()[0].spec.backup.as_deref(), Some(b1.id.as_str()));
+    assert!(matches!(
+        store.insert_backup(&again).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.desired_for_host("h1").await.unwrap()[0].spec.backup.as_deref(),
+        Some(b1.id.as_str())
+    );
     let report = highrise_api::BackupReport {
         id: b1.id.clone(),
         status: "complete".into(),
@@ -340,13 +349,19 @@ async fn exercise(store: Store) {
         stored_bytes: Some(100),
         error: None,
     };
-    assert!(!store.record_backup("h-other", &report, 9).await.unwrap(), "not the primary's host");
+    assert!(
+        !store.record_backup("h-other", &report, 9).await.unwrap(),
+        "not the primary's host"
+    );
     assert!(store.record_backup("h1", &report, 9).await.unwrap());
     assert!(!store.record_backup("h1", &report, 10).await.unwrap(), "recorded once");
     assert_eq!(store.desired_for_host("h1").await.unwrap()[0].spec.backup, None);
     let by_name = store.backups_by_name("o1", "p1", &c1.name).await.unwrap();
     assert_eq!(by_name.len(), 1);
-    assert_eq!((by_name[0].status.as_str(), by_name[0].end_lsn), ("complete", Some(0x2000100)));
+    assert_eq!(
+        (by_name[0].status.as_str(), by_name[0].end_lsn),
+        ("complete", Some(0x2000100))
+    );
 
     // Data keys: the first writer wins.
     let k1 = store.org_key_or_init("o1", || "wrapped-1".into()).await.unwrap();

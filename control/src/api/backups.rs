@@ -176,11 +176,14 @@ pub(super) async fn plan_restore(
         let secs = at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        // finished_at has whole seconds: a backup surely done before `at`.
+        // finished_at has whole seconds: prefer a backup surely done before `at`, else
+        // one done within its second (PostgreSQL refuses, clearly, a target before the
+        // backup's consistent point).
         let b = complete
             .iter()
             .rev()
             .find(|b| b.finished_at.is_some_and(|f| f < secs))
+            .or_else(|| complete.iter().rev().find(|b| b.finished_at.is_some_and(|f| f <= secs)))
             .ok_or_else(|| ApiError::invalid(format!("no backup of {:?} finished before {t}", r.from)))?;
         // PostgreSQL's own timestamptz form (it rejects `T`…`Z` in this setting).
         let pg = humantime::format_rfc3339_micros(at)

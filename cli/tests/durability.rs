@@ -1,0 +1,346 @@
+//! Durability in object storage, end to end: real `highrise up`, real PostgreSQL, the
+//! filesystem object store under the data directory. Point-in-time restore into another
+//! cloud after the source cloud went down, restore of a deleted cluster, verify naming a
+//! damaged object, commits acknowledged in `sync` mode surviving the loss of a
+//! single-node cluster's host, the loss window of `async` mode, and a storage outage under
+//! write load.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn show(up: &Up, name: &str) -> Value {
+    serde_json::from_str(&up.cli_ok(&["cluster", "show", name, "--output", "json"])).unwrap()
+}
+
+fn backups(up: &Up, name: &str) -> Value {
+    serde_json::from_str(&up.cli_ok(&["backup", "list", name, "--output", "json"])).unwrap()
+}
+
+fn parse_lsn(s: &str) -> u64 {
+    let (hi, lo) = s.trim().split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// Creates a cluster and waits for its first base backup.
+fn cluster_with_backup(up: &Up, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["cluster", "create", name, "--wait"];
+    args.extend_from_slice(extra);
+    let out = up.cli_ok(&args);
+    let uri = out.lines().last().unwrap().trim().to_string();
+    wait_for("the initial base backup", Duration::from_secs(120), || {
+        let list = backups(up, name);
+        let done = list.as_array().unwrap().iter().any(|b| b["status"] == "complete");
+        assert!(
+            !list.as_array().unwrap().iter().any(|b| b["status"] == "failed"),
+            "{list}"
+        );
+        done
+    });
+    uri
+}
+
+/// Waits until everything the server has written so far is in object storage.
+fn wait_archived(up: &Up, name: &str, uri: &str) {
+    let lsn = parse_lsn(&psql_ok(uri, "select pg_current_wal_lsn()"));
+    wait_for("the WAL to be archived", Duration::from_secs(60), || {
+        show(up, name)["archive"]["archived_lsn"]
+            .as_str()
+            .is_some_and(|a| parse_lsn(a) >= lsn)
+    });
+}
+
+fn restore(up: &Up, name: &str, args: &[&str]) -> String {
+    let mut all = vec!["cluster", "restore", name, "--wait"];
+    all.extend_from_slice(args);
+    let out = up.cli_ok(&all);
+    out.lines().last().unwrap().trim().to_string()
+}
+
+/// POSTs to the land's control endpoint; returns the status.
+fn land_post(url: &str) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { reqwest::Client::new().post(url).send().await.unwrap().status().as_u16() })
+}
+
+fn objects_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                out.extend(objects_under(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn point_in_time_restore_into_another_cloud_and_from_a_deleted_cluster() {
+    let up = Up::start();
+    let src = cluster_with_backup(&up, "src", &[]);
+    psql_ok(
+        &src,
+        "create table t (id int primary key, note text, at timestamptz default clock_timestamp())",
+    );
+    for i in 1..=3 {
+        psql_ok(
+            &src,
+            &format!("insert into t (id, note) values ({i}, 'SECRET-MARKER-{i}')"),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let target = psql_ok(
+        &src,
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 4..=6 {
+        psql_ok(
+            &src,
+            &format!("insert into t (id, note) values ({i}, 'SECRET-MARKER-{i}')"),
+        );
+    }
+    wait_archived(&up, "src", &src);
+    up.cli_ok(&["backup", "create", "src", "--wait"]);
+
+    // Nothing in object storage shows the rows: every object is encrypted.
+    let objects = objects_under(&up.data_dir.join("objects"));
+    assert!(objects.len() > 5, "{objects:?}");
+    for o in &objects {
+        let bytes = std::fs::read(o).unwrap();
+        assert!(
+            !bytes.windows(13).any(|w| w == b"SECRET-MARKER"),
+            "{} holds plain rows",
+            o.display()
+        );
+    }
+
+    // The source's whole cloud goes down; the restore lands in the other one.
+    assert_eq!(land_post(&format!("{}/land/clouds/local-a/down", up.land_url)), 200);
+    let dst = restore(
+        &up,
+        "dst",
+        &["--from", "src", "--time", target.trim(), "--cloud", "local-b"],
+    );
+    assert_eq!(
+        psql_ok(&dst, "select string_agg(id::text, ',' order by id) from t").trim(),
+        "1,2,3"
+    );
+    assert_eq!(show(&up, "dst")["cloud"], "local-b");
+    // The restored cluster archives and backs up on its own.
+    wait_for("the restored cluster's own backup", Duration::from_secs(120), || {
+        backups(&up, "dst")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["status"] == "complete")
+    });
+
+    // The source is deleted; its backups and WAL still restore it, to the end.
+    up.cli_ok(&["cluster", "delete", "src", "--wait"]);
+    let again = restore(&up, "again", &["--from", "src", "--cloud", "local-b"]);
+    assert_eq!(
+        psql_ok(&again, "select string_agg(id::text, ',' order by id) from t").trim(),
+        "1,2,3,4,5,6"
+    );
+    let verified = up.cli_ok(&["backup", "verify", "src"]);
+    assert!(verified.contains("every checksum matches"), "{verified}");
+
+    // A damaged object: verify and restore stop and name it.
+    let list = backups(&up, "src");
+    let newest = list.as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let part = objects
+        .iter()
+        .find(|p| p.to_string_lossy().contains(&format!("base/{newest}/part-000000")))
+        .unwrap();
+    let mut bytes = std::fs::read(part).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x55;
+    std::fs::write(part, bytes).unwrap();
+    let out = up.cli(&["backup", "verify", "src"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("base/{newest}/part-000000")) && err.contains("corrupt"),
+        "{err}"
+    );
+    let out = up.cli(&[
+        "cluster", "restore", "broken", "--from", "src", "--cloud", "local-b", "--wait",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("part-000000"), "{err}");
+
+    // Another org cannot restore (or even see) this org's cluster.
+    let org: Value = serde_json::from_str(&up.cli_ok(&["org", "create", "other-org", "--output", "json"])).unwrap();
+    let key = org["api_key"]["secret"].as_str().unwrap();
+    let out = up.cli(&["backup", "list", "src", "--api-key", key]);
+    assert!(!out.status.success());
+    let out = up.cli(&["cluster", "restore", "steal", "--from", "src", "--api-key", key]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no complete backup"));
+}
+
+/// Inserts one row per commit until stopped; returns the acknowledged ids and when each
+/// was acknowledged.
+async fn ledger_writer(uri: String, stop: Arc<AtomicBool>) -> Vec<(i64, Instant)> {
+    use sqlx::Connection;
+    let mut acked = Vec::new();
+    let Ok(mut c) = sqlx::PgConnection::connect(&uri).await else {
+        return acked;
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let res = tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::query_scalar::<_, i64>("insert into ledger default values returning id").fetch_one(&mut c),
+        )
+        .await;
+        match res {
+            Ok(Ok(id)) => acked.push((id, Instant::now())),
+            _ => break,
+        }
+    }
+    acked
+}
+
+/// A single-node cluster under a ledger writer loses its host (disk wiped) at a random
+/// moment; a restore from object storage is checked against the ledger. Returns the
+/// acknowledged ids missing from the restore, with the seconds of commits they span.
+async fn lose_the_host_and_restore(durability: &str) -> (usize, usize, f64) {
+    let up = Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
+    let u = up.clone();
+    let d = durability.to_string();
+    let uri = tokio::task::spawn_blocking(move || {
+        let uri = cluster_with_backup(&u, "solo", &["--durability", &d]);
+        psql_ok(&uri, "create table ledger (id bigserial primary key)");
+        uri
+    })
+    .await
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri, stop.clone()));
+    let wait_ms = 1500 + u64::from(std::process::id() % 1500);
+    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+    let shown = show(&up, "solo");
+    let host = shown["members"][0]["host_id"].as_str().unwrap().to_string();
+    let r = reqwest::Client::new()
+        .post(format!("{}/land/hosts/{host}/kill", up.land_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 10, "the writer wrote only {} rows", acked.len());
+    let late: Vec<_> = acked.iter().filter(|(_, at)| *at > killed).collect();
+    assert!(late.is_empty(), "commits acknowledged after the kill: {}", late.len());
+
+    let u = up.clone();
+    let restored = tokio::task::spawn_blocking(move || {
+        let uri = restore(&u, "back", &["--from", "solo"]);
+        psql_ok(&uri, "select id from ledger")
+    })
+    .await
+    .unwrap();
+    let present: std::collections::BTreeSet<i64> = restored.lines().map(|l| l.trim().parse().unwrap()).collect();
+    let lost: Vec<&(i64, Instant)> = acked.iter().filter(|(id, _)| !present.contains(id)).collect();
+    let window = match (lost.first(), acked.last()) {
+        (Some((_, first)), Some((_, last))) => last.duration_since(*first).as_secs_f64(),
+        _ => 0.0,
+    };
+    (acked.len(), lost.len(), window)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_durability_keeps_every_acknowledged_commit_of_a_lost_single_node_cluster() {
+    let (acked, lost, _) = lose_the_host_and_restore("sync").await;
+    assert_eq!(lost, 0, "{lost} of {acked} acknowledged commits lost in sync mode");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn async_durability_loses_at_most_about_a_second_of_commits() {
+    let (acked, lost, window) = lose_the_host_and_restore("async").await;
+    println!("async mode: {lost} of {acked} acknowledged commits lost, spanning {window:.3} s");
+    assert!(window < 2.0, "lost {lost} commits spanning {window:.3} s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_outage_under_write_load_loses_nothing() {
+    let up = Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
+    let u = up.clone();
+    let uri = tokio::task::spawn_blocking(move || {
+        let uri = cluster_with_backup(&u, "busy", &[]);
+        psql_ok(&uri, "create table ledger (id bigserial primary key)");
+        uri
+    })
+    .await
+    .unwrap();
+    let shown = show(&up, "busy");
+    let wal = up
+        .data_dir
+        .join("objects")
+        .join(shown["org_id"].as_str().unwrap())
+        .join(shown["id"].as_str().unwrap())
+        .join("wal");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The store fails: the WAL directory is replaced by a file, so every write fails.
+    let aside = wal.with_extension("aside");
+    std::fs::rename(&wal, &aside).unwrap();
+    std::fs::write(&wal, b"not a directory").unwrap();
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the archive lag to be reported", Duration::from_secs(30), || {
+            let s = show(&u, "busy");
+            let events = u.cli_ok(&["cluster", "events", "busy"]);
+            s["archive"]["error"].is_string() && events.contains("archive_lagging")
+        });
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::remove_file(&wal).unwrap();
+    std::fs::rename(&aside, &wal).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 10, "the writer wrote only {} rows", acked.len());
+
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_archived(&u, "busy", &uri);
+        wait_for("the catch-up event", Duration::from_secs(30), || {
+            u.cli_ok(&["cluster", "events", "busy"]).contains("archive_caught_up")
+        });
+        let back = restore(&u, "after", &["--from", "busy"]);
+        let present: std::collections::BTreeSet<i64> = psql_ok(&back, "select id from ledger")
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        let lost: Vec<i64> = acked
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !present.contains(id))
+            .collect();
+        assert!(lost.is_empty(), "lost acknowledged commits: {lost:?}");
+    })
+    .await
+    .unwrap();
+}
