@@ -78,10 +78,16 @@ pub async fn take_backup(
     let res: Result<highrise_backup::base::Manifest> = async {
         let repo = open_repo(&storage)?;
         let started = crate::unix_now();
+        let mut conn = highrise_pg::admin_connect(&socket_dir, port, "postgres").await?;
+        // The server compresses (LZ4) and no manifest comes along, so the WAL range is
+        // taken around the backup: before it, at or before its start; after it, at or
+        // past its end.
+        let (timeline, start_lsn) = highrise_pg::wal_position(&mut conn).await?;
         let mut child = highrise_pg::basebackup_stream(&shared.bin, &socket_dir, port, shared.run_as)?;
         let stdout = child.stdout.take().context("pg_basebackup output")?;
         let stderr = child.stderr.take();
-        let uploaded = repo.upload_base(&id, stdout, PART_SIZE, started).await;
+        let kind = highrise_backup::base::StreamKind::Lz4Tar { timeline, start_lsn };
+        let uploaded = repo.upload_base(&id, stdout, PART_SIZE, started, kind).await;
         let status = child.wait().await.context("wait for pg_basebackup")?;
         if !status.success() {
             let mut msg = String::new();
@@ -91,7 +97,8 @@ pub async fn take_backup(
             }
             bail!("pg_basebackup failed ({status}): {}", msg.trim());
         }
-        let m = uploaded.context("store the base backup")?;
+        let mut m = uploaded.context("store the base backup")?;
+        m.end_lsn = highrise_pg::wal_position(&mut conn).await?.1;
         // Complete only once the WAL that makes the copy consistent is stored as well.
         let end = m.end_lsn;
         tokio::time::timeout(
@@ -101,6 +108,7 @@ pub async fn take_backup(
         .await
         .context("WAL up to the backup's end was not archived within 5 minutes")?
         .context("the archiver stopped")?;
+        repo.put_manifest(&m).await.context("store the backup's manifest")?;
         Ok(m)
     }
     .await;
@@ -138,6 +146,7 @@ pub async fn take_backup(
 /// start, owned by the PostgreSQL user. Archive recovery then runs on start.
 pub async fn restore(shared: &Shared, r: &RestoreSpec, pgdata: &Path) -> Result<()> {
     let repo = open_repo(&r.storage)?;
+    tracing::info!(backup = %r.backup_id, "restoring from object storage");
     if pgdata.exists() {
         std::fs::remove_dir_all(pgdata).with_context(|| format!("clear {}", pgdata.display()))?;
     }

@@ -657,7 +657,7 @@ pub async fn backup(cmd: BackupCommand) -> Result<()> {
                 if started.elapsed() > Duration::from_secs(3600) {
                     bail!("backup {} still pending after an hour", b.id);
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let list: Vec<Backup> = api.send(api.http.get(&path)).await?;
                 b = list
                     .into_iter()

@@ -344,3 +344,43 @@ async fn a_storage_outage_under_write_load_loses_nothing() {
     .await
     .unwrap();
 }
+
+#[test]
+fn retention_drops_old_backups_and_the_wal_only_they_needed() {
+    let up = Up::start();
+    let uri = cluster_with_backup(&up, "kept", &["--retain-count", "1", "--retain-days", "0"]);
+    let first = backups(&up, "kept")[0]["id"].as_str().unwrap().to_string();
+    // Write a few WAL segments, so that some lie wholly before the next backup.
+    psql_ok(
+        &uri,
+        "create table t (id int); insert into t select generate_series(1, 300000)",
+    );
+    psql_ok(&uri, "insert into t select generate_series(1, 300000)");
+    wait_archived(&up, "kept", &uri);
+    let shown = show(&up, "kept");
+    let prefix = up
+        .data_dir
+        .join("objects")
+        .join(shown["org_id"].as_str().unwrap())
+        .join(shown["id"].as_str().unwrap());
+    let segments = |p: &std::path::Path| {
+        std::fs::read_dir(p.join("wal/00000001"))
+            .unwrap()
+            .flatten()
+            .filter(|d| !objects_under(&d.path()).is_empty())
+            .count()
+    };
+    let before = segments(&prefix);
+    up.cli_ok(&["backup", "create", "kept", "--wait"]);
+    wait_for("retention to drop the first backup", Duration::from_secs(30), || {
+        let list = backups(&up, "kept");
+        list.as_array().unwrap().len() == 1 && list[0]["id"] != first.as_str()
+    });
+    assert!(
+        objects_under(&prefix.join("base").join(&first)).is_empty(),
+        "the first backup's objects are gone"
+    );
+    assert!(segments(&prefix) < before, "WAL only the first backup needed is gone");
+    let back = restore(&up, "from-kept", &["--from", "kept"]);
+    assert_eq!(psql_ok(&back, "select count(*) from t").trim(), "600000");
+}

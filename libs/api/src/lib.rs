@@ -187,7 +187,7 @@ pub struct Backup {
     /// WAL range the backup needs to be consistent (`X/Y`).
     pub start_lsn: Option<String>,
     pub end_lsn: Option<String>,
-    /// Bytes of the data directory copy, and as stored (compressed, encrypted).
+    /// Bytes of the backup stream (LZ4-compressed by the server), and as stored (encrypted).
     pub size_bytes: Option<u64>,
     pub stored_bytes: Option<u64>,
     pub error: Option<String>,

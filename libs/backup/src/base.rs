@@ -37,7 +37,8 @@ pub struct Part {
     pub name: String,
     pub size: u64,
     pub stored: u64,
-    /// SHA-256 of the part's plain bytes.
+    /// SHA-256 of the part as stored (sealed); the seal's authentication tag covers the
+    /// plain bytes in turn.
     pub sha256: String,
 }
 
@@ -51,15 +52,30 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// What a base backup stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// A plain tar (`pg_basebackup -Ft -D - -X none`): parts are compressed here, and the
+    /// WAL range is read from `backup_label` and the appended `backup_manifest`.
+    Tar,
+    /// An LZ4-frame-compressed tar (`--compress=server-lz4 --no-manifest`): parts are
+    /// stored as they come (sealed, not compressed again); the caller knows where the WAL
+    /// starts and sets `end_lsn` before [`Repo::put_manifest`].
+    Lz4Tar { timeline: u32, start_lsn: u64 },
+}
+
 impl Repo {
-    /// Stores the tar stream of `pg_basebackup -Ft -D - -X none` as backup `id`.
+    /// Stores a base backup stream as the parts of backup `id` and returns its manifest,
+    /// which [`Repo::put_manifest`] then writes (a backup exists from that moment on).
     pub async fn upload_base<R: AsyncRead + Unpin>(
         &self,
         id: &str,
         mut reader: R,
         part_size: usize,
         started_at: i64,
+        kind: StreamKind,
     ) -> Result<Manifest, Error> {
+        let compress = kind == StreamKind::Tar;
         let mut scan = TarScan::default();
         let mut inflight: VecDeque<tokio::task::JoinHandle<Result<Part, Error>>> = VecDeque::new();
         let mut parts = Vec::new();
@@ -81,7 +97,9 @@ impl Repo {
                 break;
             }
             buf.truncate(filled);
-            scan.feed(&buf);
+            if compress {
+                scan.feed(&buf);
+            }
             if inflight.len() >= PARALLEL {
                 parts.push(join(inflight.pop_front()).await?);
             }
@@ -92,8 +110,10 @@ impl Repo {
                 let sealed_name = repo.name(&name);
                 let key = repo.key.clone();
                 let (sealed, sha) = tokio::task::spawn_blocking(move || {
-                    let sha = sha256_hex(&buf);
-                    key.seal(&sealed_name, &buf, true).map(|s| (s, sha, buf.len()))
+                    key.seal(&sealed_name, &buf, compress).map(|s| {
+                        let sha = sha256_hex(&s);
+                        (s, sha, buf.len())
+                    })
                 })
                 .await
                 .map_err(|e| Error::Invalid(format!("seal task: {e}")))?
@@ -114,18 +134,24 @@ impl Repo {
         while let Some(h) = inflight.pop_front() {
             parts.push(join(Some(h)).await?);
         }
-        if let Some(bad) = scan.bad {
-            return Err(Error::Invalid(format!("base backup stream: {bad}")));
-        }
-        let (timeline, start_lsn) = scan
-            .get("backup_label")
-            .and_then(parse_label)
-            .ok_or_else(|| Error::Invalid("base backup stream has no readable backup_label".into()))?;
-        let end_lsn = scan
-            .get("backup_manifest")
-            .and_then(parse_manifest_end)
-            .ok_or_else(|| Error::Invalid("base backup stream has no readable backup_manifest".into()))?;
-        let m = Manifest {
+        let (timeline, start_lsn, end_lsn, compression) = match kind {
+            StreamKind::Lz4Tar { timeline, start_lsn } => (timeline, start_lsn, start_lsn, "lz4-frame"),
+            StreamKind::Tar => {
+                if let Some(bad) = scan.bad {
+                    return Err(Error::Invalid(format!("base backup stream: {bad}")));
+                }
+                let (timeline, start_lsn) = scan
+                    .get("backup_label")
+                    .and_then(parse_label)
+                    .ok_or_else(|| Error::Invalid("base backup stream has no readable backup_label".into()))?;
+                let end_lsn = scan
+                    .get("backup_manifest")
+                    .and_then(parse_manifest_end)
+                    .ok_or_else(|| Error::Invalid("base backup stream has no readable backup_manifest".into()))?;
+                (timeline, start_lsn, end_lsn, "lz4")
+            }
+        };
+        Ok(Manifest {
             id: id.to_string(),
             timeline,
             start_lsn,
@@ -134,12 +160,17 @@ impl Repo {
             finished_at: now(),
             size: parts.iter().map(|p| p.size).sum(),
             stored: parts.iter().map(|p| p.stored).sum(),
-            compression: "lz4".into(),
+            compression: compression.into(),
             parts,
-        };
-        let json = serde_json::to_vec(&m).map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
-        self.put(&format!("base/{id}/manifest"), &json, true).await?;
-        Ok(m)
+        })
+    }
+
+    /// Writes the manifest of a stored backup: the backup exists from now on.
+    pub async fn put_manifest(&self, m: &Manifest) -> Result<(), Error> {
+        let json = serde_json::to_vec(m).map_err(|e| Error::Invalid(format!("manifest: {e}")))?;
+        self.put(&format!("base/{}/manifest", m.id), &json, true)
+            .await
+            .map(|_| ())
     }
 
     pub async fn manifest(&self, id: &str) -> Result<Manifest, Error> {
@@ -173,12 +204,16 @@ impl Repo {
             async move {
                 let sealed = repo.get_raw(&p.name).await?;
                 tokio::task::spawn_blocking(move || {
+                    let corrupt = |reason: &str| Error::Corrupt {
+                        object: repo.name(&p.name),
+                        reason: reason.into(),
+                    };
+                    if sealed.len() as u64 != p.stored || sha256_hex(&sealed) != p.sha256 {
+                        return Err(corrupt("checksum does not match the manifest"));
+                    }
                     let plain = repo.open_sealed(&p.name, &sealed)?;
-                    if plain.len() as u64 != p.size || sha256_hex(&plain) != p.sha256 {
-                        return Err(Error::Corrupt {
-                            object: repo.name(&p.name),
-                            reason: "checksum does not match the manifest".into(),
-                        });
+                    if plain.len() as u64 != p.size {
+                        return Err(corrupt("size does not match the manifest"));
                     }
                     Ok(plain)
                 })
@@ -206,12 +241,28 @@ impl Repo {
         std::fs::create_dir_all(dest).map_err(|e| Error::Invalid(format!("create {}: {e}", dest.display())))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
         let dir = dest.to_path_buf();
+        let lz4_frame = match m.compression.as_str() {
+            "lz4" => false,
+            "lz4-frame" => true,
+            other => {
+                return Err(Error::Corrupt {
+                    object: self.name(&format!("base/{id}/manifest")),
+                    reason: format!("unknown compression {other:?}"),
+                })
+            }
+        };
         let unpack = tokio::task::spawn_blocking(move || {
-            let mut a = tar::Archive::new(ChannelReader {
+            let parts = ChannelReader {
                 rx,
                 cur: Vec::new(),
                 pos: 0,
-            });
+            };
+            let reader: Box<dyn Read> = if lz4_frame {
+                Box::new(lz4_flex::frame::FrameDecoder::new(parts))
+            } else {
+                Box::new(parts)
+            };
+            let mut a = tar::Archive::new(reader);
             a.set_preserve_permissions(true);
             a.set_preserve_ownerships(preserve_owner);
             a.set_overwrite(true);
@@ -354,7 +405,9 @@ mod tests {
         let key = Key::generate().unwrap();
         let r = repo(&tmp.path().join("store"), key.clone());
         let tar = tarball();
-        let m = r.upload_base("b1", &tar[..], 4096, 1).await.unwrap();
+        let m = r.upload_base("b1", &tar[..], 4096, 1, StreamKind::Tar).await.unwrap();
+        assert!(r.backups().await.unwrap().is_empty(), "no backup before its manifest");
+        r.put_manifest(&m).await.unwrap();
         assert_eq!((m.timeline, m.start_lsn, m.end_lsn), (1, 0x2000028, 0x2000100));
         assert_eq!(m.size, tar.len() as u64);
         assert!(m.parts.len() > 10);
@@ -392,5 +445,32 @@ mod tests {
 
         r.delete_base("b1").await.unwrap();
         assert!(r.backups().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_server_compressed_stream_is_stored_as_is_and_restored() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let r = repo(&tmp.path().join("store"), Key::generate().unwrap());
+        let tar = tarball();
+        let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        enc.write_all(&tar).unwrap();
+        let lz4 = enc.finish().unwrap();
+        let kind = StreamKind::Lz4Tar {
+            timeline: 3,
+            start_lsn: 0x5000000,
+        };
+        let mut m = r.upload_base("b2", &lz4[..], 1000, 1, kind).await.unwrap();
+        assert_eq!(
+            (m.timeline, m.start_lsn, m.compression.as_str()),
+            (3, 0x5000000, "lz4-frame")
+        );
+        assert_eq!(m.size, lz4.len() as u64);
+        m.end_lsn = 0x5000100;
+        r.put_manifest(&m).await.unwrap();
+        let dest = tmp.path().join("restored");
+        r.restore_base("b2", &dest, false).await.unwrap();
+        assert_eq!(std::fs::read(dest.join("global/pg_control")).unwrap(), vec![3u8; 8192]);
+        assert_eq!(std::fs::read(dest.join("base/1/1259")).unwrap().len(), 200_000);
     }
 }

@@ -74,10 +74,17 @@ async fn archived_wal_and_a_base_backup_restore_to_an_lsn() {
     let mut conn = highrise_pg::admin_connect(&sock, port, "postgres").await.unwrap();
     sqlx::query("CREATE TABLE t (id int)").execute(&mut conn).await.unwrap();
     // Base backup through pg_basebackup's tar stream.
+    let (timeline, start) = highrise_pg::wal_position(&mut conn).await.unwrap();
     let mut child = highrise_pg::basebackup_stream(&bin, &sock, port, run_as).unwrap();
     let out = child.stdout.take().unwrap();
-    let m = repo.upload_base("b1", out, 1 << 20, 0).await.unwrap();
+    let kind = highrise_backup::base::StreamKind::Lz4Tar {
+        timeline,
+        start_lsn: start,
+    };
+    let mut m = repo.upload_base("b1", out, 1 << 20, 0, kind).await.unwrap();
     assert!(child.wait().await.unwrap().success());
+    m.end_lsn = highrise_pg::wal_position(&mut conn).await.unwrap().1;
+    repo.put_manifest(&m).await.unwrap();
     assert!(m.end_lsn > m.start_lsn);
 
     sqlx::query("INSERT INTO t VALUES (1)")

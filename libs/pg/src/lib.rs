@@ -414,7 +414,8 @@ pub fn chown_tree(dir: &Path, run_as: Option<RunAs>) -> Result<()> {
 }
 
 /// Starts `pg_basebackup` writing a tar of the server listening on `socket_dir`/`port`
-/// to its stdout (no WAL: the archive has it; PostgreSQL's manifest appended).
+/// to its stdout, compressed by the server with LZ4 (no WAL: the archive has it; no
+/// manifest, which cannot go into a compressed stream).
 pub fn basebackup_stream(
     bin: &PgBin,
     socket_dir: &Path,
@@ -426,6 +427,7 @@ pub fn basebackup_stream(
         .arg(socket_dir)
         .args(["-p", &port.to_string(), "-U", ADMIN_USER])
         .args(["-D", "-", "-F", "tar", "-X", "none", "-c", "fast", "--no-password"])
+        .args(["--compress=server-lz4", "--no-manifest"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -450,6 +452,18 @@ pub struct Status {
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// A primary's timeline and current WAL write position. Taken before a base backup it
+/// is at or before where the backup's WAL starts; taken after, at or past where it ends.
+pub async fn wal_position(conn: &mut sqlx::PgConnection) -> Result<(u32, u64)> {
+    let (tli, lsn): (i32, String) =
+        sqlx::query_as("SELECT timeline_id, pg_current_wal_lsn()::text FROM pg_control_checkpoint()")
+            .fetch_one(conn)
+            .await
+            .context("read the WAL position")?;
+    let lsn = parse_lsn(&lsn).with_context(|| format!("bad LSN {lsn:?}"))?;
+    Ok((u32::try_from(tli).unwrap_or(1), lsn))
 }
 
 pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
