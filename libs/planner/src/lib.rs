@@ -15,6 +15,11 @@ pub mod backups;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// An instance that never reported a running server (so never held any data).
+fn never_ran(i: &InstanceView) -> bool {
+    i.lsn.is_none() && i.in_recovery.is_none()
+}
+
 /// How many plan slots one host offers. A `small` instance takes 1, `medium` 2, `large` 4.
 pub const HOST_SLOTS: u32 = 8;
 
@@ -258,10 +263,14 @@ pub fn plan(world: &World) -> Vec<Action> {
                     instance_id: i.id.clone(),
                 });
             }
-        } else if !live_clusters.contains(i.cluster_id.as_str()) || (host_failed && i.role == Role::Standby) {
-            // A standby on a lost host is replaced elsewhere. A primary is not: its
-            // data went with the host, and an empty new primary would be a silently
-            // wrong database; failover (or a restore) must take its place.
+        } else if !live_clusters.contains(i.cluster_id.as_str())
+            || (host_failed && i.role == Role::Standby)
+            || (i.role == Role::Primary && never_ran(i) && !host_alive(world, &hosts, &i.host_id))
+        {
+            // A standby on a lost host is replaced elsewhere. A primary is not once it has
+            // run: its data went with the host, and an empty new primary would be a
+            // silently wrong database; failover (or a restore) must take its place. One
+            // that never came up (its host died first) held nothing and is placed again.
             actions.push(Action::DeleteInstance {
                 instance_id: i.id.clone(),
             });
@@ -331,7 +340,8 @@ pub fn plan(world: &World) -> Vec<Action> {
             let candidate = world
                 .hosts
                 .iter()
-                .filter(|h| h.status == HostStatus::Running)
+                // Not on a host that stopped beating: it may be gone.
+                .filter(|h| h.status == HostStatus::Running && silence(world, h) <= HOST_DEAD_SECS)
                 .filter(|h| {
                     if primary_turn {
                         h.cloud == c.cloud && h.region == c.region
