@@ -245,6 +245,16 @@ async fn lose_the_host_and_restore(durability: &str) -> (usize, usize, f64) {
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
+    // Restore once the control plane sees the host gone, so the new cluster goes to
+    // another host (one placed on a host that just died would wait until it is given up).
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the dead host to show", Duration::from_secs(60), || {
+            show(&u, "solo")["members"][0]["state"] == "unreachable"
+        })
+    })
+    .await
+    .unwrap();
     let acked = writer.await.unwrap();
     assert!(acked.len() > 10, "the writer wrote only {} rows", acked.len());
     let late: Vec<_> = acked.iter().filter(|(_, at)| *at > killed).collect();

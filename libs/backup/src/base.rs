@@ -251,18 +251,45 @@ impl Repo {
                 })
             }
         };
-        let unpack = tokio::task::spawn_blocking(move || {
-            let parts = ChannelReader {
-                rx,
+        let parts = ChannelReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        // Decoding runs on a thread of its own, so it overlaps the extractor's writes.
+        let (tar_in, decoded) = if lz4_frame {
+            let (dtx, drx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+            let decoder = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                let mut d = lz4_flex::frame::FrameDecoder::new(parts);
+                loop {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut filled = 0;
+                    while filled < buf.len() {
+                        match d.read(&mut buf[filled..])? {
+                            0 => break,
+                            n => filled += n,
+                        }
+                    }
+                    if filled == 0 {
+                        return Ok(());
+                    }
+                    buf.truncate(filled);
+                    if dtx.blocking_send(buf).is_err() {
+                        return Ok(()); // the extractor stopped; it reports why
+                    }
+                }
+            });
+            let reader = ChannelReader {
+                rx: drx,
                 cur: Vec::new(),
                 pos: 0,
             };
-            let reader: Box<dyn Read> = if lz4_frame {
-                Box::new(lz4_flex::frame::FrameDecoder::new(parts))
-            } else {
-                Box::new(parts)
-            };
-            let mut a = tar::Archive::new(reader);
+            (reader, Some(decoder))
+        } else {
+            (parts, None)
+        };
+        let unpack = tokio::task::spawn_blocking(move || {
+            let mut a = tar::Archive::new(tar_in);
             a.set_preserve_permissions(true);
             a.set_preserve_ownerships(preserve_owner);
             a.set_overwrite(true);
@@ -271,6 +298,14 @@ impl Repo {
         let streamed = self.stream_parts(&m, Some(tx)).await;
         let unpacked = unpack.await.map_err(|e| Error::Invalid(format!("unpack task: {e}")))?;
         streamed?;
+        if let Some(d) = decoded {
+            d.await
+                .map_err(|e| Error::Invalid(format!("decode task: {e}")))?
+                .map_err(|e| Error::Corrupt {
+                    object: self.name(&format!("base/{id}/")),
+                    reason: format!("LZ4 stream: {e}"),
+                })?;
+        }
         unpacked.map_err(|e| Error::Invalid(format!("unpack into {}: {e}", dest.display())))?;
         Ok(m)
     }

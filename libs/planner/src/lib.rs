@@ -264,8 +264,7 @@ pub fn plan(world: &World) -> Vec<Action> {
                 });
             }
         } else if !live_clusters.contains(i.cluster_id.as_str())
-            || (host_failed && i.role == Role::Standby)
-            || (i.role == Role::Primary && never_ran(i) && !host_alive(world, &hosts, &i.host_id))
+            || (host_failed && (i.role == Role::Standby || never_ran(i)))
         {
             // A standby on a lost host is replaced elsewhere. A primary is not once it has
             // run: its data went with the host, and an empty new primary would be a
