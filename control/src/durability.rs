@@ -164,17 +164,20 @@ pub(crate) async fn tick(state: &AppState, lagging: &mut HashSet<String>) -> Res
             t,
         );
         if !keep.delete.is_empty() {
+            // Objects first, ledger rows last: a round cut short is simply done again.
             let repo = repo(state, &c.org_id, &c.id).await?;
             for id in &keep.delete {
                 repo.delete_base(id)
                     .await
                     .with_context(|| format!("delete backup {id}"))?;
-                state.store.delete_backup_row(id).await?;
-                tracing::info!(cluster = %c.id, backup = %id, "backup expired by retention");
             }
             if let Some((tli, lsn)) = keep.wal_before {
                 let n = repo.prune_wal(tli, lsn).await.context("prune WAL")?;
                 tracing::info!(cluster = %c.id, objects = n, "WAL no backup needs was deleted");
+            }
+            for id in &keep.delete {
+                state.store.delete_backup_row(id).await?;
+                tracing::info!(cluster = %c.id, backup = %id, "backup expired by retention");
             }
         }
         // Archiving lag: raise an event when it grows, another when it is back.
