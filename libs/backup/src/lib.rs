@@ -227,11 +227,6 @@ impl Repo {
             Err(e) => Err(self.storage_error(rel, e)),
         }
     }
-
-    /// Whether the store answers at all (a listing of the repo's root).
-    pub async fn check(&self) -> Result<(), Error> {
-        self.list_dirs("wal").await.map(|_| ())
-    }
 }
 
 /// `X/Y` notation of an LSN, as PostgreSQL prints it.
