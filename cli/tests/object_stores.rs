@@ -1,6 +1,6 @@
 //! The same point-in-time restore against real S3 and Azure Blob servers on loopback:
 //! `s3s-fs` (an S3 implementation over a directory) and Azurite (Microsoft's Azure Storage
-//! emulator). `.ci/run` installs both; each test starts its own server on a free port.
+//! emulator). `scripts/setup` (run by `scripts/test`) installs both; each test starts its own server on a free port.
 
 mod common;
 
@@ -49,7 +49,7 @@ fn spawn(cmd: &mut Command, what: &str, log: &std::path::Path) -> Server {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {what} ({e}); .ci/run installs it"));
+        .unwrap_or_else(|e| panic!("start {what} ({e}); `scripts/setup` installs it (`scripts/test` runs it first)"));
     Server(child)
 }
 
