@@ -65,56 +65,86 @@ impl Archiver {
     }
 }
 
-/// Takes base backup `id` of the server on `socket_dir`/`port` and waits until the WAL
-/// it needs is archived too.
+/// Where a primary made from the host's template can be restored from: the template
+/// itself (never started, shut down at its checkpoint) plus all of the WAL since, which
+/// the archiver streams from that checkpoint's segment on. Recorded when the instance is
+/// copied; used by its first backup, so restores reach back to the cluster's creation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Genesis {
+    pub template: std::path::PathBuf,
+    pub system_identifier: u64,
+    pub redo_lsn: u64,
+}
+
+impl Genesis {
+    /// The genesis of an instance just copied from `template`, if the template is fit.
+    pub fn of_template(shared: &Shared, template: &Path) -> Option<Self> {
+        match highrise_pg::control_data(&shared.bin, template) {
+            Ok(c) if c.shut_down && c.timeline == 1 => Some(Self {
+                template: template.to_path_buf(),
+                system_identifier: c.system_identifier,
+                redo_lsn: c.redo_lsn,
+            }),
+            Ok(c) => {
+                tracing::warn!("template {} is not a clean timeline-1 copy ({c:?})", template.display());
+                None
+            }
+            Err(e) => {
+                tracing::warn!("read the template's control data: {e:#}");
+                None
+            }
+        }
+    }
+}
+
+/// What a backup is taken of: the server on `socket_dir`/`port` (data directory
+/// `pgdata`), or, for its first backup, where it came from.
+pub struct BackupSource {
+    pub socket_dir: std::path::PathBuf,
+    pub port: u16,
+    pub pgdata: std::path::PathBuf,
+    pub genesis: Option<Genesis>,
+}
+
+/// Takes base backup `id` and waits until the WAL it needs is archived too. The first
+/// backup of a primary copied from the template is that template (consistent before the
+/// cluster's first commit), if the archive holds every byte of WAL since; any other is a
+/// copy of the running server's files between `pg_backup_start` and `pg_backup_stop`.
 pub async fn take_backup(
     shared: Arc<Shared>,
     id: String,
     storage: StorageSpec,
-    socket_dir: std::path::PathBuf,
-    port: u16,
+    src: BackupSource,
     mut archived: watch::Receiver<archiver::Status>,
 ) -> BackupReport {
-    let res: Result<highrise_backup::base::Manifest> = async {
+    let res: Result<(highrise_backup::base::Manifest, bool)> = async {
         let repo = open_repo(&storage)?;
-        let started = crate::unix_now();
-        let mut conn = highrise_pg::admin_connect(&socket_dir, port, "postgres").await?;
-        // The server compresses (LZ4) and no manifest comes along, so the WAL range is
-        // taken around the backup: before it, at or before its start; after it, at or
-        // past its end.
-        let (timeline, start_lsn) = highrise_pg::wal_position(&mut conn).await?;
-        let mut child = highrise_pg::basebackup_stream(&shared.bin, &socket_dir, port, shared.run_as)?;
-        let stdout = child.stdout.take().context("pg_basebackup output")?;
-        let stderr = child.stderr.take();
-        let kind = highrise_backup::base::StreamKind::Lz4Tar { timeline, start_lsn };
-        let uploaded = repo.upload_base(&id, stdout, PART_SIZE, started, kind).await;
-        let status = child.wait().await.context("wait for pg_basebackup")?;
-        if !status.success() {
-            let mut msg = String::new();
-            if let Some(mut e) = stderr {
-                use tokio::io::AsyncReadExt;
-                let _ = e.read_to_string(&mut msg).await;
+        let mut conn = highrise_pg::admin_connect(&src.socket_dir, src.port, "postgres").await?;
+        if let Some(g) = &src.genesis {
+            match genesis_backup(&shared, &repo, &id, g, &mut conn, &mut archived).await {
+                Ok(m) => return Ok((m, true)),
+                Err(e) => tracing::warn!(backup = %id, "cannot back up from the cluster's creation ({e:#}); copying the server instead"),
             }
-            bail!("pg_basebackup failed ({status}): {}", msg.trim());
         }
+        let started = crate::unix_now();
+        let (timeline, start_lsn) = highrise_pg::backup_start(&mut conn, &format!("highrise {id}")).await?;
+        let uploaded = repo
+            .upload_files(&id, &src.pgdata, PART_SIZE, started, timeline, start_lsn)
+            .await;
+        // Ends the backup even when the upload failed (the session ending would, too).
+        let stopped = highrise_pg::backup_stop(&mut conn).await;
         let mut m = uploaded.context("store the base backup")?;
-        m.end_lsn = highrise_pg::wal_position(&mut conn).await?.1;
-        // Complete only once the WAL that makes the copy consistent is stored as well.
-        let end = m.end_lsn;
-        tokio::time::timeout(
-            Duration::from_secs(300),
-            archived.wait_for(|s| s.archived.is_some_and(|a| a >= end)),
-        )
-        .await
-        .context("WAL up to the backup's end was not archived within 5 minutes")?
-        .context("the archiver stopped")?;
+        let (end_lsn, label) = stopped?;
+        m.end_lsn = end_lsn;
+        m.label = Some(label);
+        wait_archived(&mut archived, end_lsn).await?;
         repo.put_manifest(&m).await.context("store the backup's manifest")?;
-        Ok(m)
+        Ok((m, false))
     }
     .await;
     match res {
-        Ok(m) => {
-            tracing::info!(backup = %id, size = m.size, stored = m.stored, "base backup stored");
+        Ok((m, from_creation)) => {
+            tracing::info!(backup = %id, size = m.size, stored = m.stored, from_creation, "base backup stored");
             BackupReport {
                 id,
                 status: "complete".into(),
@@ -124,6 +154,7 @@ pub async fn take_backup(
                 size_bytes: Some(m.size),
                 stored_bytes: Some(m.stored),
                 error: None,
+                from_creation,
             }
         }
         Err(e) => {
@@ -137,9 +168,67 @@ pub async fn take_backup(
                 size_bytes: None,
                 stored_bytes: None,
                 error: Some(format!("{e:#}")),
+                from_creation: false,
             }
         }
     }
+}
+
+/// Waits until the archive holds the WAL up to `end`: a backup is complete only then.
+async fn wait_archived(archived: &mut watch::Receiver<archiver::Status>, end: u64) -> Result<()> {
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        archived.wait_for(|s| s.archived.is_some_and(|a| a >= end)),
+    )
+    .await
+    .context("WAL up to the backup's end was not archived within 5 minutes")?
+    .context("the archiver stopped")?;
+    Ok(())
+}
+
+/// Stores the template the server was copied from as backup `id`, once it is sure that
+/// the server is that copy, still on its first timeline, and that the archive holds its
+/// WAL from the template's checkpoint on without a hole.
+async fn genesis_backup(
+    shared: &Shared,
+    repo: &Repo,
+    id: &str,
+    g: &Genesis,
+    conn: &mut sqlx::PgConnection,
+    archived: &mut watch::Receiver<archiver::Status>,
+) -> Result<highrise_backup::base::Manifest> {
+    let (bin, template) = (shared.bin.clone(), g.template.clone());
+    let now = tokio::task::spawn_blocking(move || highrise_pg::control_data(&bin, &template))
+        .await
+        .context("control data task")??;
+    if now.system_identifier != g.system_identifier || now.redo_lsn != g.redo_lsn || !now.shut_down {
+        bail!("the template changed since the server was copied from it");
+    }
+    let (sysid,): (i64,) = sqlx::query_as("SELECT system_identifier FROM pg_control_system()")
+        .fetch_one(&mut *conn)
+        .await
+        .context("read the server's system identifier")?;
+    let (timeline, _) = highrise_pg::wal_position(conn).await?;
+    if sysid as u64 != g.system_identifier || timeline != 1 {
+        bail!("the server is no longer the template's first timeline");
+    }
+    wait_archived(archived, g.redo_lsn).await?;
+    let ranges = repo.wal_ranges().await.context("list the archived WAL")?;
+    match ranges.get(&1) {
+        Some(&(start, _)) if start <= g.redo_lsn => {}
+        other => bail!(
+            "the archive's WAL on timeline 1 ({other:?}) does not reach back to the template's checkpoint {}",
+            highrise_backup::fmt_lsn(g.redo_lsn)
+        ),
+    }
+    let started = crate::unix_now();
+    let mut m = repo
+        .upload_files(id, &g.template, PART_SIZE, started, 1, g.redo_lsn)
+        .await
+        .context("store the template")?;
+    m.end_lsn = g.redo_lsn;
+    repo.put_manifest(&m).await.context("store the backup's manifest")?;
+    Ok(m)
 }
 
 /// Makes `pgdata` the restore's base backup plus every archived WAL segment from its
@@ -150,8 +239,11 @@ pub async fn restore(shared: &Shared, r: &RestoreSpec, pgdata: &Path) -> Result<
     if pgdata.exists() {
         std::fs::remove_dir_all(pgdata).with_context(|| format!("clear {}", pgdata.display()))?;
     }
+    let owner = shared
+        .run_as
+        .map(|r| highrise_backup::datadir::Owner { uid: r.uid, gid: r.gid });
     let m = repo
-        .restore_base(&r.backup_id, pgdata, false)
+        .restore_base(&r.backup_id, pgdata, owner)
         .await
         .with_context(|| format!("restore base backup {}", r.backup_id))?;
     let pg_wal = pgdata.join("pg_wal");

@@ -97,6 +97,10 @@ pub async fn converge(
 struct LocalState {
     port: u16,
     initialized: bool,
+    /// Copied from the host's template and not backed up yet: the first backup can be
+    /// that template (see [`durability::Genesis`]).
+    #[serde(default)]
+    genesis: Option<durability::Genesis>,
 }
 
 struct Instance {
@@ -200,6 +204,7 @@ impl Instance {
     async fn create(&mut self, spec: &InstanceSpec) -> Result<bool> {
         let shared = Arc::clone(&self.shared);
         highrise_pg::own_dir(&self.dir, None, 0o711)?;
+        self.local.genesis = None;
         let (bin, run_as, pgdata) = (shared.bin.clone(), shared.run_as, self.pgdata.clone());
         if spec.role == "standby" {
             let (Some(primary), Some(password)) = (&spec.primary_addr, &spec.replication_password) else {
@@ -220,18 +225,24 @@ impl Instance {
             });
         } else {
             let template = shared.template().await;
-            tokio::task::spawn_blocking(move || match template {
-                Ok(t) => highrise_pg::copy_template(&t, &pgdata),
+            let sh = Arc::clone(&shared);
+            let genesis = tokio::task::spawn_blocking(move || match template {
+                Ok(t) => {
+                    highrise_pg::copy_template(&t, &pgdata)?;
+                    Ok(durability::Genesis::of_template(&sh, &t))
+                }
                 Err(e) => {
                     tracing::warn!("{e:#}; running initdb instead");
                     if pgdata.exists() {
                         std::fs::remove_dir_all(&pgdata).context("clear half-made data directory")?;
                     }
-                    highrise_pg::initdb(&bin, &pgdata, run_as)
+                    highrise_pg::initdb(&bin, &pgdata, run_as).map(|()| None)
                 }
             })
             .await
             .context("create data directory task")??;
+            self.local.genesis = genesis;
+            self.save()?;
         }
         if self.local.port == 0 {
             self.local.port = pick_port(&shared.cfg.address)?;
@@ -470,12 +481,23 @@ impl Instance {
         }
         tracing::info!(instance = %self.id, backup = %id, "taking a base backup");
         let shared = Arc::clone(&self.shared);
+        let src = durability::BackupSource {
+            socket_dir: self.socket_dir.clone(),
+            port: self.local.port,
+            pgdata: self.pgdata.clone(),
+            // Only the first backup can be the creation image; a later one copies the server.
+            genesis: self.local.genesis.take(),
+        };
+        if src.genesis.is_some() {
+            if let Err(e) = self.save() {
+                tracing::warn!(instance = %self.id, "{e:#}");
+            }
+        }
         let task = durability::take_backup(
             Arc::clone(&shared),
             id.clone(),
             storage.clone(),
-            self.socket_dir.clone(),
-            self.local.port,
+            src,
             archiver.status.clone(),
         );
         self.backup = Some((

@@ -2,8 +2,8 @@
 //! filesystem object store under the data directory. Point-in-time restore into another
 //! cloud after the source cloud went down, restore of a deleted cluster, verify naming a
 //! damaged object, commits acknowledged in `sync` mode surviving the loss of a
-//! single-node cluster's host, the loss window of `async` mode, and a storage outage under
-//! write load.
+//! single-node cluster's host, the loss window of `async` mode, a storage outage under
+//! write load, and a restore to a moment before any backup finished.
 
 mod common;
 
@@ -353,6 +353,92 @@ async fn a_storage_outage_under_write_load_loses_nothing() {
     })
     .await
     .unwrap();
+}
+
+/// A restore can stop at any moment since the cluster's creation: its first backup is the
+/// image it was created from (the host's template) plus all of its WAL.
+#[test]
+fn point_in_time_restore_reaches_back_to_the_cluster_creation() {
+    let up = Up::start();
+    // Object storage is away while the cluster is created and first written to, so no
+    // backup can finish before the target.
+    let objects = up.data_dir.join("objects");
+    let aside = objects.with_extension("aside");
+    std::fs::rename(&objects, &aside).unwrap();
+    std::fs::write(&objects, b"away").unwrap();
+    let out = up.cli_ok(&["cluster", "create", "young", "--wait"]);
+    let uri = out.lines().last().unwrap().trim().to_string();
+    psql_ok(&uri, "create table t (id int primary key)");
+    psql_ok(&uri, "insert into t values (1)");
+    let target = psql_ok(
+        &uri,
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    psql_ok(&uri, "insert into t values (2)");
+    let list = backups(&up, "young");
+    assert!(
+        !list.as_array().unwrap().iter().any(|b| b["status"] == "complete"),
+        "{list}"
+    );
+
+    std::fs::remove_file(&objects).unwrap();
+    std::fs::rename(&aside, &objects).unwrap();
+    let mut first = Value::Null;
+    wait_for("the first backup", Duration::from_secs(120), || {
+        let list = backups(&up, "young");
+        assert!(
+            !list.as_array().unwrap().iter().any(|b| b["status"] == "failed"),
+            "{list}"
+        );
+        first = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["status"] == "complete")
+            .cloned()
+            .unwrap_or(Value::Null);
+        !first.is_null()
+    });
+    assert_eq!(first["from_creation"], true, "{first}");
+    let target_secs = psql_ok(
+        &uri,
+        &format!("select extract(epoch from '{target}'::timestamptz)::bigint"),
+    );
+    assert!(
+        first["finished_at"].as_i64().unwrap() >= target_secs.parse::<i64>().unwrap(),
+        "the backup finished after the target: {first}"
+    );
+
+    let dst = restore(&up, "young-then", &["--from", "young", "--time", &target]);
+    assert_eq!(psql_ok(&dst, "select id from t order by id"), "1");
+    // The creation image verifies, and so does the restored cluster's own first backup.
+    let v = up.cli_ok(&["backup", "verify", "young"]);
+    assert!(v.contains("every checksum matches"), "{v}");
+    wait_for("the restored cluster's first backup", Duration::from_secs(120), || {
+        backups(&up, "young-then")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["status"] == "complete" && b["from_creation"] == false)
+    });
+    let v = up.cli_ok(&["backup", "verify", "young-then"]);
+    assert!(v.contains("every checksum matches"), "{v}");
+
+    // Before the creation, there is nothing to restore.
+    let out = up.cli(&[
+        "cluster",
+        "restore",
+        "unborn",
+        "--from",
+        "young",
+        "--time",
+        "2001-01-01T00:00:00Z",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was created at"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -99,7 +99,7 @@ pub struct RestoreRecord {
     pub target_lsn: Option<String>,
 }
 
-fn entries(rows: &[BackupRow]) -> Vec<BackupEntry> {
+pub(crate) fn entries(rows: &[BackupRow]) -> Vec<BackupEntry> {
     rows.iter()
         .map(|b| BackupEntry {
             id: b.id.clone(),
@@ -108,6 +108,8 @@ fn entries(rows: &[BackupRow]) -> Vec<BackupEntry> {
             finished_at: b.finished_at,
             timeline: b.timeline.and_then(|t| u32::try_from(t).ok()).unwrap_or(1),
             start_lsn: b.start_lsn.map_or(0, |l| l as u64),
+            end_lsn: b.end_lsn.map(|l| l as u64),
+            since: b.since,
         })
         .collect()
 }
@@ -130,6 +132,7 @@ pub fn new_backup(c: &ClusterRow, kind: &str) -> BackupRow {
         size_bytes: None,
         stored_bytes: None,
         error: None,
+        since: None,
     }
 }
 

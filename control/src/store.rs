@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/0004_switchover.sql")),
     (5, include_str!("../migrations/0005_spread.sql")),
     (6, include_str!("../migrations/0006_durability.sql")),
+    (7, include_str!("../migrations/0007_restore_since_creation.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +119,9 @@ pub struct BackupRow {
     pub size_bytes: Option<i64>,
     pub stored_bytes: Option<i64>,
     pub error: Option<String>,
+    /// A creation image: restorable to any moment from this time (the cluster's
+    /// creation) on.
+    pub since: Option<i64>,
 }
 
 fn backup(r: &AnyRow) -> Result<BackupRow> {
@@ -138,6 +142,7 @@ fn backup(r: &AnyRow) -> Result<BackupRow> {
         size_bytes: r.try_get("size_bytes")?,
         stored_bytes: r.try_get("stored_bytes")?,
         error: r.try_get("error")?,
+        since: r.try_get("since")?,
     })
 }
 
@@ -773,7 +778,9 @@ impl Store {
         // Only the host that runs the cluster's primary may report on its backups.
         let res = sqlx::query(
             "UPDATE backups SET status = $1, finished_at = $2, timeline = $3, start_lsn = $4, end_lsn = $5, \
-             size_bytes = $6, stored_bytes = $7, error = $8 WHERE id = $9 AND status = 'pending' AND cluster_id IN \
+             size_bytes = $6, stored_bytes = $7, error = $8, \
+             since = CASE WHEN $11 = 1 THEN (SELECT c.created_at FROM clusters c WHERE c.id = backups.cluster_id) END \
+             WHERE id = $9 AND status = 'pending' AND cluster_id IN \
              (SELECT cluster_id FROM instances WHERE host_id = $10 AND role = 'primary')",
         )
         .bind(if r.status == "complete" { "complete" } else { "failed" })
@@ -786,6 +793,7 @@ impl Store {
         .bind(&r.error)
         .bind(&r.id)
         .bind(host_id)
+        .bind(i64::from(r.status == "complete" && r.from_creation))
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() > 0)

@@ -348,6 +348,7 @@ async fn exercise(store: Store) {
         size_bytes: Some(1000),
         stored_bytes: Some(100),
         error: None,
+        from_creation: true,
     };
     assert!(
         !store.record_backup("h-other", &report, 9).await.unwrap(),
@@ -361,6 +362,11 @@ async fn exercise(store: Store) {
     assert_eq!(
         (by_name[0].status.as_str(), by_name[0].end_lsn),
         ("complete", Some(0x2000100))
+    );
+    assert_eq!(
+        by_name[0].since,
+        Some(c1.created_at),
+        "a creation image is restorable since creation"
     );
 
     // Data keys: the first writer wins.

@@ -24,6 +24,7 @@ pub(super) fn backup_view(b: &BackupRow) -> Backup {
         size_bytes: b.size_bytes.map(|v| v as u64),
         stored_bytes: b.stored_bytes.map(|v| v as u64),
         error: b.error.clone(),
+        from_creation: b.since.is_some(),
     }
 }
 
@@ -163,46 +164,53 @@ pub(super) async fn plan_restore(
         .backups_by_name(&caller.org_id, &project.id, &r.from)
         .await
         .map_err(store_err("backups"))?;
-    let mut complete: Vec<&BackupRow> = rows.iter().filter(|b| b.status == "complete").collect();
-    complete.sort_by_key(|b| (b.finished_at, b.end_lsn));
-    if complete.is_empty() {
-        return Err(ApiError::invalid(format!(
-            "cluster {:?} has no complete backup to restore from",
-            r.from
-        )));
-    }
-    let (chosen, target_time, target_lsn) = if let Some(t) = &r.time {
+    use highrise_planner::backups::{restore_base, NoBase, RestoreTarget};
+    let (target, target_time, target_lsn) = if let Some(t) = &r.time {
         let at = parse_time(t)?;
         let secs = at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        // finished_at has whole seconds: prefer a backup surely done before `at`, else
-        // one done within its second (PostgreSQL refuses, clearly, a target before the
-        // backup's consistent point).
-        let b = complete
-            .iter()
-            .rev()
-            .find(|b| b.finished_at.is_some_and(|f| f < secs))
-            .or_else(|| complete.iter().rev().find(|b| b.finished_at.is_some_and(|f| f <= secs)))
-            .ok_or_else(|| ApiError::invalid(format!("no backup of {:?} finished before {t}", r.from)))?;
         // PostgreSQL's own timestamptz form (it rejects `T`…`Z` in this setting).
         let pg = humantime::format_rfc3339_micros(at)
             .to_string()
             .replace('T', " ")
             .replace('Z', "+00");
-        (b, Some(pg), None)
+        (RestoreTarget::Time(secs), Some(pg), None)
     } else if let Some(l) = &r.lsn {
         let lsn =
             highrise_backup::parse_lsn(l).ok_or_else(|| ApiError::invalid("restore.lsn: use X/Y, e.g. 0/3000060"))?;
-        let b = complete
-            .iter()
-            .rev()
-            .find(|b| b.end_lsn.is_some_and(|e| e as u64 <= lsn))
-            .ok_or_else(|| ApiError::invalid(format!("no backup of {:?} ends before {l}", r.from)))?;
-        (b, None, Some(highrise_backup::fmt_lsn(lsn)))
+        (RestoreTarget::Lsn(lsn), None, Some(highrise_backup::fmt_lsn(lsn)))
     } else {
-        (complete.last().expect("not empty"), None, None)
+        (RestoreTarget::Latest, None, None)
     };
+    let ledger = durability::entries(&rows);
+    let chosen_id = match restore_base(&ledger, target) {
+        Ok(b) => b.id.clone(),
+        Err(NoBase::NoBackup) => {
+            return Err(ApiError::invalid(format!(
+                "cluster {:?} has no complete backup to restore from",
+                r.from
+            )))
+        }
+        Err(NoBase::BeforeCreation(at)) => {
+            return Err(ApiError::invalid(format!(
+                "cluster {:?} was created at {}, after the restore target",
+                r.from,
+                humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at as u64))
+            )))
+        }
+        Err(NoBase::NoneBefore) => {
+            let what = r.time.as_deref().or(r.lsn.as_deref()).unwrap_or_default();
+            return Err(ApiError::invalid(format!(
+                "no backup of {:?} is consistent before {what}",
+                r.from
+            )));
+        }
+    };
+    let chosen = rows
+        .iter()
+        .find(|b| b.id == chosen_id)
+        .ok_or_else(|| ApiError::internal("choose a backup", "chosen backup vanished"))?;
     Ok((
         RestoreRecord {
             source_cluster_id: chosen.cluster_id.clone(),

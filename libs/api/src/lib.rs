@@ -187,10 +187,14 @@ pub struct Backup {
     /// WAL range the backup needs to be consistent (`X/Y`).
     pub start_lsn: Option<String>,
     pub end_lsn: Option<String>,
-    /// Bytes of the backup stream (LZ4-compressed by the server), and as stored (encrypted).
+    /// Bytes of the files copied, and as stored (compressed, encrypted).
     pub size_bytes: Option<u64>,
     pub stored_bytes: Option<u64>,
     pub error: Option<String>,
+    /// The cluster's creation image plus all WAL since: restores from it can stop at any
+    /// moment from the cluster's creation on.
+    #[serde(default)]
+    pub from_creation: bool,
 }
 
 /// The result of reading a backup back.
@@ -485,6 +489,10 @@ pub struct BackupReport {
     pub size_bytes: Option<u64>,
     pub stored_bytes: Option<u64>,
     pub error: Option<String>,
+    /// The copy is the cluster's creation image (its template): a restore from it can
+    /// stop at any moment since the cluster was created.
+    #[serde(default)]
+    pub from_creation: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -1,15 +1,22 @@
-//! Base backups: a `pg_basebackup` tar stream cut into parts, each sealed and checksummed,
-//! uploaded in parallel, and a manifest written last (a backup without one is not a
-//! backup). Restore streams the parts back, in order, into a tar extractor; verify reads
-//! every part and every WAL chunk the backup needs and checks each checksum.
+//! Base backups: parts, each sealed and checksummed and uploaded in parallel, and a
+//! manifest written last (a backup without one is not a backup). Verify reads every part
+//! and every WAL chunk the backup needs and checks each checksum.
+//!
+//! Two formats. `files` (what the agent takes): the data directory's files packed into
+//! independent parts ([`crate::datadir`]), restored several parts at a time. `tar` (what
+//! backups taken before it are): a `pg_basebackup` tar stream cut into parts, restored in
+//! order through one tar extractor; still restored and verified, no longer written by
+//! the agent.
 
+use crate::datadir::{self, Chunk, DirEntry, FileEntry, Owner};
 use crate::tarscan::TarScan;
 use crate::{parse_lsn, Error, Repo};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// How many parts are sealed and uploaded (or fetched and opened) at once.
@@ -30,6 +37,22 @@ pub struct Manifest {
     pub stored: u64,
     pub compression: String,
     pub parts: Vec<Part>,
+    /// `files` or `tar` (manifests from before the `files` format have no field).
+    #[serde(default = "tar_format")]
+    pub format: String,
+    /// `files`: every directory and file of the copy…
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<DirEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileEntry>,
+    /// …and the `backup_label` `pg_backup_stop` returned (none for a never-started
+    /// template: its own checkpoint is where recovery starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+fn tar_format() -> String {
+    "tar".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +63,9 @@ pub struct Part {
     /// SHA-256 of the part as stored (sealed); the seal's authentication tag covers the
     /// plain bytes in turn.
     pub sha256: String,
+    /// `files`: which file ranges the part's bytes are, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<Chunk>,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -103,30 +129,8 @@ impl Repo {
             if inflight.len() >= PARALLEL {
                 parts.push(join(inflight.pop_front()).await?);
             }
-            let name = format!("base/{id}/part-{n:06}");
+            inflight.push_back(self.spawn_part(format!("base/{id}/part-{n:06}"), buf, compress, Vec::new()));
             n += 1;
-            let repo = self.clone();
-            inflight.push_back(tokio::spawn(async move {
-                let sealed_name = repo.name(&name);
-                let key = repo.key.clone();
-                let (sealed, sha) = tokio::task::spawn_blocking(move || {
-                    key.seal(&sealed_name, &buf, compress).map(|s| {
-                        let sha = sha256_hex(&s);
-                        (s, sha, buf.len())
-                    })
-                })
-                .await
-                .map_err(|e| Error::Invalid(format!("seal task: {e}")))?
-                .map(|(s, sha, len)| ((s, len), sha))?;
-                let (sealed, size) = sealed;
-                let stored = repo.put_sealed(&name, sealed).await?;
-                Ok(Part {
-                    name,
-                    size: size as u64,
-                    stored,
-                    sha256: sha,
-                })
-            }));
             if filled < part_size {
                 break;
             }
@@ -162,6 +166,96 @@ impl Repo {
             stored: parts.iter().map(|p| p.stored).sum(),
             compression: compression.into(),
             parts,
+            format: tar_format(),
+            dirs: Vec::new(),
+            files: Vec::new(),
+            label: None,
+        })
+    }
+
+    /// Seals (compressing where it pays) and stores one part in the background.
+    fn spawn_part(
+        &self,
+        name: String,
+        buf: Vec<u8>,
+        compress: bool,
+        chunks: Vec<Chunk>,
+    ) -> tokio::task::JoinHandle<Result<Part, Error>> {
+        let repo = self.clone();
+        tokio::spawn(async move {
+            let sealed_name = repo.name(&name);
+            let key = repo.key.clone();
+            let size = buf.len() as u64;
+            let (sealed, sha) = tokio::task::spawn_blocking(move || {
+                key.seal(&sealed_name, &buf, compress).map(|s| {
+                    let sha = sha256_hex(&s);
+                    (s, sha)
+                })
+            })
+            .await
+            .map_err(|e| Error::Invalid(format!("seal task: {e}")))??;
+            let stored = repo.put_sealed(&name, sealed).await?;
+            Ok(Part {
+                name,
+                size,
+                stored,
+                sha256: sha,
+                chunks,
+            })
+        })
+    }
+
+    /// Stores the files of the data directory `root` (read as they are: between
+    /// `pg_backup_start` and `pg_backup_stop`, or a server that does not run) as the
+    /// parts of backup `id`, and returns its manifest; the caller sets `end_lsn` and
+    /// `label` before [`Repo::put_manifest`].
+    pub async fn upload_files(
+        &self,
+        id: &str,
+        root: &Path,
+        part_size: usize,
+        started_at: i64,
+        timeline: u32,
+        start_lsn: u64,
+    ) -> Result<Manifest, Error> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, Vec<Chunk>)>(1);
+        let dir = root.to_path_buf();
+        let reader = tokio::task::spawn_blocking(move || -> Result<(Vec<DirEntry>, Vec<FileEntry>), Error> {
+            let listing = datadir::list(&dir)?;
+            let files = datadir::pack(&dir, &listing.files, part_size, |buf, chunks| {
+                tx.blocking_send((buf, chunks))
+                    .map_err(|_| Error::Invalid("the uploader stopped early".into()))
+            })?;
+            Ok((listing.dirs, files))
+        });
+        let mut inflight: VecDeque<tokio::task::JoinHandle<Result<Part, Error>>> = VecDeque::new();
+        let mut parts = Vec::new();
+        while let Some((buf, chunks)) = rx.recv().await {
+            if inflight.len() >= PARALLEL {
+                parts.push(join(inflight.pop_front()).await?);
+            }
+            let name = format!("base/{id}/part-{:06}", parts.len() + inflight.len());
+            inflight.push_back(self.spawn_part(name, buf, true, chunks));
+        }
+        while let Some(h) = inflight.pop_front() {
+            parts.push(join(Some(h)).await?);
+        }
+        let (dirs, files) = reader.await.map_err(|e| Error::Invalid(format!("read task: {e}")))??;
+        Ok(Manifest {
+            id: id.to_string(),
+            timeline,
+            start_lsn,
+            end_lsn: start_lsn,
+            started_at,
+            finished_at: now(),
+            size: parts.iter().map(|p| p.size).sum(),
+            stored: parts.iter().map(|p| p.stored).sum(),
+            compression: "lz4".into(),
+            parts,
+            format: "files".into(),
+            dirs,
+            files,
+            label: None,
         })
     }
 
@@ -197,28 +291,31 @@ impl Repo {
         Ok(out)
     }
 
+    /// Checks a fetched part against the manifest and opens it.
+    fn open_part(&self, p: &Part, sealed: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let corrupt = |reason: &str| Error::Corrupt {
+            object: self.name(&p.name),
+            reason: reason.into(),
+        };
+        if sealed.len() as u64 != p.stored || sha256_hex(&sealed) != p.sha256 {
+            return Err(corrupt("checksum does not match the manifest"));
+        }
+        let plain = self.key.open_vec(&self.name(&p.name), sealed)?;
+        if plain.len() as u64 != p.size {
+            return Err(corrupt("size does not match the manifest"));
+        }
+        Ok(plain)
+    }
+
     /// Fetches, opens and checks every part of backup `id`, in order, into `sink`.
     async fn stream_parts(&self, m: &Manifest, sink: Option<tokio::sync::mpsc::Sender<Vec<u8>>>) -> Result<u64, Error> {
         let mut stream = futures::stream::iter(m.parts.iter().cloned().map(|p| {
             let repo = self.clone();
             async move {
                 let sealed = repo.get_raw(&p.name).await?;
-                tokio::task::spawn_blocking(move || {
-                    let corrupt = |reason: &str| Error::Corrupt {
-                        object: repo.name(&p.name),
-                        reason: reason.into(),
-                    };
-                    if sealed.len() as u64 != p.stored || sha256_hex(&sealed) != p.sha256 {
-                        return Err(corrupt("checksum does not match the manifest"));
-                    }
-                    let plain = repo.open_sealed(&p.name, &sealed)?;
-                    if plain.len() as u64 != p.size {
-                        return Err(corrupt("size does not match the manifest"));
-                    }
-                    Ok(plain)
-                })
-                .await
-                .map_err(|e| Error::Invalid(format!("open task: {e}")))?
+                tokio::task::spawn_blocking(move || repo.open_part(&p, sealed))
+                    .await
+                    .map_err(|e| Error::Invalid(format!("open task: {e}")))?
             }
         }))
         .buffered(PARALLEL);
@@ -235,9 +332,69 @@ impl Repo {
         Ok(total)
     }
 
-    /// Restores backup `id` into the (empty or absent) directory `dest`.
-    pub async fn restore_base(&self, id: &str, dest: &Path, preserve_owner: bool) -> Result<Manifest, Error> {
+    /// Restores backup `id` into the (empty or absent) directory `dest`; its files
+    /// belong to `owner` (else to the caller).
+    pub async fn restore_base(&self, id: &str, dest: &Path, owner: Option<Owner>) -> Result<Manifest, Error> {
         let m = self.manifest(id).await?;
+        match m.format.as_str() {
+            "files" => self.restore_files(&m, dest, owner).await?,
+            "tar" => self.restore_tar(&m, dest).await?,
+            other => {
+                return Err(Error::Corrupt {
+                    object: self.name(&format!("base/{id}/manifest")),
+                    reason: format!("unknown format {other:?}"),
+                })
+            }
+        }
+        Ok(m)
+    }
+
+    /// `files`: every file made at its size, then the parts fetched, checked, decoded and
+    /// written `PARALLEL` at a time, in whatever order they arrive.
+    async fn restore_files(&self, m: &Manifest, dest: &Path, owner: Option<Owner>) -> Result<(), Error> {
+        let chunks: Vec<&[Chunk]> = m.parts.iter().map(|p| p.chunks.as_slice()).collect();
+        datadir::check_layout(&m.dirs, &m.files, &chunks).map_err(|reason| Error::Corrupt {
+            object: self.name(&format!("base/{}/manifest", m.id)),
+            reason,
+        })?;
+        let files = Arc::new(m.files.clone());
+        let (dir, dirs, all) = (dest.to_path_buf(), m.dirs.clone(), Arc::clone(&files));
+        tokio::task::spawn_blocking(move || datadir::prepare(&dir, &dirs, &all, owner))
+            .await
+            .map_err(|e| Error::Invalid(format!("prepare task: {e}")))??;
+        futures::stream::iter(m.parts.iter().cloned().map(|p| {
+            let (repo, files, dir) = (self.clone(), Arc::clone(&files), dest.to_path_buf());
+            async move {
+                let sealed = repo.get_raw(&p.name).await?;
+                tokio::task::spawn_blocking(move || {
+                    let plain = repo.open_part(&p, sealed)?;
+                    datadir::write_part(&dir, &files, &p.chunks, &plain).map_err(|reason| Error::Corrupt {
+                        object: repo.name(&p.name),
+                        reason,
+                    })
+                })
+                .await
+                .map_err(|e| Error::Invalid(format!("write task: {e}")))?
+            }
+        }))
+        .buffer_unordered(PARALLEL)
+        .try_collect::<()>()
+        .await?;
+        if let Some(label) = &m.label {
+            let path = dest.join("backup_label");
+            std::fs::write(&path, label).map_err(|e| Error::Invalid(format!("write {}: {e}", path.display())))?;
+            if let Some(o) = owner {
+                std::os::unix::fs::chown(&path, Some(o.uid), Some(o.gid))
+                    .map_err(|e| Error::Invalid(format!("chown {}: {e}", path.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `tar`: the parts in order through one LZ4 frame decoder (its own thread) into one
+    /// tar extractor.
+    async fn restore_tar(&self, m: &Manifest, dest: &Path) -> Result<(), Error> {
+        let id = &m.id;
         std::fs::create_dir_all(dest).map_err(|e| Error::Invalid(format!("create {}: {e}", dest.display())))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
         let dir = dest.to_path_buf();
@@ -256,7 +413,6 @@ impl Repo {
             cur: Vec::new(),
             pos: 0,
         };
-        // Decoding runs on a thread of its own, so it overlaps the extractor's writes.
         let (tar_in, decoded) = if lz4_frame {
             let (dtx, drx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
             let decoder = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -291,11 +447,10 @@ impl Repo {
         let unpack = tokio::task::spawn_blocking(move || {
             let mut a = tar::Archive::new(tar_in);
             a.set_preserve_permissions(true);
-            a.set_preserve_ownerships(preserve_owner);
             a.set_overwrite(true);
             a.unpack(&dir)
         });
-        let streamed = self.stream_parts(&m, Some(tx)).await;
+        let streamed = self.stream_parts(m, Some(tx)).await;
         let unpacked = unpack.await.map_err(|e| Error::Invalid(format!("unpack task: {e}")))?;
         streamed?;
         if let Some(d) = decoded {
@@ -307,7 +462,7 @@ impl Repo {
                 })?;
         }
         unpacked.map_err(|e| Error::Invalid(format!("unpack into {}: {e}", dest.display())))?;
-        Ok(m)
+        Ok(())
     }
 
     /// Reads back every part of backup `id` and every WAL chunk from its start on, and
@@ -449,7 +604,7 @@ mod tests {
         assert_eq!(r.backups().await.unwrap(), vec![m.clone()]);
 
         let dest = tmp.path().join("restored");
-        r.restore_base("b1", &dest, false).await.unwrap();
+        r.restore_base("b1", &dest, None).await.unwrap();
         assert_eq!(std::fs::read(dest.join("global/pg_control")).unwrap(), vec![3u8; 8192]);
         assert_eq!(std::fs::read(dest.join("base/1/1259")).unwrap().len(), 200_000);
 
@@ -472,7 +627,7 @@ mod tests {
             "{e}"
         );
         let e = r
-            .restore_base("b1", &tmp.path().join("r2"), false)
+            .restore_base("b1", &tmp.path().join("r2"), None)
             .await
             .unwrap_err()
             .to_string();
@@ -504,7 +659,7 @@ mod tests {
         m.end_lsn = 0x5000100;
         r.put_manifest(&m).await.unwrap();
         let dest = tmp.path().join("restored");
-        r.restore_base("b2", &dest, false).await.unwrap();
+        r.restore_base("b2", &dest, None).await.unwrap();
         assert_eq!(std::fs::read(dest.join("global/pg_control")).unwrap(), vec![3u8; 8192]);
         assert_eq!(std::fs::read(dest.join("base/1/1259")).unwrap().len(), 200_000);
     }

@@ -6,7 +6,7 @@
 //! ```text
 //! wal/<TLI>.history                                  timeline history files
 //! wal/<TLI>/<SEGNO>/<START>-<END>-<TERM>             WAL bytes [START, END) of one segment
-//! base/<ID>/part-<N>                                 a base backup's tar stream, in parts
+//! base/<ID>/part-<N>                                 a base backup's files (or tar stream), in parts
 //! base/<ID>/manifest                                 written last: parts, checksums, LSNs
 //! ```
 //!
@@ -18,6 +18,7 @@
 
 pub mod archiver;
 pub mod base;
+pub mod datadir;
 mod pgwire;
 pub mod seal;
 mod tarscan;
@@ -170,11 +171,7 @@ impl Repo {
             .await
             .map_err(|e| self.storage_error(rel, e))?;
         let b = r.bytes().await.map_err(|e| self.storage_error(rel, e))?;
-        Ok(b.to_vec())
-    }
-
-    fn open_sealed(&self, rel: &str, sealed: &[u8]) -> Result<Vec<u8>, Error> {
-        self.key.open(&self.name(rel), sealed)
+        Ok(Vec::from(b))
     }
 
     fn storage_error(&self, rel: &str, e: object_store::Error) -> Error {

@@ -94,6 +94,12 @@ impl Key {
 
     /// Opens an object sealed by [`Key::seal`] under the same name and key.
     pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, Error> {
+        self.open_vec(name, sealed.to_vec())
+    }
+
+    /// [`Key::open`], decrypting in place in the buffer it is given (no copy of the
+    /// sealed bytes; the plain bytes reuse it unless they were compressed).
+    pub fn open_vec(&self, name: &str, mut sealed: Vec<u8>) -> Result<Vec<u8>, Error> {
         let corrupt = |reason: &str| Error::Corrupt {
             object: name.to_string(),
             reason: reason.to_string(),
@@ -103,19 +109,22 @@ impl Key {
         }
         let flags = sealed[4];
         let nonce: [u8; NONCE_LEN] = sealed[5..HEADER].try_into().map_err(|_| corrupt("bad nonce"))?;
-        let mut body = sealed[HEADER..].to_vec();
-        let plain = self
+        let plain_len = self
             .aead()
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(name.as_bytes()),
-                &mut body,
+                &mut sealed[HEADER..],
             )
-            .map_err(|_| corrupt("authentication failed: damaged, renamed, or sealed with another key"))?;
+            .map_err(|_| corrupt("authentication failed: damaged, renamed, or sealed with another key"))?
+            .len();
+        let plain = &sealed[HEADER..HEADER + plain_len];
         if flags & FLAG_LZ4 != 0 {
             lz4_flex::block::decompress_size_prepended(plain).map_err(|e| corrupt(&format!("lz4: {e}")))
         } else {
-            Ok(plain.to_vec())
+            sealed.truncate(HEADER + plain_len);
+            sealed.drain(..HEADER);
+            Ok(sealed)
         }
     }
 

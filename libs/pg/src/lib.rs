@@ -413,29 +413,81 @@ pub fn chown_tree(dir: &Path, run_as: Option<RunAs>) -> Result<()> {
     walk(dir, r)
 }
 
-/// Starts `pg_basebackup` writing a tar of the server listening on `socket_dir`/`port`
-/// to its stdout, compressed by the server with LZ4 (no WAL: the archive has it; no
-/// manifest, which cannot go into a compressed stream).
-pub fn basebackup_stream(
-    bin: &PgBin,
-    socket_dir: &Path,
-    port: u16,
-    run_as: Option<RunAs>,
-) -> Result<tokio::process::Child> {
-    let mut cmd = tokio::process::Command::new(bin.path("pg_basebackup"));
-    cmd.arg("-h")
-        .arg(socket_dir)
-        .args(["-p", &port.to_string(), "-U", ADMIN_USER])
-        .args(["-D", "-", "-F", "tar", "-X", "none", "-c", "fast", "--no-password"])
-        .args(["--compress=server-lz4", "--no-manifest"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    if let Some(r) = run_as {
-        cmd.uid(r.uid).gid(r.gid);
+/// Starts a non-exclusive base backup on `conn` (a fast checkpoint first); the files may
+/// then be copied until [`backup_stop`] on the same connection. Returns the timeline and
+/// the LSN the copy's WAL starts at.
+pub async fn backup_start(conn: &mut sqlx::PgConnection, label: &str) -> Result<(u32, u64)> {
+    let (lsn,): (String,) = sqlx::query_as("SELECT pg_backup_start($1, true)::text")
+        .bind(label)
+        .fetch_one(&mut *conn)
+        .await
+        .context("start the base backup (pg_backup_start)")?;
+    let lsn = parse_lsn(&lsn).with_context(|| format!("bad LSN {lsn:?}"))?;
+    let (tli,): (i32,) = sqlx::query_as("SELECT timeline_id FROM pg_control_checkpoint()")
+        .fetch_one(&mut *conn)
+        .await
+        .context("read the timeline")?;
+    Ok((u32::try_from(tli).unwrap_or(1), lsn))
+}
+
+/// Ends the base backup [`backup_start`] began on `conn`: the LSN the copy is consistent
+/// at, and the `backup_label` to restore with it. (The archive is Highrise's own, so it
+/// does not wait for `archive_command`.)
+pub async fn backup_stop(conn: &mut sqlx::PgConnection) -> Result<(u64, String)> {
+    let (lsn, label, spcmap): (String, String, Option<String>) =
+        sqlx::query_as("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)")
+            .fetch_one(conn)
+            .await
+            .context("end the base backup (pg_backup_stop)")?;
+    if spcmap.is_some_and(|m| !m.trim().is_empty()) {
+        bail!("the server has tablespaces, which Highrise does not back up");
     }
-    cmd.spawn().context("spawn pg_basebackup")
+    let lsn = parse_lsn(&lsn).with_context(|| format!("bad LSN {lsn:?}"))?;
+    Ok((lsn, label))
+}
+
+/// What `pg_controldata` says of a data directory that is not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlData {
+    pub system_identifier: u64,
+    /// `shut down`: the directory is consistent at its last checkpoint.
+    pub shut_down: bool,
+    pub timeline: u32,
+    /// Where recovery from this directory starts (the last checkpoint's redo point).
+    pub redo_lsn: u64,
+}
+
+pub fn control_data(bin: &PgBin, datadir: &Path) -> Result<ControlData> {
+    let out = std::process::Command::new(bin.path("pg_controldata"))
+        .arg("-D")
+        .arg(datadir)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .context("spawn pg_controldata")?;
+    if !out.status.success() {
+        bail!(
+            "pg_controldata failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_control_data(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_control_data(text: &str) -> Result<ControlData> {
+    let field = |name: &str| -> Result<&str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+            .map(str::trim)
+            .with_context(|| format!("pg_controldata printed no {name:?}"))
+    };
+    Ok(ControlData {
+        system_identifier: field("Database system identifier")?.parse()?,
+        shut_down: field("Database cluster state")? == "shut down",
+        timeline: field("Latest checkpoint's TimeLineID")?.parse()?,
+        redo_lsn: parse_lsn(field("Latest checkpoint's REDO location")?).context("bad REDO location")?,
+    })
 }
 
 /// What a running server says of itself.
@@ -629,6 +681,28 @@ mod tests {
         assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
         assert!(parse_lsn("1/0").unwrap() > parse_lsn("0/FFFFFFFF").unwrap());
         assert_eq!(parse_lsn("nope"), None);
+    }
+
+    #[test]
+    fn control_data_is_read() {
+        let text = "pg_control version number:            1300\n\
+                    Database system identifier:           7442329712345678901\n\
+                    Database cluster state:               shut down\n\
+                    Latest checkpoint location:           0/14F4F90\n\
+                    Latest checkpoint's REDO location:    0/14F4F58\n\
+                    Latest checkpoint's TimeLineID:       1\n\
+                    Time of latest checkpoint:            Tue Dec  1 21:36:14 2026\n";
+        let c = parse_control_data(text).unwrap();
+        assert_eq!(
+            c,
+            ControlData {
+                system_identifier: 7442329712345678901,
+                shut_down: true,
+                timeline: 1,
+                redo_lsn: 0x14F4F58,
+            }
+        );
+        assert!(parse_control_data("Database cluster state: shut down\n").is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Base backup decisions: when the next one is due, and which ones retention lets go.
+//! Base backup decisions: when the next one is due, which ones retention lets go, and
+//! which one a restore starts from.
 //!
 //! Pure functions over the backup ledger, like the rest of the planner. Retention keeps the
 //! newest `retain_count` complete backups and every complete backup younger than
@@ -15,6 +16,11 @@ pub struct BackupEntry {
     pub finished_at: Option<i64>,
     pub timeline: u32,
     pub start_lsn: u64,
+    /// Where the copy is consistent (complete backups).
+    pub end_lsn: Option<u64>,
+    /// A creation image: consistent before the cluster's first commit, so restores from it
+    /// can stop at any moment from this time (the cluster's creation) on.
+    pub since: Option<i64>,
 }
 
 /// A failed backup is retried after this long.
@@ -76,6 +82,58 @@ pub fn retention(entries: &[BackupEntry], retain_count: u32, retain_days: u32, n
     Retention { delete, wal_before }
 }
 
+/// Where a restore stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreTarget {
+    /// The end of the archived WAL.
+    Latest,
+    /// A moment, in whole Unix seconds (rounded down).
+    Time(i64),
+    Lsn(u64),
+}
+
+/// Why no backup can start a restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoBase {
+    /// No complete backup at all.
+    NoBackup,
+    /// The target is before the cluster was created (the time it was).
+    BeforeCreation(i64),
+    /// No backup is consistent before the target.
+    NoneBefore,
+}
+
+/// The backup a restore to `target` starts from: the newest complete one consistent at
+/// or before the target (the least WAL to replay). A creation image is consistent before
+/// every commit, so it serves any moment since the cluster's creation. `finished_at` has
+/// whole seconds: a backup surely done before the target's second wins over one done
+/// within it (PostgreSQL refuses, clearly, a target before a backup's consistent point).
+pub fn restore_base(entries: &[BackupEntry], target: RestoreTarget) -> Result<&BackupEntry, NoBase> {
+    let mut complete: Vec<&BackupEntry> = entries.iter().filter(|b| b.status == "complete").collect();
+    complete.sort_by_key(|b| (b.finished_at, b.end_lsn));
+    if complete.is_empty() {
+        return Err(NoBase::NoBackup);
+    }
+    let pick = |ok: &dyn Fn(&BackupEntry) -> bool| complete.iter().rev().find(|b| ok(b)).copied();
+    match target {
+        RestoreTarget::Latest => Ok(complete[complete.len() - 1]),
+        RestoreTarget::Lsn(lsn) => pick(&|b| b.end_lsn.is_some_and(|e| e <= lsn)).ok_or(NoBase::NoneBefore),
+        RestoreTarget::Time(t) => {
+            let from_creation = |b: &BackupEntry| b.since.is_some_and(|s| s <= t);
+            if let Some(b) = pick(&|b| b.finished_at.is_some_and(|f| f < t) || from_creation(b)) {
+                return Ok(b);
+            }
+            if let Some(b) = pick(&|b| b.finished_at.is_some_and(|f| f <= t)) {
+                return Ok(b);
+            }
+            match complete.iter().filter_map(|b| b.since).min() {
+                Some(created) if t < created => Err(NoBase::BeforeCreation(created)),
+                _ => Err(NoBase::NoneBefore),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,7 +146,46 @@ mod tests {
             finished_at: (status == "complete").then_some(created + 10),
             timeline: 1,
             start_lsn: lsn,
+            end_lsn: (status == "complete").then_some(lsn + 5),
+            since: None,
         }
+    }
+
+    #[test]
+    fn a_restore_starts_from_the_newest_backup_consistent_before_its_target() {
+        let mut genesis = b("genesis", "complete", 100, 10);
+        genesis.since = Some(98);
+        let entries = vec![
+            genesis,
+            b("b1", "complete", 200, 100),
+            b("b2", "complete", 300, 200),
+            b("run", "running", 400, 300),
+        ];
+        let id = |t| restore_base(&entries, t).map(|b| b.id.as_str());
+        use RestoreTarget::*;
+        let cases = [
+            (Latest, Ok("b2")),
+            // From the creation on, before any backup finished: the creation image.
+            (Time(98), Ok("genesis")),
+            (Time(105), Ok("genesis")),
+            // b1 finished within second 210, perhaps after the target: the creation image
+            // is surely consistent before it.
+            (Time(210), Ok("genesis")),
+            (Time(211), Ok("b1")),
+            (Time(9999), Ok("b2")),
+            (Time(97), Err(NoBase::BeforeCreation(98))),
+            (Lsn(15), Ok("genesis")),
+            (Lsn(105), Ok("b1")),
+            (Lsn(14), Err(NoBase::NoneBefore)),
+        ];
+        for (target, want) in cases {
+            assert_eq!(id(target), want, "{target:?}");
+        }
+        // Without a creation image the window opens at the first backup's end.
+        let plain = &entries[1..];
+        assert_eq!(restore_base(plain, Time(150)).unwrap_err(), NoBase::NoneBefore);
+        assert_eq!(restore_base(plain, Time(210)).unwrap().id, "b1");
+        assert_eq!(restore_base(&entries[3..], Latest).unwrap_err(), NoBase::NoBackup);
     }
 
     #[test]
