@@ -236,6 +236,7 @@ async fn genesis_backup(
 pub async fn restore(shared: &Shared, r: &RestoreSpec, pgdata: &Path) -> Result<()> {
     let repo = open_repo(&r.storage)?;
     tracing::info!(backup = %r.backup_id, "restoring from object storage");
+    let t0 = std::time::Instant::now();
     if pgdata.exists() {
         std::fs::remove_dir_all(pgdata).with_context(|| format!("clear {}", pgdata.display()))?;
     }
@@ -246,6 +247,7 @@ pub async fn restore(shared: &Shared, r: &RestoreSpec, pgdata: &Path) -> Result<
         .restore_base(&r.backup_id, pgdata, owner)
         .await
         .with_context(|| format!("restore base backup {}", r.backup_id))?;
+    let base_secs = t0.elapsed().as_secs_f64();
     let pg_wal = pgdata.join("pg_wal");
     std::fs::create_dir_all(&pg_wal).with_context(|| format!("create {}", pg_wal.display()))?;
     let ranges = repo
@@ -265,6 +267,13 @@ pub async fn restore(shared: &Shared, r: &RestoreSpec, pgdata: &Path) -> Result<
     tokio::task::spawn_blocking(move || highrise_pg::chown_tree(&pgdata, run_as))
         .await
         .context("chown task")??;
-    tracing::info!(backup = %r.backup_id, wal_end = %highrise_backup::fmt_lsn(end), "restored from object storage; recovering");
+    tracing::info!(
+        backup = %r.backup_id,
+        bytes = m.size,
+        base_secs,
+        total_secs = t0.elapsed().as_secs_f64(),
+        wal_end = %highrise_backup::fmt_lsn(end),
+        "restored from object storage; recovering"
+    );
     Ok(())
 }

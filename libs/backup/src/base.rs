@@ -307,6 +307,26 @@ impl Repo {
         Ok(plain)
     }
 
+    /// [`Repo::open_part`] into `buf`, aligned for direct I/O; returns where the plain
+    /// bytes are.
+    fn open_part_aligned(&self, p: &Part, sealed: Vec<u8>, buf: &mut Vec<u8>) -> Result<std::ops::Range<usize>, Error> {
+        let corrupt = |reason: &str| Error::Corrupt {
+            object: self.name(&p.name),
+            reason: reason.into(),
+        };
+        if sealed.len() as u64 != p.stored || sha256_hex(&sealed) != p.sha256 {
+            return Err(corrupt("checksum does not match the manifest"));
+        }
+        let size = usize::try_from(p.size).map_err(|_| corrupt("part too large"))?;
+        let plain = self
+            .key
+            .open_aligned(&self.name(&p.name), sealed, buf, datadir::ALIGN, size)?;
+        if plain.len() != size {
+            return Err(corrupt("size does not match the manifest"));
+        }
+        Ok(plain)
+    }
+
     /// Fetches, opens and checks every part of backup `id`, in order, into `sink`.
     async fn stream_parts(&self, m: &Manifest, sink: Option<tokio::sync::mpsc::Sender<Vec<u8>>>) -> Result<u64, Error> {
         let mut stream = futures::stream::iter(m.parts.iter().cloned().map(|p| {
@@ -362,16 +382,24 @@ impl Repo {
         tokio::task::spawn_blocking(move || datadir::prepare(&dir, &dirs, &all, owner))
             .await
             .map_err(|e| Error::Invalid(format!("prepare task: {e}")))??;
+        // Decode buffers are reused: fresh memory for every part costs more than the copy.
+        let pool: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
         futures::stream::iter(m.parts.iter().cloned().map(|p| {
-            let (repo, files, dir) = (self.clone(), Arc::clone(&files), dest.to_path_buf());
+            let (repo, files, dir, pool) = (self.clone(), Arc::clone(&files), dest.to_path_buf(), Arc::clone(&pool));
             async move {
                 let sealed = repo.get_raw(&p.name).await?;
                 tokio::task::spawn_blocking(move || {
-                    let plain = repo.open_part(&p, sealed)?;
-                    datadir::write_part(&dir, &files, &p.chunks, &plain).map_err(|reason| Error::Corrupt {
-                        object: repo.name(&p.name),
-                        reason,
-                    })
+                    let mut buf = pool.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+                    let res = repo.open_part_aligned(&p, sealed, &mut buf).and_then(|plain| {
+                        datadir::write_part(&dir, &files, &p.chunks, &buf[plain], owner).map_err(|reason| {
+                            Error::Corrupt {
+                                object: repo.name(&p.name),
+                                reason,
+                            }
+                        })
+                    });
+                    pool.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+                    res
                 })
                 .await
                 .map_err(|e| Error::Invalid(format!("write task: {e}")))?

@@ -2,12 +2,19 @@
 //! `pg_backup_start` and `pg_backup_stop`, as pgBackRest does, or a never-started
 //! template), packed into independent parts, and restored from them in parallel.
 //!
-//! A part is the plain concatenation of *chunks* — byte ranges of the backed-up files —
-//! sealed on its own (LZ4 + AES-256-GCM). The manifest lists every file and directory and,
-//! per part, which range of which file each chunk is. So any part can be opened and
-//! written on its own, in any order: restore creates every file at its final size first,
-//! then several parts at once are fetched, checked, decoded and written with positioned
-//! writes — no single stream to decode, no tar to parse.
+//! A part is a sequence of *chunks* — byte ranges of the backed-up files, each starting
+//! at the next multiple of [`ALIGN`] in the part (zeros between, which LZ4 stores for
+//! nearly nothing) — sealed on its own (LZ4 + AES-256-GCM). The manifest lists every file
+//! and directory and, per part, which range of which file each chunk is. So any part can
+//! be opened and written on its own, in any order: restore creates every file at its
+//! final size first, then several parts at once are fetched, checked, decoded and
+//! written with positioned writes — no single stream to decode, no tar to parse.
+//!
+//! Restore writes with direct I/O (`O_DIRECT`) where the file system takes it: the
+//! chunks are aligned in memory and in their files, so whole blocks go from the decode
+//! buffer to the disk. Filling the page cache with a restore's gigabytes costs more than
+//! the disk does on the machines measured (`bench/README.md`); the unaligned tail of a
+//! file goes through the page cache.
 //!
 //! Left out, as PostgreSQL documents for file-system-level backups: the contents of
 //! `pg_wal` (the archive has the WAL) and of the directories the server rebuilds
@@ -17,7 +24,7 @@
 use crate::Error;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// One backed-up file: its path relative to the data directory, mode and size.
@@ -42,6 +49,26 @@ pub struct Chunk {
     pub file: u32,
     pub offset: u64,
     pub len: u64,
+}
+
+/// Where chunks start in a part, and the granularity of direct I/O.
+pub const ALIGN: usize = 4096;
+
+fn align_up(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Where each chunk's bytes start in its part, and the part's length.
+pub fn layout(chunks: &[Chunk]) -> Result<(Vec<usize>, usize), String> {
+    let mut pos = 0usize;
+    let mut starts = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let len = usize::try_from(c.len).map_err(|_| "chunk too large".to_string())?;
+        pos = align_up(pos);
+        starts.push(pos);
+        pos = pos.checked_add(len).ok_or_else(|| "chunk too large".to_string())?;
+    }
+    Ok((starts, pos))
 }
 
 /// Directories whose contents a backup leaves out (the directory itself is kept).
@@ -145,8 +172,9 @@ fn walk(root: &Path, rel: &str, out: &mut Listing) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reads the listed files into parts of `part_size` bytes, handing each full part (its
-/// bytes and chunks) to `emit`, and returns every file as read. A file that vanished
+/// Reads the listed files into parts of `part_size` bytes (a multiple of [`ALIGN`]),
+/// handing each full part (its bytes and chunks) to `emit`, and returns every file as
+/// read. A file that vanished
 /// since the listing is left out; one that grew or shrank is taken as it is now (WAL
 /// replay from the backup's start repairs what changed meanwhile).
 pub fn pack(
@@ -155,6 +183,11 @@ pub fn pack(
     part_size: usize,
     mut emit: impl FnMut(Vec<u8>, Vec<Chunk>) -> Result<(), Error>,
 ) -> Result<Vec<FileEntry>, Error> {
+    if part_size == 0 || !part_size.is_multiple_of(ALIGN) {
+        return Err(Error::Invalid(format!(
+            "part size {part_size} is not a multiple of {ALIGN}"
+        )));
+    }
     let mut out: Vec<FileEntry> = Vec::with_capacity(files.len());
     let mut buf: Vec<u8> = vec![0; part_size];
     let mut filled = 0usize;
@@ -170,6 +203,23 @@ pub fn pack(
         let idx = u32::try_from(out.len()).map_err(|_| Error::Invalid("too many files".into()))?;
         let mut offset = 0u64;
         loop {
+            let continues = chunks
+                .last()
+                .is_some_and(|c| c.file == idx && c.offset + c.len == offset);
+            if !continues {
+                // A new chunk starts aligned (the padding is zeros), in the next part if
+                // this one has no aligned room left.
+                let start = align_up(filled);
+                if start < part_size {
+                    buf[filled..start].fill(0);
+                    filled = start;
+                } else if filled > 0 {
+                    let mut full = std::mem::replace(&mut buf, vec![0; part_size]);
+                    full.truncate(filled);
+                    emit(full, std::mem::take(&mut chunks))?;
+                    filled = 0;
+                }
+            }
             if filled == part_size {
                 emit(
                     std::mem::replace(&mut buf, vec![0; part_size]),
@@ -236,8 +286,9 @@ pub fn check_layout(dirs: &[DirEntry], files: &[FileEntry], parts: &[&[Chunk]]) 
     Ok(())
 }
 
-/// Creates the directories and every file at its final size (empty), so parts can then
-/// be written in any order.
+/// Creates the directories and the empty files; the others are created by the first of
+/// their parts to arrive (creating a file costs about as much as writing a megabyte of it
+/// here, so it is better spread over the parallel writers), in any order.
 pub fn prepare(dest: &Path, dirs: &[DirEntry], files: &[FileEntry], owner: Option<Owner>) -> Result<(), Error> {
     let io = |p: &Path, e: std::io::Error| Error::Invalid(format!("create {}: {e}", p.display()));
     std::fs::create_dir_all(dest).map_err(|e| io(dest, e))?;
@@ -253,48 +304,72 @@ pub fn prepare(dest: &Path, dirs: &[DirEntry], files: &[FileEntry], owner: Optio
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(d.mode & 0o7777)).map_err(|e| io(&p, e))?;
         chown(&p, owner)?;
     }
-    for f in files {
+    for f in files.iter().filter(|f| f.size == 0) {
         let p = dest.join(&f.path);
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(f.mode & 0o7777)
-            .open(&p)
-            .map_err(|e| io(&p, e))?;
-        file.set_len(f.size).map_err(|e| io(&p, e))?;
-        if let Some(o) = owner {
-            std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid)).map_err(|e| io(&p, e))?;
-        }
+        open(&p, f.mode, false, owner).map_err(|e| Error::Invalid(format!("create {}: {e}", p.display())))?;
     }
     Ok(())
 }
 
-/// Writes one opened part's chunks into the prepared files under `dest`.
-pub fn write_part(dest: &Path, files: &[FileEntry], chunks: &[Chunk], plain: &[u8]) -> Result<(), String> {
-    let mut pos = 0usize;
-    let mut open: Option<(u32, std::fs::File)> = None;
-    for c in chunks {
-        let len = usize::try_from(c.len).map_err(|_| "chunk too large".to_string())?;
-        let data = plain
-            .get(pos..pos + len)
-            .ok_or_else(|| "the part is shorter than its chunks".to_string())?;
-        pos += len;
-        let f = &files[c.file as usize];
-        if open.as_ref().is_none_or(|(i, _)| *i != c.file) {
-            let p: PathBuf = dest.join(&f.path);
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .map_err(|e| format!("open {}: {e}", p.display()))?;
-            open = Some((c.file, file));
-        }
-        let (_, file) = open.as_ref().expect("opened above");
-        file.write_all_at(data, c.offset)
-            .map_err(|e| format!("write {}: {e}", dest.join(&f.path).display()))?;
+/// Opens (creating if needed, with its mode and owner) a file of the copy for writing.
+fn open(p: &Path, mode: u32, direct: bool, owner: Option<Owner>) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).mode(mode & 0o7777);
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
     }
-    if pos != plain.len() {
-        return Err("the part is longer than its chunks".into());
+    let f = o.open(p)?;
+    if let Some(o) = owner {
+        std::os::unix::fs::fchown(&f, Some(o.uid), Some(o.gid))?;
+    }
+    Ok(f)
+}
+
+/// Writes one opened part's chunks into their files under `dest` (prepared by
+/// [`prepare`]). `plain` is the part, starting at an [`ALIGN`]-aligned address (see
+/// [`crate::Key::open_aligned`]). The chunks of a file cover it whole, so once every part
+/// is written each file has its size.
+pub fn write_part(
+    dest: &Path,
+    files: &[FileEntry],
+    chunks: &[Chunk],
+    plain: &[u8],
+    owner: Option<Owner>,
+) -> Result<(), String> {
+    let (starts, end) = layout(chunks)?;
+    if end != plain.len() {
+        return Err(format!("the part holds {} bytes, its chunks {end}", plain.len()));
+    }
+    let aligned_buf = (plain.as_ptr() as usize).is_multiple_of(ALIGN);
+    for (c, &pos) in chunks.iter().zip(&starts) {
+        let f = &files[c.file as usize];
+        let p: PathBuf = dest.join(&f.path);
+        let data = &plain[pos..pos + c.len as usize];
+        // Whole blocks at an aligned file offset go straight to the disk; the rest (a
+        // file's last partial block) through the page cache.
+        let direct_len = if aligned_buf && c.offset.is_multiple_of(ALIGN as u64) {
+            data.len() / ALIGN * ALIGN
+        } else {
+            0
+        };
+        let mut done = 0;
+        if direct_len > 0 {
+            match open(&p, f.mode, true, owner) {
+                Ok(file) => {
+                    file.write_all_at(&data[..direct_len], c.offset)
+                        .map_err(|e| format!("write {}: {e}", p.display()))?;
+                    done = direct_len;
+                }
+                // The file system does not take direct I/O (tmpfs, …).
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(format!("open {}: {e}", p.display())),
+            }
+        }
+        if done < data.len() {
+            let file = open(&p, f.mode, false, owner).map_err(|e| format!("open {}: {e}", p.display()))?;
+            file.write_all_at(&data[done..], c.offset + done as u64)
+                .map_err(|e| format!("write {}: {e}", p.display()))?;
+        }
     }
     Ok(())
 }
@@ -307,18 +382,13 @@ fn chown(p: &Path, owner: Option<Owner>) -> Result<(), Error> {
     Ok(())
 }
 
-/// The owner of `path` (for tests and callers that restore as the data's owner).
-pub fn owner_of(path: &Path) -> Result<Owner, Error> {
-    let md = std::fs::metadata(path).map_err(|e| Error::Invalid(format!("stat {}: {e}", path.display())))?;
-    Ok(Owner {
-        uid: md.uid(),
-        gid: md.gid(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
 
     fn tree(root: &Path) {
         for d in [
@@ -332,7 +402,7 @@ mod tests {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::write(root.join("PG_VERSION"), "15\n").unwrap();
-        std::fs::write(root.join("base/1/1259"), vec![7u8; 20_000]).unwrap();
+        std::fs::write(root.join("base/1/1259"), pattern(20_000)).unwrap();
         std::fs::write(root.join("base/1/empty"), b"").unwrap();
         std::fs::write(root.join("global/pg_control"), vec![3u8; 8192]).unwrap();
         std::fs::write(root.join("global/pg_internal.init"), b"x").unwrap();
@@ -388,9 +458,15 @@ mod tests {
         let dest = tmp.path().join("dest");
         prepare(&dest, &l.dirs, &files, None).unwrap();
         for (b, c) in parts.iter().rev() {
-            write_part(&dest, &files, c, b).unwrap();
+            // As restore hands them over: at an aligned address.
+            let mut out = vec![0u8; b.len() + ALIGN];
+            let off = out.as_ptr().align_offset(ALIGN);
+            out[off..off + b.len()].copy_from_slice(b);
+            write_part(&dest, &files, c, &out[off..off + b.len()], None).unwrap();
         }
-        assert_eq!(std::fs::read(dest.join("base/1/1259")).unwrap(), vec![7u8; 20_000]);
+        let bad = &parts[0];
+        assert!(write_part(&dest, &files, &bad.1, &bad.0[..bad.0.len() - 1], None).is_err());
+        assert_eq!(std::fs::read(dest.join("base/1/1259")).unwrap(), pattern(20_000));
         assert_eq!(std::fs::read(dest.join("global/pg_control")).unwrap(), vec![3u8; 8192]);
         assert_eq!(std::fs::read(dest.join("base/1/empty")).unwrap(), b"");
         assert!(dest.join("pg_wal/archive_status").is_dir());

@@ -100,15 +100,65 @@ impl Key {
     /// [`Key::open`], decrypting in place in the buffer it is given (no copy of the
     /// sealed bytes; the plain bytes reuse it unless they were compressed).
     pub fn open_vec(&self, name: &str, mut sealed: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let corrupt = |reason: &str| Error::Corrupt {
-            object: name.to_string(),
-            reason: reason.to_string(),
+        let (compressed, plain) = self.decrypt(name, &mut sealed)?;
+        if compressed {
+            lz4_flex::block::decompress_size_prepended(&sealed[plain]).map_err(|e| corrupt(name, &format!("lz4: {e}")))
+        } else {
+            sealed.truncate(plain.end);
+            sealed.drain(..plain.start);
+            Ok(sealed)
+        }
+    }
+
+    /// [`Key::open`] into `out`, at an offset aligned to `align` bytes (for direct I/O),
+    /// growing `out` when it is too small; returns where the plain bytes are. A plain size
+    /// above `max` is refused before anything is decoded.
+    pub fn open_aligned(
+        &self,
+        name: &str,
+        mut sealed: Vec<u8>,
+        out: &mut Vec<u8>,
+        align: usize,
+        max: usize,
+    ) -> Result<std::ops::Range<usize>, Error> {
+        let (compressed, plain) = self.decrypt(name, &mut sealed)?;
+        let body = &sealed[plain];
+        let (size, payload) = if compressed {
+            let prefix: [u8; 4] = body
+                .get(..4)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| corrupt(name, "lz4: no size"))?;
+            (u32::from_le_bytes(prefix) as usize, &body[4..])
+        } else {
+            (body.len(), body)
         };
+        if size > max {
+            return Err(corrupt(name, &format!("holds {size} bytes, more than {max}")));
+        }
+        if out.len() < size + align {
+            out.resize(size + align, 0);
+        }
+        let off = out.as_ptr().align_offset(align);
+        let dst = &mut out[off..off + size];
+        if compressed {
+            let n = lz4_flex::block::decompress_into(payload, dst).map_err(|e| corrupt(name, &format!("lz4: {e}")))?;
+            if n != size {
+                return Err(corrupt(name, "lz4: shorter than its size"));
+            }
+        } else {
+            dst.copy_from_slice(payload);
+        }
+        Ok(off..off + size)
+    }
+
+    /// Authenticates and decrypts `sealed` in place: whether the plain bytes are LZ4,
+    /// and where they are in the buffer.
+    fn decrypt(&self, name: &str, sealed: &mut [u8]) -> Result<(bool, std::ops::Range<usize>), Error> {
         if sealed.len() < HEADER + 16 || &sealed[..4] != MAGIC {
-            return Err(corrupt("not a sealed Highrise object (bad header)"));
+            return Err(corrupt(name, "not a sealed Highrise object (bad header)"));
         }
         let flags = sealed[4];
-        let nonce: [u8; NONCE_LEN] = sealed[5..HEADER].try_into().map_err(|_| corrupt("bad nonce"))?;
+        let nonce: [u8; NONCE_LEN] = sealed[5..HEADER].try_into().map_err(|_| corrupt(name, "bad nonce"))?;
         let plain_len = self
             .aead()
             .open_in_place(
@@ -116,16 +166,14 @@ impl Key {
                 Aad::from(name.as_bytes()),
                 &mut sealed[HEADER..],
             )
-            .map_err(|_| corrupt("authentication failed: damaged, renamed, or sealed with another key"))?
+            .map_err(|_| {
+                corrupt(
+                    name,
+                    "authentication failed: damaged, renamed, or sealed with another key",
+                )
+            })?
             .len();
-        let plain = &sealed[HEADER..HEADER + plain_len];
-        if flags & FLAG_LZ4 != 0 {
-            lz4_flex::block::decompress_size_prepended(plain).map_err(|e| corrupt(&format!("lz4: {e}")))
-        } else {
-            sealed.truncate(HEADER + plain_len);
-            sealed.drain(..HEADER);
-            Ok(sealed)
-        }
+        Ok((flags & FLAG_LZ4 != 0, HEADER..HEADER + plain_len))
     }
 
     /// Wraps a tenant's data key under this (master) key, bound to the org.
@@ -149,6 +197,13 @@ impl Key {
     }
 }
 
+fn corrupt(name: &str, reason: &str) -> Error {
+    Error::Corrupt {
+        object: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +215,12 @@ mod tests {
         for compress in [false, true] {
             let s = k.seal("a/b", &data, compress).unwrap();
             assert_eq!(k.open("a/b", &s).unwrap(), data);
+            let mut out = Vec::new();
+            let r = k.open_aligned("a/b", s.clone(), &mut out, 4096, data.len()).unwrap();
+            assert_eq!((out[r.clone()].as_ptr() as usize % 4096, &out[r]), (0, &data[..]));
+            assert!(k
+                .open_aligned("a/b", s.clone(), &mut out, 4096, data.len() - 1)
+                .is_err());
             if compress {
                 assert!(s.len() < data.len() / 4, "compressible data shrinks");
             }
