@@ -386,6 +386,9 @@ impl Instance {
                 return Ok(InstanceState::Creating);
             }
             self.start(spec).await?;
+            if self.local.genesis.is_some() && spec.storage.is_some() {
+                self.reserve_wal_from_creation().await;
+            }
             self.apply(spec).await?;
             self.local.initialized = true;
             self.save()?;
@@ -446,6 +449,29 @@ impl Instance {
             self.stop_archiver().await;
         }
         Ok(InstanceState::Running)
+    }
+
+    /// Creates the archiver's slot before anything else runs on a fresh copy of the
+    /// template: a physical slot reserves WAL from the last checkpoint's redo point, here
+    /// the template's own, so the archive holds the WAL the creation image needs even if a
+    /// checkpoint (a standby's base backup) comes before the archiver starts.
+    async fn reserve_wal_from_creation(&mut self) {
+        let sql = format!(
+            "SELECT 1 FROM pg_create_physical_replication_slot({}, true)",
+            highrise_pg::quote_literal(highrise_backup::archiver::SLOT)
+        );
+        let res = match self.admin().await {
+            Ok(conn) => sqlx::query(&sql)
+                .execute(conn)
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            // The archiver creates the slot itself; the first backup may then copy the server.
+            tracing::warn!(instance = %self.id, "reserve WAL for the creation image: {e:#}");
+        }
     }
 
     /// Keeps one archiver running with the spec's term, storage and durability.

@@ -689,6 +689,25 @@ fn replicas_stream_synchronously_from_their_primary() {
     let (ok, _, err) = psql(&standby_uri, "insert into t values (9)");
     assert!(!ok && err.contains("read-only"), "{err}");
 
+    // The standby's base backup checkpointed the primary, yet the first backup is still
+    // the creation image: the archiver's WAL was reserved before anything ran.
+    wait_for("the first backup", Duration::from_secs(60), || {
+        let list: Value = serde_json::from_str(&up.cli_ok(&["backup", "list", "ha", "--output", "json"])).unwrap();
+        let first = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["status"] != "pending")
+            .cloned();
+        first.is_some_and(|b| {
+            assert_eq!(
+                (&b["status"], &b["from_creation"]),
+                (&"complete".into(), &true.into()),
+                "{b}"
+            );
+            true
+        })
+    });
     wait_for("the standby's lag to be shown", Duration::from_secs(30), || {
         let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "ha", "--output", "json"])).unwrap();
         shown["members"]

@@ -1264,6 +1264,28 @@ impl Store {
     // --- the planner's snapshot --------------------------------------------------------
 
     pub async fn world(&self, now: i64, observing_since: i64) -> Result<planner::World> {
+        // Operations first: the rows an operation refers to were written with it (one
+        // transaction), so they are in the reads that follow. Read the other way round, a
+        // create arriving in between would show its operation without its cluster.
+        let operations =
+            sqlx::query("SELECT id, cluster_id, kind FROM operations WHERE status = 'running' ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .filter_map(|r| {
+                    let kind = match r.try_get::<String, _>("kind").ok()?.as_str() {
+                        "create_cluster" => planner::OperationKind::CreateCluster,
+                        "delete_cluster" => planner::OperationKind::DeleteCluster,
+                        "switchover" => planner::OperationKind::Switchover,
+                        _ => return None,
+                    };
+                    Some(planner::OperationView {
+                        id: r.try_get("id").ok()?,
+                        cluster_id: r.try_get::<Option<String>, _>("cluster_id").ok()??,
+                        kind,
+                    })
+                })
+                .collect();
         let clusters = sqlx::query(
             "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, deleted_at FROM clusters \
              ORDER BY id",
@@ -1337,25 +1359,6 @@ impl Store {
                 draining: i.draining,
             })
             .collect();
-        let operations =
-            sqlx::query("SELECT id, cluster_id, kind FROM operations WHERE status = 'running' ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .filter_map(|r| {
-                    let kind = match r.try_get::<String, _>("kind").ok()?.as_str() {
-                        "create_cluster" => planner::OperationKind::CreateCluster,
-                        "delete_cluster" => planner::OperationKind::DeleteCluster,
-                        "switchover" => planner::OperationKind::Switchover,
-                        _ => return None,
-                    };
-                    Some(planner::OperationView {
-                        id: r.try_get("id").ok()?,
-                        cluster_id: r.try_get::<Option<String>, _>("cluster_id").ok()??,
-                        kind,
-                    })
-                })
-                .collect();
         Ok(planner::World {
             now,
             observing_since,

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 /// The `application_name` the archiver streams as (what `synchronous_standby_names`
 /// lists for durability `sync`).
 pub const APPLICATION_NAME: &str = "highrise_archiver";
-const SLOT: &str = "highrise_archiver";
+/// The replication slot the archiver streams from.
+pub const SLOT: &str = "highrise_archiver";
 /// Pending WAL beyond which the archiver stops reading until an upload completes.
 const MAX_PENDING: usize = 32 * 1024 * 1024;
 /// An upload starts at the latest when this much WAL is pending.
