@@ -9,15 +9,13 @@
 //! the agent.
 
 use crate::datadir::{self, Chunk, DirEntry, FileEntry, Owner};
-use crate::tarscan::TarScan;
-use crate::{parse_lsn, Error, Repo};
+use crate::{Error, Repo};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// How many parts are sealed and uploaded (or fetched and opened) at once.
 const PARALLEL: usize = 3;
@@ -78,101 +76,7 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// What a base backup stream is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamKind {
-    /// A plain tar (`pg_basebackup -Ft -D - -X none`): parts are compressed here, and the
-    /// WAL range is read from `backup_label` and the appended `backup_manifest`.
-    Tar,
-    /// An LZ4-frame-compressed tar (`--compress=server-lz4 --no-manifest`): parts are
-    /// stored as they come (sealed, not compressed again); the caller knows where the WAL
-    /// starts and sets `end_lsn` before [`Repo::put_manifest`].
-    Lz4Tar { timeline: u32, start_lsn: u64 },
-}
-
 impl Repo {
-    /// Stores a base backup stream as the parts of backup `id` and returns its manifest,
-    /// which [`Repo::put_manifest`] then writes (a backup exists from that moment on).
-    pub async fn upload_base<R: AsyncRead + Unpin>(
-        &self,
-        id: &str,
-        mut reader: R,
-        part_size: usize,
-        started_at: i64,
-        kind: StreamKind,
-    ) -> Result<Manifest, Error> {
-        let compress = kind == StreamKind::Tar;
-        let mut scan = TarScan::default();
-        let mut inflight: VecDeque<tokio::task::JoinHandle<Result<Part, Error>>> = VecDeque::new();
-        let mut parts = Vec::new();
-        let mut n = 0usize;
-        loop {
-            let mut buf = vec![0u8; part_size];
-            let mut filled = 0;
-            while filled < part_size {
-                let k = reader
-                    .read(&mut buf[filled..])
-                    .await
-                    .map_err(|e| Error::Invalid(format!("read the base backup stream: {e}")))?;
-                if k == 0 {
-                    break;
-                }
-                filled += k;
-            }
-            if filled == 0 {
-                break;
-            }
-            buf.truncate(filled);
-            if compress {
-                scan.feed(&buf);
-            }
-            if inflight.len() >= PARALLEL {
-                parts.push(join(inflight.pop_front()).await?);
-            }
-            inflight.push_back(self.spawn_part(format!("base/{id}/part-{n:06}"), buf, compress, Vec::new()));
-            n += 1;
-            if filled < part_size {
-                break;
-            }
-        }
-        while let Some(h) = inflight.pop_front() {
-            parts.push(join(Some(h)).await?);
-        }
-        let (timeline, start_lsn, end_lsn, compression) = match kind {
-            StreamKind::Lz4Tar { timeline, start_lsn } => (timeline, start_lsn, start_lsn, "lz4-frame"),
-            StreamKind::Tar => {
-                if let Some(bad) = scan.bad {
-                    return Err(Error::Invalid(format!("base backup stream: {bad}")));
-                }
-                let (timeline, start_lsn) = scan
-                    .get("backup_label")
-                    .and_then(parse_label)
-                    .ok_or_else(|| Error::Invalid("base backup stream has no readable backup_label".into()))?;
-                let end_lsn = scan
-                    .get("backup_manifest")
-                    .and_then(parse_manifest_end)
-                    .ok_or_else(|| Error::Invalid("base backup stream has no readable backup_manifest".into()))?;
-                (timeline, start_lsn, end_lsn, "lz4")
-            }
-        };
-        Ok(Manifest {
-            id: id.to_string(),
-            timeline,
-            start_lsn,
-            end_lsn,
-            started_at,
-            finished_at: now(),
-            size: parts.iter().map(|p| p.size).sum(),
-            stored: parts.iter().map(|p| p.stored).sum(),
-            compression: compression.into(),
-            parts,
-            format: tar_format(),
-            dirs: Vec::new(),
-            files: Vec::new(),
-            label: None,
-        })
-    }
-
     /// Seals (compressing where it pays) and stores one part in the background.
     fn spawn_part(
         &self,
@@ -291,18 +195,27 @@ impl Repo {
         Ok(out)
     }
 
-    /// Checks a fetched part against the manifest and opens it.
-    fn open_part(&self, p: &Part, sealed: Vec<u8>) -> Result<Vec<u8>, Error> {
-        let corrupt = |reason: &str| Error::Corrupt {
+    fn corrupt_part(&self, p: &Part, reason: &str) -> Error {
+        Error::Corrupt {
             object: self.name(&p.name),
             reason: reason.into(),
-        };
-        if sealed.len() as u64 != p.stored || sha256_hex(&sealed) != p.sha256 {
-            return Err(corrupt("checksum does not match the manifest"));
         }
+    }
+
+    /// A fetched part must be what the manifest says was stored.
+    fn check_stored(&self, p: &Part, sealed: &[u8]) -> Result<(), Error> {
+        if sealed.len() as u64 != p.stored || sha256_hex(sealed) != p.sha256 {
+            return Err(self.corrupt_part(p, "checksum does not match the manifest"));
+        }
+        Ok(())
+    }
+
+    /// Checks a fetched part against the manifest and opens it.
+    fn open_part(&self, p: &Part, sealed: Vec<u8>) -> Result<Vec<u8>, Error> {
+        self.check_stored(p, &sealed)?;
         let plain = self.key.open_vec(&self.name(&p.name), sealed)?;
         if plain.len() as u64 != p.size {
-            return Err(corrupt("size does not match the manifest"));
+            return Err(self.corrupt_part(p, "size does not match the manifest"));
         }
         Ok(plain)
     }
@@ -310,19 +223,13 @@ impl Repo {
     /// [`Repo::open_part`] into `buf`, aligned for direct I/O; returns where the plain
     /// bytes are.
     fn open_part_aligned(&self, p: &Part, sealed: Vec<u8>, buf: &mut Vec<u8>) -> Result<std::ops::Range<usize>, Error> {
-        let corrupt = |reason: &str| Error::Corrupt {
-            object: self.name(&p.name),
-            reason: reason.into(),
-        };
-        if sealed.len() as u64 != p.stored || sha256_hex(&sealed) != p.sha256 {
-            return Err(corrupt("checksum does not match the manifest"));
-        }
-        let size = usize::try_from(p.size).map_err(|_| corrupt("part too large"))?;
+        self.check_stored(p, &sealed)?;
+        let size = usize::try_from(p.size).map_err(|_| self.corrupt_part(p, "part too large"))?;
         let plain = self
             .key
             .open_aligned(&self.name(&p.name), sealed, buf, datadir::ALIGN, size)?;
         if plain.len() != size {
-            return Err(corrupt("size does not match the manifest"));
+            return Err(self.corrupt_part(p, "size does not match the manifest"));
         }
         Ok(plain)
     }
@@ -369,8 +276,9 @@ impl Repo {
         Ok(m)
     }
 
-    /// `files`: every file made at its size, then the parts fetched, checked, decoded and
-    /// written `PARALLEL` at a time, in whatever order they arrive.
+    /// `files`: the directories (and empty files) made, then the parts fetched, checked,
+    /// decoded and written `PARALLEL` at a time, in whatever order they arrive, each
+    /// creating the files it is the first to reach.
     async fn restore_files(&self, m: &Manifest, dest: &Path, owner: Option<Owner>) -> Result<(), Error> {
         let chunks: Vec<&[Chunk]> = m.parts.iter().map(|p| p.chunks.as_slice()).collect();
         datadir::check_layout(&m.dirs, &m.files, &chunks).map_err(|reason| Error::Corrupt {
@@ -530,29 +438,135 @@ async fn join(h: Option<tokio::task::JoinHandle<Result<Part, Error>>>) -> Result
     }
 }
 
-/// `START WAL LOCATION: 0/2000028 (file …)` and `START TIMELINE: 1` of a backup_label.
-fn parse_label(label: &[u8]) -> Option<(u32, u64)> {
-    let text = std::str::from_utf8(label).ok()?;
-    let mut lsn = None;
-    let mut tli = None;
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("START WAL LOCATION: ") {
-            lsn = parse_lsn(v.split_whitespace().next()?);
-        } else if let Some(v) = line.strip_prefix("START TIMELINE: ") {
-            tli = v.trim().parse().ok();
+/// The writing side of the `tar` format, which the agent no longer takes: kept to make
+/// `tar` backups for the tests of their restore and verify.
+#[cfg(test)]
+mod tar_writer {
+    use super::*;
+    use crate::parse_lsn;
+    use crate::tarscan::TarScan;
+    use tokio::io::{AsyncRead, AsyncReadExt};
+
+    /// What a base backup stream is.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum StreamKind {
+        /// A plain tar (`pg_basebackup -Ft -D - -X none`): parts are compressed here, and the
+        /// WAL range is read from `backup_label` and the appended `backup_manifest`.
+        Tar,
+        /// An LZ4-frame-compressed tar (`--compress=server-lz4 --no-manifest`): parts are
+        /// stored as they come (sealed, not compressed again); the caller knows where the WAL
+        /// starts and sets `end_lsn` before [`Repo::put_manifest`].
+        Lz4Tar { timeline: u32, start_lsn: u64 },
+    }
+
+    impl Repo {
+        /// Stores a base backup stream as the parts of backup `id` and returns its manifest,
+        /// which [`Repo::put_manifest`] then writes (a backup exists from that moment on).
+        pub async fn upload_base<R: AsyncRead + Unpin>(
+            &self,
+            id: &str,
+            mut reader: R,
+            part_size: usize,
+            started_at: i64,
+            kind: StreamKind,
+        ) -> Result<Manifest, Error> {
+            let compress = kind == StreamKind::Tar;
+            let mut scan = TarScan::default();
+            let mut inflight: VecDeque<tokio::task::JoinHandle<Result<Part, Error>>> = VecDeque::new();
+            let mut parts = Vec::new();
+            let mut n = 0usize;
+            loop {
+                let mut buf = vec![0u8; part_size];
+                let mut filled = 0;
+                while filled < part_size {
+                    let k = reader
+                        .read(&mut buf[filled..])
+                        .await
+                        .map_err(|e| Error::Invalid(format!("read the base backup stream: {e}")))?;
+                    if k == 0 {
+                        break;
+                    }
+                    filled += k;
+                }
+                if filled == 0 {
+                    break;
+                }
+                buf.truncate(filled);
+                if compress {
+                    scan.feed(&buf);
+                }
+                if inflight.len() >= PARALLEL {
+                    parts.push(join(inflight.pop_front()).await?);
+                }
+                inflight.push_back(self.spawn_part(format!("base/{id}/part-{n:06}"), buf, compress, Vec::new()));
+                n += 1;
+                if filled < part_size {
+                    break;
+                }
+            }
+            while let Some(h) = inflight.pop_front() {
+                parts.push(join(Some(h)).await?);
+            }
+            let (timeline, start_lsn, end_lsn, compression) = match kind {
+                StreamKind::Lz4Tar { timeline, start_lsn } => (timeline, start_lsn, start_lsn, "lz4-frame"),
+                StreamKind::Tar => {
+                    if let Some(bad) = scan.bad {
+                        return Err(Error::Invalid(format!("base backup stream: {bad}")));
+                    }
+                    let (timeline, start_lsn) = scan
+                        .get("backup_label")
+                        .and_then(parse_label)
+                        .ok_or_else(|| Error::Invalid("base backup stream has no readable backup_label".into()))?;
+                    let end_lsn = scan
+                        .get("backup_manifest")
+                        .and_then(parse_manifest_end)
+                        .ok_or_else(|| Error::Invalid("base backup stream has no readable backup_manifest".into()))?;
+                    (timeline, start_lsn, end_lsn, "lz4")
+                }
+            };
+            Ok(Manifest {
+                id: id.to_string(),
+                timeline,
+                start_lsn,
+                end_lsn,
+                started_at,
+                finished_at: now(),
+                size: parts.iter().map(|p| p.size).sum(),
+                stored: parts.iter().map(|p| p.stored).sum(),
+                compression: compression.into(),
+                parts,
+                format: tar_format(),
+                dirs: Vec::new(),
+                files: Vec::new(),
+                label: None,
+            })
         }
     }
-    Some((tli?, lsn?))
-}
 
-/// The last `End-LSN` of the manifest's `WAL-Ranges`.
-fn parse_manifest_end(manifest: &[u8]) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_slice(manifest).ok()?;
-    let ranges = v.get("WAL-Ranges")?.as_array()?;
-    ranges
-        .iter()
-        .filter_map(|r| r.get("End-LSN")?.as_str().and_then(parse_lsn))
-        .max()
+    /// `START WAL LOCATION: 0/2000028 (file …)` and `START TIMELINE: 1` of a backup_label.
+    fn parse_label(label: &[u8]) -> Option<(u32, u64)> {
+        let text = std::str::from_utf8(label).ok()?;
+        let mut lsn = None;
+        let mut tli = None;
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("START WAL LOCATION: ") {
+                lsn = parse_lsn(v.split_whitespace().next()?);
+            } else if let Some(v) = line.strip_prefix("START TIMELINE: ") {
+                tli = v.trim().parse().ok();
+            }
+        }
+        Some((tli?, lsn?))
+    }
+
+    /// The last `End-LSN` of the manifest's `WAL-Ranges`.
+    fn parse_manifest_end(manifest: &[u8]) -> Option<u64> {
+        let v: serde_json::Value = serde_json::from_slice(manifest).ok()?;
+        let ranges = v.get("WAL-Ranges")?.as_array()?;
+        ranges
+            .iter()
+            .filter_map(|r| r.get("End-LSN")?.as_str().and_then(parse_lsn))
+            .max()
+    }
 }
 
 struct ChannelReader {
@@ -581,6 +595,7 @@ impl Read for ChannelReader {
 
 #[cfg(test)]
 mod tests {
+    use super::tar_writer::StreamKind;
     use super::*;
     use crate::{Key, Location};
 

@@ -137,7 +137,7 @@ fn walk(root: &Path, rel: &str, out: &mut Listing) -> Result<(), Error> {
         } else {
             format!("{rel}/{name}")
         };
-        let mode = md.permissions().mode() & 0o7777;
+        let mode = md.permissions().mode() & 0o777;
         if md.file_type().is_symlink() {
             return Err(Error::Invalid(format!(
                 "{}: symbolic links (tablespaces) are not supported",
@@ -174,9 +174,8 @@ fn walk(root: &Path, rel: &str, out: &mut Listing) -> Result<(), Error> {
 
 /// Reads the listed files into parts of `part_size` bytes (a multiple of [`ALIGN`]),
 /// handing each full part (its bytes and chunks) to `emit`, and returns every file as
-/// read. A file that vanished
-/// since the listing is left out; one that grew or shrank is taken as it is now (WAL
-/// replay from the backup's start repairs what changed meanwhile).
+/// read. A file that vanished since the listing is left out; one that grew or shrank is
+/// taken as it is now (WAL replay from the backup's start repairs what changed meanwhile).
 pub fn pack(
     root: &Path,
     files: &[(String, u32)],

@@ -21,6 +21,7 @@ pub mod base;
 pub mod datadir;
 mod pgwire;
 pub mod seal;
+#[cfg(test)]
 mod tarscan;
 pub mod wal;
 

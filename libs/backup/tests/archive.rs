@@ -155,16 +155,19 @@ impl Fixture {
             .unwrap();
         let mut c = highrise_pg::admin_connect(&self.sock, port, "postgres").await.unwrap();
         // Read-only connections come at the consistent point; the rows, once promoted.
+        let mut promoted = false;
         for _ in 0..1200 {
             let (rec,): (bool,) = sqlx::query_as("SELECT pg_is_in_recovery()")
                 .fetch_one(&mut c)
                 .await
                 .unwrap();
             if !rec {
+                promoted = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        assert!(promoted, "the restored server was not promoted within 60 s");
         let rows: Vec<(i32,)> = sqlx::query_as("SELECT id FROM t ORDER BY id")
             .fetch_all(&mut c)
             .await

@@ -423,11 +423,8 @@ pub async fn backup_start(conn: &mut sqlx::PgConnection, label: &str) -> Result<
         .await
         .context("start the base backup (pg_backup_start)")?;
     let lsn = parse_lsn(&lsn).with_context(|| format!("bad LSN {lsn:?}"))?;
-    let (tli,): (i32,) = sqlx::query_as("SELECT timeline_id FROM pg_control_checkpoint()")
-        .fetch_one(&mut *conn)
-        .await
-        .context("read the timeline")?;
-    Ok((u32::try_from(tli).unwrap_or(1), lsn))
+    let (timeline, _) = wal_position(conn).await?;
+    Ok((timeline, lsn))
 }
 
 /// Ends the base backup [`backup_start`] began on `conn`: the LSN the copy is consistent
