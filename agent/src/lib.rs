@@ -8,6 +8,7 @@
 //! down it keeps running what it last knew (static stability).
 
 mod durability;
+mod metadata;
 mod supervisor;
 
 use anyhow::{bail, Context, Result};
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     pub template: tokio::sync::OnceCell<Result<PathBuf, String>>,
     /// Finished base backups, reported until the desired state stops asking for them.
     pub backups: Mutex<BTreeMap<String, BackupReport>>,
+    /// A spot notice the metadata endpoint gave, reported in every heartbeat.
+    pub notice: Mutex<Option<highrise_api::SpotNotice>>,
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -157,6 +160,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         observed_changed: Notify::new(),
         template: tokio::sync::OnceCell::new(),
         backups: Mutex::new(BTreeMap::new()),
+        notice: Mutex::new(None),
     });
     // Prepare the template before anyone asks for it.
     {
@@ -190,6 +194,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         desired_tx,
         stop_rx.clone(),
     ));
+    let notices = cfg.metadata_url.clone().map(|base| {
+        tokio::spawn(metadata::watch_notice(
+            client.clone(),
+            base,
+            Arc::clone(&shared),
+            stop_rx.clone(),
+        ))
+    });
     let beats = tokio::spawn(heartbeats(
         client,
         cfg.clone(),
@@ -207,6 +219,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     poller.abort();
     beats.abort();
+    if let Some(n) = notices {
+        n.abort();
+    }
     Ok(())
 }
 
@@ -368,11 +383,16 @@ async fn heartbeats(
             .values()
             .cloned()
             .collect();
+        let notice = shared.notice.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let res = client
             .post(format!("{}/v1/agent/heartbeat", cfg.control_url))
             .bearer_auth(&token)
             .timeout(Duration::from_secs(5))
-            .json(&Heartbeat { instances, backups })
+            .json(&Heartbeat {
+                instances,
+                backups,
+                notice,
+            })
             .send()
             .await;
         match res {

@@ -401,8 +401,11 @@ fn show_cluster(c: &Cluster) {
     );
     println!("location:   {} / {}", c.cloud, c.region);
     println!(
-        "plan:       {}  (PostgreSQL {}, {} replicas)",
-        c.plan, c.pg_version, c.replicas
+        "plan:       {}  (PostgreSQL {}, {} replicas{})",
+        c.plan,
+        c.pg_version,
+        c.replicas,
+        if c.spot { ", spot" } else { "" }
     );
     println!("endpoint:   {}", c.endpoint);
     println!("term:       {}", c.term);
@@ -422,19 +425,29 @@ fn show_cluster(c: &Cluster) {
     if !c.members.is_empty() {
         println!("members:");
         println!(
-            "  {:<24} {:<8} {:<12} {:<24} {:<18} LAG",
-            "INSTANCE", "ROLE", "STATE", "HOST", "CLOUD/ZONE"
+            "  {:<24} {:<8} {:<12} {:<24} {:<36} {:<10} {:<9} LAG",
+            "INSTANCE", "ROLE", "STATE", "HOST", "POOL", "MARKET", "$/HOUR"
         );
         for m in &c.members {
             let lag = m.lag_bytes.map_or_else(|| "-".to_string(), |b| format!("{b} B"));
+            let pool = if m.pool.is_empty() {
+                format!("{}/{}", m.cloud, m.zone)
+            } else {
+                m.pool.clone()
+            };
             println!(
-                "  {:<24} {:<8} {:<12} {:<24} {:<18} {lag}",
+                "  {:<24} {:<8} {:<12} {:<24} {:<36} {:<10} {:<9} {lag}",
                 m.instance_id,
                 m.role,
                 m.state,
                 m.host_id,
-                format!("{}/{}", m.cloud, m.zone)
+                pool,
+                m.market,
+                m.price_hour.as_deref().unwrap_or("-"),
             );
+            if let Some(d) = m.notice_deadline {
+                println!("    spot notice: its host goes at {}", utc(d));
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! client commands. Parses arguments and hands over; the work is in the crates.
 
 mod client;
+mod land;
 mod up;
 
 use anyhow::{Context, Result};
@@ -36,6 +37,9 @@ enum Command {
     /// Manage orgs (operator key only).
     #[command(subcommand)]
     Org(client::OrgCommand),
+    /// The local land's operator controls: pools, spot capacity, preemption.
+    #[command(subcommand)]
+    Land(land::LandCommand),
 }
 
 #[derive(clap::Args)]
@@ -141,6 +145,7 @@ fn main() -> std::process::ExitCode {
             Command::Cluster(c) => client::cluster(c).await,
             Command::Backup(c) => client::backup(c).await,
             Command::Org(c) => client::org(c).await,
+            Command::Land(c) => land::land(c).await,
         }
     });
     match res {

@@ -6,6 +6,7 @@
 use anyhow::{Context, Result};
 use highrise_control::{Control, ControlConfig};
 use highrise_provider::local::{default_clouds, LocalLand, LocalLandConfig};
+use highrise_provider::market::{Trace, TraceReading};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,9 +28,29 @@ pub struct UpArgs {
     /// Metadata store; SQLite under the data directory when omitted.
     #[arg(long)]
     database_url: Option<String>,
-    /// Seconds between a spot notice and the host's death in the local land.
-    #[arg(long, default_value_t = 30, hide = true)]
-    spot_notice_secs: u64,
+    /// Seconds between a spot notice and the host's death in the local land, for every
+    /// cloud; each cloud's own (AWS 120, GCP and Azure 30) when omitted.
+    #[arg(long)]
+    spot_notice_secs: Option<u64>,
+    /// Spot hosts each pool of the local land holds while it has capacity.
+    #[arg(long, default_value_t = 64)]
+    spot_capacity: u32,
+    /// Replay spot capacity from trace files (the format of the spot-traces data set;
+    /// one file per pool, in path order) onto the land's pools.
+    #[arg(long)]
+    spot_traces: Option<PathBuf>,
+    /// Trace seconds per real second when replaying.
+    #[arg(long, default_value_t = 1.0)]
+    trace_speed: f64,
+    /// Read a trace's 1 as "capacity available" (default: 1 = no capacity, as recorded).
+    #[arg(long)]
+    trace_one_is_available: bool,
+    /// A fallback member returns to spot after its pools were calm this long.
+    #[arg(long, default_value_t = 1800)]
+    spot_stable_secs: i64,
+    /// A pool that refused a spot launch is not tried again for this long.
+    #[arg(long, default_value_t = 300)]
+    spot_backoff_secs: i64,
     /// Where to write the client config (API URL + admin key) that client commands read.
     #[arg(long, env = "HIGHRISE_CONFIG")]
     client_config: Option<PathBuf>,
@@ -55,6 +76,9 @@ fn parse_option(s: &str) -> Result<(String, String), String> {
 pub struct ClientConfig {
     pub api_url: String,
     pub api_key: String,
+    /// The local land's operator controls (`highrise land ...`), when there is one.
+    #[serde(default)]
+    pub land_url: Option<String>,
 }
 
 pub fn default_client_config_path() -> Option<PathBuf> {
@@ -183,13 +207,32 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let domain = "localhost".to_string();
 
     let agent_program = std::env::current_exe().context("find the highrise binary")?;
+    let traces = match &args.spot_traces {
+        Some(d) => {
+            let reading = if args.trace_one_is_available {
+                TraceReading::OneIsAvailable
+            } else {
+                TraceReading::OneIsPreempted
+            };
+            Trace::load_dir(d, reading).with_context(|| format!("load spot traces from {}", d.display()))?
+        }
+        None => Vec::new(),
+    };
+    if !(args.trace_speed > 0.0 && args.trace_speed.is_finite()) {
+        anyhow::bail!("--trace-speed must be a positive number");
+    }
     let land = LocalLand::open(LocalLandConfig {
-        dir: dir.join("land"),
-        clouds: default_clouds(),
-        agent_program,
         agent_args: vec!["agent".into()],
-        metadata_base_url: format!("http://{land_addr}"),
         notice_secs: args.spot_notice_secs,
+        spot_capacity: args.spot_capacity,
+        traces,
+        trace_speed: args.trace_speed,
+        ..LocalLandConfig::new(
+            dir.join("land"),
+            default_clouds(),
+            agent_program,
+            format!("http://{land_addr}"),
+        )?
     })?;
     let proxy_token = secret_file(&dir.join("proxy-token"), || highrise_control::random_hex(32))?;
     let database_url = args
@@ -224,6 +267,11 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
                     options: args.storage_options.iter().cloned().collect(),
                 },
                 master_key,
+                spot: highrise_planner::SpotPolicy {
+                    stable_secs: args.spot_stable_secs,
+                    no_capacity_backoff_secs: args.spot_backoff_secs,
+                    ..Default::default()
+                },
             },
             land.clone(),
         )
@@ -249,6 +297,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let client_cfg = ClientConfig {
         api_url: api_url.clone(),
         api_key: key,
+        land_url: Some(format!("http://{land_addr}")),
     };
     write_private(&config_path, &serde_json::to_vec_pretty(&client_cfg)?)?;
     write_private(&dir.join("client.json"), &serde_json::to_vec_pretty(&client_cfg)?)?;
@@ -258,6 +307,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let land_srv = serve_http(land_listener, land.clone().router(), stop_rx.clone());
     // Hosts come back first; then the reconciler re-drives what was in flight.
     land.boot(&api_url).context("boot the land's hosts")?;
+    land.spawn_market();
     let (reconciler_stop_tx, reconciler_stop_rx) = watch::channel(false);
     let reconciler = {
         let control = Arc::clone(&control);

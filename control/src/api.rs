@@ -293,14 +293,29 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
         .find(|i| !i.deleting && i.role == "primary")
         .and_then(|i| i.lsn);
     let mut members = Vec::new();
+    let pools = state.provider.pools();
     for i in instances.iter().filter(|i| !i.deleting) {
-        let (cloud, zone, silent) = match state.store.get_host(&i.host_id).await {
-            Ok(h) => {
+        let host = state.store.get_host(&i.host_id).await.ok();
+        let (cloud, zone, silent) = match &host {
+            Some(h) => {
                 let silent = h.last_heartbeat.is_none_or(|t| now() - t > HOST_SILENCE_SECS) && h.status != "launching";
-                (h.cloud, h.zone, silent)
+                (h.cloud.clone(), h.zone.clone(), silent)
             }
-            Err(_) => (String::new(), String::new(), true),
+            None => (String::new(), String::new(), true),
         };
+        let market = host.as_ref().map(|h| h.market.clone()).unwrap_or_default();
+        let pool = host.as_ref().map(|h| h.pool()).unwrap_or_default();
+        // The member's share of its host's price.
+        let price_hour = pools.iter().find(|p| p.id.to_string() == pool).map(|p| {
+            let host_price = if market == "spot" {
+                p.spot_hour
+            } else {
+                p.on_demand_hour
+            };
+            let share = host_price * rust_decimal::Decimal::from(i.slots)
+                / rust_decimal::Decimal::from(highrise_planner::HOST_SLOTS);
+            share.round_dp(4).to_string()
+        });
         members.push(Member {
             instance_id: i.id.clone(),
             host_id: i.host_id.clone(),
@@ -313,6 +328,10 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
             },
             cloud,
             zone,
+            market,
+            pool,
+            price_hour,
+            notice_deadline: host.as_ref().and_then(|h| h.notice_deadline),
             addr: i.addr.clone(),
             lag_bytes: match (i.role.as_str(), primary_lsn, i.lsn) {
                 ("standby", Some(p), Some(s)) => Some(p.saturating_sub(s) as u64),
@@ -683,13 +702,10 @@ async fn create_cluster(
     if replicas > 3 {
         return Err(ApiError::invalid("replicas must be between 0 and 3"));
     }
-    if req.spot == Some(true) {
-        return Err(ApiError::not_supported(
-            "spot capacity is not yet supported; create on demand",
-        ));
-    }
+    let spot = req.spot.unwrap_or(false);
     let durability = req.durability.clone().unwrap_or_else(|| "async".into());
     backups::validate_durability(&durability)?;
+    check_spot_safety(spot, replicas, &durability)?;
     let policy = req.backup_policy.unwrap_or_default();
     backups::validate_policy(&policy)?;
     let (restore_json, db_name) = match &req.restore {
@@ -725,7 +741,7 @@ async fn create_cluster(
         plan,
         pg_version: i64::from(pg_version),
         replicas: i64::from(replicas),
-        spot: false,
+        spot,
         endpoint: format!("ep-{}", auth::random_name(12)),
         db_name,
         owner_name: "owner".into(),
@@ -802,6 +818,7 @@ async fn update_cluster(
         if replicas > 3 {
             return Err(ApiError::invalid("replicas must be between 0 and 3"));
         }
+        check_spot_safety(c.spot, replicas, req.durability.as_deref().unwrap_or(&c.durability))?;
         state
             .store
             .set_replicas(&c.id, i64::from(replicas))
@@ -812,6 +829,8 @@ async fn update_cluster(
     }
     if let Some(d) = &req.durability {
         backups::validate_durability(d)?;
+        let replicas = req.replicas.map_or(c.replicas, i64::from);
+        check_spot_safety(c.spot, u32::try_from(replicas).unwrap_or(0), d)?;
         state
             .store
             .set_durability(&c.id, d)
@@ -835,6 +854,19 @@ async fn update_cluster(
     }
     let c = find_cluster(&state, &caller, q.project.as_deref(), &c.id).await?;
     Ok(Json(cluster_view(&state, &c).await?))
+}
+
+/// A spot host can be taken at any moment, its disk with it: a single-node spot cluster
+/// keeps every acknowledged commit only if each is in object storage before it is
+/// acknowledged.
+fn check_spot_safety(spot: bool, replicas: u32, durability: &str) -> ApiResult<()> {
+    if spot && replicas == 0 && durability != "sync" {
+        return Err(ApiError::invalid(
+            "a single-node spot cluster would lose acknowledged commits with its host: \
+             use durability=sync (every commit in object storage first) or at least 1 replica",
+        ));
+    }
+    Ok(())
 }
 
 /// Delete a cluster: its PostgreSQL instance is stopped and its data removed.
@@ -1106,6 +1138,11 @@ async fn agent_heartbeat(
         .heartbeat(&host.host_id, now(), &hb.instances)
         .await
         .map_err(store_err("heartbeat"))?;
+    if let Some(notice) = &hb.notice {
+        changed |= crate::spot::record_notice(&state, &host.host_id, notice)
+            .await
+            .map_err(store_err("spot notice"))?;
+    }
     for b in &hb.backups {
         if state
             .store

@@ -9,6 +9,7 @@ mod api;
 mod auth;
 pub mod durability;
 mod reconcile;
+mod spot;
 pub mod store;
 
 use anyhow::{Context, Result};
@@ -33,6 +34,8 @@ pub struct ControlConfig {
     /// The key that wraps every tenant's data key (hex, 32 bytes); kept outside the
     /// metadata store.
     pub master_key: String,
+    /// The spot policy's knobs (short in tests).
+    pub spot: highrise_planner::SpotPolicy,
 }
 
 pub(crate) struct AppState {

@@ -9,8 +9,8 @@ use crate::auth;
 use crate::store::{now, HostRow, InstanceRow};
 use crate::AppState;
 use anyhow::{Context, Result};
-use highrise_planner::{plan, Action, Outcome, Role};
-use highrise_provider::{LaunchRequest, Market};
+use highrise_planner::{plan, Action, Market, Outcome, Role};
+use highrise_provider::{LaunchRequest, ProviderError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -76,6 +76,10 @@ async fn step(state: &AppState, started: i64) -> Result<usize> {
         .into_iter()
         .flat_map(|c| c.regions.into_iter().map(move |r| (c.name.clone(), r.name)))
         .collect();
+    world.spot = state.cfg.spot.clone();
+    world.pools = crate::spot::pools_view(state.provider.pools(), &state.store, world.now, &world.spot)
+        .await
+        .context("load the pools' record")?;
     let actions = plan(&world);
     for action in &actions {
         tracing::debug!(?action, "perform");
@@ -90,23 +94,45 @@ async fn step(state: &AppState, started: i64) -> Result<usize> {
 }
 
 async fn launch(state: &AppState, h: &HostRow) {
+    let spot = h.market == "spot";
     let req = LaunchRequest {
         host_id: h.id.clone(),
         cloud: h.cloud.clone(),
         region: h.region.clone(),
-        market: Market::OnDemand,
+        market: if spot {
+            highrise_provider::Market::Spot
+        } else {
+            highrise_provider::Market::OnDemand
+        },
+        zone: (!h.zone.is_empty()).then(|| h.zone.clone()),
         bootstrap_token: auth::bootstrap_token(state, &h.id),
         control_url: state.cfg.public_url.clone(),
     };
     match state.provider.launch_host(req).await {
         Ok(info) => {
-            if let Err(e) = state.store.host_launched(&h.id, &info.zone, &info.address).await {
+            let recorded = state
+                .store
+                .host_launched(&h.id, &info.zone, &info.address, &info.instance_type)
+                .await;
+            if let Err(e) = recorded {
                 tracing::error!(host = %h.id, "record launched host: {e:#}");
             }
-            tracing::info!(host = %h.id, cloud = %info.cloud, zone = %info.zone, address = %info.address, "host launched");
+            tracing::info!(host = %h.id, cloud = %info.cloud, zone = %info.zone, market = %h.market, address = %info.address, "host launched");
         }
         Err(e) => {
-            tracing::error!(host = %h.id, "launch host: {e:#}");
+            if spot && matches!(e, ProviderError::NoCapacity(_)) {
+                // The pool's record: the planner leaves it alone for a while.
+                if let Err(e) = state
+                    .store
+                    .add_pool_event(&h.pool(), crate::store::pools::NO_CAPACITY, now())
+                    .await
+                {
+                    tracing::error!(host = %h.id, "record refused spot launch: {e:#}");
+                }
+                tracing::warn!(host = %h.id, pool = %h.pool(), "spot launch refused: {e}");
+            } else {
+                tracing::error!(host = %h.id, "launch host: {e:#}");
+            }
             if let Err(e) = state.store.set_host_status(&h.id, "failed").await {
                 tracing::error!(host = %h.id, "record failed launch: {e:#}");
             }
@@ -117,18 +143,30 @@ async fn launch(state: &AppState, h: &HostRow) {
 /// Performs one action; returns whether it changed anything.
 async fn perform(state: &AppState, action: &Action) -> Result<bool> {
     match action {
-        Action::LaunchHost { cloud, region } => {
+        Action::LaunchHost {
+            cloud,
+            region,
+            market,
+            pool,
+        } => {
+            // A spot launch goes into its pool: the pool names zone and instance type.
+            let pool: Option<highrise_provider::market::PoolId> = pool.as_deref().and_then(|p| p.parse().ok());
             let h = HostRow {
                 id: auth::new_id("host"),
                 cloud: cloud.clone(),
                 region: region.clone(),
-                zone: String::new(),
-                market: Market::OnDemand.as_str().into(),
+                zone: pool.as_ref().map(|p| p.zone.clone()).unwrap_or_default(),
+                market: match market {
+                    Market::Spot => "spot".into(),
+                    Market::OnDemand => "on_demand".into(),
+                },
                 address: None,
                 status: "launching".into(),
                 token_hash: None,
                 last_heartbeat: None,
                 launched_at: now(),
+                instance_type: pool.map(|p| p.instance_type).unwrap_or_default(),
+                notice_deadline: None,
             };
             state.store.insert_host(&h).await.context("record host launch")?;
             launch(state, &h).await;

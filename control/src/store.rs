@@ -20,7 +20,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/0005_spread.sql")),
     (6, include_str!("../migrations/0006_durability.sql")),
     (7, include_str!("../migrations/0007_restore_since_creation.sql")),
+    (8, include_str!("../migrations/0008_spot.sql")),
 ];
+
+pub mod pools;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -158,6 +161,20 @@ pub struct HostRow {
     pub token_hash: Option<String>,
     pub last_heartbeat: Option<i64>,
     pub launched_at: i64,
+    /// Known once launched (a spot launch names it up front).
+    pub instance_type: String,
+    /// A spot notice: the unix second the host dies at.
+    pub notice_deadline: Option<i64>,
+}
+
+impl HostRow {
+    /// `cloud/region/zone/instance-type`, once the zone is known.
+    pub fn pool(&self) -> String {
+        if self.zone.is_empty() || self.instance_type.is_empty() {
+            return String::new();
+        }
+        format!("{}/{}/{}/{}", self.cloud, self.region, self.zone, self.instance_type)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -280,6 +297,8 @@ fn host(r: &AnyRow) -> Result<HostRow> {
         token_hash: r.try_get("token_hash")?,
         last_heartbeat: r.try_get("last_heartbeat")?,
         launched_at: r.try_get("launched_at")?,
+        instance_type: r.try_get("instance_type")?,
+        notice_deadline: r.try_get("notice_deadline")?,
     })
 }
 
@@ -829,7 +848,8 @@ impl Store {
 
     pub async fn insert_host(&self, h: &HostRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO hosts (id, cloud, region, zone, market, status, launched_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO hosts (id, cloud, region, zone, market, status, launched_at, instance_type) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&h.id)
         .bind(&h.cloud)
@@ -838,15 +858,17 @@ impl Store {
         .bind(&h.market)
         .bind(&h.status)
         .bind(h.launched_at)
+        .bind(&h.instance_type)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn host_launched(&self, id: &str, zone: &str, address: &str) -> Result<()> {
-        sqlx::query("UPDATE hosts SET zone = $1, address = $2 WHERE id = $3")
+    pub async fn host_launched(&self, id: &str, zone: &str, address: &str, instance_type: &str) -> Result<()> {
+        sqlx::query("UPDATE hosts SET zone = $1, address = $2, instance_type = $3 WHERE id = $4")
             .bind(zone)
             .bind(address)
+            .bind(instance_type)
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -1287,7 +1309,7 @@ impl Store {
                 })
                 .collect();
         let clusters = sqlx::query(
-            "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, deleted_at FROM clusters \
+            "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, spot, deleted_at FROM clusters \
              ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -1304,6 +1326,7 @@ impl Store {
                 term: r.try_get("term")?,
                 switchover_to: r.try_get("switchover_to")?,
                 spread_clouds: r.try_get::<i64, _>("spread_clouds")? != 0,
+                spot: r.try_get::<i64, _>("spot")? != 0,
                 deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
             })
         })
@@ -1313,6 +1336,13 @@ impl Store {
             .await?
             .into_iter()
             .map(|h| planner::HostView {
+                market: if h.market == "spot" {
+                    planner::Market::Spot
+                } else {
+                    planner::Market::OnDemand
+                },
+                pool: h.pool(),
+                notice: h.notice_deadline,
                 status: match h.status.as_str() {
                     "launching" => planner::HostStatus::Launching,
                     "running" => planner::HostStatus::Running,
@@ -1367,6 +1397,8 @@ impl Store {
             hosts,
             instances,
             operations,
+            pools: Vec::new(),
+            spot: planner::SpotPolicy::default(),
         })
     }
 }

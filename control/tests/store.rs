@@ -253,9 +253,14 @@ async fn exercise(store: Store) {
         token_hash: None,
         last_heartbeat: None,
         launched_at: 3,
+        instance_type: String::new(),
+        notice_deadline: None,
     };
     store.insert_host(&host).await.unwrap();
-    store.host_launched("h1", "zone-1", "127.9.1.1").await.unwrap();
+    store
+        .host_launched("h1", "zone-1", "127.9.1.1", "m6id.4xlarge")
+        .await
+        .unwrap();
     assert!(matches!(
         store.register_host("nope", "t", "a", 4).await,
         Err(StoreError::NotFound)
@@ -266,6 +271,15 @@ async fn exercise(store: Store) {
         (h.status.as_str(), h.zone.as_str(), h.token_hash.as_deref()),
         ("running", "zone-1", Some("thash"))
     );
+    assert_eq!(h.pool(), "local-a/region-1/zone-1/m6id.4xlarge");
+    // A spot notice counts once: a later report does not move the deadline.
+    assert!(store.set_host_notice("h1", 100).await.unwrap());
+    assert!(!store.set_host_notice("h1", 200).await.unwrap());
+    assert_eq!(store.get_host("h1").await.unwrap().notice_deadline, Some(100));
+    store.add_pool_event(&h.pool(), "preempted", 5).await.unwrap();
+    store.add_pool_event(&h.pool(), "no_capacity", 9).await.unwrap();
+    let events = store.pool_events_since(6).await.unwrap();
+    assert_eq!(events, vec![(h.pool(), "no_capacity".to_string(), 9)]);
 
     store
         .insert_instance(&InstanceRow {

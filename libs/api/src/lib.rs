@@ -117,7 +117,8 @@ pub struct CreateCluster {
     /// Number of standbys (0 today; replicas arrive with the HA work).
     #[serde(default)]
     pub replicas: Option<u32>,
-    /// Run on spot capacity (not yet supported).
+    /// Run on spot capacity: members in distinct spot pools, switched over on a notice,
+    /// on-demand while no pool has capacity. Without replicas, needs `durability: sync`.
     #[serde(default)]
     pub spot: Option<bool>,
     /// Put the standbys in other clouds than the primary (where the land has them).
@@ -271,6 +272,14 @@ pub struct Member {
     pub state: String,
     pub cloud: String,
     pub zone: String,
+    /// `spot` or `on_demand`.
+    pub market: String,
+    /// `cloud/region/zone/instance-type` of the member's host, once launched.
+    pub pool: String,
+    /// The member's share of its host's list price, USD per hour, where the land prices it.
+    pub price_hour: Option<String>,
+    /// A spot notice on the member's host: the unix second it goes.
+    pub notice_deadline: Option<i64>,
     /// Where the member's PostgreSQL listens (the host's network), once known.
     pub addr: Option<String>,
     /// A standby's replication lag behind the primary, in bytes of WAL, when known.
@@ -502,6 +511,20 @@ pub struct Heartbeat {
     /// Base backups finished since the desired state asked for them.
     #[serde(default)]
     pub backups: Vec<BackupReport>,
+    /// The host's cloud says it is taking the host away.
+    #[serde(default)]
+    pub notice: Option<SpotNotice>,
+}
+
+/// A spot notice as the host's metadata endpoint gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpotNotice {
+    /// Unix second the host dies at, where the cloud says (AWS `instance-action`);
+    /// otherwise the control plane assumes the cloud's documented notice length.
+    pub deadline: Option<i64>,
+    /// Which metadata document said so (`aws-instance-action`, `gcp-preempted`).
+    pub source: String,
 }
 
 // ---------------------------------------------------------------------------------------

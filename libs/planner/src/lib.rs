@@ -11,6 +11,9 @@
 //! before recording it, and the next plan over the new snapshot must converge anyway.
 
 pub mod backups;
+pub mod spot;
+
+pub use spot::{PoolView, SpotPolicy};
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,8 +60,18 @@ pub struct ClusterIntent {
     /// Standbys go to other clouds of the land where it has them (the primary stays in
     /// `cloud`), so losing a whole provider loses at most the primary.
     pub spread_clouds: bool,
+    /// Members run on spot capacity (distinct pools, on-demand fallback).
+    pub spot: bool,
     /// The tenant asked for deletion.
     pub deleted: bool,
+}
+
+/// How a host is paid for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Market {
+    #[default]
+    OnDemand,
+    Spot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +93,11 @@ pub struct HostView {
     pub status: HostStatus,
     pub launched_at: i64,
     pub last_heartbeat: Option<i64>,
+    pub market: Market,
+    /// `cloud/region/zone/instance-type` (empty while an on-demand launch has no zone yet).
+    pub pool: String,
+    /// A spot notice: the unix second at which the host dies.
+    pub notice: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,14 +172,19 @@ pub struct World {
     pub hosts: Vec<HostView>,
     pub instances: Vec<InstanceView>,
     pub operations: Vec<OperationView>,
+    /// The land's spot pools and their recent record.
+    pub pools: Vec<PoolView>,
+    pub spot: SpotPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
-    /// Ask the provider for a new host in this cloud/region.
+    /// Ask the provider for a new host in this cloud/region (a spot host in `pool`).
     LaunchHost {
         cloud: String,
         region: String,
+        market: Market,
+        pool: Option<String>,
     },
     /// A launch that never registered: stop waiting for it and give its capacity up.
     AbandonHost {
@@ -245,9 +268,10 @@ pub fn plan(world: &World) -> Vec<Action> {
         }
     }
 
-    // Hosts that went silent for good.
+    // Hosts that went silent for good, or whose spot notice ran out and that went quiet.
     for h in &world.hosts {
-        if h.status == HostStatus::Running && silence(world, h) > HOST_LOST_SECS {
+        let preempted = h.notice.is_some_and(|d| world.now > d) && silence(world, h) > HOST_DEAD_SECS;
+        if h.status == HostStatus::Running && (silence(world, h) > HOST_LOST_SECS || preempted) {
             actions.push(Action::AbandonHost { host_id: h.id.clone() });
         }
     }
@@ -282,8 +306,9 @@ pub fn plan(world: &World) -> Vec<Action> {
     }
 
     // Placement: each live cluster has `members` instances, one of them the primary, each
-    // on its own host, spread over zones where the region has several.
-    let mut launching_need: BTreeMap<(&str, &str), (u32, u32)> = BTreeMap::new();
+    // on its own host, spread over zones where the region has several; a spot cluster's
+    // members on spot hosts of distinct pools (see `spot`).
+    let mut launching_need: BTreeMap<LaunchKey<'_>, (u32, u32)> = BTreeMap::new();
     let mut extra_members: Vec<Action> = Vec::new();
     for c in world.clusters.iter().filter(|c| !c.deleted) {
         let live: Vec<&InstanceView> = world
@@ -291,11 +316,34 @@ pub fn plan(world: &World) -> Vec<Action> {
             .iter()
             .filter(|i| i.cluster_id == c.id && !i.deleting)
             .collect();
-        let mut taken_hosts: BTreeSet<&str> = live.iter().map(|i| i.host_id.as_str()).collect();
-        let mut taken_clouds: BTreeSet<&str> = live
+        let leaving = spot::leaving(c, &live, &hosts);
+        let staying: Vec<&InstanceView> = live
             .iter()
-            .filter_map(|i| hosts.get(i.host_id.as_str()).map(|h| h.cloud.as_str()))
+            .copied()
+            .filter(|i| !leaving.contains_key(i.id.as_str()))
             .collect();
+        let host_of = |i: &InstanceView| hosts.get(i.host_id.as_str()).copied();
+        let mut taken_hosts: BTreeSet<&str> = live.iter().map(|i| i.host_id.as_str()).collect();
+        // Where the staying members are; leaving ones do not count (their replacement may
+        // go to the same zone if it must, never to the same host).
+        let mut taken = spot::Taken {
+            pools: staying
+                .iter()
+                .filter_map(|i| host_of(i))
+                .filter(|h| h.market == Market::Spot)
+                .map(|h| h.pool.as_str())
+                .collect(),
+            zones: staying
+                .iter()
+                .filter_map(|i| host_of(i))
+                .map(|h| h.zone.as_str())
+                .collect(),
+            clouds: staying
+                .iter()
+                .filter_map(|i| host_of(i))
+                .map(|h| h.cloud.as_str())
+                .collect(),
+        };
         // Where members may go: the cluster's cloud and region; with spread_clouds, also
         // every other cloud (in its region of the same name, else its first region).
         let mut allowed: Vec<(&str, &str)> = vec![(c.cloud.as_str(), c.region.as_str())];
@@ -311,63 +359,136 @@ pub fn plan(world: &World) -> Vec<Action> {
                 allowed.push((cloud.as_str(), region.as_str()));
             }
         }
-        let mut taken_zones: BTreeSet<&str> = live
-            .iter()
-            .filter_map(|i| hosts.get(i.host_id.as_str()).map(|h| h.zone.as_str()))
-            .collect();
-        let mut has_primary = live.iter().any(|i| i.role == Role::Primary);
-        let missing = c.members.saturating_sub(live.len() as u32);
-        // Too many members (replicas were lowered): remove standbys, newest last placed.
-        if (live.len() as u32) > c.members {
-            let excess = live.len() - c.members as usize;
-            let mut standbys: Vec<&&InstanceView> = live.iter().filter(|i| i.role == Role::Standby).collect();
-            standbys.sort_by(|a, b| b.id.cmp(&a.id));
-            for i in standbys.into_iter().take(excess) {
+        // Leaving members: a standby goes once the standbys that stay can carry the
+        // cluster (its replacement streams); a primary goes by switchover (`plan_failover`).
+        let ready = spot::ready_standbys(&live, &leaving);
+        for i in &live {
+            let Some(why) = leaving.get(i.id.as_str()) else {
+                continue;
+            };
+            let replaced = ready as u32 + 1 >= c.members;
+            let go = match why {
+                spot::Leaving::Excess => true,
+                spot::Leaving::Notice | spot::Leaving::BackToSpot => replaced,
+            };
+            if i.role == Role::Standby && go {
                 extra_members.push(Action::DeleteInstance {
                     instance_id: i.id.clone(),
                 });
             }
         }
-        // Hosts this cluster alone needs launched, per location (its members need
+        // A leaving primary is still the primary: its replacement comes as a standby.
+        let mut has_primary = live.iter().any(|i| i.role == Role::Primary);
+        let mut missing = c.members.saturating_sub(staying.len() as u32);
+        // A spot cluster whole and at rest, with a member on on-demand: when some pool has
+        // been calm long enough, one member returns to spot (a new spot member first; the
+        // on-demand one then leaves as excess).
+        let at_rest = leaving.is_empty()
+            && staying.len() as u32 == c.members
+            && staying.iter().all(|i| i.observed == Observed::Running);
+        let fallback_member = staying
+            .iter()
+            .any(|i| host_of(i).is_some_and(|h| h.market == Market::OnDemand));
+        let mut back_to_spot = false;
+        if c.spot && at_rest && fallback_member {
+            let calm = spot::ranked(world, &allowed, &taken)
+                .into_iter()
+                .any(|p| spot::stable(world, p));
+            if calm {
+                missing += 1;
+                back_to_spot = true;
+            }
+        }
+        // Hosts this cluster alone needs launched, per launch key (its members need
         // distinct hosts; other clusters may share them).
-        let mut own_need: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+        let mut own_need: BTreeMap<LaunchKey<'_>, u32> = BTreeMap::new();
         for _ in 0..missing {
             let primary_turn = !has_primary;
+            let here: Vec<(&str, &str)> = if primary_turn {
+                vec![(c.cloud.as_str(), c.region.as_str())]
+            } else {
+                allowed.clone()
+            };
             // A spread cluster's standby must go to a cloud it is not in, while one is left.
             let needs_new_cloud =
-                c.spread_clouds && !primary_turn && allowed.iter().any(|(cl, _)| !taken_clouds.contains(cl));
-            let candidate = world
-                .hosts
-                .iter()
-                // Not on a host that stopped beating: it may be gone.
-                .filter(|h| h.status == HostStatus::Running && silence(world, h) <= HOST_DEAD_SECS)
-                .filter(|h| {
-                    if primary_turn {
-                        h.cloud == c.cloud && h.region == c.region
-                    } else {
-                        allowed.contains(&(h.cloud.as_str(), h.region.as_str()))
-                    }
-                })
-                .filter(|h| !needs_new_cloud || !taken_clouds.contains(h.cloud.as_str()))
-                .filter(|h| host_alive(world, &hosts, &h.id))
-                .filter(|h| !taken_hosts.contains(h.id.as_str()))
-                .filter(|h| used.get(h.id.as_str()).copied().unwrap_or(0) + c.slots <= HOST_SLOTS)
-                // A cloud, then a zone, the cluster is not in yet first; then the fullest
-                // host, so empty hosts stay free for big plans.
-                .max_by_key(|h| {
-                    (
-                        !taken_clouds.contains(h.cloud.as_str()),
-                        !taken_zones.contains(h.zone.as_str()),
-                        used.get(h.id.as_str()).copied().unwrap_or(0),
-                        std::cmp::Reverse(h.id.clone()),
-                    )
+                c.spread_clouds && !primary_turn && allowed.iter().any(|(cl, _)| !taken.clouds.contains(cl));
+            let fits = |h: &&HostView| {
+                h.status == HostStatus::Running
+                    // Not on a host that stopped beating (it may be gone) or is doomed.
+                    && silence(world, h) <= HOST_DEAD_SECS
+                    && h.notice.is_none()
+                    && here.contains(&(h.cloud.as_str(), h.region.as_str()))
+                    && (!needs_new_cloud || !taken.clouds.contains(h.cloud.as_str()))
+                    && !taken_hosts.contains(h.id.as_str())
+                    && used.get(h.id.as_str()).copied().unwrap_or(0) + c.slots <= HOST_SLOTS
+            };
+            // A cloud, then a zone, the cluster is not in yet first; then the fullest host,
+            // so empty hosts stay free for big plans.
+            let preference = |h: &&HostView| {
+                (
+                    !taken.clouds.contains(h.cloud.as_str()),
+                    !taken.zones.contains(h.zone.as_str()),
+                    used.get(h.id.as_str()).copied().unwrap_or(0),
+                    std::cmp::Reverse(h.id.clone()),
+                )
+            };
+            let mut choice: Option<(&HostView, Option<&PoolView>)> = None;
+            let mut launch_at: Option<LaunchKey<'_>> = None;
+            if c.spot {
+                let pools = spot::ranked(world, &here, &taken);
+                let pools: Vec<&PoolView> = pools
+                    .into_iter()
+                    .filter(|p| !needs_new_cloud || !taken.clouds.contains(p.cloud.as_str()))
+                    .collect();
+                let rank = |h: &HostView| pools.iter().position(|p| p.id == h.pool);
+                choice = world
+                    .hosts
+                    .iter()
+                    .filter(|h| h.market == Market::Spot && rank(h).is_some())
+                    .filter(fits)
+                    .max_by_key(|h| (preference(h), std::cmp::Reverse(rank(h))))
+                    .map(|h| (h, rank(h).map(|r| pools[r])));
+                if choice.is_none() {
+                    launch_at = pools.first().map(|p| LaunchKey {
+                        cloud: p.cloud.as_str(),
+                        region: p.region.as_str(),
+                        market: Market::Spot,
+                        pool: Some(p.id.as_str()),
+                    });
+                }
+            }
+            let fallback = c.spot && choice.is_none() && launch_at.is_none();
+            if back_to_spot && fallback {
+                // Only spot is worth a move; nothing to do this round.
+                break;
+            }
+            if !c.spot || fallback {
+                choice = world
+                    .hosts
+                    .iter()
+                    .filter(|h| h.market == Market::OnDemand)
+                    .filter(fits)
+                    .max_by_key(preference)
+                    .map(|h| (h, None));
+            }
+            if fallback {
+                actions.push(Action::Event {
+                    cluster_id: c.id.clone(),
+                    kind: "spot_fallback".into(),
+                    message:
+                        "no spot pool has capacity or is calm enough: the new member runs on on-demand until one is"
+                            .into(),
                 });
-            match candidate {
-                Some(h) => {
+            }
+            match choice {
+                Some((h, pool)) => {
                     *used.entry(h.id.as_str()).or_default() += c.slots;
                     taken_hosts.insert(h.id.as_str());
-                    taken_zones.insert(h.zone.as_str());
-                    taken_clouds.insert(h.cloud.as_str());
+                    taken.zones.insert(h.zone.as_str());
+                    taken.clouds.insert(h.cloud.as_str());
+                    if let Some(p) = pool {
+                        taken.pools.insert(p.id.as_str());
+                    }
                     let role = if has_primary { Role::Standby } else { Role::Primary };
                     has_primary = true;
                     actions.push(Action::CreateInstance {
@@ -376,22 +497,50 @@ pub fn plan(world: &World) -> Vec<Action> {
                         slots: c.slots,
                         role,
                     });
+                    let why = if leaving.values().any(|w| *w == spot::Leaving::Notice) {
+                        Some("replaces a member whose host has a spot notice".to_string())
+                    } else if back_to_spot {
+                        Some("spot capacity has been calm: a member returns to spot".to_string())
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        actions.push(Action::Event {
+                            cluster_id: c.id.clone(),
+                            kind: "spot_replacement".into(),
+                            message: format!("new {role:?} on host {} ({}): {why}", h.id, h.pool).to_lowercase(),
+                        });
+                    }
                 }
                 None => {
                     // Launch where the member should go: the primary in the cluster's
                     // cloud, a standby preferably in a cloud the cluster is not in yet.
-                    let at = if primary_turn {
-                        (c.cloud.as_str(), c.region.as_str())
-                    } else {
-                        allowed
-                            .iter()
-                            .copied()
-                            .find(|(cloud, _)| !taken_clouds.contains(cloud))
-                            .unwrap_or((c.cloud.as_str(), c.region.as_str()))
-                    };
-                    taken_clouds.insert(at.0);
+                    let at = launch_at.unwrap_or_else(|| {
+                        let (cloud, region) = if primary_turn {
+                            (c.cloud.as_str(), c.region.as_str())
+                        } else {
+                            allowed
+                                .iter()
+                                .copied()
+                                .find(|(cloud, _)| !taken.clouds.contains(cloud))
+                                .unwrap_or((c.cloud.as_str(), c.region.as_str()))
+                        };
+                        LaunchKey {
+                            cloud,
+                            region,
+                            market: Market::OnDemand,
+                            pool: None,
+                        }
+                    });
+                    taken.clouds.insert(at.cloud);
+                    if let Some(p) = at.pool {
+                        taken.pools.insert(p);
+                        if let Some(pv) = world.pools.iter().find(|pv| pv.id == p) {
+                            taken.zones.insert(pv.zone.as_str());
+                        }
+                    }
                     has_primary = true;
-                    launching_need.entry(at).or_default().0 += c.slots;
+                    launching_need.entry(at.clone()).or_default().0 += c.slots;
                     *own_need.entry(at).or_default() += 1;
                 }
             }
@@ -402,26 +551,32 @@ pub fn plan(world: &World) -> Vec<Action> {
         }
     }
     actions.extend(extra_members);
-    for ((cloud, region), (slots, distinct)) in launching_need {
-        let failed_recently = world.hosts.iter().any(|h| {
-            h.status == HostStatus::Failed
-                && h.cloud == cloud
-                && h.region == region
-                && world.now - h.launched_at < LAUNCH_RETRY_SECS
-        });
+    for (key, (slots, distinct)) in launching_need {
+        let same = |h: &HostView| {
+            h.cloud == key.cloud
+                && h.region == key.region
+                && h.market == key.market
+                && key.pool.is_none_or(|p| h.pool == p)
+        };
+        let failed_recently = world
+            .hosts
+            .iter()
+            .any(|h| h.status == HostStatus::Failed && same(h) && world.now - h.launched_at < LAUNCH_RETRY_SECS);
         if failed_recently {
             continue;
         }
         let launching = world
             .hosts
             .iter()
-            .filter(|h| h.status == HostStatus::Launching && h.cloud == cloud && h.region == region)
+            .filter(|h| h.status == HostStatus::Launching && same(h))
             .count() as u32;
         let hosts_needed = slots.div_ceil(HOST_SLOTS).max(distinct);
         for _ in launching..hosts_needed {
             actions.push(Action::LaunchHost {
-                cloud: cloud.to_string(),
-                region: region.to_string(),
+                cloud: key.cloud.to_string(),
+                region: key.region.to_string(),
+                market: key.market,
+                pool: key.pool.map(str::to_string),
             });
         }
     }
@@ -498,6 +653,15 @@ pub fn plan(world: &World) -> Vec<Action> {
     actions
 }
 
+/// Where a host is launched: hosts of one key are interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct LaunchKey<'a> {
+    cloud: &'a str,
+    region: &'a str,
+    market: Market,
+    pool: Option<&'a str>,
+}
+
 /// Seconds since the host was last heard from (or since observation began).
 fn silence(world: &World, h: &HostView) -> i64 {
     world.now - h.last_heartbeat.unwrap_or(i64::MIN).max(world.observing_since)
@@ -541,11 +705,21 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
         return actions;
     }
     let sync_set: Vec<&str> = primary.sync_standbys.iter().map(String::as_str).collect();
+    let leaving = spot::leaving(c, &live, hosts);
+    // A primary that must leave (a spot notice on its host, or an on-demand fallback whose
+    // spot replacement streams) is switched over to the most advanced standby.
+    let must_leave = match leaving.get(primary.id.as_str()) {
+        Some(spot::Leaving::Notice) => true,
+        Some(spot::Leaving::BackToSpot) => spot::ready_standbys(&live, &leaving) as u32 + 1 >= c.members,
+        _ => false,
+    };
+    let target = c.switchover_to.clone().or_else(|| must_leave.then(String::new));
     // Planned switchover: drain the primary once a suitable target streams from it.
-    if let Some(target) = &c.switchover_to {
+    if let Some(target) = &target {
         if !primary.draining {
             let suitable = standbys.iter().any(|s| {
                 (target.is_empty() || &s.id == target)
+                    && !leaving.contains_key(s.id.as_str())
                     && s.observed == Observed::Running
                     && s.streaming == Some(true)
                     && sync_set.contains(&s.id.as_str())
@@ -555,13 +729,28 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
                 actions.push(Action::Drain {
                     instance_id: primary.id.clone(),
                 });
+                if c.switchover_to.is_none() {
+                    let why = match leaving.get(primary.id.as_str()) {
+                        Some(spot::Leaving::Notice) => "its host has a spot notice",
+                        _ => "it runs on on-demand and spot capacity is back",
+                    };
+                    actions.push(Action::Event {
+                        cluster_id: c.id.clone(),
+                        kind: "switchover_started".into(),
+                        message: format!("switching over from primary {}: {why}", primary.id),
+                    });
+                }
             } else if !exists {
                 actions.push(Action::CancelSwitchover {
                     cluster_id: c.id.clone(),
                     reason: format!("{target} is not a standby of this cluster"),
                 });
             }
-            return actions;
+            // Waiting for a target; but a primary that fails meanwhile is failed over.
+            let primary_ok = host_alive(world, hosts, &primary.host_id) && primary.observed == Observed::Running;
+            if suitable || !exists || primary_ok {
+                return actions;
+            }
         }
     }
     let primary_host_alive = host_alive(world, hosts, &primary.host_id);
@@ -598,10 +787,14 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
         });
         return actions;
     }
-    let Some(best) = reporters
-        .iter()
-        .max_by_key(|s| (s.lsn, std::cmp::Reverse(s.id.clone())))
-    else {
+    // The most advanced; among equals, one that is not leaving.
+    let Some(best) = reporters.iter().max_by_key(|s| {
+        (
+            s.lsn,
+            !leaving.contains_key(s.id.as_str()),
+            std::cmp::Reverse(s.id.clone()),
+        )
+    }) else {
         return actions;
     };
     // A switchover's target, when it is among the most advanced.

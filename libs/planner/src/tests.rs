@@ -14,6 +14,7 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         term: 1,
         switchover_to: None,
         spread_clouds: false,
+        spot: false,
         deleted: false,
     }
 }
@@ -27,6 +28,9 @@ fn host(id: &str, status: HostStatus) -> HostView {
         status,
         launched_at: 0,
         last_heartbeat: Some(0),
+        market: Market::OnDemand,
+        pool: String::new(),
+        notice: None,
     }
 }
 
@@ -55,14 +59,25 @@ fn apply(world: &mut World, actions: &[Action]) {
     for a in actions {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match a {
-            Action::LaunchHost { cloud, region } => world.hosts.push(HostView {
+            Action::LaunchHost {
+                cloud,
+                region,
+                market,
+                pool,
+            } => world.hosts.push(HostView {
                 id: format!("h{n}"),
                 cloud: cloud.clone(),
                 region: region.clone(),
-                zone: format!("z{}", n % 2),
+                zone: pool
+                    .as_ref()
+                    .and_then(|p| p.split('/').nth(2))
+                    .map_or_else(|| format!("z{}", n % 2), str::to_string),
                 status: HostStatus::Launching,
                 launched_at: world.now,
                 last_heartbeat: None,
+                market: *market,
+                pool: pool.clone().unwrap_or_default(),
+                notice: None,
             }),
             Action::AbandonHost { host_id } => {
                 for h in world.hosts.iter_mut().filter(|h| &h.id == host_id) {
@@ -169,7 +184,9 @@ fn new_cluster_without_hosts_launches_one_host() {
         plan(&world),
         vec![Action::LaunchHost {
             cloud: "a".into(),
-            region: "r1".into()
+            region: "r1".into(),
+            market: Market::OnDemand,
+            pool: None,
         }]
     );
 }
@@ -286,7 +303,9 @@ fn spread_clusters_put_standbys_in_other_clouds() {
     assert!(
         p.contains(&Action::LaunchHost {
             cloud: "b".into(),
-            region: "r1".into()
+            region: "r1".into(),
+            market: Market::OnDemand,
+            pool: None,
         }),
         "{p:?}"
     );
@@ -346,7 +365,9 @@ fn failed_launch_is_retried_only_after_a_pause() {
         plan(&world),
         vec![Action::LaunchHost {
             cloud: "a".into(),
-            region: "r1".into()
+            region: "r1".into(),
+            market: Market::OnDemand,
+            pool: None,
         }]
     );
 }
@@ -514,6 +535,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     term: 1,
                     switchover_to: None,
                     spread_clouds: *members == 3,
+                    spot: false,
                     deleted: *deleted,
                 })
                 .collect(),
@@ -528,10 +550,14 @@ fn arb_world() -> impl Strategy<Value = World> {
                     status: statuses[*st],
                     launched_at: 0,
                     last_heartbeat: Some(10),
+                    market: Market::OnDemand,
+                    pool: String::new(),
+                    notice: None,
                 })
                 .collect(),
             instances: vec![],
             operations: vec![],
+            ..Default::default()
         }
     })
 }
@@ -639,6 +665,9 @@ fn ha_world(standbys: &[(&str, u64, bool)], sync: &[&str]) -> World {
         }],
         hosts: vec![HostView {
             last_heartbeat: Some(100),
+            market: Market::OnDemand,
+            pool: String::new(),
+            notice: None,
             ..host("hp", HostStatus::Running)
         }],
         instances: vec![InstanceView {
@@ -653,6 +682,9 @@ fn ha_world(standbys: &[(&str, u64, bool)], sync: &[&str]) -> World {
     for (id, lsn, streaming) in standbys {
         world.hosts.push(HostView {
             last_heartbeat: Some(100),
+            market: Market::OnDemand,
+            pool: String::new(),
+            notice: None,
             ..host(&format!("h{id}"), HostStatus::Running)
         });
         world.instances.push(InstanceView {
@@ -877,3 +909,5 @@ proptest! {
         prop_assert!(primaries <= 1);
     }
 }
+
+mod spot;

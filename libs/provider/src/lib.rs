@@ -5,6 +5,7 @@
 //! driver is one more implementation (behind a cargo feature), not a change to the core.
 
 pub mod local;
+pub mod market;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,8 @@ pub struct LaunchRequest {
     pub cloud: String,
     pub region: String,
     pub market: Market,
+    /// A zone of the region (a spot launch names its pool's); `None`: the land chooses.
+    pub zone: Option<String>,
     /// Handed to the host's agent, which trades it for a host-scoped token.
     pub bootstrap_token: String,
     /// Where the agent finds the control plane.
@@ -68,6 +71,9 @@ pub struct HostInfo {
     pub region: String,
     pub zone: String,
     pub market: Market,
+    /// Empty in a land state written before pools existed.
+    #[serde(default)]
+    pub instance_type: String,
     /// The host's own network address.
     pub address: String,
     pub state: HostState,
@@ -94,4 +100,20 @@ pub trait Provider: Send + Sync {
     /// Terminates a host and wipes its disk (idempotent; unknown hosts are fine).
     async fn terminate_host(&self, host_id: &str) -> Result<(), ProviderError>;
     async fn list_hosts(&self) -> Result<Vec<HostInfo>, ProviderError>;
+    /// The land's host pools with their list prices (none: the land has no spot market).
+    fn pools(&self) -> Vec<market::Pool> {
+        Vec::new()
+    }
+}
+
+impl HostInfo {
+    /// The pool the host belongs to.
+    pub fn pool(&self) -> market::PoolId {
+        market::PoolId {
+            cloud: self.cloud.clone(),
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+            instance_type: self.instance_type.clone(),
+        }
+    }
 }

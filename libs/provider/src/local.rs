@@ -7,11 +7,19 @@
 //! again (after `highrise up` restarts) it boots the hosts that were running, as VMs come
 //! back after a power cycle.
 //!
+//! Every zone of a cloud is a host pool of the region's host type, priced by the price
+//! book; spot launches need capacity in their pool, which follows the land's
+//! [`SpotMarket`] (fixed, replayed from traces at a chosen speed, or set by an operator).
+//! When a pool's capacity falls below the spot hosts it holds, the newest get notices.
+//!
 //! Besides the [`Provider`] trait, the land serves an HTTP router with each host's
-//! metadata endpoint (`/hosts/{id}/latest/meta-data/...`, shaped like the clouds'
-//! instance metadata: the spot notice is 404 until one is posted) and test controls to
-//! preempt a host (with notice), kill one at once, or take a zone or a whole cloud down.
+//! metadata endpoint, shaped like the clouds' instance metadata (AWS:
+//! `/latest/meta-data/spot/instance-action`, 404 until a notice is posted, and the
+//! rebalance recommendation; GCP: `/computeMetadata/v1/instance/preempted`, `FALSE` until
+//! then), and operator controls: list pools, set a pool's capacity, preempt a host (with
+//! or without notice), kill one at once, take a zone or a whole cloud down.
 
+use crate::market::{host_pools, Pool, PoolId, PriceBook, SpotMarket, Trace};
 use crate::{Cloud, HostInfo, HostState, LaunchRequest, Market, Provider, ProviderError, Region};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
@@ -39,11 +47,38 @@ pub struct LocalLandConfig {
     pub agent_args: Vec<String>,
     /// Base URL under which this land's router is served (for hosts' metadata URLs).
     pub metadata_base_url: String,
-    /// Seconds between a spot notice and the host's death.
-    pub notice_secs: u64,
+    /// Seconds between a spot notice and the host's death, for every cloud; `None`: each
+    /// cloud's own (the price book's).
+    pub notice_secs: Option<u64>,
+    pub prices: PriceBook,
+    /// Spot hosts each pool holds while it has capacity.
+    pub spot_capacity: u32,
+    /// Spot availability to replay onto the pools (one trace per pool, in order).
+    pub traces: Vec<Trace>,
+    /// Trace seconds per real second.
+    pub trace_speed: f64,
 }
 
-/// Two clouds with one region and two zones each: the default land of `highrise up`.
+impl LocalLandConfig {
+    /// A land of `clouds` priced by the repository's book, every pool with room for 64
+    /// spot hosts and each cloud's own notice length.
+    pub fn new(dir: PathBuf, clouds: Vec<Cloud>, agent_program: PathBuf, metadata_base_url: String) -> Result<Self> {
+        Ok(LocalLandConfig {
+            dir,
+            clouds,
+            agent_program,
+            agent_args: Vec::new(),
+            metadata_base_url,
+            notice_secs: None,
+            prices: PriceBook::repository()?,
+            spot_capacity: 64,
+            traces: Vec::new(),
+            trace_speed: 1.0,
+        })
+    }
+}
+
+/// Two clouds with one region and three zones each: the default land of `highrise up`.
 pub fn default_clouds() -> Vec<Cloud> {
     ["local-a", "local-b"]
         .iter()
@@ -51,7 +86,7 @@ pub fn default_clouds() -> Vec<Cloud> {
             name: c.to_string(),
             regions: vec![Region {
                 name: "region-1".into(),
-                zones: vec!["zone-1".into(), "zone-2".into()],
+                zones: vec!["zone-1".into(), "zone-2".into(), "zone-3".into()],
             }],
         })
         .collect()
@@ -64,6 +99,9 @@ struct HostRecord {
     control_url: String,
     /// Unix seconds at which a posted spot notice expires.
     notice_deadline: Option<u64>,
+    /// Unix seconds of the launch (the cloud reclaims the newest spot hosts first).
+    #[serde(default)]
+    launched_at: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -77,11 +115,14 @@ struct Persisted {
 struct Inner {
     persisted: Persisted,
     agents: BTreeMap<String, tokio::process::Child>,
+    market: SpotMarket,
 }
 
 pub struct LocalLand {
     cfg: LocalLandConfig,
     inner: Mutex<Inner>,
+    /// When the market's replay began (its `t = 0`).
+    epoch: Instant,
 }
 
 fn unix_now() -> u64 {
@@ -106,15 +147,129 @@ impl LocalLand {
             },
             Err(e) => return Err(e).with_context(|| format!("read {}", state_file.display())),
         };
+        let mut market = SpotMarket::new(pools_of(&cfg), cfg.spot_capacity);
+        market.assign_traces(&cfg.traces);
         let land = Arc::new(Self {
             cfg,
             inner: Mutex::new(Inner {
                 persisted,
                 agents: BTreeMap::new(),
+                market,
             }),
+            epoch: Instant::now(),
         });
         land.save()?;
         Ok(land)
+    }
+
+    /// The market's clock: trace seconds since the land opened.
+    fn market_time(&self) -> u64 {
+        (self.epoch.elapsed().as_secs_f64() * self.cfg.trace_speed) as u64
+    }
+
+    fn notice_secs_for(&self, cloud: &str, region: &str) -> u64 {
+        self.cfg
+            .notice_secs
+            .unwrap_or_else(|| self.cfg.prices.region(cloud, region).map_or(30, |r| r.notice_secs))
+    }
+
+    /// Replays the market: whenever a pool holds more spot hosts than its capacity, the
+    /// newest get notices. Runs until the land is dropped.
+    pub fn spawn_market(self: &Arc<Self>) {
+        let land = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let Some(land) = land.upgrade() else {
+                    return;
+                };
+                land.reclaim();
+            }
+        });
+    }
+
+    /// Posts notices to the spot hosts beyond each pool's capacity (newest first).
+    fn reclaim(self: &Arc<Self>) {
+        let t = self.market_time();
+        let victims: Vec<String> = {
+            let inner = self.lock();
+            let mut by_pool: BTreeMap<PoolId, Vec<&HostRecord>> = BTreeMap::new();
+            for h in inner.persisted.hosts.values() {
+                if h.info.market == Market::Spot && h.info.state != HostState::Terminated {
+                    by_pool.entry(h.info.pool()).or_default().push(h);
+                }
+            }
+            let mut out = Vec::new();
+            for (pool, mut hosts) in by_pool {
+                hosts.sort_by_key(|h| (h.launched_at, h.info.host_id.clone()));
+                for h in inner.market.reclaimed(&pool, t, &hosts) {
+                    if h.info.state == HostState::Running {
+                        out.push(h.info.host_id.clone());
+                    }
+                }
+            }
+            out
+        };
+        for id in victims {
+            tracing::info!(host = %id, "spot capacity reclaimed: notice posted");
+            if let Err(e) = self.preempt(&id, None) {
+                tracing::error!(host = %id, "post spot notice: {e:#}");
+            }
+        }
+    }
+
+    /// Pins the spot capacity of every pool `selector` names (`None`: back to their
+    /// model) and reclaims at once. `selector` is a pool id, or a `cloud/region` (or
+    /// `cloud`) whose pools all change together, as when a region runs out.
+    pub fn set_capacity(self: &Arc<Self>, selector: &str, n: Option<u32>) -> Result<Vec<PoolId>, ProviderError> {
+        let chosen: Vec<PoolId> = {
+            let mut inner = self.lock();
+            let chosen: Vec<PoolId> = inner
+                .market
+                .pools()
+                .map(|p| p.id.clone())
+                .filter(|id| {
+                    let s = id.to_string();
+                    s == selector || s.starts_with(&format!("{selector}/"))
+                })
+                .collect();
+            if chosen.is_empty() {
+                return Err(ProviderError::UnknownLocation(format!("no pool matches {selector}")));
+            }
+            for id in &chosen {
+                inner
+                    .market
+                    .set_capacity(id, n)
+                    .map_err(|e| ProviderError::UnknownLocation(e.to_string()))?;
+            }
+            chosen
+        };
+        self.reclaim();
+        Ok(chosen)
+    }
+
+    /// Every pool with its prices, current spot capacity and spot hosts.
+    pub fn pool_status(&self) -> Vec<PoolStatus> {
+        let t = self.market_time();
+        let inner = self.lock();
+        inner
+            .market
+            .pools()
+            .map(|p| PoolStatus {
+                id: p.id.to_string(),
+                on_demand_hour: p.on_demand_hour.to_string(),
+                spot_hour: inner.market.spot_price(&p.id, t).unwrap_or(p.spot_hour).to_string(),
+                spot_capacity: inner.market.capacity(&p.id, t),
+                spot_hosts: inner
+                    .persisted
+                    .hosts
+                    .values()
+                    .filter(|h| h.info.market == Market::Spot && h.info.state != HostState::Terminated)
+                    .filter(|h| h.info.pool() == p.id)
+                    .count() as u32,
+                notice_secs: self.notice_secs_for(&p.id.cloud, &p.id.region),
+            })
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -236,9 +391,10 @@ impl LocalLand {
     }
 
     /// Posts a spot notice on the host's metadata endpoint; the host dies when it expires.
-    pub fn preempt(self: &Arc<Self>, host_id: &str) -> Result<u64, ProviderError> {
-        let deadline = unix_now() + self.cfg.notice_secs;
-        {
+    /// `notice_secs`: the notice's length (`None`: the cloud's; `0`: no notice, the host
+    /// dies at once). Returns the unix second the host dies at.
+    pub fn preempt(self: &Arc<Self>, host_id: &str, notice_secs: Option<u64>) -> Result<u64, ProviderError> {
+        let secs = {
             let mut inner = self.lock();
             let h = inner
                 .persisted
@@ -246,18 +402,25 @@ impl LocalLand {
                 .get_mut(host_id)
                 .filter(|h| h.info.state != HostState::Terminated)
                 .ok_or_else(|| ProviderError::UnknownHost(host_id.into()))?;
-            h.info.state = HostState::Preempting;
-            h.notice_deadline = Some(deadline);
-            save_state(&self.cfg.dir, &inner.persisted)?;
-        }
+            let secs = notice_secs.unwrap_or_else(|| self.notice_secs_for(&h.info.cloud, &h.info.region));
+            if h.info.state == HostState::Preempting {
+                // One notice per host: a second one does not move the deadline.
+                return Ok(h.notice_deadline.unwrap_or_else(unix_now));
+            }
+            if secs > 0 {
+                h.info.state = HostState::Preempting;
+                h.notice_deadline = Some(unix_now() + secs);
+                save_state(&self.cfg.dir, &inner.persisted)?;
+            }
+            secs
+        };
         let land = Arc::clone(self);
         let id = host_id.to_string();
-        let secs = self.cfg.notice_secs;
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(secs)).await;
             land.kill_host(&id).await;
         });
-        Ok(deadline)
+        Ok(unix_now() + secs)
     }
 
     /// Takes a whole cloud (or one `zone` of it) down: its hosts die at once, and
@@ -304,13 +467,48 @@ impl LocalLand {
                 "/hosts/{id}/latest/meta-data/spot/instance-action",
                 get(meta_spot_action),
             )
+            .route(
+                "/hosts/{id}/latest/meta-data/events/recommendations/rebalance",
+                get(meta_rebalance),
+            )
+            .route(
+                "/hosts/{id}/computeMetadata/v1/instance/preempted",
+                get(meta_gcp_preempted),
+            )
             .route("/land/hosts", get(list_hosts_http))
+            .route("/land/pools", get(pools_http))
+            .route("/land/capacity", post(capacity_http))
             .route("/land/hosts/{id}/preempt", post(preempt_http))
             .route("/land/hosts/{id}/kill", post(kill_http))
             .route("/land/clouds/{cloud}/down", post(cloud_down_http))
             .route("/land/clouds/{cloud}/up", post(cloud_up_http))
             .with_state(self)
     }
+}
+
+/// A pool as `highrise land pools` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub id: String,
+    pub on_demand_hour: String,
+    pub spot_hour: String,
+    pub spot_capacity: u32,
+    pub spot_hosts: u32,
+    pub notice_secs: u64,
+}
+
+/// One pool per zone of each cloud's region, of the host type the book gives the region.
+fn pools_of(cfg: &LocalLandConfig) -> Vec<Pool> {
+    let locations: Vec<(String, String, Vec<String>)> = cfg
+        .clouds
+        .iter()
+        .flat_map(|c| {
+            c.regions
+                .iter()
+                .map(move |r| (c.name.clone(), r.name.clone(), r.zones.clone()))
+        })
+        .collect();
+    host_pools(&cfg.prices, &locations)
 }
 
 fn save_state(dir: &Path, p: &Persisted) -> Result<()> {
@@ -397,17 +595,67 @@ impl Provider for LocalLand {
                 .values()
                 .filter(|h| h.info.cloud == req.cloud && h.info.state != HostState::Terminated)
                 .collect();
+            if let Some(z) = &req.zone {
+                if !region.zones.contains(z) {
+                    return Err(ProviderError::UnknownLocation(format!(
+                        "{}/{}/{z}",
+                        req.cloud, req.region
+                    )));
+                }
+            }
+            let host_type = self
+                .cfg
+                .prices
+                .region(&req.cloud, &req.region)
+                .map_or_else(|| "local".to_string(), |r| r.host_type().name.clone());
+            let t = self.market_time();
+            let pool_of = |zone: &str| PoolId {
+                cloud: req.cloud.clone(),
+                region: req.region.clone(),
+                zone: zone.to_string(),
+                instance_type: host_type.clone(),
+            };
+            // A spot launch needs room in its pool: fewer live spot hosts than capacity.
+            let spot_room = |zone: &str| {
+                let pool = pool_of(zone);
+                let held = in_cloud
+                    .iter()
+                    .filter(|h| h.info.market == Market::Spot && h.info.pool() == pool)
+                    .count();
+                (held as u32) < inner.market.capacity(&pool, t)
+            };
             let zones: Vec<&String> = region
                 .zones
                 .iter()
+                .filter(|z| req.zone.as_ref().is_none_or(|want| want == *z))
                 .filter(|z| !inner.persisted.down.contains(&format!("{}/{z}", req.cloud)))
                 .collect();
+            if zones.is_empty() {
+                let what = req
+                    .zone
+                    .as_deref()
+                    .map_or("every zone".to_string(), |z| format!("zone {z}"));
+                return Err(ProviderError::NoCapacity(format!("{what} of {} is down", req.cloud)));
+            }
+            let zones: Vec<&String> = if req.market == Market::Spot {
+                let open: Vec<&String> = zones.into_iter().filter(|z| spot_room(z)).collect();
+                if open.is_empty() {
+                    let what = req
+                        .zone
+                        .as_deref()
+                        .map_or_else(|| format!("{}/{}", req.cloud, req.region), |z| pool_of(z).to_string());
+                    return Err(ProviderError::NoCapacity(format!("no spot capacity in {what}")));
+                }
+                open
+            } else {
+                zones
+            };
             // Spread over zones: the zone with the fewest live hosts.
             let zone = zones
                 .iter()
                 .min_by_key(|z| in_cloud.iter().filter(|h| &&h.info.zone == *z).count())
-                .ok_or_else(|| ProviderError::NoCapacity(format!("every zone of {} is down", req.cloud)))?
-                .to_string();
+                .map(|z| z.to_string())
+                .unwrap_or_default();
             let base = inner.persisted.octet_base;
             let taken: Vec<&str> = in_cloud.iter().map(|h| h.info.address.as_str()).collect();
             let address = (1..=254u16)
@@ -421,12 +669,14 @@ impl Provider for LocalLand {
                     region: req.region.clone(),
                     zone,
                     market: req.market,
+                    instance_type: host_type,
                     address,
                     state: HostState::Running,
                 },
                 bootstrap_token: req.bootstrap_token.clone(),
                 control_url: req.control_url.clone(),
                 notice_deadline: None,
+                launched_at: unix_now(),
             };
             inner.persisted.hosts.insert(req.host_id.clone(), record.clone());
             save_state(&self.cfg.dir, &inner.persisted)?;
@@ -450,6 +700,20 @@ impl Provider for LocalLand {
 
     async fn list_hosts(&self) -> Result<Vec<HostInfo>, ProviderError> {
         Ok(self.lock().persisted.hosts.values().map(|h| h.info.clone()).collect())
+    }
+
+    fn pools(&self) -> Vec<Pool> {
+        let t = self.market_time();
+        let inner = self.lock();
+        inner
+            .market
+            .pools()
+            .map(|p| Pool {
+                spot_hour: inner.market.spot_price(&p.id, t).unwrap_or(p.spot_hour),
+                notice_secs: self.notice_secs_for(&p.id.cloud, &p.id.region),
+                ..p.clone()
+            })
+            .collect()
     }
 }
 
@@ -477,11 +741,76 @@ async fn meta_instance_id(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPa
     }
 }
 
-/// 404 until a notice is posted, then `{"action": "terminate", "time": <unix seconds>}`.
+/// The cloud whose metadata shape a host's land cloud speaks (the book's cloud it is priced as).
+fn speaks_gcp(land: &LocalLand, h: &HostRecord) -> bool {
+    land.cfg
+        .prices
+        .region(&h.info.cloud, &h.info.region)
+        .is_some_and(|r| r.cloud == "gcp")
+}
+
+fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
+/// AWS shape: 404 until a notice is posted, then
+/// `{"action": "terminate", "time": "2026-12-02T10:00:00Z"}`.
 async fn meta_spot_action(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
-    match land.lock().persisted.hosts.get(&id).and_then(|h| h.notice_deadline) {
-        Some(t) => Json(serde_json::json!({ "action": "terminate", "time": t })).into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
+    let inner = land.lock();
+    match inner.persisted.hosts.get(&id) {
+        Some(h) if !speaks_gcp(&land, h) => match h.notice_deadline {
+            Some(t) => Json(serde_json::json!({ "action": "terminate", "time": rfc3339(t) })).into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        },
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// AWS shape: the rebalance recommendation, which the land posts with the notice.
+async fn meta_rebalance(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
+    let inner = land.lock();
+    match inner.persisted.hosts.get(&id) {
+        Some(h) if !speaks_gcp(&land, h) => match h.notice_deadline {
+            Some(t) => {
+                let posted = t.saturating_sub(land.notice_secs_for(&h.info.cloud, &h.info.region));
+                Json(serde_json::json!({ "noticeTime": rfc3339(posted) })).into_response()
+            }
+            None => StatusCode::NOT_FOUND.into_response(),
+        },
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// GCP shape: `TRUE` once the host is being preempted, `FALSE` before.
+async fn meta_gcp_preempted(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
+    let inner = land.lock();
+    match inner.persisted.hosts.get(&id) {
+        Some(h) if speaks_gcp(&land, h) && h.info.state != HostState::Terminated => {
+            if h.notice_deadline.is_some() { "TRUE" } else { "FALSE" }.into_response()
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn pools_http(State(land): State<Arc<LocalLand>>) -> Response {
+    Json(land.pool_status()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct CapacityBody {
+    /// A pool id, or the `cloud/region` (or `cloud`) whose pools all change.
+    pool: String,
+    /// Spot hosts the pool holds; `null` hands it back to its model.
+    capacity: Option<u32>,
+}
+
+async fn capacity_http(State(land): State<Arc<LocalLand>>, Json(body): Json<CapacityBody>) -> Response {
+    match land.set_capacity(&body.pool, body.capacity) {
+        Ok(pools) => Json(serde_json::json!({
+            "pools": pools.iter().map(ToString::to_string).collect::<Vec<_>>()
+        }))
+        .into_response(),
+        Err(e) => provider_error(e),
     }
 }
 
@@ -492,8 +821,18 @@ async fn list_hosts_http(State(land): State<Arc<LocalLand>>) -> Response {
     }
 }
 
-async fn preempt_http(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
-    match land.preempt(&id) {
+#[derive(Debug, Deserialize)]
+struct PreemptQuery {
+    /// Seconds of notice (0: none, the host dies at once); the cloud's when omitted.
+    notice: Option<u64>,
+}
+
+async fn preempt_http(
+    State(land): State<Arc<LocalLand>>,
+    UrlPath(id): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<PreemptQuery>,
+) -> Response {
+    match land.preempt(&id, q.notice) {
         Ok(t) => Json(serde_json::json!({ "host_id": id, "terminates_at": t })).into_response(),
         Err(e) => provider_error(e),
     }

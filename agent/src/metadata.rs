@@ -1,0 +1,87 @@
+//! The host's instance metadata endpoint, watched for a spot notice.
+//!
+//! Two shapes are read, as the clouds publish them: AWS
+//! `latest/meta-data/spot/instance-action` (404 until a notice, then
+//! `{"action": "terminate"|"stop", "time": "<RFC 3339>"}`) and GCP
+//! `computeMetadata/v1/instance/preempted` (`TRUE` once preempted; no deadline, the
+//! control plane assumes the cloud's documented notice). The first notice seen is kept and
+//! reported at once — the heartbeat task is woken — and in every heartbeat after.
+
+use crate::Shared;
+use highrise_api::SpotNotice;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the endpoint is read (the clouds advise every 5 s; the notice is short).
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Deserialize)]
+struct InstanceAction {
+    action: String,
+    time: String,
+}
+
+/// One look at the metadata endpoint: a notice, if the cloud has posted one.
+async fn look(client: &reqwest::Client, base: &str) -> Option<SpotNotice> {
+    let aws = client
+        .get(format!("{base}/latest/meta-data/spot/instance-action"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status().is_success());
+    if let Some(r) = aws {
+        let body: InstanceAction = match r.json().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("unreadable spot instance-action: {e}");
+                return None;
+            }
+        };
+        let deadline = humantime::parse_rfc3339(&body.time)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        if deadline.is_none() {
+            tracing::warn!(time = %body.time, "spot instance-action time is not RFC 3339; reporting without it");
+        }
+        tracing::warn!(action = %body.action, deadline = ?deadline, "spot notice on the metadata endpoint");
+        return Some(SpotNotice {
+            deadline,
+            source: "aws-instance-action".into(),
+        });
+    }
+    let gcp = client
+        .get(format!("{base}/computeMetadata/v1/instance/preempted"))
+        .header("Metadata-Flavor", "Google")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status().is_success())?;
+    let text = gcp.text().await.ok()?;
+    (text.trim() == "TRUE").then(|| {
+        tracing::warn!("preempted flag on the metadata endpoint");
+        SpotNotice {
+            deadline: None,
+            source: "gcp-preempted".into(),
+        }
+    })
+}
+
+/// Watches `base` until a notice appears (then keeps it) or the agent stops.
+pub async fn watch_notice(client: reqwest::Client, base: String, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Some(n) = look(&client, &base).await {
+            *shared.notice.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
+            shared.observed_changed.notify_one();
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
