@@ -3,6 +3,7 @@
 
 mod client;
 mod land;
+mod sim;
 mod up;
 
 use anyhow::{Context, Result};
@@ -40,6 +41,9 @@ enum Command {
     /// The local land's operator controls: pools, spot capacity, preemption.
     #[command(subcommand)]
     Land(land::LandCommand),
+    /// Run the fleet simulator: the production planner on virtual time, on spot traces
+    /// or a synthetic market, against the baselines.
+    Sim(sim::SimArgs),
 }
 
 #[derive(clap::Args)]
@@ -146,6 +150,7 @@ fn main() -> std::process::ExitCode {
             Command::Backup(c) => client::backup(c).await,
             Command::Org(c) => client::org(c).await,
             Command::Land(c) => land::land(c).await,
+            Command::Sim(a) => sim::sim(a),
         }
     });
     match res {

@@ -324,3 +324,59 @@ async fn without_spot_capacity_members_fall_back_to_on_demand_and_return_when_it
     let ms = members(&shown);
     assert_ne!(ms[0]["pool"], ms[1]["pool"], "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_node_sync_cluster_whose_host_dies_without_notice_is_restored_from_object_storage() {
+    let up = Arc::new(blocking(Up::start).await);
+    let u = up.clone();
+    let (uri, shown) = blocking(move || {
+        let out = u.cli_ok(&["cluster", "create", "solo", "--spot", "--durability", "sync", "--wait"]);
+        let uri = out.lines().last().unwrap().trim().to_string();
+        psql_ok(&uri, "create table ledger(id bigserial primary key)");
+        // Its creation image is in object storage before anything goes wrong.
+        wait_for("the first base backup", Duration::from_secs(60), || {
+            let list: Value = serde_json::from_str(&u.cli_ok(&["backup", "list", "solo", "--output", "json"])).unwrap();
+            list.as_array()
+                .is_some_and(|b| b.iter().any(|b| b["status"] == "complete"))
+        });
+        (uri, show(&u, "solo"))
+    })
+    .await;
+    let host = member(&shown, "primary")["host_id"].as_str().unwrap().to_string();
+
+    let (stop, writer) = start_writer(&uri);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let u = up.clone();
+    let h = host.clone();
+    blocking(move || u.cli_ok(&["land", "preempt", &h, "--notice", "0"])).await;
+    let lost_at = Instant::now();
+    let u = up.clone();
+    let h = host.clone();
+    blocking(move || {
+        wait_for("the restored primary", Duration::from_secs(120), || {
+            let shown = show(&u, "solo");
+            let ms = members(&shown);
+            shown["term"] == 2 && ms.len() == 1 && ms[0]["state"] == "running" && ms[0]["host_id"] != h.as_str()
+        })
+    })
+    .await;
+    let restored = lost_at.elapsed();
+    // Writes resume through the same connection string.
+    let u = uri.clone();
+    blocking(move || {
+        wait_for("writes to resume", Duration::from_secs(30), || {
+            psql(&u, "insert into ledger default values").0
+        })
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, _) = writer.await.unwrap();
+    eprintln!(
+        "single-node sync host lost without notice: restored after {restored:?}; {} acked before",
+        acked.len()
+    );
+    assert!(acked.len() > 10);
+    check_ledger(&uri, &acked);
+    let events = up.cli_ok(&["cluster", "events", "solo"]);
+    assert!(events.contains("restores from backup"), "{events}");
+}

@@ -203,3 +203,51 @@ pub(crate) async fn tick(state: &AppState, lagging: &mut HashSet<String>) -> Res
     }
     Ok(changed)
 }
+
+/// A primary lost with its host and no standby to take over, in a cluster whose every
+/// acknowledged commit is in object storage: a new term begins whose primary restores
+/// from the cluster's own latest base backup and all of its archived WAL. Returns whether
+/// it began (the term may have moved on).
+pub(crate) async fn restore_primary(state: &AppState, cluster_id: &str, term: i64, from: &str) -> Result<bool> {
+    use highrise_planner::backups::{restore_base, RestoreTarget};
+    let rows = state
+        .store
+        .backups_of(cluster_id)
+        .await
+        .context("list the cluster's backups")?;
+    let ledger = entries(&rows);
+    let base = restore_base(&ledger, RestoreTarget::Latest)
+        .map_err(|e| anyhow::anyhow!("no backup to restore the lost primary from: {e:?}"))?;
+    let record = RestoreRecord {
+        source_cluster_id: cluster_id.to_string(),
+        backup_id: base.id.clone(),
+        target_time: None,
+        target_lsn: None,
+    };
+    let org_id = rows.first().map(|b| b.org_id.clone()).unwrap_or_default();
+    let at = now();
+    let op = crate::store::OperationRow {
+        id: crate::auth::new_id("op"),
+        org_id,
+        cluster_id: Some(cluster_id.to_string()),
+        kind: "restore_primary".into(),
+        status: "running".into(),
+        error: None,
+        created_at: at,
+        updated_at: at,
+    };
+    let why = format!(
+        "primary {from} was lost with its host and no standby can take over: a new primary restores from backup {} and all archived WAL (durability sync: every acknowledged commit is there)",
+        base.id
+    );
+    let json = serde_json::to_string(&record).context("encode the restore record")?;
+    let begun = state
+        .store
+        .restore_primary(cluster_id, term, from, &json, &op, &why)
+        .await
+        .context("record the restore")?;
+    if begun {
+        tracing::warn!(cluster = %cluster_id, from = %from, backup = %base.id, "restoring a lost primary from object storage");
+    }
+    Ok(begun)
+}

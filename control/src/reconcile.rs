@@ -171,6 +171,13 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
             state.store.insert_host(&h).await.context("record host launch")?;
             launch(state, &h).await;
         }
+        Action::ReleaseHost { host_id } => {
+            state.store.set_host_status(host_id, "released").await?;
+            tracing::info!(host = %host_id, "releasing an idle host");
+            if let Err(e) = state.provider.terminate_host(host_id).await {
+                tracing::error!(host = %host_id, "terminate idle host: {e:#}");
+            }
+        }
         Action::AbandonHost { host_id } => {
             state.store.set_host_status(host_id, "failed").await?;
             if let Err(e) = state.provider.terminate_host(host_id).await {
@@ -251,6 +258,9 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                 tracing::warn!(cluster = %cluster_id, from = ?from, to = %to, term = term + 1, "failover: {reason}");
             }
             return Ok(done);
+        }
+        Action::RestorePrimary { cluster_id, term, from } => {
+            return crate::durability::restore_primary(state, cluster_id, *term, from).await;
         }
         Action::Drain { instance_id } => {
             state.store.drain(instance_id).await?;

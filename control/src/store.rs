@@ -1168,6 +1168,41 @@ impl Store {
         Ok(true)
     }
 
+    /// Starts a new term whose primary restores from object storage (`record`), takes
+    /// the lost primary `from` out, and opens the operation that follows it — in one
+    /// transaction, only if the term is still `term`.
+    pub async fn restore_primary(
+        &self,
+        cluster_id: &str,
+        term: i64,
+        from: &str,
+        record: &str,
+        op: &OperationRow,
+        why: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE clusters SET term = term + 1, switchover_to = NULL, restore_json = $1 WHERE id = $2 AND term = $3",
+        )
+        .bind(record)
+        .bind(cluster_id)
+        .bind(term)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE instances SET deleting = 1 WHERE id = $1 AND cluster_id = $2")
+            .bind(from)
+            .bind(cluster_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_operation(&mut tx, op).await?;
+        insert_event(&mut tx, cluster_id, op.created_at, "restoring", why).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Records a requested switchover (the target, or `""` for "the most advanced").
     pub async fn request_switchover(&self, cluster_id: &str, to: &str, op: &OperationRow) -> Result<()> {
         let mut tx = self.pool.begin().await?;
@@ -1265,7 +1300,7 @@ impl Store {
             // A restored cluster that runs is on its own: its primary never restores again.
             sqlx::query(
                 "UPDATE clusters SET restore_json = NULL WHERE id = \
-                 (SELECT cluster_id FROM operations WHERE id = $1 AND kind = 'create_cluster')",
+                 (SELECT cluster_id FROM operations WHERE id = $1 AND kind IN ('create_cluster', 'restore_primary'))",
             )
             .bind(id)
             .execute(&self.pool)
@@ -1299,6 +1334,7 @@ impl Store {
                         "create_cluster" => planner::OperationKind::CreateCluster,
                         "delete_cluster" => planner::OperationKind::DeleteCluster,
                         "switchover" => planner::OperationKind::Switchover,
+                        "restore_primary" => planner::OperationKind::RestorePrimary,
                         _ => return None,
                     };
                     Some(planner::OperationView {
@@ -1309,8 +1345,9 @@ impl Store {
                 })
                 .collect();
         let clusters = sqlx::query(
-            "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, spot, deleted_at FROM clusters \
-             ORDER BY id",
+            "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, spot, deleted_at, \
+             CASE WHEN durability = 'sync' AND EXISTS (SELECT 1 FROM backups b WHERE b.cluster_id = clusters.id \
+             AND b.status = 'complete') THEN 1 ELSE 0 END AS restorable FROM clusters ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?
@@ -1327,6 +1364,7 @@ impl Store {
                 switchover_to: r.try_get("switchover_to")?,
                 spread_clouds: r.try_get::<i64, _>("spread_clouds")? != 0,
                 spot: r.try_get::<i64, _>("spot")? != 0,
+                restorable: r.try_get::<i64, _>("restorable")? != 0,
                 deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
             })
         })

@@ -37,6 +37,10 @@ pub const HOST_DEAD_SECS: i64 = 2;
 /// standbys it held are replaced elsewhere.
 pub const HOST_LOST_SECS: i64 = 30;
 
+/// A running host that holds nothing, launched at least this long ago, is released (it
+/// costs money and no plan needs it).
+pub const HOST_IDLE_SECS: i64 = 300;
+
 /// Standbys in the synchronous set; commits wait for `ANY SYNC_QUORUM` of them.
 pub const SYNC_QUORUM: usize = 1;
 
@@ -62,6 +66,10 @@ pub struct ClusterIntent {
     pub spread_clouds: bool,
     /// Members run on spot capacity (distinct pools, on-demand fallback).
     pub spot: bool,
+    /// Every acknowledged commit is in object storage (`durability: sync`) and a complete
+    /// base backup is there: a primary lost with no standby to take over is restored from
+    /// object storage, losing nothing.
+    pub restorable: bool,
     /// The tenant asked for deletion.
     pub deleted: bool,
 }
@@ -150,6 +158,8 @@ pub enum OperationKind {
     CreateCluster,
     DeleteCluster,
     Switchover,
+    /// A lost primary restored from object storage.
+    RestorePrimary,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +200,10 @@ pub enum Action {
     AbandonHost {
         host_id: String,
     },
+    /// A healthy host that holds nothing: terminate it.
+    ReleaseHost {
+        host_id: String,
+    },
     /// Put a new instance of the cluster on the host's desired state.
     CreateInstance {
         cluster_id: String,
@@ -221,6 +235,14 @@ pub enum Action {
         from: Option<String>,
         to: String,
         reason: String,
+    },
+    /// The primary of `term` is gone with its host and no standby can take over: start a
+    /// new term whose primary restores from object storage (latest base backup and all
+    /// archived WAL); `from` leaves the cluster.
+    RestorePrimary {
+        cluster_id: String,
+        term: i64,
+        from: String,
     },
     /// Stop routing to the primary and stop it, for a switchover; its walsenders pass
     /// every WAL byte to the connected standbys before it exits.
@@ -458,8 +480,8 @@ pub fn plan(world: &World) -> Vec<Action> {
                 }
             }
             let fallback = c.spot && choice.is_none() && launch_at.is_none();
-            if back_to_spot && fallback {
-                // Only spot is worth a move; nothing to do this round.
+            if fallback && (back_to_spot || !world.spot.fallback) {
+                // Only spot is worth a move (or the policy waits for spot): not this round.
                 break;
             }
             if !c.spot || fallback {
@@ -581,6 +603,19 @@ pub fn plan(world: &World) -> Vec<Action> {
         }
     }
 
+    // Hosts that hold nothing and are not wanted by this plan.
+    for h in &world.hosts {
+        let idle = h.status == HostStatus::Running
+            && world.now - h.launched_at >= HOST_IDLE_SECS
+            && !world.instances.iter().any(|i| i.host_id == h.id)
+            && !actions
+                .iter()
+                .any(|a| matches!(a, Action::CreateInstance { host_id, .. } if host_id == &h.id));
+        if idle {
+            actions.push(Action::ReleaseHost { host_id: h.id.clone() });
+        }
+    }
+
     // Deleted clusters whose instances are all gone.
     for c in world.clusters.iter().filter(|c| c.deleted) {
         if !world.instances.iter().any(|i| i.cluster_id == c.id) {
@@ -593,7 +628,7 @@ pub fn plan(world: &World) -> Vec<Action> {
     // Operations.
     for op in &world.operations {
         let outcome = match op.kind {
-            OperationKind::CreateCluster => {
+            OperationKind::CreateCluster | OperationKind::RestorePrimary => {
                 let cluster = world.clusters.iter().find(|c| c.id == op.cluster_id);
                 let members: Vec<&InstanceView> = world
                     .instances
@@ -698,9 +733,50 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
         }
     }
     let Some(primary) = live.iter().find(|i| i.role == Role::Primary) else {
+        // No primary (it was lost and is being restored): a standby that never ran was
+        // copying from the old one and never will; it goes, so the cluster can be whole.
+        for s in live.iter().filter(|s| s.role == Role::Standby && never_ran(s)) {
+            actions.push(Action::DeleteInstance {
+                instance_id: s.id.clone(),
+            });
+        }
         return actions;
     };
     let standbys: Vec<&&InstanceView> = live.iter().filter(|i| i.role == Role::Standby).collect();
+    // Lost for good (its host given up) with no standby that ever ran to take over: what
+    // is left is object storage.
+    let host_given_up = hosts
+        .get(primary.host_id.as_str())
+        .is_none_or(|h| h.status == HostStatus::Failed);
+    let no_successor = !standbys
+        .iter()
+        .any(|s| s.lsn.is_some() && host_alive(world, hosts, &s.host_id));
+    if host_given_up && !never_ran(primary) && no_successor && primary.in_recovery != Some(true) {
+        if c.restorable {
+            actions.push(Action::RestorePrimary {
+                cluster_id: c.id.clone(),
+                term: c.term,
+                from: primary.id.clone(),
+            });
+            // Standbys still copying from the lost primary never will: they go, and new
+            // ones copy from the restored primary.
+            for s in standbys.iter().filter(|s| never_ran(s)) {
+                actions.push(Action::DeleteInstance {
+                    instance_id: s.id.clone(),
+                });
+            }
+        } else {
+            actions.push(Action::Event {
+                cluster_id: c.id.clone(),
+                kind: "primary_lost".into(),
+                message: format!(
+                    "primary {} was lost with its host and no standby can take over; with durability=async its last commits may be missing from object storage: restore it with `highrise cluster restore`",
+                    primary.id
+                ),
+            });
+        }
+        return actions;
+    }
     if standbys.is_empty() {
         return actions;
     }
@@ -772,8 +848,16 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
         .filter(|s| s.observed == Observed::Running && s.in_recovery == Some(true) && s.streaming == Some(false))
         .filter(|s| s.lsn.is_some() && s.term == c.term)
         .collect();
+    // A member of the set that is gone for good (removed, its data with it) can never
+    // report; it counts as reported with nothing. A commit only it acknowledged is lost
+    // with it whatever is promoted, so waiting for it would only keep the cluster down.
+    let gone: Vec<&str> = sync_set
+        .iter()
+        .copied()
+        .filter(|id| !live.iter().any(|i| i.id == *id))
+        .collect();
     let needed = (sync_set.len() + 1).saturating_sub(SYNC_QUORUM);
-    if sync_set.is_empty() || reporters.len() < needed {
+    if sync_set.is_empty() || reporters.is_empty() || reporters.len() + gone.len() < needed {
         actions.push(Action::Event {
             cluster_id: c.id.clone(),
             kind: "failover_waiting".into(),
@@ -812,6 +896,17 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
     } else {
         format!("host {} of primary {} is gone", primary.host_id, primary.id)
     };
+    if reporters.len() < needed {
+        actions.push(Action::Event {
+            cluster_id: c.id.clone(),
+            kind: "failover_incomplete_quorum".into(),
+            message: format!(
+                "promoting {}: synchronous standby(s) {} are gone with their data; a commit only they acknowledged cannot be recovered",
+                best.id,
+                gone.join(", ")
+            ),
+        });
+    }
     actions.push(Action::Failover {
         cluster_id: c.id.clone(),
         term: c.term,

@@ -28,6 +28,12 @@ pub struct SpotPolicy {
     /// A fallback member returns to spot once a pool has been calm (no preemption, no
     /// refused launch) this long.
     pub stable_secs: i64,
+    /// Members go to distinct pools, new zones first. Off only for the simulator's naive
+    /// baseline (everything in the cheapest pool).
+    pub spread: bool,
+    /// No usable pool: place on on-demand. Off only for the simulator's baselines that
+    /// wait for spot capacity instead.
+    pub fallback: bool,
 }
 
 impl Default for SpotPolicy {
@@ -37,6 +43,8 @@ impl Default for SpotPolicy {
             volatile_preemptions: 3,
             no_capacity_backoff_secs: 300,
             stable_secs: 1800,
+            spread: true,
+            fallback: true,
         }
     }
 }
@@ -89,17 +97,18 @@ pub struct Taken<'a> {
 /// the cluster is not in yet; then price weighted by recent preemptions; then id.
 pub fn ranked<'w>(world: &'w World, allowed: &[(&str, &str)], taken: &Taken<'_>) -> Vec<&'w PoolView> {
     let window = world.spot.volatile_window_secs;
+    let spread = world.spot.spread;
     let mut pools: Vec<&PoolView> = world
         .pools
         .iter()
         .filter(|p| allowed.contains(&(p.cloud.as_str(), p.region.as_str())))
-        .filter(|p| !taken.pools.contains(p.id.as_str()))
+        .filter(|p| !spread || !taken.pools.contains(p.id.as_str()))
         .filter(|p| usable(world, p))
         .collect();
     pools.sort_by_key(|p| {
         (
-            taken.zones.contains(p.zone.as_str()),
-            taken.clouds.contains(p.cloud.as_str()),
+            spread && taken.zones.contains(p.zone.as_str()),
+            spread && taken.clouds.contains(p.cloud.as_str()),
             u128::from(p.spot_price) * (1 + recent_preemptions(world, p, window) as u128),
             p.id.clone(),
         )

@@ -15,6 +15,7 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         switchover_to: None,
         spread_clouds: false,
         spot: false,
+        restorable: false,
         deleted: false,
     }
 }
@@ -79,7 +80,7 @@ fn apply(world: &mut World, actions: &[Action]) {
                 pool: pool.clone().unwrap_or_default(),
                 notice: None,
             }),
-            Action::AbandonHost { host_id } => {
+            Action::AbandonHost { host_id } | Action::ReleaseHost { host_id } => {
                 for h in world.hosts.iter_mut().filter(|h| &h.id == host_id) {
                     h.status = HostStatus::Failed;
                 }
@@ -146,6 +147,18 @@ fn apply(world: &mut World, actions: &[Action]) {
             Action::CancelSwitchover { cluster_id, .. } => {
                 for c in world.clusters.iter_mut().filter(|c| &c.id == cluster_id) {
                     c.switchover_to = None;
+                }
+            }
+            Action::RestorePrimary { cluster_id, term, from } => {
+                for c in world
+                    .clusters
+                    .iter_mut()
+                    .filter(|c| &c.id == cluster_id && c.term == *term)
+                {
+                    c.term += 1;
+                }
+                for i in world.instances.iter_mut().filter(|i| &i.id == from) {
+                    i.deleting = true;
                 }
             }
             Action::Event { .. } => {}
@@ -373,6 +386,26 @@ fn failed_launch_is_retried_only_after_a_pause() {
 }
 
 #[test]
+fn an_idle_host_is_released_but_not_a_new_or_a_needed_one() {
+    let mut world = World {
+        now: HOST_IDLE_SECS,
+        hosts: vec![HostView {
+            last_heartbeat: Some(HOST_IDLE_SECS),
+            ..host("h1", HostStatus::Running)
+        }],
+        ..Default::default()
+    };
+    assert_eq!(plan(&world), vec![Action::ReleaseHost { host_id: "h1".into() }]);
+    world.now -= 1;
+    world.hosts[0].last_heartbeat = Some(world.now);
+    assert!(plan(&world).is_empty(), "released a new host");
+    world.now += 1;
+    world.hosts[0].last_heartbeat = Some(world.now);
+    world.clusters = vec![cluster("c1", 1)];
+    assert!(matches!(plan(&world).as_slice(), [Action::CreateInstance { .. }]));
+}
+
+#[test]
 fn stuck_launch_is_abandoned() {
     let world = World {
         now: HOST_LAUNCH_TIMEOUT_SECS + 1,
@@ -536,6 +569,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     switchover_to: None,
                     spread_clouds: *members == 3,
                     spot: false,
+                    restorable: false,
                     deleted: *deleted,
                 })
                 .collect(),
@@ -813,6 +847,93 @@ fn quorum_intersection_needs_enough_final_positions() {
         vec![("s2".to_string(), 3)],
         "the furthest one"
     );
+}
+
+#[test]
+fn a_synchronous_standby_gone_for_good_no_longer_blocks_failover_and_an_event_says_what_it_costs() {
+    let mut world = ha_world(&[("s1", 900, false), ("s2", 1000, false)], &["s1", "s2"]);
+    kill_primary_host(&mut world);
+    world.hosts[2].last_heartbeat = Some(0);
+    assert!(failovers(&plan(&world)).is_empty(), "s2 may still come back");
+    // s2's host is given up and s2 removed: its data is gone; s1 is the best there is.
+    world.instances.retain(|i| i.id != "s2");
+    let p = plan(&world);
+    assert_eq!(failovers(&p), vec![("s1".to_string(), 3)]);
+    assert!(
+        p.iter()
+            .any(|a| matches!(a, Action::Event { kind, .. } if kind == "failover_incomplete_quorum")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_lost_primary_without_a_successor_is_restored_from_object_storage_only_when_nothing_is_lost() {
+    let mut world = World {
+        now: 100,
+        clusters: vec![ClusterIntent {
+            restorable: true,
+            ..cluster("c", 1)
+        }],
+        hosts: vec![
+            host("h1", HostStatus::Failed),
+            HostView {
+                last_heartbeat: Some(100),
+                ..host("h2", HostStatus::Running)
+            },
+        ],
+        instances: vec![InstanceView {
+            lsn: Some(500),
+            in_recovery: Some(false),
+            ..instance("p", "c", "h1", Observed::Running)
+        }],
+        ..Default::default()
+    };
+    let p = plan(&world);
+    assert!(
+        p.contains(&Action::RestorePrimary {
+            cluster_id: "c".into(),
+            term: 1,
+            from: "p".into()
+        }),
+        "{p:?}"
+    );
+    // A standby still copying from the lost primary goes with it.
+    let mut copying = world.clone();
+    copying.instances.push(InstanceView {
+        role: Role::Standby,
+        ..instance("s", "c", "h2", Observed::Creating)
+    });
+    let p2 = plan(&copying);
+    assert!(
+        p2.contains(&Action::DeleteInstance {
+            instance_id: "s".into()
+        }),
+        "{p2:?}"
+    );
+    assert!(p2.iter().any(|a| matches!(a, Action::RestorePrimary { .. })), "{p2:?}");
+    // The new term's primary is placed (it restores: the executor records from what).
+    apply(&mut world, &p);
+    let p = plan(&world);
+    assert!(
+        p.iter()
+            .any(|a| matches!(a, Action::CreateInstance { role: Role::Primary, host_id, .. } if host_id == "h2")),
+        "{p:?}"
+    );
+    // Without every commit in object storage, a person decides.
+    world.clusters[0].restorable = false;
+    world.clusters[0].term = 1;
+    world.instances[0].deleting = false;
+    let p = plan(&world);
+    assert!(!p.iter().any(|a| matches!(a, Action::RestorePrimary { .. })), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|a| matches!(a, Action::Event { kind, .. } if kind == "primary_lost")),
+        "{p:?}"
+    );
+    // A host that is only silent (not given up) may come back: nothing yet.
+    world.clusters[0].restorable = true;
+    world.hosts[0].status = HostStatus::Running;
+    assert!(!plan(&world).iter().any(|a| matches!(a, Action::RestorePrimary { .. })));
 }
 
 #[test]

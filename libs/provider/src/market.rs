@@ -584,6 +584,15 @@ impl SpotMarket {
             .min()
     }
 
+    /// The next time after `t` at which one of `ids`' capacity changes.
+    pub fn next_change_in(&self, ids: &[PoolId], t: u64) -> Option<u64> {
+        ids.iter()
+            .filter_map(|id| self.pools.get(id))
+            .filter(|p| p.fixed.is_none())
+            .filter_map(|p| p.availability.next_change(t))
+            .min()
+    }
+
     /// The spot hosts that must go when the pool holds `running` (oldest first) at `t`:
     /// the newest beyond its capacity, as a cloud reclaims.
     pub fn reclaimed<'a, T>(&self, id: &PoolId, t: u64, running: &'a [T]) -> &'a [T] {

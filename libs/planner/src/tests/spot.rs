@@ -21,7 +21,7 @@ fn spot_host(id: &str, zone: &str) -> HostView {
         zone: zone.into(),
         market: Market::Spot,
         pool: format!("a/r1/{zone}/{T}"),
-        launched_at: 0,
+        launched_at: 990,
         last_heartbeat: Some(1000),
         ..host(id, HostStatus::Running)
     }
