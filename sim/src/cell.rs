@@ -95,13 +95,20 @@ struct Cell<'a> {
     queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     seq: u64,
     next_id: u64,
-    /// (pool, kind, at): the pools' record, as the control plane keeps it.
-    pool_events: Vec<(String, &'static str, i64)>,
+    /// Each pool's record, as the control plane keeps it: preemption times and the last
+    /// refused launch.
+    pool_events: BTreeMap<String, PoolRecord>,
     spend: Spend,
     timeline: Option<Vec<(f64, String, String)>>,
     events: BTreeMap<String, u64>,
     /// The planner's last event about each cluster (why a cluster is down, at the end).
     last_event: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+struct PoolRecord {
+    preemptions: Vec<i64>,
+    last_no_capacity: Option<i64>,
 }
 
 fn ms(t: f64) -> u64 {
@@ -264,7 +271,6 @@ impl<'a> Cell<'a> {
 
     fn world(&self) -> World {
         let now = self.now as i64;
-        let horizon = now - 86_400;
         let pools: Vec<PoolView> = self
             .region
             .pools
@@ -272,17 +278,10 @@ impl<'a> Cell<'a> {
             .take(if self.policy.one_pool() { 1 } else { usize::MAX })
             .map(|p| {
                 let id = p.pool.id.to_string();
-                let mine = self
-                    .pool_events
-                    .iter()
-                    .filter(|(pool, _, at)| *pool == id && *at >= horizon);
+                let record = self.pool_events.get(&id);
                 PoolView {
-                    preemptions: mine
-                        .clone()
-                        .filter(|(_, k, _)| *k == "preempted")
-                        .map(|(_, _, at)| *at)
-                        .collect(),
-                    last_no_capacity: mine.filter(|(_, k, _)| *k == "no_capacity").map(|(_, _, at)| *at).max(),
+                    preemptions: record.map(|r| r.preemptions.clone()).unwrap_or_default(),
+                    last_no_capacity: record.and_then(|r| r.last_no_capacity),
                     cloud: p.pool.id.cloud.clone(),
                     region: p.pool.id.region.clone(),
                     zone: p.pool.id.zone.clone(),
@@ -394,7 +393,10 @@ impl<'a> Cell<'a> {
                     notice: None,
                 };
                 if refused {
-                    self.pool_events.push((pool_id.to_string(), "no_capacity", now as i64));
+                    self.pool_events
+                        .entry(pool_id.to_string())
+                        .or_default()
+                        .last_no_capacity = Some(now as i64);
                     *self.events.entry("spot launch refused".into()).or_default() += 1;
                 }
                 self.hosts.insert(
@@ -590,7 +592,11 @@ impl<'a> Cell<'a> {
                             continue;
                         }
                         h.deadline = Some(now + notice);
-                        self.pool_events.push((pid.to_string(), "preempted", now as i64));
+                        self.pool_events
+                            .entry(pid.to_string())
+                            .or_default()
+                            .preemptions
+                            .push(now as i64);
                         *self.events.entry("spot notice".into()).or_default() += 1;
                         self.schedule(now + notice, Ev::HostDeath(v));
                     }
@@ -735,7 +741,9 @@ impl<'a> Cell<'a> {
         self.hosts
             .retain(|id, h| h.alive || used.contains(id) || h.billed_until.is_none_or(|b| now - b < 600.0));
         let horizon = now as i64 - 86_400;
-        self.pool_events.retain(|(_, _, at)| *at >= horizon);
+        for r in self.pool_events.values_mut() {
+            r.preemptions.retain(|at| *at >= horizon);
+        }
     }
 
     /// Plans until the planner has nothing more to do; returns whether it acted.
@@ -927,7 +935,7 @@ fn run_cell(
         queue: BinaryHeap::new(),
         seq: 0,
         next_id: 0,
-        pool_events: Vec::new(),
+        pool_events: BTreeMap::new(),
         spend: Spend::default(),
         timeline: timeline.then(Vec::new),
         events: BTreeMap::new(),

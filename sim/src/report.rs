@@ -208,10 +208,15 @@ impl Report {
         );
         for p in &self.policies {
             let (px, py) = (x(p.availability), y(p.cost.total));
+            // Labels near the right edge read leftwards.
+            let (tx, anchor) = if px > w / 2.0 {
+                (px - 8.0, "end")
+            } else {
+                (px + 8.0, "start")
+            };
             let _ = writeln!(
                 s,
-                r##"<circle cx="{px:.1}" cy="{py:.1}" r="5" fill="#036"/><text x="{:.1}" y="{:.1}">{} ${:.0}, {:.3}%</text>"##,
-                px + 8.0,
+                r##"<circle cx="{px:.1}" cy="{py:.1}" r="5" fill="#036"/><text x="{tx:.1}" y="{:.1}" text-anchor="{anchor}">{} ${:.0}, {:.3}%</text>"##,
                 py - 6.0,
                 p.name,
                 p.cost.total,
