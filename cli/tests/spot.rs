@@ -380,3 +380,41 @@ async fn a_single_node_sync_cluster_whose_host_dies_without_notice_is_restored_f
     let events = up.cli_ok(&["cluster", "events", "solo"]);
     assert!(events.contains("restores from backup"), "{events}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_agent_alone_fails_nothing_over_while_its_postgres_serves() {
+    let up = Arc::new(blocking(Up::start).await);
+    let u = up.clone();
+    let (uri, shown) = blocking(move || ha_cluster_with(&u, "shop", &["--spot", "--replicas", "1"])).await;
+    let host = member(&shown, "primary")["host_id"].as_str().unwrap().to_string();
+    let agent: Vec<u32> = processes_mentioning(&format!("--host-id {host}"))
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(" agent "))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(agent.len(), 1, "one agent process for {host}");
+    let pid = nix::unistd::Pid::from_raw(agent[0] as i32);
+
+    let (stop, writer) = start_writer(&uri);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let frozen = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // Its heartbeats stop for 10 s (well past the 2 s silence threshold), but the standby
+    // still streams from the primary: nothing is promoted.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let shown_frozen = show(&up, "shop");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(shown_frozen["term"], 1, "failed over a healthy primary: {shown_frozen}");
+    let u = up.clone();
+    blocking(move || wait_members_running(&u, "shop", 2, "the agent back", Duration::from_secs(30))).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, timeline) = writer.await.unwrap();
+    let (pause, failures) = longest_pause(&timeline, frozen);
+    eprintln!("frozen agent: longest write pause {pause:?} ({failures} failed attempts)");
+    check_ledger(&uri, &acked);
+    assert!(
+        pause <= Duration::from_secs(1),
+        "writes paused {pause:?} while only the agent was frozen"
+    );
+    assert_eq!(show(&up, "shop")["term"], 1);
+}
