@@ -249,8 +249,10 @@ async fn lose_the_host_and_restore(durability: &str) -> (usize, usize, f64) {
     // another host (one placed on a host that just died would wait until it is given up).
     let u = up.clone();
     tokio::task::spawn_blocking(move || {
+        // (A `sync` cluster then restores itself from object storage in a new term.)
         wait_for("the dead host to show", Duration::from_secs(60), || {
-            show(&u, "solo")["members"][0]["state"] == "unreachable"
+            let shown = show(&u, "solo");
+            shown["members"][0]["state"] == "unreachable" || shown["term"] != 1
         })
     })
     .await

@@ -25,9 +25,18 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = state.changes.subscribe();
     let mut lagging = std::collections::HashSet::new();
     let mut last_backup_round = tokio::time::Instant::now() - Duration::from_secs(60);
+    let mut last_land_look = tokio::time::Instant::now() - Duration::from_secs(60);
     loop {
         if *shutdown.borrow() {
             return;
+        }
+        if last_land_look.elapsed() >= LAND_LOOK {
+            last_land_look = tokio::time::Instant::now();
+            match give_up_terminated(&state).await {
+                Ok(true) => state.notify(),
+                Ok(false) => {}
+                Err(e) => tracing::error!("compare hosts with the land: {e:#}"),
+            }
         }
         if last_backup_round.elapsed() >= Duration::from_secs(1) {
             last_backup_round = tokio::time::Instant::now();
@@ -54,6 +63,32 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
+}
+
+/// How often the land's own view of the hosts is read (a cloud's list call is rate
+/// limited; silence is the fast signal, this is the sure one).
+const LAND_LOOK: Duration = Duration::from_secs(2);
+
+/// A host the land says is terminated (preempted, killed, its zone gone) is given up at
+/// once instead of after `HOST_LOST_SECS` of silence: its standbys are replaced and a lost
+/// single `sync` primary is restored right away. Returns whether any was.
+async fn give_up_terminated(state: &AppState) -> Result<bool> {
+    let land = state.provider.list_hosts().await.context("list the land's hosts")?;
+    let mut changed = false;
+    for h in state.store.list_hosts().await.context("list hosts")? {
+        if h.status != "running" {
+            continue;
+        }
+        let gone = land
+            .iter()
+            .any(|l| l.host_id == h.id && l.state == highrise_provider::HostState::Terminated);
+        if gone {
+            tracing::warn!(host = %h.id, "the land reports the host terminated: giving it up");
+            state.store.set_host_status(&h.id, "failed").await?;
+            changed = true;
+        }
+    }
+    Ok(changed)
 }
 
 /// Hosts recorded as launching may never have reached the provider (a crash between the

@@ -405,7 +405,10 @@ pub fn plan(world: &World) -> Vec<Action> {
         // A spot cluster whole and at rest, with a member on on-demand: when some pool has
         // been calm long enough, one member returns to spot (a new spot member first; the
         // on-demand one then leaves as excess).
+        // At rest: nothing leaving, nothing still being removed, everyone running.
+        let settling = world.instances.iter().any(|i| i.cluster_id == c.id && i.deleting);
         let at_rest = leaving.is_empty()
+            && !settling
             && staying.len() as u32 == c.members
             && staying.iter().all(|i| i.observed == Observed::Running);
         let fallback_member = staying
@@ -784,9 +787,16 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
     let leaving = spot::leaving(c, &live, hosts);
     // A primary that must leave (a spot notice on its host, or an on-demand fallback whose
     // spot replacement streams) is switched over to the most advanced standby.
+    // A return to spot is never urgent: it waits until the synchronous set has settled
+    // (no member being removed, every standby streaming), so the switchover never races a
+    // change of the set.
+    let settled = !world.instances.iter().any(|i| i.cluster_id == c.id && i.deleting)
+        && standbys
+            .iter()
+            .all(|s| s.observed == Observed::Running && s.streaming == Some(true));
     let must_leave = match leaving.get(primary.id.as_str()) {
         Some(spot::Leaving::Notice) => true,
-        Some(spot::Leaving::BackToSpot) => spot::ready_standbys(&live, &leaving) as u32 + 1 >= c.members,
+        Some(spot::Leaving::BackToSpot) => settled && spot::ready_standbys(&live, &leaving) as u32 + 1 >= c.members,
         _ => false,
     };
     let target = c.switchover_to.clone().or_else(|| must_leave.then(String::new));

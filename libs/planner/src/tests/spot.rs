@@ -264,6 +264,20 @@ fn an_on_demand_primary_returns_to_spot_by_switchover() {
     let mut p = member("p", "od", Role::Primary);
     p.sync_standbys = vec!["s".into(), "r".into()];
     w.instances = vec![p, member("s", "h1", Role::Standby), member("r", "h2", Role::Standby)];
+    // Not while the synchronous set changes: a member still being removed, or a standby
+    // not yet streaming, holds the switchover back (a return to spot is never urgent).
+    let mut busy = w.clone();
+    let mut old = member("old", "h2", Role::Standby);
+    old.deleting = true;
+    busy.instances.push(old);
+    assert!(
+        !plan(&busy).iter().any(|a| matches!(a, Action::Drain { .. })),
+        "{:?}",
+        plan(&busy)
+    );
+    let mut copying = w.clone();
+    copying.instances[2].streaming = Some(false);
+    assert!(!plan(&copying).iter().any(|a| matches!(a, Action::Drain { .. })));
     let p = plan(&w);
     assert!(
         p.contains(&Action::Drain {
