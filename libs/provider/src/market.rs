@@ -123,6 +123,9 @@ impl PriceBook {
         if book.plans.is_empty() {
             return bad("no plans".into());
         }
+        if book.regions.is_empty() {
+            return bad("no regions".into());
+        }
         for (name, p) in &book.plans {
             if p.slots == 0 || p.vcpu == 0 {
                 return bad(format!("plan {name} has no slots or no vCPU"));
@@ -651,6 +654,11 @@ mod tests {
             (base.replace("\"aws/us-east-1\"", "\"aws/nowhere\""), "alias"),
             (base.replace("notice_secs = 120", "notice_secs = -1"), "price book"),
             ("version = 1".to_string(), "price book"),
+            (
+                "version = \"x\"\nregion = []\n[plans]\nsmall = { slots = 1, vcpu = 2, ram_gib = 8, data_gb = 20 }\n"
+                    .to_string(),
+                "no regions",
+            ),
         ];
         for (text, want) in cases {
             let e = PriceBook::parse(&text).unwrap_err().to_string();
