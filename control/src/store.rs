@@ -1135,20 +1135,8 @@ impl Store {
         why: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let res = sqlx::query("UPDATE clusters SET term = term + 1, switchover_to = NULL WHERE id = $1 AND term = $2")
-            .bind(cluster_id)
-            .bind(term)
-            .execute(&mut *tx)
-            .await?;
-        if res.rows_affected() == 0 {
+        if !next_term(&mut tx, cluster_id, term, from, None).await? {
             return Ok(false);
-        }
-        if let Some(from) = from {
-            sqlx::query("UPDATE instances SET deleting = 1 WHERE id = $1 AND cluster_id = $2")
-                .bind(from)
-                .bind(cluster_id)
-                .execute(&mut *tx)
-                .await?;
         }
         sqlx::query("UPDATE instances SET role = 'primary' WHERE id = $1 AND cluster_id = $2")
             .bind(to)
@@ -1181,22 +1169,9 @@ impl Store {
         why: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let res = sqlx::query(
-            "UPDATE clusters SET term = term + 1, switchover_to = NULL, restore_json = $1 WHERE id = $2 AND term = $3",
-        )
-        .bind(record)
-        .bind(cluster_id)
-        .bind(term)
-        .execute(&mut *tx)
-        .await?;
-        if res.rows_affected() == 0 {
+        if !next_term(&mut tx, cluster_id, term, Some(from), Some(record)).await? {
             return Ok(false);
         }
-        sqlx::query("UPDATE instances SET deleting = 1 WHERE id = $1 AND cluster_id = $2")
-            .bind(from)
-            .bind(cluster_id)
-            .execute(&mut *tx)
-            .await?;
         insert_operation(&mut tx, op).await?;
         insert_event(&mut tx, cluster_id, op.created_at, "restoring", why).await?;
         tx.commit().await?;
@@ -1439,6 +1414,38 @@ impl Store {
             spot: planner::SpotPolicy::default(),
         })
     }
+}
+
+/// Starts term `term + 1` of the cluster if it is still in `term` (a compare-and-set, so
+/// two deciders can never both start one), takes `from` out of the cluster and, with a
+/// restore record, makes the next primary restore from it. Returns whether it started.
+async fn next_term(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    cluster_id: &str,
+    term: i64,
+    from: Option<&str>,
+    restore_json: Option<&str>,
+) -> Result<bool> {
+    let res = sqlx::query(
+        "UPDATE clusters SET term = term + 1, switchover_to = NULL, restore_json = COALESCE($1, restore_json) \
+         WHERE id = $2 AND term = $3",
+    )
+    .bind(restore_json)
+    .bind(cluster_id)
+    .bind(term)
+    .execute(&mut **tx)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Ok(false);
+    }
+    if let Some(from) = from {
+        sqlx::query("UPDATE instances SET deleting = 1 WHERE id = $1 AND cluster_id = $2")
+            .bind(from)
+            .bind(cluster_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(true)
 }
 
 async fn insert_key(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &ApiKeyRow) -> Result<()> {

@@ -93,14 +93,6 @@ impl Shape {
             Shape::PrimaryPlusTwo => 3,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Shape::SingleSync => "single-node sync",
-            Shape::PrimaryPlusOne => "primary + 1",
-            Shape::PrimaryPlusTwo => "primary + 2",
-        }
-    }
 }
 
 /// Who decides.

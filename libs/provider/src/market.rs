@@ -578,15 +578,6 @@ impl SpotMarket {
         Some(traced.unwrap_or(p.pool.spot_hour))
     }
 
-    /// The next time after `t` at which any pool's capacity changes.
-    pub fn next_change(&self, t: u64) -> Option<u64> {
-        self.pools
-            .values()
-            .filter(|p| p.fixed.is_none())
-            .filter_map(|p| p.availability.next_change(t))
-            .min()
-    }
-
     /// The next time after `t` at which one of `ids`' capacity changes.
     pub fn next_change_in(&self, ids: &[PoolId], t: u64) -> Option<u64> {
         ids.iter()
@@ -768,7 +759,7 @@ mod tests {
         m.set_availability(&id, Availability::Trace(trace)).unwrap();
         assert_eq!(m.capacity(&id, 0), 4);
         assert_eq!(m.capacity(&id, 60), 0);
-        assert_eq!(m.next_change(0), Some(60));
+        assert_eq!(m.next_change_in(std::slice::from_ref(&id), 0), Some(60));
         assert_eq!(m.spot_price(&id, 61), Some(Decimal::new(2, 1)));
         let unknown: PoolId = "a/b/c/d".parse().unwrap();
         assert_eq!(m.capacity(&unknown, 0), 0);
