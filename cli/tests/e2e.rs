@@ -474,33 +474,38 @@ fn a_crash_mid_create_is_finished_after_restart() {
 async fn land_preempts_hosts_and_takes_clouds_down() {
     let tmp = temp_root();
     let root = tmp.path().to_path_buf();
-    let up = tokio::task::spawn_blocking(move || {
-        let up = Up::start_with(&root, &["--spot-notice-secs", "1"]);
-        up.create_cluster("shop");
-        up
+    let (up, uri) = tokio::task::spawn_blocking(move || {
+        let up = Up::start_with(&root, &[]);
+        let uri = up.create_cluster("shop");
+        psql_ok(&uri, "create table kept (v int); insert into kept values (7)");
+        (up, uri)
     })
     .await
     .unwrap();
     let http = reqwest::Client::new();
     let land = up.land_url.clone();
-    let hosts: Value = http
-        .get(format!("{land}/land/hosts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let land_hosts = || async {
+        http.get(format!("{land}/land/hosts"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let hosts = land_hosts().await;
     assert_eq!(hosts.as_array().map(Vec::len), Some(1), "{hosts}");
     let id = hosts[0]["host_id"].as_str().unwrap().to_string();
     assert_eq!(hosts[0]["state"], "running");
     assert!(hosts[0]["address"].as_str().unwrap().starts_with("127."));
 
-    // The spot notice appears on the host's metadata endpoint, then the host dies.
+    // The notice appears on the host's metadata endpoint, then the host dies and its
+    // disk is wiped. (Five seconds: enough to copy this small database to a replacement
+    // even on a loaded machine.)
     let notice_url = format!("{land}/hosts/{id}/latest/meta-data/spot/instance-action");
     assert_eq!(http.get(&notice_url).send().await.unwrap().status().as_u16(), 404);
     let r = http
-        .post(format!("{land}/land/hosts/{id}/preempt"))
+        .post(format!("{land}/land/hosts/{id}/preempt?notice=5"))
         .send()
         .await
         .unwrap();
@@ -516,15 +521,7 @@ async fn land_preempts_hosts_and_takes_clouds_down() {
     })
     .await
     .unwrap();
-    let hosts: Value = http
-        .get(format!("{land}/land/hosts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    // (A replacement host may have been launched meanwhile: the notice starts a migration.)
+    let hosts = land_hosts().await;
     let preempted = hosts
         .as_array()
         .unwrap()
@@ -538,6 +535,30 @@ async fn land_preempts_hosts_and_takes_clouds_down() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404);
+
+    // The notice started a rescue: a replacement built from the dying primary takes over
+    // (by switchover while the notice runs, or by failover once the land reports the host
+    // terminated), with the data, behind the same connection string.
+    let up = tokio::task::spawn_blocking(move || {
+        wait_for(
+            "the preempted cluster to run elsewhere",
+            Duration::from_secs(60),
+            || {
+                let shown: Value =
+                    serde_json::from_str(&up.cli_ok(&["cluster", "show", "shop", "--output", "json"])).unwrap();
+                shown["status"] == "running"
+                    && shown["members"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|m| m["role"] == "primary" && m["state"] == "running" && m["host_id"] != id.as_str())
+            },
+        );
+        assert_eq!(psql_ok(&uri, "select v from kept"), "7");
+        up
+    })
+    .await
+    .unwrap();
 
     // A cloud that is down refuses launches: the cluster waits, and comes up once the
     // cloud is back.
@@ -562,16 +583,31 @@ async fn land_preempts_hosts_and_takes_clouds_down() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 204);
-    tokio::task::spawn_blocking(move || {
+    let (up, other_host) = tokio::task::spawn_blocking(move || {
+        let mut host = String::new();
         wait_for("the cluster in the recovered cloud", Duration::from_secs(60), || {
             let shown: Value =
                 serde_json::from_str(&up.cli_ok(&["cluster", "show", "other", "--output", "json"])).unwrap();
+            host = shown["members"][0]["host_id"].as_str().unwrap_or_default().to_string();
             shown["status"] == "running"
         });
-        // The cluster on the preempted host is reported as such.
+        (up, host)
+    })
+    .await
+    .unwrap();
+
+    // Without a notice there is nothing to rescue from: a single async member lost with
+    // its host is reported as such, and the event says what to do.
+    let r = http
+        .post(format!("{land}/land/hosts/{other_host}/preempt?notice=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    tokio::task::spawn_blocking(move || {
         wait_for("the lost cluster to show as degraded", Duration::from_secs(30), || {
             let shown: Value =
-                serde_json::from_str(&up.cli_ok(&["cluster", "show", "shop", "--output", "json"])).unwrap();
+                serde_json::from_str(&up.cli_ok(&["cluster", "show", "other", "--output", "json"])).unwrap();
             let primary = shown["members"]
                 .as_array()
                 .unwrap()
@@ -579,6 +615,9 @@ async fn land_preempts_hosts_and_takes_clouds_down() {
                 .find(|m| m["role"] == "primary")
                 .cloned();
             shown["status"] == "degraded" && primary.is_some_and(|p| p["state"] == "unreachable")
+        });
+        wait_for("the primary_lost event", Duration::from_secs(30), || {
+            up.cli_ok(&["cluster", "events", "other"]).contains("primary_lost")
         });
     })
     .await

@@ -102,7 +102,7 @@ async fn resume_launches(state: &AppState) -> Result<()> {
     Ok(())
 }
 
-/// One planning round; returns how many actions were performed.
+/// One planning round; returns how many actions changed the world.
 async fn step(state: &AppState, started: i64) -> Result<usize> {
     let mut world = state.store.world(now(), started).await.context("load world")?;
     world.locations = state
@@ -115,17 +115,22 @@ async fn step(state: &AppState, started: i64) -> Result<usize> {
     world.pools = crate::spot::pools_view(state.provider.pools(), &state.store, world.now, &world.spot)
         .await
         .context("load the pools' record")?;
-    let actions = plan(&world);
-    for action in &actions {
+    let mut changed = 0;
+    for action in &plan(&world) {
         tracing::debug!(?action, "perform");
-        perform(state, action)
+        if perform(state, action)
             .await
-            .with_context(|| format!("perform {action:?}"))?;
+            .with_context(|| format!("perform {action:?}"))?
+        {
+            changed += 1;
+        }
     }
-    if !actions.is_empty() {
+    // Only a change of the world calls for another round at once: a plan that merely
+    // repeats an event (a failover that waits, a lost primary) waits for news.
+    if changed > 0 {
         state.notify();
     }
-    Ok(actions.len())
+    Ok(changed)
 }
 
 async fn launch(state: &AppState, h: &HostRow) {

@@ -187,7 +187,9 @@ impl Up {
 }
 
 /// The last lines of every log under `root` (up's and each agent's), for a failing test.
+/// With `HIGHRISE_TEST_LOGS=DIR` set, whole logs are also copied under `DIR`.
 pub fn dump_logs(root: &Path) {
+    let keep = std::env::var_os("HIGHRISE_TEST_LOGS").map(std::path::PathBuf::from);
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -196,6 +198,13 @@ pub fn dump_logs(root: &Path) {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "log") {
                 let text = std::fs::read_to_string(&p).unwrap_or_default();
+                if let (Some(keep), Ok(rel)) = (&keep, p.strip_prefix(root)) {
+                    let to = keep.join(root.file_name().unwrap_or_default()).join(rel);
+                    if let Some(dir) = to.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    let _ = std::fs::write(&to, &text);
+                }
                 let lines: Vec<&str> = text.lines().collect();
                 eprintln!("==== {} (last 40 lines)", p.display());
                 for l in &lines[lines.len().saturating_sub(40)..] {
