@@ -357,6 +357,10 @@ async fn poll_desired(
     }
 }
 
+/// How often the agent beats when nothing changed (a change is reported at once). The
+/// control plane takes two missed beats for a silent host (`planner::HOST_DEAD_MS`).
+const BEAT_EVERY: Duration = Duration::from_millis(500);
+
 async fn heartbeats(
     client: reqwest::Client,
     cfg: AgentConfig,
@@ -412,7 +416,7 @@ async fn heartbeats(
         }
         tokio::select! {
             _ = shared.observed_changed.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(BEAT_EVERY) => {}
         }
     }
 }

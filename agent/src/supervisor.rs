@@ -18,6 +18,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// How often a running instance's health and replication state are checked. A standby
+/// that lost its primary is reported at the next check (and at once in a heartbeat), which
+/// bounds how quickly a failover can follow.
+const HEALTH_CHECK_EVERY: Duration = Duration::from_millis(500);
+
 #[derive(Debug, Clone, PartialEq)]
 enum Command {
     Run(Box<InstanceSpec>),
@@ -652,7 +657,7 @@ async fn supervise(
             return;
         }
         let current = cmd.borrow_and_update().clone();
-        let mut wait = Duration::from_secs(1);
+        let mut wait = HEALTH_CHECK_EVERY;
         match current {
             Command::Delete => match inst.delete().await {
                 Ok(()) => {

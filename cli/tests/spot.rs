@@ -1,7 +1,8 @@
 //! Spot clusters on the real `highrise up`: notices on the primary's and a standby's host,
-//! a single-node spot cluster migrated on notice, a host lost without notice, and the
-//! fallback to on-demand and back when a region's spot capacity goes and returns. A
-//! ledger writer logs every acknowledged insert through the proxy; none may be lost.
+//! a single-node spot cluster migrated on notice, a host lost without notice, a silent
+//! (frozen) primary host, a frozen agent alone, and the fallback to on-demand and back
+//! when a region's spot capacity goes and returns. A ledger writer logs every
+//! acknowledged insert; none may be lost.
 
 mod common;
 
@@ -422,4 +423,81 @@ async fn a_frozen_agent_alone_fails_nothing_over_while_its_postgres_serves() {
         "writes paused {pause:?} while only the agent was frozen"
     );
     assert_eq!(show(&up, "shop")["term"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_primary_host_fails_over_and_its_old_primary_acknowledges_nothing_once_resumed() {
+    let up = Arc::new(blocking(Up::start).await);
+    let u = up.clone();
+    let (uri, shown) = blocking(move || ha_cluster_with(&u, "shop", &["--spot", "--replicas", "1"])).await;
+    let primary = member(&shown, "primary");
+    let host = primary["host_id"].as_str().unwrap().to_string();
+    let old = primary["instance_id"].as_str().unwrap().to_string();
+    let standby = member(&shown, "standby")["instance_id"].as_str().unwrap().to_string();
+    // A second writer talks to the old primary directly, past the proxy: whatever it is
+    // told was committed must be in the new primary too.
+    let mut direct = url::Url::parse(&uri).unwrap();
+    let (ip, port) = primary["addr"].as_str().unwrap().rsplit_once(':').unwrap();
+    direct.set_host(Some(ip)).unwrap();
+    direct.set_port(Some(port.parse().unwrap())).unwrap();
+    direct.set_query(None);
+    let host_dir = up.data_dir.join("land/hosts").join(&host);
+    let roots: Vec<u32> = processes_mentioning(&host_dir.to_string_lossy())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    let frozen_pids = with_descendants(&roots);
+    assert!(
+        frozen_pids.len() > 2,
+        "the agent, the postmaster and its children: {frozen_pids:?}"
+    );
+
+    let (stop, writer) = start_writer(&uri);
+    let (stop_direct, direct_writer) = start_writer(direct.as_str());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let frozen = Instant::now();
+    for pid in &frozen_pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        );
+    }
+    let u = up.clone();
+    let s = standby.clone();
+    blocking(move || {
+        wait_for("the failover", Duration::from_secs(60), || {
+            let shown = show(&u, "shop");
+            shown["term"] == 2 && member(&shown, "primary")["instance_id"] == s.as_str()
+        })
+    })
+    .await;
+    let failed_over = frozen.elapsed();
+    // The old primary's processes carry on where they stopped: its commits wait for a
+    // standby that now follows someone else, and its agent learns of the new term and
+    // removes it.
+    for pid in &frozen_pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+    let u = up.clone();
+    blocking(move || wait_members_running(&u, "shop", 2, "a replacement standby", Duration::from_secs(90))).await;
+    let shown = show(&up, "shop");
+    assert!(
+        members(&shown).iter().all(|m| m["instance_id"] != old.as_str()),
+        "{shown}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    stop_direct.store(true, Ordering::Relaxed);
+    let (mut acked, timeline) = writer.await.unwrap();
+    let (direct_acked, direct_timeline) = direct_writer.await.unwrap();
+    let (pause, failures) = longest_pause(&timeline, frozen);
+    let after_freeze = direct_timeline.iter().filter(|(t, ok)| *ok && *t > frozen).count();
+    eprintln!(
+        "silent primary host: failed over after {failed_over:?}; longest write pause {pause:?} ({failures} failed attempts); \
+         {after_freeze} direct commits acknowledged after the freeze"
+    );
+    acked.extend(direct_acked);
+    check_ledger(&uri, &acked);
 }

@@ -8,7 +8,7 @@
 mod backups;
 
 use crate::auth::{self, Caller};
-use crate::store::{self, now, ClusterRow, OperationRow, ProjectRow, StoreError};
+use crate::store::{self, now, now_ms, ClusterRow, OperationRow, ProjectRow, StoreError};
 use crate::AppState;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -94,7 +94,7 @@ fn store_err(what: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
 type ApiResult<T> = Result<T, ApiError>;
 
 /// A host whose agent has not sent a heartbeat for this long is reported unreachable
-/// (agents beat every second).
+/// (agents beat twice a second).
 const HOST_SILENCE_SECS: i64 = 10;
 
 /// `Json<T>` whose rejections are JSON error bodies.
@@ -298,7 +298,8 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
         let host = state.store.get_host(&i.host_id).await.ok();
         let (cloud, zone, silent) = match &host {
             Some(h) => {
-                let silent = h.last_heartbeat.is_none_or(|t| now() - t > HOST_SILENCE_SECS) && h.status != "launching";
+                let silent =
+                    h.last_beat_ms.is_none_or(|t| now_ms() - t > HOST_SILENCE_SECS * 1000) && h.status != "launching";
                 (h.cloud.clone(), h.zone.clone(), silent)
             }
             None => (String::new(), String::new(), true),
@@ -1013,7 +1014,7 @@ async fn list_hosts(State(state): State<Arc<AppState>>, caller: Caller) -> ApiRe
                 market: h.market,
                 address: h.address,
                 status: h.status,
-                last_heartbeat: h.last_heartbeat,
+                last_heartbeat: h.last_beat_ms.map(|t| t.div_euclid(1000)),
             })
             .collect(),
     ))
@@ -1062,7 +1063,7 @@ async fn agent_register(
     let secret = auth::random_hex(32);
     match state
         .store
-        .register_host(&req.host_id, &auth::hash_secret(&secret), &req.address, now())
+        .register_host(&req.host_id, &auth::hash_secret(&secret), &req.address, now_ms())
         .await
     {
         Ok(()) => {}
@@ -1135,7 +1136,7 @@ async fn agent_heartbeat(
 ) -> ApiResult<StatusCode> {
     let mut changed = state
         .store
-        .heartbeat(&host.host_id, now(), &hb.instances)
+        .heartbeat(&host.host_id, now_ms(), &hb.instances)
         .await
         .map_err(store_err("heartbeat"))?;
     if let Some(notice) = &hb.notice {

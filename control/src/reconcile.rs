@@ -6,7 +6,7 @@
 //! mid-action picks up where it left off. Deciding lives in `highrise-planner`.
 
 use crate::auth;
-use crate::store::{now, HostRow, InstanceRow};
+use crate::store::{now, now_ms, HostRow, InstanceRow};
 use crate::AppState;
 use anyhow::{Context, Result};
 use highrise_planner::{plan, Action, Market, Outcome, Role};
@@ -104,7 +104,7 @@ async fn resume_launches(state: &AppState) -> Result<()> {
 
 /// One planning round; returns how many actions changed the world.
 async fn step(state: &AppState, started: i64) -> Result<usize> {
-    let mut world = state.store.world(now(), started).await.context("load world")?;
+    let mut world = state.store.world(now_ms(), started).await.context("load world")?;
     world.locations = state
         .provider
         .clouds()
@@ -112,7 +112,7 @@ async fn step(state: &AppState, started: i64) -> Result<usize> {
         .flat_map(|c| c.regions.into_iter().map(move |r| (c.name.clone(), r.name)))
         .collect();
     world.spot = state.cfg.spot.clone();
-    world.pools = crate::spot::pools_view(state.provider.pools(), &state.store, world.now, &world.spot)
+    world.pools = crate::spot::pools_view(state.provider.pools(), &state.store, world.now(), &world.spot)
         .await
         .context("load the pools' record")?;
     let mut changed = 0;
@@ -203,7 +203,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                 address: None,
                 status: "launching".into(),
                 token_hash: None,
-                last_heartbeat: None,
+                last_beat_ms: None,
                 launched_at: now(),
                 instance_type: pool.map(|p| p.instance_type).unwrap_or_default(),
                 notice_deadline: None,

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../migrations/0006_durability.sql")),
     (7, include_str!("../migrations/0007_restore_since_creation.sql")),
     (8, include_str!("../migrations/0008_spot.sql")),
+    (9, include_str!("../migrations/0009_beat_ms.sql")),
 ];
 
 pub mod pools;
@@ -159,7 +160,8 @@ pub struct HostRow {
     pub address: Option<String>,
     pub status: String,
     pub token_hash: Option<String>,
-    pub last_heartbeat: Option<i64>,
+    /// The agent's last beat, in unix milliseconds.
+    pub last_beat_ms: Option<i64>,
     pub launched_at: i64,
     /// Known once launched (a spot launch names it up front).
     pub instance_type: String,
@@ -295,7 +297,7 @@ fn host(r: &AnyRow) -> Result<HostRow> {
         address: r.try_get("address")?,
         status: r.try_get("status")?,
         token_hash: r.try_get("token_hash")?,
-        last_heartbeat: r.try_get("last_heartbeat")?,
+        last_beat_ms: r.try_get("last_beat_ms")?,
         launched_at: r.try_get("launched_at")?,
         instance_type: r.try_get("instance_type")?,
         notice_deadline: r.try_get("notice_deadline")?,
@@ -885,14 +887,15 @@ impl Store {
     }
 
     /// Records a registration: the new token's hash, and the host as running.
-    pub async fn register_host(&self, id: &str, token_hash: &str, address: &str, at: i64) -> Result<()> {
+    /// `at_ms` in unix milliseconds.
+    pub async fn register_host(&self, id: &str, token_hash: &str, address: &str, at_ms: i64) -> Result<()> {
         let res = sqlx::query(
-            "UPDATE hosts SET token_hash = $1, address = $2, last_heartbeat = $3, \
+            "UPDATE hosts SET token_hash = $1, address = $2, last_beat_ms = $3, \
              status = CASE WHEN status = 'launching' THEN 'running' ELSE status END WHERE id = $4 AND status <> 'failed'",
         )
         .bind(token_hash)
         .bind(address)
-        .bind(at)
+        .bind(at_ms)
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -920,11 +923,12 @@ impl Store {
 
     /// Applies a heartbeat: the host's liveness and what it reports of each of its
     /// instances. An instance being deleted that the agent no longer reports is absent.
-    /// Returns whether anything the planner or the routes depend on changed.
-    pub async fn heartbeat(&self, host_id: &str, at: i64, observed: &[ObservedInstance]) -> Result<bool> {
+    /// Returns whether anything the planner or the routes depend on changed. `at_ms` in
+    /// unix milliseconds.
+    pub async fn heartbeat(&self, host_id: &str, at_ms: i64, observed: &[ObservedInstance]) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE hosts SET last_heartbeat = $1 WHERE id = $2")
-            .bind(at)
+        sqlx::query("UPDATE hosts SET last_beat_ms = $1 WHERE id = $2")
+            .bind(at_ms)
             .bind(host_id)
             .execute(&mut *tx)
             .await?;
@@ -1295,7 +1299,9 @@ impl Store {
 
     // --- the planner's snapshot --------------------------------------------------------
 
-    pub async fn world(&self, now: i64, observing_since: i64) -> Result<planner::World> {
+    /// The planner's snapshot at `now_ms` (unix milliseconds); silence counts from no
+    /// earlier than `observing_since` (unix seconds).
+    pub async fn world(&self, now_ms: i64, observing_since: i64) -> Result<planner::World> {
         // Operations first: the rows an operation refers to were written with it (one
         // transaction), so they are in the reads that follow. Read the other way round, a
         // create arriving in between would show its operation without its cluster.
@@ -1366,7 +1372,7 @@ impl Store {
                 region: h.region,
                 zone: h.zone,
                 launched_at: h.launched_at,
-                last_heartbeat: h.last_heartbeat,
+                last_beat_ms: h.last_beat_ms,
             })
             .collect();
         let instances = self
@@ -1403,7 +1409,7 @@ impl Store {
             })
             .collect();
         Ok(planner::World {
-            now,
+            now_ms,
             observing_since,
             locations: Vec::new(),
             clusters,
@@ -1516,8 +1522,13 @@ pub fn observed_name(s: highrise_api::InstanceState) -> &'static str {
 
 /// Unix seconds now.
 pub fn now() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }

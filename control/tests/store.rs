@@ -251,7 +251,7 @@ async fn exercise(store: Store) {
         address: None,
         status: "launching".into(),
         token_hash: None,
-        last_heartbeat: None,
+        last_beat_ms: None,
         launched_at: 3,
         instance_type: String::new(),
         notice_deadline: None,
@@ -391,7 +391,7 @@ async fn exercise(store: Store) {
     assert_eq!(routes.len(), 3, "every live cluster has a route entry");
     assert_eq!(route(routes).addr.as_deref(), Some("127.9.1.1:25000"));
 
-    let world = store.world(10, 0).await.unwrap();
+    let world = store.world(10_000, 0).await.unwrap();
     assert_eq!(world.clusters.len(), 3);
     assert_eq!(world.instances[0].observed, highrise_planner::Observed::Running);
     assert_eq!(world.operations.len(), 3);

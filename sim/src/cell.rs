@@ -295,7 +295,7 @@ impl<'a> Cell<'a> {
             })
             .collect();
         World {
-            now,
+            now_ms: now * 1000,
             observing_since: 0,
             locations: self.region.locations(),
             clusters: self.clusters.iter().map(|c| c.intent.clone()).collect(),
@@ -306,7 +306,7 @@ impl<'a> Cell<'a> {
                 .filter(|h| h.alive || h.view.status != HostStatus::Failed || now - h.view.launched_at < 600)
                 .map(|h| {
                     let mut v = h.view.clone();
-                    v.last_heartbeat = if h.alive { Some(now) } else { v.last_heartbeat };
+                    v.last_beat_ms = if h.alive { Some(now * 1000) } else { v.last_beat_ms };
                     v.notice = if self.policy.sees_notices() {
                         h.deadline.map(|d| d as i64)
                     } else {
@@ -387,7 +387,7 @@ impl<'a> Cell<'a> {
                         HostStatus::Launching
                     },
                     launched_at: now as i64,
-                    last_heartbeat: None,
+                    last_beat_ms: None,
                     market: *market,
                     pool: pool_id.to_string(),
                     notice: None,
@@ -418,7 +418,7 @@ impl<'a> Cell<'a> {
                     h.view.status = HostStatus::Failed;
                     if h.alive {
                         h.alive = false;
-                        h.view.last_heartbeat = Some(now as i64);
+                        h.view.last_beat_ms = Some(now as i64 * 1000);
                     }
                     h.billed_until.get_or_insert(now);
                 }
@@ -616,7 +616,7 @@ impl<'a> Cell<'a> {
                 if let Some(h) = self.hosts.get_mut(&id) {
                     if h.alive {
                         h.alive = false;
-                        h.view.last_heartbeat = Some(now as i64);
+                        h.view.last_beat_ms = Some(now as i64 * 1000);
                         h.billed_until.get_or_insert(now);
                     }
                 }

@@ -298,3 +298,32 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `pids` and every process descended from them (PostgreSQL's backends do not name the
+/// data directory in their command line; their postmaster does).
+pub fn with_descendants(pids: &[u32]) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            let ppid = rest.split_whitespace().nth(1)?.parse::<u32>().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut all: Vec<u32> = pids.to_vec();
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        for (pid, ppid) in &parents {
+            if *ppid == parent && !all.contains(pid) {
+                all.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    all
+}

@@ -29,13 +29,14 @@ pub const HOST_SLOTS: u32 = 8;
 /// A host that has not registered this long after its launch is given up on.
 pub const HOST_LAUNCH_TIMEOUT_SECS: i64 = 120;
 
-/// A host silent for this long is considered gone (agents beat every second). Safe to
-/// keep short: failover also needs every standby to have lost the primary.
-pub const HOST_DEAD_SECS: i64 = 2;
+/// A host silent for this long (milliseconds) is considered gone: agents beat twice a
+/// second, so this is two missed beats. Safe to keep short: failover also needs the
+/// primary's synchronous standbys to have lost it, and they can acknowledge nothing more.
+pub const HOST_DEAD_MS: i64 = 1_000;
 
-/// A host silent for this long is given up: marked failed and terminated, so the
-/// standbys it held are replaced elsewhere.
-pub const HOST_LOST_SECS: i64 = 30;
+/// A host silent for this long (milliseconds) is given up: marked failed and terminated,
+/// so the standbys it held are replaced elsewhere.
+pub const HOST_LOST_MS: i64 = 30_000;
 
 /// A running host that holds nothing, launched at least this long ago, is released (it
 /// costs money and no plan needs it).
@@ -100,7 +101,8 @@ pub struct HostView {
     pub zone: String,
     pub status: HostStatus,
     pub launched_at: i64,
-    pub last_heartbeat: Option<i64>,
+    /// When the host's agent was last heard from, in unix milliseconds.
+    pub last_beat_ms: Option<i64>,
     pub market: Market,
     /// `cloud/region/zone/instance-type` (empty while an on-demand launch has no zone yet).
     pub pool: String,
@@ -172,7 +174,9 @@ pub struct OperationView {
 /// One consistent snapshot of the metadata store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct World {
-    pub now: i64,
+    /// The moment of the snapshot, in unix milliseconds (liveness is judged to the
+    /// millisecond; everything else to the second, see [`World::now`]).
+    pub now_ms: i64,
     /// Since when the decider has been watching: silence is counted from no earlier than
     /// this, so a control plane that was down does not mistake every host for lost.
     pub observing_since: i64,
@@ -185,6 +189,13 @@ pub struct World {
     /// The land's spot pools and their recent record.
     pub pools: Vec<PoolView>,
     pub spot: SpotPolicy,
+}
+
+impl World {
+    /// The moment of the snapshot, in unix seconds.
+    pub fn now(&self) -> i64 {
+        self.now_ms.div_euclid(1000)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,15 +296,15 @@ pub fn plan(world: &World) -> Vec<Action> {
 
     // Launches that never came up.
     for h in &world.hosts {
-        if h.status == HostStatus::Launching && world.now - h.launched_at > HOST_LAUNCH_TIMEOUT_SECS {
+        if h.status == HostStatus::Launching && world.now() - h.launched_at > HOST_LAUNCH_TIMEOUT_SECS {
             actions.push(Action::AbandonHost { host_id: h.id.clone() });
         }
     }
 
     // Hosts that went silent for good, or whose spot notice ran out and that went quiet.
     for h in &world.hosts {
-        let preempted = h.notice.is_some_and(|d| world.now > d) && silence(world, h) > HOST_DEAD_SECS;
-        if h.status == HostStatus::Running && (silence(world, h) > HOST_LOST_SECS || preempted) {
+        let preempted = h.notice.is_some_and(|d| world.now() > d) && silence_ms(world, h) > HOST_DEAD_MS;
+        if h.status == HostStatus::Running && (silence_ms(world, h) > HOST_LOST_MS || preempted) {
             actions.push(Action::AbandonHost { host_id: h.id.clone() });
         }
     }
@@ -440,7 +451,7 @@ pub fn plan(world: &World) -> Vec<Action> {
             let fits = |h: &&HostView| {
                 h.status == HostStatus::Running
                     // Not on a host that stopped beating (it may be gone) or is doomed.
-                    && silence(world, h) <= HOST_DEAD_SECS
+                    && silence_ms(world, h) <= HOST_DEAD_MS
                     && h.notice.is_none()
                     && here.contains(&(h.cloud.as_str(), h.region.as_str()))
                     && (!needs_new_cloud || !taken.clouds.contains(h.cloud.as_str()))
@@ -586,7 +597,7 @@ pub fn plan(world: &World) -> Vec<Action> {
         let failed_recently = world
             .hosts
             .iter()
-            .any(|h| h.status == HostStatus::Failed && same(h) && world.now - h.launched_at < LAUNCH_RETRY_SECS);
+            .any(|h| h.status == HostStatus::Failed && same(h) && world.now() - h.launched_at < LAUNCH_RETRY_SECS);
         if failed_recently {
             continue;
         }
@@ -609,7 +620,7 @@ pub fn plan(world: &World) -> Vec<Action> {
     // Hosts that hold nothing and are not wanted by this plan.
     for h in &world.hosts {
         let idle = h.status == HostStatus::Running
-            && world.now - h.launched_at >= HOST_IDLE_SECS
+            && world.now() - h.launched_at >= HOST_IDLE_SECS
             && !world.instances.iter().any(|i| i.host_id == h.id)
             && !actions
                 .iter()
@@ -700,15 +711,18 @@ struct LaunchKey<'a> {
     pool: Option<&'a str>,
 }
 
-/// Seconds since the host was last heard from (or since observation began).
-fn silence(world: &World, h: &HostView) -> i64 {
-    world.now - h.last_heartbeat.unwrap_or(i64::MIN).max(world.observing_since)
+/// Milliseconds since the host was last heard from (or since observation began).
+fn silence_ms(world: &World, h: &HostView) -> i64 {
+    world.now_ms
+        - h.last_beat_ms
+            .unwrap_or(i64::MIN)
+            .max(world.observing_since.saturating_mul(1000))
 }
 
 fn host_alive(world: &World, hosts: &BTreeMap<&str, &HostView>, host_id: &str) -> bool {
     hosts
         .get(host_id)
-        .is_some_and(|h| h.status == HostStatus::Running && silence(world, h) <= HOST_DEAD_SECS)
+        .is_some_and(|h| h.status == HostStatus::Running && silence_ms(world, h) <= HOST_DEAD_MS)
 }
 
 /// Failure detection, the safe choice of a new primary, and fencing of stale primaries.

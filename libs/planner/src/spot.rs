@@ -66,7 +66,7 @@ pub struct PoolView {
 }
 
 fn recent_preemptions(world: &World, p: &PoolView, window: i64) -> usize {
-    p.preemptions.iter().filter(|t| world.now - **t < window).count()
+    p.preemptions.iter().filter(|t| world.now() - **t < window).count()
 }
 
 /// The pool may take a new spot member now.
@@ -74,7 +74,7 @@ pub fn usable(world: &World, p: &PoolView) -> bool {
     let pol = &world.spot;
     let refused = p
         .last_no_capacity
-        .is_some_and(|t| world.now - t < pol.no_capacity_backoff_secs);
+        .is_some_and(|t| world.now() - t < pol.no_capacity_backoff_secs);
     !refused && recent_preemptions(world, p, pol.volatile_window_secs) < pol.volatile_preemptions
 }
 
@@ -82,7 +82,7 @@ pub fn usable(world: &World, p: &PoolView) -> bool {
 pub fn stable(world: &World, p: &PoolView) -> bool {
     let pol = &world.spot;
     usable(world, p)
-        && p.last_no_capacity.is_none_or(|t| world.now - t >= pol.stable_secs)
+        && p.last_no_capacity.is_none_or(|t| world.now() - t >= pol.stable_secs)
         && recent_preemptions(world, p, pol.stable_secs) == 0
 }
 

@@ -28,7 +28,7 @@ fn host(id: &str, status: HostStatus) -> HostView {
         zone: "z1".into(),
         status,
         launched_at: 0,
-        last_heartbeat: Some(0),
+        last_beat_ms: Some(0),
         market: Market::OnDemand,
         pool: String::new(),
         notice: None,
@@ -74,8 +74,8 @@ fn apply(world: &mut World, actions: &[Action]) {
                     .and_then(|p| p.split('/').nth(2))
                     .map_or_else(|| format!("z{}", n % 2), str::to_string),
                 status: HostStatus::Launching,
-                launched_at: world.now,
-                last_heartbeat: None,
+                launched_at: world.now(),
+                last_beat_ms: None,
                 market: *market,
                 pool: pool.clone().unwrap_or_default(),
                 notice: None,
@@ -172,7 +172,7 @@ fn observe(world: &mut World) {
         if h.status == HostStatus::Launching {
             h.status = HostStatus::Running;
         }
-        h.last_heartbeat = Some(world.now);
+        h.last_beat_ms = Some(world.now_ms);
     }
     let terms: BTreeMap<String, i64> = world.clusters.iter().map(|c| (c.id.clone(), c.term)).collect();
     for i in world.instances.iter_mut() {
@@ -364,7 +364,7 @@ fn members_without_room_launch_distinct_hosts() {
 #[test]
 fn failed_launch_is_retried_only_after_a_pause() {
     let mut world = World {
-        now: 100,
+        now_ms: 100_000,
         clusters: vec![cluster("c1", 1)],
         hosts: vec![HostView {
             launched_at: 95,
@@ -373,7 +373,7 @@ fn failed_launch_is_retried_only_after_a_pause() {
         ..Default::default()
     };
     assert!(plan(&world).is_empty(), "no launch storm while the cloud refuses");
-    world.now = 95 + LAUNCH_RETRY_SECS;
+    world.now_ms = (95 + LAUNCH_RETRY_SECS) * 1000;
     assert_eq!(
         plan(&world),
         vec![Action::LaunchHost {
@@ -388,19 +388,19 @@ fn failed_launch_is_retried_only_after_a_pause() {
 #[test]
 fn an_idle_host_is_released_but_not_a_new_or_a_needed_one() {
     let mut world = World {
-        now: HOST_IDLE_SECS,
+        now_ms: HOST_IDLE_SECS * 1000,
         hosts: vec![HostView {
-            last_heartbeat: Some(HOST_IDLE_SECS),
+            last_beat_ms: Some(HOST_IDLE_SECS * 1000),
             ..host("h1", HostStatus::Running)
         }],
         ..Default::default()
     };
     assert_eq!(plan(&world), vec![Action::ReleaseHost { host_id: "h1".into() }]);
-    world.now -= 1;
-    world.hosts[0].last_heartbeat = Some(world.now);
+    world.now_ms -= 1000;
+    world.hosts[0].last_beat_ms = Some(world.now_ms);
     assert!(plan(&world).is_empty(), "released a new host");
-    world.now += 1;
-    world.hosts[0].last_heartbeat = Some(world.now);
+    world.now_ms += 1000;
+    world.hosts[0].last_beat_ms = Some(world.now_ms);
     world.clusters = vec![cluster("c1", 1)];
     assert!(matches!(plan(&world).as_slice(), [Action::CreateInstance { .. }]));
 }
@@ -408,7 +408,7 @@ fn an_idle_host_is_released_but_not_a_new_or_a_needed_one() {
 #[test]
 fn stuck_launch_is_abandoned() {
     let world = World {
-        now: HOST_LAUNCH_TIMEOUT_SECS + 1,
+        now_ms: (HOST_LAUNCH_TIMEOUT_SECS + 1) * 1000,
         hosts: vec![host("h1", HostStatus::Launching)],
         ..Default::default()
     };
@@ -507,7 +507,7 @@ fn a_primary_whose_host_died_before_it_ran_is_placed_again_but_not_one_that_ran(
     let mut world = World {
         clusters: vec![cluster("c1", 1)],
         hosts: vec![host("h1", HostStatus::Running)],
-        now: HOST_DEAD_SECS + 1,
+        now_ms: HOST_DEAD_MS + 1000,
         ..Default::default()
     };
     let p = plan(&world);
@@ -553,7 +553,7 @@ fn arb_world() -> impl Strategy<Value = World> {
         let clouds = ["a", "b"];
         let statuses = [HostStatus::Launching, HostStatus::Running, HostStatus::Failed];
         World {
-            now: 10,
+            now_ms: 10_000,
             observing_since: 0,
             locations: vec![("a".into(), "r1".into()), ("b".into(), "r1".into())],
             clusters: cs
@@ -583,7 +583,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     zone: format!("z{}", n % 2),
                     status: statuses[*st],
                     launched_at: 0,
-                    last_heartbeat: Some(10),
+                    last_beat_ms: Some(10_000),
                     market: Market::OnDemand,
                     pool: String::new(),
                     notice: None,
@@ -691,14 +691,14 @@ proptest! {
 /// A two-zone world: primary `p` on `hp`, standbys `s1..` on their own hosts.
 fn ha_world(standbys: &[(&str, u64, bool)], sync: &[&str]) -> World {
     let mut world = World {
-        now: 100,
+        now_ms: 100_000,
         clusters: vec![ClusterIntent {
             members: 1 + standbys.len() as u32,
             term: 3,
             ..cluster("c", 1)
         }],
         hosts: vec![HostView {
-            last_heartbeat: Some(100),
+            last_beat_ms: Some(100_000),
             market: Market::OnDemand,
             pool: String::new(),
             notice: None,
@@ -715,7 +715,7 @@ fn ha_world(standbys: &[(&str, u64, bool)], sync: &[&str]) -> World {
     };
     for (id, lsn, streaming) in standbys {
         world.hosts.push(HostView {
-            last_heartbeat: Some(100),
+            last_beat_ms: Some(100_000),
             market: Market::OnDemand,
             pool: String::new(),
             notice: None,
@@ -743,13 +743,13 @@ fn failovers(p: &[Action]) -> Vec<(String, i64)> {
 }
 
 fn kill_primary_host(world: &mut World) {
-    world.hosts[0].last_heartbeat = Some(world.now - HOST_DEAD_SECS - 1);
+    world.hosts[0].last_beat_ms = Some(world.now_ms - HOST_DEAD_MS - 1000);
 }
 
 #[test]
 fn silence_counts_only_from_when_observation_began() {
     let mut world = ha_world(&[("s1", 1000, false)], &["s1"]);
-    world.now = 1000; // every host last heard from at 100
+    world.now_ms = 1_000_000; // every host last heard from at 100
     world.observing_since = 999; // the control plane just restarted
     assert!(plan(&world).is_empty(), "{:?}", plan(&world));
     world.observing_since = 0;
@@ -836,12 +836,12 @@ fn quorum_intersection_needs_enough_final_positions() {
     // ANY 1 (s1, s2): an acknowledged commit is on s1 or s2, so both must report.
     let mut world = ha_world(&[("s1", 900, false), ("s2", 1000, false)], &["s1", "s2"]);
     kill_primary_host(&mut world);
-    world.hosts[2].last_heartbeat = Some(0); // s2's host is gone too
+    world.hosts[2].last_beat_ms = Some(0); // s2's host is gone too
     assert!(
         failovers(&plan(&world)).is_empty(),
         "s1 alone may miss commits only s2 has"
     );
-    world.hosts[2].last_heartbeat = Some(100);
+    world.hosts[2].last_beat_ms = Some(100_000);
     assert_eq!(
         failovers(&plan(&world)),
         vec![("s2".to_string(), 3)],
@@ -853,7 +853,7 @@ fn quorum_intersection_needs_enough_final_positions() {
 fn a_synchronous_standby_gone_for_good_no_longer_blocks_failover_and_an_event_says_what_it_costs() {
     let mut world = ha_world(&[("s1", 900, false), ("s2", 1000, false)], &["s1", "s2"]);
     kill_primary_host(&mut world);
-    world.hosts[2].last_heartbeat = Some(0);
+    world.hosts[2].last_beat_ms = Some(0);
     assert!(failovers(&plan(&world)).is_empty(), "s2 may still come back");
     // s2's host is given up and s2 removed: its data is gone; s1 is the best there is.
     world.instances.retain(|i| i.id != "s2");
@@ -869,7 +869,7 @@ fn a_synchronous_standby_gone_for_good_no_longer_blocks_failover_and_an_event_sa
 #[test]
 fn a_lost_primary_without_a_successor_is_restored_from_object_storage_only_when_nothing_is_lost() {
     let mut world = World {
-        now: 100,
+        now_ms: 100_000,
         clusters: vec![ClusterIntent {
             restorable: true,
             ..cluster("c", 1)
@@ -877,7 +877,7 @@ fn a_lost_primary_without_a_successor_is_restored_from_object_storage_only_when_
         hosts: vec![
             host("h1", HostStatus::Failed),
             HostView {
-                last_heartbeat: Some(100),
+                last_beat_ms: Some(100_000),
                 ..host("h2", HostStatus::Running)
             },
         ],
@@ -974,7 +974,7 @@ proptest! {
         kill_primary_host(&mut world);
         for (n, _) in lsns.iter().enumerate() {
             if !alive[n] {
-                world.hosts[n + 1].last_heartbeat = Some(0);
+                world.hosts[n + 1].last_beat_ms = Some(0);
             }
         }
         let p = plan(&world);

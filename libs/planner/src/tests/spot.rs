@@ -22,7 +22,7 @@ fn spot_host(id: &str, zone: &str) -> HostView {
         market: Market::Spot,
         pool: format!("a/r1/{zone}/{T}"),
         launched_at: 990,
-        last_heartbeat: Some(1000),
+        last_beat_ms: Some(1_000_000),
         ..host(id, HostStatus::Running)
     }
 }
@@ -37,7 +37,7 @@ fn spot_cluster(members: u32) -> ClusterIntent {
 
 fn spot_world(members: u32) -> World {
     World {
-        now: 1000,
+        now_ms: 1_000_000,
         clusters: vec![spot_cluster(members)],
         pools: vec![pool("z1", 100), pool("z2", 200), pool("z3", 300)],
         ..Default::default()
@@ -137,7 +137,7 @@ fn volatile_and_refusing_pools_are_skipped() {
     w.pools[1].last_no_capacity = Some(990);
     assert_eq!(launches(&plan(&w)), vec![(Market::Spot, Some("a/r1/z3/t".into()))]);
     // Old trouble is forgotten.
-    w.now = 1000 + w.spot.volatile_window_secs;
+    w.now_ms = (1000 + w.spot.volatile_window_secs) * 1000;
     assert_eq!(launches(&plan(&w)), vec![(Market::Spot, Some("a/r1/z1/t".into()))]);
 }
 
@@ -151,7 +151,7 @@ fn without_a_usable_pool_a_member_falls_back_to_on_demand_and_says_so() {
     assert_eq!(launches(&p), vec![(Market::OnDemand, None)]);
     assert!(events(&p).contains(&"spot_fallback".to_string()), "{p:?}");
     w.hosts = vec![HostView {
-        last_heartbeat: Some(1000),
+        last_beat_ms: Some(1_000_000),
         ..host("od", HostStatus::Running)
     }];
     let p = plan(&w);
@@ -233,7 +233,7 @@ fn a_fallback_member_returns_to_spot_once_a_pool_has_been_calm() {
         spot_host("h2", "z2"),
     ];
     w.hosts[1].zone = "z2".into();
-    w.hosts[1].last_heartbeat = Some(1000);
+    w.hosts[1].last_beat_ms = Some(1_000_000);
     let mut p = member("p", "hp", Role::Primary);
     p.sync_standbys = vec!["s".into()];
     w.instances = vec![p, member("s", "od", Role::Standby)];
@@ -241,8 +241,8 @@ fn a_fallback_member_returns_to_spot_once_a_pool_has_been_calm() {
         pl.preemptions = vec![1000 - w.spot.stable_secs + 10];
     }
     assert!(plan(&w).is_empty(), "moved before the pools calmed: {:?}", plan(&w));
-    w.now += 10;
-    w.hosts.iter_mut().for_each(|h| h.last_heartbeat = Some(w.now));
+    w.now_ms += 10000;
+    w.hosts.iter_mut().for_each(|h| h.last_beat_ms = Some(w.now_ms));
     let p = plan(&w);
     assert_eq!(created(&p), vec![("h2".into(), Role::Standby)]);
     assert!(events(&p).contains(&"spot_replacement".to_string()));
@@ -260,7 +260,7 @@ fn an_on_demand_primary_returns_to_spot_by_switchover() {
         spot_host("h1", "z1"),
         spot_host("h2", "z2"),
     ];
-    w.hosts[0].last_heartbeat = Some(1000);
+    w.hosts[0].last_beat_ms = Some(1_000_000);
     let mut p = member("p", "od", Role::Primary);
     p.sync_standbys = vec!["s".into(), "r".into()];
     w.instances = vec![p, member("s", "h1", Role::Standby), member("r", "h2", Role::Standby)];
@@ -292,13 +292,13 @@ fn an_on_demand_primary_returns_to_spot_by_switchover() {
 fn a_host_whose_notice_ran_out_is_given_up_once_it_goes_quiet() {
     let mut w = ha_spot_world();
     w.hosts[1].notice = Some(1000);
-    w.now = 1001;
+    w.now_ms = 1_001_000;
     assert!(!plan(&w).contains(&Action::AbandonHost { host_id: "hs".into() }));
-    w.now = 1000 + HOST_DEAD_SECS + 1;
+    w.now_ms = 1_000_000 + HOST_DEAD_MS + 1000;
     w.hosts
         .iter_mut()
         .filter(|h| h.id != "hs")
-        .for_each(|h| h.last_heartbeat = Some(w.now));
+        .for_each(|h| h.last_beat_ms = Some(w.now_ms));
     assert!(plan(&w).contains(&Action::AbandonHost { host_id: "hs".into() }));
 }
 
@@ -310,14 +310,14 @@ fn a_host_whose_notice_ran_out_is_given_up_once_it_goes_quiet() {
 /// after it starts; a draining primary stops and its standbys report final positions; a
 /// host whose notice ran out dies (stops beating, its members gone with it).
 fn observe_spot(world: &mut World) {
-    let now = world.now;
+    let now = world.now();
     for h in world.hosts.iter_mut() {
         if h.status == HostStatus::Launching {
             h.status = HostStatus::Running;
         }
         let dead = h.notice.is_some_and(|d| now > d);
         if !dead && h.status == HostStatus::Running {
-            h.last_heartbeat = Some(now);
+            h.last_beat_ms = Some(now * 1000);
         }
     }
     let dead: BTreeSet<String> = world
@@ -370,7 +370,7 @@ fn copies(world: &World, cluster: &str) -> usize {
             world
                 .hosts
                 .iter()
-                .any(|h| h.id == i.host_id && h.notice.is_none_or(|d| world.now <= d))
+                .any(|h| h.id == i.host_id && h.notice.is_none_or(|d| world.now() <= d))
         })
         .filter(|i| (i.role == Role::Primary && i.observed == Observed::Running) || i.streaming == Some(true))
         .count()
@@ -389,7 +389,7 @@ fn arb_spot_world() -> impl Strategy<Value = (World, Vec<(usize, usize)>)> {
     let zones = 2usize..=4;
     (clusters, notices, zones).prop_map(|(cs, notices, zones)| {
         let world = World {
-            now: 1000,
+            now_ms: 1_000_000,
             observing_since: 0,
             locations: vec![("a".into(), "r1".into())],
             clusters: cs
@@ -419,7 +419,7 @@ proptest! {
         (mut world, notices) in arb_spot_world()
     ) {
         for round in 0..60 {
-            world.now += 1;
+            world.now_ms += 1000;
             for (at, idx) in &notices {
                 if *at == round {
                     let spot_hosts: Vec<usize> = (0..world.hosts.len())
@@ -427,9 +427,9 @@ proptest! {
                         .collect();
                     if !spot_hosts.is_empty() {
                         let h = spot_hosts[idx % spot_hosts.len()];
-                        world.hosts[h].notice = Some(world.now + 8);
+                        world.hosts[h].notice = Some(world.now() + 8);
                         let pool = world.hosts[h].pool.clone();
-                        let now = world.now;
+                        let now = world.now();
                         for p in world.pools.iter_mut().filter(|p| p.id == pool) {
                             p.preemptions.push(now);
                         }
@@ -447,7 +447,7 @@ proptest! {
             }
             // A host at its deadline serves no primary: each was switched over (a single
             // node: migrated) in time.
-            for h in world.hosts.iter().filter(|h| h.notice == Some(world.now)) {
+            for h in world.hosts.iter().filter(|h| h.notice == Some(world.now())) {
                 for i in world.instances.iter().filter(|i| i.host_id == h.id && !i.deleting && i.role == Role::Primary) {
                     prop_assert!(
                         i.draining || i.observed == Observed::Stopped,
