@@ -184,7 +184,7 @@ impl Instance {
 
     fn observed(&self, state: InstanceState, error: Option<String>) -> ObservedInstance {
         let status = if state == InstanceState::Running {
-            self.status
+            self.status.as_ref()
         } else {
             None
         };
@@ -197,6 +197,7 @@ impl Instance {
             lsn: status.and_then(|s| s.lsn),
             streaming: status.map(|s| s.streaming),
             sync_standbys: self.running_sync.clone(),
+            sync_streaming: status.map(|s| s.sync_streaming.clone()).unwrap_or_default(),
             term: self.applied.as_ref().map_or(0, |s| s.term),
             archived_lsn: self.archiver.as_ref().and_then(|a| a.status.borrow().archived),
             archive_error: self.archiver.as_ref().and_then(|a| a.status.borrow().error.clone()),
@@ -446,8 +447,9 @@ impl Instance {
             self.status = None;
             return Ok(InstanceState::Unhealthy);
         };
+        let primary = !status.in_recovery;
         self.status = Some(status);
-        if spec.role == "primary" && !status.in_recovery {
+        if spec.role == "primary" && primary {
             self.ensure_archiver(spec).await;
             self.ensure_backup(spec);
         } else {

@@ -160,12 +160,9 @@ async fn a_notice_on_a_standby_builds_its_replacement_first_and_writes_never_pau
         acked.len()
     );
     check_ledger(&uri, &acked);
-    // Usually ~0.1 s; under load up to ~2.5 s has been seen: the doomed standby is dropped
-    // once its replacement *streams*, which can be before PostgreSQL counts the replacement
-    // as caught up for synchronous commit, so commits wait for it meanwhile. The goal
-    // (≤ 1 s) needs the primary's own sync state as the signal; this bound only catches a
-    // stall.
-    assert!(pause <= Duration::from_secs(5), "write pause {pause:?}");
+    // The doomed standby goes only once the primary's PostgreSQL counts the replacement
+    // toward its synchronous commits, so commits never wait for a standby catching up.
+    assert!(pause <= Duration::from_secs(1), "write pause {pause:?}");
     assert_eq!(failures, 0, "writes failed during a standby's replacement");
     let shown = show(&up, "shop");
     assert_eq!(
@@ -405,7 +402,7 @@ async fn a_frozen_agent_alone_fails_nothing_over_while_its_postgres_serves() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let frozen = Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    // Its heartbeats stop for 10 s (well past the 2 s silence threshold), but the standby
+    // Its heartbeats stop for 10 s (well past the 1 s silence threshold), but the standby
     // still streams from the primary: nothing is promoted.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let shown_frozen = show(&up, "shop");

@@ -250,6 +250,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                     lsn: None,
                     streaming: None,
                     sync_standbys: vec![],
+                    sync_streaming: vec![],
                     observed_term: 0,
                     draining: false,
                     archived_lsn: None,

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("../migrations/0007_restore_since_creation.sql")),
     (8, include_str!("../migrations/0008_spot.sql")),
     (9, include_str!("../migrations/0009_beat_ms.sql")),
+    (10, include_str!("../migrations/0010_sync_streaming.sql")),
 ];
 
 pub mod pools;
@@ -195,6 +196,8 @@ pub struct InstanceRow {
     pub lsn: Option<i64>,
     pub streaming: Option<bool>,
     pub sync_standbys: Vec<String>,
+    /// A primary: the standbys PostgreSQL counts toward its synchronous commits right now.
+    pub sync_streaming: Vec<String>,
     pub observed_term: i64,
     pub draining: bool,
     pub archived_lsn: Option<i64>,
@@ -319,12 +322,8 @@ fn instance(r: &AnyRow) -> Result<InstanceRow> {
         in_recovery: r.try_get::<Option<i64>, _>("in_recovery")?.map(|v| v != 0),
         lsn: r.try_get("lsn")?,
         streaming: r.try_get::<Option<i64>, _>("streaming")?.map(|v| v != 0),
-        sync_standbys: r
-            .try_get::<String, _>("sync_standbys")?
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
+        sync_standbys: id_list(&r.try_get::<String, _>("sync_standbys")?),
+        sync_streaming: id_list(&r.try_get::<String, _>("sync_streaming")?),
         observed_term: r.try_get("observed_term")?,
         draining: r.try_get::<i64, _>("draining")? != 0,
         archived_lsn: r.try_get("archived_lsn")?,
@@ -951,6 +950,7 @@ impl Store {
             };
             let state = observed_name(o.state).to_string();
             let sync = o.sync_standbys.join(",");
+            let sync_streaming = o.sync_streaming.join(",");
             // Positions move with every write: stored, but not a change worth waking
             // the planner and the long-polls for.
             if state != r.observed
@@ -959,6 +959,7 @@ impl Store {
                 || o.in_recovery != r.in_recovery
                 || o.streaming != r.streaming
                 || o.sync_standbys != r.sync_standbys
+                || o.sync_streaming != r.sync_streaming
                 || o.term != r.observed_term
                 || o.archive_error != r.archive_error
             {
@@ -966,8 +967,8 @@ impl Store {
             }
             sqlx::query(
                 "UPDATE instances SET observed = $1, addr = $2, error = $3, in_recovery = $4, lsn = $5, \
-                 streaming = $6, sync_standbys = $7, observed_term = $8, archived_lsn = $9, archive_error = $10 \
-                 WHERE id = $11",
+                 streaming = $6, sync_standbys = $7, observed_term = $8, archived_lsn = $9, archive_error = $10, \
+                 sync_streaming = $11 WHERE id = $12",
             )
             .bind(&state)
             .bind(&o.addr)
@@ -979,6 +980,7 @@ impl Store {
             .bind(o.term)
             .bind(o.archived_lsn.and_then(|l| i64::try_from(l).ok()))
             .bind(&o.archive_error)
+            .bind(&sync_streaming)
             .bind(&r.id)
             .execute(&mut *tx)
             .await?;
@@ -1404,6 +1406,7 @@ impl Store {
                 lsn: i.lsn.map(|l| l as u64),
                 streaming: i.streaming,
                 sync_standbys: i.sync_standbys,
+                sync_streaming: i.sync_streaming,
                 term: i.observed_term,
                 draining: i.draining,
             })
@@ -1518,6 +1521,11 @@ pub fn observed_name(s: highrise_api::InstanceState) -> &'static str {
         Failed => "failed",
         Stopped => "stopped",
     }
+}
+
+/// A comma-separated list of ids, as the store keeps them.
+fn id_list(s: &str) -> Vec<String> {
+    s.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 /// Unix seconds now.

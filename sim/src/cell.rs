@@ -169,6 +169,8 @@ impl<'a> Cell<'a> {
             .map(|c| (c.intent.id.clone(), c.intent.term))
             .collect();
         let mut sync: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // A streaming standby in the set carries commits (the simulator has no catch-up).
+        let mut carrying: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for i in self.insts.values_mut() {
             let v = &mut i.view;
             if !alive.get(&v.host_id).copied().unwrap_or(false) {
@@ -186,11 +188,15 @@ impl<'a> Cell<'a> {
             }
             if v.role == Role::Standby && !v.deleting && i.has_addr {
                 sync.entry(v.cluster_id.clone()).or_default().push(v.id.clone());
+                if v.streaming == Some(true) {
+                    carrying.entry(v.cluster_id.clone()).or_default().push(v.id.clone());
+                }
             }
         }
         for i in self.insts.values_mut() {
             if i.view.role == Role::Primary && alive.get(&i.view.host_id).copied().unwrap_or(false) {
                 i.view.sync_standbys = sync.get(&i.view.cluster_id).cloned().unwrap_or_default();
+                i.view.sync_streaming = carrying.get(&i.view.cluster_id).cloned().unwrap_or_default();
                 if i.view.in_recovery == Some(false) {
                     i.pos = acked[&i.view.cluster_id];
                     i.view.lsn = Some((i.pos * 1000.0) as u64);
@@ -469,6 +475,7 @@ impl<'a> Cell<'a> {
                             lsn: None,
                             streaming: None,
                             sync_standbys: vec![],
+                            sync_streaming: vec![],
                             term,
                             draining: false,
                         },

@@ -475,6 +475,10 @@ pub struct ObservedInstance {
     /// A primary: the standbys its running configuration waits for.
     #[serde(default)]
     pub sync_standbys: Vec<String>,
+    /// A primary: the standbys PostgreSQL counts toward its synchronous commits right
+    /// now (caught up and streaming).
+    #[serde(default)]
+    pub sync_streaming: Vec<String>,
     /// The term of the spec the instance runs.
     #[serde(default)]
     pub term: i64,

@@ -491,13 +491,16 @@ fn parse_control_data(text: &str) -> Result<ControlData> {
 }
 
 /// What a running server says of itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub in_recovery: bool,
     /// Primary: flushed WAL; standby: received and flushed WAL (replayed, if none yet).
     pub lsn: Option<u64>,
     /// A standby's WAL receiver is streaming.
     pub streaming: bool,
+    /// A primary: the standbys (by `application_name`) that count toward its synchronous
+    /// commits right now — caught up and streaming, not merely named.
+    pub sync_streaming: Vec<String>,
 }
 
 /// Parses `X/Y` into a 64-bit position.
@@ -524,7 +527,9 @@ pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
         "select pg_is_in_recovery() as rec, \
          (case when pg_is_in_recovery() then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
           else pg_current_wal_flush_lsn() end)::text as lsn, \
-         coalesce((select status = 'streaming' from pg_stat_wal_receiver limit 1), false) as streaming",
+         coalesce((select status = 'streaming' from pg_stat_wal_receiver limit 1), false) as streaming, \
+         coalesce((select array_agg(application_name::text order by application_name) from pg_stat_replication \
+          where state = 'streaming' and sync_state in ('sync', 'quorum')), '{}') as sync_streaming",
     )
     .fetch_one(&mut *conn)
     .await
@@ -536,6 +541,7 @@ pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
             .context("read status")?
             .and_then(|l| parse_lsn(&l)),
         streaming: row.try_get("streaming").context("read status")?,
+        sync_streaming: row.try_get("sync_streaming").context("read status")?,
     })
 }
 

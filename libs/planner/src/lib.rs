@@ -149,6 +149,10 @@ pub struct InstanceView {
     pub streaming: Option<bool>,
     /// A primary's running `synchronous_standby_names` members.
     pub sync_standbys: Vec<String>,
+    /// A primary: the standbys PostgreSQL counts toward its synchronous commits right now
+    /// (caught up and streaming; a named standby still catching up is not among them).
+    #[serde(default)]
+    pub sync_streaming: Vec<String>,
     /// The term of the spec the instance last reported running.
     pub term: i64,
     /// A primary being stopped for a switchover: no longer routed.

@@ -168,10 +168,19 @@ pub enum Leaving {
     Excess,
 }
 
-/// A standby that can take over: running, streaming, not leaving.
+/// Standbys that can take over and carry the commits: running, streaming, not leaving,
+/// and counted by the primary's PostgreSQL toward its synchronous commits (a standby that
+/// streams but still catches up is not yet: removing the one it replaces then would make
+/// commits wait for it).
 pub fn ready_standbys(live: &[&InstanceView], leaving: &BTreeMap<&str, Leaving>) -> usize {
+    let carrying: Vec<&str> = live
+        .iter()
+        .filter(|i| i.role == Role::Primary)
+        .flat_map(|p| p.sync_streaming.iter().map(String::as_str))
+        .collect();
     live.iter()
         .filter(|i| !leaving.contains_key(i.id.as_str()))
         .filter(|i| i.role == Role::Standby && i.observed == Observed::Running && i.streaming == Some(true))
+        .filter(|i| carrying.contains(&i.id.as_str()))
         .count()
 }

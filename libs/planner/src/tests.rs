@@ -49,6 +49,7 @@ fn instance(id: &str, cluster: &str, host: &str, observed: Observed) -> Instance
         lsn: None,
         streaming: None,
         sync_standbys: vec![],
+        sync_streaming: vec![],
         term: 1,
         draining: false,
     }
@@ -103,6 +104,7 @@ fn apply(world: &mut World, actions: &[Action]) {
                 lsn: None,
                 streaming: None,
                 sync_standbys: vec![],
+                sync_streaming: vec![],
                 term: 1,
                 draining: false,
             }),
@@ -708,6 +710,7 @@ fn ha_world(standbys: &[(&str, u64, bool)], sync: &[&str]) -> World {
             in_recovery: Some(false),
             lsn: Some(1000),
             sync_standbys: sync.iter().map(|s| s.to_string()).collect(),
+            sync_streaming: vec![],
             term: 3,
             ..instance("p", "c", "hp", Observed::Running)
         }],
@@ -744,6 +747,27 @@ fn failovers(p: &[Action]) -> Vec<(String, i64)> {
 
 fn kill_primary_host(world: &mut World) {
     world.hosts[0].last_beat_ms = Some(world.now_ms - HOST_DEAD_MS - 1000);
+}
+
+#[test]
+fn a_primary_host_is_dead_after_two_missed_beats_judged_to_the_millisecond() {
+    // The standby has lost the primary (it reported its final position).
+    let mut world = ha_world(&[("s1", 1000, false)], &["s1"]);
+    for (silent_ms, fails_over) in [
+        (0, false),
+        (500, false),
+        (HOST_DEAD_MS, false),
+        (HOST_DEAD_MS + 1, true),
+        (HOST_DEAD_MS + 400, true),
+    ] {
+        world.hosts[0].last_beat_ms = Some(world.now_ms - silent_ms);
+        let p = plan(&world);
+        assert_eq!(!failovers(&p).is_empty(), fails_over, "silent {silent_ms} ms: {p:?}");
+    }
+    // However long the silence, a standby that still streams vetoes it.
+    world.hosts[0].last_beat_ms = Some(world.now_ms - 10 * HOST_DEAD_MS);
+    world.instances[1].streaming = Some(true);
+    assert!(failovers(&plan(&world)).is_empty());
 }
 
 #[test]

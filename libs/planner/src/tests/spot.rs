@@ -61,6 +61,7 @@ fn ha_spot_world() -> World {
     w.hosts = vec![spot_host("hp", "z1"), spot_host("hs", "z2"), spot_host("h3", "z3")];
     let mut p = member("p", "hp", Role::Primary);
     p.sync_standbys = vec!["s".into()];
+    p.sync_streaming = vec!["s".into()];
     w.instances = vec![p, member("s", "hs", Role::Standby)];
     w
 }
@@ -196,7 +197,12 @@ fn a_notice_on_a_standby_builds_the_replacement_before_dropping_it() {
     r.streaming = Some(false);
     w.instances.push(r);
     assert!(deleted(&plan(&w)).is_empty());
+    // It streams, but the primary's PostgreSQL does not count it yet (still catching up):
+    // dropping the doomed one now would make every commit wait for it.
     w.instances[2].streaming = Some(true);
+    w.instances[0].sync_standbys = vec!["r".into(), "s".into()];
+    assert!(deleted(&plan(&w)).is_empty(), "{:?}", plan(&w));
+    w.instances[0].sync_streaming = vec!["r".into(), "s".into()];
     assert_eq!(deleted(&plan(&w)), vec!["s".to_string()]);
 }
 
@@ -236,6 +242,7 @@ fn a_fallback_member_returns_to_spot_once_a_pool_has_been_calm() {
     w.hosts[1].last_beat_ms = Some(1_000_000);
     let mut p = member("p", "hp", Role::Primary);
     p.sync_standbys = vec!["s".into()];
+    p.sync_streaming = vec!["s".into()];
     w.instances = vec![p, member("s", "od", Role::Standby)];
     for pl in &mut w.pools {
         pl.preemptions = vec![1000 - w.spot.stable_secs + 10];
@@ -247,8 +254,10 @@ fn a_fallback_member_returns_to_spot_once_a_pool_has_been_calm() {
     assert_eq!(created(&p), vec![("h2".into(), Role::Standby)]);
     assert!(events(&p).contains(&"spot_replacement".to_string()));
     assert!(deleted(&p).is_empty());
-    // The spot member streams: the on-demand one goes, the spot one stays.
+    // The spot member streams and carries commits: the on-demand one goes.
     w.instances.push(member("r", "h2", Role::Standby));
+    assert!(deleted(&plan(&w)).is_empty(), "before it carries commits");
+    w.instances[0].sync_streaming = vec!["r".into(), "s".into()];
     assert_eq!(deleted(&plan(&w)), vec!["s".to_string()]);
 }
 
@@ -263,6 +272,7 @@ fn an_on_demand_primary_returns_to_spot_by_switchover() {
     w.hosts[0].last_beat_ms = Some(1_000_000);
     let mut p = member("p", "od", Role::Primary);
     p.sync_standbys = vec!["s".into(), "r".into()];
+    p.sync_streaming = vec!["r".into(), "s".into()];
     w.instances = vec![p, member("s", "h1", Role::Standby), member("r", "h2", Role::Standby)];
     // Not while the synchronous set changes: a member still being removed, or a standby
     // not yet streaming, holds the switchover back (a return to spot is never urgent).
@@ -307,7 +317,7 @@ fn a_host_whose_notice_ran_out_is_given_up_once_it_goes_quiet() {
 // ---------------------------------------------------------------------------------------
 
 /// Agents and the land for spot worlds: hosts register; a new standby streams one round
-/// after it starts; a draining primary stops and its standbys report final positions; a
+/// after it starts and carries commits one round later; a draining primary stops and its standbys report final positions; a
 /// host whose notice ran out dies (stops beating, its members gone with it).
 fn observe_spot(world: &mut World) {
     let now = world.now();
@@ -353,6 +363,13 @@ fn observe_spot(world: &mut World) {
                 .iter()
                 .filter(|s| s.cluster_id == i.cluster_id && !s.deleting && s.role == Role::Standby)
                 .filter(|s| s.observed == Observed::Running)
+                .map(|s| s.id.clone())
+                .collect();
+            // A named standby that streamed a round ago has caught up: it carries commits.
+            let named = i.sync_standbys.clone();
+            i.sync_streaming = before
+                .iter()
+                .filter(|s| s.cluster_id == i.cluster_id && s.streaming == Some(true) && named.contains(&s.id))
                 .map(|s| s.id.clone())
                 .collect();
         }
