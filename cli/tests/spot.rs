@@ -459,6 +459,27 @@ async fn a_silent_primary_host_fails_over_and_its_old_primary_acknowledges_nothi
             nix::sys::signal::Signal::SIGSTOP,
         );
     }
+    // A client that connects now reaches the frozen primary (still routed); the proxy must
+    // end that session when the primary moves, not leave it waiting on a server that
+    // will not answer.
+    let fresh_uri = uri.clone();
+    let fresh = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let out = std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                &fresh_uri,
+                "-c",
+                "insert into ledger default values returning id",
+            ])
+            .output()
+            .expect("run psql");
+        let id = String::from_utf8_lossy(&out.stdout).trim().parse::<i64>().ok();
+        (Instant::now(), out.status.success().then_some(id).flatten())
+    });
     let u = up.clone();
     let s = standby.clone();
     blocking(move || {
@@ -469,6 +490,12 @@ async fn a_silent_primary_host_fails_over_and_its_old_primary_acknowledges_nothi
     })
     .await;
     let failed_over = frozen.elapsed();
+    let (fresh_done, fresh_id) = blocking(move || fresh.join().expect("fresh client")).await;
+    let fresh_wait = fresh_done.saturating_duration_since(frozen + failed_over);
+    assert!(
+        fresh_wait < Duration::from_secs(10),
+        "a client that connected to the frozen primary still waited {fresh_wait:?} after the failover"
+    );
     // The old primary's processes carry on where they stopped: its commits wait for a
     // standby that now follows someone else, and its agent learns of the new term and
     // removes it.
@@ -493,8 +520,10 @@ async fn a_silent_primary_host_fails_over_and_its_old_primary_acknowledges_nothi
     let after_freeze = direct_timeline.iter().filter(|(t, ok)| *ok && *t > frozen).count();
     eprintln!(
         "silent primary host: failed over after {failed_over:?}; longest write pause {pause:?} ({failures} failed attempts); \
-         {after_freeze} direct commits acknowledged after the freeze"
+         {after_freeze} direct commits acknowledged after the freeze; a client caught connecting answered \
+         {fresh_wait:?} after the failover"
     );
     acked.extend(direct_acked);
+    acked.extend(fresh_id);
     check_ledger(&uri, &acked);
 }

@@ -215,7 +215,19 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
         .write_all(&startup.encode())
         .await
         .context("forward startup packet")?;
-    let key = match relay_startup(&mut client, &mut backend).await? {
+    // A session belongs to the primary it was opened on: once the endpoint's primary is
+    // elsewhere, it ends (both sockets closed), so its client reconnects to the new one
+    // instead of waiting on an old primary that may be frozen and never answer.
+    let moved = ctx.routes.moved_from(&endpoint, &addr);
+    tokio::pin!(moved);
+    let started = tokio::select! {
+        r = relay_startup(&mut client, &mut backend) => r?,
+        () = &mut moved => {
+            tracing::debug!(%endpoint, %addr, "primary moved during the session's startup: closing it");
+            return Ok(());
+        }
+    };
+    let key = match started {
         Session::Ready(key) => key,
         Session::Ended => return Ok(()),
     };
@@ -225,7 +237,13 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
             .unwrap_or_else(|p| p.into_inner())
             .insert(k, addr.clone());
     }
-    let res = relay(client, backend).await;
+    let res = tokio::select! {
+        r = relay(client, backend) => r,
+        () = moved => {
+            tracing::debug!(%endpoint, %addr, "primary moved: closing the session");
+            Ok(())
+        }
+    };
     if let Some(k) = key {
         ctx.cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&k);
     }

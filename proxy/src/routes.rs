@@ -92,6 +92,27 @@ impl RouteCache {
     }
 }
 
+impl RouteCache {
+    /// Resolves once `endpoint`'s primary is known to be another address than `addr` (a
+    /// failover or switchover moved it), or the endpoint is gone. A table without a primary
+    /// for the moment (a switch in progress) is not a move.
+    pub async fn moved_from(&self, endpoint: &str, addr: &str) {
+        let mut rx = self.changes.subscribe();
+        loop {
+            rx.mark_unchanged();
+            match self.get(endpoint) {
+                None => return,
+                Some(Route { addr: Some(a), .. }) if a != addr => return,
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                // The table can no longer change: the session stays where it is.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
 /// Fetches the table once, now, when a client names an endpoint the cache does not know
 /// (it may be seconds old); at most one such fetch per 50 ms, so unknown names cannot
 /// turn into a flood on the control plane.
@@ -200,4 +221,54 @@ fn persist(path: &Path, t: &RouteTable) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(t).map_err(std::io::Error::other)?)?;
     std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(addr: Option<&str>, term: i64) -> RouteTable {
+        RouteTable {
+            version: format!("v{term}"),
+            routes: vec![Route {
+                endpoint: "ep".into(),
+                cluster_id: "c".into(),
+                addr: addr.map(str::to_string),
+                term,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_is_told_when_its_primary_moves_and_not_before() {
+        let cache = RouteCache::default();
+        cache.replace(table(Some("10.0.0.1:5432"), 1));
+        let moved = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.moved_from("ep", "10.0.0.1:5432").await })
+        };
+        let settle = || tokio::time::sleep(Duration::from_millis(50));
+        settle().await;
+        // Same primary (a new term after a restart in place), then no primary for a moment
+        // (a switch in progress): the session stays.
+        cache.replace(table(Some("10.0.0.1:5432"), 2));
+        settle().await;
+        cache.replace(table(None, 3));
+        settle().await;
+        assert!(!moved.is_finished());
+        // Another primary: the session ends.
+        cache.replace(table(Some("10.0.0.2:5432"), 4));
+        tokio::time::timeout(Duration::from_secs(5), moved)
+            .await
+            .expect("told of the move")
+            .expect("task");
+        // An endpoint that is gone counts as moved too.
+        cache.replace(RouteTable {
+            version: "v5".into(),
+            routes: vec![],
+        });
+        tokio::time::timeout(Duration::from_secs(5), cache.moved_from("ep", "10.0.0.2:5432"))
+            .await
+            .expect("gone endpoint");
+    }
 }
