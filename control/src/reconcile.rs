@@ -9,7 +9,7 @@ use crate::auth;
 use crate::store::{now, now_ms, HostRow, InstanceRow};
 use crate::AppState;
 use anyhow::{Context, Result};
-use highrise_planner::{plan, Action, Market, Outcome, Role};
+use highrise_planner::{next_silence_deadline_ms, plan, Action, Market, Outcome, Role};
 use highrise_provider::{LaunchRequest, ProviderError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,23 +47,32 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         changes.mark_unchanged();
-        let acted = match step(&state, started).await {
-            Ok(n) => n > 0,
+        let (acted, next) = match step(&state, started).await {
+            Ok((n, next)) => (n > 0, next),
             Err(e) => {
                 tracing::error!("reconcile: {e:#}");
-                false
+                (false, None)
             }
         };
         if acted {
             continue;
         }
+        // Plan again on news, at the latest after a round's pause — or sooner, when a host
+        // that stops beating would be taken for dead.
+        let pause = next
+            .map(|t| Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0)))
+            .map_or(ROUND, |d| d.clamp(Duration::from_millis(10), ROUND));
         tokio::select! {
             _ = changes.changed() => {}
             _ = shutdown.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }
+
+/// The longest pause between two planning rounds (time-driven rules: silence, retries,
+/// notices).
+const ROUND: Duration = Duration::from_millis(500);
 
 /// How often the land's own view of the hosts is read (a cloud's list call is rate
 /// limited; silence is the fast signal, this is the sure one).
@@ -102,8 +111,9 @@ async fn resume_launches(state: &AppState) -> Result<()> {
     Ok(())
 }
 
-/// One planning round; returns how many actions changed the world.
-async fn step(state: &AppState, started: i64) -> Result<usize> {
+/// One planning round; returns how many actions changed the world, and when a silent
+/// host would next be taken for dead (unix ms).
+async fn step(state: &AppState, started: i64) -> Result<(usize, Option<i64>)> {
     let mut world = state.store.world(now_ms(), started).await.context("load world")?;
     world.locations = state
         .provider
@@ -115,6 +125,7 @@ async fn step(state: &AppState, started: i64) -> Result<usize> {
     world.pools = crate::spot::pools_view(state.provider.pools(), &state.store, world.now(), &world.spot)
         .await
         .context("load the pools' record")?;
+    let next = next_silence_deadline_ms(&world);
     let mut changed = 0;
     for action in &plan(&world) {
         tracing::debug!(?action, "perform");
@@ -130,7 +141,7 @@ async fn step(state: &AppState, started: i64) -> Result<usize> {
     if changed > 0 {
         state.notify();
     }
-    Ok(changed)
+    Ok((changed, next))
 }
 
 async fn launch(state: &AppState, h: &HostRow) {

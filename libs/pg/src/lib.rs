@@ -204,8 +204,10 @@ pub struct Recovery {
 pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -> Result<()> {
     let shared_buffers = (cfg.memory_mb / 4).max(16);
     // A standby pings a quiet primary after half of `wal_receiver_timeout` and gives it up
-    // after all of it: a silent (frozen, cut off) primary is noticed within 1.5 s, which
-    // bounds how soon a failover can follow.
+    // after all of it: a silent (frozen, cut off) primary is noticed within 1 s, which
+    // bounds how soon a failover can follow. A primary too slow to answer a ping in 0.5 s
+    // only costs a reconnect (`wal_retrieve_retry_interval`), never a failover: that also
+    // needs the primary's host to have gone quiet.
     let conf = format!(
         "# Written by the highrise agent; changes are overwritten.\n\
          listen_addresses = '{listen}'\n\
@@ -222,7 +224,7 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
          dynamic_shared_memory_type = posix\n\
          hot_standby = on\n\
          wal_retrieve_retry_interval = '200ms'\n\
-         wal_receiver_timeout = '1500ms'\n\
+         wal_receiver_timeout = '1s'\n\
          wal_sender_timeout = '5s'\n\
          synchronous_standby_names = {sync}\n\
          primary_conninfo = {conninfo}\n",

@@ -723,6 +723,19 @@ fn silence_ms(world: &World, h: &HostView) -> i64 {
             .max(world.observing_since.saturating_mul(1000))
 }
 
+/// The next moment (unix ms) at which a running host that beats no more would be taken for
+/// dead: the decider plans again then rather than at its next periodic round, so a failover
+/// follows the silence threshold by milliseconds, not by up to a round.
+pub fn next_silence_deadline_ms(world: &World) -> Option<i64> {
+    world
+        .hosts
+        .iter()
+        .filter(|h| h.status == HostStatus::Running)
+        .map(|h| world.now_ms - silence_ms(world, h) + HOST_DEAD_MS + 1)
+        .filter(|t| *t > world.now_ms)
+        .min()
+}
+
 fn host_alive(world: &World, hosts: &BTreeMap<&str, &HostView>, host_id: &str) -> bool {
     hosts
         .get(host_id)

@@ -771,6 +771,18 @@ fn a_primary_host_is_dead_after_two_missed_beats_judged_to_the_millisecond() {
 }
 
 #[test]
+fn the_next_silence_deadline_is_the_earliest_host_that_would_be_taken_for_dead() {
+    let mut world = ha_world(&[("s1", 1000, true), ("s2", 1000, true)], &["s1", "s2"]);
+    let now = world.now_ms;
+    world.hosts[0].last_beat_ms = Some(now - 300);
+    world.hosts[1].last_beat_ms = Some(now - 100);
+    world.hosts[2].last_beat_ms = Some(now - 5 * HOST_DEAD_MS); // dead already: no deadline
+    assert_eq!(next_silence_deadline_ms(&world), Some(now - 300 + HOST_DEAD_MS + 1));
+    world.hosts.iter_mut().for_each(|h| h.status = HostStatus::Failed);
+    assert_eq!(next_silence_deadline_ms(&world), None);
+}
+
+#[test]
 fn silence_counts_only_from_when_observation_began() {
     let mut world = ha_world(&[("s1", 1000, false)], &["s1"]);
     world.now_ms = 1_000_000; // every host last heard from at 100
