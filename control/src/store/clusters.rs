@@ -1,0 +1,137 @@
+//! Clusters: their intent (plan, replicas, durability, spot) and lifecycle.
+
+use super::*;
+
+impl Store {
+    /// Records a new cluster and its create operation in one transaction.
+    pub async fn create_cluster(&self, c: &ClusterRow, op: &OperationRow) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "INSERT INTO clusters (id, org_id, project_id, name, cloud, region, plan, pg_version, replicas, spot, \
+             endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram, spread_clouds, \
+             durability, backup_interval, backup_retain_count, backup_retain_days, restore_json) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+             $23, $24)",
+        )
+        .bind(&c.id)
+        .bind(&c.org_id)
+        .bind(&c.project_id)
+        .bind(&c.name)
+        .bind(&c.cloud)
+        .bind(&c.region)
+        .bind(&c.plan)
+        .bind(c.pg_version)
+        .bind(c.replicas)
+        .bind(i64::from(c.spot))
+        .bind(&c.endpoint)
+        .bind(&c.db_name)
+        .bind(&c.owner_name)
+        .bind(&c.owner_scram)
+        .bind(c.term)
+        .bind(c.created_at)
+        .bind(&c.repl_password)
+        .bind(&c.repl_scram)
+        .bind(i64::from(c.spread_clouds))
+        .bind(&c.durability)
+        .bind(c.backup_interval)
+        .bind(c.backup_retain_count)
+        .bind(c.backup_retain_days)
+        .bind(&c.restore_json)
+        .execute(&mut *tx)
+        .await;
+        match res {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "a cluster named {:?} exists in this project",
+                    c.name
+                )))
+            }
+            r => r?,
+        };
+        insert_operation(&mut tx, op).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list_clusters(&self, org_id: &str) -> Result<Vec<ClusterRow>> {
+        let sql = format!(
+            "SELECT {CLUSTER_COLS} FROM clusters c JOIN projects p ON p.id = c.project_id \
+             WHERE c.org_id = $1 ORDER BY p.name, c.name, c.created_at"
+        );
+        let rows = sqlx::query(&sql).bind(org_id).fetch_all(&self.pool).await?;
+        rows.iter().map(cluster).collect()
+    }
+
+    /// A live (not deleting) cluster by name, or any cluster of the org by id.
+    pub async fn find_cluster(&self, org_id: &str, project_id: &str, id_or_name: &str) -> Result<ClusterRow> {
+        let sql = format!(
+            "SELECT {CLUSTER_COLS} FROM clusters c JOIN projects p ON p.id = c.project_id \
+             WHERE c.org_id = $1 AND (c.id = $2 OR (c.project_id = $3 AND c.name = $2 AND c.deleted_at IS NULL))"
+        );
+        let row = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(id_or_name)
+            .bind(project_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        cluster(&row)
+    }
+
+    /// Marks a cluster deleted and records the delete operation, in one transaction.
+    /// A second delete of a cluster already being deleted returns the open operation.
+    pub async fn delete_cluster(&self, c: &ClusterRow, op: &OperationRow) -> Result<OperationRow> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query("UPDATE clusters SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
+            .bind(op.created_at)
+            .bind(&c.id)
+            .execute(&mut *tx)
+            .await?;
+        if res.rows_affected() == 0 {
+            let row = sqlx::query(
+                "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at FROM operations \
+                 WHERE cluster_id = $1 AND kind = 'delete_cluster' ORDER BY created_at DESC",
+            )
+            .bind(&c.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+            return operation(&row);
+        }
+        insert_operation(&mut tx, op).await?;
+        tx.commit().await?;
+        Ok(op.clone())
+    }
+
+    pub async fn set_replicas(&self, id: &str, replicas: i64) -> Result<()> {
+        sqlx::query("UPDATE clusters SET replicas = $1 WHERE id = $2 AND deleted_at IS NULL")
+            .bind(replicas)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_durability(&self, id: &str, durability: &str) -> Result<()> {
+        sqlx::query("UPDATE clusters SET durability = $1 WHERE id = $2 AND deleted_at IS NULL")
+            .bind(durability)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_backup_policy(&self, id: &str, interval: i64, count: i64, days: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE clusters SET backup_interval = $1, backup_retain_count = $2, backup_retain_days = $3 \
+             WHERE id = $4 AND deleted_at IS NULL",
+        )
+        .bind(interval)
+        .bind(count)
+        .bind(days)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! Instances: placement and removal, each host's desired state and the proxy's routes;
+//! changes of term (failover, restore, switchover, drain) and cluster events.
+
+use super::*;
+
+impl Store {
+    pub async fn insert_instance(&self, i: &InstanceRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO instances (id, cluster_id, host_id, slots, role, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&i.id)
+        .bind(&i.cluster_id)
+        .bind(&i.host_id)
+        .bind(i.slots)
+        .bind(&i.role)
+        .bind(i.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_instance_deleting(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE instances SET deleting = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn forget_instance(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_instances(&self) -> Result<Vec<InstanceRow>> {
+        let rows = sqlx::query("SELECT * FROM instances ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(instance).collect()
+    }
+
+    pub async fn instances_of_cluster(&self, cluster_id: &str) -> Result<Vec<InstanceRow>> {
+        let rows = sqlx::query("SELECT * FROM instances WHERE cluster_id = $1 ORDER BY created_at, id")
+            .bind(cluster_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(instance).collect()
+    }
+
+    /// The desired state of one host: its instances that are not being deleted, each with
+    /// what its role needs (a standby: where its primary is and the replication password;
+    /// a primary: which standbys must confirm commits).
+    ///
+    /// Storage and restore are left for the caller, who holds the keys: each spec comes
+    /// with its org and the cluster's restore record.
+    pub async fn desired_for_host(&self, host_id: &str) -> Result<Vec<DesiredRow>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.cluster_id, i.slots, i.role, i.draining, c.pg_version, c.db_name, c.owner_name, c.owner_scram, \
+             c.repl_password, c.repl_scram, c.term, c.org_id, c.durability, c.restore_json, \
+             (SELECT b.id FROM backups b WHERE b.cluster_id = c.id AND b.status = 'pending' ORDER BY b.created_at LIMIT 1) \
+             AS backup_id \
+             FROM instances i JOIN clusters c ON c.id = i.cluster_id \
+             WHERE i.host_id = $1 AND i.deleting = 0 ORDER BY i.id",
+        )
+        .bind(host_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut specs = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let slots: i64 = r.try_get("slots")?;
+            let role: String = r.try_get("role")?;
+            let cluster_id: String = r.try_get("cluster_id")?;
+            let members = self.instances_of_cluster(&cluster_id).await?;
+            let live = members.iter().filter(|m| !m.deleting);
+            let primary_addr = live
+                .clone()
+                .find(|m| m.role == "primary" && m.observed == "running")
+                .and_then(|m| m.addr.clone());
+            // Only standbys that have come up count toward the quorum: naming one that
+            // never connected would stop every commit.
+            let sync_standbys: Vec<String> = live
+                .filter(|m| m.role == "standby" && m.addr.is_some())
+                .map(|m| m.id.clone())
+                .collect();
+            let standby = role == "standby";
+            let primary = role == "primary";
+            let spec = InstanceSpec {
+                id: r.try_get("id")?,
+                cluster_id,
+                pg_version: u32::try_from(r.try_get::<i64, _>("pg_version")?).unwrap_or(15),
+                database: r.try_get("db_name")?,
+                owner: r.try_get("owner_name")?,
+                owner_scram: r.try_get("owner_scram")?,
+                term: r.try_get("term")?,
+                memory_mb: planner::plan_memory_mb(u32::try_from(slots).unwrap_or(1)),
+                primary_addr: if standby { primary_addr } else { None },
+                replication_password: standby.then(|| r.try_get("repl_password")).transpose()?,
+                replication_scram: r.try_get("repl_scram")?,
+                sync_quorum: u32::from(!sync_standbys.is_empty() && !standby),
+                sync_standbys: if standby { vec![] } else { sync_standbys },
+                stopped: r.try_get::<i64, _>("draining")? != 0,
+                role,
+                storage: None,
+                durability: r.try_get("durability")?,
+                backup: if primary { r.try_get("backup_id")? } else { None },
+                restore: None,
+            };
+            specs.push(DesiredRow {
+                org_id: r.try_get("org_id")?,
+                restore_json: if primary { r.try_get("restore_json")? } else { None },
+                spec,
+            });
+        }
+        Ok(specs)
+    }
+
+    /// Where each live cluster's primary is: the proxy's routing table. A cluster whose
+    /// current-term primary has not (yet) reported itself promoted has no address.
+    pub async fn routes(&self) -> Result<Vec<Route>> {
+        let rows = sqlx::query(
+            "SELECT c.endpoint, c.id, c.term, \
+             (SELECT i.addr FROM instances i WHERE i.cluster_id = c.id AND i.deleting = 0 AND i.draining = 0 AND i.role = 'primary' \
+              AND i.in_recovery = 0 AND i.observed_term = c.term AND i.observed IN ('running', 'unhealthy') \
+              AND i.addr IS NOT NULL ORDER BY i.id LIMIT 1) AS addr \
+             FROM clusters c WHERE c.deleted_at IS NULL ORDER BY c.endpoint",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Route {
+                    endpoint: r.try_get("endpoint")?,
+                    cluster_id: r.try_get("id")?,
+                    addr: r.try_get("addr")?,
+                    term: r.try_get("term")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes `to` the primary of `cluster_id` in a new term and takes `from` out of the
+    /// cluster, in one transaction; only if the term is still `term` (a compare-and-set,
+    /// so two deciders can never both promote).
+    pub async fn failover(
+        &self,
+        cluster_id: &str,
+        term: i64,
+        from: Option<&str>,
+        to: &str,
+        at: i64,
+        why: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        if !next_term(&mut tx, cluster_id, term, from, None).await? {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE instances SET role = 'primary' WHERE id = $1 AND cluster_id = $2")
+            .bind(to)
+            .bind(cluster_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, cluster_id, at, "failover_started", why).await?;
+        insert_event(
+            &mut tx,
+            cluster_id,
+            at,
+            "promoted",
+            &format!("{to} is the primary of term {}", term + 1),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Starts a new term whose primary restores from object storage (`record`), takes
+    /// the lost primary `from` out, and opens the operation that follows it — in one
+    /// transaction, only if the term is still `term`.
+    pub async fn restore_primary(
+        &self,
+        cluster_id: &str,
+        term: i64,
+        from: &str,
+        record: &str,
+        op: &OperationRow,
+        why: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        if !next_term(&mut tx, cluster_id, term, Some(from), Some(record)).await? {
+            return Ok(false);
+        }
+        insert_operation(&mut tx, op).await?;
+        insert_event(&mut tx, cluster_id, op.created_at, "restoring", why).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records a requested switchover (the target, or `""` for "the most advanced").
+    pub async fn request_switchover(&self, cluster_id: &str, to: &str, op: &OperationRow) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE clusters SET switchover_to = $1 WHERE id = $2")
+            .bind(to)
+            .bind(cluster_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_operation(&mut tx, op).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn cancel_switchover(&self, cluster_id: &str) -> Result<()> {
+        sqlx::query("UPDATE clusters SET switchover_to = NULL WHERE id = $1")
+            .bind(cluster_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stops routing to the primary and tells its agent to stop it: the first step of a
+    /// switchover (its walsenders hand every WAL byte to the standbys on the way out).
+    pub async fn drain(&self, instance_id: &str) -> Result<()> {
+        sqlx::query("UPDATE instances SET draining = 1 WHERE id = $1")
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn add_event(&self, cluster_id: &str, at: i64, kind: &str, message: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_event(&mut tx, cluster_id, at, kind, message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn events(&self, cluster_id: &str) -> Result<Vec<EventRow>> {
+        let rows =
+            sqlx::query("SELECT id, cluster_id, at, kind, message FROM events WHERE cluster_id = $1 ORDER BY at, id")
+                .bind(cluster_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(event).collect()
+    }
+
+    /// The most recent event of a cluster (the executor does not repeat one).
+    pub async fn last_event(&self, cluster_id: &str) -> Result<Option<EventRow>> {
+        let row = sqlx::query(
+            "SELECT id, cluster_id, at, kind, message FROM events WHERE cluster_id = $1 ORDER BY at DESC, id DESC LIMIT 1",
+        )
+        .bind(cluster_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(event).transpose()
+    }
+}

@@ -1,0 +1,60 @@
+//! Operations: long-running requests (create, delete, switchover, restore) and their outcome.
+
+use super::*;
+
+impl Store {
+    pub async fn get_operation(&self, org_id: &str, id: &str) -> Result<OperationRow> {
+        let row = sqlx::query(
+            "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at FROM operations WHERE id = $1 AND org_id = $2",
+        )
+        .bind(id)
+        .bind(org_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        operation(&row)
+    }
+
+    pub async fn list_operations(&self, org_id: &str) -> Result<Vec<OperationRow>> {
+        let rows = sqlx::query(
+            "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at FROM operations \
+             WHERE org_id = $1 ORDER BY created_at DESC, id LIMIT 200",
+        )
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(operation).collect()
+    }
+
+    pub async fn open_operations_of(&self, cluster_id: &str, kind: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM operations WHERE cluster_id = $1 AND kind = $2 AND status = 'running'")
+            .bind(cluster_id)
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    pub async fn complete_operation(&self, id: &str, error: Option<&str>, at: i64) -> Result<()> {
+        if error.is_none() {
+            // A restored cluster that runs is on its own: its primary never restores again.
+            sqlx::query(
+                "UPDATE clusters SET restore_json = NULL WHERE id = \
+                 (SELECT cluster_id FROM operations WHERE id = $1 AND kind IN ('create_cluster', 'restore_primary'))",
+            )
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE operations SET status = $1, error = $2, updated_at = $3 WHERE id = $4 AND status = 'running'",
+        )
+        .bind(if error.is_some() { "failed" } else { "succeeded" })
+        .bind(error)
+        .bind(at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

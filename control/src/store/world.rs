@@ -1,0 +1,128 @@
+//! The planner's snapshot: one consistent read of everything `plan()` decides from.
+
+use super::*;
+
+impl Store {
+    /// The planner's snapshot at `now_ms` (unix milliseconds); silence counts from no
+    /// earlier than `observing_since` (unix seconds).
+    pub async fn world(&self, now_ms: i64, observing_since: i64) -> Result<planner::World> {
+        // Operations first: the rows an operation refers to were written with it (one
+        // transaction), so they are in the reads that follow. Read the other way round, a
+        // create arriving in between would show its operation without its cluster.
+        let operations =
+            sqlx::query("SELECT id, cluster_id, kind FROM operations WHERE status = 'running' ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .filter_map(|r| {
+                    let kind = match r.try_get::<String, _>("kind").ok()?.as_str() {
+                        "create_cluster" => planner::OperationKind::CreateCluster,
+                        "delete_cluster" => planner::OperationKind::DeleteCluster,
+                        "switchover" => planner::OperationKind::Switchover,
+                        "restore_primary" => planner::OperationKind::RestorePrimary,
+                        _ => return None,
+                    };
+                    Some(planner::OperationView {
+                        id: r.try_get("id").ok()?,
+                        cluster_id: r.try_get::<Option<String>, _>("cluster_id").ok()??,
+                        kind,
+                    })
+                })
+                .collect();
+        let clusters = sqlx::query(
+            "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, spot, deleted_at, \
+             CASE WHEN durability = 'sync' AND EXISTS (SELECT 1 FROM backups b WHERE b.cluster_id = clusters.id \
+             AND b.status = 'complete') THEN 1 ELSE 0 END AS restorable FROM clusters ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            let plan: String = r.try_get("plan")?;
+            Ok(planner::ClusterIntent {
+                id: r.try_get("id")?,
+                cloud: r.try_get("cloud")?,
+                region: r.try_get("region")?,
+                slots: planner::plan_slots(&plan).unwrap_or(1),
+                members: 1 + u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0),
+                term: r.try_get("term")?,
+                switchover_to: r.try_get("switchover_to")?,
+                spread_clouds: r.try_get::<i64, _>("spread_clouds")? != 0,
+                spot: r.try_get::<i64, _>("spot")? != 0,
+                restorable: r.try_get::<i64, _>("restorable")? != 0,
+                deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let hosts = self
+            .list_hosts()
+            .await?
+            .into_iter()
+            .map(|h| planner::HostView {
+                market: if h.market == "spot" {
+                    planner::Market::Spot
+                } else {
+                    planner::Market::OnDemand
+                },
+                pool: h.pool(),
+                notice: h.notice_deadline,
+                status: match h.status.as_str() {
+                    "launching" => planner::HostStatus::Launching,
+                    "running" => planner::HostStatus::Running,
+                    _ => planner::HostStatus::Failed,
+                },
+                id: h.id,
+                cloud: h.cloud,
+                region: h.region,
+                zone: h.zone,
+                launched_at: h.launched_at,
+                last_beat_ms: h.last_beat_ms,
+            })
+            .collect();
+        let instances = self
+            .list_instances()
+            .await?
+            .into_iter()
+            .map(|i| planner::InstanceView {
+                observed: match i.observed.as_str() {
+                    "creating" => planner::Observed::Creating,
+                    "running" => planner::Observed::Running,
+                    "unhealthy" => planner::Observed::Unhealthy,
+                    "failed" => planner::Observed::Failed,
+                    "absent" => planner::Observed::Absent,
+                    "stopped" => planner::Observed::Stopped,
+                    _ => planner::Observed::Unknown,
+                },
+                id: i.id,
+                cluster_id: i.cluster_id,
+                host_id: i.host_id,
+                slots: u32::try_from(i.slots).unwrap_or(1),
+                role: if i.role == "standby" {
+                    planner::Role::Standby
+                } else {
+                    planner::Role::Primary
+                },
+                deleting: i.deleting,
+                error: i.error,
+                in_recovery: i.in_recovery,
+                lsn: i.lsn.map(|l| l as u64),
+                streaming: i.streaming,
+                sync_standbys: i.sync_standbys,
+                sync_streaming: i.sync_streaming,
+                term: i.observed_term,
+                draining: i.draining,
+            })
+            .collect();
+        Ok(planner::World {
+            now_ms,
+            observing_since,
+            locations: Vec::new(),
+            clusters,
+            hosts,
+            instances,
+            operations,
+            pools: Vec::new(),
+            spot: planner::SpotPolicy::default(),
+        })
+    }
+}
