@@ -1,0 +1,132 @@
+//! Agents and proxies: registration, the long-polled desired state and routes, heartbeats.
+
+use super::*;
+
+/// Trade a host's bootstrap token for a host-scoped token.
+#[utoipa::path(post, path = "/v1/agent/register", request_body = RegisterHost,
+    responses((status = 200, body = Registered), (status = 401, body = ErrorBody)))]
+pub(super) async fn agent_register(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<RegisterHost>,
+) -> ApiResult<Json<Registered>> {
+    let expected = auth::bootstrap_token(&state, &req.host_id);
+    if !auth::ct_eq(&expected, &req.bootstrap_token) {
+        return Err(ApiError::unauthorized());
+    }
+    let secret = auth::random_hex(32);
+    match state
+        .store
+        .register_host(&req.host_id, &auth::hash_secret(&secret), &req.address, now_ms())
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::NotFound) => return Err(ApiError::unauthorized()),
+        Err(e) => return Err(ApiError::internal("register host", e)),
+    }
+    state.notify();
+    tracing::info!(host = %req.host_id, address = %req.address, "host registered");
+    Ok(Json(Registered {
+        host_token: format!("{}.{secret}", req.host_id),
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub(super) struct LongPoll {
+    /// The version the caller has; the call returns when the document differs from it.
+    known: Option<String>,
+    /// Seconds to wait for a change (0–60).
+    wait: Option<u64>,
+}
+
+/// Waits until `fetch()`'s version differs from `known` or the wait runs out.
+pub(super) async fn long_poll<T, F, Fut>(state: &AppState, q: &LongPoll, fetch: F) -> ApiResult<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<(String, T)>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(60));
+    loop {
+        let mut rx = state.changes.subscribe();
+        rx.mark_unchanged();
+        let (version, doc) = fetch().await?;
+        if q.known.as_deref() != Some(version.as_str()) {
+            return Ok(doc);
+        }
+        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            return Ok(doc);
+        }
+    }
+}
+
+/// The host's desired state (long-poll with `known` and `wait`).
+#[utoipa::path(get, path = "/v1/agent/desired", params(LongPoll),
+    responses((status = 200, body = DesiredState), (status = 401, body = ErrorBody)))]
+pub(super) async fn agent_desired(
+    State(state): State<Arc<AppState>>,
+    host: HostCaller,
+    ApiQuery(q): ApiQuery<LongPoll>,
+) -> ApiResult<Json<DesiredState>> {
+    let doc = long_poll(&state, &q, || async {
+        let rows = state
+            .store
+            .desired_for_host(&host.host_id)
+            .await
+            .map_err(store_err("desired state"))?;
+        let instances = backups::fill_desired(&state, rows).await?;
+        let version = content_version(&instances);
+        Ok((version.clone(), DesiredState { version, instances }))
+    })
+    .await?;
+    Ok(Json(doc))
+}
+
+#[utoipa::path(post, path = "/v1/agent/heartbeat", request_body = Heartbeat,
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+pub(super) async fn agent_heartbeat(
+    State(state): State<Arc<AppState>>,
+    host: HostCaller,
+    ApiJson(hb): ApiJson<Heartbeat>,
+) -> ApiResult<StatusCode> {
+    let mut changed = state
+        .store
+        .heartbeat(&host.host_id, now_ms(), &hb.instances)
+        .await
+        .map_err(store_err("heartbeat"))?;
+    if let Some(notice) = &hb.notice {
+        changed |= crate::spot::record_notice(&state, &host.host_id, notice)
+            .await
+            .map_err(store_err("spot notice"))?;
+    }
+    for b in &hb.backups {
+        if state
+            .store
+            .record_backup(&host.host_id, b, now())
+            .await
+            .map_err(store_err("backup report"))?
+        {
+            tracing::info!(backup = %b.id, status = %b.status, error = ?b.error, "backup finished");
+            changed = true;
+        }
+    }
+    if changed {
+        state.notify();
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The routing table of the proxies (long-poll with `known` and `wait`).
+#[utoipa::path(get, path = "/v1/proxy/routes", params(LongPoll),
+    responses((status = 200, body = RouteTable), (status = 401, body = ErrorBody)))]
+pub(super) async fn proxy_routes(
+    State(state): State<Arc<AppState>>,
+    _proxy: ProxyCaller,
+    ApiQuery(q): ApiQuery<LongPoll>,
+) -> ApiResult<Json<RouteTable>> {
+    let doc = long_poll(&state, &q, || async {
+        let routes = state.store.routes().await.map_err(store_err("routes"))?;
+        let version = content_version(&routes);
+        Ok((version.clone(), RouteTable { version, routes }))
+    })
+    .await?;
+    Ok(Json(doc))
+}

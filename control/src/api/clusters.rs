@@ -1,0 +1,355 @@
+//! Clusters: create, show, update, delete, switchover and events.
+
+use super::*;
+
+#[utoipa::path(get, path = "/v1/clusters", responses((status = 200, body = [Cluster]), (status = 401, body = ErrorBody)))]
+pub(super) async fn list_clusters(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<Vec<Cluster>>> {
+    let rows = state
+        .store
+        .list_clusters(&caller.org_id)
+        .await
+        .map_err(store_err("clusters"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for c in &rows {
+        out.push(cluster_view(&state, c).await?);
+    }
+    Ok(Json(out))
+}
+
+/// Create a cluster. Answers at once with a running operation; poll it (or the cluster)
+/// until it succeeds. The owner's password is in this answer only.
+#[utoipa::path(post, path = "/v1/clusters", request_body = CreateCluster,
+    responses((status = 202, body = CreatedCluster), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn create_cluster(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateCluster>,
+) -> ApiResult<(StatusCode, Json<CreatedCluster>)> {
+    validate_name("cluster", &req.name)?;
+    let project = resolve_project(&state, &caller, req.project.as_deref()).await?;
+    let clouds = state.provider.clouds();
+    let cloud = match &req.cloud {
+        Some(name) => clouds.iter().find(|c| &c.name == name).ok_or_else(|| {
+            let known: Vec<&str> = clouds.iter().map(|c| c.name.as_str()).collect();
+            let shown: String = name.chars().take(70).collect();
+            ApiError::invalid(format!("unknown cloud {shown:?}; this land has: {}", known.join(", ")))
+        })?,
+        None => clouds
+            .first()
+            .ok_or_else(|| ApiError::internal("choose cloud", "the land has no clouds"))?,
+    };
+    let region = match &req.region {
+        Some(name) => cloud.regions.iter().find(|r| &r.name == name).ok_or_else(|| {
+            let known: Vec<&str> = cloud.regions.iter().map(|r| r.name.as_str()).collect();
+            let shown: String = name.chars().take(70).collect();
+            ApiError::invalid(format!(
+                "unknown region {shown:?} of cloud {}; it has: {}",
+                cloud.name,
+                known.join(", ")
+            ))
+        })?,
+        None => cloud
+            .regions
+            .first()
+            .ok_or_else(|| ApiError::internal("choose region", "the cloud has no regions"))?,
+    };
+    let plan = req.plan.clone().unwrap_or_else(|| "small".into());
+    if highrise_planner::plan_slots(&plan).is_none() {
+        return Err(ApiError::invalid("unknown plan: use small, medium or large"));
+    }
+    let pg_version = req.pg_version.unwrap_or(15);
+    if pg_version != 15 {
+        return Err(ApiError::not_supported(format!(
+            "PostgreSQL {pg_version} is not supported yet; use 15"
+        )));
+    }
+    let replicas = req.replicas.unwrap_or(0);
+    if replicas > 3 {
+        return Err(ApiError::invalid("replicas must be between 0 and 3"));
+    }
+    let spot = req.spot.unwrap_or(false);
+    let durability = req.durability.clone().unwrap_or_else(|| "async".into());
+    backups::validate_durability(&durability)?;
+    check_spot_safety(spot, replicas, &durability)?;
+    let policy = req.backup_policy.unwrap_or_default();
+    backups::validate_policy(&policy)?;
+    let (restore_json, db_name) = match &req.restore {
+        Some(r) => {
+            let (record, db) = backups::plan_restore(&state, &caller, &project, r).await?;
+            let json = serde_json::to_string(&record).map_err(|e| ApiError::internal("restore record", e))?;
+            (Some(json), db)
+        }
+        None => (None, req.name.replace('-', "_")),
+    };
+    let password = auth::random_name(24);
+    let repl_password = auth::random_name(32);
+    let (scram, repl_scram) = {
+        let (p, r) = (password.clone(), repl_password.clone());
+        tokio::task::spawn_blocking(move || {
+            (
+                highrise_pg::scram_sha256_verifier(&p),
+                highrise_pg::scram_sha256_verifier(&r),
+            )
+        })
+        .await
+        .map_err(|e| ApiError::internal("compute password verifiers", e))?
+    };
+    let created = now();
+    let c = ClusterRow {
+        id: auth::new_id("cl"),
+        org_id: caller.org_id.clone(),
+        project_id: project.id.clone(),
+        project_name: project.name.clone(),
+        name: req.name.clone(),
+        cloud: cloud.name.clone(),
+        region: region.name.clone(),
+        plan,
+        pg_version: i64::from(pg_version),
+        replicas: i64::from(replicas),
+        spot,
+        endpoint: format!("ep-{}", auth::random_name(12)),
+        db_name,
+        owner_name: "owner".into(),
+        owner_scram: scram,
+        repl_password,
+        repl_scram,
+        spread_clouds: req.spread_clouds.unwrap_or(false),
+        term: 1,
+        created_at: created,
+        deleted_at: None,
+        durability,
+        backup_interval: policy.interval_seconds,
+        backup_retain_count: i64::from(policy.retain_count),
+        backup_retain_days: i64::from(policy.retain_days),
+        restore_json,
+    };
+    let op = OperationRow {
+        id: auth::new_id("op"),
+        org_id: caller.org_id.clone(),
+        cluster_id: Some(c.id.clone()),
+        kind: "create_cluster".into(),
+        status: "running".into(),
+        error: None,
+        created_at: created,
+        updated_at: created,
+    };
+    state
+        .store
+        .create_cluster(&c, &op)
+        .await
+        .map_err(store_err("cluster"))?;
+    state.notify();
+    tracing::info!(cluster = %c.id, name = %c.name, org = %c.org_id, "cluster requested");
+    let view = cluster_view(&state, &c).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CreatedCluster {
+            connection_uri: connection_uri(&state, &c, Some(&password)),
+            cluster: view,
+            operation: operation_view(&op),
+            password,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/clusters/{cluster}", params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
+    responses((status = 200, body = Cluster), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_cluster(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+) -> ApiResult<Json<Cluster>> {
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
+    Ok(Json(cluster_view(&state, &c).await?))
+}
+
+/// Change a cluster: today its number of standbys (members are added or removed).
+#[utoipa::path(patch, path = "/v1/clusters/{cluster}", request_body = UpdateCluster,
+    params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
+    responses((status = 200, body = Cluster), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn update_cluster(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+    ApiJson(req): ApiJson<UpdateCluster>,
+) -> ApiResult<Json<Cluster>> {
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
+    if c.deleted_at.is_some() {
+        return Err(ApiError::not_found("cluster"));
+    }
+    if let Some(replicas) = req.replicas {
+        if replicas > 3 {
+            return Err(ApiError::invalid("replicas must be between 0 and 3"));
+        }
+        check_spot_safety(c.spot, replicas, req.durability.as_deref().unwrap_or(&c.durability))?;
+        state
+            .store
+            .set_replicas(&c.id, i64::from(replicas))
+            .await
+            .map_err(store_err("cluster"))?;
+        state.notify();
+        tracing::info!(cluster = %c.id, replicas, "replica count changed");
+    }
+    if let Some(d) = &req.durability {
+        backups::validate_durability(d)?;
+        let replicas = req.replicas.map_or(c.replicas, i64::from);
+        check_spot_safety(c.spot, u32::try_from(replicas).unwrap_or(0), d)?;
+        state
+            .store
+            .set_durability(&c.id, d)
+            .await
+            .map_err(store_err("cluster"))?;
+        state.notify();
+        tracing::info!(cluster = %c.id, durability = %d, "durability changed");
+    }
+    if let Some(p) = &req.backup_policy {
+        backups::validate_policy(p)?;
+        state
+            .store
+            .set_backup_policy(
+                &c.id,
+                p.interval_seconds,
+                i64::from(p.retain_count),
+                i64::from(p.retain_days),
+            )
+            .await
+            .map_err(store_err("cluster"))?;
+    }
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &c.id).await?;
+    Ok(Json(cluster_view(&state, &c).await?))
+}
+
+/// A spot host can be taken at any moment, its disk with it: a single-node spot cluster
+/// keeps every acknowledged commit only if each is in object storage before it is
+/// acknowledged.
+pub(super) fn check_spot_safety(spot: bool, replicas: u32, durability: &str) -> ApiResult<()> {
+    if spot && replicas == 0 && durability != "sync" {
+        return Err(ApiError::invalid(
+            "a single-node spot cluster would lose acknowledged commits with its host: \
+             use durability=sync (every commit in object storage first) or at least 1 replica",
+        ));
+    }
+    Ok(())
+}
+
+/// Delete a cluster: its PostgreSQL instance is stopped and its data removed.
+#[utoipa::path(delete, path = "/v1/clusters/{cluster}", params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
+    responses((status = 202, body = Operation), (status = 404, body = ErrorBody)))]
+pub(super) async fn delete_cluster(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
+    let at = now();
+    let op = OperationRow {
+        id: auth::new_id("op"),
+        org_id: caller.org_id.clone(),
+        cluster_id: Some(c.id.clone()),
+        kind: "delete_cluster".into(),
+        status: "running".into(),
+        error: None,
+        created_at: at,
+        updated_at: at,
+    };
+    let op = state
+        .store
+        .delete_cluster(&c, &op)
+        .await
+        .map_err(store_err("cluster"))?;
+    state.notify();
+    tracing::info!(cluster = %c.id, "cluster deletion requested");
+    Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
+}
+
+/// Planned switchover: hold new connections, stop the primary once the target streams
+/// (its WAL reaches every connected standby on the way out), promote the target in a new
+/// term, release the held connections to it. Zero lost commits.
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/switchover", request_body = Switchover,
+    params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
+    responses((status = 202, body = Operation), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn switchover(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+    ApiJson(req): ApiJson<Switchover>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
+    if c.deleted_at.is_some() {
+        return Err(ApiError::not_found("cluster"));
+    }
+    let members = state
+        .store
+        .instances_of_cluster(&c.id)
+        .await
+        .map_err(store_err("cluster members"))?;
+    let standbys: Vec<&store::InstanceRow> = members.iter().filter(|m| !m.deleting && m.role == "standby").collect();
+    if standbys.is_empty() {
+        return Err(ApiError::invalid("the cluster has no standby to switch over to"));
+    }
+    if let Some(to) = &req.to {
+        if !standbys.iter().any(|m| &m.id == to) {
+            let shown: String = to.chars().take(70).collect();
+            return Err(ApiError::invalid(format!("{shown:?} is not a standby of this cluster")));
+        }
+    }
+    if !state
+        .store
+        .open_operations_of(&c.id, "switchover")
+        .await
+        .map_err(store_err("operations"))?
+        .is_empty()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "a switchover is already in progress",
+        ));
+    }
+    let at = now();
+    let op = OperationRow {
+        id: auth::new_id("op"),
+        org_id: caller.org_id.clone(),
+        cluster_id: Some(c.id.clone()),
+        kind: "switchover".into(),
+        status: "running".into(),
+        error: None,
+        created_at: at,
+        updated_at: at,
+    };
+    state
+        .store
+        .request_switchover(&c.id, req.to.as_deref().unwrap_or(""), &op)
+        .await
+        .map_err(store_err("switchover"))?;
+    state.notify();
+    tracing::info!(cluster = %c.id, to = ?req.to, "switchover requested");
+    Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
+}
+
+/// The cluster's events, oldest first.
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/events", params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
+    responses((status = 200, body = [ClusterEvent]), (status = 404, body = ErrorBody)))]
+pub(super) async fn cluster_events(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+) -> ApiResult<Json<Vec<ClusterEvent>>> {
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
+    let events = state.store.events(&c.id).await.map_err(store_err("events"))?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| ClusterEvent {
+                at: e.at,
+                kind: e.kind,
+                message: e.message,
+            })
+            .collect(),
+    ))
+}
