@@ -516,7 +516,11 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
         }
         ClusterCommand::List { conn } => {
             let api = Api::from(&conn)?;
-            let clusters: Vec<Cluster> = api.send(api.http.get(format!("{}/v1/clusters", api.url))).await?;
+            let mut url = format!("{}/v1/clusters", api.url);
+            if let Some(project) = &conn.project {
+                url.push_str(&format!("?project={}", urlencode(project)));
+            }
+            let clusters: Vec<Cluster> = api.send(api.http.get(url)).await?;
             if conn.output == Output::Json {
                 return print_json(&clusters);
             }

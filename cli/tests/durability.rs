@@ -146,8 +146,13 @@ fn point_in_time_restore_into_another_cloud_and_from_a_deleted_cluster() {
             .any(|b| b["status"] == "complete")
     });
 
-    // The source is deleted; its backups and WAL still restore it, to the end.
+    // The source is deleted; its backups and WAL still restore it, to the end. Its backups
+    // are listed by name and by id alike.
+    let src_id = show(&up, "src")["id"].as_str().unwrap().to_string();
     up.cli_ok(&["cluster", "delete", "src", "--wait"]);
+    let by_name = backups(&up, "src");
+    assert!(!by_name.as_array().unwrap().is_empty());
+    assert_eq!(backups(&up, &src_id), by_name);
     let again = restore(&up, "again", &["--from", "src", "--cloud", "local-b"]);
     assert_eq!(
         psql_ok(&again, "select string_agg(id::text, ',' order by id) from t").trim(),

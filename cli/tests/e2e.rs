@@ -1296,3 +1296,52 @@ async fn with_the_control_plane_down_clients_keep_working_and_nothing_is_promote
     proxy.kill().unwrap();
     proxy.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clusters_are_listed_per_project_and_found_by_id_or_name() {
+    let up = std::sync::Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/projects", up.api_url))
+        .bearer_auth(&up.api_key)
+        .json(&serde_json::json!({ "name": "staging" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text().await);
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        u.cli_ok(&["cluster", "create", "web"]);
+        u.cli_ok(&["cluster", "create", "api", "--project", "staging"]);
+        let names = |args: &[&str]| -> Vec<String> {
+            let mut cmd = vec!["cluster", "list", "--output", "json"];
+            cmd.extend_from_slice(args);
+            let list: Value = serde_json::from_str(&u.cli_ok(&cmd)).unwrap();
+            let mut n: Vec<String> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&[]), vec!["api", "web"]);
+        assert_eq!(names(&["--project", "staging"]), vec!["api"]);
+        assert_eq!(names(&["--project", "default"]), vec!["web"]);
+        let out = u.cli(&["cluster", "list", "--project", "nope"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{out:?}");
+        // A cluster answers to its id as to its name.
+        let shown: Value =
+            serde_json::from_str(&u.cli_ok(&["cluster", "show", "api", "--project", "staging", "--output", "json"]))
+                .unwrap();
+        let id = shown["id"].as_str().unwrap();
+        let by_id: Value =
+            serde_json::from_str(&u.cli_ok(&["cluster", "show", id, "--project", "staging", "--output", "json"]))
+                .unwrap();
+        assert_eq!(by_id["name"], "api");
+        u.cli_ok(&["cluster", "events", id, "--project", "staging"]);
+    })
+    .await
+    .unwrap();
+}

@@ -431,7 +431,42 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The longest any request may take; a handler still busy then is dropped (a store
+/// transaction in it rolls back) and the caller told to retry.
+const REQUEST_LIMIT: Duration = Duration::from_secs(15);
+
+/// The longest a long-poll may take (its `wait` is at most 60 s).
+const LONG_POLL_LIMIT: Duration = Duration::from_secs(75);
+
+/// The longest a backup verification may take: it reads the whole backup back.
+const VERIFY_LIMIT: Duration = Duration::from_secs(3600);
+
+/// Answers `503 timeout` when the request takes longer than `limit`.
+async fn within(limit: Duration, req: Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request took longer than {} s; retry it", limit.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
+    let long_polls = Router::new()
+        .route("/v1/agent/desired", get(agents::agent_desired))
+        .route("/v1/proxy/routes", get(agents::proxy_routes))
+        .route_layer(axum::middleware::from_fn(|req, next| {
+            within(LONG_POLL_LIMIT, req, next)
+        }));
+    let verify = Router::new()
+        .route(
+            "/v1/clusters/{cluster}/backups/{id}/verify",
+            post(backups::verify_backup),
+        )
+        .route_layer(axum::middleware::from_fn(|req, next| within(VERIFY_LIMIT, req, next)));
     Router::new()
         .route("/v1/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route("/healthz", get(|| async { "ok" }))
@@ -455,17 +490,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/clusters/{cluster}/backups",
             get(backups::list_backups).post(backups::create_backup),
         )
-        .route(
-            "/v1/clusters/{cluster}/backups/{id}/verify",
-            post(backups::verify_backup),
-        )
         .route("/v1/hosts", get(hosts::list_hosts))
         .route("/v1/operations", get(operations::list_operations))
         .route("/v1/operations/{id}", get(operations::get_operation))
         .route("/v1/agent/register", post(agents::agent_register))
-        .route("/v1/agent/desired", get(agents::agent_desired))
         .route("/v1/agent/heartbeat", post(agents::agent_heartbeat))
-        .route("/v1/proxy/routes", get(agents::proxy_routes))
+        .route_layer(axum::middleware::from_fn(|req, next| within(REQUEST_LIMIT, req, next)))
+        .merge(long_polls)
+        .merge(verify)
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -515,4 +547,44 @@ async fn find_cluster(
         .find_cluster(&caller.org_id, &project.id, cluster)
         .await
         .map_err(store_err("cluster"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_request_that_takes_too_long_is_answered_503_timeout() {
+        let app: Router = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            )
+            .route("/quick", get(|| async { "ok" }))
+            .route_layer(axum::middleware::from_fn(|req, next| {
+                within(Duration::from_millis(200), req, next)
+            }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let slow = tokio::time::timeout(Duration::from_secs(10), get("/slow"))
+            .await
+            .expect("answered");
+        assert!(slow.starts_with("HTTP/1.1 503"), "{slow}");
+        assert!(slow.contains("\"timeout\""), "{slow}");
+        assert!(get("/quick").await.starts_with("HTTP/1.1 200"));
+    }
 }

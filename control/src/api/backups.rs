@@ -52,12 +52,24 @@ pub(super) fn validate_policy(p: &BackupPolicy) -> ApiResult<()> {
     Ok(())
 }
 
-/// The backups of a cluster by id or name (also of a deleted one, by name).
+/// The backups of a cluster by id or name, also of a deleted one (whose row may be gone:
+/// its ledger keeps both).
 async fn ledger(state: &AppState, caller: &Caller, project: Option<&str>, cluster: &str) -> ApiResult<Vec<BackupRow>> {
     let p = resolve_project(state, caller, project).await?;
     match state.store.find_cluster(&caller.org_id, &p.id, cluster).await {
         Ok(c) => state.store.backups_of(&c.id).await.map_err(store_err("backups")),
         Err(StoreError::NotFound) => {
+            let by_id: Vec<BackupRow> = state
+                .store
+                .backups_of(cluster)
+                .await
+                .map_err(store_err("backups"))?
+                .into_iter()
+                .filter(|b| b.org_id == caller.org_id && b.project_id == p.id)
+                .collect();
+            if !by_id.is_empty() {
+                return Ok(by_id);
+            }
             validate_name("cluster", cluster)?;
             let rows = state
                 .store

@@ -2,18 +2,38 @@
 
 use super::*;
 
-#[utoipa::path(get, path = "/v1/clusters", responses((status = 200, body = [Cluster]), (status = 401, body = ErrorBody)))]
-pub(super) async fn list_clusters(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<Vec<Cluster>>> {
+/// The org's clusters, every project's unless `project` names one.
+#[utoipa::path(get, path = "/v1/clusters", params(ListClustersQuery),
+    responses((status = 200, body = [Cluster]), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn list_clusters(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ListClustersQuery>,
+) -> ApiResult<Json<Vec<Cluster>>> {
+    let project = match q.project.as_deref() {
+        Some(name) => Some(resolve_project(&state, &caller, Some(name)).await?),
+        None => None,
+    };
     let rows = state
         .store
         .list_clusters(&caller.org_id)
         .await
         .map_err(store_err("clusters"))?;
     let mut out = Vec::with_capacity(rows.len());
-    for c in &rows {
+    for c in rows
+        .iter()
+        .filter(|c| project.as_ref().is_none_or(|p| p.id == c.project_id))
+    {
         out.push(cluster_view(&state, c).await?);
     }
     Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListClustersQuery {
+    /// Only this project's clusters (every project's when omitted).
+    project: Option<String>,
 }
 
 /// Create a cluster. Answers at once with a running operation; poll it (or the cluster)
