@@ -1345,3 +1345,60 @@ async fn clusters_are_listed_per_project_and_found_by_id_or_name() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_authentications_are_limited_per_address_and_per_key() {
+    let up = tokio::task::spawn_blocking(Up::start).await.unwrap();
+    let from = |ip: &str| {
+        reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap()
+    };
+    let projects = format!("{}/v1/projects", up.api_url);
+    let (a, b) = (from("127.0.0.1"), from("127.0.0.2"));
+    for n in 0..20 {
+        let r = a
+            .get(&projects)
+            .bearer_auth(format!("hrk_nokey{n}.wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "attempt {n}");
+    }
+    // That address is refused now, even with a good key; another one is not.
+    let r = a.get(&projects).bearer_auth(&up.api_key).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_failed_authentications");
+    let r = b.get(&projects).bearer_auth(&up.api_key).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // Guessing one key's secret from many addresses: that key id is refused for a while.
+    let id = up
+        .api_key
+        .trim_start_matches("hrk_")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    for n in 0..20 {
+        let c = from(&format!("127.0.1.{}", n + 1));
+        let r = c
+            .get(&projects)
+            .bearer_auth(format!("hrk_{id}.guess{n}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    let r = from("127.0.2.1")
+        .get(&projects)
+        .bearer_auth(&up.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+}

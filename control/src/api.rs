@@ -19,7 +19,7 @@ use crate::auth::{self, Caller};
 use crate::store::{self, now, now_ms, ClusterRow, OperationRow, ProjectRow, StoreError};
 use crate::AppState;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -40,6 +40,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -48,6 +50,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+    fn too_many_failures(wait: Duration) -> Self {
+        let secs = wait.as_secs_f64().ceil() as u64;
+        Self {
+            retry_after: Some(secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failed_authentications",
+                format!(
+                    "too many failed authentications from this address or for this key (at most {} a minute); retry in {secs} s",
+                    crate::limits::MAX_FAILURES
+                ),
+            )
         }
     }
     fn invalid(message: impl Into<String>) -> Self {
@@ -87,7 +104,11 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }
 
@@ -181,10 +202,29 @@ fn bearer(parts: &Parts) -> Option<&str> {
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        auth::authenticate(state, token)
-            .await
-            .map_err(|_| ApiError::unauthorized())
+        use crate::limits::Subject;
+        let token = bearer(parts);
+        // Failures count against the source address and the key id named, if any.
+        let mut subjects = Vec::with_capacity(2);
+        if let Some(ConnectInfo(from)) = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>() {
+            subjects.push(Subject::Address(from.ip()));
+        }
+        if let Some(id) = token.and_then(auth::key_id) {
+            subjects.push(Subject::Key(id.to_string()));
+        }
+        let now = std::time::Instant::now();
+        state
+            .auth_limits
+            .check(&subjects, now)
+            .map_err(ApiError::too_many_failures)?;
+        let authenticated = match token {
+            Some(token) => auth::authenticate(state, token).await.ok(),
+            None => None,
+        };
+        authenticated.ok_or_else(|| {
+            state.auth_limits.failed(&subjects, now);
+            ApiError::unauthorized()
+        })
     }
 }
 

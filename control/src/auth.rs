@@ -73,6 +73,12 @@ pub struct Caller {
 #[derive(Debug)]
 pub struct Unauthorized;
 
+/// The key id a presented API key names (`hrk_<id>.<secret>`), if it is shaped like one.
+pub fn key_id(presented: &str) -> Option<&str> {
+    let (id, _) = presented.strip_prefix(KEY_PREFIX)?.split_once('.')?;
+    (!id.is_empty() && id.len() <= 64).then_some(id)
+}
+
 pub async fn authenticate(state: &AppState, presented: &str) -> Result<Caller, Unauthorized> {
     let rest = presented.strip_prefix(KEY_PREFIX).ok_or(Unauthorized)?;
     let (id, secret) = rest.split_once('.').ok_or(Unauthorized)?;

@@ -8,6 +8,7 @@
 mod api;
 mod auth;
 pub mod durability;
+mod limits;
 mod reconcile;
 mod spot;
 pub mod store;
@@ -48,6 +49,8 @@ pub(crate) struct AppState {
     /// Key for host bootstrap tokens (HMAC of the host id), kept in the store.
     pub bootstrap_key: Vec<u8>,
     pub keys: durability::Keyring,
+    /// Failed authentications per source address and key id.
+    pub auth_limits: limits::AuthLimiter,
 }
 
 impl AppState {
@@ -81,6 +84,7 @@ impl Control {
                 changes,
                 bootstrap_key,
                 keys,
+                auth_limits: Default::default(),
             }),
         })
     }
