@@ -408,6 +408,11 @@ async fn api_rejects_bad_input_and_isolates_orgs() {
         .unwrap();
     assert!(doc["paths"]["/v1/clusters"]["post"].is_object(), "{doc}");
     assert!(doc["components"]["schemas"]["CreateCluster"].is_object());
+    // Every operation documents the deadline; API-key ones the authentication limit too.
+    let clusters = &doc["paths"]["/v1/clusters"]["get"]["responses"];
+    assert!(clusters["503"].is_object() && clusters["429"].is_object(), "{clusters}");
+    let beat = &doc["paths"]["/v1/agent/heartbeat"]["post"]["responses"];
+    assert!(beat["503"].is_object() && beat["429"].is_null(), "{beat}");
     tokio::task::spawn_blocking(move || drop(up)).await.unwrap();
 }
 

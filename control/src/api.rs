@@ -468,6 +468,44 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        // What every handler may answer besides its own responses: a deadline passed, and
+        // (API-key endpoints) too many failed authentications.
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let keyed = !path.starts_with("/v1/agent/") && !path.starts_with("/v1/proxy/");
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut op.responses.responses;
+                responses
+                    .entry("503".into())
+                    .or_insert_with(|| error("The request passed its deadline; retry it.").into());
+                if keyed {
+                    responses.entry("429".into()).or_insert_with(|| {
+                        error("Too many failed authentications from this address or for this key; see Retry-After.")
+                            .into()
+                    });
+                }
+            }
+        }
     }
 }
 
