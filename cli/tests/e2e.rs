@@ -654,25 +654,23 @@ fn standalone_proxy_serves_cached_routes_while_the_control_plane_is_unreachable(
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
         let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-        (child, addr)
+        (Reaped(child), addr)
     };
-    let (mut proxy, addr) = start_proxy(&up.api_url);
+    let (proxy, addr) = start_proxy(&up.api_url);
     let via = uri.replace(&up.proxy_addr, &addr);
     wait_for(
         "the standalone proxy to learn the route",
         Duration::from_secs(30),
         || psql(&via, "select 1").0,
     );
-    proxy.kill().unwrap();
-    proxy.wait().unwrap();
+    drop(proxy);
     assert!(cache.exists());
 
     // Nothing listens on port 1: the control plane is unreachable for this proxy.
-    let (mut proxy, addr) = start_proxy("http://127.0.0.1:1");
+    let (proxy, addr) = start_proxy("http://127.0.0.1:1");
     let via = uri.replace(&up.proxy_addr, &addr);
     assert_eq!(psql_ok(&via, "select 'still here'"), "still here");
-    proxy.kill().unwrap();
-    proxy.wait().unwrap();
+    drop(proxy);
 }
 
 #[test]
@@ -687,7 +685,7 @@ fn control_plane_and_proxy_run_as_separate_processes() {
     let control = Up::start_command(tmp.path(), "control", &proxy_addr, &[]);
     assert_eq!(control.proxy_addr, proxy_addr);
     let token = std::fs::read_to_string(control.data_dir.join("proxy-token")).unwrap();
-    let mut proxy = std::process::Command::new(BIN)
+    let proxy = std::process::Command::new(BIN)
         .args([
             "proxy",
             "--listen",
@@ -701,6 +699,7 @@ fn control_plane_and_proxy_run_as_separate_processes() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(Reaped)
         .unwrap();
     let uri = control.create_cluster("shop");
     assert!(uri.contains(&proxy_addr), "{uri}");
@@ -708,8 +707,7 @@ fn control_plane_and_proxy_run_as_separate_processes() {
         psql(&uri, "select 1").0
     });
     assert_eq!(psql_ok(&uri, "select current_database()"), "shop");
-    proxy.kill().unwrap();
-    proxy.wait().unwrap();
+    drop(proxy);
 }
 
 #[test]
@@ -1199,7 +1197,7 @@ async fn with_the_control_plane_down_clients_keep_working_and_nothing_is_promote
     let proxy_addr = format!("127.0.0.1:{port}");
     let control = std::sync::Arc::new(Up::start_command(&root, "control", &proxy_addr, &[]));
     let token = std::fs::read_to_string(control.data_dir.join("proxy-token")).unwrap();
-    let mut proxy = std::process::Command::new(BIN)
+    let proxy = std::process::Command::new(BIN)
         .args([
             "proxy",
             "--listen",
@@ -1213,6 +1211,7 @@ async fn with_the_control_plane_down_clients_keep_working_and_nothing_is_promote
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(Reaped)
         .unwrap();
     let c = control.clone();
     let (uri, shown) = tokio::task::spawn_blocking(move || ha_cluster(&c, "ha", 1))
@@ -1298,8 +1297,7 @@ async fn with_the_control_plane_down_clients_keep_working_and_nothing_is_promote
     })
     .await
     .unwrap();
-    proxy.kill().unwrap();
-    proxy.wait().unwrap();
+    drop(proxy);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -327,3 +327,14 @@ pub fn with_descendants(pids: &[u32]) -> Vec<u32> {
     }
     all
 }
+
+/// A child process killed and reaped when dropped, also when the test panics (a stray
+/// process would outlive the test run).
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
