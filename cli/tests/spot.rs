@@ -464,7 +464,6 @@ async fn a_silent_primary_host_fails_over_and_its_old_primary_acknowledges_nothi
     // will not answer.
     let fresh_uri = uri.clone();
     let fresh = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
         let out = std::process::Command::new("psql")
             .args([
                 "-X",

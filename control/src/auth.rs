@@ -73,18 +73,19 @@ pub struct Caller {
 #[derive(Debug)]
 pub struct Unauthorized;
 
-/// The key id a presented API key names (`hrk_<id>.<secret>`), if it is shaped like one.
+/// A presented API key's id and secret (`hrk_<id>.<secret>`), if it is shaped like one.
+fn parse_key(presented: &str) -> Option<(&str, &str)> {
+    let (id, secret) = presented.strip_prefix(KEY_PREFIX)?.split_once('.')?;
+    (!id.is_empty() && id.len() <= 64 && secret.len() <= 128).then_some((id, secret))
+}
+
+/// The key id a presented API key names, if it is shaped like one.
 pub fn key_id(presented: &str) -> Option<&str> {
-    let (id, _) = presented.strip_prefix(KEY_PREFIX)?.split_once('.')?;
-    (!id.is_empty() && id.len() <= 64).then_some(id)
+    parse_key(presented).map(|(id, _)| id)
 }
 
 pub async fn authenticate(state: &AppState, presented: &str) -> Result<Caller, Unauthorized> {
-    let rest = presented.strip_prefix(KEY_PREFIX).ok_or(Unauthorized)?;
-    let (id, secret) = rest.split_once('.').ok_or(Unauthorized)?;
-    if id.len() > 64 || secret.len() > 128 {
-        return Err(Unauthorized);
-    }
+    let (id, secret) = parse_key(presented).ok_or(Unauthorized)?;
     let key = match state.store.api_key(id).await {
         Ok(k) => k,
         Err(StoreError::NotFound) => return Err(Unauthorized),

@@ -235,7 +235,16 @@ async fn exercise(store: Store) {
         store.find_cluster("o2", "p2", "c1").await,
         Err(StoreError::NotFound)
     ));
-    assert_eq!(store.list_clusters("o1").await.unwrap().len(), 2);
+    assert_eq!(store.list_clusters("o1", None).await.unwrap().len(), 2);
+    let in_p1b: Vec<String> = store
+        .list_clusters("o1", Some("p1b"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(in_p1b, vec!["c3".to_string()]);
+    assert!(store.list_clusters("o1", Some("p2")).await.unwrap().is_empty());
     assert!(matches!(
         store.get_operation("o2", "op1").await,
         Err(StoreError::NotFound)

@@ -16,14 +16,11 @@ pub(super) async fn list_clusters(
     };
     let rows = state
         .store
-        .list_clusters(&caller.org_id)
+        .list_clusters(&caller.org_id, project.as_ref().map(|p| p.id.as_str()))
         .await
         .map_err(store_err("clusters"))?;
     let mut out = Vec::with_capacity(rows.len());
-    for c in rows
-        .iter()
-        .filter(|c| project.as_ref().is_none_or(|p| p.id == c.project_id))
-    {
+    for c in &rows {
         out.push(cluster_view(&state, c).await?);
     }
     Ok(Json(out))

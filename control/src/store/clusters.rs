@@ -53,12 +53,17 @@ impl Store {
         Ok(())
     }
 
-    pub async fn list_clusters(&self, org_id: &str) -> Result<Vec<ClusterRow>> {
+    /// The org's clusters; only one project's when `project_id` is given.
+    pub async fn list_clusters(&self, org_id: &str, project_id: Option<&str>) -> Result<Vec<ClusterRow>> {
         let sql = format!(
             "SELECT {CLUSTER_COLS} FROM clusters c JOIN projects p ON p.id = c.project_id \
-             WHERE c.org_id = $1 ORDER BY p.name, c.name, c.created_at"
+             WHERE c.org_id = $1 AND ($2 IS NULL OR c.project_id = $2) ORDER BY p.name, c.name, c.created_at"
         );
-        let rows = sqlx::query(&sql).bind(org_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(project_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(cluster).collect()
     }
 
