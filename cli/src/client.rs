@@ -9,7 +9,7 @@ use crate::up::{default_client_config_path, ClientConfig};
 use anyhow::{bail, Context, Result};
 use highrise_api::{
     Backup, BackupPolicy, BackupVerification, Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster,
-    CreatedOrg, ErrorBody, Operation, OperationStatus, RestoreFrom, Switchover, UpdateCluster,
+    CreatedOrg, ErrorBody, Operation, OperationStatus, OrgQuotas, QuotaUsage, RestoreFrom, Switchover, UpdateCluster,
 };
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -19,20 +19,20 @@ use std::time::{Duration, Instant};
 pub struct Conn {
     /// Control plane URL (else $HIGHRISE_API_URL, else the config `highrise up` wrote).
     #[arg(long, global = true)]
-    api_url: Option<String>,
+    pub(crate) api_url: Option<String>,
     /// API key (else $HIGHRISE_API_KEY, else the config `highrise up` wrote).
     #[arg(long, global = true)]
     api_key: Option<String>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "text")]
-    output: Output,
+    pub(crate) output: Output,
     /// Project of the cluster.
     #[arg(long, global = true)]
-    project: Option<String>,
+    pub(crate) project: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
-enum Output {
+pub(crate) enum Output {
     Text,
     Json,
 }
@@ -75,7 +75,8 @@ pub enum ClusterCommand {
         /// The cluster to restore from.
         #[arg(long)]
         from: String,
-        /// Recover up to this time (RFC 3339 in UTC, or Unix seconds); the end of the
+        /// Recover up to this time: with its UTC offset, as psql prints it
+        /// (2026-12-01 20:20:00.123+00) or in RFC 3339, or Unix seconds; the end of the
         /// archived WAL when neither --time nor --lsn is given.
         #[arg(long, conflicts_with = "lsn")]
         time: Option<String>,
@@ -206,6 +207,34 @@ pub enum BackupCommand {
 }
 
 #[derive(clap::Subcommand)]
+pub enum CloudCommand {
+    /// The clouds, regions and zones a cluster can go to.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn cloud(cmd: CloudCommand) -> Result<()> {
+    match cmd {
+        CloudCommand::List { conn } => {
+            let api = Api::from(&conn)?;
+            let clouds: Vec<highrise_api::CloudInfo> = api.send(api.http.get(format!("{}/v1/clouds", api.url))).await?;
+            if conn.output == Output::Json {
+                return print_json(&clouds);
+            }
+            println!("{:<12} {:<12} ZONES", "CLOUD", "REGION");
+            for c in clouds {
+                for r in c.regions {
+                    println!("{:<12} {:<12} {}", c.name, r.name, r.zones.join(" "));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
 pub enum OrgCommand {
     /// Create an org; prints its first admin key (shown only once).
     Create {
@@ -213,16 +242,47 @@ pub enum OrgCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Your org's quotas and what it uses of them.
+    Quotas {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Set an org's quotas (operator key only); unset ones keep their value.
+    SetQuotas {
+        /// Org name or id.
+        org: String,
+        #[arg(long)]
+        clusters: Option<i64>,
+        /// Primary and standbys of one cluster.
+        #[arg(long)]
+        members_per_cluster: Option<i64>,
+        /// Bytes of base backups in object storage (e.g. 100GiB).
+        #[arg(long)]
+        storage: Option<bytesize::ByteSize>,
+        #[arg(long)]
+        concurrent_operations: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
-struct Api {
-    http: reqwest::Client,
-    url: String,
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) url: String,
     key: String,
 }
 
 impl Api {
-    fn from(conn: &Conn) -> Result<Self> {
+    pub(crate) fn from(conn: &Conn) -> Result<Self> {
+        Self::open(conn, true)
+    }
+
+    /// For calls made before signing in (no key needed).
+    pub(crate) fn from_url_only(conn: &Conn) -> Result<Self> {
+        Self::open(conn, false)
+    }
+
+    fn open(conn: &Conn, need_key: bool) -> Result<Self> {
         let saved: Option<ClientConfig> = default_client_config_path()
             .map(|p: PathBuf| p)
             .and_then(|p| std::fs::read(&p).ok())
@@ -239,8 +299,14 @@ impl Api {
             .api_key
             .clone()
             .or_else(|| std::env::var("HIGHRISE_API_KEY").ok())
-            .or_else(|| saved.as_ref().map(|c| c.api_key.clone()))
-            .context("no API key: pass --api-key, set HIGHRISE_API_KEY, or start `highrise up`")?;
+            .or_else(|| saved.as_ref().map(|c| c.api_key.clone()));
+        let key = match key {
+            Some(k) => k,
+            None if !need_key => String::new(),
+            None => {
+                bail!("no API key: pass --api-key, set HIGHRISE_API_KEY, run `highrise login`, or start `highrise up`")
+            }
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
@@ -253,13 +319,19 @@ impl Api {
         })
     }
 
-    async fn send<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+    /// Sends `req` with the key; an error answer becomes its message.
+    async fn fetch(&self, req: reqwest::RequestBuilder) -> Result<(reqwest::header::HeaderMap, bytes::Bytes)> {
+        let req = if self.key.is_empty() {
+            req
+        } else {
+            req.bearer_auth(&self.key)
+        };
         let resp = req
-            .bearer_auth(&self.key)
             .send()
             .await
             .with_context(|| format!("reach the control plane at {}", self.url))?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.bytes().await.context("read the control plane's answer")?;
         if !status.is_success() {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
@@ -267,7 +339,41 @@ impl Api {
                 Err(_) => bail!("control plane answered {status}: {}", String::from_utf8_lossy(&bytes)),
             }
         }
+        Ok((headers, bytes))
+    }
+
+    pub(crate) async fn send<T: serde::de::DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        let (_, bytes) = self.fetch(req).await?;
         serde_json::from_slice(&bytes).context("parse the control plane's answer")
+    }
+
+    /// Sends a request whose answer is empty (204).
+    pub(crate) async fn send_empty(&self, req: reqwest::RequestBuilder) -> Result<()> {
+        self.fetch(req).await.map(drop)
+    }
+
+    /// Every item of a paged list, following `x-next-cursor` page after page.
+    pub(crate) async fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q: Vec<(&str, String)> = query.to_vec();
+            q.push(("limit", "1000".into()));
+            if let Some(c) = cursor.take() {
+                q.push(("cursor", c));
+            }
+            let (headers, bytes) = self.fetch(self.http.get(url).query(&q)).await?;
+            let page: Vec<T> = serde_json::from_slice(&bytes).context("parse the control plane's answer")?;
+            out.extend(page);
+            match headers.get("x-next-cursor").and_then(|v| v.to_str().ok()) {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return Ok(out),
+            }
+        }
     }
 
     fn cluster_path(&self, name: &str, project: &Option<String>) -> String {
@@ -317,7 +423,7 @@ impl Api {
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -327,7 +433,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SSZ` of Unix seconds (civil-from-days, proleptic Gregorian).
-fn utc(secs: i64) -> String {
+pub(crate) fn utc(secs: i64) -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -346,7 +452,7 @@ fn utc(secs: i64) -> String {
     )
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -516,11 +622,8 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
         }
         ClusterCommand::List { conn } => {
             let api = Api::from(&conn)?;
-            let mut url = format!("{}/v1/clusters", api.url);
-            if let Some(project) = &conn.project {
-                url.push_str(&format!("?project={}", urlencode(project)));
-            }
-            let clusters: Vec<Cluster> = api.send(api.http.get(url)).await?;
+            let query: Vec<(&str, String)> = conn.project.iter().map(|p| ("project", p.clone())).collect();
+            let clusters: Vec<Cluster> = api.list(&format!("{}/v1/clusters", api.url), &query).await?;
             if conn.output == Output::Json {
                 return print_json(&clusters);
             }
@@ -599,7 +702,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
         ClusterCommand::Events { name, conn } => {
             let api = Api::from(&conn)?;
             let path = api.cluster_sub(&name, &conn.project, "/events");
-            let events: Vec<ClusterEvent> = api.send(api.http.get(path)).await?;
+            let events: Vec<ClusterEvent> = api.list(&path, &[]).await?;
             if conn.output == Output::Json {
                 return print_json(&events);
             }
@@ -657,7 +760,7 @@ pub async fn backup(cmd: BackupCommand) -> Result<()> {
         BackupCommand::List { cluster, conn } => {
             let api = Api::from(&conn)?;
             let list: Vec<Backup> = api
-                .send(api.http.get(api.cluster_sub(&cluster, &conn.project, "/backups")))
+                .list(&api.cluster_sub(&cluster, &conn.project, "/backups"), &[])
                 .await?;
             if conn.output == Output::Json {
                 return print_json(&list);
@@ -675,7 +778,7 @@ pub async fn backup(cmd: BackupCommand) -> Result<()> {
                     bail!("backup {} still pending after an hour", b.id);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let list: Vec<Backup> = api.send(api.http.get(&path)).await?;
+                let list: Vec<Backup> = api.list(&path, &[]).await?;
                 b = list
                     .into_iter()
                     .find(|x| x.id == b.id)
@@ -696,7 +799,7 @@ pub async fn backup(cmd: BackupCommand) -> Result<()> {
                 Some(id) => id,
                 None => {
                     let list: Vec<Backup> = api
-                        .send(api.http.get(api.cluster_sub(&cluster, &conn.project, "/backups")))
+                        .list(&api.cluster_sub(&cluster, &conn.project, "/backups"), &[])
                         .await?;
                     list.into_iter()
                         .rev()
@@ -737,6 +840,64 @@ pub async fn org(cmd: OrgCommand) -> Result<()> {
             }
             println!("org {} ({})", created.org.name, created.org.id);
             println!("admin API key (shown only now): {}", created.api_key.secret);
+            Ok(())
+        }
+        OrgCommand::Quotas { conn } => {
+            let api = Api::from(&conn)?;
+            let q: QuotaUsage = api.send(api.http.get(format!("{}/v1/quotas", api.url))).await?;
+            if conn.output == Output::Json {
+                return print_json(&q);
+            }
+            println!("{:<26} {:>12} {:>12}", "QUOTA", "USED", "LIMIT");
+            println!("{:<26} {:>12} {:>12}", "clusters", q.clusters, q.quotas.max_clusters);
+            println!(
+                "{:<26} {:>12} {:>12}",
+                "members per cluster", "-", q.quotas.max_members_per_cluster
+            );
+            println!(
+                "{:<26} {:>12} {:>12}",
+                "storage (backups)",
+                bytesize::ByteSize(q.storage_bytes.max(0) as u64).to_string(),
+                bytesize::ByteSize(q.quotas.max_storage_bytes.max(0) as u64).to_string()
+            );
+            println!(
+                "{:<26} {:>12} {:>12}",
+                "concurrent operations", q.running_operations, q.quotas.max_concurrent_operations
+            );
+            Ok(())
+        }
+        OrgCommand::SetQuotas {
+            org,
+            clusters,
+            members_per_cluster,
+            storage,
+            concurrent_operations,
+            conn,
+        } => {
+            let api = Api::from(&conn)?;
+            let url = format!("{}/v1/orgs/{}/quotas", api.url, urlencode(&org));
+            let cur: OrgQuotas = api.send(api.http.get(&url)).await?;
+            let storage = match storage {
+                Some(b) => i64::try_from(b.as_u64()).context("--storage is too large")?,
+                None => cur.max_storage_bytes,
+            };
+            let new = OrgQuotas {
+                max_clusters: clusters.unwrap_or(cur.max_clusters),
+                max_members_per_cluster: members_per_cluster.unwrap_or(cur.max_members_per_cluster),
+                max_storage_bytes: storage,
+                max_concurrent_operations: concurrent_operations.unwrap_or(cur.max_concurrent_operations),
+            };
+            let set: OrgQuotas = api.send(api.http.put(&url).json(&new)).await?;
+            if conn.output == Output::Json {
+                return print_json(&set);
+            }
+            println!(
+                "{org}: {} clusters, {} members per cluster, {} of backups, {} operations at once",
+                set.max_clusters,
+                set.max_members_per_cluster,
+                bytesize::ByteSize(set.max_storage_bytes.max(0) as u64),
+                set.max_concurrent_operations
+            );
             Ok(())
         }
     }

@@ -1,6 +1,7 @@
 //! `highrise`: every component's entry point (`up`, `control`, `agent`, `proxy`) and the
 //! client commands. Parses arguments and hands over; the work is in the crates.
 
+mod access;
 mod client;
 mod land;
 mod sim;
@@ -35,9 +36,28 @@ enum Command {
     /// Base backups of a cluster (list, take, verify).
     #[command(subcommand)]
     Backup(client::BackupCommand),
-    /// Manage orgs (operator key only).
+    /// The clouds, regions and zones of the land.
+    #[command(subcommand)]
+    Cloud(client::CloudCommand),
+    /// Orgs: create (operator key only) and quotas.
     #[command(subcommand)]
     Org(client::OrgCommand),
+    /// Projects: groups of an org's clusters.
+    #[command(subcommand)]
+    Project(access::ProjectCommand),
+    /// The org's members and their roles; invitations.
+    #[command(subcommand)]
+    Member(access::MemberCommand),
+    /// API keys with a role, optionally one project and an end.
+    #[command(subcommand)]
+    ApiKey(access::ApiKeyCommand),
+    /// Sign in with email and password; the session goes into the client config.
+    Login(access::LoginArgs),
+    /// Who the configured key or session acts as.
+    Whoami(access::WhoamiArgs),
+    /// The org's audit log.
+    #[command(subcommand)]
+    Audit(access::AuditCommand),
     /// The local land's operator controls: pools, spot capacity, preemption.
     #[command(subcommand)]
     Land(land::LandCommand),
@@ -148,7 +168,14 @@ fn main() -> std::process::ExitCode {
             }
             Command::Cluster(c) => client::cluster(c).await,
             Command::Backup(c) => client::backup(c).await,
+            Command::Cloud(c) => client::cloud(c).await,
             Command::Org(c) => client::org(c).await,
+            Command::Project(c) => access::project(c).await,
+            Command::Member(c) => access::member(c).await,
+            Command::ApiKey(c) => access::api_key(c).await,
+            Command::Login(a) => access::login(a).await,
+            Command::Whoami(a) => access::whoami(a).await,
+            Command::Audit(c) => access::audit(c).await,
             Command::Land(c) => land::land(c).await,
             Command::Sim(a) => sim::sim(a),
         }

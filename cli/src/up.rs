@@ -62,6 +62,14 @@ pub struct UpArgs {
     /// `aws_endpoint=http://127.0.0.1:9000`, `azure_storage_use_emulator=true`.
     #[arg(long = "storage-option", value_parser = parse_option)]
     storage_options: Vec<(String, String)>,
+    /// Failed authentications allowed per source address, key id or user a minute, before
+    /// `429` (an API fuzzer that tests bad credentials on purpose needs more).
+    #[arg(long, default_value_t = 20)]
+    auth_failures_per_minute: usize,
+    /// Serve the API only: no reconciler, no host booted (a replica of a control plane
+    /// whose reconciler runs elsewhere, or a store inspected as it is).
+    #[arg(long)]
+    no_reconciler: bool,
 }
 
 fn parse_option(s: &str) -> Result<(String, String), String> {
@@ -102,7 +110,7 @@ fn secret_file(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
@@ -272,6 +280,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
                     no_capacity_backoff_secs: args.spot_backoff_secs,
                     ..Default::default()
                 },
+                auth_failures_per_minute: args.auth_failures_per_minute,
             },
             land.clone(),
         )
@@ -290,7 +299,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let key = match control.bootstrap_admin().await? {
         Some(k) => k,
         None => match saved {
-            Some(c) if control.key_is_valid(&c.api_key).await => c.api_key,
+            Some(c) if control.is_operator_key(&c.api_key).await => c.api_key,
             _ => control.new_admin_key().await?,
         },
     };
@@ -306,13 +315,16 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let api = serve_http(api_listener, control.router(), stop_rx.clone());
     let land_srv = serve_http(land_listener, land.clone().router(), stop_rx.clone());
     // Hosts come back first; then the reconciler re-drives what was in flight.
-    land.boot(&api_url).context("boot the land's hosts")?;
-    land.spawn_market();
+    let reconcile = !args.no_reconciler;
+    if reconcile {
+        land.boot(&api_url).context("boot the land's hosts")?;
+        land.spawn_market();
+    }
     let (reconciler_stop_tx, reconciler_stop_rx) = watch::channel(false);
-    let reconciler = {
+    let reconciler = reconcile.then(|| {
         let control = Arc::clone(&control);
         tokio::spawn(async move { control.run_reconciler(reconciler_stop_rx).await })
-    };
+    });
     let proxy = match proxy_listener {
         Some(listener) => {
             let (tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
@@ -354,7 +366,9 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             _ => {}
         }
     }
-    let _ = reconciler.await;
+    if let Some(r) = reconciler {
+        let _ = r.await;
+    }
     land.shutdown().await;
     let _ = api.await;
     let _ = land_srv.await;

@@ -256,7 +256,6 @@ async fn api_rejects_bad_input_and_isolates_orgs() {
         // A lone spot node would lose commits with its host unless each is stored first.
         (json!({ "name": "ok", "spot": true }), "invalid_request"),
         (json!({ "name": "ok", "replicas": 9 }), "invalid_request"),
-        (json!({ "name": "ok", "cloud": "mars" }), "invalid_request"),
         (json!({ "name": "ok", "plan": "huge" }), "invalid_request"),
         (json!({ "name": "ok", "pg_version": 9 }), "not_supported"),
     ] {
@@ -270,6 +269,15 @@ async fn api_rejects_bad_input_and_isolates_orgs() {
         let b = expect_error(r, 400).await;
         assert_eq!(b["error"]["code"], code, "{body}: {b}");
     }
+    // Unknown places are not found.
+    let r = http
+        .post(url("/v1/clusters"))
+        .bearer_auth(&key)
+        .json(&json!({ "name": "ok", "cloud": "mars" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expect_error(r, 404).await["error"]["code"], "not_found");
     expect_error(http.get(url("/v1/nope")).bearer_auth(&key).send().await.unwrap(), 404).await;
     expect_error(
         http.get(url("/v1/clusters/none"))

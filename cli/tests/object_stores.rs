@@ -103,8 +103,7 @@ fn pitr_round_trip(up: &Up) {
 }
 
 fn parse_lsn(s: &str) -> u64 {
-    let (hi, lo) = s.trim().split_once('/').unwrap();
-    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    highrise_pg::parse_lsn(s).unwrap_or_else(|| panic!("not an LSN: {s:?}"))
 }
 
 #[test]

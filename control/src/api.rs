@@ -5,16 +5,26 @@
 //! plane themselves — the reconciler does, from what they record. Every error is an
 //! [`ErrorBody`] with a 4xx/5xx status; internal details are logged, not returned.
 //!
-//! One module per resource (orgs, clusters, backups, hosts, operations, agents); this one
-//! holds what they share: errors, extractors, validation, answer shaping, the router.
+//! Every `/v1` handler first asks whether its caller's role and key scope allow the action
+//! (`crate::access`); every mutating call is written to the audit log by one layer here.
+//!
+//! One module per resource (orgs, projects, members, keys, sessions, clusters, backups,
+//! hosts, operations, audit, agents); this one holds what they share: errors, extractors,
+//! validation, answer shaping, the audit layer, the router.
 
 mod agents;
+mod audit;
 mod backups;
 mod clusters;
 mod hosts;
+mod keys;
+mod members;
 mod operations;
 mod orgs;
+mod projects;
+mod sessions;
 
+use crate::access::Action;
 use crate::auth::{self, Caller};
 use crate::store::{self, now, now_ms, ClusterRow, OperationRow, ProjectRow, StoreError};
 use crate::AppState;
@@ -25,6 +35,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use highrise_api::Role;
 use highrise_api::*;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -53,7 +64,7 @@ impl ApiError {
             retry_after: None,
         }
     }
-    fn too_many_failures(wait: Duration) -> Self {
+    fn too_many_failures(max: usize, wait: Duration) -> Self {
         let secs = wait.as_secs_f64().ceil() as u64;
         Self {
             retry_after: Some(secs),
@@ -61,8 +72,7 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_failed_authentications",
                 format!(
-                    "too many failed authentications from this address or for this key (at most {} a minute); retry in {secs} s",
-                    crate::limits::MAX_FAILURES
+                    "too many failed authentications from this address or for this key (at most {max} a minute); retry in {secs} s"
                 ),
             )
         }
@@ -85,6 +95,9 @@ impl ApiError {
     }
     fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
     }
     fn internal(context: &str, e: impl std::fmt::Display) -> Self {
         tracing::error!("{context}: {e:#}");
@@ -116,6 +129,7 @@ fn store_err(what: &str) -> impl FnOnce(StoreError) -> ApiError + '_ {
     move |e| match e {
         StoreError::NotFound => ApiError::not_found(what),
         StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        StoreError::Quota(q) => ApiError::new(StatusCode::CONFLICT, "quota_exceeded", q.to_string()),
         StoreError::Db(e) => ApiError::internal(what, e),
     }
 }
@@ -140,6 +154,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
             }
         };
         // serde accepts a struct written as an array; the API does not.
+        let mut value = value;
         if !value.is_object() {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -147,6 +162,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
                 "the request body must be a JSON object",
             ));
         }
+        integral_numbers(&mut value);
         serde_json::from_value(value).map(Self).map_err(|e| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -154,6 +170,25 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
                 format!("invalid request body: {e}"),
             )
         })
+    }
+}
+
+/// Writes every number with no fractional part as an integer (`1.0` as `1`): JSON and
+/// its schemas do not tell them apart, serde's integer fields do.
+fn integral_numbers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| n.is_f64() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15)
+            {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_numbers),
+        _ => {}
     }
 }
 
@@ -204,27 +239,141 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         use crate::limits::Subject;
         let token = bearer(parts);
+        let slot = parts.extensions.get::<crate::audit::AuditSlot>().cloned();
         // Failures count against the source address and the key id named, if any.
         let mut subjects = Vec::with_capacity(2);
         if let Some(ConnectInfo(from)) = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>() {
             subjects.push(Subject::Address(from.ip()));
         }
-        if let Some(id) = token.and_then(auth::key_id) {
+        let key_id = token.and_then(auth::key_id);
+        if let Some(id) = key_id {
             subjects.push(Subject::Key(id.to_string()));
+        }
+        if let Some(slot) = &slot {
+            slot.note(|n| n.actor = Some(key_id.map_or("anonymous".into(), |id| format!("unauthenticated key:{id}"))));
         }
         let now = std::time::Instant::now();
         state
             .auth_limits
             .check(&subjects, now)
-            .map_err(ApiError::too_many_failures)?;
+            .map_err(|w| ApiError::too_many_failures(state.auth_limits.max(), w))?;
         let authenticated = match token {
             Some(token) => auth::authenticate(state, token).await.ok(),
             None => None,
         };
-        authenticated.ok_or_else(|| {
+        let mut caller = authenticated.ok_or_else(|| {
             state.auth_limits.failed(&subjects, now);
             ApiError::unauthorized()
-        })
+        })?;
+        if let Some(slot) = &slot {
+            slot.note(|n| {
+                n.org_id = Some(caller.org_id.clone());
+                n.actor = Some(caller.actor.clone());
+            });
+        }
+        caller.audit = slot;
+        Ok(caller)
+    }
+}
+
+/// 403 unless the caller may do `action`.
+fn require(caller: &Caller, action: Action) -> ApiResult<()> {
+    if caller.may(action) {
+        return Ok(());
+    }
+    let what = match action {
+        Action::ReadClusters => "read clusters",
+        Action::WriteClusters => "change clusters",
+        Action::ReadProjects => "read projects",
+        Action::WriteProjects => "manage projects",
+        Action::ReadMembers => "read members",
+        Action::WriteMembers => "manage members",
+        Action::ReadKeys => "read API keys",
+        Action::WriteKeys => "manage API keys",
+        Action::ReadAudit => "read the audit log",
+        Action::Operate => "operate the land",
+    };
+    let who = if caller.project_id.is_some() {
+        format!("a {} key limited to one project", caller.role)
+    } else {
+        format!("the {} role", caller.role)
+    };
+    Err(ApiError::forbidden(format!("{who} may not {what}")))
+}
+
+// ---------------------------------------------------------------------------------------
+// The audit layer
+// ---------------------------------------------------------------------------------------
+
+/// The source address of a request, as the audit log shows it.
+fn source_of(ext: &axum::http::Extensions) -> String {
+    ext.get::<ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".into(), |ConnectInfo(a)| a.ip().to_string())
+}
+
+/// Records every mutating `/v1` call — who, what, on what, from where, with which status —
+/// in the caller's org's audit chain (the operator's when the caller was not identified).
+/// Sign-ins record themselves; agents and proxies are not tenants' actions.
+async fn audited(State(state): State<Arc<AppState>>, mut req: Request, next: axum::middleware::Next) -> Response {
+    use axum::http::Method;
+    let path = req.uri().path().to_string();
+    let mutating = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
+    let own_record = path.starts_with("/v1/agent/")
+        || path.starts_with("/v1/proxy/")
+        || path == "/v1/login"
+        || path == "/v1/invites/accept";
+    if !mutating || own_record {
+        return next.run(req).await;
+    }
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| path.clone(), |m| m.as_str().to_string());
+    let action = format!("{} {route}", req.method());
+    let source = source_of(req.extensions());
+    let slot = crate::audit::AuditSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let resp = next.run(req).await;
+    let note = slot.take();
+    let org_id = match note.org_id {
+        Some(o) => o,
+        None => match state.store.list_operator_orgs().await {
+            Ok(orgs) if !orgs.is_empty() => orgs[0].id.clone(),
+            Ok(_) => return resp,
+            Err(e) => {
+                tracing::error!("find the operator org for an audit entry: {e:#}");
+                return resp;
+            }
+        },
+    };
+    crate::audit::record(
+        &state,
+        &org_id,
+        note.actor.as_deref().unwrap_or("anonymous"),
+        &action,
+        note.target.as_deref().unwrap_or(path.trim_start_matches("/v1/")),
+        &source,
+        resp.status().as_str(),
+    )
+    .await;
+    resp
+}
+
+/// The caller's address, when the server knows it.
+struct Peer(Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .map(|ConnectInfo(a)| *a),
+        ))
     }
 }
 
@@ -289,14 +438,151 @@ fn validate_name(kind: &str, name: &str) -> ApiResult<()> {
     }
 }
 
-/// Free-text labels (API key names): 1–64 printable characters.
+/// Free-text labels (API key names): 1–64 characters, no control characters, not only
+/// spaces.
 fn validate_label(kind: &str, label: &str) -> ApiResult<()> {
-    if label.trim().is_empty() || label.chars().count() > 64 || label.chars().any(char::is_control) {
+    if !label.chars().any(|c| c != ' ' && !c.is_control())
+        || label.chars().count() > 64
+        || label.chars().any(char::is_control)
+    {
         return Err(ApiError::invalid(format!(
             "invalid {kind}: use 1-64 printable characters"
         )));
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Pages of lists
+// ---------------------------------------------------------------------------------------
+
+/// The most items one page holds, and the number when `limit` is not given.
+const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+
+/// `limit` and `cursor` of a list request.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    /// Items per page, 1–1000 (100 when omitted).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Where the previous page ended (its `x-next-cursor` header): the items after this
+    /// key come next.
+    #[param(max_length = 300)]
+    cursor: Option<String>,
+}
+
+/// `limit` and `cursor` of a list paged in the store by creation time and id.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct TimePageQuery {
+    /// Items per page, 1–1000 (100 when omitted).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Where the previous page ended (its `x-next-cursor` header): `<unix seconds>.<id>`.
+    #[param(pattern = "^[0-9]{1,18}\\.[a-z0-9_]{1,64}$")]
+    cursor: Option<String>,
+}
+
+/// A page request, checked: how many, and after which item's key.
+struct Page {
+    limit: usize,
+    after: Option<String>,
+}
+
+impl Page {
+    fn new(limit: Option<u32>, cursor: Option<&str>) -> ApiResult<Self> {
+        let limit = limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_PAGE}")));
+        }
+        if cursor.is_some_and(|c| c.chars().count() > 300) {
+            return Err(bad_cursor());
+        }
+        Ok(Self {
+            limit: limit as usize,
+            after: cursor.map(str::to_string),
+        })
+    }
+
+    /// The `(unix seconds, id)` a [`TimePageQuery`] cursor names.
+    fn after_time_and_id(&self) -> ApiResult<Option<(i64, &str)>> {
+        match &self.after {
+            None => Ok(None),
+            Some(a) => a
+                .split_once('.')
+                .and_then(|(t, id)| {
+                    let ok = !id.is_empty() && id.len() <= 64 && t.len() <= 18 && t.bytes().all(|b| b.is_ascii_digit());
+                    Some((t.parse::<i64>().ok().filter(|_| ok)?, id))
+                })
+                .map(Some)
+                .ok_or_else(bad_cursor),
+        }
+    }
+
+    /// One page of `items`, which come sorted by `key` (unique per item).
+    fn apply<T>(self, items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> String) -> ApiResult<Paged<T>> {
+        let mut out: Vec<T> = items
+            .into_iter()
+            .filter(|i| self.after.as_ref().is_none_or(|a| key(i).as_str() > a.as_str()))
+            .take(self.limit + 1)
+            .collect();
+        Ok(self.paged(&mut out, key))
+    }
+
+    /// Trims `items` (at most `limit + 1` of them, in key order) to the page.
+    fn paged<T>(&self, items: &mut Vec<T>, key: impl Fn(&T) -> String) -> Paged<T> {
+        let next = if items.len() > self.limit {
+            items.truncate(self.limit);
+            items.last().map(&key)
+        } else {
+            None
+        };
+        Paged {
+            items: std::mem::take(items),
+            next,
+        }
+    }
+}
+
+impl PageQuery {
+    fn page(&self) -> ApiResult<Page> {
+        Page::new(self.limit, self.cursor.as_deref())
+    }
+}
+
+impl TimePageQuery {
+    fn page(&self) -> ApiResult<Page> {
+        Page::new(self.limit, self.cursor.as_deref())
+    }
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::invalid("cursor: pass the x-next-cursor of the previous page")
+}
+
+/// The cursor key of an item paged by creation time and id.
+fn time_key(created_at: i64, id: &str) -> String {
+    format!("{created_at}.{id}")
+}
+
+/// A page of a list: the JSON array, and an `x-next-cursor` header when more follow.
+struct Paged<T> {
+    items: Vec<T>,
+    next: Option<String>,
+}
+
+impl<T: serde::Serialize> IntoResponse for Paged<T> {
+    fn into_response(self) -> Response {
+        let mut r = Json(self.items).into_response();
+        if let Some(next) = self.next.and_then(|n| axum::http::HeaderValue::from_str(&n).ok()) {
+            r.headers_mut().insert("x-next-cursor", next);
+        }
+        r
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -445,10 +731,12 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
 #[openapi(
     info(title = "Highrise control plane API", description = "Cloud-neutral PostgreSQL as a service"),
     paths(
-        orgs::create_org, orgs::list_projects, orgs::create_project, orgs::list_api_keys, orgs::create_api_key,
-        orgs::revoke_api_key, clusters::list_clusters, clusters::create_cluster, clusters::get_cluster,
+        orgs::create_org, orgs::get_quotas, orgs::org_quotas, orgs::set_quotas, projects::list_projects, projects::create_project, projects::delete_project,
+        keys::list_api_keys, keys::create_api_key, keys::revoke_api_key, members::list_members,
+        members::invite_member, members::update_member, members::remove_member, sessions::login,
+        sessions::accept_invite, sessions::me, audit::list_audit, audit::verify_audit, clusters::list_clusters, clusters::create_cluster, clusters::get_cluster,
         clusters::update_cluster, clusters::delete_cluster, clusters::cluster_events, clusters::switchover,
-        hosts::list_hosts, operations::list_operations, operations::get_operation, agents::agent_register,
+        hosts::list_hosts, hosts::list_clouds, operations::list_operations, operations::get_operation, agents::agent_register,
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
         backups::list_backups, backups::create_backup, backups::verify_backup
     ),
@@ -484,29 +772,71 @@ impl utoipa::Modify for BearerAuth {
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
             let keyed = !path.starts_with("/v1/agent/") && !path.starts_with("/v1/proxy/");
-            for op in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.patch,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            let has_path_params = path.contains('{');
+            for (op, mutates) in [
+                (&mut item.get, false),
+                (&mut item.post, true),
+                (&mut item.put, true),
+                (&mut item.patch, true),
+                (&mut item.delete, true),
+            ] {
+                let Some(op) = op else { continue };
+                let has_body = op.request_body.is_some();
+                let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
                 let responses = &mut op.responses.responses;
-                responses
-                    .entry("503".into())
-                    .or_insert_with(|| error("The request passed its deadline; retry it.").into());
+                let mut add = |code: &str, what: &str| {
+                    responses.entry(code.into()).or_insert_with(|| error(what).into());
+                };
+                add("503", "The request passed its deadline; retry it.");
+                add("401", "Missing or invalid credentials.");
                 if keyed {
-                    responses.entry("429".into()).or_insert_with(|| {
-                        error("Too many failed authentications from this address or for this key; see Retry-After.")
-                            .into()
-                    });
+                    add(
+                        "429",
+                        "Too many failed authentications from this address or for this key; see Retry-After.",
+                    );
+                    add("403", "The caller's role or key scope does not allow this.");
+                }
+                if has_params || has_body {
+                    add("400", "A parameter or field is invalid.");
+                }
+                if has_path_params || has_body {
+                    add(
+                        "404",
+                        "Not found (or not the caller's), or a thing the request names is not.",
+                    );
+                }
+                if keyed && mutates {
+                    add(
+                        "409",
+                        "It conflicts with the current state, or passes a quota (`quota_exceeded`).",
+                    );
+                }
+                if has_body {
+                    add("415", "The body is not `application/json`.");
+                    add("422", "The body is not a JSON object of the documented shape.");
                 }
             }
         }
     }
+}
+
+/// The OpenAPI document: generated from the handlers and the wire types, plus the rules of
+/// a request body that a derive cannot state (so that a request the document calls valid
+/// is one the API takes).
+fn openapi_document() -> serde_json::Value {
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(d) => d,
+        Err(e) => return serde_json::json!({ "error": format!("serialize the OpenAPI document: {e}") }),
+    };
+    // A single-node spot cluster needs `durability: sync` (`clusters::check_spot_safety`).
+    if let Some(s) = doc.pointer_mut("/components/schemas/CreateCluster") {
+        s["if"] = serde_json::json!({ "properties": { "spot": { "const": true } }, "required": ["spot"] });
+        s["then"] = serde_json::json!({ "anyOf": [
+            { "properties": { "replicas": { "type": "integer", "minimum": 1 } }, "required": ["replicas"] },
+            { "properties": { "durability": { "const": "sync" } }, "required": ["durability"] }
+        ] });
+    }
+    doc
 }
 
 /// The longest any request may take; a handler still busy then is dropped (a store
@@ -546,12 +876,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route_layer(axum::middleware::from_fn(|req, next| within(VERIFY_LIMIT, req, next)));
     Router::new()
-        .route("/v1/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/v1/openapi.json", get(|| async { Json(openapi_document()) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/orgs", post(orgs::create_org))
-        .route("/v1/projects", get(orgs::list_projects).post(orgs::create_project))
-        .route("/v1/api-keys", get(orgs::list_api_keys).post(orgs::create_api_key))
-        .route("/v1/api-keys/{id}", axum::routing::delete(orgs::revoke_api_key))
+        .route("/v1/orgs/{org}/quotas", get(orgs::org_quotas).put(orgs::set_quotas))
+        .route("/v1/quotas", get(orgs::get_quotas))
+        .route(
+            "/v1/projects",
+            get(projects::list_projects).post(projects::create_project),
+        )
+        .route(
+            "/v1/projects/{project}",
+            axum::routing::delete(projects::delete_project),
+        )
+        .route("/v1/api-keys", get(keys::list_api_keys).post(keys::create_api_key))
+        .route("/v1/api-keys/{id}", axum::routing::delete(keys::revoke_api_key))
+        .route("/v1/members", get(members::list_members).post(members::invite_member))
+        .route(
+            "/v1/members/{user}",
+            axum::routing::patch(members::update_member).delete(members::remove_member),
+        )
+        .route("/v1/login", post(sessions::login))
+        .route("/v1/me", get(sessions::me))
+        .route("/v1/invites/accept", post(sessions::accept_invite))
+        .route("/v1/audit", get(audit::list_audit))
+        .route("/v1/audit/verify", post(audit::verify_audit))
         .route(
             "/v1/clusters",
             get(clusters::list_clusters).post(clusters::create_cluster),
@@ -569,6 +918,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(backups::list_backups).post(backups::create_backup),
         )
         .route("/v1/hosts", get(hosts::list_hosts))
+        .route("/v1/clouds", get(hosts::list_clouds))
         .route("/v1/operations", get(operations::list_operations))
         .route("/v1/operations/{id}", get(operations::get_operation))
         .route("/v1/agent/register", post(agents::agent_register))
@@ -576,6 +926,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(axum::middleware::from_fn(|req, next| within(REQUEST_LIMIT, req, next)))
         .merge(long_polls)
         .merge(verify)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), audited))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -593,26 +944,53 @@ pub fn router(state: Arc<AppState>) -> Router {
 // ---------------------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ProjectQuery {
     /// Project name (`default` when omitted).
     project: Option<String>,
 }
 
-async fn resolve_project(state: &AppState, caller: &Caller, name: Option<&str>) -> ApiResult<ProjectRow> {
-    let name = name.unwrap_or("default");
-    validate_name("project", name)?;
-    state
-        .store
-        .project_by_name(&caller.org_id, name)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found(format!("project {name:?}")),
-            e => store_err("project")(e),
-        })
+/// A list under a cluster: its project, and a page.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ClusterPageQuery {
+    /// Project name (`default` when omitted).
+    project: Option<String>,
+    /// Items per page, 1–1000 (100 when omitted).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Where the previous page ended (its `x-next-cursor` header): the items after this
+    /// key come next.
+    #[param(max_length = 300)]
+    cursor: Option<String>,
 }
 
-/// A cluster of the caller's org by id, or by name within `project` (`default`).
+/// The project a request names (`default` when it names none — a project key's own
+/// project), within the caller's reach: another project than a project key's is not found.
+async fn resolve_project(state: &AppState, caller: &Caller, name: Option<&str>) -> ApiResult<ProjectRow> {
+    let p = match (name, &caller.project_id) {
+        (None, Some(scope)) => state.store.project(&caller.org_id, scope).await,
+        (name, _) => {
+            let name = name.unwrap_or("default");
+            if validate_name("project", name).is_err() && !name.starts_with("prj_") {
+                // No project can have that name or id.
+                return Err(ApiError::not_found("project"));
+            }
+            state.store.project_by_name(&caller.org_id, name).await
+        }
+    };
+    let shown: String = name.unwrap_or("default").chars().take(70).collect();
+    match p {
+        Ok(p) if caller.project_id.as_ref().is_none_or(|s| s == &p.id) => Ok(p),
+        Ok(_) | Err(StoreError::NotFound) => Err(ApiError::not_found(format!("project {shown:?}"))),
+        Err(e) => Err(store_err("project")(e)),
+    }
+}
+
+/// A cluster of the caller's org by id, or by name within `project` (`default`); a
+/// project key finds only its project's.
 async fn find_cluster(
     state: &AppState,
     caller: &Caller,
@@ -620,11 +998,15 @@ async fn find_cluster(
     cluster: &str,
 ) -> ApiResult<ClusterRow> {
     let project = resolve_project(state, caller, project).await?;
-    state
+    let c = state
         .store
         .find_cluster(&caller.org_id, &project.id, cluster)
         .await
-        .map_err(store_err("cluster"))
+        .map_err(store_err("cluster"))?;
+    if caller.project_id.as_ref().is_some_and(|s| s != &c.project_id) {
+        return Err(ApiError::not_found("cluster"));
+    }
+    Ok(c)
 }
 
 #[cfg(test)]

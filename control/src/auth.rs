@@ -1,12 +1,17 @@
-//! Authentication: API keys (secret shown once, stored as a SHA-256 hash), host tokens
-//! and bootstrap tokens of agents, the proxies' shared token.
+//! Authentication: API keys and sessions (secret shown once, stored as a SHA-256 hash),
+//! users' passwords (Argon2id), host tokens and bootstrap tokens of agents, the proxies'
+//! shared token.
 //!
 //! Key secrets are 256-bit random values, so a fast hash is enough (no password
-//! stretching needed); comparisons are constant-time.
+//! stretching needed); comparisons are constant-time. Passwords are people's, so they are
+//! stretched. A session is a key bound to a user: its role is the user's membership at
+//! each call, so a role change or a removal applies at once.
 
+use crate::access::{self, Action};
 use crate::store::{now, ApiKeyRow, OrgRow, StoreError};
 use crate::AppState;
 use anyhow::{Context, Result};
+use highrise_api::Role;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -48,8 +53,32 @@ pub fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
+/// What a new key may do.
+#[derive(Debug, Clone)]
+pub struct KeyGrant {
+    pub role: Role,
+    pub project_id: Option<String>,
+    pub expires_at: Option<i64>,
+    /// A session: the user it signs in.
+    pub user_id: Option<String>,
+    pub created_by: Option<String>,
+}
+
+impl KeyGrant {
+    /// An org-wide owner key that does not expire (an org's first key).
+    pub fn owner() -> Self {
+        Self {
+            role: Role::Owner,
+            project_id: None,
+            expires_at: None,
+            user_id: None,
+            created_by: None,
+        }
+    }
+}
+
 /// A new key for `org_id`: the row to store and the secret to show once.
-pub fn make_key(org_id: &str, name: &str) -> (ApiKeyRow, String) {
+pub fn make_key(org_id: &str, name: &str, grant: KeyGrant) -> (ApiKeyRow, String) {
     let id = new_id("key");
     let secret = random_hex(32);
     let row = ApiKeyRow {
@@ -57,17 +86,44 @@ pub fn make_key(org_id: &str, name: &str) -> (ApiKeyRow, String) {
         org_id: org_id.to_string(),
         name: name.to_string(),
         secret_hash: hash_secret(&secret),
+        role: grant.role,
+        project_id: grant.project_id,
+        expires_at: grant.expires_at,
+        user_id: grant.user_id,
+        created_by: grant.created_by,
         created_at: now(),
         revoked_at: None,
     };
     (row, format!("{KEY_PREFIX}{id}.{secret}"))
 }
 
-/// Who is calling the public API.
+/// Who is calling the public API, and what they may do.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub org_id: String,
     pub operator: bool,
+    pub role: Role,
+    /// A key limited to one project.
+    pub project_id: Option<String>,
+    /// `user:<id>` for a session, `key:<id>` for an API key.
+    pub actor: String,
+    /// Where a mutating call's audit entry is gathered.
+    pub audit: Option<crate::audit::AuditSlot>,
+}
+
+impl Caller {
+    /// Names what this (mutating) call acts on, for its audit entry.
+    pub fn audit_target(&self, target: impl Into<String>) {
+        if let Some(slot) = &self.audit {
+            let t = target.into();
+            slot.note(|n| n.target = Some(t));
+        }
+    }
+
+    /// Whether the caller may do `action` (operator actions also need the operator org).
+    pub fn may(&self, action: Action) -> bool {
+        access::allows(self.role, self.project_id.is_some(), action) && (action != Action::Operate || self.operator)
+    }
 }
 
 #[derive(Debug)]
@@ -94,14 +150,60 @@ pub async fn authenticate(state: &AppState, presented: &str) -> Result<Caller, U
             return Err(Unauthorized);
         }
     };
-    if key.revoked_at.is_some() || !ct_eq(&key.secret_hash, &hash_secret(secret)) {
+    if key.revoked_at.is_some()
+        || key.expires_at.is_some_and(|t| t <= now())
+        || !ct_eq(&key.secret_hash, &hash_secret(secret))
+    {
         return Err(Unauthorized);
     }
     let org = state.store.get_org(&key.org_id).await.map_err(|_| Unauthorized)?;
+    let (role, actor) = match &key.user_id {
+        // A session acts with its user's role in the org, as it is now.
+        Some(user) => match state.store.member(&org.id, user).await {
+            Ok(m) if m.joined_at.is_some() => (m.role, format!("user:{user}")),
+            _ => return Err(Unauthorized),
+        },
+        None => (key.role, format!("key:{}", key.id)),
+    };
     Ok(Caller {
         org_id: org.id,
         operator: org.operator,
+        role,
+        project_id: key.project_id,
+        actor,
+        audit: None,
     })
+}
+
+/// The Argon2id hash of a password, in PHC string form (salted; slow on purpose, so call
+/// it off the async threads).
+pub fn hash_password(password: &str) -> Result<String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hash a password: {e}"))
+}
+
+/// Whether `password` matches `phc` (an Argon2id hash); `None` spends the same time and
+/// fails, so an unknown email takes as long as a wrong password.
+pub fn check_password(phc: Option<&str>, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| hash_password("not a password of anyone").unwrap_or_default());
+    let (phc, real) = match phc {
+        Some(p) => (p, true),
+        None => (dummy.as_str(), false),
+    };
+    let ok = PasswordHash::new(phc)
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false);
+    ok && real
 }
 
 /// The bootstrap token of a host: HMAC(bootstrap key, host id). Derivable again after a
@@ -122,7 +224,7 @@ pub async fn bootstrap_admin(state: &AppState) -> Result<Option<String>> {
         operator: true,
         created_at: now(),
     };
-    let (key, secret) = make_key(&org.id, "admin");
+    let (key, secret) = make_key(&org.id, "admin", KeyGrant::owner());
     state
         .store
         .create_org(&org, &new_id("prj"), &key)
@@ -138,7 +240,7 @@ pub async fn new_operator_key(state: &AppState) -> Result<String> {
         .await
         .context("find the operator org")?;
     let org = orgs.first().context("no operator org exists")?;
-    let (key, secret) = make_key(&org.id, "admin");
+    let (key, secret) = make_key(&org.id, "admin", KeyGrant::owner());
     state.store.create_api_key(&key).await.context("create API key")?;
     Ok(secret)
 }

@@ -5,10 +5,13 @@
 //! `highrise-planner`. It reaches the land only through the `Provider` trait and never
 //! dials into the data plane: agents and proxies call in (pull model).
 
+mod access;
 mod api;
+mod audit;
 mod auth;
 pub mod durability;
 mod limits;
+pub mod quota;
 mod reconcile;
 mod spot;
 pub mod store;
@@ -37,6 +40,8 @@ pub struct ControlConfig {
     pub master_key: String,
     /// The spot policy's knobs (short in tests).
     pub spot: highrise_planner::SpotPolicy,
+    /// Failed authentications allowed per source address, key id or user a minute.
+    pub auth_failures_per_minute: usize,
 }
 
 pub(crate) struct AppState {
@@ -51,6 +56,8 @@ pub(crate) struct AppState {
     pub keys: durability::Keyring,
     /// Failed authentications per source address and key id.
     pub auth_limits: limits::AuthLimiter,
+    /// Seals the audit log's chains (derived from the master key, never stored).
+    pub audit_key: Vec<u8>,
 }
 
 impl AppState {
@@ -76,6 +83,8 @@ impl Control {
         let bootstrap_key = key_hex.into_bytes();
         let (changes, _) = watch::channel(0);
         let keys = durability::Keyring::new(&cfg.master_key)?;
+        let audit_key = audit::chain_key(&cfg.master_key)?;
+        let auth_limits = limits::AuthLimiter::new(cfg.auth_failures_per_minute);
         Ok(Self {
             state: Arc::new(AppState {
                 cfg,
@@ -84,7 +93,8 @@ impl Control {
                 changes,
                 bootstrap_key,
                 keys,
-                auth_limits: Default::default(),
+                auth_limits,
+                audit_key,
             }),
         })
     }
@@ -105,9 +115,12 @@ impl Control {
         auth::new_operator_key(&self.state).await
     }
 
-    /// Checks that a key secret is valid (not revoked).
-    pub async fn key_is_valid(&self, secret: &str) -> bool {
-        auth::authenticate(&self.state, secret).await.is_ok()
+    /// Whether a key secret is a working owner key of the operator org (not a session, not
+    /// revoked or expired): the key `up` keeps in the client config.
+    pub async fn is_operator_key(&self, secret: &str) -> bool {
+        auth::authenticate(&self.state, secret)
+            .await
+            .is_ok_and(|c| c.operator && c.role == highrise_api::Role::Owner && c.actor.starts_with("key:"))
     }
 
     /// Runs the reconciler until `shutdown` turns true.

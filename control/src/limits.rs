@@ -9,7 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Failed authentications allowed per subject within [`WINDOW`].
+/// Failed authentications allowed per subject within [`WINDOW`], unless the operator
+/// sets another number.
 pub const MAX_FAILURES: usize = 20;
 
 /// The sliding window over which failures count.
@@ -26,12 +27,32 @@ pub enum Subject {
     Key(String),
 }
 
-#[derive(Default)]
 pub struct AuthLimiter {
+    /// Failures allowed per subject within the window.
+    max: usize,
     failures: Mutex<HashMap<Subject, VecDeque<Instant>>>,
 }
 
+impl Default for AuthLimiter {
+    fn default() -> Self {
+        Self::new(MAX_FAILURES)
+    }
+}
+
 impl AuthLimiter {
+    /// A limiter allowing `max` failures (at least 1) per subject a minute.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Failures allowed per subject a minute.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// `Err(retry_after)` when any of `subjects` has used up its failures at `now`.
     pub fn check(&self, subjects: &[Subject], now: Instant) -> Result<(), Duration> {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -39,7 +60,7 @@ impl AuthLimiter {
         for s in subjects {
             if let Some(q) = map.get_mut(s) {
                 prune(q, now);
-                if q.len() >= MAX_FAILURES {
+                if q.len() >= self.max {
                     let oldest = q.front().copied().unwrap_or(now);
                     wait = wait.max((oldest + WINDOW).saturating_duration_since(now));
                 }
@@ -77,8 +98,8 @@ impl AuthLimiter {
             let q = map.entry(s.clone()).or_default();
             prune(q, now);
             q.push_back(now);
-            // Only the last MAX_FAILURES matter to the rule.
-            while q.len() > MAX_FAILURES {
+            // Only the last `max` matter to the rule.
+            while q.len() > self.max {
                 q.pop_front();
             }
         }

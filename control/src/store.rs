@@ -23,15 +23,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("../migrations/0008_spot.sql")),
     (9, include_str!("../migrations/0009_beat_ms.sql")),
     (10, include_str!("../migrations/0010_sync_streaming.sql")),
+    (11, include_str!("../migrations/0011_access.sql")),
+    (12, include_str!("../migrations/0012_quotas.sql")),
 ];
 
+mod audit;
+pub use audit::AuditFilter;
 mod backups;
 mod clusters;
 mod hosts;
 mod instances;
+mod members;
 mod operations;
 mod orgs;
 pub mod pools;
+mod quotas;
 mod settings;
 mod world;
 
@@ -41,6 +47,8 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error(transparent)]
+    Quota(#[from] crate::quota::Exceeded),
     #[error("metadata store: {0}")]
     Db(#[from] sqlx::Error),
 }
@@ -69,8 +77,48 @@ pub struct ApiKeyRow {
     pub org_id: String,
     pub name: String,
     pub secret_hash: String,
+    /// A session's role is its user's membership, not this.
+    pub role: highrise_api::Role,
+    pub project_id: Option<String>,
+    pub expires_at: Option<i64>,
+    /// A session: the user it signs in.
+    pub user_id: Option<String>,
+    pub created_by: Option<String>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub id: String,
+    pub email: String,
+    pub password_hash: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberRow {
+    pub org_id: String,
+    pub user_id: String,
+    pub email: String,
+    pub role: highrise_api::Role,
+    pub invite_hash: Option<String>,
+    pub invite_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub joined_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub org_id: String,
+    pub seq: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub source: String,
+    pub result: String,
+    pub hash: String,
 }
 
 #[derive(Debug, Clone)]
@@ -251,15 +299,29 @@ fn project(r: &AnyRow) -> Result<ProjectRow> {
     })
 }
 
+const KEY_COLS: &str =
+    "id, org_id, name, secret_hash, role, project_id, expires_at, user_id, created_by, created_at, revoked_at";
+
 fn api_key(r: &AnyRow) -> Result<ApiKeyRow> {
     Ok(ApiKeyRow {
         id: r.try_get("id")?,
         org_id: r.try_get("org_id")?,
         name: r.try_get("name")?,
         secret_hash: r.try_get("secret_hash")?,
+        role: role(r.try_get("role")?)?,
+        project_id: r.try_get("project_id")?,
+        expires_at: r.try_get("expires_at")?,
+        user_id: r.try_get("user_id")?,
+        created_by: r.try_get("created_by")?,
         created_at: r.try_get("created_at")?,
         revoked_at: r.try_get("revoked_at")?,
     })
+}
+
+/// A role as stored; an unknown one is a corrupt row, not a guess.
+fn role(s: String) -> Result<highrise_api::Role> {
+    s.parse()
+        .map_err(|_| StoreError::Db(sqlx::Error::Decode(format!("unknown role {s:?} in the store").into())))
 }
 
 const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name, c.name, c.cloud, c.region, \
@@ -375,6 +437,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    sqlite: bool,
 }
 
 impl Store {
@@ -396,9 +459,21 @@ impl Store {
             // and enforces foreign keys on every connection.
             sqlx::raw_sql("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        let store = Self { pool };
+        let store = Self { pool, sqlite };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), waiting its turn behind other writers: a transaction that
+    /// read first and then asked for the lock would be refused ("database is locked")
+    /// when another writer committed in between.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            self.pool.begin().await?
+        })
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -462,14 +537,22 @@ async fn next_term(
 }
 
 async fn insert_key(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &ApiKeyRow) -> Result<()> {
-    sqlx::query("INSERT INTO api_keys (id, org_id, name, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&key.id)
-        .bind(&key.org_id)
-        .bind(&key.name)
-        .bind(&key.secret_hash)
-        .bind(key.created_at)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO api_keys (id, org_id, name, secret_hash, role, project_id, expires_at, user_id, created_by, \
+         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&key.id)
+    .bind(&key.org_id)
+    .bind(&key.name)
+    .bind(&key.secret_hash)
+    .bind(key.role.as_str())
+    .bind(&key.project_id)
+    .bind(key.expires_at)
+    .bind(&key.user_id)
+    .bind(&key.created_by)
+    .bind(key.created_at)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -88,6 +88,11 @@ fn key_row(id: &str, org: &str) -> ApiKeyRow {
         org_id: org.into(),
         name: "k".into(),
         secret_hash: "h".into(),
+        role: highrise_api::Role::Owner,
+        project_id: None,
+        expires_at: None,
+        user_id: None,
+        created_by: None,
         created_at: 1,
         revoked_at: None,
     }
@@ -235,16 +240,29 @@ async fn exercise(store: Store) {
         store.find_cluster("o2", "p2", "c1").await,
         Err(StoreError::NotFound)
     ));
-    assert_eq!(store.list_clusters("o1", None).await.unwrap().len(), 2);
+    assert_eq!(store.list_clusters("o1", None, None, 100).await.unwrap().len(), 2);
+    // Pages in creation order.
+    let first = store.list_clusters("o1", None, None, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let rest = store
+        .list_clusters("o1", None, Some((first[0].created_at, &first[0].id)), 100)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_ne!(rest[0].id, first[0].id);
     let in_p1b: Vec<String> = store
-        .list_clusters("o1", Some("p1b"))
+        .list_clusters("o1", Some("p1b"), None, 100)
         .await
         .unwrap()
         .into_iter()
         .map(|c| c.id)
         .collect();
     assert_eq!(in_p1b, vec!["c3".to_string()]);
-    assert!(store.list_clusters("o1", Some("p2")).await.unwrap().is_empty());
+    assert!(store
+        .list_clusters("o1", Some("p2"), None, 100)
+        .await
+        .unwrap()
+        .is_empty());
     assert!(matches!(
         store.get_operation("o2", "op1").await,
         Err(StoreError::NotFound)
@@ -481,6 +499,207 @@ async fn exercise(store: Store) {
         )
         .await
         .unwrap();
+
+    access(&store).await;
+}
+
+/// Users, members, scoped keys and the audit chain.
+async fn access(store: &Store) {
+    use highrise_api::Role;
+    // A key with a role, a project and an end keeps them.
+    let mut k = key_row("k9", "o1");
+    k.role = Role::Viewer;
+    k.project_id = Some("p1b".into());
+    k.expires_at = Some(99);
+    store.create_api_key(&k).await.unwrap();
+    let got = store.api_key("k9").await.unwrap();
+    assert_eq!(
+        (got.role, got.project_id.as_deref(), got.expires_at),
+        (Role::Viewer, Some("p1b"), Some(99))
+    );
+
+    // Invitations make users once; a second invitation of a member is a conflict.
+    let user = |id: &str, email: &str| UserRow {
+        id: id.into(),
+        email: email.into(),
+        password_hash: None,
+        created_at: 5,
+    };
+    let ann = store
+        .invite_member("o1", &user("u1", "ann@example.com"), Role::Owner, "ih1", 100)
+        .await
+        .unwrap();
+    assert_eq!((ann.user_id.as_str(), ann.joined_at), ("u1", None));
+    assert!(matches!(
+        store
+            .invite_member("o1", &user("u9", "ann@example.com"), Role::Viewer, "ih", 100)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // The same person in another org is the same user.
+    let again = store
+        .invite_member("o2", &user("u9", "ann@example.com"), Role::Viewer, "ih2", 100)
+        .await
+        .unwrap();
+    assert_eq!(again.user_id, "u1");
+    store.accept_invite("o1", "u1", Some("phc"), 6).await.unwrap();
+    assert!(matches!(
+        store.accept_invite("o1", "u1", None, 7).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store
+            .user_by_email("ann@example.com")
+            .await
+            .unwrap()
+            .password_hash
+            .as_deref(),
+        Some("phc")
+    );
+    assert_eq!(store.memberships("u1").await.unwrap().len(), 1, "o2 not joined yet");
+    store
+        .invite_member("o1", &user("u2", "bob@example.com"), Role::Developer, "ih3", 100)
+        .await
+        .unwrap();
+    store.accept_invite("o1", "u2", Some("phc2"), 8).await.unwrap();
+    assert_eq!(
+        store.member("o1", "bob@example.com").await.unwrap().role,
+        Role::Developer
+    );
+    // The last owner stays one.
+    assert!(matches!(
+        store.set_member_role("o1", "u1", Role::Admin).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.remove_member("o1", "u1", 9).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.set_member_role("o1", "u2", Role::Owner).await.unwrap();
+    store.set_member_role("o1", "u1", Role::Viewer).await.unwrap();
+    // Removing a member ends their sessions.
+    let mut session = key_row("s1", "o1");
+    session.user_id = Some("u1".into());
+    store.create_api_key(&session).await.unwrap();
+    assert!(store.list_api_keys("o1").await.unwrap().iter().all(|k| k.id != "s1"));
+    store.remove_member("o1", "u1", 10).await.unwrap();
+    assert_eq!(store.api_key("s1").await.unwrap().revoked_at, Some(10));
+    assert_eq!(store.list_members("o1").await.unwrap().len(), 1);
+
+    // The audit chain: numbered per org, filtered, paged.
+    let entry = |org: &str, actor: &str, target: &str, at_ms: i64| AuditRow {
+        org_id: org.into(),
+        seq: 0,
+        at_ms,
+        actor: actor.into(),
+        action: "POST /v1/clusters".into(),
+        target: target.into(),
+        source: "127.0.0.1".into(),
+        result: "202".into(),
+        hash: String::new(),
+    };
+    let seal = |prev: &str, r: &AuditRow| format!("{prev}>{}", r.seq);
+    for (i, (actor, target)) in [
+        ("user:u1", "cluster a"),
+        ("key:k1", "cluster b"),
+        ("user:u1", "project x"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let row = store
+            .append_audit(&entry("o1", actor, target, 1000 * (i as i64 + 1)), seal)
+            .await
+            .unwrap();
+        assert_eq!(row.seq, i as i64 + 1);
+    }
+    let other = store
+        .append_audit(&entry("o2", "key:x", "cluster z", 1), seal)
+        .await
+        .unwrap();
+    assert_eq!((other.seq, other.hash.as_str()), (1, ">1"));
+    let all = store
+        .audit(
+            "o1",
+            &AuditFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.hash.as_str()).collect::<Vec<_>>(),
+        [">1", ">1>2", ">1>2>3"]
+    );
+    let by = |f: AuditFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .audit(
+                    "o1",
+                    &AuditFilter {
+                        limit: if f.limit == 0 { 100 } else { f.limit },
+                        ..f
+                    },
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        by(AuditFilter {
+            actor: Some("user:u1".into()),
+            ..Default::default()
+        })
+        .await,
+        [1, 3]
+    );
+    assert_eq!(
+        by(AuditFilter {
+            target: Some("cluster".into()),
+            ..Default::default()
+        })
+        .await,
+        [1, 2]
+    );
+    assert_eq!(
+        by(AuditFilter {
+            since_ms: Some(2000),
+            until_ms: Some(2500),
+            ..Default::default()
+        })
+        .await,
+        [2]
+    );
+    assert_eq!(
+        by(AuditFilter {
+            after_seq: Some(1),
+            limit: 1,
+            ..Default::default()
+        })
+        .await,
+        [2]
+    );
+
+    // Projects: only an empty one goes.
+    let p1b = store.project("o1", "p1b").await.unwrap();
+    assert!(matches!(store.delete_project(&p1b).await, Err(StoreError::Conflict(_))));
+    let empty = ProjectRow {
+        id: "p-empty".into(),
+        org_id: "o1".into(),
+        name: "empty".into(),
+        created_at: 1,
+    };
+    store.create_project(&empty).await.unwrap();
+    store.delete_project(&empty).await.unwrap();
+    assert!(matches!(
+        store.project("o1", "p-empty").await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 #[tokio::test]

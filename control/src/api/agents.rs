@@ -31,6 +31,7 @@ pub(super) async fn agent_register(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LongPoll {
     /// The version the caller has; the call returns when the document differs from it.
     known: Option<String>,

@@ -57,8 +57,10 @@ pub(super) fn validate_policy(p: &BackupPolicy) -> ApiResult<()> {
 async fn ledger(state: &AppState, caller: &Caller, project: Option<&str>, cluster: &str) -> ApiResult<Vec<BackupRow>> {
     let p = resolve_project(state, caller, project).await?;
     match state.store.find_cluster(&caller.org_id, &p.id, cluster).await {
-        Ok(c) => state.store.backups_of(&c.id).await.map_err(store_err("backups")),
-        Err(StoreError::NotFound) => {
+        Ok(c) if caller.project_id.as_ref().is_none_or(|s| s == &c.project_id) => {
+            state.store.backups_of(&c.id).await.map_err(store_err("backups"))
+        }
+        Ok(_) | Err(StoreError::NotFound) => {
             let by_id: Vec<BackupRow> = state
                 .store
                 .backups_of(cluster)
@@ -70,7 +72,10 @@ async fn ledger(state: &AppState, caller: &Caller, project: Option<&str>, cluste
             if !by_id.is_empty() {
                 return Ok(by_id);
             }
-            validate_name("cluster", cluster)?;
+            if validate_name("cluster", cluster).is_err() {
+                // No cluster can have that name.
+                return Err(ApiError::not_found("cluster"));
+            }
             let rows = state
                 .store
                 .backups_by_name(&caller.org_id, &p.id, cluster)
@@ -86,28 +91,33 @@ async fn ledger(state: &AppState, caller: &Caller, project: Option<&str>, cluste
 }
 
 /// The base backups of a cluster, oldest first; also of a deleted cluster, by name.
-#[utoipa::path(get, path = "/v1/clusters/{cluster}/backups", params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
-    responses((status = 200, body = [Backup]), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/backups", params(("cluster" = String, Path, description = "Cluster id or name"), ClusterPageQuery),
+    responses((status = 200, body = [Backup], headers(("x-next-cursor" = String, description = "Pass as `cursor` for the next page"))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn list_backups(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath(cluster): ApiPath<String>,
-    ApiQuery(q): ApiQuery<ProjectQuery>,
-) -> ApiResult<Json<Vec<Backup>>> {
+    ApiQuery(q): ApiQuery<ClusterPageQuery>,
+) -> ApiResult<Paged<Backup>> {
+    require(&caller, Action::ReadClusters)?;
+    let page = Page::new(q.limit, q.cursor.as_deref())?;
     let rows = ledger(&state, &caller, q.project.as_deref(), &cluster).await?;
-    Ok(Json(rows.iter().map(backup_view).collect()))
+    page.apply(rows.iter().map(backup_view), |b| {
+        format!("{:020}{}", b.created_at, b.id)
+    })
 }
 
 /// Take a base backup now. Answers at once; the backup is `pending` until the primary
 /// has stored it (poll the list).
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/backups", params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
-    responses((status = 202, body = Backup), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = Backup), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_backup(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath(cluster): ApiPath<String>,
     ApiQuery(q): ApiQuery<ProjectQuery>,
 ) -> ApiResult<(StatusCode, Json<Backup>)> {
+    require(&caller, Action::WriteClusters)?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     if c.deleted_at.is_some() {
         return Err(ApiError::not_found("cluster"));
@@ -123,13 +133,15 @@ pub(super) async fn create_backup(
 /// every checksum. A failure names the object.
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/backups/{id}/verify",
     params(("cluster" = String, Path, description = "Cluster id or name"), ("id" = String, Path, description = "Backup id"), ProjectQuery),
-    responses((status = 200, body = BackupVerification), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = BackupVerification), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn verify_backup(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath((cluster, id)): ApiPath<(String, String)>,
     ApiQuery(q): ApiQuery<ProjectQuery>,
 ) -> ApiResult<Json<BackupVerification>> {
+    // It reads the whole backup back: work a viewer may not start.
+    require(&caller, Action::WriteClusters)?;
     let rows = ledger(&state, &caller, q.project.as_deref(), &cluster).await?;
     let b = rows
         .iter()
@@ -147,16 +159,29 @@ pub(super) async fn verify_backup(
     }))
 }
 
-/// Parses a restore target time: RFC 3339 in UTC or Unix seconds (fractions allowed).
-fn parse_time(t: &str) -> ApiResult<std::time::SystemTime> {
-    let bad = || ApiError::invalid("restore.time: use RFC 3339 in UTC (2026-11-26T12:00:00.5Z) or Unix seconds");
-    if let Ok(secs) = t.parse::<f64>() {
-        if !(0.0..1e11).contains(&secs) {
-            return Err(bad());
-        }
-        return Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs));
+/// Parses a restore target time as people paste it: RFC 3339 / ISO 8601 with `Z` or any
+/// UTC offset, `T` or a space between date and time (`2026-11-26T12:00:00.5Z`,
+/// `2026-11-26 13:00:00+01:00`), PostgreSQL's own output (`2026-11-26 12:00:00.123+00`),
+/// or Unix seconds (fractions allowed). A time without an offset is refused: it would be
+/// a guess.
+fn parse_time(t: &str) -> ApiResult<jiff::Timestamp> {
+    let bad = || {
+        ApiError::invalid(
+            "restore.time: use a time with its UTC offset (2026-11-26T12:00:00Z, \
+             2026-11-26 13:00:00.5+01, as psql prints it) or Unix seconds",
+        )
+    };
+    let t = t.trim();
+    // Unix seconds: 1–10 digits, a fraction of up to 6 (as the API's schema says).
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |s: &str, max: usize| s.len() <= max && s.bytes().all(|b| b.is_ascii_digit());
+    if !whole.is_empty() && digits(whole, 10) && digits(frac, 6) && (frac.is_empty() != t.contains('.')) {
+        let secs: i64 = whole.parse().map_err(|_| bad())?;
+        let micros: i64 = format!("{frac:0<6}").parse().map_err(|_| bad())?;
+        return jiff::Timestamp::from_microsecond(secs * 1_000_000 + micros).map_err(|_| bad());
     }
-    humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).map_err(|_| bad())
+    // Any year RFC 3339 allows (a target before the cluster existed is refused later).
+    t.parse().map_err(|_| bad())
 }
 
 /// Chooses the backup a restore starts from: the newest complete one that is consistent
@@ -179,15 +204,9 @@ pub(super) async fn plan_restore(
     use highrise_planner::backups::{restore_base, NoBase, RestoreTarget};
     let (target, target_time, target_lsn) = if let Some(t) = &r.time {
         let at = parse_time(t)?;
-        let secs = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
         // PostgreSQL's own timestamptz form (it rejects `T`…`Z` in this setting).
-        let pg = humantime::format_rfc3339_micros(at)
-            .to_string()
-            .replace('T', " ")
-            .replace('Z', "+00");
-        (RestoreTarget::Time(secs), Some(pg), None)
+        let pg = at.strftime("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
+        (RestoreTarget::Time(at.as_second()), Some(pg), None)
     } else if let Some(l) = &r.lsn {
         let lsn =
             highrise_backup::parse_lsn(l).ok_or_else(|| ApiError::invalid("restore.lsn: use X/Y, e.g. 0/3000060"))?;
@@ -195,17 +214,23 @@ pub(super) async fn plan_restore(
     } else {
         (RestoreTarget::Latest, None, None)
     };
+    if rows.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "cluster {:?} (the restore's source)",
+            r.from
+        )));
+    }
     let ledger = durability::entries(&rows);
     let chosen_id = match restore_base(&ledger, target) {
         Ok(b) => b.id.clone(),
         Err(NoBase::NoBackup) => {
-            return Err(ApiError::invalid(format!(
+            return Err(ApiError::conflict(format!(
                 "cluster {:?} has no complete backup to restore from",
                 r.from
             )))
         }
         Err(NoBase::BeforeCreation(at)) => {
-            return Err(ApiError::invalid(format!(
+            return Err(ApiError::conflict(format!(
                 "cluster {:?} was created at {}, after the restore target",
                 r.from,
                 humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at as u64))
@@ -213,7 +238,7 @@ pub(super) async fn plan_restore(
         }
         Err(NoBase::NoneBefore) => {
             let what = r.time.as_deref().or(r.lsn.as_deref()).unwrap_or_default();
-            return Err(ApiError::invalid(format!(
+            return Err(ApiError::conflict(format!(
                 "no backup of {:?} is consistent before {what}",
                 r.from
             )));
@@ -265,4 +290,47 @@ pub(super) async fn fill_desired(state: &AppState, rows: Vec<DesiredRow>) -> Api
         out.push(spec);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn restore_times_are_read_as_people_paste_them() {
+        let at = |secs: i64, millis: i64| jiff::Timestamp::from_millisecond(secs * 1000 + millis).unwrap();
+        // 2026-12-01 20:20:00 UTC
+        let base = 1_796_156_400;
+        let table = [
+            ("2026-12-01T20:20:00Z", at(base, 0)),
+            ("2026-12-01T20:20:00.123Z", at(base, 123)),
+            ("2026-12-01 20:20:00.123+00", at(base, 123)),
+            ("2026-12-01 21:20:00+01", at(base, 0)),
+            ("2026-12-01 21:20:00+01:00", at(base, 0)),
+            ("2026-12-01T15:50:00-04:30", at(base, 0)),
+            (" 2026-12-01t20:20:00z ", at(base, 0)),
+            ("1796156400", at(base, 0)),
+            ("1796156400.5", at(base, 500)),
+            ("0", at(0, 0)),
+            // Before 1970 is a time too (and then before any cluster).
+            ("0003-10-08T18:01:25-20:29", at(-62_048_194_175, 0)),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_time(text).ok(), Some(want), "{text}");
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2026-12-01 20:20:00",
+            "2026-13-01T00:00:00Z",
+            "-5",
+            "1e5",
+            "12345678901",
+            "1.",
+            "1.1234567",
+            "nan",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad:?}");
+        }
+    }
 }

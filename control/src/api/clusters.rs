@@ -2,35 +2,55 @@
 
 use super::*;
 
-/// The org's clusters, every project's unless `project` names one.
+/// The org's clusters in creation order, every project's unless `project` names one (a
+/// project key's own only).
 #[utoipa::path(get, path = "/v1/clusters", params(ListClustersQuery),
-    responses((status = 200, body = [Cluster]), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [Cluster], headers(("x-next-cursor" = String, description = "Pass as `cursor` for the next page"))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn list_clusters(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListClustersQuery>,
-) -> ApiResult<Json<Vec<Cluster>>> {
-    let project = match q.project.as_deref() {
-        Some(name) => Some(resolve_project(&state, &caller, Some(name)).await?),
-        None => None,
+) -> ApiResult<Paged<Cluster>> {
+    require(&caller, Action::ReadClusters)?;
+    let page = Page::new(q.limit, q.cursor.as_deref())?;
+    let project = match (q.project.as_deref(), &caller.project_id) {
+        (None, None) => None,
+        (name, _) => Some(resolve_project(&state, &caller, name).await?),
     };
-    let rows = state
+    let after = page.after_time_and_id()?;
+    let mut rows = state
         .store
-        .list_clusters(&caller.org_id, project.as_ref().map(|p| p.id.as_str()))
+        .list_clusters(
+            &caller.org_id,
+            project.as_ref().map(|p| p.id.as_str()),
+            after,
+            page.limit as i64 + 1,
+        )
         .await
         .map_err(store_err("clusters"))?;
-    let mut out = Vec::with_capacity(rows.len());
-    for c in &rows {
+    let p = page.paged(&mut rows, |c| time_key(c.created_at, &c.id));
+    let mut out = Vec::with_capacity(p.items.len());
+    for c in &p.items {
         out.push(cluster_view(&state, c).await?);
     }
-    Ok(Json(out))
+    Ok(Paged {
+        items: out,
+        next: p.next,
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListClustersQuery {
     /// Only this project's clusters (every project's when omitted).
     project: Option<String>,
+    /// Clusters per page, 1–1000 (100 when omitted).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Where the previous page ended (its `x-next-cursor` header): `<unix seconds>.<id>`.
+    #[param(pattern = "^[0-9]{1,18}\\.[a-z0-9_]{1,64}$")]
+    cursor: Option<String>,
 }
 
 /// Create a cluster. Answers at once with a running operation; poll it (or the cluster)
@@ -42,6 +62,8 @@ pub(super) async fn create_cluster(
     caller: Caller,
     ApiJson(req): ApiJson<CreateCluster>,
 ) -> ApiResult<(StatusCode, Json<CreatedCluster>)> {
+    caller.audit_target(format!("clusters/{}", req.name));
+    require(&caller, Action::WriteClusters)?;
     validate_name("cluster", &req.name)?;
     let project = resolve_project(&state, &caller, req.project.as_deref()).await?;
     let clouds = state.provider.clouds();
@@ -49,7 +71,11 @@ pub(super) async fn create_cluster(
         Some(name) => clouds.iter().find(|c| &c.name == name).ok_or_else(|| {
             let known: Vec<&str> = clouds.iter().map(|c| c.name.as_str()).collect();
             let shown: String = name.chars().take(70).collect();
-            ApiError::invalid(format!("unknown cloud {shown:?}; this land has: {}", known.join(", ")))
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown cloud {shown:?}; this land has: {}", known.join(", ")),
+            )
         })?,
         None => clouds
             .first()
@@ -59,11 +85,15 @@ pub(super) async fn create_cluster(
         Some(name) => cloud.regions.iter().find(|r| &r.name == name).ok_or_else(|| {
             let known: Vec<&str> = cloud.regions.iter().map(|r| r.name.as_str()).collect();
             let shown: String = name.chars().take(70).collect();
-            ApiError::invalid(format!(
-                "unknown region {shown:?} of cloud {}; it has: {}",
-                cloud.name,
-                known.join(", ")
-            ))
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "unknown region {shown:?} of cloud {}; it has: {}",
+                    cloud.name,
+                    known.join(", ")
+                ),
+            )
         })?,
         None => cloud
             .regions
@@ -87,7 +117,7 @@ pub(super) async fn create_cluster(
     let spot = req.spot.unwrap_or(false);
     let durability = req.durability.clone().unwrap_or_else(|| "async".into());
     backups::validate_durability(&durability)?;
-    check_spot_safety(spot, replicas, &durability)?;
+    check_spot_safety(spot, replicas, &durability, true)?;
     let policy = req.backup_policy.unwrap_or_default();
     backups::validate_policy(&policy)?;
     let (restore_json, db_name) = match &req.restore {
@@ -177,6 +207,7 @@ pub(super) async fn get_cluster(
     ApiPath(cluster): ApiPath<String>,
     ApiQuery(q): ApiQuery<ProjectQuery>,
 ) -> ApiResult<Json<Cluster>> {
+    require(&caller, Action::ReadClusters)?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     Ok(Json(cluster_view(&state, &c).await?))
 }
@@ -192,6 +223,7 @@ pub(super) async fn update_cluster(
     ApiQuery(q): ApiQuery<ProjectQuery>,
     ApiJson(req): ApiJson<UpdateCluster>,
 ) -> ApiResult<Json<Cluster>> {
+    require(&caller, Action::WriteClusters)?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     if c.deleted_at.is_some() {
         return Err(ApiError::not_found("cluster"));
@@ -200,10 +232,15 @@ pub(super) async fn update_cluster(
         if replicas > 3 {
             return Err(ApiError::invalid("replicas must be between 0 and 3"));
         }
-        check_spot_safety(c.spot, replicas, req.durability.as_deref().unwrap_or(&c.durability))?;
+        check_spot_safety(
+            c.spot,
+            replicas,
+            req.durability.as_deref().unwrap_or(&c.durability),
+            false,
+        )?;
         state
             .store
-            .set_replicas(&c.id, i64::from(replicas))
+            .set_replicas(&c, i64::from(replicas))
             .await
             .map_err(store_err("cluster"))?;
         state.notify();
@@ -212,7 +249,7 @@ pub(super) async fn update_cluster(
     if let Some(d) = &req.durability {
         backups::validate_durability(d)?;
         let replicas = req.replicas.map_or(c.replicas, i64::from);
-        check_spot_safety(c.spot, u32::try_from(replicas).unwrap_or(0), d)?;
+        check_spot_safety(c.spot, u32::try_from(replicas).unwrap_or(0), d, false)?;
         state
             .store
             .set_durability(&c.id, d)
@@ -240,13 +277,17 @@ pub(super) async fn update_cluster(
 
 /// A spot host can be taken at any moment, its disk with it: a single-node spot cluster
 /// keeps every acknowledged commit only if each is in object storage before it is
-/// acknowledged.
-pub(super) fn check_spot_safety(spot: bool, replicas: u32, durability: &str) -> ApiResult<()> {
+/// acknowledged. A create that asks for one is invalid (its schema says so); a change
+/// that would make one conflicts with the cluster being on spot.
+pub(super) fn check_spot_safety(spot: bool, replicas: u32, durability: &str, creating: bool) -> ApiResult<()> {
     if spot && replicas == 0 && durability != "sync" {
-        return Err(ApiError::invalid(
-            "a single-node spot cluster would lose acknowledged commits with its host: \
-             use durability=sync (every commit in object storage first) or at least 1 replica",
-        ));
+        let why = "a single-node spot cluster would lose acknowledged commits with its host: \
+                   use durability=sync (every commit in object storage first) or at least 1 replica";
+        return Err(if creating {
+            ApiError::invalid(why)
+        } else {
+            ApiError::conflict(why)
+        });
     }
     Ok(())
 }
@@ -260,6 +301,7 @@ pub(super) async fn delete_cluster(
     ApiPath(cluster): ApiPath<String>,
     ApiQuery(q): ApiQuery<ProjectQuery>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
+    require(&caller, Action::WriteClusters)?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     let at = now();
     let op = OperationRow {
@@ -295,6 +337,7 @@ pub(super) async fn switchover(
     ApiQuery(q): ApiQuery<ProjectQuery>,
     ApiJson(req): ApiJson<Switchover>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
+    require(&caller, Action::WriteClusters)?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     if c.deleted_at.is_some() {
         return Err(ApiError::not_found("cluster"));
@@ -306,12 +349,16 @@ pub(super) async fn switchover(
         .map_err(store_err("cluster members"))?;
     let standbys: Vec<&store::InstanceRow> = members.iter().filter(|m| !m.deleting && m.role == "standby").collect();
     if standbys.is_empty() {
-        return Err(ApiError::invalid("the cluster has no standby to switch over to"));
+        return Err(ApiError::conflict("the cluster has no standby to switch over to"));
     }
     if let Some(to) = &req.to {
         if !standbys.iter().any(|m| &m.id == to) {
             let shown: String = to.chars().take(70).collect();
-            return Err(ApiError::invalid(format!("{shown:?} is not a standby of this cluster")));
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{shown:?} is not a standby of this cluster"),
+            ));
         }
     }
     if !state
@@ -349,18 +396,22 @@ pub(super) async fn switchover(
 }
 
 /// The cluster's events, oldest first.
-#[utoipa::path(get, path = "/v1/clusters/{cluster}/events", params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
-    responses((status = 200, body = [ClusterEvent]), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/clusters/{cluster}/events", params(("cluster" = String, Path, description = "Cluster id or name"), ClusterPageQuery),
+    responses((status = 200, body = [ClusterEvent], headers(("x-next-cursor" = String, description = "Pass as `cursor` for the next page"))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(super) async fn cluster_events(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiPath(cluster): ApiPath<String>,
-    ApiQuery(q): ApiQuery<ProjectQuery>,
-) -> ApiResult<Json<Vec<ClusterEvent>>> {
+    ApiQuery(q): ApiQuery<ClusterPageQuery>,
+) -> ApiResult<Paged<ClusterEvent>> {
+    require(&caller, Action::ReadClusters)?;
+    let page = Page::new(q.limit, q.cursor.as_deref())?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     let events = state.store.events(&c.id).await.map_err(store_err("events"))?;
-    Ok(Json(
-        events
+    let p = page.apply(events, |e| e.id.clone())?;
+    Ok(Paged {
+        items: p
+            .items
             .into_iter()
             .map(|e| ClusterEvent {
                 at: e.at,
@@ -368,5 +419,6 @@ pub(super) async fn cluster_events(
                 message: e.message,
             })
             .collect(),
-    ))
+        next: p.next,
+    })
 }

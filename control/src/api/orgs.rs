@@ -1,15 +1,16 @@
-//! Orgs, projects and API keys: a tenant's account and its credentials.
+//! Orgs: a tenant's account and its quotas. Only the operator creates orgs and sets quotas.
 
 use super::*;
 
 #[utoipa::path(post, path = "/v1/orgs", request_body = CreateOrg,
-    responses((status = 201, body = CreatedOrg), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = CreatedOrg), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn create_org(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateOrg>,
 ) -> ApiResult<(StatusCode, Json<CreatedOrg>)> {
-    if !caller.operator {
+    caller.audit_target(format!("orgs/{}", req.name));
+    if !caller.may(Action::Operate) {
         return Err(ApiError::forbidden("only the operator may create orgs"));
     }
     validate_name("org", &req.name)?;
@@ -19,7 +20,7 @@ pub(super) async fn create_org(
         operator: false,
         created_at: now(),
     };
-    let (key, secret) = auth::make_key(&org.id, "admin");
+    let (key, secret) = auth::make_key(&org.id, "admin", auth::KeyGrant::owner());
     state
         .store
         .create_org(&org, &auth::new_id("prj"), &key)
@@ -34,101 +35,78 @@ pub(super) async fn create_org(
                 created_at: org.created_at,
             },
             api_key: CreatedApiKey {
-                key: key_view(&key),
+                key: keys::key_view(&key, None),
                 secret,
             },
         }),
     ))
 }
 
-pub(super) fn project_view(p: ProjectRow) -> Project {
-    Project {
-        id: p.id,
-        org_id: p.org_id,
-        name: p.name,
-        created_at: p.created_at,
+fn quotas_view(q: &crate::quota::Quotas) -> OrgQuotas {
+    OrgQuotas {
+        max_clusters: q.clusters,
+        max_members_per_cluster: q.members_per_cluster,
+        max_storage_bytes: q.storage_bytes,
+        max_concurrent_operations: q.concurrent_operations,
     }
 }
 
-#[utoipa::path(get, path = "/v1/projects", responses((status = 200, body = [Project]), (status = 401, body = ErrorBody)))]
-pub(super) async fn list_projects(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<Vec<Project>>> {
-    let rows = state
-        .store
-        .list_projects(&caller.org_id)
-        .await
-        .map_err(store_err("projects"))?;
-    Ok(Json(rows.into_iter().map(project_view).collect()))
+/// The caller's org's quotas and what it uses of them.
+#[utoipa::path(get, path = "/v1/quotas",
+    responses((status = 200, body = QuotaUsage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn get_quotas(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<QuotaUsage>> {
+    require(&caller, Action::ReadProjects)?;
+    let q = state.store.quotas(&caller.org_id).await.map_err(store_err("quotas"))?;
+    let u = state.store.usage(&caller.org_id).await.map_err(store_err("usage"))?;
+    Ok(Json(QuotaUsage {
+        quotas: quotas_view(&q),
+        clusters: u.clusters,
+        running_operations: u.running_operations,
+        storage_bytes: u.storage_bytes,
+    }))
 }
 
-#[utoipa::path(post, path = "/v1/projects", request_body = CreateProject,
-    responses((status = 201, body = Project), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub(super) async fn create_project(
+/// An org's quotas (operator only).
+#[utoipa::path(get, path = "/v1/orgs/{org}/quotas", params(("org" = String, Path, description = "Org id or name")),
+    responses((status = 200, body = OrgQuotas), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn org_quotas(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    ApiJson(req): ApiJson<CreateProject>,
-) -> ApiResult<(StatusCode, Json<Project>)> {
-    validate_name("project", &req.name)?;
-    let p = ProjectRow {
-        id: auth::new_id("prj"),
-        org_id: caller.org_id,
-        name: req.name,
-        created_at: now(),
+    ApiPath(org): ApiPath<String>,
+) -> ApiResult<Json<OrgQuotas>> {
+    if !caller.may(Action::Operate) {
+        return Err(ApiError::forbidden("only the operator may read another org's quotas"));
+    }
+    let o = state.store.find_org(&org).await.map_err(store_err("org"))?;
+    let q = state.store.quotas(&o.id).await.map_err(store_err("quotas"))?;
+    Ok(Json(quotas_view(&q)))
+}
+
+/// Set an org's quotas (operator only). What already exists stays; new requests must fit.
+#[utoipa::path(put, path = "/v1/orgs/{org}/quotas", request_body = OrgQuotas,
+    params(("org" = String, Path, description = "Org id or name")),
+    responses((status = 200, body = OrgQuotas), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn set_quotas(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(org): ApiPath<String>,
+    ApiJson(req): ApiJson<OrgQuotas>,
+) -> ApiResult<Json<OrgQuotas>> {
+    if !caller.may(Action::Operate) {
+        return Err(ApiError::forbidden("only the operator may set quotas"));
+    }
+    let q = crate::quota::Quotas {
+        clusters: req.max_clusters,
+        members_per_cluster: req.max_members_per_cluster,
+        storage_bytes: req.max_storage_bytes,
+        concurrent_operations: req.max_concurrent_operations,
     };
-    state.store.create_project(&p).await.map_err(store_err("project"))?;
-    Ok((StatusCode::CREATED, Json(project_view(p))))
-}
-
-pub(super) fn key_view(k: &store::ApiKeyRow) -> ApiKey {
-    ApiKey {
-        id: k.id.clone(),
-        org_id: k.org_id.clone(),
-        name: k.name.clone(),
-        created_at: k.created_at,
-        revoked_at: k.revoked_at,
+    if q.clusters < 0 || q.members_per_cluster < 1 || q.storage_bytes < 0 || q.concurrent_operations < 1 {
+        return Err(ApiError::invalid(
+            "quotas: clusters and storage at least 0, members per cluster and concurrent operations at least 1",
+        ));
     }
-}
-
-#[utoipa::path(get, path = "/v1/api-keys", responses((status = 200, body = [ApiKey]), (status = 401, body = ErrorBody)))]
-pub(super) async fn list_api_keys(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<Vec<ApiKey>>> {
-    let rows = state
-        .store
-        .list_api_keys(&caller.org_id)
-        .await
-        .map_err(store_err("API keys"))?;
-    Ok(Json(rows.iter().map(key_view).collect()))
-}
-
-/// Create an API key; its secret is in this answer only.
-#[utoipa::path(post, path = "/v1/api-keys", request_body = CreateApiKey,
-    responses((status = 201, body = CreatedApiKey), (status = 400, body = ErrorBody)))]
-pub(super) async fn create_api_key(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    ApiJson(req): ApiJson<CreateApiKey>,
-) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
-    validate_label("key name", &req.name)?;
-    let (key, secret) = auth::make_key(&caller.org_id, &req.name);
-    state.store.create_api_key(&key).await.map_err(store_err("API key"))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedApiKey {
-            key: key_view(&key),
-            secret,
-        }),
-    ))
-}
-
-#[utoipa::path(delete, path = "/v1/api-keys/{id}", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
-pub(super) async fn revoke_api_key(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    ApiPath(id): ApiPath<String>,
-) -> ApiResult<StatusCode> {
-    state
-        .store
-        .revoke_api_key(&caller.org_id, &id, now())
-        .await
-        .map_err(store_err("API key"))?;
-    Ok(StatusCode::NO_CONTENT)
+    let o = state.store.find_org(&org).await.map_err(store_err("org"))?;
+    state.store.set_quotas(&o.id, &q).await.map_err(store_err("quotas"))?;
+    Ok(Json(quotas_view(&q)))
 }

@@ -28,9 +28,14 @@ impl Store {
         Ok(get().await?.ok_or(StoreError::NotFound)?.try_get("wrapped")?)
     }
 
-    /// Records a requested backup, unless the cluster has one pending already.
+    /// Records a requested backup, unless the cluster has one pending already. A manual
+    /// one must fit the org's storage quota (scheduled ones keep the cluster restorable
+    /// whatever the quota, and retention bounds them).
     pub async fn insert_backup(&self, b: &BackupRow) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
+        if b.kind == "manual" {
+            quotas::within_quota(&mut tx, &b.org_id, crate::quota::Ask::Backup).await?;
+        }
         let open = sqlx::query("SELECT id FROM backups WHERE cluster_id = $1 AND status = 'pending'")
             .bind(&b.cluster_id)
             .fetch_optional(&mut *tx)

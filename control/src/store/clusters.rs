@@ -1,11 +1,21 @@
 //! Clusters: their intent (plan, replicas, durability, spot) and lifecycle.
 
 use super::*;
+use crate::quota::Ask;
 
 impl Store {
-    /// Records a new cluster and its create operation in one transaction.
+    /// Records a new cluster and its create operation in one transaction, within the org's
+    /// quotas.
     pub async fn create_cluster(&self, c: &ClusterRow, op: &OperationRow) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
+        quotas::within_quota(
+            &mut tx,
+            &c.org_id,
+            Ask::NewCluster {
+                members: c.replicas + 1,
+            },
+        )
+        .await?;
         let res = sqlx::query(
             "INSERT INTO clusters (id, org_id, project_id, name, cloud, region, plan, pg_version, replicas, spot, \
              endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram, spread_clouds, \
@@ -53,18 +63,44 @@ impl Store {
         Ok(())
     }
 
-    /// The org's clusters; only one project's when `project_id` is given.
-    pub async fn list_clusters(&self, org_id: &str, project_id: Option<&str>) -> Result<Vec<ClusterRow>> {
+    /// A page of the org's clusters in creation order (only one project's when
+    /// `project_id` is given): at most `limit`, after the cluster `after` (its creation time
+    /// and id) when given.
+    pub async fn list_clusters(
+        &self,
+        org_id: &str,
+        project_id: Option<&str>,
+        after: Option<(i64, &str)>,
+        limit: i64,
+    ) -> Result<Vec<ClusterRow>> {
         let sql = format!(
             "SELECT {CLUSTER_COLS} FROM clusters c JOIN projects p ON p.id = c.project_id \
-             WHERE c.org_id = $1 AND ($2 IS NULL OR c.project_id = $2) ORDER BY p.name, c.name, c.created_at"
+             WHERE c.org_id = $1 AND ($2 IS NULL OR c.project_id = $2) \
+             AND (c.created_at > $3 OR (c.created_at = $3 AND c.id > $4)) \
+             ORDER BY c.created_at, c.id LIMIT $5"
         );
+        let (after_at, after_id) = after.unwrap_or((i64::MIN, ""));
         let rows = sqlx::query(&sql)
             .bind(org_id)
             .bind(project_id)
+            .bind(after_at)
+            .bind(after_id)
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(cluster).collect()
+    }
+
+    /// The project of a cluster (deleted ones too, while their row is kept).
+    pub async fn cluster_project(&self, id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT project_id FROM clusters WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("project_id")?),
+            None => None,
+        })
     }
 
     /// A live (not deleting) cluster by name, or any cluster of the org by id.
@@ -86,7 +122,7 @@ impl Store {
     /// Marks a cluster deleted and records the delete operation, in one transaction.
     /// A second delete of a cluster already being deleted returns the open operation.
     pub async fn delete_cluster(&self, c: &ClusterRow, op: &OperationRow) -> Result<OperationRow> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let res = sqlx::query("UPDATE clusters SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
             .bind(op.created_at)
             .bind(&c.id)
@@ -108,12 +144,16 @@ impl Store {
         Ok(op.clone())
     }
 
-    pub async fn set_replicas(&self, id: &str, replicas: i64) -> Result<()> {
+    /// Sets a cluster's number of standbys, within its org's quota of members.
+    pub async fn set_replicas(&self, c: &ClusterRow, replicas: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        quotas::within_quota(&mut tx, &c.org_id, Ask::Members(replicas + 1)).await?;
         sqlx::query("UPDATE clusters SET replicas = $1 WHERE id = $2 AND deleted_at IS NULL")
             .bind(replicas)
-            .bind(id)
-            .execute(&self.pool)
+            .bind(&c.id)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -81,7 +81,7 @@ impl Store {
     /// Returns whether anything the planner or the routes depend on changed. `at_ms` in
     /// unix milliseconds.
     pub async fn heartbeat(&self, host_id: &str, at_ms: i64, observed: &[ObservedInstance]) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE hosts SET last_beat_ms = $1 WHERE id = $2")
             .bind(at_ms)
             .bind(host_id)

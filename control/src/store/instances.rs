@@ -153,7 +153,7 @@ impl Store {
         at: i64,
         why: &str,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if !next_term(&mut tx, cluster_id, term, from, None).await? {
             return Ok(false);
         }
@@ -187,7 +187,7 @@ impl Store {
         op: &OperationRow,
         why: &str,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if !next_term(&mut tx, cluster_id, term, Some(from), Some(record)).await? {
             return Ok(false);
         }
@@ -199,7 +199,8 @@ impl Store {
 
     /// Records a requested switchover (the target, or `""` for "the most advanced").
     pub async fn request_switchover(&self, cluster_id: &str, to: &str, op: &OperationRow) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
+        quotas::within_quota(&mut tx, &op.org_id, crate::quota::Ask::Operation).await?;
         sqlx::query("UPDATE clusters SET switchover_to = $1 WHERE id = $2")
             .bind(to)
             .bind(cluster_id)
@@ -229,7 +230,7 @@ impl Store {
     }
 
     pub async fn add_event(&self, cluster_id: &str, at: i64, kind: &str, message: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         insert_event(&mut tx, cluster_id, at, kind, message).await?;
         tx.commit().await?;
         Ok(())

@@ -15,12 +15,28 @@ impl Store {
         operation(&row)
     }
 
-    pub async fn list_operations(&self, org_id: &str) -> Result<Vec<OperationRow>> {
+    /// A page of the org's operations, newest first (only those on one project's clusters
+    /// when `project_id` is given), after the operation `after` (its creation time and id).
+    pub async fn list_operations(
+        &self,
+        org_id: &str,
+        project_id: Option<&str>,
+        after: Option<(i64, &str)>,
+        limit: i64,
+    ) -> Result<Vec<OperationRow>> {
+        let (after_at, after_id) = after.unwrap_or((i64::MAX, ""));
         let rows = sqlx::query(
-            "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at FROM operations \
-             WHERE org_id = $1 ORDER BY created_at DESC, id LIMIT 200",
+            "SELECT o.id, o.org_id, o.cluster_id, o.kind, o.status, o.error, o.created_at, o.updated_at \
+             FROM operations o LEFT JOIN clusters c ON c.id = o.cluster_id \
+             WHERE o.org_id = $1 AND ($2 IS NULL OR c.project_id = $2) \
+             AND (o.created_at < $3 OR (o.created_at = $3 AND o.id > $4)) \
+             ORDER BY o.created_at DESC, o.id LIMIT $5",
         )
         .bind(org_id)
+        .bind(project_id)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(operation).collect()

@@ -43,6 +43,8 @@ pub struct Org {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrg {
+    /// 1–63 characters: lowercase letters, digits and `-`, starting with a letter.
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
 }
 
@@ -64,7 +66,92 @@ pub struct Project {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
+    /// 1–63 characters: lowercase letters, digits and `-`, starting with a letter.
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
+}
+
+/// A cloud of the land, with the regions and zones a cluster can be placed in.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CloudInfo {
+    pub name: String,
+    pub regions: Vec<RegionInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegionInfo {
+    pub name: String,
+    pub zones: Vec<String>,
+}
+
+/// An org's limits, set by the operator.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrgQuotas {
+    #[schema(minimum = 0)]
+    pub max_clusters: i64,
+    /// Primary and standbys of one cluster.
+    #[schema(minimum = 1)]
+    pub max_members_per_cluster: i64,
+    /// Bytes of complete base backups in object storage.
+    #[schema(minimum = 0)]
+    pub max_storage_bytes: i64,
+    /// Operations (create, switchover) running at once.
+    #[schema(minimum = 1)]
+    pub max_concurrent_operations: i64,
+}
+
+/// An org's quotas and what it uses of them now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuotaUsage {
+    pub quotas: OrgQuotas,
+    pub clusters: i64,
+    pub running_operations: i64,
+    pub storage_bytes: i64,
+}
+
+/// What a member or key may do, from most to least: `owner` (everything, including other
+/// owners), `admin` (everything else: members, keys, projects, audit), `developer`
+/// (clusters, backups, operations), `viewer` (read only), `billing` (the org's projects and
+/// members; usage and invoices once billing lands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Developer,
+    Viewer,
+    Billing,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Owner, Role::Admin, Role::Developer, Role::Viewer, Role::Billing];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Viewer => "viewer",
+            Role::Billing => "billing",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| "a role is one of owner, admin, developer, viewer, billing".to_string())
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -72,6 +159,13 @@ pub struct ApiKey {
     pub id: String,
     pub org_id: String,
     pub name: String,
+    pub role: Role,
+    /// The one project the key may reach (every project when absent).
+    pub project: Option<String>,
+    /// The key stops working at this time.
+    pub expires_at: Option<UnixSeconds>,
+    /// The user who created it (absent for keys made by other keys).
+    pub created_by: Option<String>,
     pub created_at: UnixSeconds,
     pub revoked_at: Option<UnixSeconds>,
 }
@@ -79,7 +173,22 @@ pub struct ApiKey {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
+    /// 1–64 characters, no control characters, not only spaces.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
+    /// `developer` when omitted; at most the creator's own role.
+    pub role: Option<Role>,
+    /// Limit the key to this project (by name).
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    pub project: Option<String>,
+    /// The key stops working this many seconds from now (a minute to ten years); it does
+    /// not expire when omitted.
+    #[schema(minimum = 60, maximum = 315360000)]
+    pub expires_in_seconds: Option<i64>,
 }
 
 /// The only time the secret of a key is shown; the control plane keeps just its hash.
@@ -90,6 +199,124 @@ pub struct CreatedApiKey {
     pub secret: String,
 }
 
+/// A person in an org: a user (email) with a role there.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OrgMember {
+    pub user_id: String,
+    pub email: String,
+    pub role: Role,
+    /// `invited` until the invitation is accepted, then `active`.
+    pub status: String,
+    pub created_at: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteMember {
+    #[schema(format = "email", max_length = 254)]
+    pub email: String,
+    pub role: Role,
+}
+
+/// A new member; the invitation token is shown only here. The invited person accepts it
+/// with `POST /v1/invites/accept` (choosing a password if they have none yet).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvitedMember {
+    pub member: OrgMember,
+    pub invite_token: String,
+    pub invite_expires_at: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMember {
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInvite {
+    /// The token the invitation gave (`hri_…`).
+    #[schema(max_length = 300)]
+    pub token: String,
+    /// A new user's password (12–1024 characters), or an existing user's own.
+    #[schema(min_length = 12, max_length = 1024)]
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    #[schema(format = "email", max_length = 254)]
+    pub email: String,
+    #[schema(min_length = 1, max_length = 1024)]
+    pub password: String,
+    /// The org to sign in to (by name); needed only when the user belongs to several.
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    pub org: Option<String>,
+}
+
+/// A session: an API key bound to the user, with the user's role in the org (a role change
+/// or removal applies at once); it expires.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    pub user_id: String,
+    pub email: String,
+    pub org_id: String,
+    pub org: String,
+    pub role: Role,
+    pub key_id: String,
+    /// Pass as `Authorization: Bearer <secret>`.
+    pub secret: String,
+    pub expires_at: UnixSeconds,
+}
+
+/// Who the caller is: the org, role and scope its key or session acts with.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Me {
+    /// `user:<id>` for a session, `key:<id>` for an API key.
+    pub actor: String,
+    pub org_id: String,
+    pub org: String,
+    pub role: Role,
+    /// The one project a project key reaches.
+    pub project: Option<String>,
+    /// The operator org's keys also run the land.
+    pub operator: bool,
+}
+
+/// One entry of an org's audit log. Entries are chained: each one's `hash` covers its
+/// fields and the previous entry's hash, keyed by a secret the metadata store does not
+/// hold, so an edited or removed entry is detected by `POST /v1/audit/verify`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Position in the org's chain, from 1.
+    pub seq: i64,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// `user:<id>` (a session), `key:<id>`, or what a failed caller presented.
+    pub actor: String,
+    /// E.g. `POST /v1/clusters`, `login`.
+    pub action: String,
+    /// What the call acted on, as an API path without `/v1/` (`clusters/web`,
+    /// `members/ann@example.com`; a create names what it made).
+    pub target: String,
+    /// The caller's address.
+    pub source: String,
+    /// The HTTP status, or `ok`/`failed` for logins.
+    pub result: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerification {
+    pub ok: bool,
+    pub entries_checked: u64,
+    /// The first entry that does not match the chain, and why.
+    pub first_bad_seq: Option<i64>,
+    pub problem: Option<String>,
+}
+
 // ---------------------------------------------------------------------------------------
 // Clusters
 // ---------------------------------------------------------------------------------------
@@ -98,9 +325,11 @@ pub struct CreatedApiKey {
 #[serde(deny_unknown_fields)]
 pub struct CreateCluster {
     /// 1–63 characters: lowercase letters, digits and `-`, starting with a letter.
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     /// Project name; `default` when omitted.
     #[serde(default)]
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub project: Option<String>,
     /// Cloud of the land to place the cluster on; the first cloud when omitted.
     #[serde(default)]
@@ -110,12 +339,16 @@ pub struct CreateCluster {
     pub region: Option<String>,
     /// Size: `small`, `medium` or `large`; `small` when omitted.
     #[serde(default)]
+    #[schema(pattern = "^(small|medium|large)$")]
     pub plan: Option<String>,
     /// PostgreSQL major version; 15 is the one supported today.
     #[serde(default)]
+    #[schema(minimum = 15, maximum = 15)]
     pub pg_version: Option<u32>,
-    /// Number of standbys (0 today; replicas arrive with the HA work).
+    /// Number of standbys (0–3; 0 when omitted). They commit synchronously and take
+    /// over when the primary is lost.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 3)]
     pub replicas: Option<u32>,
     /// Run on spot capacity: members in distinct spot pools, switched over on a notice,
     /// on-demand while no pool has capacity. Without replicas, needs `durability: sync`.
@@ -127,6 +360,7 @@ pub struct CreateCluster {
     /// `async` (default: WAL reaches object storage within about a second of commit) or
     /// `sync` (a commit returns only once its WAL is in object storage).
     #[serde(default)]
+    #[schema(pattern = "^(async|sync)$")]
     pub durability: Option<String>,
     /// When to take base backups and how many to keep; defaults apply when omitted.
     #[serde(default)]
@@ -141,10 +375,13 @@ pub struct CreateCluster {
 #[serde(deny_unknown_fields)]
 pub struct BackupPolicy {
     /// A base backup is taken when the last one is this old (60 s – 30 days).
+    #[schema(minimum = 60, maximum = 2592000)]
     pub interval_seconds: i64,
     /// Keep at least this many complete backups (1–100)…
+    #[schema(minimum = 1, maximum = 100)]
     pub retain_count: u32,
     /// …and every backup younger than this many days (0–3650).
+    #[schema(minimum = 0, maximum = 3650)]
     pub retain_days: u32,
 }
 
@@ -160,15 +397,17 @@ impl Default for BackupPolicy {
 
 /// The source of a restore: a cluster of the same org (live or deleted) by name, and the
 /// point to stop at (the end of its archived WAL when neither is given).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreFrom {
     /// Name of the source cluster (in the same project).
     pub from: String,
-    /// Recover up to this time: RFC 3339 (`2026-11-26T12:00:00Z`) or Unix seconds.
+    /// Recover up to this time: with its UTC offset, in RFC 3339 (`2026-11-26T12:00:00Z`)
+    /// or as psql prints it (`2026-11-26 12:00:00.123+00`), or Unix seconds. Not with
+    /// `lsn`.
     #[serde(default)]
     pub time: Option<String>,
-    /// Recover up to this WAL position (`0/3000060`).
+    /// Recover up to this WAL position (`0/3000060`). Not with `time`.
     #[serde(default)]
     pub lsn: Option<String>,
 }
@@ -291,9 +530,11 @@ pub struct Member {
 pub struct UpdateCluster {
     /// New number of standbys (0–3); members are added or removed to match.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 3)]
     pub replicas: Option<u32>,
     /// `async` or `sync`.
     #[serde(default)]
+    #[schema(pattern = "^(async|sync)$")]
     pub durability: Option<String>,
     #[serde(default)]
     pub backup_policy: Option<BackupPolicy>,
@@ -561,3 +802,56 @@ pub fn content_version<T: Serialize>(value: &T) -> String {
     }
     format!("{h:016x}")
 }
+
+// `time` and `lsn` exclude each other, which a derived schema cannot say: the schema is
+// one of three shapes (neither, time, lsn), each closed.
+impl utoipa::PartialSchema for RestoreFrom {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, SchemaFormat, Type};
+        use utoipa::openapi::KnownFormat;
+        let null = || ObjectBuilder::new().schema_type(Type::Null);
+        let from = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"))
+                .description(Some("Name of the source cluster (in the same project)."))
+        };
+        let time = OneOfBuilder::new()
+            .description(Some(
+                "Recover up to this time: RFC 3339 with its UTC offset, or Unix seconds \
+                 (psql's `2026-11-26 12:00:00.123+00` is accepted too).",
+            ))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[0-9]{1,10}(\\.[0-9]{1,6})?$")),
+            );
+        let lsn = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"))
+            .description(Some("Recover up to this WAL position (`0/3000060`)."));
+        let closed = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property("from", from())
+                .required("from")
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        OneOfBuilder::new()
+            .description(Some(
+                "The cluster whose backups and WAL a new cluster starts from, and the point to stop at \
+                 (the end of its archived WAL when neither time nor lsn is given).",
+            ))
+            .item(closed().property("time", null()).property("lsn", null()))
+            .item(closed().property("time", time).required("time").property("lsn", null()))
+            .item(closed().property("lsn", lsn).required("lsn").property("time", null()))
+            .into()
+    }
+}
+
+impl ToSchema for RestoreFrom {}

@@ -227,15 +227,7 @@ impl Repo {
     }
 }
 
-/// `X/Y` notation of an LSN, as PostgreSQL prints it.
-pub fn fmt_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
-
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
+pub use highrise_pg::{fmt_lsn, parse_lsn};
 
 /// PostgreSQL's file name of the WAL segment `segno` on timeline `tli`.
 pub fn segment_name(tli: u32, segno: u64) -> String {

@@ -505,10 +505,21 @@ pub struct Status {
     pub sync_streaming: Vec<String>,
 }
 
-/// Parses `X/Y` into a 64-bit position.
+/// Parses PostgreSQL's `X/Y` notation of a WAL position (each half 1–8 hex digits) into
+/// 64 bits; the one parser of LSNs in Highrise.
 pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+    let (hi, lo) = s.trim().split_once('/')?;
+    let half = |h: &str| {
+        (!h.is_empty() && h.len() <= 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u64::from_str_radix(h, 16).ok())
+            .flatten()
+    };
+    Some((half(hi)? << 32) | half(lo)?)
+}
+
+/// `X/Y` notation of an LSN, as PostgreSQL prints it.
+pub fn fmt_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
 /// A primary's timeline and current WAL write position. Taken before a base backup it
@@ -689,6 +700,13 @@ mod tests {
         assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
         assert!(parse_lsn("1/0").unwrap() > parse_lsn("0/FFFFFFFF").unwrap());
         assert_eq!(parse_lsn("nope"), None);
+        assert_eq!(parse_lsn(" 1A/0\n"), Some(0x1a_0000_0000));
+        for bad in ["", "/", "0/", "/0", "+1/0", "0/-1", "123456789/0", "0/123456789", "g/0"] {
+            assert_eq!(parse_lsn(bad), None, "{bad:?}");
+        }
+        for lsn in [0, 0x16B3748, u64::MAX, 0x1_0000_0000] {
+            assert_eq!(parse_lsn(&fmt_lsn(lsn)), Some(lsn));
+        }
     }
 
     #[test]
