@@ -617,29 +617,68 @@ fn connection_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> S
 }
 
 async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
+    let mut views = cluster_views(state, std::slice::from_ref(c)).await?;
+    views
+        .pop()
+        .ok_or_else(|| ApiError::internal("shape a cluster", "no view made"))
+}
+
+/// The views of several clusters, with two queries for all of them (members, hosts).
+async fn cluster_views(state: &AppState, clusters: &[ClusterRow]) -> ApiResult<Vec<Cluster>> {
+    let ids: Vec<String> = clusters.iter().map(|c| c.id.clone()).collect();
     let instances = state
         .store
-        .instances_of_cluster(&c.id)
+        .instances_of_clusters(&ids)
         .await
         .map_err(store_err("cluster instances"))?;
+    let mut host_ids: Vec<String> = instances.iter().map(|i| i.host_id.clone()).collect();
+    host_ids.sort();
+    host_ids.dedup();
+    let hosts: std::collections::HashMap<String, store::HostRow> = state
+        .store
+        .hosts_by_ids(&host_ids)
+        .await
+        .map_err(store_err("hosts"))?
+        .into_iter()
+        .map(|h| (h.id.clone(), h))
+        .collect();
+    let pools = state.provider.pools();
+    let now = now_ms();
+    Ok(clusters
+        .iter()
+        .map(|c| {
+            let members: Vec<&store::InstanceRow> = instances.iter().filter(|i| i.cluster_id == c.id).collect();
+            view_of(state, c, &members, &hosts, &pools, now)
+        })
+        .collect())
+}
+
+/// What the API shows of a cluster, from its row, its members and their hosts.
+fn view_of(
+    state: &AppState,
+    c: &ClusterRow,
+    instances: &[&store::InstanceRow],
+    hosts: &std::collections::HashMap<String, store::HostRow>,
+    pools: &[highrise_provider::market::Pool],
+    now_ms: i64,
+) -> Cluster {
     let primary_lsn = instances
         .iter()
         .find(|i| !i.deleting && i.role == "primary")
         .and_then(|i| i.lsn);
     let mut members = Vec::new();
-    let pools = state.provider.pools();
     for i in instances.iter().filter(|i| !i.deleting) {
-        let host = state.store.get_host(&i.host_id).await.ok();
-        let (cloud, zone, silent) = match &host {
+        let host = hosts.get(&i.host_id);
+        let (cloud, zone, silent) = match host {
             Some(h) => {
                 let silent =
-                    h.last_beat_ms.is_none_or(|t| now_ms() - t > HOST_SILENCE_SECS * 1000) && h.status != "launching";
+                    h.last_beat_ms.is_none_or(|t| now_ms - t > HOST_SILENCE_SECS * 1000) && h.status != "launching";
                 (h.cloud.clone(), h.zone.clone(), silent)
             }
             None => (String::new(), String::new(), true),
         };
-        let market = host.as_ref().map(|h| h.market.clone()).unwrap_or_default();
-        let pool = host.as_ref().map(|h| h.pool()).unwrap_or_default();
+        let market = host.map(|h| h.market.clone()).unwrap_or_default();
+        let pool = host.map(|h| h.pool()).unwrap_or_default();
         // The member's share of its host's price.
         let price_hour = pools.iter().find(|p| p.id.to_string() == pool).map(|p| {
             let host_price = if market == "spot" {
@@ -666,7 +705,7 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
             market,
             pool,
             price_hour,
-            notice_deadline: host.as_ref().and_then(|h| h.notice_deadline),
+            notice_deadline: host.and_then(|h| h.notice_deadline),
             addr: i.addr.clone(),
             lag_bytes: match (i.role.as_str(), primary_lsn, i.lsn) {
                 ("standby", Some(p), Some(s)) => Some(p.saturating_sub(s) as u64),
@@ -683,7 +722,7 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
             _ => ClusterStatus::Creating,
         }
     };
-    Ok(Cluster {
+    Cluster {
         id: c.id.clone(),
         name: c.name.clone(),
         org_id: c.org_id.clone(),
@@ -720,7 +759,7 @@ async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
         connection_uri: connection_uri(state, c, None),
         members,
         created_at: c.created_at,
-    })
+    }
 }
 
 // ---------------------------------------------------------------------------------------

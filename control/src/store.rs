@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (10, include_str!("../migrations/0010_sync_streaming.sql")),
     (11, include_str!("../migrations/0011_access.sql")),
     (12, include_str!("../migrations/0012_quotas.sql")),
+    (13, include_str!("../migrations/0013_list_indexes.sql")),
 ];
 
 mod audit;
@@ -608,6 +609,11 @@ pub fn observed_name(s: highrise_api::InstanceState) -> &'static str {
         Failed => "failed",
         Stopped => "stopped",
     }
+}
+
+/// `$1, $2, …, $n`: the parameters of an `IN (…)` list.
+fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
 /// A comma-separated list of ids, as the store keeps them.

@@ -60,6 +60,20 @@ impl Store {
         Ok(())
     }
 
+    /// The hosts with these ids, in one query.
+    pub async fn hosts_by_ids(&self, ids: &[String]) -> Result<Vec<HostRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("SELECT * FROM hosts WHERE id IN ({})", placeholders(ids.len()));
+        let mut q = sqlx::query(&sql);
+        for id in ids {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(host).collect()
+    }
+
     pub async fn get_host(&self, id: &str) -> Result<HostRow> {
         let row = sqlx::query("SELECT * FROM hosts WHERE id = $1")
             .bind(id)

@@ -42,6 +42,23 @@ impl Store {
         rows.iter().map(instance).collect()
     }
 
+    /// The instances of several clusters, in one query.
+    pub async fn instances_of_clusters(&self, cluster_ids: &[String]) -> Result<Vec<InstanceRow>> {
+        if cluster_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT * FROM instances WHERE cluster_id IN ({}) ORDER BY created_at, id",
+            placeholders(cluster_ids.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in cluster_ids {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(instance).collect()
+    }
+
     pub async fn instances_of_cluster(&self, cluster_id: &str) -> Result<Vec<InstanceRow>> {
         let rows = sqlx::query("SELECT * FROM instances WHERE cluster_id = $1 ORDER BY created_at, id")
             .bind(cluster_id)
