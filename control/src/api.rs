@@ -8,14 +8,15 @@
 //! Every `/v1` handler first asks whether its caller's role and key scope allow the action
 //! (`crate::access`); every mutating call is written to the audit log by one layer here.
 //!
-//! One module per resource (orgs, projects, members, keys, sessions, clusters, backups,
-//! hosts, operations, audit, agents); this one holds what they share: errors, extractors,
+//! One module per resource (orgs, projects, members, keys, sessions, clusters, events,
+//! backups, hosts, operations, audit, agents); this one holds what they share: errors, extractors,
 //! validation, answer shaping, the audit layer, the router.
 
 mod agents;
 mod audit;
 mod backups;
 mod clusters;
+mod events;
 mod hosts;
 mod keys;
 mod members;
@@ -774,7 +775,7 @@ fn view_of(
         keys::list_api_keys, keys::create_api_key, keys::revoke_api_key, members::list_members,
         members::invite_member, members::update_member, members::remove_member, sessions::login,
         sessions::accept_invite, sessions::me, audit::list_audit, audit::verify_audit, clusters::list_clusters, clusters::create_cluster, clusters::get_cluster,
-        clusters::update_cluster, clusters::delete_cluster, clusters::cluster_events, clusters::switchover,
+        clusters::update_cluster, clusters::delete_cluster, events::cluster_events, clusters::switchover,
         hosts::list_hosts, hosts::list_clouds, operations::list_operations, operations::get_operation, agents::agent_register,
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
         backups::list_backups, backups::create_backup, backups::verify_backup
@@ -950,7 +951,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(clusters::delete_cluster)
                 .patch(clusters::update_cluster),
         )
-        .route("/v1/clusters/{cluster}/events", get(clusters::cluster_events))
+        .route("/v1/clusters/{cluster}/events", get(events::cluster_events))
         .route("/v1/clusters/{cluster}/switchover", post(clusters::switchover))
         .route(
             "/v1/clusters/{cluster}/backups",
@@ -1028,8 +1029,9 @@ async fn resolve_project(state: &AppState, caller: &Caller, name: Option<&str>) 
     }
 }
 
-/// A cluster of the caller's org by id, or by name within `project` (`default`); a
-/// project key finds only its project's.
+/// A live cluster of the caller's org by id, or by name within `project` (`default`); a
+/// project key finds only its project's. A cluster being deleted is gone for the API
+/// (its deletion is followed through its operation; its backups stay listed).
 async fn find_cluster(
     state: &AppState,
     caller: &Caller,
@@ -1042,7 +1044,7 @@ async fn find_cluster(
         .find_cluster(&caller.org_id, &project.id, cluster)
         .await
         .map_err(store_err("cluster"))?;
-    if caller.project_id.as_ref().is_some_and(|s| s != &c.project_id) {
+    if c.deleted_at.is_some() || caller.project_id.as_ref().is_some_and(|s| s != &c.project_id) {
         return Err(ApiError::not_found("cluster"));
     }
     Ok(c)

@@ -119,9 +119,6 @@ pub(super) async fn create_backup(
 ) -> ApiResult<(StatusCode, Json<Backup>)> {
     require(&caller, Action::WriteClusters)?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
-    if c.deleted_at.is_some() {
-        return Err(ApiError::not_found("cluster"));
-    }
     let b = durability::new_backup(&c, "manual");
     state.store.insert_backup(&b).await.map_err(store_err("backup"))?;
     state.notify();

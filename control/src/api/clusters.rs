@@ -1,4 +1,4 @@
-//! Clusters: create, show, update, delete, switchover and events.
+//! Clusters: create, list, show, update, delete and switch over.
 
 use super::*;
 
@@ -225,9 +225,6 @@ pub(super) async fn update_cluster(
 ) -> ApiResult<Json<Cluster>> {
     require(&caller, Action::WriteClusters)?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
-    if c.deleted_at.is_some() {
-        return Err(ApiError::not_found("cluster"));
-    }
     if let Some(replicas) = req.replicas {
         if replicas > 3 {
             return Err(ApiError::invalid("replicas must be between 0 and 3"));
@@ -339,9 +336,6 @@ pub(super) async fn switchover(
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
     require(&caller, Action::WriteClusters)?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
-    if c.deleted_at.is_some() {
-        return Err(ApiError::not_found("cluster"));
-    }
     let members = state
         .store
         .instances_of_cluster(&c.id)
@@ -393,32 +387,4 @@ pub(super) async fn switchover(
     state.notify();
     tracing::info!(cluster = %c.id, to = ?req.to, "switchover requested");
     Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
-}
-
-/// The cluster's events, oldest first.
-#[utoipa::path(get, path = "/v1/clusters/{cluster}/events", params(("cluster" = String, Path, description = "Cluster id or name"), ClusterPageQuery),
-    responses((status = 200, body = [ClusterEvent], headers(("x-next-cursor" = String, description = "Pass as `cursor` for the next page"))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub(super) async fn cluster_events(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    ApiPath(cluster): ApiPath<String>,
-    ApiQuery(q): ApiQuery<ClusterPageQuery>,
-) -> ApiResult<Paged<ClusterEvent>> {
-    require(&caller, Action::ReadClusters)?;
-    let page = Page::new(q.limit, q.cursor.as_deref())?;
-    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
-    let events = state.store.events(&c.id).await.map_err(store_err("events"))?;
-    let p = page.apply(events, |e| e.id.clone())?;
-    Ok(Paged {
-        items: p
-            .items
-            .into_iter()
-            .map(|e| ClusterEvent {
-                at: e.at,
-                kind: e.kind,
-                message: e.message,
-            })
-            .collect(),
-        next: p.next,
-    })
 }

@@ -1,0 +1,33 @@
+//! Cluster events: what happened to a cluster (promotions, replaced members, fallbacks),
+//! oldest first.
+
+use super::*;
+
+impl Store {
+    pub async fn add_event(&self, cluster_id: &str, at: i64, kind: &str, message: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        insert_event(&mut tx, cluster_id, at, kind, message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn events(&self, cluster_id: &str) -> Result<Vec<EventRow>> {
+        let rows =
+            sqlx::query("SELECT id, cluster_id, at, kind, message FROM events WHERE cluster_id = $1 ORDER BY at, id")
+                .bind(cluster_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(event).collect()
+    }
+
+    /// The most recent event of a cluster (the executor does not repeat one).
+    pub async fn last_event(&self, cluster_id: &str) -> Result<Option<EventRow>> {
+        let row = sqlx::query(
+            "SELECT id, cluster_id, at, kind, message FROM events WHERE cluster_id = $1 ORDER BY at DESC, id DESC LIMIT 1",
+        )
+        .bind(cluster_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(event).transpose()
+    }
+}
