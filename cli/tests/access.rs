@@ -216,6 +216,16 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         // Operator-only, whatever the tenant's role.
         ("POST", "/v1/orgs".into(), Some(json!({ "name": "other" })), [denied; 5]),
         ("GET", "/v1/hosts".into(), None, [denied; 5]),
+        ("GET", "/v1/orgs/acme/quotas".into(), None, [denied; 5]),
+        (
+            "PUT",
+            "/v1/orgs/acme/quotas".into(),
+            Some(
+                json!({ "max_clusters": 9, "max_members_per_cluster": 2, "max_storage_bytes": 1, "max_concurrent_operations": 1 }),
+            ),
+            [denied; 5],
+        ),
+        ("GET", "/v1/quotas".into(), None, [200; 5]),
     ];
     let mut wrong = Vec::new();
     for (method, path, body, want) in &cases {
