@@ -9,12 +9,12 @@
 use crate::durability::{self, Archiver};
 use crate::{write_atomic, Shared};
 use anyhow::{bail, Context, Result};
-use highrise_api::{DesiredState, InstanceSpec, InstanceState, ObservedInstance};
+use highrise_api::{DesiredState, InstanceSpec, InstanceState, ObservedInstance, StorageUsage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -133,7 +133,14 @@ struct Instance {
     backup: Option<(String, JoinHandle<()>)>,
     /// Archive recovery settings for the next start (a restore).
     recovery: Option<highrise_pg::Recovery>,
+    /// The last measurement of the data directory and when it was taken, and one being
+    /// taken (walking a big data directory takes a while: off the async threads).
+    storage: Option<(Instant, StorageUsage)>,
+    measuring: Option<JoinHandle<Result<highrise_pg::DiskUsage>>>,
 }
+
+/// How often the data directory's size and its disk's room are measured.
+const MEASURE_STORAGE_EVERY: Duration = Duration::from_secs(5);
 
 impl Instance {
     fn new(shared: Arc<Shared>, id: String) -> Self {
@@ -168,6 +175,38 @@ impl Instance {
             archiver: None,
             backup: None,
             recovery: None,
+            storage: None,
+            measuring: None,
+        }
+    }
+
+    /// Takes in a finished measurement of the data directory and starts the next when the
+    /// last is old.
+    async fn measure_storage(&mut self) {
+        if self.measuring.as_ref().is_some_and(|h| h.is_finished()) {
+            if let Some(h) = self.measuring.take() {
+                // Finished: this does not wait.
+                match h.await {
+                    Ok(Ok(u)) => {
+                        self.storage = Some((
+                            Instant::now(),
+                            StorageUsage {
+                                data_bytes: u.data_bytes,
+                                wal_bytes: u.wal_bytes,
+                                disk_free_bytes: u.fs_free_bytes,
+                                disk_total_bytes: u.fs_total_bytes,
+                            },
+                        ))
+                    }
+                    Ok(Err(e)) => tracing::warn!(instance = %self.id, "{e:#}"),
+                    Err(e) => tracing::warn!(instance = %self.id, "measure storage task: {e}"),
+                }
+            }
+        }
+        let due = self.storage.is_none_or(|(at, _)| at.elapsed() >= MEASURE_STORAGE_EVERY);
+        if due && self.measuring.is_none() {
+            let pgdata = self.pgdata.clone();
+            self.measuring = Some(tokio::task::spawn_blocking(move || highrise_pg::disk_usage(&pgdata)));
         }
     }
 
@@ -201,6 +240,7 @@ impl Instance {
             term: self.applied.as_ref().map_or(0, |s| s.term),
             archived_lsn: self.archiver.as_ref().and_then(|a| a.status.borrow().archived),
             archive_error: self.archiver.as_ref().and_then(|a| a.status.borrow().error.clone()),
+            storage: self.storage.map(|(_, s)| s),
         }
     }
 
@@ -449,6 +489,7 @@ impl Instance {
         };
         let primary = !status.in_recovery;
         self.status = Some(status);
+        self.measure_storage().await;
         if spec.role == "primary" && primary {
             self.ensure_archiver(spec).await;
             self.ensure_backup(spec);

@@ -527,6 +527,16 @@ fn show_cluster(c: &Cluster) {
             a.error.as_ref().map(|e| format!("; failing: {e}")).unwrap_or_default()
         );
     }
+    let size = |b: u64| bytesize::ByteSize(b).to_string();
+    match c.storage_used_bytes {
+        Some(used) if c.storage_limit_bytes > 0 => println!(
+            "storage:    {} of {} ({:.1}%)",
+            size(used),
+            size(c.storage_limit_bytes),
+            used as f64 * 100.0 / c.storage_limit_bytes as f64
+        ),
+        _ => println!("storage:    ? of {}", size(c.storage_limit_bytes)),
+    }
     println!("connect:    {}", c.connection_uri);
     if !c.members.is_empty() {
         println!("members:");
@@ -553,6 +563,15 @@ fn show_cluster(c: &Cluster) {
             );
             if let Some(d) = m.notice_deadline {
                 println!("    spot notice: its host goes at {}", utc(d));
+            }
+            if let Some(s) = m.storage {
+                println!(
+                    "    storage: data {}, WAL {}; disk {} free of {}",
+                    size(s.data_bytes),
+                    size(s.wal_bytes),
+                    size(s.disk_free_bytes),
+                    size(s.disk_total_bytes)
+                );
             }
         }
     }

@@ -1413,3 +1413,34 @@ async fn failed_authentications_are_limited_per_address_and_per_key() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 429);
 }
+
+#[test]
+fn each_member_reports_its_storage_and_the_cluster_its_use_of_the_plan() {
+    let up = Up::start();
+    let uri = up.create_cluster("sized");
+    let shown =
+        || -> Value { serde_json::from_str(&up.cli_ok(&["cluster", "show", "sized", "--output", "json"])).unwrap() };
+    assert_eq!(
+        shown()["storage_limit_bytes"],
+        10u64 << 30,
+        "a small plan includes 10 GiB"
+    );
+    let mut before = 0;
+    wait_for("the first measurement", Duration::from_secs(30), || {
+        before = shown()["storage_used_bytes"].as_u64().unwrap_or(0);
+        before > 0
+    });
+    let m = &shown()["members"][0]["storage"];
+    assert!(m["disk_total_bytes"].as_u64().unwrap() >= m["disk_free_bytes"].as_u64().unwrap());
+    assert!(m["wal_bytes"].as_u64().unwrap() > 0, "{m}");
+    // About 40 MB of rows (and their WAL) show up within a few measurements.
+    psql_ok(
+        &uri,
+        "create table big as select repeat(md5(g::text), 10) as t from generate_series(1, 100000) g",
+    );
+    wait_for("the rows to be counted", Duration::from_secs(30), || {
+        shown()["storage_used_bytes"].as_u64().unwrap_or(0) > before + 30_000_000
+    });
+    let text = up.cli_ok(&["cluster", "show", "sized"]);
+    assert!(text.contains("storage:") && text.contains("of 10.0 GiB"), "{text}");
+}

@@ -712,6 +712,7 @@ fn view_of(
                 ("standby", Some(p), Some(s)) => Some(p.saturating_sub(s) as u64),
                 _ => None,
             },
+            storage: i.storage,
         });
     }
     let status = if c.deleted_at.is_some() {
@@ -723,7 +724,14 @@ fn view_of(
             _ => ClusterStatus::Creating,
         }
     };
+    let storage_used_bytes = instances
+        .iter()
+        .find(|i| !i.deleting && i.role == "primary")
+        .and_then(|i| i.storage)
+        .map(|s| s.data_bytes + s.wal_bytes);
     Cluster {
+        storage_limit_bytes: highrise_planner::plan_storage_bytes(&c.plan).unwrap_or(0),
+        storage_used_bytes,
         id: c.id.clone(),
         name: c.name.clone(),
         org_id: c.org_id.clone(),

@@ -266,6 +266,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                     draining: false,
                     archived_lsn: None,
                     archive_error: None,
+                    storage: None,
                 })
                 .await?;
             if *role == Role::Standby {

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (11, include_str!("../migrations/0011_access.sql")),
     (12, include_str!("../migrations/0012_quotas.sql")),
     (13, include_str!("../migrations/0013_list_indexes.sql")),
+    (14, include_str!("../migrations/0014_storage.sql")),
 ];
 
 mod audit;
@@ -262,6 +263,8 @@ pub struct InstanceRow {
     pub draining: bool,
     pub archived_lsn: Option<i64>,
     pub archive_error: Option<String>,
+    /// What the agent last measured of the member's storage.
+    pub storage: Option<highrise_api::StorageUsage>,
 }
 
 #[derive(Debug, Clone)]
@@ -402,6 +405,25 @@ fn instance(r: &AnyRow) -> Result<InstanceRow> {
         draining: r.try_get::<i64, _>("draining")? != 0,
         archived_lsn: r.try_get("archived_lsn")?,
         archive_error: r.try_get("archive_error")?,
+        storage: {
+            let b = |c: &str| -> Result<Option<u64>> { Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v.max(0) as u64)) };
+            match (
+                b("data_bytes")?,
+                b("wal_bytes")?,
+                b("disk_free_bytes")?,
+                b("disk_total_bytes")?,
+            ) {
+                (Some(data_bytes), Some(wal_bytes), Some(disk_free_bytes), Some(disk_total_bytes)) => {
+                    Some(highrise_api::StorageUsage {
+                        data_bytes,
+                        wal_bytes,
+                        disk_free_bytes,
+                        disk_total_bytes,
+                    })
+                }
+                _ => None,
+            }
+        },
     })
 }
 

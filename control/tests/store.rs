@@ -329,6 +329,7 @@ async fn exercise(store: Store) {
             draining: false,
             archived_lsn: None,
             archive_error: None,
+            storage: None,
         })
         .await
         .unwrap();
@@ -352,17 +353,28 @@ async fn exercise(store: Store) {
         term: 1,
         archived_lsn: Some(90),
         archive_error: None,
+        storage: None,
     };
     assert!(store.heartbeat("h1", 7, std::slice::from_ref(&running)).await.unwrap());
+    let measured = highrise_api::StorageUsage {
+        data_bytes: 30 << 20,
+        wal_bytes: 16 << 20,
+        disk_free_bytes: 1 << 30,
+        disk_total_bytes: 4 << 30,
+    };
     let moved = ObservedInstance {
         lsn: Some(200),
+        storage: Some(measured),
         ..running.clone()
     };
     assert!(
         !store.heartbeat("h1", 8, &[moved]).await.unwrap(),
-        "only the position moved"
+        "only the position and the storage moved"
     );
     assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].lsn, Some(200));
+    // A beat without a new measurement keeps the last one.
+    store.heartbeat("h1", 9, std::slice::from_ref(&running)).await.unwrap();
+    assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].storage, Some(measured));
     assert_eq!(
         store.instances_of_cluster("c1").await.unwrap()[0].archived_lsn,
         Some(90)

@@ -135,10 +135,14 @@ impl Store {
             {
                 changed = true;
             }
+            let bytes = |v: Option<u64>| v.and_then(|b| i64::try_from(b).ok());
+            let storage = o.storage;
             sqlx::query(
                 "UPDATE instances SET observed = $1, addr = $2, error = $3, in_recovery = $4, lsn = $5, \
                  streaming = $6, sync_standbys = $7, observed_term = $8, archived_lsn = $9, archive_error = $10, \
-                 sync_streaming = $11 WHERE id = $12",
+                 sync_streaming = $11, data_bytes = COALESCE($12, data_bytes), wal_bytes = COALESCE($13, wal_bytes), \
+                 disk_free_bytes = COALESCE($14, disk_free_bytes), disk_total_bytes = COALESCE($15, disk_total_bytes) \
+                 WHERE id = $16",
             )
             .bind(&state)
             .bind(&o.addr)
@@ -151,6 +155,10 @@ impl Store {
             .bind(o.archived_lsn.and_then(|l| i64::try_from(l).ok()))
             .bind(&o.archive_error)
             .bind(&sync_streaming)
+            .bind(bytes(storage.map(|s| s.data_bytes)))
+            .bind(bytes(storage.map(|s| s.wal_bytes)))
+            .bind(bytes(storage.map(|s| s.disk_free_bytes)))
+            .bind(bytes(storage.map(|s| s.disk_total_bytes)))
             .bind(&r.id)
             .execute(&mut *tx)
             .await?;

@@ -490,6 +490,10 @@ pub struct Cluster {
     pub backup_policy: BackupPolicy,
     /// The primary's WAL archiving, once it reports.
     pub archive: Option<ArchiveState>,
+    /// The storage the plan includes, in bytes.
+    pub storage_limit_bytes: u64,
+    /// What the primary's data and WAL take, once measured.
+    pub storage_used_bytes: Option<u64>,
     pub status: ClusterStatus,
     /// The stable name clients connect to through the proxy.
     pub endpoint: String,
@@ -523,6 +527,8 @@ pub struct Member {
     pub addr: Option<String>,
     /// A standby's replication lag behind the primary, in bytes of WAL, when known.
     pub lag_bytes: Option<u64>,
+    /// The member's data, WAL and disk, once its agent has measured them.
+    pub storage: Option<StorageUsage>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -729,6 +735,22 @@ pub struct ObservedInstance {
     /// A primary: why archiving fails right now.
     #[serde(default)]
     pub archive_error: Option<String>,
+    /// What the data directory holds and its file system's room, measured every few
+    /// seconds (absent until first measured).
+    #[serde(default)]
+    pub storage: Option<StorageUsage>,
+}
+
+/// What an instance's data directory holds and how much room its disk has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StorageUsage {
+    /// Bytes of data files (everything but WAL).
+    pub data_bytes: u64,
+    /// Bytes of WAL kept (`pg_wal`).
+    pub wal_bytes: u64,
+    /// Free bytes of the disk the data directory is on.
+    pub disk_free_bytes: u64,
+    pub disk_total_bytes: u64,
 }
 
 /// What became of a requested base backup.

@@ -316,6 +316,49 @@ pub fn start(bin: &PgBin, datadir: &Path, log: &Path, run_as: Option<RunAs>) -> 
     Ok(pid)
 }
 
+/// What a data directory holds and how much room its file system has left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Bytes of files in the data directory outside `pg_wal`.
+    pub data_bytes: u64,
+    /// Bytes of files in `pg_wal`.
+    pub wal_bytes: u64,
+    /// Free bytes of the file system the data directory is on (for unprivileged users).
+    pub fs_free_bytes: u64,
+    pub fs_total_bytes: u64,
+}
+
+/// Measures `datadir`: the sizes of its files (data and WAL apart) and its file system's
+/// room. Files that vanish while it walks (PostgreSQL removes and renames files all the
+/// time) are skipped; links are not followed.
+pub fn disk_usage(datadir: &Path) -> Result<DiskUsage> {
+    fn walk(dir: &Path, total: &mut u64) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let Ok(entry) = entry else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                // A directory removed meanwhile is no error.
+                let _ = walk(&entry.path(), total);
+            } else if meta.is_file() {
+                *total += meta.len();
+            }
+        }
+        Ok(())
+    }
+    let mut all = 0;
+    walk(datadir, &mut all).with_context(|| format!("measure {}", datadir.display()))?;
+    let mut wal = 0;
+    let _ = walk(&datadir.join("pg_wal"), &mut wal);
+    let fs = nix::sys::statvfs::statvfs(datadir).with_context(|| format!("statvfs {}", datadir.display()))?;
+    let block = fs.fragment_size() as u64;
+    Ok(DiskUsage {
+        data_bytes: all.saturating_sub(wal),
+        wal_bytes: wal,
+        fs_free_bytes: fs.blocks_available() as u64 * block,
+        fs_total_bytes: fs.blocks() as u64 * block,
+    })
+}
+
 /// PID of the postmaster running on `datadir`, if any (from `postmaster.pid`).
 pub fn running_pid(datadir: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(datadir.join("postmaster.pid")).ok()?;
@@ -700,6 +743,15 @@ mod tests {
         assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
         assert!(parse_lsn("1/0").unwrap() > parse_lsn("0/FFFFFFFF").unwrap());
         assert_eq!(parse_lsn("nope"), None);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pg_wal/archive_status")).unwrap();
+        std::fs::create_dir_all(dir.path().join("base/1")).unwrap();
+        std::fs::write(dir.path().join("base/1/1259"), vec![0u8; 8192 * 3]).unwrap();
+        std::fs::write(dir.path().join("PG_VERSION"), b"15\n").unwrap();
+        std::fs::write(dir.path().join("pg_wal/000000010000000000000001"), vec![0u8; 4096]).unwrap();
+        let u = disk_usage(dir.path()).unwrap();
+        assert_eq!((u.data_bytes, u.wal_bytes), (8192 * 3 + 3, 4096));
+        assert!(u.fs_total_bytes >= u.fs_free_bytes && u.fs_total_bytes > 0);
         assert_eq!(parse_lsn(" 1A/0\n"), Some(0x1a_0000_0000));
         for bad in ["", "/", "0/", "/0", "+1/0", "0/-1", "123456789/0", "0/123456789", "g/0"] {
             assert_eq!(parse_lsn(bad), None, "{bad:?}");

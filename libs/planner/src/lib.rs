@@ -968,6 +968,17 @@ pub fn plan_slots(plan: &str) -> Option<u32> {
     }
 }
 
+/// The storage a plan includes, in bytes (data and WAL of each member).
+pub fn plan_storage_bytes(plan: &str) -> Option<u64> {
+    const GIB: u64 = 1 << 30;
+    match plan {
+        "small" => Some(10 * GIB),
+        "medium" => Some(50 * GIB),
+        "large" => Some(200 * GIB),
+        _ => None,
+    }
+}
+
 /// Memory budget in MiB of a plan's instance.
 pub fn plan_memory_mb(slots: u32) -> u32 {
     256 * slots
