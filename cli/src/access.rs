@@ -402,6 +402,21 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     Ok(())
 }
 
+/// Ends the session in the client config (and removes it from there).
+pub async fn logout(args: WhoamiArgs) -> Result<()> {
+    let api = Api::from(&args.conn)?;
+    api.send_empty(api.http.post(format!("{}/v1/logout", api.url))).await?;
+    if let Some(path) = default_client_config_path() {
+        let saved: Option<ClientConfig> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(mut cfg) = saved {
+            cfg.api_key = String::new();
+            write_private(&path, &serde_json::to_vec_pretty(&cfg)?)?;
+        }
+    }
+    println!("signed out");
+    Ok(())
+}
+
 pub async fn audit(cmd: AuditCommand) -> Result<()> {
     match cmd {
         AuditCommand::List {

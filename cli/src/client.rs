@@ -299,7 +299,8 @@ impl Api {
             .api_key
             .clone()
             .or_else(|| std::env::var("HIGHRISE_API_KEY").ok())
-            .or_else(|| saved.as_ref().map(|c| c.api_key.clone()));
+            .or_else(|| saved.as_ref().map(|c| c.api_key.clone()))
+            .filter(|k| !k.is_empty());
         let key = match key {
             Some(k) => k,
             None if !need_key => String::new(),
@@ -774,13 +775,20 @@ fn show_backups(list: &[Backup]) {
     }
 }
 
+/// The backup ledger of a cluster, live or deleted, by id or name.
+async fn ledger(api: &Api, cluster: &str, project: &Option<String>) -> Result<Vec<Backup>> {
+    let mut q = vec![("cluster", cluster.to_string())];
+    if let Some(p) = project {
+        q.push(("project", p.clone()));
+    }
+    api.list(&format!("{}/v1/backups", api.url), &q).await
+}
+
 pub async fn backup(cmd: BackupCommand) -> Result<()> {
     match cmd {
         BackupCommand::List { cluster, conn } => {
             let api = Api::from(&conn)?;
-            let list: Vec<Backup> = api
-                .list(&api.cluster_sub(&cluster, &conn.project, "/backups"), &[])
-                .await?;
+            let list = ledger(&api, &cluster, &conn.project).await?;
             if conn.output == Output::Json {
                 return print_json(&list);
             }
@@ -797,7 +805,7 @@ pub async fn backup(cmd: BackupCommand) -> Result<()> {
                     bail!("backup {} still pending after an hour", b.id);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let list: Vec<Backup> = api.list(&path, &[]).await?;
+                let list = ledger(&api, &cluster, &conn.project).await?;
                 b = list
                     .into_iter()
                     .find(|x| x.id == b.id)
@@ -814,23 +822,19 @@ pub async fn backup(cmd: BackupCommand) -> Result<()> {
         }
         BackupCommand::Verify { cluster, id, conn } => {
             let api = Api::from(&conn)?;
+            let list = ledger(&api, &cluster, &conn.project).await?;
             let id = match id {
-                Some(id) => id,
-                None => {
-                    let list: Vec<Backup> = api
-                        .list(&api.cluster_sub(&cluster, &conn.project, "/backups"), &[])
-                        .await?;
-                    list.into_iter()
-                        .rev()
-                        .find(|b| b.status == "complete")
-                        .map(|b| b.id)
-                        .with_context(|| format!("cluster {cluster} has no complete backup"))?
-                }
+                Some(id) if list.iter().any(|b| b.id == id) => id,
+                Some(id) => bail!("cluster {cluster} has no backup {id}"),
+                None => list
+                    .into_iter()
+                    .rev()
+                    .find(|b| b.status == "complete")
+                    .map(|b| b.id)
+                    .with_context(|| format!("cluster {cluster} has no complete backup"))?,
             };
-            let suffix = format!("/backups/{}/verify", urlencode(&id));
-            let v: BackupVerification = api
-                .send(api.http.post(api.cluster_sub(&cluster, &conn.project, &suffix)))
-                .await?;
+            let url = format!("{}/v1/backups/{}/verify", api.url, urlencode(&id));
+            let v: BackupVerification = api.send(api.http.post(url)).await?;
             if conn.output == Output::Json {
                 print_json(&v)?;
             } else if v.ok {

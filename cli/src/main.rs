@@ -55,6 +55,8 @@ enum Command {
     Login(access::LoginArgs),
     /// Who the configured key or session acts as.
     Whoami(access::WhoamiArgs),
+    /// End the session in the client config.
+    Logout(access::WhoamiArgs),
     /// The org's audit log.
     #[command(subcommand)]
     Audit(access::AuditCommand),
@@ -175,6 +177,7 @@ fn main() -> std::process::ExitCode {
             Command::ApiKey(c) => access::api_key(c).await,
             Command::Login(a) => access::login(a).await,
             Command::Whoami(a) => access::whoami(a).await,
+            Command::Logout(a) => access::logout(a).await,
             Command::Audit(c) => access::audit(c).await,
             Command::Land(c) => land::land(c).await,
             Command::Sim(a) => sim::sim(a),

@@ -159,6 +159,18 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
             None,
             [nf, nf, nf, denied, denied],
         ),
+        (
+            "GET",
+            "/v1/backups?cluster=web".into(),
+            None,
+            [200, 200, 200, 200, denied],
+        ),
+        (
+            "POST",
+            "/v1/backups/bk_nope/verify".into(),
+            None,
+            [nf, nf, nf, denied, denied],
+        ),
         ("GET", "/v1/projects".into(), None, [200; 5]),
         ("GET", "/v1/me".into(), None, [200; 5]),
         ("GET", "/v1/clouds".into(), None, [200; 5]),
@@ -278,6 +290,7 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         format!("/v1/operations/{web_op}"),
         "/v1/clusters?project=default".into(),
         "/v1/clusters/web/backups?project=default".into(),
+        "/v1/backups?cluster=web&project=default".into(),
     ] {
         assert_eq!(c.call("GET", &path, &scoped, None).await.0, 404, "{path}");
     }
@@ -428,6 +441,13 @@ async fn members_sign_in_their_actions_are_audited_and_tampering_is_found() {
     assert_eq!(s, 200, "{a}");
     assert_eq!((a["role"].as_str(), a["org"].as_str()), (Some("admin"), Some("acme")));
     let a_key = a["secret"].as_str().unwrap().to_string();
+    // A second session of Alice's ends with logout; the first goes on. A key is no session.
+    let (_, a2) = login(&c, "alice@example.com", "correct horse battery").await;
+    let a2 = a2["secret"].as_str().unwrap().to_string();
+    assert_eq!(c.call("POST", "/v1/logout", &a2, None).await.0, 204);
+    assert_eq!(c.call("GET", "/v1/me", &a2, None).await.0, 401);
+    assert_eq!(c.call("GET", "/v1/me", &a_key, None).await.0, 200);
+    assert_eq!(c.call("POST", "/v1/logout", &owner, None).await.0, 409);
     let (_, b) = login(&c, "bob@example.com", "tr0ub4dor&3 staple").await;
     let b_key = b["secret"].as_str().unwrap().to_string();
 
@@ -479,6 +499,7 @@ async fn members_sign_in_their_actions_are_audited_and_tampering_is_found() {
         logins,
         [
             ("login:alice@example.com", "failed"),
+            (ua.as_str(), "ok"),
             (ua.as_str(), "ok"),
             (ub.as_str(), "ok")
         ]

@@ -782,11 +782,12 @@ fn view_of(
         orgs::create_org, orgs::get_quotas, orgs::org_quotas, orgs::set_quotas, projects::list_projects, projects::create_project, projects::delete_project,
         keys::list_api_keys, keys::create_api_key, keys::revoke_api_key, members::list_members,
         members::invite_member, members::update_member, members::remove_member, sessions::login,
-        sessions::accept_invite, sessions::me, audit::list_audit, audit::verify_audit, clusters::list_clusters, clusters::create_cluster, clusters::get_cluster,
+        sessions::accept_invite, sessions::me, sessions::logout, audit::list_audit, audit::verify_audit, clusters::list_clusters, clusters::create_cluster, clusters::get_cluster,
         clusters::update_cluster, clusters::delete_cluster, events::cluster_events, clusters::switchover,
         hosts::list_hosts, hosts::list_clouds, operations::list_operations, operations::get_operation, agents::agent_register,
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
-        backups::list_backups, backups::create_backup, backups::verify_backup
+        backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
+        backups::verify_any_backup
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -922,6 +923,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/clusters/{cluster}/backups/{id}/verify",
             post(backups::verify_backup),
         )
+        .route("/v1/backups/{id}/verify", post(backups::verify_any_backup))
         .route_layer(axum::middleware::from_fn(|req, next| within(VERIFY_LIMIT, req, next)));
     Router::new()
         .route("/v1/openapi.json", get(|| async { Json(openapi_document()) }))
@@ -946,6 +948,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/login", post(sessions::login))
         .route("/v1/me", get(sessions::me))
+        .route("/v1/logout", post(sessions::logout))
         .route("/v1/invites/accept", post(sessions::accept_invite))
         .route("/v1/audit", get(audit::list_audit))
         .route("/v1/audit/verify", post(audit::verify_audit))
@@ -965,6 +968,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/clusters/{cluster}/backups",
             get(backups::list_backups).post(backups::create_backup),
         )
+        .route("/v1/backups", get(backups::list_ledger))
         .route("/v1/hosts", get(hosts::list_hosts))
         .route("/v1/clouds", get(hosts::list_clouds))
         .route("/v1/operations", get(operations::list_operations))

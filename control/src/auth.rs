@@ -107,6 +107,8 @@ pub struct Caller {
     pub project_id: Option<String>,
     /// `user:<id>` for a session, `key:<id>` for an API key.
     pub actor: String,
+    /// The key (or session) presented.
+    pub key_id: String,
     /// Where a mutating call's audit entry is gathered.
     pub audit: Option<crate::audit::AuditSlot>,
 }
@@ -171,6 +173,7 @@ pub async fn authenticate(state: &AppState, presented: &str) -> Result<Caller, U
         role,
         project_id: key.project_id,
         actor,
+        key_id: key.id,
         audit: None,
     })
 }

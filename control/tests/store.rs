@@ -374,7 +374,10 @@ async fn exercise(store: Store) {
     assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].lsn, Some(200));
     // A beat without a new measurement keeps the last one.
     store.heartbeat("h1", 9, std::slice::from_ref(&running)).await.unwrap();
-    assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].storage, Some(measured));
+    assert_eq!(
+        store.instances_of_cluster("c1").await.unwrap()[0].storage,
+        Some(measured)
+    );
     assert_eq!(
         store.instances_of_cluster("c1").await.unwrap()[0].archived_lsn,
         Some(90)

@@ -90,9 +90,10 @@ async fn ledger(state: &AppState, caller: &Caller, project: Option<&str>, cluste
     }
 }
 
-/// The base backups of a cluster, oldest first; also of a deleted cluster, by name.
+/// The base backups of a live cluster, oldest first (those of a deleted cluster are
+/// listed by `GET /v1/backups?cluster=`).
 #[utoipa::path(get, path = "/v1/clusters/{cluster}/backups", params(("cluster" = String, Path, description = "Cluster id or name"), ClusterPageQuery),
-    responses((status = 200, body = [Backup], headers(("x-next-cursor" = String, description = "Pass as `cursor` for the next page"))), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = [Backup], headers(("x-next-cursor" = String, description = "Pass as `cursor` for the next page")))))]
 pub(super) async fn list_backups(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -101,10 +102,45 @@ pub(super) async fn list_backups(
 ) -> ApiResult<Paged<Backup>> {
     require(&caller, Action::ReadClusters)?;
     let page = Page::new(q.limit, q.cursor.as_deref())?;
-    let rows = ledger(&state, &caller, q.project.as_deref(), &cluster).await?;
-    page.apply(rows.iter().map(backup_view), |b| {
-        format!("{:020}{}", b.created_at, b.id)
-    })
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
+    let rows = state.store.backups_of(&c.id).await.map_err(store_err("backups"))?;
+    page.apply(rows.iter().map(backup_view), backup_key)
+}
+
+/// The backup ledger of a cluster by id or name, live or deleted (a deleted cluster's
+/// backups stay until their retention ends, and restores start from them).
+#[utoipa::path(get, path = "/v1/backups", params(LedgerQuery),
+    responses((status = 200, body = [Backup], headers(("x-next-cursor" = String, description = "Pass as `cursor` for the next page"))),
+        (status = 404, body = ErrorBody, description = "No cluster, live or deleted, of that id or name")))]
+pub(super) async fn list_ledger(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<LedgerQuery>,
+) -> ApiResult<Paged<Backup>> {
+    require(&caller, Action::ReadClusters)?;
+    let page = Page::new(q.limit, q.cursor.as_deref())?;
+    let rows = ledger(&state, &caller, q.project.as_deref(), &q.cluster).await?;
+    page.apply(rows.iter().map(backup_view), backup_key)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LedgerQuery {
+    /// The cluster (id or name; also a deleted one).
+    cluster: String,
+    /// Project name (`default` when omitted).
+    project: Option<String>,
+    /// Items per page, 1–1000 (100 when omitted).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Where the previous page ended (its `x-next-cursor` header).
+    #[param(max_length = 300)]
+    cursor: Option<String>,
+}
+
+fn backup_key(b: &Backup) -> String {
+    format!("{:020}{}", b.created_at, b.id)
 }
 
 /// Take a base backup now. Answers at once; the backup is `pending` until the primary
@@ -126,11 +162,11 @@ pub(super) async fn create_backup(
     Ok((StatusCode::ACCEPTED, Json(backup_view(&b))))
 }
 
-/// Read a complete backup back — every part, and the WAL from its start on — and check
-/// every checksum. A failure names the object.
+/// Read a complete backup of a live cluster back — every part, and the WAL from its start
+/// on — and check every checksum. A failure names the object.
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/backups/{id}/verify",
     params(("cluster" = String, Path, description = "Cluster id or name"), ("id" = String, Path, description = "Backup id"), ProjectQuery),
-    responses((status = 200, body = BackupVerification), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = BackupVerification)))]
 pub(super) async fn verify_backup(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -139,12 +175,35 @@ pub(super) async fn verify_backup(
 ) -> ApiResult<Json<BackupVerification>> {
     // It reads the whole backup back: work a viewer may not start.
     require(&caller, Action::WriteClusters)?;
-    let rows = ledger(&state, &caller, q.project.as_deref(), &cluster).await?;
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
+    let rows = state.store.backups_of(&c.id).await.map_err(store_err("backups"))?;
     let b = rows
-        .iter()
+        .into_iter()
         .find(|b| b.id == id && b.status == "complete")
         .ok_or_else(|| ApiError::not_found("complete backup"))?;
-    let repo = durability::repo(&state, &b.org_id, &b.cluster_id)
+    verify(&state, &b).await
+}
+
+/// Read any complete backup of the org back (also of a deleted cluster) and check every
+/// checksum.
+#[utoipa::path(post, path = "/v1/backups/{id}/verify", params(("id" = String, Path, description = "Backup id")),
+    responses((status = 200, body = BackupVerification)))]
+pub(super) async fn verify_any_backup(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<BackupVerification>> {
+    require(&caller, Action::WriteClusters)?;
+    let b = match state.store.backup(&caller.org_id, &id).await {
+        Ok(b) if b.status == "complete" && caller.project_id.as_ref().is_none_or(|p| p == &b.project_id) => b,
+        Ok(_) | Err(StoreError::NotFound) => return Err(ApiError::not_found("complete backup")),
+        Err(e) => return Err(store_err("backup")(e)),
+    };
+    verify(&state, &b).await
+}
+
+async fn verify(state: &AppState, b: &BackupRow) -> ApiResult<Json<BackupVerification>> {
+    let repo = durability::repo(state, &b.org_id, &b.cluster_id)
         .await
         .map_err(|e| ApiError::internal("open object storage", format!("{e:#}")))?;
     let res = repo.verify_base(&b.id).await;

@@ -252,6 +252,25 @@ pub(super) async fn accept_invite(
     }))
 }
 
+/// End the caller's session: its key stops working at once. API keys are revoked with
+/// `DELETE /v1/api-keys/{id}` instead.
+#[utoipa::path(post, path = "/v1/logout",
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn logout(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<StatusCode> {
+    if !caller.actor.starts_with("user:") {
+        return Err(ApiError::conflict(
+            "this is an API key, not a session: revoke it with DELETE /v1/api-keys/{id}",
+        ));
+    }
+    caller.audit_target(format!("sessions/{}", caller.key_id));
+    state
+        .store
+        .revoke_api_key(&caller.org_id, &caller.key_id, now())
+        .await
+        .map_err(store_err("session"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Who the caller is (an authenticated no-op).
 #[utoipa::path(get, path = "/v1/me",
     responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]

@@ -62,6 +62,17 @@ impl Store {
         Ok(())
     }
 
+    /// A backup of the org by id.
+    pub async fn backup(&self, org_id: &str, id: &str) -> Result<BackupRow> {
+        let row = sqlx::query("SELECT * FROM backups WHERE id = $1 AND org_id = $2")
+            .bind(id)
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        backup(&row)
+    }
+
     pub async fn backups_of(&self, cluster_id: &str) -> Result<Vec<BackupRow>> {
         let rows = sqlx::query("SELECT * FROM backups WHERE cluster_id = $1 ORDER BY created_at, id")
             .bind(cluster_id)
