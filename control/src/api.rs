@@ -525,13 +525,13 @@ impl Page {
     }
 
     /// One page of `items`, which come sorted by `key` (unique per item).
-    fn apply<T>(self, items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> String) -> ApiResult<Paged<T>> {
+    fn apply<T>(self, items: impl IntoIterator<Item = T>, key: impl Fn(&T) -> String) -> Paged<T> {
         let mut out: Vec<T> = items
             .into_iter()
             .filter(|i| self.after.as_ref().is_none_or(|a| key(i).as_str() > a.as_str()))
             .take(self.limit + 1)
             .collect();
-        Ok(self.paged(&mut out, key))
+        self.paged(&mut out, key)
     }
 
     /// Trims `items` (at most `limit + 1` of them, in key order) to the page.

@@ -104,7 +104,7 @@ pub(super) async fn list_backups(
     let page = Page::new(q.limit, q.cursor.as_deref())?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     let rows = state.store.backups_of(&c.id).await.map_err(store_err("backups"))?;
-    page.apply(rows.iter().map(backup_view), backup_key)
+    Ok(page.apply(rows.iter().map(backup_view), backup_key))
 }
 
 /// The backup ledger of a cluster by id or name, live or deleted (a deleted cluster's
@@ -120,7 +120,7 @@ pub(super) async fn list_ledger(
     require(&caller, Action::ReadClusters)?;
     let page = Page::new(q.limit, q.cursor.as_deref())?;
     let rows = ledger(&state, &caller, q.project.as_deref(), &q.cluster).await?;
-    page.apply(rows.iter().map(backup_view), backup_key)
+    Ok(page.apply(rows.iter().map(backup_view), backup_key))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

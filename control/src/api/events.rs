@@ -15,7 +15,7 @@ pub(super) async fn cluster_events(
     let page = Page::new(q.limit, q.cursor.as_deref())?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     let events = state.store.events(&c.id).await.map_err(store_err("events"))?;
-    let p = page.apply(events, |e| e.id.clone())?;
+    let p = page.apply(events, |e| e.id.clone());
     Ok(Paged {
         items: p
             .items

@@ -18,7 +18,7 @@ pub(super) async fn list_hosts(
     let mut hosts = state.store.list_hosts().await.map_err(store_err("hosts"))?;
     hosts.sort_by(|a, b| a.id.cmp(&b.id));
     let instances = state.store.list_instances().await.map_err(store_err("instances"))?;
-    page.apply(
+    Ok(page.apply(
         hosts.into_iter().map(|h| Host {
             instances: instances.iter().filter(|i| i.host_id == h.id).count() as u32,
             id: h.id,
@@ -31,7 +31,7 @@ pub(super) async fn list_hosts(
             last_heartbeat: h.last_beat_ms.map(|t| t.div_euclid(1000)),
         }),
         |h| h.id.clone(),
-    )
+    ))
 }
 
 /// The clouds of the land with their regions and zones: where `cluster create --cloud

@@ -46,17 +46,9 @@ pub(super) async fn list_api_keys(
                 .map_or_else(|| id.clone(), |p| p.name.clone())
         })
     };
-    page.apply(
-        rows.iter().map(|k| {
-            (
-                format!("{:020}{}", k.created_at, k.id),
-                key_view(k, name_of(&k.project_id)),
-            )
-        }),
-        |(sort, _)| sort.clone(),
-    )
-    .map(|p| Paged {
-        items: p.items.into_iter().map(|(_, k)| k).collect(),
+    let p = page.apply(rows, |k| format!("{:020}{}", k.created_at, k.id));
+    Ok(Paged {
+        items: p.items.iter().map(|k| key_view(k, name_of(&k.project_id))).collect(),
         next: p.next,
     })
 }

@@ -49,7 +49,7 @@ pub(super) async fn list_members(
         .list_members(&caller.org_id)
         .await
         .map_err(store_err("members"))?;
-    page.page()?.apply(rows.iter().map(member_view), |m| m.email.clone())
+    Ok(page.page()?.apply(rows.iter().map(member_view), |m| m.email.clone()))
 }
 
 /// Invite someone by email with a role (at most the inviter's); the token is in this

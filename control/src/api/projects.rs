@@ -28,7 +28,7 @@ pub(super) async fn list_projects(
     let rows = rows
         .into_iter()
         .filter(|p| caller.project_id.as_ref().is_none_or(|s| s == &p.id));
-    page.page()?.apply(rows.map(project_view), |p| p.name.clone())
+    Ok(page.page()?.apply(rows.map(project_view), |p| p.name.clone()))
 }
 
 #[utoipa::path(post, path = "/v1/projects", request_body = CreateProject,

@@ -54,22 +54,14 @@ pub(super) async fn login(
     };
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
     let ok = password_matches(hash, req.password).await?;
-    let memberships = match (&user, ok) {
-        (Some(u), true) => state.store.memberships(&u.id).await.map_err(store_err("memberships"))?,
-        _ => Vec::new(),
+    let memberships = match &user {
+        Some(u) => state.store.memberships(&u.id).await.map_err(store_err("memberships"))?,
+        None => Vec::new(),
     };
     let Some(user) = user.filter(|_| ok) else {
         state.auth_limits.failed(&subjects, now_i);
         // Recorded where someone can look: the user's orgs, or the operator's.
-        let orgs = match state.store.user_by_email(&email).await {
-            Ok(u) => state
-                .store
-                .memberships(&u.id)
-                .await
-                .map(|m| m.into_iter().map(|(m, _)| m.org_id).collect())
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
+        let orgs: Vec<String> = memberships.iter().map(|(m, _)| m.org_id.clone()).collect();
         let orgs = if orgs.is_empty() {
             state
                 .store

@@ -31,17 +31,18 @@ fn user(r: &AnyRow) -> Result<UserRow> {
 
 impl Store {
     pub async fn user_by_email(&self, email: &str) -> Result<UserRow> {
-        let row = sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE email = $1")
-            .bind(email)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        user(&row)
+        self.user_where("email", email).await
     }
 
     pub async fn user(&self, id: &str) -> Result<UserRow> {
-        let row = sqlx::query("SELECT id, email, password_hash, created_at FROM users WHERE id = $1")
-            .bind(id)
+        self.user_where("id", id).await
+    }
+
+    /// The user whose `column` (`id` or `email`, both unique) is `value`.
+    async fn user_where(&self, column: &'static str, value: &str) -> Result<UserRow> {
+        let sql = format!("SELECT id, email, password_hash, created_at FROM users WHERE {column} = $1");
+        let row = sqlx::query(&sql)
+            .bind(value)
             .fetch_optional(&self.pool)
             .await?
             .ok_or(StoreError::NotFound)?;
