@@ -1241,13 +1241,14 @@ async fn with_the_control_plane_down_clients_keep_working_and_nothing_is_promote
         .join("land/hosts")
         .join(primary["host_id"].as_str().unwrap());
     let pid = postmaster_pid(&pgdata(&control, &primary));
+    // Taken before the first signal: a client may see the death before `kill` returns.
+    let died_at = std::time::Instant::now();
     for (p, cmd) in processes_mentioning(&host_dir.to_string_lossy()) {
         if cmd.contains(" agent ") {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
         }
     }
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    let died_at = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let shown_now = tokio::task::spawn_blocking({
         let c = control.clone();
