@@ -7,6 +7,7 @@
 //! stops and deletes. It reports what it observes in heartbeats. With the control plane
 //! down it keeps running what it last knew (static stability).
 
+mod disk;
 mod durability;
 mod metadata;
 mod supervisor;
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     pub backups: Mutex<BTreeMap<String, BackupReport>>,
     /// A spot notice the metadata endpoint gave, reported in every heartbeat.
     pub notice: Mutex<Option<highrise_api::SpotNotice>>,
+    /// The host disk's room, kept current by [`disk::watch`].
+    pub disk: watch::Sender<Option<disk::Room>>,
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -161,6 +164,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         template: tokio::sync::OnceCell::new(),
         backups: Mutex::new(BTreeMap::new()),
         notice: Mutex::new(None),
+        disk: watch::channel(None).0,
     });
     // Prepare the template before anyone asks for it.
     {
@@ -209,6 +213,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         Arc::clone(&shared),
         stop_rx.clone(),
     ));
+    let disk_watch = tokio::spawn(disk::watch(Arc::clone(&shared), stop_rx.clone()));
     let converge = tokio::spawn(supervisor::converge(Arc::clone(&shared), desired_rx, stop_rx));
 
     wait_for_stop(&cfg).await;
@@ -219,6 +224,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     poller.abort();
     beats.abort();
+    disk_watch.abort();
     if let Some(n) = notices {
         n.abort();
     }

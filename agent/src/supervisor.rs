@@ -6,10 +6,12 @@
 //! restarts it when it dies, and — when the instance leaves the desired state — stops it
 //! and removes its directory. On agent shutdown it stops PostgreSQL and keeps the data.
 
+use crate::disk;
 use crate::durability::{self, Archiver};
 use crate::{write_atomic, Shared};
 use anyhow::{bail, Context, Result};
-use highrise_api::{DesiredState, InstanceSpec, InstanceState, ObservedInstance, StorageUsage};
+use highrise_api::{DesiredState, InstanceSpec, InstanceState, ObservedInstance, StorageLevel, StorageUsage};
+use highrise_planner::storage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -137,6 +139,8 @@ struct Instance {
     /// taken (walking a big data directory takes a while: off the async threads).
     storage: Option<(Instant, StorageUsage)>,
     measuring: Option<JoinHandle<Result<highrise_pg::DiskUsage>>>,
+    /// The storage guard's level, as applied to the running server.
+    guard: storage::Level,
 }
 
 /// How often the data directory's size and its disk's room are measured.
@@ -177,7 +181,52 @@ impl Instance {
             recovery: None,
             storage: None,
             measuring: None,
+            guard: storage::Level::Normal,
         }
+    }
+
+    /// The guard's reading of this instance now: the last measurement of its data and WAL
+    /// against the plan, and the disk's current room (`None` before the disk was read).
+    fn storage_reading(&self, spec: &InstanceSpec) -> Option<storage::Reading> {
+        let room = (*self.shared.disk.borrow())?;
+        let used = self.storage.map_or(0, |(_, s)| s.data_bytes + s.wal_bytes);
+        Some(disk::reading(&room, used, spec.storage_limit_bytes.unwrap_or(0)))
+    }
+
+    /// Moves the storage guard to the level the reading calls for. Entering `Critical`
+    /// cancels the tenant's running write transactions (read-only only holds new ones
+    /// back); read-only itself is applied by the configuration (`refresh_config`).
+    async fn guard_storage(&mut self, spec: &InstanceSpec) {
+        let Some(reading) = self.storage_reading(spec) else {
+            return;
+        };
+        let (fill, bound) = storage::fill(&reading);
+        let level = storage::level(self.guard, fill);
+        if level == self.guard {
+            return;
+        }
+        tracing::warn!(
+            instance = %self.id,
+            from = self.guard.as_str(),
+            to = level.as_str(),
+            "storage {}.{}% full ({bound:?} limit)",
+            fill / 10,
+            fill % 10
+        );
+        let primary = spec.role == "primary";
+        if primary && level == storage::Level::Critical {
+            let owner = spec.owner.clone();
+            let cancelled = match self.admin().await {
+                Ok(conn) => highrise_pg::cancel_writers(conn, &owner).await,
+                Err(e) => Err(e),
+            };
+            match cancelled {
+                Ok(n) => tracing::warn!(instance = %self.id, "storage critical: cancelled {n} write transactions"),
+                // Tried again at the next round: the level is not taken until it worked.
+                Err(e) => return tracing::error!(instance = %self.id, "{e:#}"),
+            }
+        }
+        self.guard = level;
     }
 
     /// Takes in a finished measurement of the data directory and starts the next when the
@@ -195,6 +244,8 @@ impl Instance {
                                 wal_bytes: u.wal_bytes,
                                 disk_free_bytes: u.fs_free_bytes,
                                 disk_total_bytes: u.fs_total_bytes,
+                                disk_reserve_bytes: 0,
+                                level: StorageLevel::Normal,
                             },
                         ))
                     }
@@ -240,7 +291,26 @@ impl Instance {
             term: self.applied.as_ref().map_or(0, |s| s.term),
             archived_lsn: self.archiver.as_ref().and_then(|a| a.status.borrow().archived),
             archive_error: self.archiver.as_ref().and_then(|a| a.status.borrow().error.clone()),
-            storage: self.storage.map(|(_, s)| s),
+            storage: self.storage.map(|(_, s)| {
+                // The disk's room as of now, not of the last walk of the directory.
+                let room = (*self.shared.disk.borrow()).unwrap_or(disk::Room {
+                    total_bytes: s.disk_total_bytes,
+                    free_bytes: s.disk_free_bytes,
+                    reserve_bytes: s.disk_reserve_bytes,
+                });
+                StorageUsage {
+                    disk_free_bytes: room.free_bytes,
+                    disk_total_bytes: room.total_bytes,
+                    disk_reserve_bytes: room.reserve_bytes,
+                    level: match self.guard {
+                        storage::Level::Normal => StorageLevel::Normal,
+                        storage::Level::Warning => StorageLevel::Warning,
+                        storage::Level::ReadOnly => StorageLevel::ReadOnly,
+                        storage::Level::Critical => StorageLevel::Critical,
+                    },
+                    ..s
+                }
+            }),
         }
     }
 
@@ -331,6 +401,9 @@ impl Instance {
             synchronous_standby_names: sync,
             primary_conninfo: conninfo,
             recovery: None,
+            // Only a primary takes writes to hold back.
+            read_only: !standby && self.guard.read_only(),
+            disk_bytes: self.shared.disk.borrow().map(|r| r.total_bytes),
         }
     }
 
@@ -391,7 +464,12 @@ impl Instance {
         if let Some(pid) = self.pid {
             highrise_pg::reload(pid)?;
         }
-        tracing::info!(instance = %self.id, sync = %cfg.synchronous_standby_names, "configuration reloaded");
+        tracing::info!(
+            instance = %self.id,
+            sync = %cfg.synchronous_standby_names,
+            read_only = cfg.read_only,
+            "configuration reloaded"
+        );
         self.applied_config = Some(key);
         self.running_sync = sync_members(spec);
         Ok(())
@@ -476,6 +554,7 @@ impl Instance {
             highrise_pg::promote(conn).await?;
             tracing::info!(instance = %self.id, term = spec.term, "promoted");
         }
+        self.guard_storage(spec).await;
         self.refresh_config(spec)?;
         if self.applied.as_ref().is_none_or(|a| !same_roles(a, spec)) {
             self.apply(spec).await?;
@@ -659,10 +738,11 @@ fn config_key(cfg: &highrise_pg::ServerConfig) -> ConfigKey {
         cfg.synchronous_standby_names.clone(),
         cfg.primary_conninfo.clone(),
         cfg.replication_user.clone(),
+        cfg.read_only,
     )
 }
 
-type ConfigKey = (String, Option<String>, Option<String>);
+type ConfigKey = (String, Option<String>, Option<String>, bool);
 
 fn split_addr(addr: &str) -> Result<(String, u16)> {
     let (host, port) = addr.rsplit_once(':').with_context(|| format!("bad address {addr:?}"))?;
@@ -691,6 +771,7 @@ async fn supervise(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut inst = Instance::new(Arc::clone(&shared), id.clone());
+    let mut disk_marks = shared.disk.subscribe();
     let mut backoff = Duration::from_secs(1);
     loop {
         if *stop.borrow() {
@@ -743,6 +824,8 @@ async fn supervise(
         tokio::select! {
             _ = cmd.changed() => {}
             _ = stop.changed() => {}
+            // The disk crossed one of the storage guard's marks: act now, not next round.
+            _ = disk_marks.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

@@ -9,7 +9,8 @@ use crate::up::{default_client_config_path, ClientConfig};
 use anyhow::{bail, Context, Result};
 use highrise_api::{
     Backup, BackupPolicy, BackupVerification, Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster,
-    CreatedOrg, ErrorBody, Operation, OperationStatus, OrgQuotas, QuotaUsage, RestoreFrom, Switchover, UpdateCluster,
+    CreatedOrg, ErrorBody, Operation, OperationStatus, OrgQuotas, QuotaUsage, RestoreFrom, StorageLevel, Switchover,
+    UpdateCluster,
 };
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -538,6 +539,14 @@ fn show_cluster(c: &Cluster) {
         ),
         _ => println!("storage:    ? of {}", size(c.storage_limit_bytes)),
     }
+    match c.storage_level {
+        StorageLevel::Normal => {}
+        StorageLevel::Warning => println!("            filling up: read-only from 90% of the plan or the disk"),
+        StorageLevel::ReadOnly | StorageLevel::Critical => println!(
+            "            READ-ONLY: storage nearly full; free space in a session that runs\n            \
+             `SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE` (writes resume below 85%)"
+        ),
+    }
     println!("connect:    {}", c.connection_uri);
     if !c.members.is_empty() {
         println!("members:");
@@ -567,11 +576,22 @@ fn show_cluster(c: &Cluster) {
             }
             if let Some(s) = m.storage {
                 println!(
-                    "    storage: data {}, WAL {}; disk {} free of {}",
+                    "    storage: data {}, WAL {}; disk {} free of {}{}{}",
                     size(s.data_bytes),
                     size(s.wal_bytes),
                     size(s.disk_free_bytes),
-                    size(s.disk_total_bytes)
+                    size(s.disk_total_bytes),
+                    if s.disk_reserve_bytes > 0 {
+                        format!(" ({} held in reserve)", size(s.disk_reserve_bytes))
+                    } else {
+                        String::new()
+                    },
+                    match s.level {
+                        StorageLevel::Normal => "",
+                        StorageLevel::Warning => "; guard: warning",
+                        StorageLevel::ReadOnly => "; guard: read-only",
+                        StorageLevel::Critical => "; guard: critical (writes cancelled)",
+                    }
                 );
             }
         }

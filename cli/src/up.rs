@@ -66,10 +66,24 @@ pub struct UpArgs {
     /// `429` (an API fuzzer that tests bad credentials on purpose needs more).
     #[arg(long, default_value_t = 20)]
     auth_failures_per_minute: usize,
+    /// Give each new host of the local land a disk of its own of this size (e.g.
+    /// `400MiB`, at least 128 MiB): an ext4 image loop-mounted on the host's directory,
+    /// so a full disk is real and one host's alone. Needs root. Hosts share the data
+    /// directory's file system when omitted.
+    #[arg(long, value_parser = parse_disk_size)]
+    host_disk: Option<u64>,
     /// Serve the API only: no reconciler, no host booted (a replica of a control plane
     /// whose reconciler runs elsewhere, or a store inspected as it is).
     #[arg(long)]
     no_reconciler: bool,
+}
+
+fn parse_disk_size(s: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = s.parse().map_err(|e| format!("not a size like 400MiB: {e}"))?;
+    if size.as_u64() < 128 * 1024 * 1024 {
+        return Err(format!("{size} is too small for a host's disk: at least 128 MiB"));
+    }
+    Ok(size.as_u64())
 }
 
 fn parse_option(s: &str) -> Result<(String, String), String> {
@@ -235,6 +249,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         spot_capacity: args.spot_capacity,
         traces,
         trace_speed: args.trace_speed,
+        host_disk_bytes: args.host_disk,
         ..LocalLandConfig::new(
             dir.join("land"),
             default_clouds(),

@@ -732,6 +732,11 @@ fn view_of(
     Cluster {
         storage_limit_bytes: highrise_planner::plan_storage_bytes(&c.plan).unwrap_or(0),
         storage_used_bytes,
+        storage_level: instances
+            .iter()
+            .find(|i| !i.deleting && i.role == "primary")
+            .and_then(|i| i.storage)
+            .map_or(StorageLevel::Normal, |s| s.level),
         id: c.id.clone(),
         name: c.name.clone(),
         org_id: c.org_id.clone(),

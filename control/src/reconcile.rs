@@ -329,6 +329,18 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                 state.store.complete_operation(&op, Some(reason), now()).await?;
             }
         }
+        Action::StorageLevel {
+            cluster_id,
+            level,
+            kind,
+            message,
+        } => {
+            tracing::warn!(cluster = %cluster_id, "{message}");
+            state
+                .store
+                .announce_storage_level(cluster_id, level.as_str(), now(), kind, message)
+                .await?;
+        }
         Action::Event {
             cluster_id,
             kind,

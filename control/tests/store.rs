@@ -36,6 +36,8 @@ impl TempPg {
                 synchronous_standby_names: String::new(),
                 primary_conninfo: None,
                 recovery: None,
+                read_only: false,
+                disk_bytes: None,
             },
             run_as,
         )
@@ -361,6 +363,8 @@ async fn exercise(store: Store) {
         wal_bytes: 16 << 20,
         disk_free_bytes: 1 << 30,
         disk_total_bytes: 4 << 30,
+        disk_reserve_bytes: 64 << 20,
+        level: highrise_api::StorageLevel::Normal,
     };
     let moved = ObservedInstance {
         lsn: Some(200),
@@ -382,6 +386,23 @@ async fn exercise(store: Store) {
         store.instances_of_cluster("c1").await.unwrap()[0].archived_lsn,
         Some(90)
     );
+    // A new storage level is news for the planner (it tells the tenant), and kept.
+    let full = highrise_api::StorageUsage {
+        disk_free_bytes: 100 << 20,
+        level: highrise_api::StorageLevel::ReadOnly,
+        ..measured
+    };
+    let filled = ObservedInstance {
+        storage: Some(full),
+        ..running.clone()
+    };
+    assert!(store.heartbeat("h1", 10, &[filled]).await.unwrap());
+    assert_eq!(store.instances_of_cluster("c1").await.unwrap()[0].storage, Some(full));
+    let world = store.world(10, 0).await.unwrap();
+    let seen = world.instances[0].storage.unwrap();
+    assert_eq!(seen.level, highrise_planner::storage::Level::ReadOnly);
+    assert_eq!(seen.reading.reserve_bytes, 64 << 20);
+    assert_eq!(seen.reading.used_bytes, 46 << 20);
 
     // The backup ledger: one pending backup at a time, handed to the primary, completed
     // only by the primary's host, and kept (and found by name) after the cluster is gone.

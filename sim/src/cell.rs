@@ -478,6 +478,7 @@ impl<'a> Cell<'a> {
                             sync_streaming: vec![],
                             term,
                             draining: false,
+                            storage: None,
                         },
                         has_addr: false,
                         pos: 0.0,
@@ -568,6 +569,18 @@ impl<'a> Cell<'a> {
             Action::Event { kind, cluster_id, .. } => {
                 *self.events.entry(kind.clone()).or_default() += 1;
                 self.last_event.insert(cluster_id.clone(), kind.clone());
+            }
+            // The simulator models no storage: agents report none, so this never comes.
+            Action::StorageLevel {
+                cluster_id,
+                level,
+                kind,
+                ..
+            } => {
+                for c in self.clusters.iter_mut().filter(|c| &c.intent.id == cluster_id) {
+                    c.intent.storage_level = *level;
+                }
+                *self.events.entry(kind.clone()).or_default() += 1;
             }
         }
     }
@@ -915,6 +928,7 @@ fn run_cell(
                     // Single-node clusters are `durability: sync` with backups kept.
                     restorable: shape == Shape::SingleSync || cfg.ha_sync,
                     deleted: false,
+                    storage_level: Default::default(),
                 },
                 acked: 0.0,
                 first_up: None,

@@ -220,6 +220,27 @@ impl Drop for Up {
         if std::thread::panicking() {
             dump_logs(&self.root);
         }
+        self.stop_child();
+        // Hosts' own disks (`--host-disk`) that a crashed `up` left mounted.
+        unmount_under(&self.root);
+    }
+}
+
+/// Lazily unmounts every file system mounted below `root` (loop mounts detach with it).
+pub fn unmount_under(root: &Path) {
+    let Ok(root) = root.canonicalize() else { return };
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for point in table.lines().filter_map(|l| l.split(' ').nth(4)) {
+        if Path::new(point).starts_with(&root) {
+            let _ = Command::new("umount").arg("-l").arg(point).status();
+        }
+    }
+}
+
+impl Up {
+    fn stop_child(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),

@@ -11,6 +11,26 @@ impl Store {
         Ok(())
     }
 
+    /// Records the storage level told to the tenant and the event that tells it, together.
+    pub async fn announce_storage_level(
+        &self,
+        cluster_id: &str,
+        level: &str,
+        at: i64,
+        kind: &str,
+        message: &str,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE clusters SET storage_level = $1 WHERE id = $2")
+            .bind(level)
+            .bind(cluster_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, cluster_id, at, kind, message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn events(&self, cluster_id: &str) -> Result<Vec<EventRow>> {
         let rows =
             sqlx::query("SELECT id, cluster_id, at, kind, message FROM events WHERE cluster_id = $1 ORDER BY at, id")

@@ -132,6 +132,8 @@ impl Store {
                 || o.sync_streaming != r.sync_streaming
                 || o.term != r.observed_term
                 || o.archive_error != r.archive_error
+                || o.storage
+                    .is_some_and(|s| s.level != r.storage.map_or(StorageLevel::Normal, |was| was.level))
             {
                 changed = true;
             }
@@ -141,8 +143,9 @@ impl Store {
                 "UPDATE instances SET observed = $1, addr = $2, error = $3, in_recovery = $4, lsn = $5, \
                  streaming = $6, sync_standbys = $7, observed_term = $8, archived_lsn = $9, archive_error = $10, \
                  sync_streaming = $11, data_bytes = COALESCE($12, data_bytes), wal_bytes = COALESCE($13, wal_bytes), \
-                 disk_free_bytes = COALESCE($14, disk_free_bytes), disk_total_bytes = COALESCE($15, disk_total_bytes) \
-                 WHERE id = $16",
+                 disk_free_bytes = COALESCE($14, disk_free_bytes), disk_total_bytes = COALESCE($15, disk_total_bytes), \
+                 disk_reserve_bytes = COALESCE($16, disk_reserve_bytes), storage_level = COALESCE($17, storage_level) \
+                 WHERE id = $18",
             )
             .bind(&state)
             .bind(&o.addr)
@@ -159,6 +162,8 @@ impl Store {
             .bind(bytes(storage.map(|s| s.wal_bytes)))
             .bind(bytes(storage.map(|s| s.disk_free_bytes)))
             .bind(bytes(storage.map(|s| s.disk_total_bytes)))
+            .bind(bytes(storage.map(|s| s.disk_reserve_bytes)))
+            .bind(storage.map(|s| super::storage_level_name(s.level)))
             .bind(&r.id)
             .execute(&mut *tx)
             .await?;

@@ -29,31 +29,44 @@ impl Store {
                     })
                 })
                 .collect();
-        let clusters = sqlx::query(
-            "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, spot, deleted_at, \
+        let cluster_rows = sqlx::query(
+            "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, spot, deleted_at, storage_level, \
              CASE WHEN durability = 'sync' AND EXISTS (SELECT 1 FROM backups b WHERE b.cluster_id = clusters.id \
              AND b.status = 'complete') THEN 1 ELSE 0 END AS restorable FROM clusters ORDER BY id",
         )
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
+        .await?;
+        // The storage each cluster's plan includes: the guard's limit besides the disk.
+        let mut plans = std::collections::BTreeMap::new();
+        for r in &cluster_rows {
             let plan: String = r.try_get("plan")?;
-            Ok(planner::ClusterIntent {
-                id: r.try_get("id")?,
-                cloud: r.try_get("cloud")?,
-                region: r.try_get("region")?,
-                slots: planner::plan_slots(&plan).unwrap_or(1),
-                members: 1 + u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0),
-                term: r.try_get("term")?,
-                switchover_to: r.try_get("switchover_to")?,
-                spread_clouds: r.try_get::<i64, _>("spread_clouds")? != 0,
-                spot: r.try_get::<i64, _>("spot")? != 0,
-                restorable: r.try_get::<i64, _>("restorable")? != 0,
-                deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
+            plans.insert(
+                r.try_get::<String, _>("id")?,
+                planner::plan_storage_bytes(&plan).unwrap_or(0),
+            );
+        }
+        let clusters = cluster_rows
+            .iter()
+            .map(|r| {
+                let plan: String = r.try_get("plan")?;
+                Ok(planner::ClusterIntent {
+                    id: r.try_get("id")?,
+                    cloud: r.try_get("cloud")?,
+                    region: r.try_get("region")?,
+                    slots: planner::plan_slots(&plan).unwrap_or(1),
+                    members: 1 + u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0),
+                    term: r.try_get("term")?,
+                    switchover_to: r.try_get("switchover_to")?,
+                    spread_clouds: r.try_get::<i64, _>("spread_clouds")? != 0,
+                    spot: r.try_get::<i64, _>("spot")? != 0,
+                    restorable: r.try_get::<i64, _>("restorable")? != 0,
+                    deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
+                    storage_level: planner_level(super::storage_level(
+                        r.try_get::<Option<String>, _>("storage_level")?.as_deref(),
+                    )),
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let hosts = self
             .list_hosts()
             .await?
@@ -84,6 +97,16 @@ impl Store {
             .await?
             .into_iter()
             .map(|i| planner::InstanceView {
+                storage: i.storage.map(|s| planner::storage::Report {
+                    reading: planner::storage::Reading {
+                        used_bytes: s.data_bytes + s.wal_bytes,
+                        plan_bytes: plans.get(&i.cluster_id).copied().unwrap_or(0),
+                        disk_total_bytes: s.disk_total_bytes,
+                        disk_free_bytes: s.disk_free_bytes,
+                        reserve_bytes: s.disk_reserve_bytes,
+                    },
+                    level: planner_level(s.level),
+                }),
                 observed: match i.observed.as_str() {
                     "creating" => planner::Observed::Creating,
                     "running" => planner::Observed::Running,
@@ -124,5 +147,15 @@ impl Store {
             pools: Vec::new(),
             spot: planner::SpotPolicy::default(),
         })
+    }
+}
+
+/// The planner's view of a reported storage level.
+fn planner_level(level: StorageLevel) -> planner::storage::Level {
+    match level {
+        StorageLevel::Normal => planner::storage::Level::Normal,
+        StorageLevel::Warning => planner::storage::Level::Warning,
+        StorageLevel::ReadOnly => planner::storage::Level::ReadOnly,
+        StorageLevel::Critical => planner::storage::Level::Critical,
     }
 }

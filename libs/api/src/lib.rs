@@ -494,6 +494,9 @@ pub struct Cluster {
     pub storage_limit_bytes: u64,
     /// What the primary's data and WAL take, once measured.
     pub storage_used_bytes: Option<u64>,
+    /// The storage guard's level on the primary (`read_only`: writes need an explicit
+    /// read-write session until space is freed).
+    pub storage_level: StorageLevel,
     pub status: ClusterStatus,
     /// The stable name clients connect to through the proxy.
     pub endpoint: String,
@@ -669,6 +672,10 @@ pub struct InstanceSpec {
     /// Create the data directory from object storage instead of empty.
     #[serde(default)]
     pub restore: Option<RestoreSpec>,
+    /// The storage the plan includes, in bytes (data and WAL): the storage guard's limit
+    /// besides the disk itself.
+    #[serde(default)]
+    pub storage_limit_bytes: Option<u64>,
 }
 
 /// A cluster's corner of object storage and the tenant's data key to seal it with.
@@ -751,6 +758,27 @@ pub struct StorageUsage {
     /// Free bytes of the disk the data directory is on.
     pub disk_free_bytes: u64,
     pub disk_total_bytes: u64,
+    /// Bytes the agent holds back on the disk to release when it fills (not free room).
+    #[serde(default)]
+    pub disk_reserve_bytes: u64,
+    /// What the storage guard does about it (see [`StorageLevel`]).
+    #[serde(default)]
+    pub level: StorageLevel,
+}
+
+/// The storage guard's level: how full the fuller of the plan's storage and the disk is,
+/// and what follows. `warning` from 80%; `read_only` from 90% (new transactions default
+/// to read-only; a session that asks for read-write — `SET SESSION CHARACTERISTICS AS
+/// TRANSACTION READ WRITE` — can still delete, truncate and vacuum); `critical` from 95%
+/// (running write transactions are cancelled too). Read-write again below 85%.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageLevel {
+    #[default]
+    Normal,
+    Warning,
+    ReadOnly,
+    Critical,
 }
 
 /// What became of a requested base backup.

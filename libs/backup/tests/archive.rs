@@ -25,6 +25,8 @@ fn config(dir: &Path, port: u16, recovery: Option<Recovery>) -> ServerConfig {
         synchronous_standby_names: String::new(),
         primary_conninfo: None,
         recovery,
+        read_only: false,
+        disk_bytes: None,
     }
 }
 

@@ -190,6 +190,19 @@ pub struct ServerConfig {
     pub primary_conninfo: Option<String>,
     /// Archive recovery from WAL already placed in `pg_wal` (a restore), up to a target.
     pub recovery: Option<Recovery>,
+    /// New transactions default to read-only (`default_transaction_read_only`): the
+    /// storage guard's high-water mark. A session may still ask for read-write.
+    pub read_only: bool,
+    /// The disk's size in bytes, when known: the WAL PostgreSQL keeps between checkpoints
+    /// is bounded to a share of it (the default 1 GB would fill a small disk by itself).
+    pub disk_bytes: Option<u64>,
+}
+
+/// `max_wal_size` and `min_wal_size` in MB for a disk of `disk_bytes`: an eighth of the
+/// disk, between 64 MB and PostgreSQL's default of 1 GB.
+pub fn wal_size_mb(disk_bytes: Option<u64>) -> (u64, u64) {
+    let max = disk_bytes.map_or(1024, |b| (b / 8 / (1024 * 1024)).clamp(64, 1024));
+    (max, (max / 2).min(80))
 }
 
 /// Where a restore's archive recovery stops; the end of the WAL when both are `None`.
@@ -227,13 +240,19 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
          wal_receiver_timeout = '1s'\n\
          wal_sender_timeout = '5s'\n\
          synchronous_standby_names = {sync}\n\
-         primary_conninfo = {conninfo}\n",
+         primary_conninfo = {conninfo}\n\
+         max_wal_size = '{max_wal}MB'\n\
+         min_wal_size = '{min_wal}MB'\n\
+         default_transaction_read_only = {read_only}\n",
         listen = cfg.listen_addr,
         port = cfg.port,
         sock = cfg.socket_dir.display(),
         max_connections = (cfg.memory_mb / 256 * 100).clamp(100, 1000),
         sync = quote_literal(&cfg.synchronous_standby_names),
         conninfo = quote_literal(cfg.primary_conninfo.as_deref().unwrap_or("")),
+        max_wal = wal_size_mb(cfg.disk_bytes).0,
+        min_wal = wal_size_mb(cfg.disk_bytes).1,
+        read_only = if cfg.read_only { "on" } else { "off" },
     );
     let mut hba = String::from(
         "# Written by the highrise agent; changes are overwritten.\n\
@@ -349,14 +368,26 @@ pub fn disk_usage(datadir: &Path) -> Result<DiskUsage> {
     walk(datadir, &mut all).with_context(|| format!("measure {}", datadir.display()))?;
     let mut wal = 0;
     let _ = walk(&datadir.join("pg_wal"), &mut wal);
-    let fs = nix::sys::statvfs::statvfs(datadir).with_context(|| format!("statvfs {}", datadir.display()))?;
-    let block = fs.fragment_size() as u64;
+    let (fs_total_bytes, fs_free_bytes) = disk_room(datadir)?;
     Ok(DiskUsage {
         data_bytes: all.saturating_sub(wal),
         wal_bytes: wal,
-        fs_free_bytes: fs.blocks_available() as u64 * block,
-        fs_total_bytes: fs.blocks() as u64 * block,
+        fs_free_bytes,
+        fs_total_bytes,
     })
+}
+
+/// The size of the file system `path` is on and the bytes free to an unprivileged user
+/// (PostgreSQL's), as `(total, free)`: one `statvfs`.
+pub fn disk_room(path: &Path) -> Result<(u64, u64)> {
+    let fs = nix::sys::statvfs::statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    let (block, blocks, available) = (
+        fs.fragment_size() as u64,
+        fs.blocks() as u64,
+        fs.blocks_available() as u64,
+    );
+    Ok((blocks * block, available * block))
 }
 
 /// PID of the postmaster running on `datadir`, if any (from `postmaster.pid`).
@@ -601,6 +632,20 @@ pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
     })
 }
 
+/// Cancels the running statement of every session of `role` whose transaction has written
+/// (holds a transaction id): the storage guard's last step before the disk is full.
+/// Returns how many were cancelled.
+pub async fn cancel_writers(conn: &mut sqlx::PgConnection, role: &str) -> Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
+         WHERE usename = $1 AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+    )
+    .bind(role)
+    .fetch_one(conn)
+    .await
+    .context("cancel write transactions")
+}
+
 /// Promotes a standby and waits (up to 60 s) until it accepts writes.
 pub async fn promote(conn: &mut sqlx::PgConnection) -> Result<()> {
     use sqlx::Row;
@@ -678,7 +723,11 @@ pub async fn admin_connect(socket_dir: &Path, port: u16, database: &str) -> Resu
         .port(port)
         .username(ADMIN_USER)
         .database(database)
-        .options([("synchronous_commit", "local")])
+        // The agent's own work goes on when the storage guard made the server read-only.
+        .options([
+            ("synchronous_commit", "local"),
+            ("default_transaction_read_only", "off"),
+        ])
         .log_statements(tracing::log::LevelFilter::Trace);
     opts.connect().await.context("connect as admin over the local socket")
 }

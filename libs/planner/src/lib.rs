@@ -12,6 +12,7 @@
 
 pub mod backups;
 pub mod spot;
+pub mod storage;
 
 pub use spot::{PoolView, SpotPolicy};
 
@@ -73,6 +74,9 @@ pub struct ClusterIntent {
     pub restorable: bool,
     /// The tenant asked for deletion.
     pub deleted: bool,
+    /// The storage level last announced to the tenant (an event per change).
+    #[serde(default)]
+    pub storage_level: storage::Level,
 }
 
 /// How a host is paid for.
@@ -157,6 +161,9 @@ pub struct InstanceView {
     pub term: i64,
     /// A primary being stopped for a switchover: no longer routed.
     pub draining: bool,
+    /// What the agent last measured of the instance's storage and the level it applies.
+    #[serde(default)]
+    pub storage: Option<storage::Report>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +276,14 @@ pub enum Action {
         cluster_id: String,
         reason: String,
     },
+    /// The cluster's primary runs at a new storage level: record it as announced and tell
+    /// the tenant (`kind`, `message`).
+    StorageLevel {
+        cluster_id: String,
+        level: storage::Level,
+        kind: String,
+        message: String,
+    },
     /// Tell the operator something (deduplicated by the executor).
     Event {
         cluster_id: String,
@@ -340,6 +355,25 @@ pub fn plan(world: &World) -> Vec<Action> {
     // Failover and fencing, before placement: a promotion changes who is primary.
     for c in world.clusters.iter().filter(|c| !c.deleted) {
         actions.extend(plan_failover(world, c, &hosts));
+    }
+
+    // Storage: the level each primary's agent applies, told to the tenant when it changes.
+    for c in world.clusters.iter().filter(|c| !c.deleted) {
+        let report = world
+            .instances
+            .iter()
+            .filter(|i| i.cluster_id == c.id && !i.deleting && i.role == Role::Primary && i.term == c.term)
+            .find_map(|i| i.storage.as_ref());
+        if let Some(r) = report {
+            if let Some((kind, message)) = storage::announce(c.storage_level, r.level, &r.reading) {
+                actions.push(Action::StorageLevel {
+                    cluster_id: c.id.clone(),
+                    level: r.level,
+                    kind: kind.to_string(),
+                    message,
+                });
+            }
+        }
     }
 
     // Placement: each live cluster has `members` instances, one of them the primary, each

@@ -17,6 +17,7 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         spot: false,
         restorable: false,
         deleted: false,
+        storage_level: Default::default(),
     }
 }
 
@@ -52,6 +53,7 @@ fn instance(id: &str, cluster: &str, host: &str, observed: Observed) -> Instance
         sync_streaming: vec![],
         term: 1,
         draining: false,
+        storage: None,
     }
 }
 
@@ -107,6 +109,7 @@ fn apply(world: &mut World, actions: &[Action]) {
                 sync_streaming: vec![],
                 term: 1,
                 draining: false,
+                storage: None,
             }),
             Action::DeleteInstance { instance_id } => {
                 for i in world.instances.iter_mut().filter(|i| &i.id == instance_id) {
@@ -161,6 +164,11 @@ fn apply(world: &mut World, actions: &[Action]) {
                 }
                 for i in world.instances.iter_mut().filter(|i| &i.id == from) {
                     i.deleting = true;
+                }
+            }
+            Action::StorageLevel { cluster_id, level, .. } => {
+                if let Some(c) = world.clusters.iter_mut().find(|c| &c.id == cluster_id) {
+                    c.storage_level = *level;
                 }
             }
             Action::Event { .. } => {}
@@ -573,6 +581,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     spot: false,
                     restorable: false,
                     deleted: *deleted,
+                    storage_level: Default::default(),
                 })
                 .collect(),
             hosts: hs
@@ -1068,3 +1077,67 @@ proptest! {
 }
 
 mod spot;
+
+#[test]
+fn a_primarys_storage_level_is_announced_once_per_change() {
+    use crate::storage::{Level, Reading, Report};
+    const MIB: u64 = 1024 * 1024;
+    let mut world = World {
+        now_ms: 1_000_000,
+        clusters: vec![cluster("c", 1)],
+        hosts: vec![host("h1", HostStatus::Running)],
+        instances: vec![instance("p", "c", "h1", Observed::Running)],
+        ..Default::default()
+    };
+    let at = |free_mib: u64, level: Level| Report {
+        reading: Reading {
+            used_bytes: 100 * MIB,
+            plan_bytes: 10 * 1024 * MIB,
+            disk_total_bytes: 400 * MIB,
+            disk_free_bytes: free_mib * MIB,
+            reserve_bytes: 0,
+        },
+        level,
+    };
+    let announced = |w: &World| -> Vec<(String, Level)> {
+        plan(w)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::StorageLevel { kind, level, .. } => Some((kind, level)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(announced(&world).is_empty(), "nothing measured, nothing said");
+    world.instances[0].storage = Some(at(300, Level::Normal));
+    assert!(announced(&world).is_empty());
+    let mut story = Vec::new();
+    for (free, level) in [
+        (70, Level::Warning),
+        (70, Level::Warning),
+        (30, Level::ReadOnly),
+        (10, Level::Critical),
+        (50, Level::ReadOnly),
+        (100, Level::Warning),
+        (300, Level::Normal),
+    ] {
+        world.instances[0].storage = Some(at(free, level));
+        for (kind, level) in announced(&world) {
+            world.clusters[0].storage_level = level;
+            story.push(kind);
+        }
+    }
+    assert_eq!(
+        story,
+        [
+            "storage_warning",
+            "storage_read_only",
+            "storage_read_write",
+            "storage_ok"
+        ]
+    );
+    // A standby's reading is not the cluster's level.
+    world.instances[0].role = Role::Standby;
+    world.instances[0].storage = Some(at(10, Level::Critical));
+    assert!(announced(&world).is_empty());
+}

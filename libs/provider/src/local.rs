@@ -19,6 +19,8 @@
 //! then), and operator controls: list pools, set a pool's capacity, preempt a host (with
 //! or without notice), kill one at once, take a zone or a whole cloud down.
 
+pub mod disk;
+
 use crate::market::{host_pools, Pool, PoolId, PriceBook, SpotMarket, Trace};
 use crate::{Cloud, HostInfo, HostState, LaunchRequest, Market, Provider, ProviderError, Region};
 use anyhow::{Context, Result};
@@ -57,6 +59,10 @@ pub struct LocalLandConfig {
     pub traces: Vec<Trace>,
     /// Trace seconds per real second.
     pub trace_speed: f64,
+    /// Give each new host a disk of this many bytes of its own (an ext4 image,
+    /// loop-mounted on the host's directory; needs root), so a full disk is a real
+    /// `ENOSPC` on one host. `None`: hosts share the land's file system.
+    pub host_disk_bytes: Option<u64>,
 }
 
 impl LocalLandConfig {
@@ -74,6 +80,7 @@ impl LocalLandConfig {
             spot_capacity: 64,
             traces: Vec::new(),
             trace_speed: 1.0,
+            host_disk_bytes: None,
         })
     }
 }
@@ -102,6 +109,9 @@ struct HostRecord {
     /// Unix seconds of the launch (the cloud reclaims the newest spot hosts first).
     #[serde(default)]
     launched_at: u64,
+    /// The size of the host's own disk (see [`LocalLandConfig::host_disk_bytes`]).
+    #[serde(default)]
+    disk_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -287,6 +297,11 @@ impl LocalLand {
         self.cfg.dir.join("hosts").join(host_id)
     }
 
+    /// The image file behind a host's own disk.
+    fn disk_image(&self, host_id: &str) -> PathBuf {
+        self.cfg.dir.join("disks").join(format!("{host_id}.img"))
+    }
+
     /// Starts the agents of every host that was running when the land last stopped,
     /// pointing them at `control_url` (the control plane may have moved since).
     pub fn boot(&self, control_url: &str) -> Result<()> {
@@ -320,6 +335,10 @@ impl LocalLand {
         }
         let dir = self.host_dir(&h.info.host_id);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        if let Some(bytes) = h.disk_bytes {
+            disk::attach(&self.disk_image(&h.info.host_id), &dir, bytes)
+                .with_context(|| format!("attach the disk of host {}", h.info.host_id))?;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -367,6 +386,21 @@ impl LocalLand {
             let id = w.await;
             kill_postgres_under(&self.host_dir(&id), Signal::SIGQUIT);
         }
+        // Powered off: disks are detached, their images kept for the next boot.
+        let with_disks: Vec<String> = self
+            .lock()
+            .persisted
+            .hosts
+            .values()
+            .filter(|h| h.disk_bytes.is_some())
+            .map(|h| h.info.host_id.clone())
+            .collect();
+        for id in with_disks {
+            let dir = self.host_dir(&id);
+            if let Err(e) = disk::detach(&dir).await {
+                tracing::warn!(host = %id, "{e:#}");
+            }
+        }
     }
 
     /// Kills a host the hard way, as a dying VM: agent and PostgreSQL get SIGKILL, the disk
@@ -379,6 +413,10 @@ impl LocalLand {
         }
         let dir = self.host_dir(host_id);
         kill_postgres_under(&dir, Signal::SIGKILL);
+        if let Err(e) = disk::detach(&dir).await {
+            tracing::warn!(host = %host_id, "{e:#}");
+        }
+        let _ = std::fs::remove_file(self.disk_image(host_id));
         let _ = std::fs::remove_dir_all(&dir);
         let mut inner = self.lock();
         if let Some(h) = inner.persisted.hosts.get_mut(host_id) {
@@ -677,6 +715,7 @@ impl Provider for LocalLand {
                 control_url: req.control_url.clone(),
                 notice_deadline: None,
                 launched_at: unix_now(),
+                disk_bytes: self.cfg.host_disk_bytes,
             };
             inner.persisted.hosts.insert(req.host_id.clone(), record.clone());
             save_state(&self.cfg.dir, &inner.persisted)?;
