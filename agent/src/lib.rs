@@ -33,6 +33,9 @@ pub struct AgentConfig {
     pub bootstrap_token: Option<String>,
     /// Stop (and stop PostgreSQL) when this process is no longer the agent's parent.
     pub parent_pid: Option<u32>,
+    /// `dir` is on a file system other hosts share: the storage guard ignores the disk
+    /// (only plans' storage counts) and keeps no reserve there.
+    pub shared_disk: bool,
 }
 
 /// What supervisors share with the heartbeat task.

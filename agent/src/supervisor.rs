@@ -193,6 +193,33 @@ impl Instance {
         Some(disk::reading(&room, used, spec.storage_limit_bytes.unwrap_or(0)))
     }
 
+    /// A server that cannot start for want of disk says so with the numbers (its log says
+    /// "No space left on device" somewhere in a long tail), so the restart loop is not silent
+    /// about its cause.
+    fn explain_start_failure(&self, e: anyhow::Error) -> anyhow::Error {
+        let tail = highrise_pg::log_tail(&self.log);
+        if !tail.contains("No space left on device") {
+            return e;
+        }
+        let room = *self.shared.disk.borrow();
+        let numbers = match room {
+            Some(r) if r.total_bytes > 0 => format!(
+                "{} MiB free of {} MiB{}",
+                r.free_bytes >> 20,
+                r.total_bytes >> 20,
+                if r.released {
+                    "; the reserve is released already"
+                } else {
+                    ""
+                }
+            ),
+            _ => "the disk's room unknown".to_string(),
+        };
+        e.context(format!(
+            "PostgreSQL cannot start: its disk is full ({numbers}); free space on the host"
+        ))
+    }
+
     /// Moves the storage guard to the level the reading calls for. Entering `Critical`
     /// cancels the tenant's running write transactions (read-only only holds new ones
     /// back); read-only itself is applied by the configuration (`refresh_config`).
@@ -201,7 +228,8 @@ impl Instance {
             return;
         };
         let (fill, bound) = storage::fill(&reading);
-        let level = storage::level(self.guard, fill);
+        let released = self.shared.disk.borrow().is_some_and(|r| r.released);
+        let level = storage::guard_level(self.guard, fill, released);
         if level == self.guard {
             return;
         }
@@ -214,7 +242,7 @@ impl Instance {
             fill % 10
         );
         let primary = spec.role == "primary";
-        if primary && level == storage::Level::Critical {
+        if primary && level >= storage::Level::Critical && self.guard < storage::Level::Critical {
             let owner = spec.owner.clone();
             let cancelled = match self.admin().await {
                 Ok(conn) => highrise_pg::cancel_writers(conn, &owner).await,
@@ -293,11 +321,14 @@ impl Instance {
             archive_error: self.archiver.as_ref().and_then(|a| a.status.borrow().error.clone()),
             storage: self.storage.map(|(_, s)| {
                 // The disk's room as of now, not of the last walk of the directory.
-                let room = (*self.shared.disk.borrow()).unwrap_or(disk::Room {
-                    total_bytes: s.disk_total_bytes,
-                    free_bytes: s.disk_free_bytes,
-                    reserve_bytes: s.disk_reserve_bytes,
-                });
+                let room = (*self.shared.disk.borrow())
+                    .filter(|_| !self.shared.cfg.shared_disk)
+                    .unwrap_or(disk::Room {
+                        total_bytes: s.disk_total_bytes,
+                        free_bytes: s.disk_free_bytes,
+                        reserve_bytes: s.disk_reserve_bytes,
+                        released: false,
+                    });
                 StorageUsage {
                     disk_free_bytes: room.free_bytes,
                     disk_total_bytes: room.total_bytes,
@@ -307,6 +338,7 @@ impl Instance {
                         storage::Level::Warning => StorageLevel::Warning,
                         storage::Level::ReadOnly => StorageLevel::ReadOnly,
                         storage::Level::Critical => StorageLevel::Critical,
+                        storage::Level::Full => StorageLevel::Full,
                     },
                     ..s
                 }
@@ -529,18 +561,21 @@ impl Instance {
             tracing::info!(instance = %self.id, role = %spec.role, addr = %self.addr(), "instance created");
             return Ok(InstanceState::Running);
         }
-        let alive = self
-            .pid
-            .is_some_and(|_| highrise_pg::running_pid(&self.pgdata).is_some());
-        if !alive {
+        // The server running on the data directory now, whoever started it: a start given
+        // up on half-way (a new command arrived) may have left one running, and signals
+        // (reloads) must reach that one, not the pid remembered.
+        let running = highrise_pg::running_pid(&self.pgdata);
+        if running.is_none() {
             if self.pid.is_some() {
                 tracing::warn!(instance = %self.id, "postgres is gone; restarting: {}", highrise_pg::log_tail(&self.log));
             }
-            self.pid = highrise_pg::running_pid(&self.pgdata);
-            if self.pid.is_none() {
-                self.start(spec).await?;
-                tracing::info!(instance = %self.id, addr = %self.addr(), "instance started");
+            self.pid = None;
+            if let Err(e) = self.start(spec).await {
+                return Err(self.explain_start_failure(e));
             }
+            tracing::info!(instance = %self.id, addr = %self.addr(), "instance started");
+        } else if running != self.pid {
+            self.pid = running;
         }
         let Some(status) = self.check_status().await else {
             self.admin = None;

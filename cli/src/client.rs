@@ -542,7 +542,7 @@ fn show_cluster(c: &Cluster) {
     match c.storage_level {
         StorageLevel::Normal => {}
         StorageLevel::Warning => println!("            filling up: read-only from 90% of the plan or the disk"),
-        StorageLevel::ReadOnly | StorageLevel::Critical => println!(
+        StorageLevel::ReadOnly | StorageLevel::Critical | StorageLevel::Full => println!(
             "            READ-ONLY: storage nearly full; free space in a session that runs\n            \
              `SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE` (writes resume below 85%)"
         ),
@@ -591,6 +591,7 @@ fn show_cluster(c: &Cluster) {
                         StorageLevel::Warning => "; guard: warning",
                         StorageLevel::ReadOnly => "; guard: read-only",
                         StorageLevel::Critical => "; guard: critical (writes cancelled)",
+                        StorageLevel::Full => "; guard: DISK FULL (reserve released)",
                     }
                 );
             }

@@ -85,6 +85,11 @@ struct AgentArgs {
     /// Exit (stopping PostgreSQL) once this process is no longer the agent's parent.
     #[arg(long)]
     parent_pid: Option<u32>,
+    /// The host's directory is on a file system other hosts share (the local land without
+    /// `--host-disk`): its fullness says nothing of this host, so the storage guard follows
+    /// the plans' storage only and no reserve is kept.
+    #[arg(long)]
+    shared_disk: bool,
 }
 
 #[derive(clap::Args)]
@@ -144,6 +149,7 @@ fn main() -> std::process::ExitCode {
                     metadata_url: a.metadata_url,
                     bootstrap_token: a.bootstrap_token,
                     parent_pid: a.parent_pid,
+                    shared_disk: a.shared_disk,
                 })
                 .await
             }

@@ -157,3 +157,114 @@ async fn a_filling_disk_turns_the_database_read_only_in_time_and_freeing_space_b
     assert!(!acked.is_empty());
     check_ledger(&uri, &acked);
 }
+
+/// PIDs of the agent of the host whose directory is `host_dir`.
+fn agent_of(host_dir: &std::path::Path) -> Vec<nix::unistd::Pid> {
+    processes_mentioning(&host_dir.to_string_lossy())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(" agent "))
+        .map(|(p, _)| nix::unistd::Pid::from_raw(p as i32))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_filled_from_outside_comes_back_once_the_reserve_is_released() {
+    use nix::sys::signal::{kill, Signal};
+    let tmp = temp_root();
+    let up = Arc::new(Up::start_with(tmp.path(), &["--host-disk", "300MiB"]));
+    let u = up.clone();
+    let (uri, host_dir, pgdata) = tokio::task::spawn_blocking(move || {
+        let uri = u.create_cluster("full");
+        psql_ok(&uri, "create table ledger (id bigserial primary key)");
+        let mut shown = Value::Null;
+        wait_for("the agent to hold its reserve", Duration::from_secs(30), || {
+            shown = serde_json::from_str(&u.cli_ok(&["cluster", "show", "full", "--output", "json"])).unwrap();
+            shown["members"][0]["storage"]["disk_reserve_bytes"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 32 << 20
+        });
+        let m = &shown["members"][0];
+        let host_dir = u.data_dir.join("land/hosts").join(m["host_id"].as_str().unwrap());
+        let pgdata = host_dir
+            .join("i")
+            .join(m["instance_id"].as_str().unwrap())
+            .join("pgdata");
+        (uri, host_dir, pgdata)
+    })
+    .await
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Something else on the host fills its disk while the agent cannot react, and the
+    // server dies: a restart needs to write WAL, which a full disk refuses.
+    let agent = agent_of(&host_dir);
+    assert_eq!(agent.len(), 1, "one agent for the host");
+    kill(agent[0], Signal::SIGSTOP).unwrap();
+    let outside = host_dir.join("someone-elses.log");
+    let free = nix::sys::statvfs::statvfs(&host_dir).unwrap();
+    #[allow(clippy::unnecessary_cast)]
+    let free_bytes = free.blocks_available() as u64 * free.fragment_size() as u64;
+    let status = std::process::Command::new("fallocate")
+        .args(["-l", &(free_bytes.saturating_sub(256 << 10)).to_string()])
+        .arg(&outside)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap();
+    let pid: i32 = pid.lines().next().unwrap().trim().parse().unwrap();
+    kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    kill(agent[0], Signal::SIGCONT).unwrap();
+
+    // The agent releases its reserve and the server comes back; the event says why.
+    let (u, read_uri) = (up.clone(), uri.clone());
+    tokio::task::spawn_blocking(move || {
+        wait_for("the server back", Duration::from_secs(60), || {
+            psql(&read_uri, "select count(*) from ledger").0
+        });
+        wait_for("the story in events", Duration::from_secs(10), || {
+            kinds(&u, "full").contains(&"storage_full".to_string())
+        });
+        let (_, msg) = events(&u, "full")
+            .into_iter()
+            .find(|(k, _)| k == "storage_full")
+            .unwrap();
+        assert!(
+            msg.contains("released its reserve") && msg.contains("other data on the host"),
+            "{msg}"
+        );
+        let shown: Value = serde_json::from_str(&u.cli_ok(&["cluster", "show", "full", "--output", "json"])).unwrap();
+        assert_eq!(shown["status"], "running", "{shown}");
+        assert_eq!(shown["storage_level"], "full", "{shown}");
+        let (ok, _, err) = psql(&read_uri, "insert into ledger default values");
+        assert!(!ok && err.contains("read-only transaction"), "{err}");
+    })
+    .await
+    .unwrap();
+
+    // The other data goes; the reserve is taken again and writes resume.
+    std::fs::remove_file(&outside).unwrap();
+    let (u, write_uri) = (up.clone(), uri.clone());
+    tokio::task::spawn_blocking(move || {
+        wait_for("writes allowed again", Duration::from_secs(30), || {
+            psql(&write_uri, "insert into ledger default values").0
+        });
+        wait_for("the reserve held again", Duration::from_secs(30), || {
+            let shown: Value =
+                serde_json::from_str(&u.cli_ok(&["cluster", "show", "full", "--output", "json"])).unwrap();
+            shown["members"][0]["storage"]["disk_reserve_bytes"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        });
+        assert_eq!(kinds(&u, "full").last().map(String::as_str), Some("storage_read_write"));
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let (acked, _) = writer.await.unwrap();
+    assert!(!acked.is_empty());
+    check_ledger(&uri, &acked);
+}

@@ -436,6 +436,7 @@ pub fn storage_level(name: Option<&str>) -> StorageLevel {
         Some("warning") => StorageLevel::Warning,
         Some("read_only") => StorageLevel::ReadOnly,
         Some("critical") => StorageLevel::Critical,
+        Some("full") => StorageLevel::Full,
         _ => StorageLevel::Normal,
     }
 }
@@ -447,6 +448,7 @@ pub fn storage_level_name(level: StorageLevel) -> &'static str {
         StorageLevel::Warning => "warning",
         StorageLevel::ReadOnly => "read_only",
         StorageLevel::Critical => "critical",
+        StorageLevel::Full => "full",
     }
 }
 

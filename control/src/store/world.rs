@@ -157,5 +157,6 @@ fn planner_level(level: StorageLevel) -> planner::storage::Level {
         StorageLevel::Warning => planner::storage::Level::Warning,
         StorageLevel::ReadOnly => planner::storage::Level::ReadOnly,
         StorageLevel::Critical => planner::storage::Level::Critical,
+        StorageLevel::Full => planner::storage::Level::Full,
     }
 }

@@ -770,7 +770,9 @@ pub struct StorageUsage {
 /// and what follows. `warning` from 80%; `read_only` from 90% (new transactions default
 /// to read-only; a session that asks for read-write — `SET SESSION CHARACTERISTICS AS
 /// TRANSACTION READ WRITE` — can still delete, truncate and vacuum); `critical` from 95%
-/// (running write transactions are cancelled too). Read-write again below 85%.
+/// (running write transactions are cancelled too); `full` when the disk filled anyway and
+/// the agent released its reserve so PostgreSQL keeps running (read-only). Read-write
+/// again below 85%.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StorageLevel {
@@ -779,6 +781,7 @@ pub enum StorageLevel {
     Warning,
     ReadOnly,
     Critical,
+    Full,
 }
 
 /// What became of a requested base backup.

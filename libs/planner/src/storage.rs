@@ -11,10 +11,16 @@
 //! | `Warning`   | 80%                 | an event                                                  |
 //! | `ReadOnly`  | 90%                 | new transactions default to read-only (an explicit read-write session, `VACUUM` and `TRUNCATE` still work) |
 //! | `Critical`  | 95%                 | write transactions already running are cancelled too      |
+//! | `Full`      | the disk, all of it | filled anyway (another process, a burst): the reserve is released so PostgreSQL can run; read-only |
 //!
 //! Levels go up as soon as a threshold is crossed and come down only once the fill is
 //! below [`CLEAR_PERMILLE`] (so a database hovering at the mark does not flap), except
 //! `Warning`, which follows the fill both ways around [`WARNING_PERMILLE`].
+//!
+//! The reserve is a file the agent keeps on every host disk ([`reserve_size`]): when the
+//! disk's free room falls below one WAL segment despite the guard, the agent deletes it
+//! ([`reserve`]), so PostgreSQL can still write WAL, start, and let the tenant free
+//! space; it is taken again once the disk would be below the clear mark with it.
 //!
 //! The agent applies the level itself, every fraction of a second and with no control
 //! plane in the loop (a disk fills faster than a round trip); the control plane turns the
@@ -43,6 +49,8 @@ pub enum Level {
     Warning,
     ReadOnly,
     Critical,
+    /// The disk filled despite the guard and the reserve was released.
+    Full,
 }
 
 impl Level {
@@ -52,6 +60,7 @@ impl Level {
             Level::Warning => "warning",
             Level::ReadOnly => "read_only",
             Level::Critical => "critical",
+            Level::Full => "full",
         }
     }
 
@@ -126,8 +135,65 @@ fn permille(part: u64, whole: u64) -> u32 {
     ((part as u128 * 1000) / whole as u128).min(u32::MAX as u128) as u32
 }
 
+/// The reserve's free room threshold: below one WAL segment, PostgreSQL is about to fail.
+pub const RELEASE_BELOW_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How much a disk of `total_bytes` keeps in reserve: a sixteenth, between two WAL
+/// segments and 1 GiB.
+pub fn reserve_size(total_bytes: u64) -> u64 {
+    (total_bytes / 16).clamp(32 * 1024 * 1024, 1024 * 1024 * 1024)
+}
+
+/// What to do with the reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveStep {
+    Keep,
+    /// Delete it: the disk is full.
+    Release,
+    /// Take it (again): there is room for it below the clear mark.
+    Take,
+}
+
+/// The reserve's next step for the disk in `r` (`r.reserve_bytes`: what is held now, 0
+/// while released) and the reserve this disk should have.
+pub fn reserve(r: &Reading, size: u64) -> ReserveStep {
+    if r.reserve_bytes > 0 {
+        if r.disk_free_bytes < RELEASE_BELOW_BYTES {
+            return ReserveStep::Release;
+        }
+        return ReserveStep::Keep;
+    }
+    if size == 0 || r.disk_free_bytes < size {
+        return ReserveStep::Keep;
+    }
+    let with = Reading {
+        used_bytes: 0,
+        plan_bytes: 0,
+        disk_free_bytes: r.disk_free_bytes - size,
+        reserve_bytes: size,
+        ..*r
+    };
+    if fill(&with).0 < CLEAR_PERMILLE {
+        ReserveStep::Take
+    } else {
+        ReserveStep::Keep
+    }
+}
+
+/// The level after `prev` given the current fill (per mille) and whether the reserve is
+/// released because the disk filled (that is `Full` until the reserve is taken again).
+pub fn guard_level(prev: Level, fill_permille: u32, released: bool) -> Level {
+    if released {
+        Level::Full
+    } else {
+        level(prev, fill_permille)
+    }
+}
+
 /// The level after `prev` given the current fill (per mille).
 pub fn level(prev: Level, fill_permille: u32) -> Level {
+    // `Full` ends with the reserve taken again, which happens below the clear mark.
+    let prev = prev.min(Level::Critical);
     let by_fill = if fill_permille >= CRITICAL_PERMILLE {
         Level::Critical
     } else if fill_permille >= READ_ONLY_PERMILLE {
@@ -155,7 +221,7 @@ pub fn announce(announced: Level, now: Level, reading: &Reading) -> Option<(&'st
         return None;
     }
     // Critical is read-only with running writes cancelled: told as read-only, once.
-    if now.read_only() && announced.read_only() {
+    if now.read_only() && announced.read_only() && now != Level::Full {
         return None;
     }
     let (fill, bound) = fill(reading);
@@ -190,6 +256,16 @@ pub fn announce(announced: Level, now: Level, reading: &Reading) -> Option<(&'st
             format!(
                 "storage is filling up: {amount}; at {}% the database turns read-only",
                 READ_ONLY_PERMILLE / 10
+            ),
+        ),
+        Level::Full => (
+            "storage_full",
+            format!(
+                "the disk filled up despite the read-only mark ({} of it is this database's data and WAL; \
+                 the rest is other data on the host): the agent released its reserve so PostgreSQL keeps \
+                 running, read-only; {amount}. Free space in a read-write session (SET SESSION \
+                 CHARACTERISTICS AS TRANSACTION READ WRITE; then DELETE, TRUNCATE or DROP)",
+                mib(reading.used_bytes)
             ),
         ),
         Level::ReadOnly | Level::Critical => (
@@ -308,6 +384,59 @@ mod tests {
             msg.contains("9516 MiB used of 10240 MiB (92.9% of the plan's storage)"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn the_reserve_goes_when_the_disk_is_full_and_comes_back_with_room() {
+        use ReserveStep::*;
+        let size = reserve_size(400 * MIB);
+        assert_eq!(size, 32 * MIB, "a small disk keeps two WAL segments");
+        assert_eq!(reserve_size(100 * 1024 * MIB), 1024 * MIB);
+        assert_eq!(reserve_size(8 * 1024 * MIB), 512 * MIB);
+        // (free MiB, held MiB) on a 400 MiB disk -> step
+        let cases = [
+            ((200, 32), Keep),
+            ((17, 32), Keep),
+            ((15, 32), Release),
+            ((0, 32), Release),
+            // Released: taken again only once it fits below the clear mark.
+            ((47, 0), Keep),
+            ((90, 0), Keep),
+            ((120, 0), Take),
+            // Never made yet (a new host): the same rule.
+            ((300, 0), Take),
+            // Not even room for the file.
+            ((20, 0), Keep),
+        ];
+        for ((free, held), want) in cases {
+            let r = Reading {
+                disk_total_bytes: 400 * MIB,
+                disk_free_bytes: free * MIB,
+                reserve_bytes: held * MIB,
+                ..Reading::default()
+            };
+            assert_eq!(reserve(&r, size), want, "free {free} MiB, held {held} MiB");
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_its_own_level_until_the_reserve_is_back() {
+        assert_eq!(guard_level(Level::Critical, 1100, true), Level::Full);
+        assert_eq!(guard_level(Level::Normal, 100, true), Level::Full);
+        assert!(Level::Full.read_only());
+        // Taken again (below the clear mark): the fill decides.
+        assert_eq!(guard_level(Level::Full, 700, false), Level::Normal);
+        assert_eq!(guard_level(Level::Full, 820, false), Level::Warning);
+        let r = disk(1000, 5, 0);
+        let (kind, msg) = announce(Level::ReadOnly, Level::Full, &r).unwrap();
+        assert_eq!(kind, "storage_full");
+        assert!(
+            msg.contains("released its reserve") && msg.contains("READ WRITE"),
+            "{msg}"
+        );
+        assert_eq!(announce(Level::Full, Level::Full, &r), None);
+        let (kind, _) = announce(Level::Full, Level::Normal, &disk(1000, 500, 32)).unwrap();
+        assert_eq!(kind, "storage_read_write");
     }
 
     proptest! {

@@ -359,6 +359,7 @@ impl LocalLand {
             .arg(format!("{}/hosts/{}", self.cfg.metadata_base_url, h.info.host_id))
             .arg("--parent-pid")
             .arg(std::process::id().to_string())
+            .args(h.disk_bytes.is_none().then_some("--shared-disk"))
             .env("HIGHRISE_BOOTSTRAP_TOKEN", &h.bootstrap_token)
             .stdin(Stdio::null())
             .stdout(log)
@@ -568,35 +569,29 @@ async fn stop_child(child: &mut tokio::process::Child, grace: Duration) {
     }
 }
 
-/// Signals every postmaster whose data directory lies under `dir` (a host's disk).
+/// Signals every PostgreSQL process working under `dir` (a host's disk) and waits up to
+/// 10 s for them to go. They are found by their working directory, which PostgreSQL sets to
+/// its data directory, so a server whose `postmaster.pid` a full disk left empty is found
+/// as well as any other.
 fn kill_postgres_under(dir: &Path, signal: Signal) {
-    let mut stack = vec![(dir.to_path_buf(), 0)];
-    while let Some((d, depth)) = stack.pop() {
-        let pidfile = d.join("postmaster.pid");
-        if let Ok(text) = std::fs::read_to_string(&pidfile) {
-            if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) {
-                let is_pg = std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains("postgres"))
-                    .unwrap_or(false);
-                if pid > 0 && is_pg {
-                    let _ = kill(Pid::from_raw(pid), signal);
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    while kill(Pid::from_raw(pid), None).is_ok() && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
-            continue;
-        }
-        if depth < 4 {
-            if let Ok(entries) = std::fs::read_dir(&d) {
-                for e in entries.flatten() {
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        stack.push((e.path(), depth + 1));
-                    }
-                }
-            }
-        }
+    let Ok(dir) = dir.canonicalize() else { return };
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    let pids: Vec<Pid> = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            comm.trim() == "postgres"
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
+        })
+        .map(Pid::from_raw)
+        .collect();
+    for pid in &pids {
+        let _ = kill(*pid, signal);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| kill(*p, None).is_ok()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
