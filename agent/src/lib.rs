@@ -397,6 +397,15 @@ async fn heartbeats(
             .cloned()
             .collect();
         let notice = shared.notice.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let room = *shared.disk.borrow();
+        let disk = room
+            .filter(|_| !shared.cfg.shared_disk)
+            .map(|r| highrise_api::HostDisk {
+                total_bytes: r.total_bytes,
+                free_bytes: r.free_bytes,
+                reserve_bytes: r.reserve_bytes,
+                reserve_released: r.released,
+            });
         let res = client
             .post(format!("{}/v1/agent/heartbeat", cfg.control_url))
             .bearer_auth(&token)
@@ -405,6 +414,7 @@ async fn heartbeats(
                 instances,
                 backups,
                 notice,
+                disk,
             })
             .send()
             .await;

@@ -433,8 +433,8 @@ impl Instance {
             synchronous_standby_names: sync,
             primary_conninfo: conninfo,
             recovery: None,
-            // Only a primary takes writes to hold back.
-            read_only: !standby && self.guard.read_only(),
+            // Only a primary takes writes to hold back: for its own storage, or a standby's.
+            read_only: !standby && (self.guard.read_only() || spec.storage_read_only),
             disk_bytes: self.shared.disk.borrow().map(|r| r.total_bytes),
         }
     }

@@ -158,6 +158,22 @@ async fn a_filling_disk_turns_the_database_read_only_in_time_and_freeing_space_b
     check_ledger(&uri, &acked);
 }
 
+/// The disk `GET /v1/hosts` (operator) shows for the host whose directory is `host_dir`.
+async fn host_disk(up: &Up, host_dir: &std::path::Path) -> Value {
+    let id = host_dir.file_name().unwrap().to_str().unwrap();
+    let hosts: Value = reqwest::Client::new()
+        .get(format!("{}/v1/hosts", up.api_url))
+        .bearer_auth(&up.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let host = hosts.as_array().unwrap().iter().find(|h| h["id"] == id).unwrap();
+    host["disk"].clone()
+}
+
 /// PIDs of the agent of the host whose directory is `host_dir`.
 fn agent_of(host_dir: &std::path::Path) -> Vec<nix::unistd::Pid> {
     processes_mentioning(&host_dir.to_string_lossy())
@@ -243,6 +259,10 @@ async fn a_disk_filled_from_outside_comes_back_once_the_reserve_is_released() {
     })
     .await
     .unwrap();
+    // The operator sees it per host too.
+    let disk = host_disk(&up, &host_dir).await;
+    assert_eq!(disk["reserve_released"], true, "{disk}");
+    assert_eq!(disk["reserve_bytes"], 0, "{disk}");
 
     // The other data goes; the reserve is taken again and writes resume.
     std::fs::remove_file(&outside).unwrap();
@@ -260,6 +280,72 @@ async fn a_disk_filled_from_outside_comes_back_once_the_reserve_is_released() {
                 > 0
         });
         assert_eq!(kinds(&u, "full").last().map(String::as_str), Some("storage_read_write"));
+    })
+    .await
+    .unwrap();
+    let disk = host_disk(&up, &host_dir).await;
+    assert_eq!(disk["reserve_released"], false, "{disk}");
+    assert!(disk["reserve_bytes"].as_u64().unwrap() >= 32 << 20, "{disk}");
+    stop.store(true, Ordering::Relaxed);
+    let (acked, _) = writer.await.unwrap();
+    assert!(!acked.is_empty());
+    check_ledger(&uri, &acked);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standbys_filling_disk_holds_the_primarys_writes_back() {
+    let tmp = temp_root();
+    let up = Arc::new(Up::start_with(tmp.path(), &["--host-disk", "300MiB"]));
+    let u = up.clone();
+    let (uri, shown) = tokio::task::spawn_blocking(move || ha_cluster(&u, "pair", 1))
+        .await
+        .unwrap();
+    let standby = member(&shown, "standby");
+    let host_dir = up
+        .data_dir
+        .join("land/hosts")
+        .join(standby["host_id"].as_str().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Something else fills the standby's host to well past the read-only mark (but not so
+    // far that its reserve goes).
+    let outside = host_dir.join("someone-elses.log");
+    let fs = nix::sys::statvfs::statvfs(&host_dir).unwrap();
+    #[allow(clippy::unnecessary_cast)]
+    let free_bytes = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+    let status = std::process::Command::new("fallocate")
+        .args(["-l", &(free_bytes.saturating_sub(40 << 20)).to_string()])
+        .arg(&outside)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (u, write_uri) = (up.clone(), uri.clone());
+    tokio::task::spawn_blocking(move || {
+        wait_for("the primary to refuse writes", Duration::from_secs(30), || {
+            let (ok, _, err) = psql(&write_uri, "insert into ledger default values");
+            !ok && err.contains("read-only transaction")
+        });
+        assert_eq!(
+            psql_ok(&write_uri, "select count(*) > 0 from ledger"),
+            "t",
+            "reads go on"
+        );
+        assert!(kinds(&u, "pair").contains(&"storage_read_only".to_string()));
+        assert_eq!(show(&u, "pair")["status"], "running");
+    })
+    .await
+    .unwrap();
+
+    // The standby's host gets its room back: the primary takes writes again.
+    std::fs::remove_file(&outside).unwrap();
+    let (u, write_uri) = (up.clone(), uri.clone());
+    tokio::task::spawn_blocking(move || {
+        wait_for("writes allowed again", Duration::from_secs(30), || {
+            psql(&write_uri, "insert into ledger default values").0
+        });
+        assert_eq!(kinds(&u, "pair").last().map(String::as_str), Some("storage_read_write"));
     })
     .await
     .unwrap();

@@ -190,8 +190,17 @@ pub(crate) async fn tick(state: &AppState, lagging: &mut HashSet<String>) -> Res
         };
         let behind = lag > ARCHIVE_LAG_EVENT_BYTES || primary.archive_error.is_some();
         if behind && lagging.insert(c.id.clone()) {
-            let why = primary.archive_error.clone().unwrap_or_default();
-            let msg = format!("WAL archiving is {lag} bytes behind {why}").trim().to_string();
+            let why = primary
+                .archive_error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            // Unarchived WAL stays on the primary's disk: it is storage the tenant pays with.
+            let msg = format!(
+                "WAL archiving is {} behind{why}; the WAL not archived yet stays on the primary's disk and counts \
+                 toward its storage until it is",
+                bytesize::ByteSize(lag.max(0) as u64)
+            );
             state.store.add_event(&c.id, t, "archive_lagging", &msg).await?;
             tracing::warn!(cluster = %c.id, "{msg}");
         } else if !behind && lag < ARCHIVE_LAG_EVENT_BYTES / 4 && lagging.remove(&c.id) {

@@ -403,6 +403,16 @@ async fn exercise(store: Store) {
     assert_eq!(seen.level, highrise_planner::storage::Level::ReadOnly);
     assert_eq!(seen.reading.reserve_bytes, 64 << 20);
     assert_eq!(seen.reading.used_bytes, 46 << 20);
+    // The host's own disk, as its agent read it.
+    assert!(store.host_disks().await.unwrap().is_empty(), "nothing reported yet");
+    let disk = highrise_api::HostDisk {
+        total_bytes: 300 << 20,
+        free_bytes: 10 << 20,
+        reserve_bytes: 0,
+        reserve_released: true,
+    };
+    store.record_host_disk("h1", &disk).await.unwrap();
+    assert_eq!(store.host_disks().await.unwrap().get("h1"), Some(&disk));
 
     // The backup ledger: one pending backup at a time, handed to the primary, completed
     // only by the primary's host, and kept (and found by name) after the cluster is gone.

@@ -93,6 +93,13 @@ pub(super) async fn agent_heartbeat(
         .heartbeat(&host.host_id, now_ms(), &hb.instances)
         .await
         .map_err(store_err("heartbeat"))?;
+    if let Some(disk) = &hb.disk {
+        state
+            .store
+            .record_host_disk(&host.host_id, disk)
+            .await
+            .map_err(store_err("host disk"))?;
+    }
     if let Some(notice) = &hb.notice {
         changed |= crate::spot::record_notice(&state, &host.host_id, notice)
             .await

@@ -18,9 +18,11 @@ pub(super) async fn list_hosts(
     let mut hosts = state.store.list_hosts().await.map_err(store_err("hosts"))?;
     hosts.sort_by(|a, b| a.id.cmp(&b.id));
     let instances = state.store.list_instances().await.map_err(store_err("instances"))?;
+    let disks = state.store.host_disks().await.map_err(store_err("host disks"))?;
     Ok(page.apply(
         hosts.into_iter().map(|h| Host {
             instances: instances.iter().filter(|i| i.host_id == h.id).count() as u32,
+            disk: disks.get(&h.id).copied(),
             id: h.id,
             cloud: h.cloud,
             region: h.region,

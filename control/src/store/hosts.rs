@@ -171,4 +171,45 @@ impl Store {
         tx.commit().await?;
         Ok(changed)
     }
+
+    /// Keeps what a host's agent last read of its own disk.
+    pub async fn record_host_disk(&self, host_id: &str, disk: &HostDisk) -> Result<()> {
+        let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+        sqlx::query(
+            "UPDATE hosts SET disk_total_bytes = $1, disk_free_bytes = $2, disk_reserve_bytes = $3, \
+             disk_reserve_released = $4 WHERE id = $5",
+        )
+        .bind(bytes(disk.total_bytes))
+        .bind(bytes(disk.free_bytes))
+        .bind(bytes(disk.reserve_bytes))
+        .bind(i64::from(disk.reserve_released))
+        .bind(host_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The disks hosts reported, by host id (hosts on a shared file system report none).
+    pub async fn host_disks(&self) -> Result<std::collections::BTreeMap<String, HostDisk>> {
+        let rows = sqlx::query(
+            "SELECT id, disk_total_bytes, disk_free_bytes, disk_reserve_bytes, disk_reserve_released FROM hosts \
+             WHERE disk_total_bytes IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let bytes = |v: i64| v.max(0) as u64;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("id")?,
+                    HostDisk {
+                        total_bytes: bytes(r.try_get("disk_total_bytes")?),
+                        free_bytes: bytes(r.try_get("disk_free_bytes")?),
+                        reserve_bytes: bytes(r.try_get("disk_reserve_bytes")?),
+                        reserve_released: r.try_get::<i64, _>("disk_reserve_released")? != 0,
+                    },
+                ))
+            })
+            .collect()
+    }
 }

@@ -104,6 +104,18 @@ impl Store {
                 .collect();
             let standby = role == "standby";
             let primary = role == "primary";
+            // A standby's disk filling up holds the primary's writes back before the standby
+            // stops for want of room (and, in a synchronous quorum, every commit with it).
+            let standby_nearly_full = members.iter().any(|m| {
+                !m.deleting
+                    && m.role == "standby"
+                    && m.storage.is_some_and(|s| {
+                        matches!(
+                            s.level,
+                            StorageLevel::ReadOnly | StorageLevel::Critical | StorageLevel::Full
+                        )
+                    })
+            });
             let spec = InstanceSpec {
                 id: r.try_get("id")?,
                 cluster_id,
@@ -125,6 +137,7 @@ impl Store {
                 backup: if primary { r.try_get("backup_id")? } else { None },
                 restore: None,
                 storage_limit_bytes: planner::plan_storage_bytes(&r.try_get::<String, _>("plan")?),
+                storage_read_only: primary && standby_nearly_full,
             };
             specs.push(DesiredRow {
                 org_id: r.try_get("org_id")?,

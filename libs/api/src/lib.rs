@@ -586,6 +586,8 @@ pub struct Host {
     pub status: String,
     pub last_heartbeat: Option<UnixSeconds>,
     pub instances: u32,
+    /// The host's own disk as last reported (absent on a shared file system).
+    pub disk: Option<HostDisk>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -676,6 +678,10 @@ pub struct InstanceSpec {
     /// besides the disk itself.
     #[serde(default)]
     pub storage_limit_bytes: Option<u64>,
+    /// A primary: another member's storage is past the read-only mark (a standby whose disk
+    /// fills would stop), so new transactions default to read-only here too.
+    #[serde(default)]
+    pub storage_read_only: bool,
 }
 
 /// A cluster's corner of object storage and the tenant's data key to seal it with.
@@ -812,6 +818,21 @@ pub struct Heartbeat {
     /// The host's cloud says it is taking the host away.
     #[serde(default)]
     pub notice: Option<SpotNotice>,
+    /// The host's own disk (absent when the host's directory is on a shared file system).
+    #[serde(default)]
+    pub disk: Option<HostDisk>,
+}
+
+/// A host's disk as its agent last read it, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostDisk {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    /// Held back by the agent, released when the disk fills (see [`StorageLevel`]).
+    pub reserve_bytes: u64,
+    /// The reserve is released: the disk filled despite the storage guard.
+    pub reserve_released: bool,
 }
 
 /// A spot notice as the host's metadata endpoint gave it.

@@ -357,13 +357,17 @@ pub fn plan(world: &World) -> Vec<Action> {
         actions.extend(plan_failover(world, c, &hosts));
     }
 
-    // Storage: the level each primary's agent applies, told to the tenant when it changes.
+    // Storage: the level of the cluster's fullest member (a standby's full disk holds the
+    // primary's writes back too), told to the tenant when it changes.
     for c in world.clusters.iter().filter(|c| !c.deleted) {
         let report = world
             .instances
             .iter()
-            .filter(|i| i.cluster_id == c.id && !i.deleting && i.role == Role::Primary && i.term == c.term)
-            .find_map(|i| i.storage.as_ref());
+            .filter(|i| i.cluster_id == c.id && !i.deleting)
+            .filter(|i| i.role == Role::Standby || i.term == c.term)
+            .filter_map(|i| i.storage.as_ref().map(|s| (s, i.role == Role::Primary)))
+            .max_by_key(|(s, primary)| (s.level, *primary))
+            .map(|(s, _)| s);
         if let Some(r) = report {
             if let Some((kind, message)) = storage::announce(c.storage_level, r.level, &r.reading) {
                 actions.push(Action::StorageLevel {

@@ -1136,8 +1136,11 @@ fn a_primarys_storage_level_is_announced_once_per_change() {
             "storage_ok"
         ]
     );
-    // A standby's reading is not the cluster's level.
-    world.instances[0].role = Role::Standby;
-    world.instances[0].storage = Some(at(10, Level::Critical));
-    assert!(announced(&world).is_empty());
+    // A standby's fuller disk is the cluster's level: it holds the primary back.
+    let mut standby = world.instances[0].clone();
+    standby.id = "s".into();
+    standby.role = Role::Standby;
+    standby.storage = Some(at(20, Level::ReadOnly));
+    world.instances.push(standby);
+    assert_eq!(announced(&world), [("storage_read_only".to_string(), Level::ReadOnly)]);
 }
