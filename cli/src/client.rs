@@ -60,6 +60,10 @@ pub enum ClusterCommand {
         /// async (WAL in object storage within about a second) or sync (commits wait for it).
         #[arg(long)]
         durability: Option<String>,
+        /// Storage autoscaling up to this disk size (e.g. 100GiB): before the disk nears
+        /// the read-only mark the members move to hosts with twice the disk.
+        #[arg(long)]
+        storage_autoscale: Option<bytesize::ByteSize>,
         #[command(flatten)]
         policy: PolicyArgs,
         /// Wait until the cluster answers queries; the last line printed is its URI.
@@ -119,6 +123,9 @@ pub enum ClusterCommand {
         /// async or sync.
         #[arg(long)]
         durability: Option<String>,
+        /// Storage autoscaling up to this disk size; `0` turns it off.
+        #[arg(long)]
+        storage_autoscale: Option<bytesize::ByteSize>,
         #[command(flatten)]
         policy: PolicyArgs,
         #[command(flatten)]
@@ -539,6 +546,12 @@ fn show_cluster(c: &Cluster) {
         ),
         _ => println!("storage:    ? of {}", size(c.storage_limit_bytes)),
     }
+    if let Some(max) = c.storage_autoscale_max_bytes {
+        let disk = c
+            .storage_disk_bytes
+            .map_or_else(|| "any disk".to_string(), |d| format!("disks of {}", size(d)));
+        println!("            autoscaling up to {} (members need {disk})", size(max));
+    }
     match c.storage_level {
         StorageLevel::Normal => {}
         StorageLevel::Warning => println!("            filling up: read-only from 90% of the plan or the disk"),
@@ -610,6 +623,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             spot,
             spread_clouds,
             durability,
+            storage_autoscale,
             policy,
             wait,
             conn,
@@ -628,6 +642,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 durability,
                 backup_policy: policy.merge(BackupPolicy::default()),
                 restore: None,
+                storage_autoscale_max_bytes: storage_autoscale.map(|s| s.as_u64()),
             };
             api.create_cluster(&body, wait, &conn).await
         }
@@ -658,6 +673,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 durability,
                 backup_policy: None,
                 restore: Some(RestoreFrom { from, time, lsn }),
+                storage_autoscale_max_bytes: None,
             };
             api.create_cluster(&body, wait, &conn).await
         }
@@ -698,6 +714,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             name,
             replicas,
             durability,
+            storage_autoscale,
             policy,
             conn,
         } => {
@@ -713,6 +730,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 replicas,
                 durability,
                 backup_policy,
+                storage_autoscale_max_bytes: storage_autoscale.map(|s| s.as_u64()),
             };
             let c: Cluster = api
                 .send(api.http.patch(api.cluster_path(&name, &conn.project)).json(&body))

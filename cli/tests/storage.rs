@@ -2,8 +2,10 @@
 //! host disk of its own (`--host-disk`: a loop-mounted ext4 image) and real PostgreSQL:
 //! filling it turns the database read-only before it is full, the tenant frees space in a
 //! read-write session and writes resume; a single transaction that would fill the disk is
-//! cancelled before it does. A ledger writer logs every acknowledged insert; none may be
-//! lost.
+//! cancelled before it does; a disk filled by something else comes back once the agent's
+//! reserve is released; a standby's full disk holds the primary back; with autoscaling the
+//! same load moves the cluster onto a larger disk instead. A ledger writer logs every
+//! acknowledged insert; none may be lost.
 
 mod common;
 
@@ -93,9 +95,13 @@ async fn a_filling_disk_turns_the_database_read_only_in_time_and_freeing_space_b
     };
     let (u, read_uri) = (up.clone(), uri.clone());
     tokio::task::spawn_blocking(move || {
-        let shown = show(&u);
+        // The agent turned it read-only; its next heartbeat says so.
+        let mut shown = Value::Null;
+        wait_for("the level reported", Duration::from_secs(10), || {
+            shown = show(&u);
+            shown["storage_level"] == "read_only" || shown["storage_level"] == "critical"
+        });
         assert_eq!(shown["status"], "running", "{shown}");
-        assert_eq!(shown["storage_level"], "read_only", "{shown}");
         let disk = &shown["members"][0]["storage"];
         assert!(
             disk["disk_free_bytes"].as_u64().unwrap() > 4 << 20,
@@ -110,6 +116,12 @@ async fn a_filling_disk_turns_the_database_read_only_in_time_and_freeing_space_b
         assert!(msg.contains("% of its disk") && msg.contains("READ WRITE"), "{msg}");
         let text = u.cli_ok(&["cluster", "show", "fill"]);
         assert!(text.contains("READ-ONLY"), "{text}");
+        // Every new session is told why, and how to free space, before its first query.
+        wait_for("new sessions warned", Duration::from_secs(10), || {
+            let (ok, _, err) = psql(&read_uri, "select 1");
+            ok && err.contains("WARNING:  this database is read-only because its storage is nearly full")
+                && err.contains("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")
+        });
     })
     .await
     .unwrap();
@@ -121,11 +133,15 @@ async fn a_filling_disk_turns_the_database_read_only_in_time_and_freeing_space_b
         wait_for("writes allowed again", Duration::from_secs(30), || {
             psql(&free_uri, "insert into ledger default values").0
         });
-        assert_eq!(
-            kinds(&u, "fill"),
-            ["storage_warning", "storage_read_only", "storage_read_write"]
-        );
+        // The agent acts at once; the control plane tells the story a beat later.
+        wait_for("the event that writes are back", Duration::from_secs(10), || {
+            kinds(&u, "fill") == ["storage_warning", "storage_read_only", "storage_read_write"]
+        });
         assert_eq!(show(&u)["storage_level"], "normal");
+        wait_for("new sessions no longer warned", Duration::from_secs(10), || {
+            let (ok, _, err) = psql(&free_uri, "select 1");
+            ok && !err.contains("WARNING")
+        });
     })
     .await
     .unwrap();
@@ -174,6 +190,21 @@ async fn host_disk(up: &Up, host_dir: &std::path::Path) -> Value {
     host["disk"].clone()
 }
 
+/// Another process's file on the host's disk, taking all but `leave` bytes of its room.
+fn fill_from_outside(host_dir: &std::path::Path, leave: u64) -> std::path::PathBuf {
+    let outside = host_dir.join("someone-elses.log");
+    let fs = nix::sys::statvfs::statvfs(host_dir).unwrap();
+    #[allow(clippy::unnecessary_cast)]
+    let free_bytes = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+    let status = std::process::Command::new("fallocate")
+        .args(["-l", &free_bytes.saturating_sub(leave).to_string()])
+        .arg(&outside)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    outside
+}
+
 /// PIDs of the agent of the host whose directory is `host_dir`.
 fn agent_of(host_dir: &std::path::Path) -> Vec<nix::unistd::Pid> {
     processes_mentioning(&host_dir.to_string_lossy())
@@ -219,16 +250,7 @@ async fn a_disk_filled_from_outside_comes_back_once_the_reserve_is_released() {
     let agent = agent_of(&host_dir);
     assert_eq!(agent.len(), 1, "one agent for the host");
     kill(agent[0], Signal::SIGSTOP).unwrap();
-    let outside = host_dir.join("someone-elses.log");
-    let free = nix::sys::statvfs::statvfs(&host_dir).unwrap();
-    #[allow(clippy::unnecessary_cast)]
-    let free_bytes = free.blocks_available() as u64 * free.fragment_size() as u64;
-    let status = std::process::Command::new("fallocate")
-        .args(["-l", &(free_bytes.saturating_sub(256 << 10)).to_string()])
-        .arg(&outside)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let outside = fill_from_outside(&host_dir, 256 << 10);
     let pid = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap();
     let pid: i32 = pid.lines().next().unwrap().trim().parse().unwrap();
     kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
@@ -279,7 +301,9 @@ async fn a_disk_filled_from_outside_comes_back_once_the_reserve_is_released() {
                 .unwrap_or(0)
                 > 0
         });
-        assert_eq!(kinds(&u, "full").last().map(String::as_str), Some("storage_read_write"));
+        wait_for("the event that writes are back", Duration::from_secs(10), || {
+            kinds(&u, "full").last().map(String::as_str) == Some("storage_read_write")
+        });
     })
     .await
     .unwrap();
@@ -311,16 +335,7 @@ async fn a_standbys_filling_disk_holds_the_primarys_writes_back() {
 
     // Something else fills the standby's host to well past the read-only mark (but not so
     // far that its reserve goes).
-    let outside = host_dir.join("someone-elses.log");
-    let fs = nix::sys::statvfs::statvfs(&host_dir).unwrap();
-    #[allow(clippy::unnecessary_cast)]
-    let free_bytes = fs.blocks_available() as u64 * fs.fragment_size() as u64;
-    let status = std::process::Command::new("fallocate")
-        .args(["-l", &(free_bytes.saturating_sub(40 << 20)).to_string()])
-        .arg(&outside)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let outside = fill_from_outside(&host_dir, 40 << 20);
     let (u, write_uri) = (up.clone(), uri.clone());
     tokio::task::spawn_blocking(move || {
         wait_for("the primary to refuse writes", Duration::from_secs(30), || {
@@ -332,7 +347,9 @@ async fn a_standbys_filling_disk_holds_the_primarys_writes_back() {
             "t",
             "reads go on"
         );
-        assert!(kinds(&u, "pair").contains(&"storage_read_only".to_string()));
+        wait_for("the read-only event", Duration::from_secs(10), || {
+            kinds(&u, "pair").contains(&"storage_read_only".to_string())
+        });
         assert_eq!(show(&u, "pair")["status"], "running");
     })
     .await
@@ -345,7 +362,9 @@ async fn a_standbys_filling_disk_holds_the_primarys_writes_back() {
         wait_for("writes allowed again", Duration::from_secs(30), || {
             psql(&write_uri, "insert into ledger default values").0
         });
-        assert_eq!(kinds(&u, "pair").last().map(String::as_str), Some("storage_read_write"));
+        wait_for("the event that writes are back", Duration::from_secs(10), || {
+            kinds(&u, "pair").last().map(String::as_str) == Some("storage_read_write")
+        });
     })
     .await
     .unwrap();
@@ -353,4 +372,81 @@ async fn a_standbys_filling_disk_holds_the_primarys_writes_back() {
     let (acked, _) = writer.await.unwrap();
     assert!(!acked.is_empty());
     check_ledger(&uri, &acked);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_autoscaling_the_same_load_moves_the_cluster_onto_a_larger_disk_without_going_read_only() {
+    let tmp = temp_root();
+    let up = Arc::new(Up::start_with(tmp.path(), &["--host-disk", "300MiB"]));
+    let u = up.clone();
+    let (uri, first_host) = tokio::task::spawn_blocking(move || {
+        let out = u.cli_ok(&["cluster", "create", "grow", "--storage-autoscale", "1GiB", "--wait"]);
+        let uri = out.lines().last().unwrap().trim().to_string();
+        psql_ok(&uri, "create table ledger (id bigserial primary key)");
+        psql_ok(&uri, "create table big (t text)");
+        let shown = show(&u, "grow");
+        assert_eq!(shown["storage_autoscale_max_bytes"], 1u64 << 30, "{shown}");
+        (uri, shown["members"][0]["host_id"].as_str().unwrap().to_string())
+    })
+    .await
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+
+    // The same kind of load that made a plain cluster read-only, a little slower: 1 MB
+    // transactions, until the cluster runs on a larger disk.
+    let (u, fill_uri) = (up.clone(), uri.clone());
+    let started = std::time::Instant::now();
+    let moved_at = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut last_check = std::time::Instant::now();
+        loop {
+            assert!(std::time::Instant::now() < deadline, "not moved: {}", show(&u, "grow"));
+            let (ok, _, err) = psql(
+                &fill_uri,
+                "insert into big select repeat(md5(g::text), 30) from generate_series(1, 1000) g",
+            );
+            assert!(ok || !err.contains("read-only"), "went read-only: {err}");
+            std::thread::sleep(Duration::from_millis(300));
+            if last_check.elapsed() < Duration::from_secs(1) {
+                continue;
+            }
+            last_check = std::time::Instant::now();
+            let shown = show(&u, "grow");
+            let members = shown["members"].as_array().unwrap();
+            let moved = members.len() == 1
+                && members[0]["role"] == "primary"
+                && members[0]["state"] == "running"
+                && members[0]["host_id"] != first_host.as_str();
+            if moved {
+                return std::time::Instant::now();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, timeline) = writer.await.unwrap();
+    let (pause, failures) = longest_pause(&timeline, started);
+    eprintln!(
+        "autoscale: moved after {:?}; longest write pause {pause:?} ({failures} failed attempts)",
+        moved_at - started
+    );
+    check_ledger(&uri, &acked);
+    assert!(pause <= Duration::from_secs(1), "write pause {pause:?}");
+
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        let shown = show(&u, "grow");
+        assert_eq!(shown["storage_disk_bytes"], 600u64 << 20, "{shown}");
+        let disk = &shown["members"][0]["storage"];
+        assert!(disk["disk_total_bytes"].as_u64().unwrap() > 500 << 20, "{disk}");
+        let kinds: Vec<String> = events(&u, "grow").into_iter().map(|(k, _)| k).collect();
+        assert!(kinds.contains(&"storage_autoscale".to_string()), "{kinds:?}");
+        assert!(!kinds.contains(&"storage_read_only".to_string()), "{kinds:?}");
+        assert!(kinds.contains(&"switchover_started".to_string()), "{kinds:?}");
+    })
+    .await
+    .unwrap();
 }

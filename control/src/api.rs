@@ -737,6 +737,8 @@ fn view_of(
             .find(|i| !i.deleting && i.role == "primary")
             .and_then(|i| i.storage)
             .map_or(StorageLevel::Normal, |s| s.level),
+        storage_autoscale_max_bytes: (c.autoscale_max_bytes > 0).then_some(c.autoscale_max_bytes as u64),
+        storage_disk_bytes: (c.disk_bytes > 0).then_some(c.disk_bytes as u64),
         id: c.id.clone(),
         name: c.name.clone(),
         org_id: c.org_id.clone(),

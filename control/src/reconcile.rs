@@ -158,12 +158,13 @@ async fn launch(state: &AppState, h: &HostRow) {
         zone: (!h.zone.is_empty()).then(|| h.zone.clone()),
         bootstrap_token: auth::bootstrap_token(state, &h.id),
         control_url: state.cfg.public_url.clone(),
+        disk_bytes: h.disk_bytes.and_then(|b| u64::try_from(b).ok()),
     };
     match state.provider.launch_host(req).await {
         Ok(info) => {
             let recorded = state
                 .store
-                .host_launched(&h.id, &info.zone, &info.address, &info.instance_type)
+                .host_launched(&h.id, &info.zone, &info.address, &info.instance_type, info.disk_bytes)
                 .await;
             if let Err(e) = recorded {
                 tracing::error!(host = %h.id, "record launched host: {e:#}");
@@ -199,6 +200,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
             region,
             market,
             pool,
+            disk_bytes,
         } => {
             // A spot launch goes into its pool: the pool names zone and instance type.
             let pool: Option<highrise_provider::market::PoolId> = pool.as_deref().and_then(|p| p.parse().ok());
@@ -218,6 +220,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                 launched_at: now(),
                 instance_type: pool.map(|p| p.instance_type).unwrap_or_default(),
                 notice_deadline: None,
+                disk_bytes: disk_bytes.and_then(|b| i64::try_from(b).ok()),
             };
             state.store.insert_host(&h).await.context("record host launch")?;
             launch(state, &h).await;
@@ -328,6 +331,14 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
             for op in state.store.open_operations_of(cluster_id, "switchover").await? {
                 state.store.complete_operation(&op, Some(reason), now()).await?;
             }
+        }
+        Action::GrowDisk {
+            cluster_id,
+            disk_bytes,
+            message,
+        } => {
+            tracing::warn!(cluster = %cluster_id, "{message}");
+            state.store.grow_disk(cluster_id, *disk_bytes, now(), message).await?;
         }
         Action::StorageLevel {
             cluster_id,

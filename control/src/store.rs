@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (14, include_str!("../migrations/0014_storage.sql")),
     (15, include_str!("../migrations/0015_storage_guard.sql")),
     (16, include_str!("../migrations/0016_host_disks.sql")),
+    (17, include_str!("../migrations/0017_storage_autoscale.sql")),
 ];
 
 mod audit;
@@ -159,6 +160,10 @@ pub struct ClusterRow {
     pub backup_retain_days: i64,
     /// What the first primary restores from (JSON of a restore record), until it runs.
     pub restore_json: Option<String>,
+    /// Storage autoscaling's maximum disk, in bytes (`0`: off).
+    pub autoscale_max_bytes: i64,
+    /// The smallest host disk the members need (`0`: any); autoscaling raises it.
+    pub disk_bytes: i64,
 }
 
 /// One instance of a host's desired state, before the keys are filled in.
@@ -231,6 +236,8 @@ pub struct HostRow {
     pub instance_type: String,
     /// A spot notice: the unix second the host dies at.
     pub notice_deadline: Option<i64>,
+    /// The size of the host's own disk: asked for at launch, or as the land says.
+    pub disk_bytes: Option<i64>,
 }
 
 impl HostRow {
@@ -336,7 +343,7 @@ fn role(s: String) -> Result<highrise_api::Role> {
 const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name, c.name, c.cloud, c.region, \
     c.plan, c.pg_version, c.replicas, c.spot, c.endpoint, c.db_name, c.owner_name, c.owner_scram, c.repl_password, \
     c.repl_scram, c.spread_clouds, c.term, c.created_at, c.deleted_at, c.durability, c.backup_interval, \
-    c.backup_retain_count, c.backup_retain_days, c.restore_json";
+    c.backup_retain_count, c.backup_retain_days, c.restore_json, c.autoscale_max_bytes, c.disk_bytes";
 
 fn cluster(r: &AnyRow) -> Result<ClusterRow> {
     Ok(ClusterRow {
@@ -366,6 +373,8 @@ fn cluster(r: &AnyRow) -> Result<ClusterRow> {
         backup_retain_count: r.try_get("backup_retain_count")?,
         backup_retain_days: r.try_get("backup_retain_days")?,
         restore_json: r.try_get("restore_json")?,
+        autoscale_max_bytes: r.try_get("autoscale_max_bytes")?,
+        disk_bytes: r.try_get("disk_bytes")?,
     })
 }
 
@@ -383,6 +392,7 @@ fn host(r: &AnyRow) -> Result<HostRow> {
         launched_at: r.try_get("launched_at")?,
         instance_type: r.try_get("instance_type")?,
         notice_deadline: r.try_get("notice_deadline")?,
+        disk_bytes: r.try_get("disk_bytes")?,
     })
 }
 
@@ -520,12 +530,31 @@ impl Store {
     /// (`BEGIN IMMEDIATE`), waiting its turn behind other writers: a transaction that
     /// read first and then asked for the lock would be refused ("database is locked")
     /// when another writer committed in between.
+    ///
+    /// The begin runs in a task of its own. A caller cancelled at the wrong moment (a
+    /// request past its deadline) would otherwise drop an acknowledged `BEGIN` before a
+    /// `Transaction` owns it: sqlx then returns the connection to the pool inside an open
+    /// transaction, which on SQLite holds the write lock for good ("database is locked",
+    /// "begin_with at non-zero transaction depth" on every later write — seen after the
+    /// control plane was frozen and resumed; upstream: sqlx#3932 for SQLite, sqlx#4393 for
+    /// PostgreSQL). Spawned, the task always gets its `Transaction`, and dropping it
+    /// unawaited rolls it back.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(if self.sqlite {
-            self.pool.begin_with("BEGIN IMMEDIATE").await?
-        } else {
-            self.pool.begin().await?
+        let (pool, sqlite) = (self.pool.clone(), self.sqlite);
+        let begun = tokio::spawn(async move {
+            if sqlite {
+                pool.begin_with("BEGIN IMMEDIATE").await
+            } else {
+                pool.begin().await
+            }
         })
+        .await;
+        match begun {
+            Ok(tx) => Ok(tx?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only a runtime shutting down cancels the task.
+            Err(_) => Err(StoreError::Db(sqlx::Error::BeginFailed)),
+        }
     }
 
     async fn migrate(&self) -> Result<()> {

@@ -128,6 +128,8 @@ fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &str) -
         backup_retain_count: 7,
         backup_retain_days: 7,
         restore_json: None,
+        autoscale_max_bytes: 0,
+        disk_bytes: 0,
     }
 }
 
@@ -284,10 +286,11 @@ async fn exercise(store: Store) {
         launched_at: 3,
         instance_type: String::new(),
         notice_deadline: None,
+        disk_bytes: None,
     };
     store.insert_host(&host).await.unwrap();
     store
-        .host_launched("h1", "zone-1", "127.9.1.1", "m6id.4xlarge")
+        .host_launched("h1", "zone-1", "127.9.1.1", "m6id.4xlarge", Some(300 << 20))
         .await
         .unwrap();
     assert!(matches!(
@@ -296,6 +299,7 @@ async fn exercise(store: Store) {
     ));
     store.register_host("h1", "thash", "127.9.1.1", 4).await.unwrap();
     let h = store.get_host("h1").await.unwrap();
+    assert_eq!(h.disk_bytes, Some(300 << 20), "the land's answer names the disk");
     assert_eq!(
         (h.status.as_str(), h.zone.as_str(), h.token_hash.as_deref()),
         ("running", "zone-1", Some("thash"))
@@ -764,4 +768,36 @@ async fn store_on_postgres() {
     exercise(Store::open(&pg.url).await.unwrap()).await;
     let store = Store::open(&pg.url).await.unwrap();
     assert_eq!(store.org_count().await.unwrap(), 2);
+}
+
+/// Writers cancelled at any moment (a request past its deadline) never leave a pooled
+/// connection inside a transaction: on SQLite that would hold the write lock for good,
+/// and every later write would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_writers_leave_no_transaction_behind_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    let store = std::sync::Arc::new(Store::open(&url).await.unwrap());
+    for n in 0..1000u32 {
+        let s = store.clone();
+        let id = format!("o{n}");
+        // Cancelled somewhere between before BEGIN and after COMMIT.
+        let cut = Duration::from_micros(u64::from(n % 40) * 25);
+        let _ = tokio::time::timeout(cut, async move {
+            s.create_org(&org_row(&id, &id), &format!("p{n}"), &key_row(&format!("k{n}"), &id))
+                .await
+        })
+        .await;
+    }
+    // Every connection of the pool still takes writes at once.
+    for n in 0..20u32 {
+        let id = format!("after{n}");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            store.create_org(&org_row(&id, &id), &format!("pa{n}"), &key_row(&format!("ka{n}"), &id)),
+        )
+        .await
+        .expect("a write after the cancelled ones hangs")
+        .unwrap();
+    }
 }

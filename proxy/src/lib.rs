@@ -19,7 +19,9 @@ pub use protocol::{Startup, StartupError};
 pub use routes::RouteCache;
 
 use anyhow::{Context, Result};
-use protocol::{cancel_request, error_response, read_packet, scan_server_messages, Packet, ServerEvent};
+use protocol::{
+    cancel_request, error_response, notice_response, read_packet, scan_server_messages, Packet, ServerEvent,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
@@ -220,8 +222,9 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
     // instead of waiting on an old primary that may be frozen and never answer.
     let moved = ctx.routes.moved_from(&endpoint, &addr);
     tokio::pin!(moved);
+    let notice = ctx.routes.get(&endpoint).and_then(|r| r.notice);
     let started = tokio::select! {
-        r = relay_startup(&mut client, &mut backend) => r?,
+        r = relay_startup(&mut client, &mut backend, notice.as_deref()) => r?,
         () = &mut moved => {
             tracing::debug!(%endpoint, %addr, "primary moved during the session's startup: closing it");
             return Ok(());
@@ -259,8 +262,13 @@ enum Session {
 
 /// Relays the authentication exchange both ways, watching the server's messages for
 /// `BackendKeyData` until `ReadyForQuery`. Reads are single `read` calls on either side,
-/// so whichever side is not ready loses nothing.
-async fn relay_startup<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S, backend: &mut TcpStream) -> Result<Session> {
+/// so whichever side is not ready loses nothing. A `notice` (the route's) goes to the
+/// client as a warning just before the session is ready.
+async fn relay_startup<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    backend: &mut TcpStream,
+    notice: Option<&str>,
+) -> Result<Session> {
     let mut from_client = vec![0u8; 8192];
     let mut from_server: Vec<u8> = Vec::with_capacity(8192);
     let mut key = None;
@@ -278,7 +286,18 @@ async fn relay_startup<S: AsyncRead + AsyncWrite + Unpin>(client: &mut S, backen
                     return Ok(Session::Ended);
                 }
                 let (used, events) = scan_server_messages(&from_server).map_err(|e| anyhow::anyhow!("{e}"))?;
-                client.write_all(&from_server[..used]).await.context("write to client")?;
+                // `ReadyForQuery` (6 bytes) ends the scanned span when it came.
+                let ready = events.contains(&ServerEvent::Ready) && used >= 6;
+                match notice {
+                    Some(n) if ready => {
+                        let mut out = Vec::with_capacity(used + n.len() + 32);
+                        out.extend_from_slice(&from_server[..used - 6]);
+                        out.extend_from_slice(&notice_response(n));
+                        out.extend_from_slice(&from_server[used - 6..used]);
+                        client.write_all(&out).await.context("write to client")?;
+                    }
+                    _ => client.write_all(&from_server[..used]).await.context("write to client")?,
+                }
                 from_server.drain(..used);
                 for ev in events {
                     match ev {

@@ -285,6 +285,22 @@ pub fn scan_server_messages(buf: &[u8]) -> Result<(usize, Vec<ServerEvent>), Sta
     Ok((pos, events))
 }
 
+/// A `NoticeResponse` with severity WARNING (SQLSTATE 01000), as psql prints
+/// `WARNING:  <message>`.
+pub fn notice_response(message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (tag, value) in [(b'S', "WARNING"), (b'V', "WARNING"), (b'C', "01000"), (b'M', message)] {
+        body.push(tag);
+        body.extend_from_slice(value.replace('\0', " ").as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = vec![b'N'];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 /// A FATAL `ErrorResponse` message.
 pub fn error_response(sqlstate: &str, message: &str) -> Vec<u8> {
     let mut body = Vec::new();
@@ -409,6 +425,18 @@ mod tests {
             }
         );
         assert!(parse(code, &bytes[8..12]).is_err());
+    }
+
+    #[test]
+    fn notice_response_is_a_warning() {
+        let n = notice_response("read\0only");
+        assert_eq!(n[0], b'N');
+        assert_eq!(u32::from_be_bytes([n[1], n[2], n[3], n[4]]) as usize, n.len() - 1);
+        let body = String::from_utf8_lossy(&n[5..]);
+        assert!(
+            body.contains("SWARNING\0") && body.contains("C01000\0") && body.contains("Mread only\0"),
+            "{body}"
+        );
     }
 
     #[test]

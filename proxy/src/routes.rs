@@ -233,6 +233,7 @@ mod tests {
                 cluster_id: "c".into(),
                 addr: addr.map(str::to_string),
                 term,
+                notice: None,
             }],
         }
     }

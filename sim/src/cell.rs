@@ -360,6 +360,7 @@ impl<'a> Cell<'a> {
                 region,
                 market,
                 pool,
+                disk_bytes,
             } => {
                 let id = self.id("h");
                 // A spot launch names its pool; an on-demand one goes to the zone with the
@@ -397,6 +398,7 @@ impl<'a> Cell<'a> {
                     market: *market,
                     pool: pool_id.to_string(),
                     notice: None,
+                    disk_bytes: *disk_bytes,
                 };
                 if refused {
                     self.pool_events
@@ -570,7 +572,14 @@ impl<'a> Cell<'a> {
                 *self.events.entry(kind.clone()).or_default() += 1;
                 self.last_event.insert(cluster_id.clone(), kind.clone());
             }
-            // The simulator models no storage: agents report none, so this never comes.
+            // The simulator models no storage: agents report none, so these never come.
+            Action::GrowDisk {
+                cluster_id, disk_bytes, ..
+            } => {
+                for c in self.clusters.iter_mut().filter(|c| &c.intent.id == cluster_id) {
+                    c.intent.disk_bytes = *disk_bytes;
+                }
+            }
             Action::StorageLevel {
                 cluster_id,
                 level,
@@ -929,6 +938,8 @@ fn run_cell(
                     restorable: shape == Shape::SingleSync || cfg.ha_sync,
                     deleted: false,
                     storage_level: Default::default(),
+                    disk_bytes: 0,
+                    autoscale_max_bytes: 0,
                 },
                 acked: 0.0,
                 first_up: None,

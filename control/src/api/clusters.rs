@@ -169,6 +169,8 @@ pub(super) async fn create_cluster(
         backup_retain_count: i64::from(policy.retain_count),
         backup_retain_days: i64::from(policy.retain_days),
         restore_json,
+        autoscale_max_bytes: autoscale_max(req.storage_autoscale_max_bytes)?,
+        disk_bytes: 0,
     };
     let op = OperationRow {
         id: auth::new_id("op"),
@@ -255,6 +257,15 @@ pub(super) async fn update_cluster(
         state.notify();
         tracing::info!(cluster = %c.id, durability = %d, "durability changed");
     }
+    if req.storage_autoscale_max_bytes.is_some() {
+        let max = autoscale_max(req.storage_autoscale_max_bytes)?;
+        state
+            .store
+            .set_storage_autoscale(&c.id, max)
+            .await
+            .map_err(store_err("cluster"))?;
+        state.notify();
+    }
     if let Some(p) = &req.backup_policy {
         backups::validate_policy(p)?;
         state
@@ -270,6 +281,15 @@ pub(super) async fn update_cluster(
     }
     let c = find_cluster(&state, &caller, q.project.as_deref(), &c.id).await?;
     Ok(Json(cluster_view(&state, &c).await?))
+}
+
+/// Storage autoscaling's maximum as stored (`0`: off); at most 1 PiB.
+fn autoscale_max(bytes: Option<u64>) -> ApiResult<i64> {
+    const MAX: u64 = 1 << 50;
+    match bytes.unwrap_or(0) {
+        b if b > MAX => Err(ApiError::invalid("storage_autoscale_max_bytes is at most 1 PiB")),
+        b => Ok(b as i64),
+    }
 }
 
 /// A spot host can be taken at any moment, its disk with it: a single-node spot cluster

@@ -19,9 +19,9 @@ impl Store {
         let res = sqlx::query(
             "INSERT INTO clusters (id, org_id, project_id, name, cloud, region, plan, pg_version, replicas, spot, \
              endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram, spread_clouds, \
-             durability, backup_interval, backup_retain_count, backup_retain_days, restore_json) \
+             durability, backup_interval, backup_retain_count, backup_retain_days, restore_json, autoscale_max_bytes) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-             $23, $24)",
+             $23, $24, $25)",
         )
         .bind(&c.id)
         .bind(&c.org_id)
@@ -47,6 +47,7 @@ impl Store {
         .bind(c.backup_retain_count)
         .bind(c.backup_retain_days)
         .bind(&c.restore_json)
+        .bind(c.autoscale_max_bytes)
         .execute(&mut *tx)
         .await;
         match res {
@@ -154,6 +155,16 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Storage autoscaling's maximum disk (`0`: off).
+    pub async fn set_storage_autoscale(&self, id: &str, max_bytes: i64) -> Result<()> {
+        sqlx::query("UPDATE clusters SET autoscale_max_bytes = $1 WHERE id = $2 AND deleted_at IS NULL")
+            .bind(max_bytes)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

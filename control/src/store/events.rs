@@ -31,6 +31,20 @@ impl Store {
         Ok(())
     }
 
+    /// Storage autoscaling: the cluster's members need disks of `disk_bytes` from now on;
+    /// the event that says so goes with it.
+    pub async fn grow_disk(&self, cluster_id: &str, disk_bytes: u64, at: i64, message: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE clusters SET disk_bytes = $1 WHERE id = $2")
+            .bind(i64::try_from(disk_bytes).unwrap_or(i64::MAX))
+            .bind(cluster_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(&mut tx, cluster_id, at, "storage_autoscale", message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn events(&self, cluster_id: &str) -> Result<Vec<EventRow>> {
         let rows =
             sqlx::query("SELECT id, cluster_id, at, kind, message FROM events WHERE cluster_id = $1 ORDER BY at, id")

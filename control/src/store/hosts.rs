@@ -5,8 +5,8 @@ use super::*;
 impl Store {
     pub async fn insert_host(&self, h: &HostRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO hosts (id, cloud, region, zone, market, status, launched_at, instance_type) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO hosts (id, cloud, region, zone, market, status, launched_at, instance_type, disk_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&h.id)
         .bind(&h.cloud)
@@ -16,19 +16,31 @@ impl Store {
         .bind(&h.status)
         .bind(h.launched_at)
         .bind(&h.instance_type)
+        .bind(h.disk_bytes)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn host_launched(&self, id: &str, zone: &str, address: &str, instance_type: &str) -> Result<()> {
-        sqlx::query("UPDATE hosts SET zone = $1, address = $2, instance_type = $3 WHERE id = $4")
-            .bind(zone)
-            .bind(address)
-            .bind(instance_type)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    pub async fn host_launched(
+        &self,
+        id: &str,
+        zone: &str,
+        address: &str,
+        instance_type: &str,
+        disk_bytes: Option<u64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE hosts SET zone = $1, address = $2, instance_type = $3, \
+             disk_bytes = COALESCE($4, disk_bytes) WHERE id = $5",
+        )
+        .bind(zone)
+        .bind(address)
+        .bind(instance_type)
+        .bind(disk_bytes.and_then(|b| i64::try_from(b).ok()))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

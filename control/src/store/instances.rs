@@ -152,7 +152,7 @@ impl Store {
     /// current-term primary has not (yet) reported itself promoted has no address.
     pub async fn routes(&self) -> Result<Vec<Route>> {
         let rows = sqlx::query(
-            "SELECT c.endpoint, c.id, c.term, \
+            "SELECT c.endpoint, c.id, c.term, c.storage_level, \
              (SELECT i.addr FROM instances i WHERE i.cluster_id = c.id AND i.deleting = 0 AND i.draining = 0 AND i.role = 'primary' \
               AND i.in_recovery = 0 AND i.observed_term = c.term AND i.observed IN ('running', 'unhealthy') \
               AND i.addr IS NOT NULL ORDER BY i.id LIMIT 1) AS addr \
@@ -167,6 +167,9 @@ impl Store {
                     cluster_id: r.try_get("id")?,
                     addr: r.try_get("addr")?,
                     term: r.try_get("term")?,
+                    notice: storage_notice(super::storage_level(
+                        r.try_get::<Option<String>, _>("storage_level")?.as_deref(),
+                    )),
                 })
             })
             .collect()
@@ -259,4 +262,18 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// What the proxy tells each new session of a cluster at this storage level.
+fn storage_notice(level: StorageLevel) -> Option<String> {
+    let why = match level {
+        StorageLevel::Normal | StorageLevel::Warning => return None,
+        StorageLevel::ReadOnly | StorageLevel::Critical => "its storage is nearly full",
+        StorageLevel::Full => "its disk filled up",
+    };
+    Some(format!(
+        "this database is read-only because {why}: writes work again once usage is below 85%. To free \
+         space, run SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE in this session, then DELETE, \
+         TRUNCATE or DROP what you can spare (see `highrise cluster events` for the numbers)"
+    ))
 }

@@ -31,6 +31,7 @@ impl Store {
                 .collect();
         let cluster_rows = sqlx::query(
             "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, spot, deleted_at, storage_level, \
+             disk_bytes, autoscale_max_bytes, \
              CASE WHEN durability = 'sync' AND EXISTS (SELECT 1 FROM backups b WHERE b.cluster_id = clusters.id \
              AND b.status = 'complete') THEN 1 ELSE 0 END AS restorable FROM clusters ORDER BY id",
         )
@@ -64,6 +65,8 @@ impl Store {
                     storage_level: planner_level(super::storage_level(
                         r.try_get::<Option<String>, _>("storage_level")?.as_deref(),
                     )),
+                    disk_bytes: r.try_get::<i64, _>("disk_bytes")?.max(0) as u64,
+                    autoscale_max_bytes: r.try_get::<i64, _>("autoscale_max_bytes")?.max(0) as u64,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -90,6 +93,7 @@ impl Store {
                 zone: h.zone,
                 launched_at: h.launched_at,
                 last_beat_ms: h.last_beat_ms,
+                disk_bytes: h.disk_bytes.map(|b| b.max(0) as u64),
             })
             .collect();
         let instances = self

@@ -368,6 +368,12 @@ pub struct CreateCluster {
     /// Create the cluster from another cluster's backups and WAL (point-in-time restore).
     #[serde(default)]
     pub restore: Option<RestoreFrom>,
+    /// Storage autoscaling: before the disk nears the read-only mark, the members move to
+    /// hosts with twice the disk (by replace-then-switchover), up to this many bytes (at
+    /// most 1 PiB). Off when omitted or `0`.
+    #[serde(default)]
+    #[schema(maximum = 1125899906842624_u64)]
+    pub storage_autoscale_max_bytes: Option<u64>,
 }
 
 /// Base backup schedule and retention of a cluster.
@@ -497,6 +503,10 @@ pub struct Cluster {
     /// The storage guard's level on the primary (`read_only`: writes need an explicit
     /// read-write session until space is freed).
     pub storage_level: StorageLevel,
+    /// Storage autoscaling's maximum disk, when on.
+    pub storage_autoscale_max_bytes: Option<u64>,
+    /// The disk size the members need (raised by autoscaling), when set.
+    pub storage_disk_bytes: Option<u64>,
     pub status: ClusterStatus,
     /// The stable name clients connect to through the proxy.
     pub endpoint: String,
@@ -547,6 +557,10 @@ pub struct UpdateCluster {
     pub durability: Option<String>,
     #[serde(default)]
     pub backup_policy: Option<BackupPolicy>,
+    /// Storage autoscaling's maximum disk in bytes (see [`CreateCluster`]); `0` turns it off.
+    #[serde(default)]
+    #[schema(maximum = 1125899906842624_u64)]
+    pub storage_autoscale_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -864,6 +878,10 @@ pub struct Route {
     /// holds new connections until a primary is routed again).
     pub addr: Option<String>,
     pub term: i64,
+    /// Told to every new session as a warning before it is ready (the database is
+    /// read-only because its storage is nearly full, and what to do).
+    #[serde(default)]
+    pub notice: Option<String>,
 }
 
 /// Content hash used as a version for long-polled documents (FNV-1a over the JSON).

@@ -77,6 +77,13 @@ pub struct ClusterIntent {
     /// The storage level last announced to the tenant (an event per change).
     #[serde(default)]
     pub storage_level: storage::Level,
+    /// The smallest host disk the members need, in bytes (`0`: any host); storage
+    /// autoscaling raises it and the members move to hosts with such disks.
+    #[serde(default)]
+    pub disk_bytes: u64,
+    /// Storage autoscaling: the largest disk it may grow to (`0`: off).
+    #[serde(default)]
+    pub autoscale_max_bytes: u64,
 }
 
 /// How a host is paid for.
@@ -112,6 +119,9 @@ pub struct HostView {
     pub pool: String,
     /// A spot notice: the unix second at which the host dies.
     pub notice: Option<i64>,
+    /// The size of the host's own disk, when it was launched with one.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +227,8 @@ pub enum Action {
         region: String,
         market: Market,
         pool: Option<String>,
+        /// A disk of its own of this size (storage autoscaling asks for one).
+        disk_bytes: Option<u64>,
     },
     /// A launch that never registered: stop waiting for it and give its capacity up.
     AbandonHost {
@@ -282,6 +294,13 @@ pub enum Action {
         cluster_id: String,
         level: storage::Level,
         kind: String,
+        message: String,
+    },
+    /// Storage autoscaling: the cluster's members need hosts with disks of `disk_bytes`
+    /// from now on (those on smaller disks are replaced, a primary by switchover).
+    GrowDisk {
+        cluster_id: String,
+        disk_bytes: u64,
         message: String,
     },
     /// Tell the operator something (deduplicated by the executor).
@@ -368,6 +387,25 @@ pub fn plan(world: &World) -> Vec<Action> {
             .filter_map(|i| i.storage.as_ref().map(|s| (s, i.role == Role::Primary)))
             .max_by_key(|(s, primary)| (s.level, *primary))
             .map(|(s, _)| s);
+        // Autoscaling grows the disk before the read-only mark is near: from the primary's
+        // host (the standbys follow the same target).
+        let primary_disk = world
+            .instances
+            .iter()
+            .filter(|i| i.cluster_id == c.id && !i.deleting && i.role == Role::Primary && i.term == c.term)
+            .find_map(|i| {
+                let host = hosts.get(i.host_id.as_str())?;
+                Some((i.storage.as_ref()?, host.disk_bytes))
+            });
+        if let Some((r, host_disk)) = primary_disk {
+            if let Some(grow) = storage::autoscale(&r.reading, host_disk, c.disk_bytes, c.autoscale_max_bytes) {
+                actions.push(Action::GrowDisk {
+                    cluster_id: c.id.clone(),
+                    disk_bytes: grow.to_bytes,
+                    message: grow.message,
+                });
+            }
+        }
         if let Some(r) = report {
             if let Some((kind, message)) = storage::announce(c.storage_level, r.level, &r.reading) {
                 actions.push(Action::StorageLevel {
@@ -444,7 +482,7 @@ pub fn plan(world: &World) -> Vec<Action> {
             let replaced = ready as u32 + 1 >= c.members;
             let go = match why {
                 spot::Leaving::Excess => true,
-                spot::Leaving::Notice | spot::Leaving::BackToSpot => replaced,
+                spot::Leaving::Notice | spot::Leaving::BackToSpot | spot::Leaving::SmallDisk => replaced,
             };
             if i.role == Role::Standby && go {
                 extra_members.push(Action::DeleteInstance {
@@ -499,6 +537,7 @@ pub fn plan(world: &World) -> Vec<Action> {
                     && (!needs_new_cloud || !taken.clouds.contains(h.cloud.as_str()))
                     && !taken_hosts.contains(h.id.as_str())
                     && used.get(h.id.as_str()).copied().unwrap_or(0) + c.slots <= HOST_SLOTS
+                    && disk_fits(c, h)
             };
             // A cloud, then a zone, the cluster is not in yet first; then the fullest host,
             // so empty hosts stay free for big plans.
@@ -532,6 +571,7 @@ pub fn plan(world: &World) -> Vec<Action> {
                         region: p.region.as_str(),
                         market: Market::Spot,
                         pool: Some(p.id.as_str()),
+                        disk_bytes: (c.disk_bytes > 0).then_some(c.disk_bytes),
                     });
                 }
             }
@@ -608,6 +648,7 @@ pub fn plan(world: &World) -> Vec<Action> {
                             region,
                             market: Market::OnDemand,
                             pool: None,
+                            disk_bytes: (c.disk_bytes > 0).then_some(c.disk_bytes),
                         }
                     });
                     taken.clouds.insert(at.cloud);
@@ -635,6 +676,7 @@ pub fn plan(world: &World) -> Vec<Action> {
                 && h.region == key.region
                 && h.market == key.market
                 && key.pool.is_none_or(|p| h.pool == p)
+                && h.disk_bytes == key.disk_bytes
         };
         let failed_recently = world
             .hosts
@@ -655,6 +697,7 @@ pub fn plan(world: &World) -> Vec<Action> {
                 region: key.region.to_string(),
                 market: key.market,
                 pool: key.pool.map(str::to_string),
+                disk_bytes: key.disk_bytes,
             });
         }
     }
@@ -751,6 +794,12 @@ struct LaunchKey<'a> {
     region: &'a str,
     market: Market,
     pool: Option<&'a str>,
+    disk_bytes: Option<u64>,
+}
+
+/// The host's disk is as big as the cluster's members need.
+pub(crate) fn disk_fits(c: &ClusterIntent, h: &HostView) -> bool {
+    c.disk_bytes == 0 || h.disk_bytes.is_some_and(|d| d >= c.disk_bytes)
 }
 
 /// Milliseconds since the host was last heard from (or since observation began).
@@ -865,7 +914,9 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
             .all(|s| s.observed == Observed::Running && s.streaming == Some(true));
     let must_leave = match leaving.get(primary.id.as_str()) {
         Some(spot::Leaving::Notice) => true,
-        Some(spot::Leaving::BackToSpot) => settled && spot::ready_standbys(&live, &leaving) as u32 + 1 >= c.members,
+        Some(spot::Leaving::BackToSpot | spot::Leaving::SmallDisk) => {
+            settled && spot::ready_standbys(&live, &leaving) as u32 + 1 >= c.members
+        }
         _ => false,
     };
     let target = c.switchover_to.clone().or_else(|| must_leave.then(String::new));
@@ -887,6 +938,7 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
                 if c.switchover_to.is_none() {
                     let why = match leaving.get(primary.id.as_str()) {
                         Some(spot::Leaving::Notice) => "its host has a spot notice",
+                        Some(spot::Leaving::SmallDisk) => "its host's disk is smaller than the storage now needs",
                         _ => "it runs on on-demand and spot capacity is back",
                     };
                     actions.push(Action::Event {

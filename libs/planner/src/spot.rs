@@ -116,9 +116,10 @@ pub fn ranked<'w>(world: &'w World, allowed: &[(&str, &str)], taken: &Taken<'_>)
     pools
 }
 
-/// Why a member of `c` must leave, if it must: its host has a notice, or it is one of the
-/// members beyond `c.members` (on-demand fallbacks of a spot cluster first, standbys before
-/// the primary; then the newest standbys).
+/// Why a member of `c` must leave, if it must: its host has a notice, its host's disk is
+/// smaller than the cluster now needs (storage autoscaling), or it is one of the members
+/// beyond `c.members` (on-demand fallbacks of a spot cluster first, standbys before the
+/// primary; then the newest standbys).
 pub fn leaving<'w>(
     c: &ClusterIntent,
     live: &[&'w InstanceView],
@@ -129,7 +130,11 @@ pub fn leaving<'w>(
     for i in live.iter().filter(|i| noticed(i)) {
         out.insert(i.id.as_str(), Leaving::Notice);
     }
-    let staying: Vec<&&InstanceView> = live.iter().filter(|i| !noticed(i)).collect();
+    let small = |i: &InstanceView| hosts.get(i.host_id.as_str()).is_some_and(|h| !crate::disk_fits(c, h));
+    for i in live.iter().filter(|i| !noticed(i) && small(i)) {
+        out.insert(i.id.as_str(), Leaving::SmallDisk);
+    }
+    let staying: Vec<&&InstanceView> = live.iter().filter(|i| !noticed(i) && !small(i)).collect();
     let excess = staying.len().saturating_sub(c.members as usize);
     if excess == 0 {
         return out;
@@ -166,6 +171,9 @@ pub enum Leaving {
     BackToSpot,
     /// Beyond the cluster's member count.
     Excess,
+    /// Its host's disk is smaller than the cluster now needs (storage autoscaling): like
+    /// a return to spot, replaced first, a primary by a switchover once the set settled.
+    SmallDisk,
 }
 
 /// Standbys that can take over and carry the commits: running, streaming, not leaving,

@@ -135,6 +135,49 @@ fn permille(part: u64, whole: u64) -> u32 {
     ((part as u128 * 1000) / whole as u128).min(u32::MAX as u128) as u32
 }
 
+/// Storage autoscaling moves a cluster to larger disks from this fill of its primary's disk:
+/// well before the read-only mark, so a new member has time to copy the data and catch up.
+pub const AUTOSCALE_PERMILLE: u32 = 700;
+
+/// A decision to move a cluster's members to larger disks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grow {
+    pub to_bytes: u64,
+    pub message: String,
+}
+
+/// Whether storage autoscaling (up to `max_bytes`; `0`: off) should move the cluster to
+/// larger disks, given its primary's reading, the primary host's disk size (its launch
+/// size, else what the file system says) and the disk size the cluster already asks for.
+/// The next size doubles the disk, capped at the maximum; at the maximum the guard's
+/// levels take over.
+pub fn autoscale(r: &Reading, host_disk: Option<u64>, target_bytes: u64, max_bytes: u64) -> Option<Grow> {
+    let current = host_disk.unwrap_or(r.disk_total_bytes);
+    // Off, no disk of its own, or a move to a larger one under way already.
+    if max_bytes == 0 || current == 0 || target_bytes > current {
+        return None;
+    }
+    let (taken, usable) = disk_room(r);
+    let fill = if usable == 0 { 1000 } else { permille(taken, usable) };
+    let to = current.saturating_mul(2).min(max_bytes);
+    if fill < AUTOSCALE_PERMILLE || to <= current {
+        return None;
+    }
+    Some(Grow {
+        to_bytes: to,
+        message: format!(
+            "storage autoscaling: the primary's disk is {}.{}% full ({} used of {}); moving the members to \
+             hosts with {} disks (at most {})",
+            fill / 10,
+            fill % 10,
+            mib(taken),
+            mib(usable),
+            mib(to),
+            mib(max_bytes)
+        ),
+    })
+}
+
 /// The reserve's free room threshold: below one WAL segment, PostgreSQL is about to fail.
 pub const RELEASE_BELOW_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -437,6 +480,39 @@ mod tests {
         assert_eq!(announce(Level::Full, Level::Full, &r), None);
         let (kind, _) = announce(Level::Full, Level::Normal, &disk(1000, 500, 32)).unwrap();
         assert_eq!(kind, "storage_read_write");
+    }
+
+    #[test]
+    fn autoscaling_doubles_the_disk_before_the_read_only_mark_up_to_its_maximum() {
+        let gib = 1024 * MIB;
+        // (used MiB of 1000 usable, host disk, target, max) -> new size
+        let cases = [
+            // Off.
+            ((800, Some(1032 * MIB), 0, 0), None),
+            // Below 70%.
+            ((690, Some(1032 * MIB), 0, 10 * gib), None),
+            // From 70%: double.
+            ((700, Some(1032 * MIB), 0, 10 * gib), Some(2064 * MIB)),
+            ((950, None, 0, 10 * gib), Some(2064 * MIB)),
+            // Capped at the maximum; none at it.
+            ((800, Some(1032 * MIB), 0, 1500 * MIB), Some(1500 * MIB)),
+            ((800, Some(1500 * MIB), 1500 * MIB, 1500 * MIB), None),
+            // A move under way (the cluster asks for more than the primary's host has).
+            ((900, Some(1032 * MIB), 2064 * MIB, 10 * gib), None),
+            // Moved: the new disk fills in turn.
+            ((900, Some(1032 * MIB), 1032 * MIB, 10 * gib), Some(2064 * MIB)),
+        ];
+        for ((used, host, target, max), want) in cases {
+            let r = disk(1000, 1000 - used, 0);
+            let got = autoscale(&r, host, target, max).map(|g| g.to_bytes);
+            assert_eq!(got, want, "{used} MiB used, host {host:?}, target {target}, max {max}");
+        }
+        let g = autoscale(&disk(1000, 200, 0), Some(1032 * MIB), 0, 10 * gib).unwrap();
+        assert!(
+            g.message.contains("80.0% full") && g.message.contains("2064 MiB disks"),
+            "{}",
+            g.message
+        );
     }
 
     proptest! {

@@ -18,6 +18,8 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         restorable: false,
         deleted: false,
         storage_level: Default::default(),
+        disk_bytes: 0,
+        autoscale_max_bytes: 0,
     }
 }
 
@@ -33,6 +35,7 @@ fn host(id: &str, status: HostStatus) -> HostView {
         market: Market::OnDemand,
         pool: String::new(),
         notice: None,
+        disk_bytes: None,
     }
 }
 
@@ -68,6 +71,7 @@ fn apply(world: &mut World, actions: &[Action]) {
                 region,
                 market,
                 pool,
+                disk_bytes,
             } => world.hosts.push(HostView {
                 id: format!("h{n}"),
                 cloud: cloud.clone(),
@@ -82,6 +86,7 @@ fn apply(world: &mut World, actions: &[Action]) {
                 market: *market,
                 pool: pool.clone().unwrap_or_default(),
                 notice: None,
+                disk_bytes: *disk_bytes,
             }),
             Action::AbandonHost { host_id } | Action::ReleaseHost { host_id } => {
                 for h in world.hosts.iter_mut().filter(|h| &h.id == host_id) {
@@ -166,6 +171,13 @@ fn apply(world: &mut World, actions: &[Action]) {
                     i.deleting = true;
                 }
             }
+            Action::GrowDisk {
+                cluster_id, disk_bytes, ..
+            } => {
+                if let Some(c) = world.clusters.iter_mut().find(|c| &c.id == cluster_id) {
+                    c.disk_bytes = *disk_bytes;
+                }
+            }
             Action::StorageLevel { cluster_id, level, .. } => {
                 if let Some(c) = world.clusters.iter_mut().find(|c| &c.id == cluster_id) {
                     c.storage_level = *level;
@@ -210,6 +222,7 @@ fn new_cluster_without_hosts_launches_one_host() {
             region: "r1".into(),
             market: Market::OnDemand,
             pool: None,
+            disk_bytes: None,
         }]
     );
 }
@@ -329,6 +342,7 @@ fn spread_clusters_put_standbys_in_other_clouds() {
             region: "r1".into(),
             market: Market::OnDemand,
             pool: None,
+            disk_bytes: None,
         }),
         "{p:?}"
     );
@@ -391,6 +405,7 @@ fn failed_launch_is_retried_only_after_a_pause() {
             region: "r1".into(),
             market: Market::OnDemand,
             pool: None,
+            disk_bytes: None,
         }]
     );
 }
@@ -582,6 +597,8 @@ fn arb_world() -> impl Strategy<Value = World> {
                     restorable: false,
                     deleted: *deleted,
                     storage_level: Default::default(),
+                    disk_bytes: 0,
+                    autoscale_max_bytes: 0,
                 })
                 .collect(),
             hosts: hs
@@ -598,6 +615,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     market: Market::OnDemand,
                     pool: String::new(),
                     notice: None,
+                    disk_bytes: None,
                 })
                 .collect(),
             instances: vec![],
@@ -713,6 +731,7 @@ fn ha_world(standbys: &[(&str, u64, bool)], sync: &[&str]) -> World {
             market: Market::OnDemand,
             pool: String::new(),
             notice: None,
+            disk_bytes: None,
             ..host("hp", HostStatus::Running)
         }],
         instances: vec![InstanceView {
@@ -731,6 +750,7 @@ fn ha_world(standbys: &[(&str, u64, bool)], sync: &[&str]) -> World {
             market: Market::OnDemand,
             pool: String::new(),
             notice: None,
+            disk_bytes: None,
             ..host(&format!("h{id}"), HostStatus::Running)
         });
         world.instances.push(InstanceView {

@@ -52,6 +52,9 @@ pub struct LaunchRequest {
     pub bootstrap_token: String,
     /// Where the agent finds the control plane.
     pub control_url: String,
+    /// A disk of its own of this many bytes (`None`: the land's default).
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +80,9 @@ pub struct HostInfo {
     /// The host's own network address.
     pub address: String,
     pub state: HostState,
+    /// The size of the host's own disk, if it has one of a known size.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -705,12 +705,13 @@ impl Provider for LocalLand {
                     instance_type: host_type,
                     address,
                     state: HostState::Running,
+                    disk_bytes: req.disk_bytes.or(self.cfg.host_disk_bytes),
                 },
                 bootstrap_token: req.bootstrap_token.clone(),
                 control_url: req.control_url.clone(),
                 notice_deadline: None,
                 launched_at: unix_now(),
-                disk_bytes: self.cfg.host_disk_bytes,
+                disk_bytes: req.disk_bytes.or(self.cfg.host_disk_bytes),
             };
             inner.persisted.hosts.insert(req.host_id.clone(), record.clone());
             save_state(&self.cfg.dir, &inner.persisted)?;

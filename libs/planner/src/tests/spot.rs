@@ -491,3 +491,61 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn storage_autoscaling_moves_a_single_node_to_a_larger_disk_by_switchover() {
+    use crate::storage::{Level, Reading, Report};
+    const MIB: u64 = 1024 * 1024;
+    let mut w = World {
+        now_ms: 1_000_000,
+        locations: vec![("a".into(), "r1".into())],
+        clusters: vec![ClusterIntent {
+            autoscale_max_bytes: 1024 * MIB,
+            ..cluster("c", 1)
+        }],
+        hosts: vec![HostView {
+            disk_bytes: Some(300 * MIB),
+            ..host("small", HostStatus::Running)
+        }],
+        ..Default::default()
+    };
+    let mut p = member("p", "small", Role::Primary);
+    p.cluster_id = "c".into();
+    p.storage = Some(Report {
+        reading: Reading {
+            used_bytes: 180 * MIB,
+            plan_bytes: 10 * 1024 * MIB,
+            disk_total_bytes: 300 * MIB,
+            disk_free_bytes: 90 * MIB,
+            reserve_bytes: 32 * MIB,
+        },
+        level: Level::Normal,
+    });
+    w.instances = vec![p];
+    let mut grown = 0;
+    for round in 0..30 {
+        observe_spot(&mut w);
+        // The old primary goes only once another member is the primary.
+        let old_gone = w.instances.iter().any(|i| i.id == "p" && i.deleting);
+        let other_primary = w.instances.iter().any(|i| i.id != "p" && i.role == Role::Primary);
+        assert!(!old_gone || other_primary, "round {round}: {:?}", w.instances);
+        let p = plan(&w);
+        grown += p.iter().filter(|a| matches!(a, Action::GrowDisk { .. })).count();
+        for a in &p {
+            if let Action::LaunchHost { disk_bytes, .. } = a {
+                assert_eq!(*disk_bytes, Some(600 * MIB), "launched with the doubled disk");
+            }
+        }
+        apply(&mut w, &p);
+        w.now_ms += 1000;
+    }
+    assert_eq!(grown, 1, "one decision to grow");
+    assert_eq!(w.clusters[0].disk_bytes, 600 * MIB);
+    let live: Vec<&InstanceView> = w.instances.iter().filter(|i| !i.deleting).collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].role, Role::Primary);
+    assert_ne!(live[0].host_id, "small");
+    let host = w.hosts.iter().find(|h| h.id == live[0].host_id).unwrap();
+    assert_eq!(host.disk_bytes, Some(600 * MIB));
+    assert_eq!(w.clusters[0].term, 2, "moved by one switchover");
+}
