@@ -95,21 +95,31 @@ impl Store {
                 last_beat_ms: h.last_beat_ms,
                 disk_bytes: h.disk_bytes.map(|b| b.max(0) as u64),
             })
+            .collect::<Vec<planner::HostView>>();
+        // Hosts with a disk of their own (of a known size): on a shared file system the
+        // disk's numbers are the machine's, not the host's, and the guard ignores them.
+        let own_disk: std::collections::BTreeSet<String> = hosts
+            .iter()
+            .filter(|h| h.disk_bytes.is_some())
+            .map(|h| h.id.clone())
             .collect();
         let instances = self
             .list_instances()
             .await?
             .into_iter()
             .map(|i| planner::InstanceView {
-                storage: i.storage.map(|s| planner::storage::Report {
-                    reading: planner::storage::Reading {
-                        used_bytes: s.data_bytes + s.wal_bytes,
-                        plan_bytes: plans.get(&i.cluster_id).copied().unwrap_or(0),
-                        disk_total_bytes: s.disk_total_bytes,
-                        disk_free_bytes: s.disk_free_bytes,
-                        reserve_bytes: s.disk_reserve_bytes,
-                    },
-                    level: planner_level(s.level),
+                storage: i.storage.map(|s| {
+                    let own = own_disk.contains(&i.host_id);
+                    planner::storage::Report {
+                        reading: planner::storage::Reading {
+                            used_bytes: s.data_bytes + s.wal_bytes,
+                            plan_bytes: plans.get(&i.cluster_id).copied().unwrap_or(0),
+                            disk_total_bytes: if own { s.disk_total_bytes } else { 0 },
+                            disk_free_bytes: if own { s.disk_free_bytes } else { 0 },
+                            reserve_bytes: if own { s.disk_reserve_bytes } else { 0 },
+                        },
+                        level: planner_level(s.level),
+                    }
                 }),
                 observed: match i.observed.as_str() {
                     "creating" => planner::Observed::Creating,

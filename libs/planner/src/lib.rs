@@ -388,17 +388,18 @@ pub fn plan(world: &World) -> Vec<Action> {
             .max_by_key(|(s, primary)| (s.level, *primary))
             .map(|(s, _)| s);
         // Autoscaling grows the disk before the read-only mark is near: from the primary's
-        // host (the standbys follow the same target).
+        // host (the standbys follow the same target), when that host has a disk of its own
+        // of a known size (a shared file system's fullness is not the host's).
         let primary_disk = world
             .instances
             .iter()
             .filter(|i| i.cluster_id == c.id && !i.deleting && i.role == Role::Primary && i.term == c.term)
             .find_map(|i| {
                 let host = hosts.get(i.host_id.as_str())?;
-                Some((i.storage.as_ref()?, host.disk_bytes))
+                Some((i.storage.as_ref()?, host.disk_bytes?))
             });
         if let Some((r, host_disk)) = primary_disk {
-            if let Some(grow) = storage::autoscale(&r.reading, host_disk, c.disk_bytes, c.autoscale_max_bytes) {
+            if let Some(grow) = storage::autoscale(&r.reading, Some(host_disk), c.disk_bytes, c.autoscale_max_bytes) {
                 actions.push(Action::GrowDisk {
                     cluster_id: c.id.clone(),
                     disk_bytes: grow.to_bytes,

@@ -24,7 +24,9 @@
 //!
 //! The agent applies the level itself, every fraction of a second and with no control
 //! plane in the loop (a disk fills faster than a round trip); the control plane turns the
-//! levels agents report into events ([`announce`]).
+//! levels agents report into events ([`announce`]). With storage autoscaling on, the
+//! planner moves a cluster to hosts with twice the disk from [`AUTOSCALE_PERMILLE`] of its
+//! primary's disk ([`autoscale`]), well before the read-only mark.
 
 use serde::{Deserialize, Serialize};
 

@@ -522,6 +522,10 @@ fn storage_autoscaling_moves_a_single_node_to_a_larger_disk_by_switchover() {
         level: Level::Normal,
     });
     w.instances = vec![p];
+    // A host without a disk of its own (a shared file system) never grows.
+    let mut shared = w.clone();
+    shared.hosts[0].disk_bytes = None;
+    assert!(!plan(&shared).iter().any(|a| matches!(a, Action::GrowDisk { .. })));
     let mut grown = 0;
     for round in 0..30 {
         observe_spot(&mut w);
