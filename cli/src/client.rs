@@ -9,8 +9,8 @@ use crate::up::{default_client_config_path, ClientConfig};
 use anyhow::{bail, Context, Result};
 use highrise_api::{
     Backup, BackupPolicy, BackupVerification, Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster,
-    CreatedOrg, ErrorBody, Operation, OperationStatus, OrgQuotas, QuotaUsage, RestoreFrom, StorageLevel, Switchover,
-    UpdateCluster,
+    CreatedOrg, ErrorBody, MoveCluster, Operation, OperationStatus, OrgQuotas, QuotaUsage, RestoreFrom, StorageLevel,
+    Switchover, UpdateCluster,
 };
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -126,6 +126,10 @@ pub enum ClusterCommand {
         /// Storage autoscaling up to this disk size; `0` turns it off.
         #[arg(long)]
         storage_autoscale: Option<bytesize::ByteSize>,
+        /// A new plan (small, medium, large): members of the new size are built and the
+        /// primary switched over, no restart.
+        #[arg(long)]
+        plan: Option<String>,
         #[command(flatten)]
         policy: PolicyArgs,
         #[command(flatten)]
@@ -138,6 +142,19 @@ pub enum ClusterCommand {
         #[arg(long)]
         to: Option<String>,
         /// Wait until the new primary takes writes.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Move a cluster to another cloud (and region): new members there, then a switchover;
+    /// the connection string stays the same.
+    Move {
+        name: String,
+        /// CLOUD or CLOUD/REGION (see `highrise cloud list`).
+        #[arg(long)]
+        to: String,
+        /// Wait until every member runs in the new place.
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -715,6 +732,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             replicas,
             durability,
             storage_autoscale,
+            plan,
             policy,
             conn,
         } => {
@@ -731,6 +749,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 durability,
                 backup_policy,
                 storage_autoscale_max_bytes: storage_autoscale.map(|s| s.as_u64()),
+                plan,
             };
             let c: Cluster = api
                 .send(api.http.patch(api.cluster_path(&name, &conn.project)).json(&body))
@@ -753,6 +772,29 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             }
             println!(
                 "switchover of {name} {} (operation {})",
+                if wait { "done" } else { "started" },
+                op.id
+            );
+            Ok(())
+        }
+        ClusterCommand::Move { name, to, wait, conn } => {
+            let api = Api::from(&conn)?;
+            let (cloud, region) = match to.split_once('/') {
+                Some((c, r)) => (c.to_string(), Some(r.to_string())),
+                None => (to.clone(), None),
+            };
+            let path = api.cluster_sub(&name, &conn.project, "/move");
+            let mut op: Operation = api
+                .send(api.http.post(path).json(&MoveCluster { cloud, region }))
+                .await?;
+            if wait {
+                op = wait_operation(&api, &op, &format!("moving {name} to {to}")).await?;
+            }
+            if conn.output == Output::Json {
+                return print_json(&op);
+            }
+            println!(
+                "move of {name} to {to} {} (operation {})",
                 if wait { "done" } else { "started" },
                 op.id
             );

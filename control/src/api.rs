@@ -791,6 +791,7 @@ fn view_of(
         members::invite_member, members::update_member, members::remove_member, sessions::login,
         sessions::accept_invite, sessions::me, sessions::logout, audit::list_audit, audit::verify_audit, clusters::list_clusters, clusters::create_cluster, clusters::get_cluster,
         clusters::update_cluster, clusters::delete_cluster, events::cluster_events, clusters::switchover,
+        clusters::move_cluster,
         hosts::list_hosts, hosts::list_clouds, operations::list_operations, operations::get_operation, agents::agent_register,
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
@@ -971,6 +972,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/clusters/{cluster}/events", get(events::cluster_events))
         .route("/v1/clusters/{cluster}/switchover", post(clusters::switchover))
+        .route("/v1/clusters/{cluster}/move", post(clusters::move_cluster))
         .route(
             "/v1/clusters/{cluster}/backups",
             get(backups::list_backups).post(backups::create_backup),

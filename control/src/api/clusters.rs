@@ -66,40 +66,7 @@ pub(super) async fn create_cluster(
     require(&caller, Action::WriteClusters)?;
     validate_name("cluster", &req.name)?;
     let project = resolve_project(&state, &caller, req.project.as_deref()).await?;
-    let clouds = state.provider.clouds();
-    let cloud = match &req.cloud {
-        Some(name) => clouds.iter().find(|c| &c.name == name).ok_or_else(|| {
-            let known: Vec<&str> = clouds.iter().map(|c| c.name.as_str()).collect();
-            let shown: String = name.chars().take(70).collect();
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("unknown cloud {shown:?}; this land has: {}", known.join(", ")),
-            )
-        })?,
-        None => clouds
-            .first()
-            .ok_or_else(|| ApiError::internal("choose cloud", "the land has no clouds"))?,
-    };
-    let region = match &req.region {
-        Some(name) => cloud.regions.iter().find(|r| &r.name == name).ok_or_else(|| {
-            let known: Vec<&str> = cloud.regions.iter().map(|r| r.name.as_str()).collect();
-            let shown: String = name.chars().take(70).collect();
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "unknown region {shown:?} of cloud {}; it has: {}",
-                    cloud.name,
-                    known.join(", ")
-                ),
-            )
-        })?,
-        None => cloud
-            .regions
-            .first()
-            .ok_or_else(|| ApiError::internal("choose region", "the cloud has no regions"))?,
-    };
+    let (cloud, region) = resolve_location(&state.provider.clouds(), req.cloud.as_deref(), req.region.as_deref())?;
     let plan = req.plan.clone().unwrap_or_else(|| "small".into());
     if highrise_planner::plan_slots(&plan).is_none() {
         return Err(ApiError::invalid("unknown plan: use small, medium or large"));
@@ -257,6 +224,18 @@ pub(super) async fn update_cluster(
         state.notify();
         tracing::info!(cluster = %c.id, durability = %d, "durability changed");
     }
+    if let Some(plan) = &req.plan {
+        if highrise_planner::plan_slots(plan).is_none() {
+            return Err(ApiError::invalid("unknown plan: use small, medium or large"));
+        }
+        if plan != &c.plan {
+            let why = format!(
+                "resizing from {} to {}: members of the new size, then a switchover",
+                c.plan, plan
+            );
+            begin_move(&state, &caller, &c, &c.cloud, &c.region, plan, &why).await?;
+        }
+    }
     if req.storage_autoscale_max_bytes.is_some() {
         let max = autoscale_max(req.storage_autoscale_max_bytes)?;
         state
@@ -281,6 +260,49 @@ pub(super) async fn update_cluster(
     }
     let c = find_cluster(&state, &caller, q.project.as_deref(), &c.id).await?;
     Ok(Json(cluster_view(&state, &c).await?))
+}
+
+/// The cloud and region a cluster goes to: the named ones (404 naming what the land has),
+/// else the land's first cloud and that cloud's first region.
+fn resolve_location(
+    clouds: &[highrise_provider::Cloud],
+    cloud: Option<&str>,
+    region: Option<&str>,
+) -> ApiResult<(highrise_provider::Cloud, highrise_provider::Region)> {
+    let cloud = match cloud {
+        Some(name) => clouds.iter().find(|c| c.name == name).ok_or_else(|| {
+            let known: Vec<&str> = clouds.iter().map(|c| c.name.as_str()).collect();
+            let shown: String = name.chars().take(70).collect();
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown cloud {shown:?}; this land has: {}", known.join(", ")),
+            )
+        })?,
+        None => clouds
+            .first()
+            .ok_or_else(|| ApiError::internal("choose cloud", "the land has no clouds"))?,
+    };
+    let region = match region {
+        Some(name) => cloud.regions.iter().find(|r| r.name == name).ok_or_else(|| {
+            let known: Vec<&str> = cloud.regions.iter().map(|r| r.name.as_str()).collect();
+            let shown: String = name.chars().take(70).collect();
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "unknown region {shown:?} of cloud {}; it has: {}",
+                    cloud.name,
+                    known.join(", ")
+                ),
+            )
+        })?,
+        None => cloud
+            .regions
+            .first()
+            .ok_or_else(|| ApiError::internal("choose region", "the cloud has no regions"))?,
+    };
+    Ok((cloud.clone(), region.clone()))
 }
 
 /// Storage autoscaling's maximum as stored (`0`: off); at most 1 PiB.
@@ -341,6 +363,100 @@ pub(super) async fn delete_cluster(
     Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
 }
 
+/// Move a cluster to another cloud and region: new members are built there (a base backup
+/// of the primary, then streaming), the primary is switched over to one of them once the
+/// set has settled (a write pause well under a second), and the old members are retired.
+/// The connection string stays the same. A spread cluster (standbys in other clouds)
+/// cannot be moved yet.
+#[utoipa::path(post, path = "/v1/clusters/{cluster}/move", request_body = MoveCluster,
+    params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
+    responses((status = 202, body = Operation), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn move_cluster(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+    ApiJson(req): ApiJson<MoveCluster>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    require(&caller, Action::WriteClusters)?;
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
+    let clouds = state.provider.clouds();
+    // By default the region named like the present one, where the target cloud has it.
+    let region = req.region.clone().or_else(|| {
+        clouds
+            .iter()
+            .find(|cl| cl.name == req.cloud)
+            .filter(|cl| cl.regions.iter().any(|r| r.name == c.region))
+            .map(|_| c.region.clone())
+    });
+    let (cloud, region) = resolve_location(&clouds, Some(&req.cloud), region.as_deref())?;
+    if c.spread_clouds {
+        return Err(ApiError::conflict(
+            "the cluster spreads its standbys over clouds; moving such a cluster is not supported yet",
+        ));
+    }
+    if cloud.name == c.cloud && region.name == c.region {
+        return Err(ApiError::conflict(format!(
+            "the cluster is in {}/{} already",
+            c.cloud, c.region
+        )));
+    }
+    let why = format!(
+        "moving from {}/{} to {}/{}: new members there, then a switchover",
+        c.cloud, c.region, cloud.name, region.name
+    );
+    let op = begin_move(&state, &caller, &c, &cloud.name, &region.name, &c.plan, &why).await?;
+    Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
+}
+
+/// A running operation of the caller's org on a cluster, starting now.
+fn cluster_operation(caller: &Caller, cluster_id: &str, kind: &str) -> OperationRow {
+    let at = now();
+    OperationRow {
+        id: auth::new_id("op"),
+        org_id: caller.org_id.clone(),
+        cluster_id: Some(cluster_id.to_string()),
+        kind: kind.into(),
+        status: "running".into(),
+        error: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// Records a move (location and/or plan) and its operation; refuses a second one while
+/// one runs.
+async fn begin_move(
+    state: &AppState,
+    caller: &Caller,
+    c: &ClusterRow,
+    cloud: &str,
+    region: &str,
+    plan: &str,
+    why: &str,
+) -> ApiResult<OperationRow> {
+    if !state
+        .store
+        .open_operations_of(&c.id, "move_cluster")
+        .await
+        .map_err(store_err("operations"))?
+        .is_empty()
+    {
+        return Err(ApiError::conflict(
+            "a move or resize of this cluster is already in progress",
+        ));
+    }
+    let op = cluster_operation(caller, &c.id, "move_cluster");
+    state
+        .store
+        .move_cluster(c, cloud, region, plan, &op, why)
+        .await
+        .map_err(store_err("move"))?;
+    state.notify();
+    tracing::info!(cluster = %c.id, "{why}");
+    Ok(op)
+}
+
 /// Planned switchover: hold new connections, stop the primary once the target streams
 /// (its WAL reaches every connected standby on the way out), promote the target in a new
 /// term, release the held connections to it. Zero lost commits.
@@ -388,17 +504,7 @@ pub(super) async fn switchover(
             "a switchover is already in progress",
         ));
     }
-    let at = now();
-    let op = OperationRow {
-        id: auth::new_id("op"),
-        org_id: caller.org_id.clone(),
-        cluster_id: Some(c.id.clone()),
-        kind: "switchover".into(),
-        status: "running".into(),
-        error: None,
-        created_at: at,
-        updated_at: at,
-    };
+    let op = cluster_operation(&caller, &c.id, "switchover");
     state
         .store
         .request_switchover(&c.id, req.to.as_deref().unwrap_or(""), &op)

@@ -158,6 +158,33 @@ impl Store {
         Ok(())
     }
 
+    /// Moves the cluster to another cloud and region and/or plan, with the operation that
+    /// follows the move and an event that says so, in one transaction. The planner then
+    /// replaces the misplaced members (see `planner::spot::Leaving`).
+    pub async fn move_cluster(
+        &self,
+        c: &ClusterRow,
+        cloud: &str,
+        region: &str,
+        plan: &str,
+        op: &OperationRow,
+        why: &str,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        quotas::within_quota(&mut tx, &op.org_id, Ask::Operation).await?;
+        sqlx::query("UPDATE clusters SET cloud = $1, region = $2, plan = $3 WHERE id = $4 AND deleted_at IS NULL")
+            .bind(cloud)
+            .bind(region)
+            .bind(plan)
+            .bind(&c.id)
+            .execute(&mut *tx)
+            .await?;
+        insert_operation(&mut tx, op).await?;
+        insert_event(&mut tx, &c.id, op.created_at, "move_started", why).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Storage autoscaling's maximum disk (`0`: off).
     pub async fn set_storage_autoscale(&self, id: &str, max_bytes: i64) -> Result<()> {
         sqlx::query("UPDATE clusters SET autoscale_max_bytes = $1 WHERE id = $2 AND deleted_at IS NULL")

@@ -20,6 +20,7 @@ impl Store {
                         "delete_cluster" => planner::OperationKind::DeleteCluster,
                         "switchover" => planner::OperationKind::Switchover,
                         "restore_primary" => planner::OperationKind::RestorePrimary,
+                        "move_cluster" => planner::OperationKind::MoveCluster,
                         _ => return None,
                     };
                     Some(planner::OperationView {

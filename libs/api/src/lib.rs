@@ -561,6 +561,25 @@ pub struct UpdateCluster {
     #[serde(default)]
     #[schema(maximum = 1125899906842624_u64)]
     pub storage_autoscale_max_bytes: Option<u64>,
+    /// A new plan: members of the new size are built and the primary switched over
+    /// (a `move_cluster` operation), not restarted.
+    #[serde(default)]
+    #[schema(pattern = "^(small|medium|large)$")]
+    pub plan: Option<String>,
+}
+
+/// Where to move a cluster: its members are rebuilt there one by one and the primary
+/// switched over (the connection string stays the same).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveCluster {
+    /// The cloud to move to.
+    #[schema(max_length = 63)]
+    pub cloud: String,
+    /// Its region; the one named like the cluster's present region, else its first.
+    #[serde(default)]
+    #[schema(max_length = 63)]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -183,6 +183,9 @@ pub enum OperationKind {
     Switchover,
     /// A lost primary restored from object storage.
     RestorePrimary,
+    /// Members moved to the cluster's (new) cloud and region or plan, by
+    /// replace-then-switchover.
+    MoveCluster,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -483,7 +486,11 @@ pub fn plan(world: &World) -> Vec<Action> {
             let replaced = ready as u32 + 1 >= c.members;
             let go = match why {
                 spot::Leaving::Excess => true,
-                spot::Leaving::Notice | spot::Leaving::BackToSpot | spot::Leaving::SmallDisk => replaced,
+                spot::Leaving::Notice | spot::Leaving::BackToSpot => replaced,
+                w => {
+                    debug_assert!(w.misplaced());
+                    replaced
+                }
             };
             if i.role == Role::Standby && go {
                 extra_members.push(Action::DeleteInstance {
@@ -772,6 +779,23 @@ pub fn plan(world: &World) -> Vec<Action> {
                     Some(_) => None,
                 }
             }
+            OperationKind::MoveCluster => {
+                let cluster = world.clusters.iter().find(|c| c.id == op.cluster_id);
+                match cluster {
+                    None => Some(Outcome::Failed("cluster was removed".into())),
+                    Some(c) if c.deleted => Some(Outcome::Failed("cluster was deleted".into())),
+                    Some(c) => {
+                        let mine = |i: &&InstanceView| i.cluster_id == c.id;
+                        let live: Vec<&InstanceView> =
+                            world.instances.iter().filter(mine).filter(|i| !i.deleting).collect();
+                        let settled = !world.instances.iter().filter(mine).any(|i| i.deleting)
+                            && live.len() as u32 == c.members
+                            && live.iter().all(|i| i.observed == Observed::Running)
+                            && spot::leaving(c, &live, &hosts).is_empty();
+                        settled.then_some(Outcome::Succeeded)
+                    }
+                }
+            }
             OperationKind::DeleteCluster => {
                 let gone = !world.clusters.iter().any(|c| c.id == op.cluster_id)
                     || (!world.instances.iter().any(|i| i.cluster_id == op.cluster_id));
@@ -915,7 +939,7 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
             .all(|s| s.observed == Observed::Running && s.streaming == Some(true));
     let must_leave = match leaving.get(primary.id.as_str()) {
         Some(spot::Leaving::Notice) => true,
-        Some(spot::Leaving::BackToSpot | spot::Leaving::SmallDisk) => {
+        Some(w) if *w == spot::Leaving::BackToSpot || w.misplaced() => {
             settled && spot::ready_standbys(&live, &leaving) as u32 + 1 >= c.members
         }
         _ => false,
@@ -940,6 +964,8 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
                     let why = match leaving.get(primary.id.as_str()) {
                         Some(spot::Leaving::Notice) => "its host has a spot notice",
                         Some(spot::Leaving::SmallDisk) => "its host's disk is smaller than the storage now needs",
+                        Some(spot::Leaving::Elsewhere) => "the cluster moves to another cloud or region",
+                        Some(spot::Leaving::Resize) => "the cluster changes its plan",
                         _ => "it runs on on-demand and spot capacity is back",
                     };
                     actions.push(Action::Event {

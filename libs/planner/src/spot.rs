@@ -116,10 +116,11 @@ pub fn ranked<'w>(world: &'w World, allowed: &[(&str, &str)], taken: &Taken<'_>)
     pools
 }
 
-/// Why a member of `c` must leave, if it must: its host has a notice, its host's disk is
-/// smaller than the cluster now needs (storage autoscaling), or it is one of the members
-/// beyond `c.members` (on-demand fallbacks of a spot cluster first, standbys before the
-/// primary; then the newest standbys).
+/// Why a member of `c` must leave, if it must: its host has a notice; it is misplaced — its
+/// host's disk is smaller than the cluster now needs (storage autoscaling), it is outside
+/// the cluster's cloud and region (a move), or of another size than the plan (a resize);
+/// or it is one of the members beyond `c.members` (on-demand fallbacks of a spot cluster
+/// first, standbys before the primary; then the newest standbys).
 pub fn leaving<'w>(
     c: &ClusterIntent,
     live: &[&'w InstanceView],
@@ -130,11 +131,24 @@ pub fn leaving<'w>(
     for i in live.iter().filter(|i| noticed(i)) {
         out.insert(i.id.as_str(), Leaving::Notice);
     }
-    let small = |i: &InstanceView| hosts.get(i.host_id.as_str()).is_some_and(|h| !crate::disk_fits(c, h));
-    for i in live.iter().filter(|i| !noticed(i) && small(i)) {
-        out.insert(i.id.as_str(), Leaving::SmallDisk);
+    let misplaced = |i: &InstanceView| -> Option<Leaving> {
+        let h = hosts.get(i.host_id.as_str())?;
+        if !c.spread_clouds && (h.cloud != c.cloud || h.region != c.region) {
+            Some(Leaving::Elsewhere)
+        } else if i.slots != c.slots {
+            Some(Leaving::Resize)
+        } else if !crate::disk_fits(c, h) {
+            Some(Leaving::SmallDisk)
+        } else {
+            None
+        }
+    };
+    for i in live.iter().filter(|i| !noticed(i)) {
+        if let Some(why) = misplaced(i) {
+            out.insert(i.id.as_str(), why);
+        }
     }
-    let staying: Vec<&&InstanceView> = live.iter().filter(|i| !noticed(i) && !small(i)).collect();
+    let staying: Vec<&&InstanceView> = live.iter().filter(|i| !noticed(i) && misplaced(i).is_none()).collect();
     let excess = staying.len().saturating_sub(c.members as usize);
     if excess == 0 {
         return out;
@@ -174,6 +188,17 @@ pub enum Leaving {
     /// Its host's disk is smaller than the cluster now needs (storage autoscaling): like
     /// a return to spot, replaced first, a primary by a switchover once the set settled.
     SmallDisk,
+    /// Outside the cluster's cloud and region (the cluster is moving): the same way.
+    Elsewhere,
+    /// Of another size than the cluster's plan (a resize): the same way.
+    Resize,
+}
+
+impl Leaving {
+    /// Misplaced members leave by replace-then-switchover, never in a hurry.
+    pub fn misplaced(self) -> bool {
+        matches!(self, Leaving::SmallDisk | Leaving::Elsewhere | Leaving::Resize)
+    }
 }
 
 /// Standbys that can take over and carry the commits: running, streaming, not leaving,

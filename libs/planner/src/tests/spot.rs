@@ -553,3 +553,57 @@ fn storage_autoscaling_moves_a_single_node_to_a_larger_disk_by_switchover() {
     assert_eq!(host.disk_bytes, Some(600 * MIB));
     assert_eq!(w.clusters[0].term, 2, "moved by one switchover");
 }
+
+#[test]
+fn a_cluster_moved_to_another_cloud_and_resized_goes_member_by_member_with_one_switchover() {
+    let mut w = World {
+        now_ms: 1_000_000,
+        locations: vec![("a".into(), "r1".into()), ("b".into(), "r1".into())],
+        clusters: vec![ClusterIntent {
+            members: 2,
+            ..cluster("c", 1)
+        }],
+        hosts: vec![host("a1", HostStatus::Running), host("a2", HostStatus::Running)],
+        ..Default::default()
+    };
+    w.hosts[1].zone = "z2".into();
+    let mut p = member("p", "a1", Role::Primary);
+    p.cluster_id = "c".into();
+    let mut s = member("s", "a2", Role::Standby);
+    s.cluster_id = "c".into();
+    w.instances = vec![p, s];
+    // Moved to cloud b and resized to 2 slots at once.
+    w.clusters[0].cloud = "b".into();
+    w.clusters[0].slots = 2;
+    w.operations = vec![OperationView {
+        id: "op".into(),
+        cluster_id: "c".into(),
+        kind: OperationKind::MoveCluster,
+    }];
+    let mut done = false;
+    for round in 0..40 {
+        observe_spot(&mut w);
+        let live = w.instances.iter().filter(|i| !i.deleting).count();
+        assert!(
+            live >= 2,
+            "round {round}: fewer members than asked for: {:?}",
+            w.instances
+        );
+        let p = plan(&w);
+        done |= p.contains(&Action::CompleteOperation {
+            operation_id: "op".into(),
+            outcome: Outcome::Succeeded,
+        });
+        apply(&mut w, &p);
+        w.now_ms += 1000;
+    }
+    assert!(done, "the move completed");
+    let live: Vec<&InstanceView> = w.instances.iter().filter(|i| !i.deleting).collect();
+    assert_eq!(live.len(), 2);
+    for i in &live {
+        let h = w.hosts.iter().find(|h| h.id == i.host_id).unwrap();
+        assert_eq!(h.cloud, "b", "{i:?}");
+        assert_eq!(i.slots, 2);
+    }
+    assert_eq!(w.clusters[0].term, 2, "one switchover");
+}
