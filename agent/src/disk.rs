@@ -85,18 +85,16 @@ impl Reserve {
 /// as `storage::reserve` says. Supervisors are woken when the disk crosses one of the
 /// guard's marks or the reserve is released or back; the numbers are always current.
 pub async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    if shared.cfg.shared_disk {
+        // Not this host's disk to guard: no disk (and no reserve) as far as the guard knows.
+        shared.disk.send_replace(Some(Room::default()));
+        let _ = stop.wait_for(|s| *s).await;
+        return;
+    }
     let mut reserve = Reserve::open(&shared.cfg.dir);
     let mut band = None;
     loop {
         match highrise_pg::disk_room(&shared.cfg.dir) {
-            Ok(_) if shared.cfg.shared_disk => {
-                // Known, but not this host's to guard.
-                shared.disk.send_if_modified(|r| {
-                    let first = r.is_none();
-                    *r = Some(Room::default());
-                    first
-                });
-            }
             Ok((total_bytes, free_bytes)) => {
                 let mut room = Room {
                     total_bytes,

@@ -432,7 +432,7 @@ fn instance(r: &AnyRow) -> Result<InstanceRow> {
                         disk_free_bytes,
                         disk_total_bytes,
                         disk_reserve_bytes: b("disk_reserve_bytes")?.unwrap_or(0),
-                        level: storage_level(r.try_get::<Option<String>, _>("storage_level")?.as_deref()),
+                        level: storage_level(r.try_get("storage_level")?),
                     })
                 }
                 _ => None,
@@ -441,26 +441,9 @@ fn instance(r: &AnyRow) -> Result<InstanceRow> {
     })
 }
 
-/// A storage level as stored (`normal` when unknown or not yet reported).
-pub fn storage_level(name: Option<&str>) -> StorageLevel {
-    match name {
-        Some("warning") => StorageLevel::Warning,
-        Some("read_only") => StorageLevel::ReadOnly,
-        Some("critical") => StorageLevel::Critical,
-        Some("full") => StorageLevel::Full,
-        _ => StorageLevel::Normal,
-    }
-}
-
-/// The stored name of a storage level.
-pub fn storage_level_name(level: StorageLevel) -> &'static str {
-    match level {
-        StorageLevel::Normal => "normal",
-        StorageLevel::Warning => "warning",
-        StorageLevel::ReadOnly => "read_only",
-        StorageLevel::Critical => "critical",
-        StorageLevel::Full => "full",
-    }
+/// A storage level as stored (`normal` while none was reported).
+fn storage_level(name: Option<String>) -> StorageLevel {
+    name.and_then(|n| n.parse().ok()).unwrap_or_default()
 }
 
 fn event(r: &AnyRow) -> Result<EventRow> {

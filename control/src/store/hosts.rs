@@ -175,7 +175,7 @@ impl Store {
             .bind(bytes(storage.map(|s| s.disk_free_bytes)))
             .bind(bytes(storage.map(|s| s.disk_total_bytes)))
             .bind(bytes(storage.map(|s| s.disk_reserve_bytes)))
-            .bind(storage.map(|s| super::storage_level_name(s.level)))
+            .bind(storage.map(|s| s.level.as_str()))
             .bind(&r.id)
             .execute(&mut *tx)
             .await?;

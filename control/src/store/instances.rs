@@ -167,9 +167,7 @@ impl Store {
                     cluster_id: r.try_get("id")?,
                     addr: r.try_get("addr")?,
                     term: r.try_get("term")?,
-                    notice: storage_notice(super::storage_level(
-                        r.try_get::<Option<String>, _>("storage_level")?.as_deref(),
-                    )),
+                    notice: storage_notice(super::storage_level(r.try_get("storage_level")?)),
                 })
             })
             .collect()

@@ -63,9 +63,7 @@ impl Store {
                     spot: r.try_get::<i64, _>("spot")? != 0,
                     restorable: r.try_get::<i64, _>("restorable")? != 0,
                     deleted: r.try_get::<Option<i64>, _>("deleted_at")?.is_some(),
-                    storage_level: planner_level(super::storage_level(
-                        r.try_get::<Option<String>, _>("storage_level")?.as_deref(),
-                    )),
+                    storage_level: planner_level(super::storage_level(r.try_get("storage_level")?)),
                     disk_bytes: r.try_get::<i64, _>("disk_bytes")?.max(0) as u64,
                     autoscale_max_bytes: r.try_get::<i64, _>("autoscale_max_bytes")?.max(0) as u64,
                 })

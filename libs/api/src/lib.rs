@@ -823,6 +823,37 @@ pub enum StorageLevel {
     Full,
 }
 
+impl StorageLevel {
+    pub const ALL: [StorageLevel; 5] = [
+        StorageLevel::Normal,
+        StorageLevel::Warning,
+        StorageLevel::ReadOnly,
+        StorageLevel::Critical,
+        StorageLevel::Full,
+    ];
+
+    /// The name on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageLevel::Normal => "normal",
+            StorageLevel::Warning => "warning",
+            StorageLevel::ReadOnly => "read_only",
+            StorageLevel::Critical => "critical",
+            StorageLevel::Full => "full",
+        }
+    }
+}
+
+impl std::str::FromStr for StorageLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        StorageLevel::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("unknown storage level {s:?}"))
+    }
+}
+
 /// What became of a requested base backup.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BackupReport {

@@ -216,6 +216,7 @@ pub struct Recovery {
 
 pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -> Result<()> {
     let shared_buffers = (cfg.memory_mb / 4).max(16);
+    let (max_wal_mb, min_wal_mb) = wal_size_mb(cfg.disk_bytes);
     // A standby pings a quiet primary after half of `wal_receiver_timeout` and gives it up
     // after all of it: a silent (frozen, cut off) primary is noticed within 1 s, which
     // bounds how soon a failover can follow. A primary too slow to answer a ping in 0.5 s
@@ -250,8 +251,8 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
         max_connections = (cfg.memory_mb / 256 * 100).clamp(100, 1000),
         sync = quote_literal(&cfg.synchronous_standby_names),
         conninfo = quote_literal(cfg.primary_conninfo.as_deref().unwrap_or("")),
-        max_wal = wal_size_mb(cfg.disk_bytes).0,
-        min_wal = wal_size_mb(cfg.disk_bytes).1,
+        max_wal = max_wal_mb,
+        min_wal = min_wal_mb,
         read_only = if cfg.read_only { "on" } else { "off" },
     );
     let mut hba = String::from(

@@ -486,11 +486,11 @@ pub fn plan(world: &World) -> Vec<Action> {
             let replaced = ready as u32 + 1 >= c.members;
             let go = match why {
                 spot::Leaving::Excess => true,
-                spot::Leaving::Notice | spot::Leaving::BackToSpot => replaced,
-                w => {
-                    debug_assert!(w.misplaced());
-                    replaced
-                }
+                spot::Leaving::Notice
+                | spot::Leaving::BackToSpot
+                | spot::Leaving::SmallDisk
+                | spot::Leaving::Elsewhere
+                | spot::Leaving::Resize => replaced,
             };
             if i.role == Role::Standby && go {
                 extra_members.push(Action::DeleteInstance {
