@@ -231,6 +231,13 @@ async fn genesis_backup(
     Ok(m)
 }
 
+/// Makes `pgdata` a standby of its cluster from object storage: the cluster's base backup
+/// and the archived WAL since, so its primary streams only what came after.
+pub async fn seed_standby(shared: &Shared, r: &RestoreSpec, pgdata: &Path) -> Result<()> {
+    restore(shared, r, pgdata).await?;
+    highrise_pg::make_standby(pgdata, shared.run_as)
+}
+
 /// Makes `pgdata` the restore's base backup plus every archived WAL segment from its
 /// start, owned by the PostgreSQL user. Archive recovery then runs on start.
 pub async fn restore(shared: &Shared, r: &RestoreSpec, pgdata: &Path) -> Result<()> {

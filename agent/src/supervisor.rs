@@ -10,7 +10,7 @@ use crate::disk;
 use crate::durability::{self, Archiver};
 use crate::{write_atomic, Shared};
 use anyhow::{bail, Context, Result};
-use highrise_api::{DesiredState, InstanceSpec, InstanceState, ObservedInstance, StorageLevel, StorageUsage};
+use highrise_api::{DesiredState, InstanceSpec, InstanceState, ObservedInstance, Seed, StorageLevel, StorageUsage};
 use highrise_planner::storage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -108,6 +108,9 @@ struct LocalState {
     /// that template (see [`durability::Genesis`]).
     #[serde(default)]
     genesis: Option<durability::Genesis>,
+    /// A standby: where its data directory came from.
+    #[serde(default)]
+    seed: Option<Seed>,
 }
 
 struct Instance {
@@ -343,6 +346,7 @@ impl Instance {
                     ..s
                 }
             }),
+            seed: self.local.seed.clone(),
         }
     }
 
@@ -359,12 +363,40 @@ impl Instance {
                 return Ok(false);
             };
             let (host, port) = split_addr(primary)?;
-            let password = password.clone();
-            tokio::task::spawn_blocking(move || {
-                highrise_pg::basebackup(&bin, &pgdata, (&host, port), REPL_USER, &password, run_as)
-            })
-            .await
-            .context("base backup task")??;
+            let seeded = match &spec.restore {
+                Some(r) => match durability::seed_standby(&shared, r, &pgdata).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(instance = %self.id, "seed from backup {}: {e:#}; copying the primary instead", r.backup_id);
+                        false
+                    }
+                },
+                None => false,
+            };
+            let seed = if seeded {
+                Seed {
+                    from: "backup".into(),
+                    backup_id: spec.restore.as_ref().map(|r| r.backup_id.clone()),
+                    primary_bytes: 0,
+                    stream_start_lsn: None,
+                }
+            } else {
+                let password = password.clone();
+                let copied = tokio::task::spawn_blocking(move || {
+                    highrise_pg::basebackup(&bin, &pgdata, (&host, port), REPL_USER, &password, run_as)?;
+                    highrise_pg::disk_usage(&pgdata)
+                })
+                .await
+                .context("base backup task")??;
+                Seed {
+                    from: "primary".into(),
+                    backup_id: None,
+                    primary_bytes: copied.data_bytes,
+                    stream_start_lsn: None,
+                }
+            };
+            self.local.seed = Some(seed);
+            self.save()?;
         } else if let Some(r) = &spec.restore {
             durability::restore(&shared, r, &pgdata).await?;
             self.recovery = Some(highrise_pg::Recovery {
@@ -602,6 +634,12 @@ impl Instance {
             return Ok(InstanceState::Unhealthy);
         };
         let primary = !status.in_recovery;
+        if let (Some(seed), Some(start)) = (&mut self.local.seed, status.receive_start_lsn) {
+            if seed.stream_start_lsn.is_none() && status.streaming {
+                seed.stream_start_lsn = Some(start);
+                self.save()?;
+            }
+        }
         self.status = Some(status);
         self.measure_storage().await;
         if spec.role == "primary" && primary {

@@ -625,6 +625,16 @@ fn show_cluster(c: &Cluster) {
                     }
                 );
             }
+            if let Some(seed) = &m.seed {
+                let from = match (seed.from.as_str(), &seed.backup_id) {
+                    ("backup", Some(id)) => format!("backup {id} from object storage"),
+                    _ => format!("a copy of the primary ({})", size(seed.primary_bytes)),
+                };
+                let streaming = seed
+                    .stream_start_lsn
+                    .map_or_else(String::new, |l| format!(", streaming from {}", highrise_pg::fmt_lsn(l)));
+                println!("    built from {from}{streaming}");
+            }
         }
     }
 }

@@ -23,6 +23,22 @@ async fn a_replicated_cluster_moves_to_another_cloud_and_changes_plan_without_lo
         .await
         .unwrap();
     assert!(members(&before).iter().all(|m| m["cloud"] == "local-a"), "{before}");
+    // Some data, and a backup of it: the new members are to be built from object storage,
+    // not from the primary.
+    let (u, bulk_uri) = (up.clone(), uri.clone());
+    let data_bytes = tokio::task::spawn_blocking(move || {
+        psql_ok(
+            &bulk_uri,
+            "create table bulk as select g, repeat(md5(g::text), 12) as pad from generate_series(1, 80000) g",
+        );
+        u.cli_ok(&["backup", "create", "mover", "--wait"]);
+        psql_ok(&bulk_uri, "select pg_database_size(current_database())")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    })
+    .await
+    .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -48,6 +64,38 @@ async fn a_replicated_cluster_moves_to_another_cloud_and_changes_plan_without_lo
         "the same connection string"
     );
     assert_eq!(after["term"], 2, "one switchover: {after}");
+    // Both new members were built from the backup; the old primary sent each only the WAL
+    // after it — at most what was written since the stream began, far below the data.
+    let (lsn_uri, u) = (uri.clone(), up.clone());
+    let (now_lsn, seeds) = tokio::task::spawn_blocking(move || {
+        let now = psql_ok(&lsn_uri, "select pg_current_wal_lsn() - '0/0'")
+            .trim()
+            .parse::<u64>()
+            .unwrap();
+        (now, members(&show(&u, "mover")))
+    })
+    .await
+    .unwrap();
+    for m in &seeds {
+        let seed = &m["seed"];
+        assert_eq!(seed["from"], "backup", "{m}");
+        assert_eq!(seed["primary_bytes"], 0, "{m}");
+        let start = seed["stream_start_lsn"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no stream start: {m}"));
+        let streamed = now_lsn.saturating_sub(start);
+        eprintln!(
+            "{}: built from {}; streamed from the primary at most {} KiB of {} KiB of data",
+            m["instance_id"],
+            seed["backup_id"],
+            streamed / 1024,
+            data_bytes / 1024
+        );
+        assert!(
+            streamed < data_bytes / 2,
+            "streamed {streamed} B for {data_bytes} B of data"
+        );
+    }
 
     // To a bigger plan, in place.
     let resized_from = Instant::now();

@@ -713,6 +713,7 @@ fn view_of(
                 _ => None,
             },
             storage: i.storage,
+            seed: i.seed.clone(),
         });
     }
     let status = if c.deleted_at.is_some() {

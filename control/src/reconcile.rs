@@ -270,6 +270,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                     archived_lsn: None,
                     archive_error: None,
                     storage: None,
+                    seed: None,
                 })
                 .await?;
             if *role == Role::Standby {

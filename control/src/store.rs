@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("../migrations/0015_storage_guard.sql")),
     (16, include_str!("../migrations/0016_host_disks.sql")),
     (17, include_str!("../migrations/0017_storage_autoscale.sql")),
+    (18, include_str!("../migrations/0018_standby_seed.sql")),
 ];
 
 mod audit;
@@ -171,6 +172,8 @@ pub struct ClusterRow {
 pub struct DesiredRow {
     pub org_id: String,
     pub restore_json: Option<String>,
+    /// A standby not yet created (no address reported): it may be seeded from a backup.
+    pub new_standby: bool,
     pub spec: InstanceSpec,
 }
 
@@ -274,6 +277,8 @@ pub struct InstanceRow {
     pub archive_error: Option<String>,
     /// What the agent last measured of the member's storage.
     pub storage: Option<highrise_api::StorageUsage>,
+    /// Where the member's data directory came from, as its agent reported.
+    pub seed: Option<highrise_api::Seed>,
 }
 
 #[derive(Debug, Clone)]
@@ -438,6 +443,10 @@ fn instance(r: &AnyRow) -> Result<InstanceRow> {
                 _ => None,
             }
         },
+        // Unreadable (written by a newer version?): shown as unknown, not an error.
+        seed: r
+            .try_get::<Option<String>, _>("seed_json")?
+            .and_then(|j| serde_json::from_str(&j).ok()),
     })
 }
 

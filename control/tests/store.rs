@@ -336,6 +336,7 @@ async fn exercise(store: Store) {
             archived_lsn: None,
             archive_error: None,
             storage: None,
+            seed: None,
         })
         .await
         .unwrap();
@@ -360,6 +361,7 @@ async fn exercise(store: Store) {
         archived_lsn: Some(90),
         archive_error: None,
         storage: None,
+        seed: None,
     };
     assert!(store.heartbeat("h1", 7, std::slice::from_ref(&running)).await.unwrap());
     let measured = highrise_api::StorageUsage {

@@ -316,24 +316,33 @@ pub(super) async fn plan_restore(
 }
 
 /// Fills in what only the control plane can: each primary's storage (with its tenant's
-/// data key) and a restoring primary's source.
+/// data key), a restoring primary's source, and the backup a new standby is seeded from.
 pub(super) async fn fill_desired(state: &AppState, rows: Vec<DesiredRow>) -> ApiResult<Vec<InstanceSpec>> {
     let mut out = Vec::with_capacity(rows.len());
     for DesiredRow {
         org_id,
         restore_json,
+        new_standby,
         mut spec,
     } in rows
     {
+        let record = match restore_json {
+            Some(json) => Some(
+                serde_json::from_str::<RestoreRecord>(&json)
+                    .map_err(|e| ApiError::internal("read restore record", e))?,
+            ),
+            None if new_standby => seed_record(state, &spec.cluster_id)
+                .await
+                .map_err(|e| ApiError::internal("choose a standby's seed", format!("{e:#}")))?,
+            None => None,
+        };
         let keyed = |e: anyhow::Error| ApiError::internal("tenant storage", format!("{e:#}"));
         spec.storage = Some(
             durability::storage_spec(state, &org_id, &spec.cluster_id)
                 .await
                 .map_err(keyed)?,
         );
-        if let Some(json) = restore_json {
-            let r: RestoreRecord =
-                serde_json::from_str(&json).map_err(|e| ApiError::internal("read restore record", e))?;
+        if let Some(r) = record {
             spec.restore = Some(RestoreSpec {
                 storage: durability::storage_spec(state, &org_id, &r.source_cluster_id)
                     .await
@@ -346,6 +355,37 @@ pub(super) async fn fill_desired(state: &AppState, rows: Vec<DesiredRow>) -> Api
         out.push(spec);
     }
     Ok(out)
+}
+
+/// The record of a new standby's seed — the cluster's own newest backup, when the
+/// planner finds the archive holds what it needs (see [`seed_base`]) — or `None` for a copy
+/// of the primary.
+///
+/// [`seed_base`]: highrise_planner::backups::seed_base
+async fn seed_record(state: &AppState, cluster_id: &str) -> anyhow::Result<Option<RestoreRecord>> {
+    use highrise_planner::backups::{seed_base, ArchiveFacts};
+    let members = state.store.instances_of_cluster(cluster_id).await?;
+    let Some(primary) = members
+        .iter()
+        .find(|m| !m.deleting && m.role == "primary" && m.observed == "running")
+    else {
+        return Ok(None);
+    };
+    let facts = ArchiveFacts {
+        archived_lsn: primary.archived_lsn.and_then(|l| u64::try_from(l).ok()),
+        failing: primary.archive_error.is_some(),
+        data_bytes: primary.storage.map(|s| s.data_bytes),
+    };
+    let ledger = durability::entries(&state.store.backups_of(cluster_id).await?);
+    let Some(base) = seed_base(&ledger, &facts) else {
+        return Ok(None);
+    };
+    Ok(Some(RestoreRecord {
+        source_cluster_id: cluster_id.to_string(),
+        backup_id: base.id.clone(),
+        target_time: None,
+        target_lsn: None,
+    }))
 }
 
 #[cfg(test)]

@@ -156,8 +156,8 @@ impl Store {
                  streaming = $6, sync_standbys = $7, observed_term = $8, archived_lsn = $9, archive_error = $10, \
                  sync_streaming = $11, data_bytes = COALESCE($12, data_bytes), wal_bytes = COALESCE($13, wal_bytes), \
                  disk_free_bytes = COALESCE($14, disk_free_bytes), disk_total_bytes = COALESCE($15, disk_total_bytes), \
-                 disk_reserve_bytes = COALESCE($16, disk_reserve_bytes), storage_level = COALESCE($17, storage_level) \
-                 WHERE id = $18",
+                 disk_reserve_bytes = COALESCE($16, disk_reserve_bytes), storage_level = COALESCE($17, storage_level), \
+                 seed_json = COALESCE($18, seed_json) WHERE id = $19",
             )
             .bind(&state)
             .bind(&o.addr)
@@ -176,6 +176,8 @@ impl Store {
             .bind(bytes(storage.map(|s| s.disk_total_bytes)))
             .bind(bytes(storage.map(|s| s.disk_reserve_bytes)))
             .bind(storage.map(|s| s.level.as_str()))
+            // A plain struct of strings and numbers: serializing it cannot fail.
+            .bind(o.seed.as_ref().and_then(|s| serde_json::to_string(s).ok()))
             .bind(&r.id)
             .execute(&mut *tx)
             .await?;

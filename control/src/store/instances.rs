@@ -75,7 +75,7 @@ impl Store {
     /// with its org and the cluster's restore record.
     pub async fn desired_for_host(&self, host_id: &str) -> Result<Vec<DesiredRow>> {
         let rows = sqlx::query(
-            "SELECT i.id, i.cluster_id, i.slots, i.role, i.draining, c.plan, c.pg_version, c.db_name, c.owner_name, c.owner_scram, \
+            "SELECT i.id, i.cluster_id, i.slots, i.role, i.draining, i.addr, c.plan, c.pg_version, c.db_name, c.owner_name, c.owner_scram, \
              c.repl_password, c.repl_scram, c.term, c.org_id, c.durability, c.restore_json, \
              (SELECT b.id FROM backups b WHERE b.cluster_id = c.id AND b.status = 'pending' ORDER BY b.created_at LIMIT 1) \
              AS backup_id \
@@ -142,6 +142,7 @@ impl Store {
             specs.push(DesiredRow {
                 org_id: r.try_get("org_id")?,
                 restore_json: if primary { r.try_get("restore_json")? } else { None },
+                new_standby: standby && r.try_get::<Option<String>, _>("addr")?.is_none(),
                 spec,
             });
         }

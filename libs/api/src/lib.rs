@@ -542,6 +542,9 @@ pub struct Member {
     pub lag_bytes: Option<u64>,
     /// The member's data, WAL and disk, once its agent has measured them.
     pub storage: Option<StorageUsage>,
+    /// A standby: where its data directory came from.
+    #[serde(default)]
+    pub seed: Option<Seed>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -704,7 +707,10 @@ pub struct InstanceSpec {
     /// A base backup the primary should take now (its id).
     #[serde(default)]
     pub backup: Option<String>,
-    /// Create the data directory from object storage instead of empty.
+    /// Create the data directory from object storage instead of empty: a primary
+    /// restores (archive recovery, then promotion); a standby is seeded with the cluster's
+    /// own base backup and archived WAL, then streams the rest from its primary (falling
+    /// back to a copy of the primary when the seed fails).
     #[serde(default)]
     pub restore: Option<RestoreSpec>,
     /// The storage the plan includes, in bytes (data and WAL): the storage guard's limit
@@ -785,6 +791,25 @@ pub struct ObservedInstance {
     /// seconds (absent until first measured).
     #[serde(default)]
     pub storage: Option<StorageUsage>,
+    /// A standby: where its data directory came from.
+    #[serde(default)]
+    pub seed: Option<Seed>,
+}
+
+/// Where a standby's data directory came from, and how much of it its primary sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Seed {
+    /// `backup`: a base backup and the archived WAL since, from object storage (the
+    /// primary only streams what came after); `primary`: a copy of the running primary
+    /// (`pg_basebackup`).
+    pub from: String,
+    /// The base backup it was built from (`from` = `backup`).
+    pub backup_id: Option<String>,
+    /// Bytes of data files the primary itself sent for the copy (`0` from a backup).
+    pub primary_bytes: u64,
+    /// Where the standby began streaming WAL from its primary: everything before came
+    /// with the seed.
+    pub stream_start_lsn: Option<u64>,
 }
 
 /// What an instance's data directory holds and how much room its disk has left.

@@ -222,6 +222,10 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
     // bounds how soon a failover can follow. A primary too slow to answer a ping in 0.5 s
     // only costs a reconnect (`wal_retrieve_retry_interval`), never a failover: that also
     // needs the primary's host to have gone quiet.
+    //
+    // `wal_keep_size` (as much as `min_wal_size`, recycled anyway) keeps the WAL a standby
+    // seeded from object storage asks for first: the archive's end when it was fetched,
+    // which a checkpoint in the seconds before it starts streaming would otherwise remove.
     let conf = format!(
         "# Written by the highrise agent; changes are overwritten.\n\
          listen_addresses = '{listen}'\n\
@@ -244,6 +248,7 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
          primary_conninfo = {conninfo}\n\
          max_wal_size = '{max_wal}MB'\n\
          min_wal_size = '{min_wal}MB'\n\
+         wal_keep_size = '{min_wal}MB'\n\
          default_transaction_read_only = {read_only}\n",
         listen = cfg.listen_addr,
         port = cfg.port,
@@ -467,8 +472,12 @@ pub fn basebackup(
         r.apply(&mut cmd);
     }
     run(cmd, "pg_basebackup")?;
-    let signal = datadir.join("standby.signal");
-    write_owned(&signal, "", run_as)
+    make_standby(datadir, run_as)
+}
+
+/// Marks a data directory to start as a standby (`standby.signal`).
+pub fn make_standby(datadir: &Path, run_as: Option<RunAs>) -> Result<()> {
+    write_owned(&datadir.join("standby.signal"), "", run_as)
 }
 
 /// Hands a restored data directory to the PostgreSQL user (every file, mode 0700 on the
@@ -575,6 +584,8 @@ pub struct Status {
     pub lsn: Option<u64>,
     /// A standby's WAL receiver is streaming.
     pub streaming: bool,
+    /// A standby: where its running WAL receiver began streaming.
+    pub receive_start_lsn: Option<u64>,
     /// A primary: the standbys (by `application_name`) that count toward its synchronous
     /// commits right now — caught up and streaming, not merely named.
     pub sync_streaming: Vec<String>,
@@ -616,6 +627,7 @@ pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
          (case when pg_is_in_recovery() then coalesce(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
           else pg_current_wal_flush_lsn() end)::text as lsn, \
          coalesce((select status = 'streaming' from pg_stat_wal_receiver limit 1), false) as streaming, \
+         (select receive_start_lsn::text from pg_stat_wal_receiver limit 1) as receive_start_lsn, \
          coalesce((select array_agg(application_name::text order by application_name) from pg_stat_replication \
           where state = 'streaming' and sync_state in ('sync', 'quorum')), '{}') as sync_streaming",
     )
@@ -629,6 +641,10 @@ pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
             .context("read status")?
             .and_then(|l| parse_lsn(&l)),
         streaming: row.try_get("streaming").context("read status")?,
+        receive_start_lsn: row
+            .try_get::<Option<String>, _>("receive_start_lsn")
+            .context("read status")?
+            .and_then(|l| parse_lsn(&l)),
         sync_streaming: row.try_get("sync_streaming").context("read status")?,
     })
 }

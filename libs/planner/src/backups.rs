@@ -1,5 +1,5 @@
-//! Base backup decisions: when the next one is due, which ones retention lets go, and
-//! which one a restore starts from.
+//! Base backup decisions: when the next one is due, which ones retention lets go, which
+//! one a restore starts from, and whether a new standby is seeded from one.
 //!
 //! Pure functions over the backup ledger, like the rest of the planner. Retention keeps the
 //! newest `retain_count` complete backups and every complete backup younger than
@@ -134,6 +134,39 @@ pub fn restore_base(entries: &[BackupEntry], target: RestoreTarget) -> Result<&B
     }
 }
 
+/// What the control plane knows of a cluster's archive when a new standby is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ArchiveFacts {
+    /// Everything before this WAL position is in object storage (the primary says so).
+    pub archived_lsn: Option<u64>,
+    /// The primary's archiver reports an error right now.
+    pub failing: bool,
+    /// The primary's data files, in bytes, when measured.
+    pub data_bytes: Option<u64>,
+}
+
+/// WAL a seed may fetch and replay besides twice the data: beyond, a copy of the primary
+/// is quicker than the replay and takes less of the standby's disk.
+pub const SEED_WAL_ALLOWANCE: u64 = 256 * 1024 * 1024;
+
+/// The backup a new standby is seeded from — its files and the archived WAL since, all
+/// from object storage, so the primary streams only what came after — or `None` for a
+/// copy of the running primary. The newest complete backup serves when the archive works
+/// and holds its WAL, and the WAL to replay since it is at most twice the data plus
+/// [`SEED_WAL_ALLOWANCE`].
+pub fn seed_base<'a>(entries: &'a [BackupEntry], archive: &ArchiveFacts) -> Option<&'a BackupEntry> {
+    let archived = archive.archived_lsn.filter(|_| !archive.failing)?;
+    let newest = restore_base(entries, RestoreTarget::Latest).ok()?;
+    let end = newest.end_lsn?;
+    let to_replay = archived.checked_sub(newest.start_lsn)?;
+    let allowed = archive
+        .data_bytes
+        .unwrap_or(0)
+        .saturating_mul(2)
+        .saturating_add(SEED_WAL_ALLOWANCE);
+    (end <= archived && to_replay <= allowed).then_some(newest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +259,34 @@ mod tests {
         assert_eq!(r.wal_before, Some((1, 400)));
         // Nothing complete: nothing may be pruned.
         assert_eq!(retention(&[b("x", "running", 0, 1)], 1, 1, day).wal_before, None);
+    }
+
+    #[test]
+    fn a_standby_is_seeded_from_the_newest_backup_when_the_archive_holds_its_wal() {
+        let mib = 1024 * 1024;
+        let entries = vec![
+            b("old", "complete", 100, 10 * mib),
+            b("new", "complete", 200, 100 * mib),
+            b("running", "running", 300, 150 * mib),
+        ];
+        let facts = |archived: Option<u64>, failing: bool, data: Option<u64>| ArchiveFacts {
+            archived_lsn: archived,
+            failing,
+            data_bytes: data,
+        };
+        let seed = |f: ArchiveFacts| seed_base(&entries, &f).map(|b| b.id.as_str());
+        // The archive holds the newest backup's WAL: seed from it (not from the older one).
+        assert_eq!(seed(facts(Some(200 * mib), false, Some(mib))), Some("new"));
+        // An archiver that fails, or reports nothing, may leave a hole: copy the primary.
+        assert_eq!(seed(facts(Some(200 * mib), true, Some(mib))), None);
+        assert_eq!(seed(facts(None, false, Some(mib))), None);
+        // The archive has not reached the backup's end (the WAL to make it consistent).
+        assert_eq!(seed(facts(Some(100 * mib + 2), false, Some(mib))), None);
+        // Too much WAL to replay for the data it makes: copying the primary is quicker.
+        let far = 100 * mib + SEED_WAL_ALLOWANCE + 2 * 64 * mib + 1;
+        assert_eq!(seed(facts(Some(far), false, Some(64 * mib))), None);
+        assert_eq!(seed(facts(Some(far - 1), false, Some(64 * mib))), Some("new"));
+        // No complete backup.
+        assert_eq!(seed_base(&entries[2..], &facts(Some(200 * mib), false, None)), None);
     }
 }
