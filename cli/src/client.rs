@@ -12,7 +12,7 @@ use highrise_api::{
     CreatedOrg, ErrorBody, MoveCluster, Operation, OperationStatus, OrgQuotas, QuotaUsage, RestoreFrom, StorageLevel,
     Switchover, UpdateCluster,
 };
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -152,9 +152,13 @@ pub enum ClusterCommand {
     Move {
         name: String,
         /// CLOUD or CLOUD/REGION (see `highrise cloud list`).
-        #[arg(long)]
-        to: String,
-        /// Wait until every member runs in the new place.
+        #[arg(long, required_unless_present = "cancel")]
+        to: Option<String>,
+        /// Cancel the running move or resize (until its switchover): the cluster stays
+        /// where and as it was.
+        #[arg(long, conflicts_with_all = ["to", "wait"])]
+        cancel: bool,
+        /// Wait until every member runs in the new place, showing each step.
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -488,32 +492,59 @@ async fn wait_operation(api: &Api, op: &Operation, what: &str) -> Result<Operati
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut delay = Duration::from_millis(10);
-    let mut last_print = Instant::now();
+    // On a terminal a bar of the operation's steps (or a spinner); elsewhere a line per step.
+    let bar = if tty {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix}: {elapsed} {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.set_prefix(what.to_string());
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut last_step = None;
     loop {
         let cur: Operation = api
             .send(api.http.get(format!("{}/v1/operations/{}", api.url, op.id)))
             .await?;
         match cur.status {
             OperationStatus::Succeeded => {
+                bar.finish_and_clear();
                 if tty {
-                    eprintln!("\r{what}: done in {:.1}s   ", started.elapsed().as_secs_f64());
+                    eprintln!("{what}: done in {:.1}s", started.elapsed().as_secs_f64());
                 }
                 return Ok(cur);
             }
-            OperationStatus::Failed => {
-                if tty {
-                    eprintln!();
-                }
-                bail!("{what} failed: {}", cur.error.unwrap_or_else(|| "unknown error".into()))
+            OperationStatus::Failed | OperationStatus::Cancelled => {
+                bar.abandon();
+                let how = if cur.status == OperationStatus::Cancelled {
+                    "was cancelled"
+                } else {
+                    "failed"
+                };
+                bail!(
+                    "{what} {how}: {}",
+                    cur.error.unwrap_or_else(|| "no reason given".into())
+                )
             }
             OperationStatus::Running => {}
         }
-        if tty && last_print.elapsed() > Duration::from_millis(250) {
-            eprint!("\r{what}: {:.1}s ", started.elapsed().as_secs_f64());
-            let _ = std::io::stderr().flush();
-            last_print = Instant::now();
+        if let Some(p) = &cur.progress {
+            let line = format!("step {}/{}: {}", p.step, p.steps, p.doing);
+            if last_step.as_ref() != Some(&line) {
+                if tty {
+                    bar.set_message(line.clone());
+                } else {
+                    eprintln!("{what}: {line}");
+                }
+                last_step = Some(line);
+            }
         }
         if started.elapsed() > Duration::from_secs(600) {
+            bar.abandon();
             bail!("{what}: still running after 10 minutes (operation {})", op.id);
         }
         tokio::time::sleep(delay).await;
@@ -787,13 +818,27 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             );
             Ok(())
         }
-        ClusterCommand::Move { name, to, wait, conn } => {
+        ClusterCommand::Move {
+            name,
+            to,
+            cancel,
+            wait,
+            conn,
+        } => {
             let api = Api::from(&conn)?;
+            let path = api.cluster_sub(&name, &conn.project, "/move");
+            let Some(to) = to.filter(|_| !cancel) else {
+                let op: Operation = api.send(api.http.delete(path)).await?;
+                if conn.output == Output::Json {
+                    return print_json(&op);
+                }
+                println!("move of {name} cancelled (operation {}); it stays where it was", op.id);
+                return Ok(());
+            };
             let (cloud, region) = match to.split_once('/') {
                 Some((c, r)) => (c.to_string(), Some(r.to_string())),
                 None => (to.clone(), None),
             };
-            let path = api.cluster_sub(&name, &conn.project, "/move");
             let mut op: Operation = api
                 .send(api.http.post(path).json(&MoveCluster { cloud, region }))
                 .await?;

@@ -46,10 +46,15 @@ async fn a_replicated_cluster_moves_to_another_cloud_and_changes_plan_without_lo
     // To the other cloud.
     let started = Instant::now();
     let u = up.clone();
-    tokio::task::spawn_blocking(move || u.cli_ok(&["cluster", "move", "mover", "--to", "local-b", "--wait"]))
+    let out = tokio::task::spawn_blocking(move || u.cli(&["cluster", "move", "mover", "--to", "local-b", "--wait"]))
         .await
         .unwrap();
     let moved = started.elapsed();
+    let steps = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{steps}");
+    // The operation's steps, as `--wait` shows them.
+    assert!(steps.contains("step 1/4: building new members"), "{steps}");
+    assert!(steps.contains("step 4/4: retiring"), "{steps}");
     let u = up.clone();
     let after = tokio::task::spawn_blocking(move || {
         wait_members_running(&u, "mover", 2, "two members in the new cloud", Duration::from_secs(60));
@@ -141,6 +146,65 @@ async fn a_replicated_cluster_moves_to_another_cloud_and_changes_plan_without_lo
         assert!(String::from_utf8_lossy(&again.stderr).contains("already"));
         let nowhere = u.cli(&["cluster", "move", "mover", "--to", "local-z"]);
         assert!(String::from_utf8_lossy(&nowhere.stderr).contains("unknown cloud"));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_move_cancelled_before_its_switchover_leaves_the_cluster_as_it_was() {
+    let up = Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
+    let u = up.clone();
+    let (uri, before) = tokio::task::spawn_blocking(move || ha_cluster(&u, "stayer", 1))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    let started = Instant::now();
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        u.cli_ok(&["cluster", "move", "stayer", "--to", "local-b"]);
+        // Cancelled once the first new member exists, long before it could take over.
+        wait_for("a member in the new cloud", Duration::from_secs(60), || {
+            members(&show(&u, "stayer")).iter().any(|m| m["cloud"] == "local-b")
+        });
+        let op: Value =
+            serde_json::from_str(&u.cli_ok(&["cluster", "move", "stayer", "--cancel", "--output", "json"])).unwrap();
+        assert_eq!(op["kind"], "move_cluster", "{op}");
+        assert_eq!(op["status"], "cancelled", "{op}");
+        // Nothing left to cancel.
+        let again = u.cli(&["cluster", "move", "stayer", "--cancel"]);
+        assert!(!again.status.success());
+        assert!(String::from_utf8_lossy(&again.stderr).contains("move in progress"));
+        wait_for("the members built for the move to go", Duration::from_secs(60), || {
+            let shown = show(&u, "stayer");
+            members(&shown).len() == 2
+                && members(&shown)
+                    .iter()
+                    .all(|m| m["cloud"] == "local-a" && m["state"] == "running")
+        });
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, timeline) = writer.await.unwrap();
+    check_ledger(&uri, &acked);
+    let (pause, _) = longest_pause(&timeline, started);
+    eprintln!("cancelled move: longest write pause {pause:?}, {} acked", acked.len());
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        let after = show(&u, "stayer");
+        assert_eq!(after["cloud"], "local-a", "{after}");
+        assert_eq!(after["term"], before["term"], "no switchover: {after}");
+        let ids = |v: &Value| {
+            let mut ids: Vec<String> = members(v).iter().map(|m| m["instance_id"].to_string()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&after), ids(&before), "the same members as before");
+        let events = u.cli_ok(&["cluster", "events", "stayer"]);
+        assert!(events.contains("move_cancelled"), "{events}");
     })
     .await
     .unwrap();

@@ -597,12 +597,23 @@ fn operation_view(o: &OperationRow) -> Operation {
         status: match o.status.as_str() {
             "succeeded" => OperationStatus::Succeeded,
             "failed" => OperationStatus::Failed,
+            "cancelled" => OperationStatus::Cancelled,
             _ => OperationStatus::Running,
         },
         cluster_id: o.cluster_id.clone(),
         error: o.error.clone(),
         created_at: o.created_at,
         updated_at: o.updated_at,
+        progress: o
+            .progress_json
+            .as_deref()
+            .filter(|_| o.status == "running")
+            .and_then(|j| serde_json::from_str::<highrise_planner::moves::Progress>(j).ok())
+            .map(|p| highrise_api::OperationProgress {
+                step: p.step,
+                steps: p.steps,
+                doing: p.doing,
+            }),
     }
 }
 
@@ -793,6 +804,7 @@ fn view_of(
         sessions::accept_invite, sessions::me, sessions::logout, audit::list_audit, audit::verify_audit, clusters::list_clusters, clusters::create_cluster, clusters::get_cluster,
         clusters::update_cluster, clusters::delete_cluster, events::cluster_events, clusters::switchover,
         clusters::move_cluster,
+        clusters::cancel_move,
         hosts::list_hosts, hosts::list_clouds, operations::list_operations, operations::get_operation, agents::agent_register,
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
@@ -973,7 +985,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/clusters/{cluster}/events", get(events::cluster_events))
         .route("/v1/clusters/{cluster}/switchover", post(clusters::switchover))
-        .route("/v1/clusters/{cluster}/move", post(clusters::move_cluster))
+        .route(
+            "/v1/clusters/{cluster}/move",
+            post(clusters::move_cluster).delete(clusters::cancel_move),
+        )
         .route(
             "/v1/clusters/{cluster}/backups",
             get(backups::list_backups).post(backups::create_backup),

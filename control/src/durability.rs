@@ -244,6 +244,7 @@ pub(crate) async fn restore_primary(state: &AppState, cluster_id: &str, term: i6
         error: None,
         created_at: at,
         updated_at: at,
+        progress_json: None,
     };
     let why = format!(
         "primary {from} was lost with its host and no standby can take over: a new primary restores from backup {} and all archived WAL (durability sync: every acknowledged commit is there)",

@@ -292,6 +292,11 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
             state.store.remove_cluster(cluster_id).await?;
             tracing::info!(cluster = %cluster_id, "cluster removed");
         }
+        Action::ReportProgress { operation_id, progress } => {
+            let json = serde_json::to_string(progress).context("encode the progress")?;
+            state.store.set_operation_progress(operation_id, &json, now()).await?;
+            tracing::info!(operation = %operation_id, step = progress.step, "{}", progress.doing);
+        }
         Action::CompleteOperation { operation_id, outcome } => {
             let error = match outcome {
                 Outcome::Succeeded => None,

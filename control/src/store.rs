@@ -30,7 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (15, include_str!("../migrations/0015_storage_guard.sql")),
     (16, include_str!("../migrations/0016_host_disks.sql")),
     (17, include_str!("../migrations/0017_storage_autoscale.sql")),
-    (18, include_str!("../migrations/0018_standby_seed.sql")),
+    (18, include_str!("../migrations/0018_moves.sql")),
 ];
 
 mod audit;
@@ -300,6 +300,8 @@ pub struct OperationRow {
     pub error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The step a running move is at (JSON of `planner::moves::Progress`).
+    pub progress_json: Option<String>,
 }
 
 fn org(r: &AnyRow) -> Result<OrgRow> {
@@ -475,6 +477,7 @@ fn operation(r: &AnyRow) -> Result<OperationRow> {
         error: r.try_get("error")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        progress_json: r.try_get("progress_json")?,
     })
 }
 

@@ -143,6 +143,7 @@ fn op_row(id: &str, org: &str, cluster: &str, kind: &str) -> OperationRow {
         error: None,
         created_at: 5,
         updated_at: 5,
+        progress_json: None,
     }
 }
 

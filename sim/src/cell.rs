@@ -568,6 +568,7 @@ impl<'a> Cell<'a> {
                     c.intent.switchover_to = None;
                 }
             }
+            Action::ReportProgress { .. } => {}
             Action::Event { kind, cluster_id, .. } => {
                 *self.events.entry(kind.clone()).or_default() += 1;
                 self.last_event.insert(cluster_id.clone(), kind.clone());

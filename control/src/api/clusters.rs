@@ -148,6 +148,7 @@ pub(super) async fn create_cluster(
         error: None,
         created_at: created,
         updated_at: created,
+        progress_json: None,
     };
     state
         .store
@@ -352,6 +353,7 @@ pub(super) async fn delete_cluster(
         error: None,
         created_at: at,
         updated_at: at,
+        progress_json: None,
     };
     let op = state
         .store
@@ -363,11 +365,12 @@ pub(super) async fn delete_cluster(
     Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
 }
 
-/// Move a cluster to another cloud and region: new members are built there (a base backup
-/// of the primary, then streaming), the primary is switched over to one of them once the
-/// set has settled (a write pause well under a second), and the old members are retired.
-/// The connection string stays the same. A spread cluster (standbys in other clouds)
-/// cannot be moved yet.
+/// Move a cluster to another cloud and region: new members are built there (from the
+/// cluster's latest backup in object storage where one serves, else a copy of the primary;
+/// then streaming), the primary is switched over to one of them once the set has settled
+/// (a write pause well under a second), and the old members are retired. The operation
+/// reports its step; it can be cancelled until the switchover (`DELETE`). The connection
+/// string stays the same. A spread cluster (standbys in other clouds) cannot be moved yet.
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/move", request_body = MoveCluster,
     params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
     responses((status = 202, body = Operation), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -409,6 +412,38 @@ pub(super) async fn move_cluster(
     Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
 }
 
+/// Cancel the cluster's running move or resize, before its primary switches over: the
+/// cluster goes back to its place and plan, the members built for the move are retired,
+/// and the operation ends `cancelled`. Refused (409) once the switchover has begun.
+#[utoipa::path(delete, path = "/v1/clusters/{cluster}/move",
+    params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
+    responses((status = 200, body = Operation), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn cancel_move(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(cluster): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+) -> ApiResult<Json<Operation>> {
+    require(&caller, Action::WriteClusters)?;
+    let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
+    let op_id = state
+        .store
+        .cancel_move(&c.id, now(), &caller.actor)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("move in progress"),
+            e => store_err("move")(e),
+        })?;
+    state.notify();
+    tracing::info!(cluster = %c.id, operation = %op_id, "move cancelled");
+    let op = state
+        .store
+        .get_operation(&caller.org_id, &op_id)
+        .await
+        .map_err(store_err("operation"))?;
+    Ok(Json(operation_view(&op)))
+}
+
 /// A running operation of the caller's org on a cluster, starting now.
 fn cluster_operation(caller: &Caller, cluster_id: &str, kind: &str) -> OperationRow {
     let at = now();
@@ -421,6 +456,7 @@ fn cluster_operation(caller: &Caller, cluster_id: &str, kind: &str) -> Operation
         error: None,
         created_at: at,
         updated_at: at,
+        progress_json: None,
     }
 }
 

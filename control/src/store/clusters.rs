@@ -131,7 +131,7 @@ impl Store {
             .await?;
         if res.rows_affected() == 0 {
             let row = sqlx::query(
-                "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at FROM operations \
+                "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at, progress_json FROM operations \
                  WHERE cluster_id = $1 AND kind = 'delete_cluster' ORDER BY created_at DESC",
             )
             .bind(&c.id)
@@ -180,9 +180,84 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         insert_operation(&mut tx, op).await?;
+        let undo = MoveUndo {
+            cloud: c.cloud.clone(),
+            region: c.region.clone(),
+            plan: c.plan.clone(),
+            term: c.term,
+        };
+        sqlx::query("UPDATE operations SET undo_json = $1 WHERE id = $2")
+            .bind(serde_json::to_string(&undo).unwrap_or_default())
+            .bind(&op.id)
+            .execute(&mut *tx)
+            .await?;
         insert_event(&mut tx, &c.id, op.created_at, "move_started", why).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Cancels the cluster's running move or resize while its primary has not begun to
+    /// switch over: the cluster goes back to the place and plan it had (the planner then
+    /// retires the members built for the move) and the operation ends `cancelled`, with an
+    /// event — in one transaction. Returns the operation's id; `NotFound` when no move
+    /// runs, `Conflict` once the switchover has begun.
+    pub async fn cancel_move(&self, cluster_id: &str, at: i64, who: &str) -> Result<String> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "SELECT id, undo_json FROM operations WHERE cluster_id = $1 AND kind = 'move_cluster' AND status = 'running'",
+        )
+        .bind(cluster_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        let op_id: String = row.try_get("id")?;
+        let undo: MoveUndo = row
+            .try_get::<Option<String>, _>("undo_json")?
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .ok_or_else(|| StoreError::Conflict("this move does not record where the cluster was".into()))?;
+        let draining: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM instances WHERE cluster_id = $1 AND draining = 1 AND deleting = 0",
+        )
+        .bind(cluster_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if draining > 0 {
+            return Err(StoreError::Conflict(
+                "the primary is switching over right now; once done, move the cluster back instead".into(),
+            ));
+        }
+        let reverted = sqlx::query(
+            "UPDATE clusters SET cloud = $1, region = $2, plan = $3 \
+             WHERE id = $4 AND term = $5 AND switchover_to IS NULL AND deleted_at IS NULL",
+        )
+        .bind(&undo.cloud)
+        .bind(&undo.region)
+        .bind(&undo.plan)
+        .bind(cluster_id)
+        .bind(undo.term)
+        .execute(&mut *tx)
+        .await?;
+        if reverted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(
+                "the primary has switched over since the move began (or one is under way); move the cluster back instead"
+                    .into(),
+            ));
+        }
+        sqlx::query(
+            "UPDATE operations SET status = 'cancelled', error = $1, updated_at = $2 WHERE id = $3 AND status = 'running'",
+        )
+        .bind(format!("cancelled by {who}"))
+        .bind(at)
+        .bind(&op_id)
+        .execute(&mut *tx)
+        .await?;
+        let why = format!(
+            "move cancelled by {who}: back to {}/{} on plan {}; the members built for it are retired",
+            undo.cloud, undo.region, undo.plan
+        );
+        insert_event(&mut tx, cluster_id, at, "move_cancelled", &why).await?;
+        tx.commit().await?;
+        Ok(op_id)
     }
 
     /// Storage autoscaling's maximum disk (`0`: off).
@@ -217,4 +292,14 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Where a cluster was before a move: what cancelling it restores.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MoveUndo {
+    cloud: String,
+    region: String,
+    plan: String,
+    /// The term the move began in: a later term means the primary switched over.
+    term: i64,
 }

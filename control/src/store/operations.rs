@@ -1,11 +1,12 @@
-//! Operations: long-running requests (create, delete, switchover, restore) and their outcome.
+//! Operations: long-running requests (create, delete, switchover, restore, move), the step
+//! they are at, and their outcome.
 
 use super::*;
 
 impl Store {
     pub async fn get_operation(&self, org_id: &str, id: &str) -> Result<OperationRow> {
         let row = sqlx::query(
-            "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at FROM operations WHERE id = $1 AND org_id = $2",
+            "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at, progress_json FROM operations WHERE id = $1 AND org_id = $2",
         )
         .bind(id)
         .bind(org_id)
@@ -26,7 +27,7 @@ impl Store {
     ) -> Result<Vec<OperationRow>> {
         let (after_at, after_id) = after.unwrap_or((i64::MAX, ""));
         let rows = sqlx::query(
-            "SELECT o.id, o.org_id, o.cluster_id, o.kind, o.status, o.error, o.created_at, o.updated_at \
+            "SELECT o.id, o.org_id, o.cluster_id, o.kind, o.status, o.error, o.created_at, o.updated_at, o.progress_json \
              FROM operations o LEFT JOIN clusters c ON c.id = o.cluster_id \
              WHERE o.org_id = $1 AND ($2 IS NULL OR c.project_id = $2) \
              AND (o.created_at < $3 OR (o.created_at = $3 AND o.id > $4)) \
@@ -49,6 +50,17 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// The step a running operation is at (JSON of `planner::moves::Progress`).
+    pub async fn set_operation_progress(&self, id: &str, progress_json: &str, at: i64) -> Result<()> {
+        sqlx::query("UPDATE operations SET progress_json = $1, updated_at = $2 WHERE id = $3 AND status = 'running'")
+            .bind(progress_json)
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn complete_operation(&self, id: &str, error: Option<&str>, at: i64) -> Result<()> {

@@ -9,27 +9,33 @@ impl Store {
         // Operations first: the rows an operation refers to were written with it (one
         // transaction), so they are in the reads that follow. Read the other way round, a
         // create arriving in between would show its operation without its cluster.
-        let operations =
-            sqlx::query("SELECT id, cluster_id, kind FROM operations WHERE status = 'running' ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .filter_map(|r| {
-                    let kind = match r.try_get::<String, _>("kind").ok()?.as_str() {
-                        "create_cluster" => planner::OperationKind::CreateCluster,
-                        "delete_cluster" => planner::OperationKind::DeleteCluster,
-                        "switchover" => planner::OperationKind::Switchover,
-                        "restore_primary" => planner::OperationKind::RestorePrimary,
-                        "move_cluster" => planner::OperationKind::MoveCluster,
-                        _ => return None,
-                    };
-                    Some(planner::OperationView {
-                        id: r.try_get("id").ok()?,
-                        cluster_id: r.try_get::<Option<String>, _>("cluster_id").ok()??,
-                        kind,
-                    })
-                })
-                .collect();
+        let operations = sqlx::query(
+            "SELECT id, cluster_id, kind, progress_json FROM operations WHERE status = 'running' ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let kind = match r.try_get::<String, _>("kind").ok()?.as_str() {
+                "create_cluster" => planner::OperationKind::CreateCluster,
+                "delete_cluster" => planner::OperationKind::DeleteCluster,
+                "switchover" => planner::OperationKind::Switchover,
+                "restore_primary" => planner::OperationKind::RestorePrimary,
+                "move_cluster" => planner::OperationKind::MoveCluster,
+                _ => return None,
+            };
+            Some(planner::OperationView {
+                id: r.try_get("id").ok()?,
+                cluster_id: r.try_get::<Option<String>, _>("cluster_id").ok()??,
+                kind,
+                // Unreadable: reported again.
+                progress: r
+                    .try_get::<Option<String>, _>("progress_json")
+                    .ok()?
+                    .and_then(|j| serde_json::from_str(&j).ok()),
+            })
+        })
+        .collect();
         let cluster_rows = sqlx::query(
             "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, spot, deleted_at, storage_level, \
              disk_bytes, autoscale_max_bytes, \

@@ -632,6 +632,8 @@ pub enum OperationStatus {
     Running,
     Succeeded,
     Failed,
+    /// Cancelled on request (a move before its switchover): the cluster is as it was.
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -643,6 +645,19 @@ pub struct Operation {
     pub error: Option<String>,
     pub created_at: UnixSeconds,
     pub updated_at: UnixSeconds,
+    /// The step a running move or resize is at.
+    #[serde(default)]
+    pub progress: Option<OperationProgress>,
+}
+
+/// The step of a multi-step operation: a move or resize builds its new members (1),
+/// lets them catch up (2), switches the primary over (3), retires the old members (4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OperationProgress {
+    pub step: u32,
+    pub steps: u32,
+    /// What the step is doing.
+    pub doing: String,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 //! before recording it, and the next plan over the new snapshot must converge anyway.
 
 pub mod backups;
+pub mod moves;
 pub mod spot;
 pub mod storage;
 
@@ -193,6 +194,9 @@ pub struct OperationView {
     pub id: String,
     pub cluster_id: String,
     pub kind: OperationKind,
+    /// The step it was last reported at (moves).
+    #[serde(default)]
+    pub progress: Option<moves::Progress>,
 }
 
 /// One consistent snapshot of the metadata store.
@@ -305,6 +309,11 @@ pub enum Action {
         cluster_id: String,
         disk_bytes: u64,
         message: String,
+    },
+    /// A running operation moved on to another step.
+    ReportProgress {
+        operation_id: String,
+        progress: moves::Progress,
     },
     /// Tell the operator something (deduplicated by the executor).
     Event {
@@ -792,6 +801,16 @@ pub fn plan(world: &World) -> Vec<Action> {
                             && live.len() as u32 == c.members
                             && live.iter().all(|i| i.observed == Observed::Running)
                             && spot::leaving(c, &live, &hosts).is_empty();
+                        if !settled {
+                            let all: Vec<&InstanceView> = world.instances.iter().filter(mine).collect();
+                            let now = moves::progress(c, &all, &hosts);
+                            if op.progress.as_ref() != Some(&now) {
+                                actions.push(Action::ReportProgress {
+                                    operation_id: op.id.clone(),
+                                    progress: now,
+                                });
+                            }
+                        }
                         settled.then_some(Outcome::Succeeded)
                     }
                 }

@@ -184,6 +184,11 @@ fn apply(world: &mut World, actions: &[Action]) {
                 }
             }
             Action::Event { .. } => {}
+            Action::ReportProgress { operation_id, progress } => {
+                for o in world.operations.iter_mut().filter(|o| &o.id == operation_id) {
+                    o.progress = Some(progress.clone());
+                }
+            }
         }
     }
 }
@@ -457,11 +462,13 @@ fn create_operation_completes_when_running_and_fails_with_agent_error() {
                 id: "o1".into(),
                 cluster_id: "c1".into(),
                 kind: OperationKind::CreateCluster,
+                progress: None,
             },
             OperationView {
                 id: "o2".into(),
                 cluster_id: "c2".into(),
                 kind: OperationKind::CreateCluster,
+                progress: None,
             },
         ],
         ..Default::default()
@@ -494,6 +501,7 @@ fn delete_goes_through_deleting_absent_forget_remove() {
             id: "o1".into(),
             cluster_id: "c1".into(),
             kind: OperationKind::DeleteCluster,
+            progress: None,
         }],
         ..Default::default()
     };

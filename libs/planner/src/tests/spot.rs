@@ -579,8 +579,9 @@ fn a_cluster_moved_to_another_cloud_and_resized_goes_member_by_member_with_one_s
         id: "op".into(),
         cluster_id: "c".into(),
         kind: OperationKind::MoveCluster,
+        progress: None,
     }];
-    let mut done = false;
+    let (mut done, mut steps) = (false, Vec::new());
     for round in 0..40 {
         observe_spot(&mut w);
         let live = w.instances.iter().filter(|i| !i.deleting).count();
@@ -594,10 +595,20 @@ fn a_cluster_moved_to_another_cloud_and_resized_goes_member_by_member_with_one_s
             operation_id: "op".into(),
             outcome: Outcome::Succeeded,
         });
+        for a in &p {
+            if let Action::ReportProgress { progress, .. } = a {
+                steps.push(progress.step);
+            }
+        }
         apply(&mut w, &p);
         w.now_ms += 1000;
     }
     assert!(done, "the move completed");
+    // Reported step by step, never back.
+    assert!(steps.windows(2).all(|s| s[0] <= s[1]), "{steps:?}");
+    for step in [1, 3, 4] {
+        assert!(steps.contains(&step), "step {step} reported: {steps:?}");
+    }
     let live: Vec<&InstanceView> = w.instances.iter().filter(|i| !i.deleting).collect();
     assert_eq!(live.len(), 2);
     for i in &live {
