@@ -1,5 +1,5 @@
 //! `highrise up`: the whole service on one machine, in the foreground — control plane on
-//! SQLite, the local land (two clouds) and the proxy, all under one data directory.
+//! SQLite, the local land (two clouds) and a proxy per cloud, all under one data directory.
 //! Ctrl-C (or SIGTERM) stops everything it started; running it again on the same
 //! directory brings every cluster back with its data.
 
@@ -22,9 +22,12 @@ pub struct UpArgs {
     /// Address of the REST API.
     #[arg(long, default_value = "127.0.0.1:7480")]
     api_listen: SocketAddr,
-    /// Address clients connect to with psql.
+    /// Address clients connect to with psql: the proxy of the land's first cloud; repeat
+    /// for the next clouds' proxies. A cloud without one gets the port after the last
+    /// (any free port when that is 0). Every proxy serves every cluster; connection URIs
+    /// list them all.
     #[arg(long, default_value = "127.0.0.1:7432")]
-    proxy_listen: SocketAddr,
+    proxy_listen: Vec<SocketAddr>,
     /// Metadata store; SQLite under the data directory when omitted.
     #[arg(long)]
     database_url: Option<String>,
@@ -166,26 +169,94 @@ fn ensure_tls(dir: &Path, domain: &str) -> Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
-/// The proxy gets its own single-threaded runtime on its own OS thread: the relay is
+/// Where each cloud's proxy listens: the addresses given, in the land's cloud order, then
+/// the ports after the last one given (port 0 stays 0: any free port).
+fn proxy_addrs(given: &[SocketAddr], clouds: usize) -> Vec<SocketAddr> {
+    let Some(last) = given.last() else {
+        return Vec::new();
+    };
+    (0..clouds.max(given.len()))
+        .map(|i| match given.get(i) {
+            Some(a) => *a,
+            None if last.port() == 0 => *last,
+            None => {
+                let step = u16::try_from(i + 1 - given.len()).unwrap_or(u16::MAX);
+                SocketAddr::new(last.ip(), last.port().saturating_add(step))
+            }
+        })
+        .collect()
+}
+
+/// A cloud's proxy: its own single-threaded runtime on its own OS thread (the relay is
 /// latency-bound, and hopping between the shared runtime's workers costs more than it
-/// gains on a small machine (see bench/README.md).
+/// gains on a small machine; see bench/README.md). It runs while its cloud is up: when the
+/// land takes the cloud down, the runtime goes and every connection through it breaks,
+/// as they would; when the cloud is back, the proxy listens on its address again.
 fn spawn_proxy(
-    listener: TcpListener,
+    cloud: String,
+    listener: std::net::TcpListener,
     cfg: highrise_proxy::ProxyConfig,
     stop: watch::Receiver<bool>,
+    down: watch::Receiver<Vec<String>>,
 ) -> Result<std::thread::JoinHandle<Result<()>>> {
-    let listener = listener.into_std().context("detach the proxy listener")?;
+    let addr = listener.local_addr().context("read the proxy's address")?;
+    let mut first = Some(listener);
     std::thread::Builder::new()
-        .name("proxy".into())
+        .name(format!("proxy-{cloud}"))
         .spawn(move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("start the proxy's runtime")?;
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(listener).context("attach the proxy listener")?;
-                highrise_proxy::run(listener, cfg, stop).await
-            })
+            let is_down = |d: &Vec<String>| d.contains(&cloud);
+            loop {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("start the proxy's runtime")?;
+                let (mut stop, mut down) = (stop.clone(), down.clone());
+                let listener = first.take();
+                let cfg = cfg.clone();
+                let stopped = rt.block_on(async move {
+                    // Down: wait for the cloud (or the end) before listening again.
+                    loop {
+                        if *stop.borrow_and_update() {
+                            return Ok(true);
+                        }
+                        if !is_down(&down.borrow_and_update()) {
+                            break;
+                        }
+                        tokio::select! {
+                            _ = stop.changed() => {}
+                            _ = down.changed() => {}
+                        }
+                    }
+                    let listener = match listener {
+                        Some(l) => TcpListener::from_std(l).context("attach the proxy listener")?,
+                        None => TcpListener::bind(addr)
+                            .await
+                            .with_context(|| format!("listen for clients on {addr} again"))?,
+                    };
+                    let (end_tx, end_rx) = watch::channel(false);
+                    let serving = highrise_proxy::run(listener, cfg, end_rx);
+                    tokio::pin!(serving);
+                    let stopped = loop {
+                        tokio::select! {
+                            r = &mut serving => { r?; break *stop.borrow() }
+                            _ = stop.changed() => {}
+                            _ = down.changed() => {}
+                        }
+                        if *stop.borrow() || is_down(&down.borrow()) {
+                            let _ = end_tx.send(true);
+                            let _ = (&mut serving).await;
+                            break *stop.borrow();
+                        }
+                    };
+                    anyhow::Ok(stopped)
+                })?;
+                // Dropping the runtime ends every connection the proxy still relays.
+                drop(rt);
+                if stopped {
+                    return Ok(());
+                }
+                tracing::warn!("{cloud} is down: its proxy on {addr} stopped");
+            }
         })
         .context("start the proxy thread")
 }
@@ -207,23 +278,31 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let api_listener = TcpListener::bind(args.api_listen)
         .await
         .with_context(|| format!("listen for the API on {}", args.api_listen))?;
-    let proxy_listener = match with_proxy {
-        true => Some(
-            TcpListener::bind(args.proxy_listen)
-                .await
-                .with_context(|| format!("listen for clients on {}", args.proxy_listen))?,
-        ),
-        false => None,
+    let clouds = default_clouds();
+    // One proxy per cloud; without embedded proxies, --proxy-listen is where the separate
+    // proxies are reached.
+    let mut proxy_listeners = Vec::new();
+    if with_proxy {
+        for (cloud, addr) in clouds.iter().zip(proxy_addrs(&args.proxy_listen, clouds.len())) {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("listen for {}'s clients on {addr}", cloud.name))?;
+            l.set_nonblocking(true)
+                .context("make the proxy listener non-blocking")?;
+            proxy_listeners.push((cloud.name.clone(), l));
+        }
+    }
+    let proxy_public: Vec<SocketAddr> = if with_proxy {
+        proxy_listeners
+            .iter()
+            .map(|(_, l)| l.local_addr())
+            .collect::<std::io::Result<_>>()?
+    } else {
+        args.proxy_listen.clone()
     };
     let land_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("listen for the land's metadata service")?;
     let api_addr = api_listener.local_addr()?;
-    // Without an embedded proxy, --proxy-listen is where the separate proxies are reached.
-    let proxy_addr = match &proxy_listener {
-        Some(l) => l.local_addr()?,
-        None => args.proxy_listen,
-    };
     let land_addr = land_listener.local_addr()?;
     let api_url = format!("http://{api_addr}");
     let domain = "localhost".to_string();
@@ -252,7 +331,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         host_disk_bytes: args.host_disk,
         ..LocalLandConfig::new(
             dir.join("land"),
-            default_clouds(),
+            clouds.clone(),
             agent_program,
             format!("http://{land_addr}"),
         )?
@@ -284,7 +363,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
                 database_url,
                 public_url: api_url.clone(),
                 proxy_token: proxy_token.clone(),
-                proxy_public_addr: proxy_addr.to_string(),
+                proxy_public_addrs: proxy_public.iter().map(ToString::to_string).collect(),
                 storage: highrise_control::durability::StorageConfig {
                     url: storage_url,
                     options: args.storage_options.iter().cloned().collect(),
@@ -340,29 +419,36 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         let control = Arc::clone(&control);
         tokio::spawn(async move { control.run_reconciler(reconciler_stop_rx).await })
     });
-    let proxy = match proxy_listener {
-        Some(listener) => {
-            let (tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
-            let cfg = highrise_proxy::ProxyConfig {
-                control_url: api_url.clone(),
-                token: proxy_token.clone(),
-                cache_file: dir.join("proxy-routes.json"),
-                tls: Some((tls_cert, tls_key)),
-                domain: domain.clone(),
-            };
-            Some(spawn_proxy(listener, cfg, stop_rx.clone())?)
-        }
-        None => None,
-    };
+    let mut proxies = Vec::new();
+    for (cloud, listener) in proxy_listeners {
+        let (tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
+        let cfg = highrise_proxy::ProxyConfig {
+            control_url: api_url.clone(),
+            token: proxy_token.clone(),
+            // Each proxy keeps routes of its own: it serves on from them alone.
+            cache_file: dir.join(format!("proxy-routes-{cloud}.json")),
+            tls: Some((tls_cert, tls_key)),
+            domain: domain.clone(),
+        };
+        proxies.push(spawn_proxy(cloud, listener, cfg, stop_rx.clone(), land.watch_down())?);
+    }
 
     println!("Highrise is up.");
     println!("  API:           {api_url}");
-    match proxy {
-        Some(_) => println!("  proxy:         {proxy_addr}  (psql; TLS host names <endpoint>.{domain})"),
-        None => println!(
-            "  proxy token:   {}  (for `highrise proxy --control-url {api_url}`; clients are sent to {proxy_addr})",
-            dir.join("proxy-token").display()
-        ),
+    if with_proxy {
+        for (cloud, addr) in clouds.iter().zip(&proxy_public) {
+            println!(
+                "  proxy:         {addr}  ({}: psql; TLS host names <endpoint>.{domain})",
+                cloud.name
+            );
+        }
+    } else {
+        let addrs: Vec<String> = proxy_public.iter().map(ToString::to_string).collect();
+        println!(
+            "  proxy token:   {}  (for `highrise proxy --control-url {api_url}`; clients are sent to {})",
+            dir.join("proxy-token").display(),
+            addrs.join(",")
+        );
     }
     println!("  land:          http://{land_addr}  (host metadata and test controls)");
     println!("  client config: {}", config_path.display());
@@ -374,10 +460,10 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     tracing::info!("stopping: proxy, reconciler, hosts (and their PostgreSQL), API");
     let _ = stop_tx.send(true);
     let _ = reconciler_stop_tx.send(true);
-    if let Some(proxy) = proxy {
+    for proxy in proxies {
         match tokio::task::spawn_blocking(move || proxy.join()).await {
             Ok(Ok(Err(e))) => tracing::error!("proxy: {e:#}"),
-            Ok(Err(_)) => tracing::error!("the proxy thread panicked"),
+            Ok(Err(_)) => tracing::error!("a proxy thread panicked"),
             _ => {}
         }
     }

@@ -201,9 +201,8 @@ fn point_in_time_restore_into_another_cloud_and_from_a_deleted_cluster() {
 /// Inserts one row per commit until stopped; returns the acknowledged ids and when each
 /// was acknowledged.
 async fn ledger_writer(uri: String, stop: Arc<AtomicBool>) -> Vec<(i64, Instant)> {
-    use sqlx::Connection;
     let mut acked = Vec::new();
-    let Ok(mut c) = sqlx::PgConnection::connect(&uri).await else {
+    let Ok(mut c) = connect_any(&uri).await else {
         return acked;
     };
     while !stop.load(Ordering::Relaxed) {

@@ -61,7 +61,7 @@ fn tour_create_connect_and_delete() {
     let endpoint = shown["endpoint"].as_str().unwrap();
     let port = up.proxy_addr.rsplit_once(':').unwrap().1;
     let tls_uri = uri
-        .replace(&up.proxy_addr, &format!("{endpoint}.localhost:{port}"))
+        .replace(&up.proxies(), &format!("{endpoint}.localhost:{port}"))
         .replace(
             &format!("options=endpoint%3D{endpoint}"),
             "sslmode=require&hostaddr=127.0.0.1",
@@ -437,14 +437,14 @@ fn ctrl_c_stops_everything_and_restart_brings_data_back() {
         "agent and postgres run: {:?}",
         processes_mentioning(&needle)
     );
-    let old_proxy = up.proxy_addr.clone();
+    let old_proxy = up.proxies();
     up.stop();
     wait_for("every process to exit", Duration::from_secs(30), || {
         processes_mentioning(&needle).is_empty()
     });
 
     let up = Up::start_in(root);
-    let uri = uri.replace(&old_proxy, &up.proxy_addr);
+    let uri = uri.replace(&old_proxy, &up.proxies());
     wait_for("the cluster to answer again", Duration::from_secs(60), || {
         psql(&uri, "select 1").0
     });
@@ -471,13 +471,13 @@ fn a_crash_mid_create_is_finished_after_restart() {
         processes_mentioning(&needle).is_empty()
     });
 
-    let old_proxy = up.proxy_addr.clone();
+    let old_proxy = up.proxies();
     let up = Up::start_in(root);
     wait_for("the create operation to finish", Duration::from_secs(60), || {
         let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "shop", "--output", "json"])).unwrap();
         shown["status"] == "running"
     });
-    let uri = uri.replace(&old_proxy, &up.proxy_addr);
+    let uri = uri.replace(&old_proxy, &up.proxies());
     assert_eq!(psql_ok(&uri, "select 40 + 2"), "42");
     let hosts: Value = serde_json::from_str(&up.cli_ok(&["cluster", "list", "--output", "json"])).unwrap();
     assert_eq!(hosts.as_array().map(Vec::len), Some(1), "exactly one cluster: {hosts}");
@@ -665,7 +665,7 @@ fn standalone_proxy_serves_cached_routes_while_the_control_plane_is_unreachable(
         (Reaped(child), addr)
     };
     let (proxy, addr) = start_proxy(&up.api_url);
-    let via = uri.replace(&up.proxy_addr, &addr);
+    let via = uri.replace(&up.proxies(), &addr);
     wait_for(
         "the standalone proxy to learn the route",
         Duration::from_secs(30),
@@ -676,7 +676,7 @@ fn standalone_proxy_serves_cached_routes_while_the_control_plane_is_unreachable(
 
     // Nothing listens on port 1: the control plane is unreachable for this proxy.
     let (proxy, addr) = start_proxy("http://127.0.0.1:1");
-    let via = uri.replace(&up.proxy_addr, &addr);
+    let via = uri.replace(&up.proxies(), &addr);
     assert_eq!(psql_ok(&via, "select 'still here'"), "still here");
     drop(proxy);
 }
@@ -742,7 +742,7 @@ fn replicas_stream_synchronously_from_their_primary() {
 
     let standby_addr = standby["addr"].as_str().unwrap();
     let standby_uri = uri
-        .replace(&up.proxy_addr, standby_addr)
+        .replace(&up.proxies(), standby_addr)
         .split('?')
         .next()
         .unwrap()
@@ -1146,7 +1146,7 @@ async fn a_frozen_primary_is_replaced_and_never_acknowledges_another_write() {
     // The old primary, awake again, cannot acknowledge a write: its only synchronous
     // standby is now the primary, and its agent removes it.
     let direct = uri
-        .replace(&up.proxy_addr, &old_addr)
+        .replace(&up.proxies(), &old_addr)
         .split('?')
         .next()
         .unwrap()

@@ -31,6 +31,13 @@ async fn a_replicated_cluster_moves_to_another_cloud_and_changes_plan_without_lo
             &bulk_uri,
             "create table bulk as select g, repeat(md5(g::text), 12) as pad from generate_series(1, 80000) g",
         );
+        // After the creation image (taken on its own right after the create).
+        wait_for("the first backup to finish", Duration::from_secs(60), || {
+            let list: Value =
+                serde_json::from_str(&u.cli_ok(&["backup", "list", "mover", "--output", "json"])).unwrap();
+            let all = list.as_array().unwrap();
+            !all.is_empty() && all.iter().all(|b| b["status"] == "complete")
+        });
         u.cli_ok(&["backup", "create", "mover", "--wait"]);
         psql_ok(&bulk_uri, "select pg_database_size(current_database())")
             .trim()

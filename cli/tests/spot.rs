@@ -433,7 +433,7 @@ async fn a_silent_primary_host_fails_over_and_its_old_primary_acknowledges_nothi
     let standby = member(&shown, "standby")["instance_id"].as_str().unwrap().to_string();
     // A second writer talks to the old primary directly, past the proxy: whatever it is
     // told was committed must be in the new primary too.
-    let mut direct = url::Url::parse(&uri).unwrap();
+    let mut direct = url::Url::parse(&each_host(&uri)[0]).unwrap();
     let (ip, port) = primary["addr"].as_str().unwrap().rsplit_once(':').unwrap();
     direct.set_host(Some(ip)).unwrap();
     direct.set_port(Some(port.parse().unwrap())).unwrap();

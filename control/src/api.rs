@@ -617,6 +617,9 @@ fn operation_view(o: &OperationRow) -> Operation {
     }
 }
 
+/// The cluster's connection URI: every proxy (libpq tries them in order, so a client gets
+/// through while any one answers; each routes to the same primary), the database, and the
+/// endpoint in `options`.
 fn connection_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> String {
     let auth = match password {
         Some(p) => format!("{}:{p}", c.owner_name),
@@ -624,7 +627,9 @@ fn connection_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> S
     };
     format!(
         "postgresql://{auth}@{}/{}?options=endpoint%3D{}",
-        state.cfg.proxy_public_addr, c.db_name, c.endpoint
+        state.cfg.proxy_public_addrs.join(","),
+        c.db_name,
+        c.endpoint
     )
 }
 

@@ -31,8 +31,9 @@ pub struct ControlConfig {
     pub public_url: String,
     /// Shared secret of the proxies, for the routes endpoint.
     pub proxy_token: String,
-    /// `host:port` clients connect to (the proxy), for connection URIs.
-    pub proxy_public_addr: String,
+    /// `host:port` of every proxy clients connect to (one per cloud), listed in
+    /// connection URIs so that a client survives losing one of them.
+    pub proxy_public_addrs: Vec<String>,
     /// Where clusters' WAL and backups go.
     pub storage: durability::StorageConfig,
     /// The key that wraps every tenant's data key (hex, 32 bytes); kept outside the

@@ -10,13 +10,12 @@ pub async fn ledger_writer(
     uri: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> (Vec<i64>, Vec<(std::time::Instant, bool)>) {
-    use sqlx::Connection;
     let mut acked = Vec::new();
     let mut timeline = Vec::new();
     let mut conn: Option<sqlx::PgConnection> = None;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         if conn.is_none() {
-            match tokio::time::timeout(Duration::from_secs(40), sqlx::PgConnection::connect(&uri)).await {
+            match tokio::time::timeout(Duration::from_secs(40), connect_any(&uri)).await {
                 Ok(Ok(c)) => conn = Some(c),
                 _ => {
                     timeline.push((std::time::Instant::now(), false));

@@ -18,7 +18,10 @@ pub struct Up {
     pub root: PathBuf,
     pub data_dir: PathBuf,
     pub api_url: String,
+    /// The first cloud's proxy.
     pub proxy_addr: String,
+    /// Every cloud's proxy, in the land's order (as connection URIs list them).
+    pub proxy_addrs: Vec<String>,
     pub land_url: String,
     pub api_key: String,
     _tmp: Option<tempfile::TempDir>,
@@ -78,7 +81,7 @@ impl Up {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut api = None;
-            let mut proxy = None;
+            let mut proxy: Option<Vec<String>> = None;
             let mut land = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
@@ -89,10 +92,12 @@ impl Up {
                     land = v.split_whitespace().next().map(str::to_string);
                 }
                 if let Some(v) = line.trim().strip_prefix("proxy:") {
-                    proxy = v.split_whitespace().next().map(str::to_string);
+                    proxy
+                        .get_or_insert_with(Vec::new)
+                        .extend(v.split_whitespace().next().map(str::to_string));
                 }
                 if let Some(v) = line.trim().split("clients are sent to ").nth(1) {
-                    proxy = Some(v.trim_end_matches(')').to_string());
+                    proxy = Some(v.trim_end_matches(')').split(',').map(str::to_string).collect());
                 }
                 if line.starts_with("Try:") {
                     let _ = tx.send((api.clone(), proxy.clone(), land.clone()));
@@ -100,7 +105,7 @@ impl Up {
             }
         });
         let (api, proxy, land) = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok((Some(a), Some(p), Some(l))) => (a, p, l),
+            Ok((Some(a), Some(p), Some(l))) if !p.is_empty() => (a, p, l),
             other => {
                 let _ = child.kill();
                 panic!("highrise up did not start ({other:?}); log in {}", root.display());
@@ -115,11 +120,17 @@ impl Up {
             root: root.to_path_buf(),
             data_dir,
             api_url: api,
-            proxy_addr: proxy,
+            proxy_addr: proxy[0].clone(),
+            proxy_addrs: proxy,
             land_url: land,
             api_key: cfg["api_key"].as_str().expect("api_key").to_string(),
             _tmp: None,
         }
+    }
+
+    /// The proxies as a connection URI lists them (`host:port,host:port`).
+    pub fn proxies(&self) -> String {
+        self.proxy_addrs.join(",")
     }
 
     /// Runs a client command of the real CLI with this `up`'s client config.
@@ -267,6 +278,29 @@ fn now_ms() -> u128 {
 }
 
 /// Runs `psql` with `sql`; returns (success, stdout, stderr).
+/// One URI per host of a multi-host URI (`postgresql://u@h1:p1,h2:p2/db?…`), in order:
+/// how libpq tries them, for clients (sqlx) that take one host.
+pub fn each_host(uri: &str) -> Vec<String> {
+    let Some((scheme_user, rest)) = uri.split_once('@') else {
+        return vec![uri.to_string()];
+    };
+    let (hosts, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    hosts.split(',').map(|h| format!("{scheme_user}@{h}{path}")).collect()
+}
+
+/// Connects like libpq to a multi-host URI: the first host that answers.
+pub async fn connect_any(uri: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    use sqlx::Connection;
+    let mut last = None;
+    for one in each_host(uri) {
+        match sqlx::PgConnection::connect(&one).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(sqlx::Error::PoolClosed))
+}
+
 pub fn psql(uri: &str, sql: &str) -> (bool, String, String) {
     let out = Command::new("psql")
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", uri, "-c", sql])

@@ -133,6 +133,9 @@ pub struct LocalLand {
     inner: Mutex<Inner>,
     /// When the market's replay began (its `t = 0`).
     epoch: Instant,
+    /// The clouds (and `cloud/zone`s) that are down, for what runs beside the land in a
+    /// cloud (its proxy).
+    down: tokio::sync::watch::Sender<Vec<String>>,
 }
 
 fn unix_now() -> u64 {
@@ -159,7 +162,9 @@ impl LocalLand {
         };
         let mut market = SpotMarket::new(pools_of(&cfg), cfg.spot_capacity);
         market.assign_traces(&cfg.traces);
+        let (down, _) = tokio::sync::watch::channel(persisted.down.clone());
         let land = Arc::new(Self {
+            down,
             cfg,
             inner: Mutex::new(Inner {
                 persisted,
@@ -170,6 +175,11 @@ impl LocalLand {
         });
         land.save()?;
         Ok(land)
+    }
+
+    /// Follows which clouds (and `cloud/zone`s) are down.
+    pub fn watch_down(&self) -> tokio::sync::watch::Receiver<Vec<String>> {
+        self.down.subscribe()
     }
 
     /// The market's clock: trace seconds since the land opened.
@@ -474,6 +484,7 @@ impl LocalLand {
             if !inner.persisted.down.contains(&key) {
                 inner.persisted.down.push(key);
             }
+            self.down.send_replace(inner.persisted.down.clone());
             inner
                 .persisted
                 .hosts
@@ -494,6 +505,7 @@ impl LocalLand {
         let key = zone.map_or_else(|| cloud.to_string(), |z| format!("{cloud}/{z}"));
         let mut inner = self.lock();
         inner.persisted.down.retain(|d| d != &key);
+        self.down.send_replace(inner.persisted.down.clone());
         save_state(&self.cfg.dir, &inner.persisted)?;
         Ok(())
     }
