@@ -64,6 +64,10 @@ pub enum ClusterCommand {
         /// the read-only mark the members move to hosts with twice the disk.
         #[arg(long)]
         storage_autoscale: Option<bytesize::ByteSize>,
+        /// Object stores that keep its WAL and backups: 1 (its cloud's) or 2 (also another
+        /// cloud's; the default).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=2))]
+        backup_copies: Option<u32>,
         #[command(flatten)]
         policy: PolicyArgs,
         /// Wait until the cluster answers queries; the last line printed is its URI.
@@ -585,6 +589,14 @@ fn show_cluster(c: &Cluster) {
         );
     }
     let size = |b: u64| bytesize::ByteSize(b).to_string();
+    match &c.copy_cloud {
+        Some(copy) => println!(
+            "copies:     WAL and backups in {}'s store and {copy}'s ({} behind)",
+            c.cloud,
+            c.copy_lag_bytes.map_or_else(|| "not measured yet".to_string(), size)
+        ),
+        None => println!("copies:     WAL and backups in {}'s store only", c.cloud),
+    }
     match c.storage_used_bytes {
         Some(used) if c.storage_limit_bytes > 0 => println!(
             "storage:    {} of {} ({:.1}%)",
@@ -682,6 +694,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             spread_clouds,
             durability,
             storage_autoscale,
+            backup_copies,
             policy,
             wait,
             conn,
@@ -701,6 +714,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 backup_policy: policy.merge(BackupPolicy::default()),
                 restore: None,
                 storage_autoscale_max_bytes: storage_autoscale.map(|s| s.as_u64()),
+                backup_copies,
             };
             api.create_cluster(&body, wait, &conn).await
         }
@@ -732,6 +746,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 backup_policy: None,
                 restore: Some(RestoreFrom { from, time, lsn }),
                 storage_autoscale_max_bytes: None,
+                backup_copies: None,
             };
             api.create_cluster(&body, wait, &conn).await
         }
@@ -974,10 +989,16 @@ pub async fn backup(cmd: BackupCommand) -> Result<()> {
             if conn.output == Output::Json {
                 print_json(&v)?;
             } else if v.ok {
-                println!(
-                    "backup {}: every checksum matches ({} bytes read)",
-                    v.backup, v.checked_bytes
-                );
+                for c in &v.copies {
+                    match (c.ok, c.pending) {
+                        (true, _) => println!(
+                            "backup {} in {}'s store: every checksum matches ({} bytes read)",
+                            v.backup, c.cloud, c.checked_bytes
+                        ),
+                        (false, true) => println!("backup {} in {}'s store: not copied there yet", v.backup, c.cloud),
+                        (false, false) => {}
+                    }
+                }
             }
             if !v.ok {
                 bail!("backup {} is damaged: {}", v.backup, v.error.unwrap_or_default());

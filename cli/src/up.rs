@@ -57,10 +57,15 @@ pub struct UpArgs {
     /// Where to write the client config (API URL + admin key) that client commands read.
     #[arg(long, env = "HIGHRISE_CONFIG")]
     client_config: Option<PathBuf>,
-    /// Object storage for WAL and backups: `file:///dir`, `s3://bucket`, `az://container`;
-    /// `<data-dir>/objects` when omitted.
+    /// Object storage for WAL and backups: `file:///dir`, `s3://bucket`, `az://container`,
+    /// for every cloud (then no cluster has a second copy); when omitted, each cloud gets a
+    /// store of its own, `<data-dir>/objects/<cloud>`.
     #[arg(long, env = "HIGHRISE_STORAGE_URL")]
     storage_url: Option<String>,
+    /// One cloud's own object store, `CLOUD=URL` (repeat), over `--storage-url`: clusters
+    /// keep a second copy of their WAL and backups in another cloud's store.
+    #[arg(long = "cloud-storage-url", value_parser = parse_option)]
+    cloud_storage_urls: Vec<(String, String)>,
     /// A client option of the object store, `key=value` (repeat), e.g.
     /// `aws_endpoint=http://127.0.0.1:9000`, `azure_storage_use_emulator=true`.
     #[arg(long = "storage-option", value_parser = parse_option)]
@@ -167,6 +172,73 @@ fn ensure_tls(dir: &Path, domain: &str) -> Result<(PathBuf, PathBuf)> {
         write_private(&cert, ck.cert.pem().as_bytes())?;
     }
     Ok((cert, key))
+}
+
+/// A store per cloud: `--cloud-storage-url` where given, else `--storage-url` (shared), else
+/// `<data-dir>/objects/<cloud>`. Objects a data directory kept at `objects/` itself (before
+/// stores were per cloud) move to the first cloud's.
+fn storage_config(
+    dir: &Path,
+    args: &UpArgs,
+    clouds: &[highrise_provider::Cloud],
+) -> Result<highrise_control::durability::StorageConfig> {
+    use highrise_control::durability::{ObjectStore, StorageConfig};
+    let options: std::collections::BTreeMap<String, String> = args.storage_options.iter().cloned().collect();
+    let objects = dir.join("objects");
+    if args.storage_url.is_none() {
+        adopt_unsorted_objects(&objects, clouds)?;
+    }
+    for (cloud, _) in &args.cloud_storage_urls {
+        if !clouds.iter().any(|c| &c.name == cloud) {
+            anyhow::bail!("--cloud-storage-url names {cloud:?}, which is not a cloud of the land");
+        }
+    }
+    let mut stores = Vec::new();
+    for cloud in clouds {
+        let url = match (
+            args.cloud_storage_urls.iter().find(|(c, _)| c == &cloud.name),
+            &args.storage_url,
+        ) {
+            (Some((_, url)), _) => url.clone(),
+            (None, Some(url)) => url.clone(),
+            (None, None) => {
+                let d = objects.join(&cloud.name);
+                std::fs::create_dir_all(&d).with_context(|| format!("create {}", d.display()))?;
+                url::Url::from_directory_path(&d)
+                    .map_err(|_| anyhow::anyhow!("{} is not an absolute path", d.display()))?
+                    .to_string()
+            }
+        };
+        stores.push((
+            cloud.name.clone(),
+            ObjectStore {
+                url,
+                options: options.clone(),
+            },
+        ));
+    }
+    StorageConfig::new(stores)
+}
+
+/// Moves what lies in `objects/` outside the clouds' directories (a data directory of an
+/// earlier version kept one store there) into the first cloud's store.
+fn adopt_unsorted_objects(objects: &Path, clouds: &[highrise_provider::Cloud]) -> Result<()> {
+    let Some(first) = clouds.first() else { return Ok(()) };
+    let Ok(entries) = std::fs::read_dir(objects) else {
+        return Ok(());
+    };
+    let home = objects.join(&first.name);
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if clouds.iter().any(|c| std::ffi::OsStr::new(&c.name) == name) {
+            continue;
+        }
+        std::fs::create_dir_all(&home).with_context(|| format!("create {}", home.display()))?;
+        std::fs::rename(e.path(), home.join(&name))
+            .with_context(|| format!("move {} into {}", e.path().display(), home.display()))?;
+        tracing::info!("moved {} into {}'s object store", e.path().display(), first.name);
+    }
+    Ok(())
 }
 
 /// Where each cloud's proxy listens: the addresses given, in the land's cloud order, then
@@ -347,16 +419,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         Ok(k) => k,
         Err(_) => secret_file(&dir.join("master.key"), || highrise_control::random_hex(32))?,
     };
-    let storage_url = match &args.storage_url {
-        Some(u) => u.clone(),
-        None => {
-            let objects = dir.join("objects");
-            std::fs::create_dir_all(&objects).with_context(|| format!("create {}", objects.display()))?;
-            url::Url::from_directory_path(&objects)
-                .map_err(|_| anyhow::anyhow!("{} is not an absolute path", objects.display()))?
-                .to_string()
-        }
-    };
+    let storage = storage_config(&dir, &args, &clouds)?;
     let control = Arc::new(
         Control::open(
             ControlConfig {
@@ -364,10 +427,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
                 public_url: api_url.clone(),
                 proxy_token: proxy_token.clone(),
                 proxy_public_addrs: proxy_public.iter().map(ToString::to_string).collect(),
-                storage: highrise_control::durability::StorageConfig {
-                    url: storage_url,
-                    options: args.storage_options.iter().cloned().collect(),
-                },
+                storage,
                 master_key,
                 spot: highrise_planner::SpotPolicy {
                     stable_secs: args.spot_stable_secs,

@@ -69,6 +69,16 @@ fn land_post(url: &str) -> u16 {
     rt.block_on(async { reqwest::Client::new().post(url).send().await.unwrap().status().as_u16() })
 }
 
+/// A cluster's corner of its own cloud's object store (`highrise up` keeps one directory
+/// per cloud).
+fn cluster_objects(up: &Up, shown: &Value) -> std::path::PathBuf {
+    up.data_dir
+        .join("objects")
+        .join(shown["cloud"].as_str().unwrap())
+        .join(shown["org_id"].as_str().unwrap())
+        .join(shown["id"].as_str().unwrap())
+}
+
 fn objects_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -81,6 +91,53 @@ fn objects_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Each cloud has its own object store: a cluster's WAL and backups are kept in its cloud's
+/// store and copied to the next cloud's, verified in both, and restored from the copy alone
+/// once its own cloud's store is gone.
+#[test]
+fn backups_are_copied_to_a_second_cloud_and_restore_from_the_copy_alone() {
+    let up = Up::start();
+    let uri = cluster_with_backup(&up, "twice", &[]);
+    psql_ok(&uri, "create table t (id int primary key)");
+    psql_ok(&uri, "insert into t select generate_series(1, 1000)");
+    up.cli_ok(&["backup", "create", "twice", "--wait"]);
+    psql_ok(&uri, "insert into t values (1001)");
+    wait_archived(&up, "twice", &uri);
+    let shown = show(&up, "twice");
+    assert_eq!(shown["backup_copies"], 2, "{shown}");
+    assert_eq!(shown["copy_cloud"], "local-b", "{shown}");
+    wait_for("the second copy to catch up", Duration::from_secs(60), || {
+        show(&up, "twice")["copy_lag_bytes"] == 0
+    });
+    let human = up.cli_ok(&["cluster", "show", "twice"]);
+    assert!(
+        human.contains("copies:     WAL and backups in local-a's store and local-b's (0 B behind)"),
+        "{human}"
+    );
+    let v: Value = serde_json::from_str(&up.cli_ok(&["backup", "verify", "twice", "--output", "json"])).unwrap();
+    let copies = v["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "{v}");
+    assert!(copies.iter().all(|c| c["ok"] == true), "{v}");
+    let newest = v["backup"].as_str().unwrap();
+    let (a, b) = (cluster_objects(&up, &shown), {
+        let mut s = shown.clone();
+        s["cloud"] = "local-b".into();
+        cluster_objects(&up, &s)
+    });
+    for dir in [&a, &b] {
+        assert!(
+            dir.join("base").join(newest).join("manifest").is_file(),
+            "{}",
+            dir.display()
+        );
+    }
+    // Nothing of local-a's store is left; the copy alone restores every row.
+    let store_a = up.data_dir.join("objects").join("local-a");
+    std::fs::rename(&store_a, store_a.with_extension("gone")).unwrap();
+    let back = restore(&up, "back", &["--from", "twice", "--cloud", "local-b"]);
+    assert_eq!(psql_ok(&back, "select count(*) from t").trim(), "1001");
 }
 
 #[test]
@@ -168,7 +225,10 @@ fn point_in_time_restore_into_another_cloud_and_from_a_deleted_cluster() {
         .to_string();
     let part = objects
         .iter()
-        .find(|p| p.to_string_lossy().contains(&format!("base/{newest}/part-000000")))
+        .find(|p| {
+            let p = p.to_string_lossy();
+            p.contains("/objects/local-a/") && p.contains(&format!("base/{newest}/part-000000"))
+        })
         .unwrap();
     let mut bytes = std::fs::read(part).unwrap();
     let n = bytes.len() / 2;
@@ -306,12 +366,7 @@ async fn a_storage_outage_under_write_load_loses_nothing() {
     .await
     .unwrap();
     let shown = show(&up, "busy");
-    let wal = up
-        .data_dir
-        .join("objects")
-        .join(shown["org_id"].as_str().unwrap())
-        .join(shown["id"].as_str().unwrap())
-        .join("wal");
+    let wal = cluster_objects(&up, &shown).join("wal");
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -459,11 +514,7 @@ fn retention_drops_old_backups_and_the_wal_only_they_needed() {
     psql_ok(&uri, "insert into t select generate_series(1, 300000)");
     wait_archived(&up, "kept", &uri);
     let shown = show(&up, "kept");
-    let prefix = up
-        .data_dir
-        .join("objects")
-        .join(shown["org_id"].as_str().unwrap())
-        .join(shown["id"].as_str().unwrap());
+    let prefix = cluster_objects(&up, &shown);
     let segments = |p: &std::path::Path| {
         std::fs::read_dir(p.join("wal/00000001"))
             .unwrap()

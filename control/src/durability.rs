@@ -16,13 +16,72 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-/// Where the objects of every cluster go.
-#[derive(Debug, Clone)]
-pub struct StorageConfig {
+/// One object store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStore {
     /// `file:///dir`, `s3://bucket`, `az://container`.
     pub url: String,
     /// Client options (`aws_endpoint`, `aws_access_key_id`, `azure_storage_use_emulator`, …).
     pub options: BTreeMap<String, String>,
+}
+
+/// Where clusters' objects go: a store per cloud of the land, in the land's order. A
+/// cluster keeps its objects in its cloud's store and, with two copies, in the next cloud's
+/// (see [`StorageConfig::stores_of`]); clouds may share one store (then there is no second
+/// copy to keep).
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// At least one.
+    clouds: Vec<(String, ObjectStore)>,
+}
+
+impl StorageConfig {
+    /// A store per cloud, in the land's order.
+    pub fn new(clouds: Vec<(String, ObjectStore)>) -> Result<Self> {
+        anyhow::ensure!(!clouds.is_empty(), "object storage: no cloud has a store");
+        Ok(Self { clouds })
+    }
+
+    /// The store of `cloud` (the first cloud's for a cloud the land does not name).
+    pub fn of(&self, cloud: &str) -> &ObjectStore {
+        let (_, first) = &self.clouds[0];
+        self.clouds.iter().find(|(c, _)| c == cloud).map_or(first, |(_, s)| s)
+    }
+
+    /// The cloud that keeps the second copy of a cluster in `cloud` with `copies`: the next
+    /// cloud of the land with a store of its own.
+    pub fn copy_cloud(&self, cloud: &str, copies: i64) -> Option<String> {
+        if copies < 2 {
+            return None;
+        }
+        let home = self.of(cloud);
+        let at = self.clouds.iter().position(|(c, _)| c == cloud).unwrap_or(0);
+        let n = self.clouds.len();
+        (1..n)
+            .map(|i| &self.clouds[(at + i) % n])
+            .find(|(_, s)| s != home)
+            .map(|(c, _)| c.clone())
+    }
+
+    /// The stores a cluster's objects belong in: its cloud's, then the copy's.
+    pub fn stores_of(&self, c: &ClusterRow) -> Vec<(String, ObjectStore)> {
+        let mut out = vec![(c.cloud.clone(), self.of(&c.cloud).clone())];
+        if let Some(copy) = self.copy_cloud(&c.cloud, c.backup_copies) {
+            out.push((copy.clone(), self.of(&copy).clone()));
+        }
+        out
+    }
+
+    /// Every distinct store, each with the first cloud that uses it.
+    pub fn distinct(&self) -> Vec<(String, ObjectStore)> {
+        let mut out: Vec<(String, ObjectStore)> = Vec::new();
+        for (c, s) in &self.clouds {
+            if !out.iter().any(|(_, o)| o == s) {
+                out.push((c.clone(), s.clone()));
+            }
+        }
+        out
+    }
 }
 
 /// Archiving lag (bytes of WAL not yet in object storage) that raises an event.
@@ -69,21 +128,67 @@ pub fn prefix(org_id: &str, cluster_id: &str) -> String {
     format!("{org_id}/{cluster_id}")
 }
 
-pub(crate) async fn storage_spec(state: &AppState, org_id: &str, cluster_id: &str) -> Result<StorageSpec> {
+/// The store a cluster's member in `cloud` archives to when it is the primary: its own
+/// cloud's. During a move the old primary keeps archiving where it is until the switchover
+/// (the copier carries its objects to the cluster's new cloud); from then the new primary
+/// archives in the new cloud.
+pub(crate) async fn storage_spec(state: &AppState, c: &ClusterRow, cloud: &str) -> Result<StorageSpec> {
+    spec_in(state, &c.org_id, &c.id, state.cfg.storage.of(cloud)).await
+}
+
+async fn spec_in(state: &AppState, org_id: &str, cluster_id: &str, store: &ObjectStore) -> Result<StorageSpec> {
     let key = state.keys.data_key(&state.store, org_id).await?;
     Ok(StorageSpec {
-        url: state.cfg.storage.url.clone(),
-        options: state.cfg.storage.options.clone(),
+        url: store.url.clone(),
+        options: store.options.clone(),
         prefix: prefix(org_id, cluster_id),
         data_key: key.to_hex(),
     })
 }
 
-pub(crate) async fn repo(state: &AppState, org_id: &str, cluster_id: &str) -> Result<Repo> {
+/// The store to restore backup `backup_id` of cluster `cluster_id` (`source`, unless it
+/// is deleted and gone) from: the first of its stores (its cloud's, the copy's, then any
+/// other) that holds the backup's manifest — so a restore works from the copy when the
+/// cluster's own cloud is gone.
+pub(crate) async fn restore_spec(
+    state: &AppState,
+    org_id: &str,
+    cluster_id: &str,
+    source: Option<&ClusterRow>,
+    backup_id: &str,
+) -> Result<StorageSpec> {
+    let mut candidates = source.map(|c| state.cfg.storage.stores_of(c)).unwrap_or_default();
+    for d in state.cfg.storage.distinct() {
+        if !candidates.iter().any(|(_, s)| s == &d.1) {
+            candidates.push(d);
+        }
+    }
+    let mut why = Vec::new();
+    for (cloud, store) in &candidates {
+        let spec = spec_in(state, org_id, cluster_id, store).await?;
+        let repo = highrise_backup::Repo::open(&location(&spec), Key::from_hex(&spec.data_key)?)?;
+        match repo.manifest(backup_id).await {
+            Ok(_) => return Ok(spec),
+            Err(e) => why.push(format!("{cloud}: {e}")),
+        }
+    }
+    anyhow::bail!("no object store holds backup {backup_id} ({})", why.join("; "))
+}
+
+fn location(s: &StorageSpec) -> Location {
+    Location {
+        url: s.url.clone(),
+        options: s.options.clone(),
+        prefix: s.prefix.clone(),
+    }
+}
+
+/// A cluster's corner of one store.
+pub(crate) async fn repo_in(state: &AppState, org_id: &str, cluster_id: &str, store: &ObjectStore) -> Result<Repo> {
     let key = state.keys.data_key(&state.store, org_id).await?;
     let loc = Location {
-        url: state.cfg.storage.url.clone(),
-        options: state.cfg.storage.options.clone(),
+        url: store.url.clone(),
+        options: store.options.clone(),
         prefix: prefix(org_id, cluster_id),
     };
     Ok(Repo::open(&loc, key)?)
@@ -167,16 +272,20 @@ pub(crate) async fn tick(state: &AppState, lagging: &mut HashSet<String>) -> Res
             t,
         );
         if !keep.delete.is_empty() {
-            // Objects first, ledger rows last: a round cut short is simply done again.
-            let repo = repo(state, &c.org_id, &c.id).await?;
-            for id in &keep.delete {
-                repo.delete_base(id)
-                    .await
-                    .with_context(|| format!("delete backup {id}"))?;
-            }
-            if let Some((tli, lsn)) = keep.wal_before {
-                let n = repo.prune_wal(tli, lsn).await.context("prune WAL")?;
-                tracing::info!(cluster = %c.id, objects = n, "WAL no backup needs was deleted");
+            // Objects first (in every store: a copy must not bring them back), ledger rows
+            // last: a round cut short is simply done again.
+            let _objects = state.objects_lock.lock().await;
+            for (cloud, store) in state.cfg.storage.distinct() {
+                let repo = repo_in(state, &c.org_id, &c.id, &store).await?;
+                for id in &keep.delete {
+                    repo.delete_base(id)
+                        .await
+                        .with_context(|| format!("delete backup {id} in {cloud}'s store"))?;
+                }
+                if let Some((tli, lsn)) = keep.wal_before {
+                    let n = repo.prune_wal(tli, lsn).await.context("prune WAL")?;
+                    tracing::info!(cluster = %c.id, %cloud, objects = n, "WAL no backup needs was deleted");
+                }
             }
             for id in &keep.delete {
                 state.store.delete_backup_row(id).await?;

@@ -9,6 +9,7 @@ mod access;
 mod api;
 mod audit;
 mod auth;
+mod copies;
 pub mod durability;
 mod limits;
 pub mod quota;
@@ -59,6 +60,9 @@ pub(crate) struct AppState {
     pub auth_limits: limits::AuthLimiter,
     /// Seals the audit log's chains (derived from the master key, never stored).
     pub audit_key: Vec<u8>,
+    /// Held by a copy round ([`copies`]) and by retention's deletes ([`durability`]), so a
+    /// copy never brings back an object retention is deleting from every store.
+    pub objects_lock: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -96,6 +100,7 @@ impl Control {
                 keys,
                 auth_limits,
                 audit_key,
+                objects_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }

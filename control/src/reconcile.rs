@@ -22,12 +22,15 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     if let Err(e) = resume_launches(&state).await {
         tracing::error!("resume host launches: {e:#}");
     }
+    // Copies between clouds' stores take their own time: beside the planner, not in it.
+    let copier = tokio::spawn(crate::copies::run(Arc::clone(&state), shutdown.clone()));
     let mut changes = state.changes.subscribe();
     let mut lagging = std::collections::HashSet::new();
     let mut last_backup_round = tokio::time::Instant::now() - Duration::from_secs(60);
     let mut last_land_look = tokio::time::Instant::now() - Duration::from_secs(60);
     loop {
         if *shutdown.borrow() {
+            let _ = copier.await;
             return;
         }
         if last_land_look.elapsed() >= LAND_LOOK {

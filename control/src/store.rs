@@ -165,15 +165,23 @@ pub struct ClusterRow {
     pub autoscale_max_bytes: i64,
     /// The smallest host disk the members need (`0`: any); autoscaling raises it.
     pub disk_bytes: i64,
+    /// Object stores that hold the cluster's WAL and backups: its cloud's, and with `2` a
+    /// second cloud's.
+    pub backup_copies: i64,
+    /// Bytes of objects the second copy lacked at the copier's last round.
+    pub copy_lag_bytes: Option<i64>,
+    /// When the copier last finished a round for the cluster.
+    pub copied_at: Option<i64>,
 }
 
 /// One instance of a host's desired state, before the keys are filled in.
 #[derive(Debug, Clone)]
 pub struct DesiredRow {
-    pub org_id: String,
     pub restore_json: Option<String>,
     /// A standby not yet created (no address reported): it may be seeded from a backup.
     pub new_standby: bool,
+    /// The cloud of the instance's host: a primary archives to that cloud's store.
+    pub cloud: String,
     pub spec: InstanceSpec,
 }
 
@@ -350,7 +358,8 @@ fn role(s: String) -> Result<highrise_api::Role> {
 const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name, c.name, c.cloud, c.region, \
     c.plan, c.pg_version, c.replicas, c.spot, c.endpoint, c.db_name, c.owner_name, c.owner_scram, c.repl_password, \
     c.repl_scram, c.spread_clouds, c.term, c.created_at, c.deleted_at, c.durability, c.backup_interval, \
-    c.backup_retain_count, c.backup_retain_days, c.restore_json, c.autoscale_max_bytes, c.disk_bytes";
+    c.backup_retain_count, c.backup_retain_days, c.restore_json, c.autoscale_max_bytes, c.disk_bytes, \
+    c.backup_copies, c.copy_lag_bytes, c.copied_at";
 
 fn cluster(r: &AnyRow) -> Result<ClusterRow> {
     Ok(ClusterRow {
@@ -382,6 +391,9 @@ fn cluster(r: &AnyRow) -> Result<ClusterRow> {
         restore_json: r.try_get("restore_json")?,
         autoscale_max_bytes: r.try_get("autoscale_max_bytes")?,
         disk_bytes: r.try_get("disk_bytes")?,
+        backup_copies: r.try_get("backup_copies")?,
+        copy_lag_bytes: r.try_get("copy_lag_bytes")?,
+        copied_at: r.try_get("copied_at")?,
     })
 }
 

@@ -130,6 +130,9 @@ fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &str) -
         restore_json: None,
         autoscale_max_bytes: 0,
         disk_bytes: 0,
+        backup_copies: 1,
+        copy_lag_bytes: None,
+        copied_at: None,
     }
 }
 

@@ -4,7 +4,7 @@
 use super::*;
 use crate::durability::{self, RestoreRecord};
 use crate::store::{BackupRow, DesiredRow};
-use highrise_api::{Backup, BackupPolicy, BackupVerification, RestoreFrom, RestoreSpec};
+use highrise_api::{Backup, BackupPolicy, BackupVerification, CopyVerification, RestoreFrom, RestoreSpec};
 
 fn fmt_lsn(l: Option<i64>) -> Option<String> {
     l.map(|l| highrise_backup::fmt_lsn(l as u64))
@@ -202,16 +202,53 @@ pub(super) async fn verify_any_backup(
     verify(&state, &b).await
 }
 
+/// Reads the backup back from every store that should hold it (the cluster's cloud's and
+/// the copy's): ok when at least one copy is whole and no copy is damaged. A second copy
+/// the copier has not made yet (no manifest there) is reported as pending, not as damage.
 async fn verify(state: &AppState, b: &BackupRow) -> ApiResult<Json<BackupVerification>> {
-    let repo = durability::repo(state, &b.org_id, &b.cluster_id)
-        .await
-        .map_err(|e| ApiError::internal("open object storage", format!("{e:#}")))?;
-    let res = repo.verify_base(&b.id).await;
+    // A deleted cluster may be gone from the store: then every store is looked in, and
+    // only the ones holding the backup count.
+    let stores = match state.store.cluster_by_id(&b.cluster_id).await {
+        Ok(c) => Some(state.cfg.storage.stores_of(&c)),
+        Err(StoreError::NotFound) => None,
+        Err(e) => return Err(store_err("cluster")(e)),
+    };
+    let known = stores.is_some();
+    let stores = stores.unwrap_or_else(|| state.cfg.storage.distinct());
+    let (mut checked, mut errors, mut copies) = (0, Vec::new(), Vec::new());
+    let manifest = format!("base/{}/manifest", b.id);
+    for (i, (cloud, store)) in stores.into_iter().enumerate() {
+        let repo = durability::repo_in(state, &b.org_id, &b.cluster_id, &store)
+            .await
+            .map_err(|e| ApiError::internal("open object storage", format!("{e:#}")))?;
+        let res = repo.verify_base(&b.id).await;
+        let absent = matches!(&res, Err(highrise_backup::Error::Missing { object }) if object.ends_with(&manifest));
+        let pending = absent && known && i > 0;
+        if absent && !known {
+            continue;
+        }
+        copies.push(CopyVerification {
+            cloud: cloud.clone(),
+            ok: res.is_ok(),
+            pending,
+            checked_bytes: *res.as_ref().unwrap_or(&0),
+            error: res.as_ref().err().map(|e| e.to_string()),
+        });
+        match res {
+            Ok(n) => checked += n,
+            Err(_) if pending => {}
+            Err(e) => errors.push(format!("{cloud}'s copy: {e}")),
+        }
+    }
+    if !copies.iter().any(|c| c.ok) && errors.is_empty() {
+        errors.push("no copy holds the backup".into());
+    }
     Ok(Json(BackupVerification {
         backup: b.id.clone(),
-        ok: res.is_ok(),
-        checked_bytes: *res.as_ref().unwrap_or(&0),
-        error: res.err().map(|e| e.to_string()),
+        ok: errors.is_empty(),
+        checked_bytes: checked,
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+        copies,
     }))
 }
 
@@ -315,14 +352,14 @@ pub(super) async fn plan_restore(
     ))
 }
 
-/// Fills in what only the control plane can: each primary's storage (with its tenant's
-/// data key), a restoring primary's source, and the backup a new standby is seeded from.
+/// Fills in what only the control plane can: each primary's storage (its host's cloud's
+/// store, with its tenant's data key), a restoring primary's source, and the backup a new standby is seeded from.
 pub(super) async fn fill_desired(state: &AppState, rows: Vec<DesiredRow>) -> ApiResult<Vec<InstanceSpec>> {
     let mut out = Vec::with_capacity(rows.len());
     for DesiredRow {
-        org_id,
         restore_json,
         new_standby,
+        cloud,
         mut spec,
     } in rows
     {
@@ -337,16 +374,30 @@ pub(super) async fn fill_desired(state: &AppState, rows: Vec<DesiredRow>) -> Api
             None => None,
         };
         let keyed = |e: anyhow::Error| ApiError::internal("tenant storage", format!("{e:#}"));
-        spec.storage = Some(
-            durability::storage_spec(state, &org_id, &spec.cluster_id)
+        let cluster = |id: String| async move { state.store.cluster_by_id(&id).await.map_err(store_err("cluster")) };
+        let c = cluster(spec.cluster_id.clone()).await?;
+        spec.storage = Some(durability::storage_spec(state, &c, &cloud).await.map_err(keyed)?);
+        if let Some(r) = record {
+            // The source may be deleted and gone from the store; its objects stay (in the
+            // same org) until retention drops them.
+            let source = match r.source_cluster_id == c.id {
+                true => Some(c.clone()),
+                false => match state.store.cluster_by_id(&r.source_cluster_id).await {
+                    Ok(s) => Some(s),
+                    Err(StoreError::NotFound) => None,
+                    Err(e) => return Err(store_err("source cluster")(e)),
+                },
+            };
+            spec.restore = Some(RestoreSpec {
+                storage: durability::restore_spec(
+                    state,
+                    &c.org_id,
+                    &r.source_cluster_id,
+                    source.as_ref(),
+                    &r.backup_id,
+                )
                 .await
                 .map_err(keyed)?,
-        );
-        if let Some(r) = record {
-            spec.restore = Some(RestoreSpec {
-                storage: durability::storage_spec(state, &org_id, &r.source_cluster_id)
-                    .await
-                    .map_err(keyed)?,
                 backup_id: r.backup_id,
                 target_time: r.target_time,
                 target_lsn: r.target_lsn,

@@ -138,6 +138,12 @@ pub(super) async fn create_cluster(
         restore_json,
         autoscale_max_bytes: autoscale_max(req.storage_autoscale_max_bytes)?,
         disk_bytes: 0,
+        backup_copies: match req.backup_copies.unwrap_or(2) {
+            n @ 1..=2 => i64::from(n),
+            _ => return Err(ApiError::invalid("backup_copies is 1 or 2")),
+        },
+        copy_lag_bytes: None,
+        copied_at: None,
     };
     let op = OperationRow {
         id: auth::new_id("op"),

@@ -19,9 +19,10 @@ impl Store {
         let res = sqlx::query(
             "INSERT INTO clusters (id, org_id, project_id, name, cloud, region, plan, pg_version, replicas, spot, \
              endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram, spread_clouds, \
-             durability, backup_interval, backup_retain_count, backup_retain_days, restore_json, autoscale_max_bytes) \
+             durability, backup_interval, backup_retain_count, backup_retain_days, restore_json, autoscale_max_bytes, \
+             backup_copies) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-             $23, $24, $25)",
+             $23, $24, $25, $26)",
         )
         .bind(&c.id)
         .bind(&c.org_id)
@@ -48,6 +49,7 @@ impl Store {
         .bind(c.backup_retain_days)
         .bind(&c.restore_json)
         .bind(c.autoscale_max_bytes)
+        .bind(c.backup_copies)
         .execute(&mut *tx)
         .await;
         match res {
@@ -102,6 +104,18 @@ impl Store {
             Some(r) => Some(r.try_get("project_id")?),
             None => None,
         })
+    }
+
+    /// Any cluster by id (deleted ones too, while their row is kept).
+    pub async fn cluster_by_id(&self, id: &str) -> Result<ClusterRow> {
+        let sql =
+            format!("SELECT {CLUSTER_COLS} FROM clusters c JOIN projects p ON p.id = c.project_id WHERE c.id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        cluster(&row)
     }
 
     /// A live (not deleting) cluster by name, or any cluster of the org by id.
@@ -258,6 +272,17 @@ impl Store {
         insert_event(&mut tx, cluster_id, at, "move_cancelled", &why).await?;
         tx.commit().await?;
         Ok(op_id)
+    }
+
+    /// What the copier found at its last round: bytes the second copy lacked.
+    pub async fn record_copy_lag(&self, id: &str, lag_bytes: i64, at: i64) -> Result<()> {
+        sqlx::query("UPDATE clusters SET copy_lag_bytes = $1, copied_at = $2 WHERE id = $3")
+            .bind(lag_bytes)
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Storage autoscaling's maximum disk (`0`: off).

@@ -76,10 +76,10 @@ impl Store {
     pub async fn desired_for_host(&self, host_id: &str) -> Result<Vec<DesiredRow>> {
         let rows = sqlx::query(
             "SELECT i.id, i.cluster_id, i.slots, i.role, i.draining, i.addr, c.plan, c.pg_version, c.db_name, c.owner_name, c.owner_scram, \
-             c.repl_password, c.repl_scram, c.term, c.org_id, c.durability, c.restore_json, \
+             c.repl_password, c.repl_scram, c.term, c.durability, c.restore_json, h.cloud AS host_cloud, \
              (SELECT b.id FROM backups b WHERE b.cluster_id = c.id AND b.status = 'pending' ORDER BY b.created_at LIMIT 1) \
              AS backup_id \
-             FROM instances i JOIN clusters c ON c.id = i.cluster_id \
+             FROM instances i JOIN clusters c ON c.id = i.cluster_id JOIN hosts h ON h.id = i.host_id \
              WHERE i.host_id = $1 AND i.deleting = 0 ORDER BY i.id",
         )
         .bind(host_id)
@@ -140,9 +140,9 @@ impl Store {
                 storage_read_only: primary && standby_nearly_full,
             };
             specs.push(DesiredRow {
-                org_id: r.try_get("org_id")?,
                 restore_json: if primary { r.try_get("restore_json")? } else { None },
                 new_standby: standby && r.try_get::<Option<String>, _>("addr")?.is_none(),
+                cloud: r.try_get("host_cloud")?,
                 spec,
             });
         }

@@ -374,6 +374,12 @@ pub struct CreateCluster {
     #[serde(default)]
     #[schema(maximum = 1125899906842624_u64)]
     pub storage_autoscale_max_bytes: Option<u64>,
+    /// Object stores that keep the cluster's WAL and backups: `1` its cloud's; `2` (the
+    /// default) also a second cloud's, so that losing a whole cloud loses no backup and
+    /// the cluster can be restored elsewhere.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 2)]
+    pub backup_copies: Option<u32>,
 }
 
 /// Base backup schedule and retention of a cluster.
@@ -447,10 +453,28 @@ pub struct Backup {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BackupVerification {
     pub backup: String,
+    /// Every copy is whole.
     pub ok: bool,
-    /// Bytes read and checked.
+    /// Bytes read and checked, all copies together.
     pub checked_bytes: u64,
-    /// What failed, naming the object.
+    /// What failed, naming the copy and the object.
+    pub error: Option<String>,
+    /// Each copy: the cluster's cloud's store, then the second cloud's.
+    #[serde(default)]
+    pub copies: Vec<CopyVerification>,
+}
+
+/// One copy of a backup, read back.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CopyVerification {
+    /// The cloud whose object store holds this copy.
+    pub cloud: String,
+    /// Whole: every part and WAL chunk read back and checked.
+    pub ok: bool,
+    /// The second copy does not hold the backup yet (the copier runs behind the backup;
+    /// see the cluster's `copy_lag_bytes`). Not a damage.
+    pub pending: bool,
+    pub checked_bytes: u64,
     pub error: Option<String>,
 }
 
@@ -507,6 +531,14 @@ pub struct Cluster {
     pub storage_autoscale_max_bytes: Option<u64>,
     /// The disk size the members need (raised by autoscaling), when set.
     pub storage_disk_bytes: Option<u64>,
+    /// Object stores that keep the cluster's WAL and backups (its cloud's, and a second
+    /// cloud's with `2`).
+    pub backup_copies: u32,
+    /// The cloud whose store keeps the second copy, when there is one.
+    pub copy_cloud: Option<String>,
+    /// Bytes of objects the second copy lacked at the copier's last round (what a restore
+    /// from it alone would miss).
+    pub copy_lag_bytes: Option<u64>,
     pub status: ClusterStatus,
     /// The stable name clients connect to through the proxy.
     pub endpoint: String,

@@ -175,6 +175,19 @@ impl Repo {
         Ok(Vec::from(b))
     }
 
+    /// Copies an object to the same cluster's corner of another store as it is stored
+    /// (sealed: the seal binds the tenant prefix and key, not the store). Returns its size.
+    pub async fn copy_to(&self, other: &Repo, rel: &str) -> Result<u64, Error> {
+        if other.prefix != self.prefix {
+            return Err(Error::Invalid(format!(
+                "copy {rel}: {} is not {}",
+                other.prefix, self.prefix
+            )));
+        }
+        let sealed = self.get_raw(rel).await?;
+        other.put_sealed(rel, sealed).await
+    }
+
     fn storage_error(&self, rel: &str, e: object_store::Error) -> Error {
         match e {
             object_store::Error::NotFound { .. } => Error::Missing { object: self.name(rel) },
