@@ -32,6 +32,24 @@ pub struct Conn {
     pub(crate) project: Option<String>,
 }
 
+/// What a cluster does when its whole cloud goes dark.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum CloudLossArg {
+    /// Restore it in a surviving cloud from the copy there (same endpoint).
+    Restore,
+    /// Wait for the cloud to come back.
+    Wait,
+}
+
+impl From<CloudLossArg> for highrise_api::OnCloudLoss {
+    fn from(a: CloudLossArg) -> Self {
+        match a {
+            CloudLossArg::Restore => highrise_api::OnCloudLoss::Restore,
+            CloudLossArg::Wait => highrise_api::OnCloudLoss::Wait,
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Output {
     Text,
@@ -68,6 +86,10 @@ pub enum ClusterCommand {
         /// cloud's; the default).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=2))]
         backup_copies: Option<u32>,
+        /// When its whole cloud goes dark: restore it in a surviving cloud from the copy
+        /// there (the default), or wait for the cloud to come back.
+        #[arg(long, value_enum)]
+        on_cloud_loss: Option<CloudLossArg>,
         #[command(flatten)]
         policy: PolicyArgs,
         /// Wait until the cluster answers queries; the last line printed is its URI.
@@ -134,6 +156,9 @@ pub enum ClusterCommand {
         /// primary switched over, no restart.
         #[arg(long)]
         plan: Option<String>,
+        /// When its whole cloud goes dark: restore elsewhere or wait.
+        #[arg(long, value_enum)]
+        on_cloud_loss: Option<CloudLossArg>,
         #[command(flatten)]
         policy: PolicyArgs,
         #[command(flatten)]
@@ -597,6 +622,13 @@ fn show_cluster(c: &Cluster) {
         ),
         None => println!("copies:     WAL and backups in {}'s store only", c.cloud),
     }
+    println!(
+        "cloud loss: {}",
+        match c.on_cloud_loss {
+            highrise_api::OnCloudLoss::Restore => "restore in a surviving cloud from the copy there",
+            highrise_api::OnCloudLoss::Wait => "wait for the cloud to come back",
+        }
+    );
     match c.storage_used_bytes {
         Some(used) if c.storage_limit_bytes > 0 => println!(
             "storage:    {} of {} ({:.1}%)",
@@ -695,6 +727,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             durability,
             storage_autoscale,
             backup_copies,
+            on_cloud_loss,
             policy,
             wait,
             conn,
@@ -715,6 +748,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 restore: None,
                 storage_autoscale_max_bytes: storage_autoscale.map(|s| s.as_u64()),
                 backup_copies,
+                on_cloud_loss: on_cloud_loss.map(Into::into),
             };
             api.create_cluster(&body, wait, &conn).await
         }
@@ -747,6 +781,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 restore: Some(RestoreFrom { from, time, lsn }),
                 storage_autoscale_max_bytes: None,
                 backup_copies: None,
+                on_cloud_loss: None,
             };
             api.create_cluster(&body, wait, &conn).await
         }
@@ -789,6 +824,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             durability,
             storage_autoscale,
             plan,
+            on_cloud_loss,
             policy,
             conn,
         } => {
@@ -806,6 +842,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 backup_policy,
                 storage_autoscale_max_bytes: storage_autoscale.map(|s| s.as_u64()),
                 plan,
+                on_cloud_loss: on_cloud_loss.map(Into::into),
             };
             let c: Cluster = api
                 .send(api.http.patch(api.cluster_path(&name, &conn.project)).json(&body))

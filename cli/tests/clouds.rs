@@ -89,3 +89,128 @@ async fn a_cluster_spread_over_two_clouds_survives_losing_the_primarys_cloud_wit
 fn refused(addr: &str) -> bool {
     std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_err()
 }
+
+/// A cluster that lived only in `local-a` — one member, `durability: async`, its backups
+/// and WAL copied to `local-b`'s store — comes back in `local-b` by itself when `local-a`
+/// goes dark: same URI and credentials, every commit up to what the copy held present
+/// (the lost ones, if any, are the last before the loss), the time to recovery reported;
+/// `local-a` back again brings no second primary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_that_lived_only_in_a_lost_cloud_is_restored_in_another_by_itself() {
+    let up = Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
+    let u = up.clone();
+    let uri = tokio::task::spawn_blocking(move || {
+        let out = u.cli_ok(&["cluster", "create", "solo", "--cloud", "local-a", "--wait"]);
+        let uri = out.lines().last().unwrap().trim().to_string();
+        psql_ok(&uri, "create table ledger(id bigserial primary key)");
+        wait_for("a base backup copied to local-b", Duration::from_secs(120), || {
+            let list: serde_json::Value =
+                serde_json::from_str(&u.cli_ok(&["backup", "list", "solo", "--output", "json"])).unwrap();
+            let complete = list.as_array().unwrap().iter().any(|b| b["status"] == "complete");
+            complete && show(&u, "solo")["copy_lag_bytes"] == 0
+        });
+        uri
+    })
+    .await
+    .unwrap();
+    let before = show(&up, "solo");
+    assert_eq!(before["cloud"], "local-a", "{before}");
+    assert_eq!(before["on_cloud_loss"], "restore", "{before}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lost_at = Instant::now();
+    assert_eq!(
+        land_post(format!("{}/land/clouds/local-a/down", up.land_url)).await,
+        200
+    );
+    let u = up.clone();
+    let after = tokio::task::spawn_blocking(move || {
+        wait_for("the cluster restored in local-b", Duration::from_secs(180), || {
+            let shown = show(&u, "solo");
+            shown["status"] == "running"
+                && shown["cloud"] == "local-b"
+                && shown["members"].as_array().unwrap().len() == 1
+                && member(&shown, "primary")["cloud"] == "local-b"
+        });
+        show(&u, "solo")
+    })
+    .await
+    .unwrap();
+    // The writer, by the URI it always had, commits again through local-b's proxy.
+    let u = uri.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("a commit after the restore", Duration::from_secs(60), || {
+            psql(&u, "select count(*) from ledger").0
+        })
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, timeline) = writer.await.unwrap();
+    let acked_at: Vec<Instant> = timeline.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t).collect();
+    // Time to recovery: the longest stretch without a commit after the loss.
+    let (rto, failures) = longest_pause(&timeline, lost_at);
+    let present: std::collections::BTreeSet<i64> = psql_ok(&uri, "select id from ledger")
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let lost: Vec<usize> = (0..acked.len()).filter(|k| !present.contains(&acked[*k])).collect();
+    // What was lost is a suffix of the commits before the loss: replay stops at the end
+    // of the copied WAL, never leaves a hole.
+    if let Some(first) = lost.first() {
+        assert!(
+            lost.iter().enumerate().all(|(n, k)| *k == first + n),
+            "lost commits with a hole: {lost:?}"
+        );
+        let window = lost_at.saturating_duration_since(acked_at[*first]);
+        assert!(
+            acked_at[*lost.last().unwrap()] <= lost_at && window < Duration::from_secs(10),
+            "lost {} commits acknowledged up to {window:?} before the loss",
+            lost.len()
+        );
+    }
+    eprintln!(
+        "cloud lost, single-cloud cluster: RTO {rto:?} (longest write pause, {failures} failed attempts); {} acked, \
+         {} lost (acknowledged in the last {:?} before the loss); copy lag before: {}",
+        acked.len(),
+        lost.len(),
+        lost.first().map(|k| lost_at.saturating_duration_since(acked_at[*k])),
+        before["copy_lag_bytes"]
+    );
+    assert!(
+        acked_at.last().is_some_and(|t| *t > lost_at + rto),
+        "no commit after the loss"
+    );
+    assert_eq!(after["connection_uri"], before["connection_uri"], "the same URI");
+    assert_eq!(after["endpoint"], before["endpoint"]);
+    let events = up.cli_ok(&["cluster", "events", "solo"]);
+    assert!(
+        events.contains("cloud local-a is dark") && events.contains("relocated"),
+        "the events explain: {events}"
+    );
+
+    // local-a comes back: nothing of the cluster runs there, one primary in local-b, and
+    // the copy (now in local-a's store) catches up again.
+    assert_eq!(land_post(format!("{}/land/clouds/local-a/up", up.land_url)).await, 204);
+    let u = up.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "the copy in local-a's store to catch up",
+            Duration::from_secs(60),
+            || {
+                let shown = show(&u, "solo");
+                shown["copy_cloud"] == "local-a" && shown["copy_lag_bytes"] == 0
+            },
+        );
+        let shown = show(&u, "solo");
+        let members = shown["members"].as_array().unwrap();
+        assert_eq!(members.len(), 1, "{shown}");
+        assert_eq!(members[0]["cloud"], "local-b", "{shown}");
+        assert_eq!(psql_ok(&uri, "select pg_is_in_recovery()"), "f");
+    })
+    .await
+    .unwrap();
+}

@@ -223,17 +223,20 @@ fn point_in_time_restore_into_another_cloud_and_from_a_deleted_cluster() {
         .as_str()
         .unwrap()
         .to_string();
-    let part = objects
+    // Both copies: a restore reads the copy in a reachable cloud first (local-a is down),
+    // and does not fall back to another copy.
+    let objects = objects_under(&up.data_dir.join("objects"));
+    let parts: Vec<_> = objects
         .iter()
-        .find(|p| {
-            let p = p.to_string_lossy();
-            p.contains("/objects/local-a/") && p.contains(&format!("base/{newest}/part-000000"))
-        })
-        .unwrap();
-    let mut bytes = std::fs::read(part).unwrap();
-    let n = bytes.len() / 2;
-    bytes[n] ^= 0x55;
-    std::fs::write(part, bytes).unwrap();
+        .filter(|p| p.to_string_lossy().contains(&format!("base/{newest}/part-000000")))
+        .collect();
+    assert_eq!(parts.len(), 2, "a copy in each cloud's store: {parts:?}");
+    for part in parts {
+        let mut bytes = std::fs::read(part).unwrap();
+        let n = bytes.len() / 2;
+        bytes[n] ^= 0x55;
+        std::fs::write(part, bytes).unwrap();
+    }
     let out = up.cli(&["backup", "verify", "src"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

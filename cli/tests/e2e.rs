@@ -573,23 +573,46 @@ async fn land_preempts_hosts_and_takes_clouds_down() {
     .await
     .unwrap();
 
-    // A cloud that is down refuses launches: the cluster waits, and comes up once the
-    // cloud is back.
+    // A cloud that is down refuses launches: the cluster waits — its operation and an
+    // event say for what — and comes up once the cloud is back.
     let r = http
         .post(format!("{land}/land/clouds/local-b/down"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let up = tokio::task::spawn_blocking(move || {
-        up.cli_ok(&["cluster", "create", "other", "--cloud", "local-b"]);
-        std::thread::sleep(Duration::from_secs(1));
+    let (up, op_id) = tokio::task::spawn_blocking(move || {
+        let created: Value =
+            serde_json::from_str(&up.cli_ok(&["cluster", "create", "other", "--cloud", "local-b", "--output", "json"]))
+                .unwrap();
+        wait_for("an event naming the unreachable cloud", Duration::from_secs(30), || {
+            up.cli_ok(&["cluster", "events", "other"]).contains(
+                "waiting for cloud local-b: its API does not answer (cloud unreachable: cloud local-b is down)",
+            )
+        });
         let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "other", "--output", "json"])).unwrap();
         assert_eq!(shown["status"], "creating", "{shown}");
-        up
+        (up, created["operation"]["id"].as_str().unwrap().to_string())
     })
     .await
     .unwrap();
+    let op: Value = http
+        .get(format!("{}/v1/operations/{op_id}", up.api_url))
+        .bearer_auth(&up.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(op["status"], "running", "{op}");
+    assert!(
+        op["progress"]["doing"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("waiting for cloud local-b"),
+        "the operation names the cause: {op}"
+    );
     let r = http
         .post(format!("{land}/land/clouds/local-b/up"))
         .send()

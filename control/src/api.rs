@@ -759,6 +759,10 @@ fn view_of(
         backup_copies: u32::try_from(c.backup_copies).unwrap_or(1),
         copy_cloud: state.cfg.storage.copy_cloud(&c.cloud, c.backup_copies),
         copy_lag_bytes: c.copy_lag_bytes.map(|b| b.max(0) as u64),
+        on_cloud_loss: match c.on_cloud_loss.as_str() {
+            "wait" => highrise_api::OnCloudLoss::Wait,
+            _ => highrise_api::OnCloudLoss::Restore,
+        },
         id: c.id.clone(),
         name: c.name.clone(),
         org_id: c.org_id.clone(),

@@ -9,7 +9,10 @@
 //! backup is in the target, so a copy never shows a backup it cannot restore. Retention
 //! deletes from every store (see `durability`). The copy lag — bytes the second copy
 //! lacked at the round's start — is kept with the cluster and raises an event when it
-//! grows.
+//! grows. A store whose cloud's API does not answer is left out of the round (it may hang
+//! or fail every call): copies into it wait, and what only it holds is not copied out — so
+//! the copy a restore after losing that cloud reads is what it had when the cloud went
+//! unreachable, and the lag is not measured meanwhile.
 
 use crate::durability::{repo_in, ObjectStore};
 use crate::store::{now, ClusterRow};
@@ -70,8 +73,20 @@ async fn listing(repo: &Repo) -> Result<BTreeMap<String, u64>> {
 async fn copy_cluster(state: &AppState, c: &ClusterRow, lagging: &mut HashSet<String>) -> Result<()> {
     let _objects = state.objects_lock.lock().await;
     let targets = state.cfg.storage.stores_of(c);
+    let unreachable: Vec<String> = state
+        .unreachable
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect();
     let mut stores: Vec<(String, ObjectStore, Repo, BTreeMap<String, u64>)> = Vec::new();
+    let mut all_listed = true;
     for (cloud, store) in state.cfg.storage.distinct() {
+        if unreachable.contains(&cloud) {
+            all_listed = false;
+            continue;
+        }
         let repo = repo_in(state, &c.org_id, &c.id, &store).await?;
         let objects = listing(&repo).await.with_context(|| format!("list {cloud}'s store"))?;
         stores.push((cloud, store, repo, objects));
@@ -133,6 +148,9 @@ async fn copy_cluster(state: &AppState, c: &ClusterRow, lagging: &mut HashSet<St
             .await
             .with_context(|| format!("copy manifests into {target_cloud}'s store"))?;
         tracing::debug!(cluster = %c.id, to = %target_cloud, objects = missing.len(), "copied");
+    }
+    if !all_listed {
+        return Ok(());
     }
     let at = now();
     state.store.record_copy_lag(&c.id, lag, at).await?;

@@ -163,6 +163,11 @@ pub(crate) async fn restore_spec(
             candidates.push(d);
         }
     }
+    // A store whose cloud's API does not answer is tried last (it may not answer either).
+    {
+        let unreachable = state.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        candidates.sort_by_key(|(cloud, _)| unreachable.contains_key(cloud));
+    }
     let mut why = Vec::new();
     for (cloud, store) in &candidates {
         let spec = spec_in(state, org_id, cluster_id, store).await?;
@@ -326,7 +331,17 @@ pub(crate) async fn tick(state: &AppState, lagging: &mut HashSet<String>) -> Res
 /// acknowledged commit is in object storage: a new term begins whose primary restores
 /// from the cluster's own latest base backup and all of its archived WAL. Returns whether
 /// it began (the term may have moved on).
-pub(crate) async fn restore_primary(state: &AppState, cluster_id: &str, term: i64, from: &str) -> Result<bool> {
+///
+/// After its whole cloud went dark (`cloud_lost`) the cluster may be `async`: the restore
+/// then reads the copy in a surviving cloud and loses what had not reached it; the event
+/// says how far behind the copy last was.
+pub(crate) async fn restore_primary(
+    state: &AppState,
+    cluster_id: &str,
+    term: i64,
+    from: &str,
+    cloud_lost: Option<&str>,
+) -> Result<bool> {
     use highrise_planner::backups::{restore_base, RestoreTarget};
     let rows = state
         .store
@@ -355,10 +370,29 @@ pub(crate) async fn restore_primary(state: &AppState, cluster_id: &str, term: i6
         updated_at: at,
         progress_json: None,
     };
-    let why = format!(
-        "primary {from} was lost with its host and no standby can take over: a new primary restores from backup {} and all archived WAL (durability sync: every acknowledged commit is there)",
-        base.id
-    );
+    let why = match cloud_lost {
+        None => format!(
+            "primary {from} was lost with its host and no standby can take over: a new primary restores from backup {} and all archived WAL (durability sync: every acknowledged commit is there)",
+            base.id
+        ),
+        Some(cloud) => {
+            let c = state.store.cluster_by_id(cluster_id).await.context("read the cluster")?;
+            let lag = match c.copy_lag_bytes {
+                Some(b) => format!("{} behind", bytesize::ByteSize(b.max(0) as u64)),
+                None => "of unknown lag".to_string(),
+            };
+            let loss = if c.durability == "sync" {
+                "commits the copy had not received yet are lost".to_string()
+            } else {
+                "commits not yet archived, or not yet copied, are lost".to_string()
+            };
+            format!(
+                "primary {from} was lost with cloud {cloud}, which is dark: a new primary restores in a surviving cloud \
+                 from backup {} and the archived WAL in the copy there (last seen {lag}); {loss}",
+                base.id
+            )
+        }
+    };
     let json = serde_json::to_string(&record).context("encode the restore record")?;
     let begun = state
         .store

@@ -63,6 +63,9 @@ pub(crate) struct AppState {
     /// Held by a copy round ([`copies`]) and by retention's deletes ([`durability`]), so a
     /// copy never brings back an object retention is deleting from every store.
     pub objects_lock: tokio::sync::Mutex<()>,
+    /// Clouds whose API probe fails, and since when (the reconciler probes them; the
+    /// planner judges dark clouds from this and the hosts' silence).
+    pub unreachable: std::sync::Mutex<std::collections::BTreeMap<String, highrise_planner::clouds::Unreachable>>,
 }
 
 impl AppState {
@@ -101,6 +104,7 @@ impl Control {
                 auth_limits,
                 audit_key,
                 objects_lock: tokio::sync::Mutex::new(()),
+                unreachable: Default::default(),
             }),
         })
     }

@@ -40,6 +40,9 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
                 Ok(false) => {}
                 Err(e) => tracing::error!("compare hosts with the land: {e:#}"),
             }
+            if probe_clouds(&state).await {
+                state.notify();
+            }
         }
         if last_backup_round.elapsed() >= Duration::from_secs(1) {
             last_backup_round = tokio::time::Instant::now();
@@ -103,6 +106,42 @@ async fn give_up_terminated(state: &AppState) -> Result<bool> {
     Ok(changed)
 }
 
+/// Asks every cloud's API whether it answers; records since when each failing one has
+/// failed. Returns whether any cloud changed between answering and not.
+async fn probe_clouds(state: &AppState) -> bool {
+    let mut changed = false;
+    for cloud in state.provider.clouds() {
+        let answer = state.provider.probe(&cloud.name).await;
+        let mut unreachable = state.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        match answer {
+            Ok(()) => {
+                if unreachable.remove(&cloud.name).is_some() {
+                    tracing::warn!(cloud = %cloud.name, "the cloud's API answers again");
+                    changed = true;
+                }
+            }
+            Err(e) => {
+                let error = e.to_string();
+                match unreachable.get_mut(&cloud.name) {
+                    Some(u) => u.error = error,
+                    None => {
+                        tracing::warn!(cloud = %cloud.name, "the cloud's API does not answer: {error}");
+                        unreachable.insert(
+                            cloud.name.clone(),
+                            highrise_planner::clouds::Unreachable {
+                                since_ms: now_ms(),
+                                error,
+                            },
+                        );
+                        changed = true;
+                    }
+                }
+            }
+        }
+    }
+    changed
+}
+
 /// Hosts recorded as launching may never have reached the provider (a crash between the
 /// two steps): ask again, with the same id, which the provider treats as idempotent.
 async fn resume_launches(state: &AppState) -> Result<()> {
@@ -125,6 +164,7 @@ async fn step(state: &AppState, started: i64) -> Result<(usize, Option<i64>)> {
         .flat_map(|c| c.regions.into_iter().map(move |r| (c.name.clone(), r.name)))
         .collect();
     world.spot = state.cfg.spot.clone();
+    world.unreachable = state.unreachable.lock().unwrap_or_else(|e| e.into_inner()).clone();
     world.pools = crate::spot::pools_view(state.provider.pools(), &state.store, world.now(), &world.spot)
         .await
         .context("load the pools' record")?;
@@ -324,8 +364,25 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
             }
             return Ok(done);
         }
-        Action::RestorePrimary { cluster_id, term, from } => {
-            return crate::durability::restore_primary(state, cluster_id, *term, from).await;
+        Action::RestorePrimary {
+            cluster_id,
+            term,
+            from,
+            cloud_lost,
+        } => {
+            return crate::durability::restore_primary(state, cluster_id, *term, from, cloud_lost.as_deref()).await;
+        }
+        Action::Relocate {
+            cluster_id,
+            cloud,
+            region,
+            message,
+        } => {
+            let moved = state.store.relocate(cluster_id, cloud, region, now(), message).await?;
+            if moved {
+                tracing::warn!(cluster = %cluster_id, to = %cloud, "{message}");
+            }
+            return Ok(moved);
         }
         Action::Drain { instance_id } => {
             state.store.drain(instance_id).await?;

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (16, include_str!("../migrations/0016_host_disks.sql")),
     (17, include_str!("../migrations/0017_storage_autoscale.sql")),
     (18, include_str!("../migrations/0018_moves.sql")),
+    (19, include_str!("../migrations/0019_cloud_loss.sql")),
 ];
 
 mod audit;
@@ -172,6 +173,8 @@ pub struct ClusterRow {
     pub copy_lag_bytes: Option<i64>,
     /// When the copier last finished a round for the cluster.
     pub copied_at: Option<i64>,
+    /// `restore` or `wait`: what happens when its whole cloud goes dark.
+    pub on_cloud_loss: String,
 }
 
 /// One instance of a host's desired state, before the keys are filled in.
@@ -359,7 +362,7 @@ const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name
     c.plan, c.pg_version, c.replicas, c.spot, c.endpoint, c.db_name, c.owner_name, c.owner_scram, c.repl_password, \
     c.repl_scram, c.spread_clouds, c.term, c.created_at, c.deleted_at, c.durability, c.backup_interval, \
     c.backup_retain_count, c.backup_retain_days, c.restore_json, c.autoscale_max_bytes, c.disk_bytes, \
-    c.backup_copies, c.copy_lag_bytes, c.copied_at";
+    c.backup_copies, c.copy_lag_bytes, c.copied_at, c.on_cloud_loss";
 
 fn cluster(r: &AnyRow) -> Result<ClusterRow> {
     Ok(ClusterRow {
@@ -394,6 +397,7 @@ fn cluster(r: &AnyRow) -> Result<ClusterRow> {
         backup_copies: r.try_get("backup_copies")?,
         copy_lag_bytes: r.try_get("copy_lag_bytes")?,
         copied_at: r.try_get("copied_at")?,
+        on_cloud_loss: r.try_get("on_cloud_loss")?,
     })
 }
 

@@ -133,6 +133,7 @@ fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &str) -
         backup_copies: 1,
         copy_lag_bytes: None,
         copied_at: None,
+        on_cloud_loss: "restore".into(),
     }
 }
 
@@ -519,6 +520,8 @@ async fn exercise(store: Store) {
     let events = store.events("c1").await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["failover_started", "promoted"]);
+    // A cluster with a live member is not moved home to another cloud.
+    assert!(!store.relocate("c1", "local-b", "region-1", 20, "why").await.unwrap());
     store.forget_instance("i2").await.unwrap();
 
     // Deletion: idempotent request, then the reconciler's steps.
@@ -555,6 +558,24 @@ async fn exercise(store: Store) {
         )
         .await
         .unwrap();
+    // Nothing of it left anywhere: its home moves, with the event that says why; its
+    // cloud-loss policy reaches the planner.
+    assert!(store
+        .relocate("c5", "local-b", "region-1", 21, "cloud local-a is dark")
+        .await
+        .unwrap());
+    let c5 = store.cluster_by_id("c5").await.unwrap();
+    assert_eq!((c5.cloud.as_str(), c5.region.as_str()), ("local-b", "region-1"));
+    let last = store.last_event("c5").await.unwrap().unwrap();
+    assert_eq!(
+        (last.kind.as_str(), last.message.as_str()),
+        ("relocated", "cloud local-a is dark")
+    );
+    store.set_on_cloud_loss("c5", "wait").await.unwrap();
+    let world = store.world(30_000, 0).await.unwrap();
+    let w5 = world.clusters.iter().find(|c| c.id == "c5").unwrap();
+    assert_eq!(w5.on_cloud_loss, highrise_planner::clouds::CloudLoss::Wait);
+    assert!(!w5.has_backup);
 
     access(&store).await;
 }

@@ -325,6 +325,8 @@ impl<'a> Cell<'a> {
             operations: Vec::new(),
             pools,
             spot: self.policy.planner_policy(&self.cfg.spot),
+            // The simulated land's APIs always answer (whole-cloud outages are not simulated).
+            unreachable: Default::default(),
         }
     }
 
@@ -538,7 +540,9 @@ impl<'a> Cell<'a> {
                 self.note(cluster_id, format!("{to} promoted (term {new_term})"), "");
                 self.schedule(now + self.cal.promote_secs, Ev::PromoteDone(to.clone()));
             }
-            Action::RestorePrimary { cluster_id, term, from } => {
+            Action::RestorePrimary {
+                cluster_id, term, from, ..
+            } => {
                 let Some(c) = self
                     .clusters
                     .iter_mut()
@@ -555,6 +559,17 @@ impl<'a> Cell<'a> {
                 }
                 *self.events.entry("restored from object storage".into()).or_default() += 1;
                 self.note(cluster_id, format!("{from} lost: restoring from object storage"), "");
+            }
+            Action::Relocate {
+                cluster_id,
+                cloud,
+                region,
+                ..
+            } => {
+                if let Some(c) = self.clusters.iter_mut().find(|c| &c.intent.id == cluster_id) {
+                    c.intent.cloud = cloud.clone();
+                    c.intent.region = region.clone();
+                }
             }
             Action::Drain { instance_id } => {
                 if let Some(i) = self.insts.get_mut(instance_id) {
@@ -941,6 +956,8 @@ fn run_cell(
                     storage_level: Default::default(),
                     disk_bytes: 0,
                     autoscale_max_bytes: 0,
+                    on_cloud_loss: Default::default(),
+                    has_backup: shape == Shape::SingleSync || cfg.ha_sync,
                 },
                 acked: 0.0,
                 first_up: None,

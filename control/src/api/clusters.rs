@@ -144,6 +144,7 @@ pub(super) async fn create_cluster(
         },
         copy_lag_bytes: None,
         copied_at: None,
+        on_cloud_loss: cloud_loss(req.on_cloud_loss.unwrap_or_default()).into(),
     };
     let op = OperationRow {
         id: auth::new_id("op"),
@@ -252,6 +253,14 @@ pub(super) async fn update_cluster(
             .map_err(store_err("cluster"))?;
         state.notify();
     }
+    if let Some(policy) = req.on_cloud_loss {
+        state
+            .store
+            .set_on_cloud_loss(&c.id, cloud_loss(policy))
+            .await
+            .map_err(store_err("cluster"))?;
+        state.notify();
+    }
     if let Some(p) = &req.backup_policy {
         backups::validate_policy(p)?;
         state
@@ -267,6 +276,14 @@ pub(super) async fn update_cluster(
     }
     let c = find_cluster(&state, &caller, q.project.as_deref(), &c.id).await?;
     Ok(Json(cluster_view(&state, &c).await?))
+}
+
+/// The stored name of a cloud-loss policy.
+fn cloud_loss(p: highrise_api::OnCloudLoss) -> &'static str {
+    match p {
+        highrise_api::OnCloudLoss::Restore => "restore",
+        highrise_api::OnCloudLoss::Wait => "wait",
+    }
 }
 
 /// The cloud and region a cluster goes to: the named ones (404 naming what the land has),

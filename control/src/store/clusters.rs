@@ -20,9 +20,9 @@ impl Store {
             "INSERT INTO clusters (id, org_id, project_id, name, cloud, region, plan, pg_version, replicas, spot, \
              endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram, spread_clouds, \
              durability, backup_interval, backup_retain_count, backup_retain_days, restore_json, autoscale_max_bytes, \
-             backup_copies) \
+             backup_copies, on_cloud_loss) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-             $23, $24, $25, $26)",
+             $23, $24, $25, $26, $27)",
         )
         .bind(&c.id)
         .bind(&c.org_id)
@@ -50,6 +50,7 @@ impl Store {
         .bind(&c.restore_json)
         .bind(c.autoscale_max_bytes)
         .bind(c.backup_copies)
+        .bind(&c.on_cloud_loss)
         .execute(&mut *tx)
         .await;
         match res {
@@ -302,6 +303,38 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    pub async fn set_on_cloud_loss(&self, id: &str, policy: &str) -> Result<()> {
+        sqlx::query("UPDATE clusters SET on_cloud_loss = $1 WHERE id = $2 AND deleted_at IS NULL")
+            .bind(policy)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a cluster's home to another cloud and region after its own went dark (nothing
+    /// of it left there), with the event that explains it — only while nothing of it
+    /// remains, so a member that came back first wins.
+    pub async fn relocate(&self, id: &str, cloud: &str, region: &str, at: i64, why: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE clusters SET cloud = $1, region = $2 WHERE id = $3 AND deleted_at IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.cluster_id = clusters.id AND i.deleting = 0)",
+        )
+        .bind(cloud)
+        .bind(region)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if moved {
+            insert_event(&mut tx, id, at, "relocated", why).await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
     }
 
     pub async fn set_backup_policy(&self, id: &str, interval: i64, count: i64, days: i64) -> Result<()> {

@@ -38,7 +38,9 @@ impl Store {
         .collect();
         let cluster_rows = sqlx::query(
             "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, spot, deleted_at, storage_level, \
-             disk_bytes, autoscale_max_bytes, \
+             disk_bytes, autoscale_max_bytes, on_cloud_loss, \
+             CASE WHEN EXISTS (SELECT 1 FROM backups b WHERE b.cluster_id = clusters.id AND b.status = 'complete') \
+             THEN 1 ELSE 0 END AS has_backup, \
              CASE WHEN durability = 'sync' AND EXISTS (SELECT 1 FROM backups b WHERE b.cluster_id = clusters.id \
              AND b.status = 'complete') THEN 1 ELSE 0 END AS restorable FROM clusters ORDER BY id",
         )
@@ -72,6 +74,10 @@ impl Store {
                     storage_level: planner_level(super::storage_level(r.try_get("storage_level")?)),
                     disk_bytes: r.try_get::<i64, _>("disk_bytes")?.max(0) as u64,
                     autoscale_max_bytes: r.try_get::<i64, _>("autoscale_max_bytes")?.max(0) as u64,
+                    // An unknown policy (a newer writer's) is the default.
+                    on_cloud_loss: planner::clouds::CloudLoss::parse(&r.try_get::<String, _>("on_cloud_loss")?)
+                        .unwrap_or_default(),
+                    has_backup: r.try_get::<i64, _>("has_backup")? != 0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -165,6 +171,7 @@ impl Store {
             operations,
             pools: Vec::new(),
             spot: planner::SpotPolicy::default(),
+            unreachable: Default::default(),
         })
     }
 }

@@ -380,6 +380,24 @@ pub struct CreateCluster {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 2)]
     pub backup_copies: Option<u32>,
+    /// What happens when the cluster's whole cloud goes dark and no member is left
+    /// elsewhere: `restore` (default) or `wait`.
+    #[serde(default)]
+    pub on_cloud_loss: Option<OnCloudLoss>,
+}
+
+/// What a cluster does when every member was in a cloud that went dark (its API failing,
+/// its hosts silent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCloudLoss {
+    /// Restore it automatically in a surviving cloud from the copy of its backups and WAL
+    /// there: same endpoint and credentials; what the copy had not received is lost (at
+    /// most the copy lag shown by `cluster show`).
+    #[default]
+    Restore,
+    /// Wait for the cloud to come back.
+    Wait,
 }
 
 /// Base backup schedule and retention of a cluster.
@@ -539,6 +557,8 @@ pub struct Cluster {
     /// Bytes of objects the second copy lacked at the copier's last round (what a restore
     /// from it alone would miss).
     pub copy_lag_bytes: Option<u64>,
+    /// What happens when the cluster's whole cloud goes dark.
+    pub on_cloud_loss: OnCloudLoss,
     pub status: ClusterStatus,
     /// The stable name clients connect to through the proxy.
     pub endpoint: String,
@@ -601,6 +621,9 @@ pub struct UpdateCluster {
     #[serde(default)]
     #[schema(pattern = "^(small|medium|large)$")]
     pub plan: Option<String>,
+    /// What happens when the cluster's whole cloud goes dark (see [`OnCloudLoss`]).
+    #[serde(default)]
+    pub on_cloud_loss: Option<OnCloudLoss>,
 }
 
 /// Where to move a cluster: its members are rebuilt there one by one and the primary

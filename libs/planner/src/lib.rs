@@ -11,6 +11,7 @@
 //! before recording it, and the next plan over the new snapshot must converge anyway.
 
 pub mod backups;
+pub mod clouds;
 pub mod moves;
 pub mod spot;
 pub mod storage;
@@ -85,6 +86,13 @@ pub struct ClusterIntent {
     /// Storage autoscaling: the largest disk it may grow to (`0`: off).
     #[serde(default)]
     pub autoscale_max_bytes: u64,
+    /// What happens when every member was in a cloud that went dark.
+    #[serde(default)]
+    pub on_cloud_loss: clouds::CloudLoss,
+    /// A complete base backup of the cluster is in object storage (whatever its
+    /// durability): what a restore after losing its cloud starts from.
+    #[serde(default)]
+    pub has_backup: bool,
 }
 
 /// How a host is paid for.
@@ -217,6 +225,9 @@ pub struct World {
     /// The land's spot pools and their recent record.
     pub pools: Vec<PoolView>,
     pub spot: SpotPolicy,
+    /// Clouds whose API probe fails, from the control plane's probes.
+    #[serde(default)]
+    pub unreachable: BTreeMap<String, clouds::Unreachable>,
 }
 
 impl World {
@@ -279,11 +290,21 @@ pub enum Action {
     },
     /// The primary of `term` is gone with its host and no standby can take over: start a
     /// new term whose primary restores from object storage (latest base backup and all
-    /// archived WAL); `from` leaves the cluster.
+    /// archived WAL); `from` leaves the cluster. `cloud_lost`: the primary went with its
+    /// whole cloud (dark), so the restore is not lossless for an `async` cluster.
     RestorePrimary {
         cluster_id: String,
         term: i64,
         from: String,
+        cloud_lost: Option<String>,
+    },
+    /// The cluster's home cloud is dark and nothing of it is left: it moves to `cloud` /
+    /// `region`, where its restore (already begun) places the new primary.
+    Relocate {
+        cluster_id: String,
+        cloud: String,
+        region: String,
+        message: String,
     },
     /// Stop routing to the primary and stop it, for a switchover; its walsenders pass
     /// every WAL byte to the connected standbys before it exits.
@@ -387,6 +408,8 @@ pub fn plan(world: &World) -> Vec<Action> {
     for c in world.clusters.iter().filter(|c| !c.deleted) {
         actions.extend(plan_failover(world, c, &hosts));
     }
+    // Clusters that lived only in a cloud that went dark.
+    actions.extend(clouds::plan_loss(world));
 
     // Storage: the level of the cluster's fullest member (a standby's full disk holds the
     // primary's writes back too), told to the tenant when it changes.
@@ -755,6 +778,31 @@ pub fn plan(world: &World) -> Vec<Action> {
                     None => Some(Outcome::Failed("cluster was removed".into())),
                     Some(c) if c.deleted => Some(Outcome::Failed("cluster was deleted".into())),
                     Some(c) => {
+                        // Waiting for a cloud that does not answer: the operation says so.
+                        let why = clouds::waiting(world, c);
+                        if let Some(doing) = why
+                            .clone()
+                            .or_else(|| op.progress.is_some().then(|| "placing the members".to_string()))
+                        {
+                            let now = moves::Progress {
+                                step: 1,
+                                steps: 1,
+                                doing,
+                            };
+                            if op.progress.as_ref() != Some(&now) {
+                                actions.push(Action::ReportProgress {
+                                    operation_id: op.id.clone(),
+                                    progress: now,
+                                });
+                            }
+                        }
+                        if let Some(why) = why {
+                            actions.push(Action::Event {
+                                cluster_id: c.id.clone(),
+                                kind: "cloud_unreachable".into(),
+                                message: why,
+                            });
+                        }
                         if let Some(f) = members.iter().find(|i| i.observed == Observed::Failed) {
                             Some(Outcome::Failed(
                                 f.error.clone().unwrap_or_else(|| "instance failed".into()),
@@ -803,7 +851,15 @@ pub fn plan(world: &World) -> Vec<Action> {
                             && spot::leaving(c, &live, &hosts).is_empty();
                         if !settled {
                             let all: Vec<&InstanceView> = world.instances.iter().filter(mine).collect();
-                            let now = moves::progress(c, &all, &hosts);
+                            let mut now = moves::progress(c, &all, &hosts);
+                            if let Some(why) = clouds::waiting(world, c) {
+                                now.doing = format!("{}: {why}", now.doing);
+                                actions.push(Action::Event {
+                                    cluster_id: c.id.clone(),
+                                    kind: "cloud_unreachable".into(),
+                                    message: why,
+                                });
+                            }
                             if op.progress.as_ref() != Some(&now) {
                                 actions.push(Action::ReportProgress {
                                     operation_id: op.id.clone(),
@@ -847,7 +903,7 @@ pub(crate) fn disk_fits(c: &ClusterIntent, h: &HostView) -> bool {
 }
 
 /// Milliseconds since the host was last heard from (or since observation began).
-fn silence_ms(world: &World, h: &HostView) -> i64 {
+pub(crate) fn silence_ms(world: &World, h: &HostView) -> i64 {
     world.now_ms
         - h.last_beat_ms
             .unwrap_or(i64::MIN)
@@ -917,11 +973,22 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
         .iter()
         .any(|s| s.lsn.is_some() && host_alive(world, hosts, &s.host_id));
     if host_given_up && !never_ran(primary) && no_successor && primary.in_recovery != Some(true) {
-        if c.restorable {
+        // Its whole cloud went dark: under `restore`, the copy of its backups and WAL in a
+        // surviving cloud brings it back there (losing what the copy had not received).
+        let lost_cloud = hosts
+            .get(primary.host_id.as_str())
+            .map(|h| h.cloud.as_str())
+            .filter(|cloud| clouds::dark(world, cloud));
+        let after_loss = lost_cloud.is_some()
+            && c.on_cloud_loss == clouds::CloudLoss::Restore
+            && c.has_backup
+            && clouds::refuge(world, c).is_some();
+        if c.restorable || after_loss {
             actions.push(Action::RestorePrimary {
                 cluster_id: c.id.clone(),
                 term: c.term,
                 from: primary.id.clone(),
+                cloud_lost: lost_cloud.map(str::to_string),
             });
             // Standbys still copying from the lost primary never will: they go, and new
             // ones copy from the restored primary.
@@ -930,6 +997,22 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
                     instance_id: s.id.clone(),
                 });
             }
+        } else if let Some(cloud) = lost_cloud {
+            let why = if c.on_cloud_loss == clouds::CloudLoss::Wait {
+                "on-cloud-loss is wait, so the cluster waits for the cloud to come back"
+            } else if !c.has_backup {
+                "the cluster has no complete base backup to restore from elsewhere, so it waits for the cloud to come back"
+            } else {
+                "no other cloud of the land is reachable, so the cluster waits for one"
+            };
+            actions.push(Action::Event {
+                cluster_id: c.id.clone(),
+                kind: "cloud_lost".into(),
+                message: format!(
+                    "primary {} was lost with cloud {cloud}, which is dark; {why}",
+                    primary.id
+                ),
+            });
         } else {
             actions.push(Action::Event {
                 cluster_id: c.id.clone(),

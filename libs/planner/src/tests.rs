@@ -20,6 +20,8 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         storage_level: Default::default(),
         disk_bytes: 0,
         autoscale_max_bytes: 0,
+        on_cloud_loss: Default::default(),
+        has_backup: false,
     }
 }
 
@@ -159,7 +161,9 @@ fn apply(world: &mut World, actions: &[Action]) {
                     c.switchover_to = None;
                 }
             }
-            Action::RestorePrimary { cluster_id, term, from } => {
+            Action::RestorePrimary {
+                cluster_id, term, from, ..
+            } => {
                 for c in world
                     .clusters
                     .iter_mut()
@@ -181,6 +185,17 @@ fn apply(world: &mut World, actions: &[Action]) {
             Action::StorageLevel { cluster_id, level, .. } => {
                 if let Some(c) = world.clusters.iter_mut().find(|c| &c.id == cluster_id) {
                     c.storage_level = *level;
+                }
+            }
+            Action::Relocate {
+                cluster_id,
+                cloud,
+                region,
+                ..
+            } => {
+                for c in world.clusters.iter_mut().filter(|c| &c.id == cluster_id) {
+                    c.cloud = cloud.clone();
+                    c.region = region.clone();
                 }
             }
             Action::Event { .. } => {}
@@ -607,6 +622,8 @@ fn arb_world() -> impl Strategy<Value = World> {
                     storage_level: Default::default(),
                     disk_bytes: 0,
                     autoscale_max_bytes: 0,
+                    on_cloud_loss: Default::default(),
+                    has_backup: false,
                 })
                 .collect(),
             hosts: hs
@@ -966,7 +983,8 @@ fn a_lost_primary_without_a_successor_is_restored_from_object_storage_only_when_
         p.contains(&Action::RestorePrimary {
             cluster_id: "c".into(),
             term: 1,
-            from: "p".into()
+            from: "p".into(),
+            cloud_lost: None,
         }),
         "{p:?}"
     );
@@ -1104,6 +1122,7 @@ proptest! {
     }
 }
 
+mod clouds;
 mod spot;
 
 #[test]

@@ -93,6 +93,9 @@ pub enum ProviderError {
     NoCapacity(String),
     #[error("unknown host {0}")]
     UnknownHost(String),
+    /// The cloud's API does not answer (an outage, or the land took the cloud down).
+    #[error("cloud unreachable: {0}")]
+    Unreachable(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -106,6 +109,10 @@ pub trait Provider: Send + Sync {
     /// Terminates a host and wipes its disk (idempotent; unknown hosts are fine).
     async fn terminate_host(&self, host_id: &str) -> Result<(), ProviderError>;
     async fn list_hosts(&self) -> Result<Vec<HostInfo>, ProviderError>;
+    /// Whether the cloud's API answers: one cheap read call (a real provider lists a
+    /// region or its own instances). The control plane probes every cloud of the land and
+    /// judges a cloud dark from this and its hosts' silence together.
+    async fn probe(&self, cloud: &str) -> Result<(), ProviderError>;
     /// The land's host pools with their list prices (none: the land has no spot market).
     fn pools(&self) -> Vec<market::Pool> {
         Vec::new()

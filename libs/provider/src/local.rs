@@ -632,7 +632,7 @@ impl Provider for LocalLand {
                 .find(|r| r.name == req.region)
                 .ok_or_else(|| ProviderError::UnknownLocation(format!("{}/{}", req.cloud, req.region)))?;
             if inner.persisted.down.contains(&req.cloud) {
-                return Err(ProviderError::NoCapacity(format!("cloud {} is down", req.cloud)));
+                return Err(ProviderError::Unreachable(format!("cloud {} is down", req.cloud)));
             }
             let in_cloud: Vec<&HostRecord> = inner
                 .persisted
@@ -749,6 +749,16 @@ impl Provider for LocalLand {
         Ok(self.lock().persisted.hosts.values().map(|h| h.info.clone()).collect())
     }
 
+    async fn probe(&self, cloud: &str) -> Result<(), ProviderError> {
+        if !self.cfg.clouds.iter().any(|c| c.name == cloud) {
+            return Err(ProviderError::UnknownLocation(cloud.into()));
+        }
+        if self.lock().persisted.down.iter().any(|d| d == cloud) {
+            return Err(ProviderError::Unreachable(format!("cloud {cloud} is down")));
+        }
+        Ok(())
+    }
+
     fn pools(&self) -> Vec<Pool> {
         let t = self.market_time();
         let inner = self.lock();
@@ -776,6 +786,7 @@ fn provider_error(e: ProviderError) -> Response {
     let status = match e {
         ProviderError::UnknownHost(_) | ProviderError::UnknownLocation(_) => StatusCode::NOT_FOUND,
         ProviderError::NoCapacity(_) => StatusCode::CONFLICT,
+        ProviderError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ProviderError::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     http_error(status, format!("{e:#}"))
