@@ -338,11 +338,27 @@ async fn poll_desired(
             .await;
         let res = match res {
             Ok(r) if r.status().is_success() => r.json::<DesiredState>().await.map_err(anyhow::Error::from),
+            // The control plane gave this host up (it was silent, or cut off with its
+            // cloud) and replaced what it ran: whatever this host still runs is stale — a
+            // primary of an old term among them — so it wants nothing any more.
+            Ok(r) if r.status() == reqwest::StatusCode::GONE => {
+                if tx.borrow().as_ref().is_some_and(|d| !d.instances.is_empty()) {
+                    tracing::warn!("the control plane gave this host up: stopping every instance");
+                }
+                Ok(DesiredState {
+                    version: GIVEN_UP.into(),
+                    instances: Vec::new(),
+                })
+            }
             Ok(r) => Err(anyhow::anyhow!("control plane answered {}", r.status())),
             Err(e) => Err(e.into()),
         };
         match res {
             Ok(d) => {
+                if d.version == GIVEN_UP && tx.borrow().as_ref() == Some(&d) {
+                    // Nothing more will come: ask again now and then, quietly.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
                 failures = 0;
                 if tx.borrow().as_ref() != Some(&d) {
                     match serde_json::to_vec(&d)
@@ -365,6 +381,9 @@ async fn poll_desired(
         }
     }
 }
+
+/// The desired state's version once the control plane has given the host up.
+const GIVEN_UP: &str = "given-up";
 
 /// How often the agent beats when nothing changed (a change is reported at once). The
 /// control plane takes two missed beats for a silent host (`planner::HOST_DEAD_MS`).

@@ -1,7 +1,9 @@
 //! Losing a whole cloud (issue 11) on the real `highrise up`: every cloud of the land has a
 //! proxy of its own, connection URIs list them all, and an HA cluster spread over both
 //! clouds fails over when the primary's cloud goes dark — its clients reconnect through
-//! the surviving cloud's proxy with the URI they had, nothing acknowledged lost.
+//! the surviving cloud's proxy with the URI they had, nothing acknowledged lost; a
+//! cluster that lived only in the lost cloud is restored in the other by itself, and the
+//! lost cloud's hosts, coming back with their stale state, serve no second primary.
 
 mod common;
 
@@ -13,6 +15,31 @@ use std::time::{Duration, Instant};
 
 async fn land_post(url: String) -> u16 {
     reqwest::Client::new().post(url).send().await.unwrap().status().as_u16()
+}
+
+/// Starts a ledger writer on `uri`, lets it commit for `warm`, then takes `local-a` down
+/// (`freeze`: its hosts stop where they are, to resume with it). Returns the writer, its
+/// stop flag and the moment of the loss.
+async fn write_then_lose_local_a(
+    up: &Up,
+    uri: &str,
+    warm: Duration,
+    freeze: bool,
+) -> (
+    tokio::task::JoinHandle<(Vec<i64>, Vec<(Instant, bool)>)>,
+    Arc<AtomicBool>,
+    Instant,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(uri.to_string(), stop.clone()));
+    tokio::time::sleep(warm).await;
+    let lost_at = Instant::now();
+    let how = if freeze { "?freeze=true" } else { "" };
+    assert_eq!(
+        land_post(format!("{}/land/clouds/local-a/down{how}", up.land_url)).await,
+        200
+    );
+    (writer, stop, lost_at)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -38,16 +65,8 @@ async fn a_cluster_spread_over_two_clouds_survives_losing_the_primarys_cloud_wit
     assert_eq!(primary["cloud"], "local-a", "{before}");
     assert_eq!(member(&before, "standby")["cloud"], "local-b", "{before}");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
     // local-a goes dark: its hosts and its proxy, with every connection through it.
-    let lost_at = Instant::now();
-    assert_eq!(
-        land_post(format!("{}/land/clouds/local-a/down", up.land_url)).await,
-        200
-    );
+    let (writer, stop, lost_at) = write_then_lose_local_a(&up, &uri, Duration::from_millis(500), false).await;
     let u = up.clone();
     let after = tokio::task::spawn_blocking(move || {
         wait_for("the standby in local-b to take over", Duration::from_secs(60), || {
@@ -92,9 +111,12 @@ fn refused(addr: &str) -> bool {
 
 /// A cluster that lived only in `local-a` — one member, `durability: async`, its backups
 /// and WAL copied to `local-b`'s store — comes back in `local-b` by itself when `local-a`
-/// goes dark: same URI and credentials, every commit up to what the copy held present
-/// (the lost ones, if any, are the last before the loss), the time to recovery reported;
-/// `local-a` back again brings no second primary.
+/// goes dark (its hosts frozen, its API refusing): same URI and credentials, every commit
+/// up to what the copy held present (the lost ones, if any, are the last before the
+/// loss), the time to recovery reported. When `local-a` comes back, its old primary
+/// resumes as it was — a primary of the old term — yet serves nothing: its proxy asks for
+/// the current routes before serving, its agent hears it was given up and stops it, and
+/// the control plane terminates the host.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_that_lived_only_in_a_lost_cloud_is_restored_in_another_by_itself() {
     let up = Arc::new(tokio::task::spawn_blocking(Up::start).await.unwrap());
@@ -116,15 +138,9 @@ async fn a_cluster_that_lived_only_in_a_lost_cloud_is_restored_in_another_by_its
     let before = show(&up, "solo");
     assert_eq!(before["cloud"], "local-a", "{before}");
     assert_eq!(before["on_cloud_loss"], "restore", "{before}");
+    let old_host = member(&before, "primary")["host_id"].as_str().unwrap().to_string();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(ledger_writer(uri.clone(), stop.clone()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let lost_at = Instant::now();
-    assert_eq!(
-        land_post(format!("{}/land/clouds/local-a/down", up.land_url)).await,
-        200
-    );
+    let (writer, stop, lost_at) = write_then_lose_local_a(&up, &uri, Duration::from_secs(2), true).await;
     let u = up.clone();
     let after = tokio::task::spawn_blocking(move || {
         wait_for("the cluster restored in local-b", Duration::from_secs(180), || {
@@ -161,9 +177,25 @@ async fn a_cluster_that_lived_only_in_a_lost_cloud_is_restored_in_another_by_its
     // What was lost is a suffix of the commits before the loss: replay stops at the end
     // of the copied WAL, never leaves a hole.
     if let Some(first) = lost.first() {
+        let at = |k: usize| {
+            format!(
+                "#{k} id {} at {:?}",
+                acked[k],
+                acked_at[k].saturating_duration_since(lost_at)
+            )
+        };
         assert!(
             lost.iter().enumerate().all(|(n, k)| *k == first + n),
-            "lost commits with a hole: {lost:?}"
+            "lost commits with a hole: {} lost of {} acked, the first {}, the last {}; the last present id {:?}; \
+             the first lost after a hole {}",
+            lost.len(),
+            acked.len(),
+            at(*first),
+            at(*lost.last().unwrap()),
+            present.last(),
+            lost.windows(2)
+                .find(|w| w[1] != w[0] + 1)
+                .map_or_else(String::new, |w| at(w[1]))
         );
         let window = lost_at.saturating_duration_since(acked_at[*first]);
         assert!(
@@ -192,9 +224,52 @@ async fn a_cluster_that_lived_only_in_a_lost_cloud_is_restored_in_another_by_its
         "the events explain: {events}"
     );
 
-    // local-a comes back: nothing of the cluster runs there, one primary in local-b, and
-    // the copy (now in local-a's store) catches up again.
+    // local-a comes back with its old primary as it was. Clients that connect through
+    // local-a's proxy at once (the URI's first host) reach the new primary only: every
+    // row they commit is in the cluster as local-b's proxy shows it.
     assert_eq!(land_post(format!("{}/land/clouds/local-a/up", up.land_url)).await, 204);
+    let via_a = each_host(&uri)[0].clone();
+    let back_at = Instant::now();
+    let mut committed = Vec::new();
+    while back_at.elapsed() < Duration::from_secs(4) {
+        let (ok, out, _) = psql(&via_a, "insert into ledger default values returning id");
+        if ok {
+            committed.push(out.trim().parse::<i64>().unwrap());
+        }
+    }
+    assert!(!committed.is_empty(), "local-a's proxy serves again");
+    let via_b = each_host(&uri)[1].clone();
+    let seen: std::collections::BTreeSet<i64> = psql_ok(&via_b, "select id from ledger")
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let astray: Vec<&i64> = committed.iter().filter(|id| !seen.contains(id)).collect();
+    assert!(
+        astray.is_empty(),
+        "commits through local-a's proxy went to a second primary: {astray:?}"
+    );
+
+    // The old host is terminated, nothing of the cluster runs in local-a, and the copy
+    // (now in local-a's store) catches up again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let hosts: serde_json::Value = reqwest::get(format!("{}/land/hosts", up.land_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let terminated = hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["host_id"] == old_host.as_str() && h["state"] == "terminated");
+        if terminated {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old host still runs: {hosts}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let u = up.clone();
     tokio::task::spawn_blocking(move || {
         wait_for(

@@ -223,14 +223,15 @@ fn point_in_time_restore_into_another_cloud_and_from_a_deleted_cluster() {
         .as_str()
         .unwrap()
         .to_string();
-    // Both copies: a restore reads the copy in a reachable cloud first (local-a is down),
-    // and does not fall back to another copy.
+    // Every copy: a restore reads the copy in a reachable cloud first (local-a is down),
+    // and does not fall back to another copy; the newest backup may not be copied yet
+    // (the copier leaves local-a's store alone while local-a is down).
     let objects = objects_under(&up.data_dir.join("objects"));
     let parts: Vec<_> = objects
         .iter()
         .filter(|p| p.to_string_lossy().contains(&format!("base/{newest}/part-000000")))
         .collect();
-    assert_eq!(parts.len(), 2, "a copy in each cloud's store: {parts:?}");
+    assert!(!parts.is_empty(), "the backup's first part: {objects:?}");
     for part in parts {
         let mut bytes = std::fs::read(part).unwrap();
         let n = bytes.len() / 2;

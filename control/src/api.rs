@@ -394,9 +394,17 @@ impl FromRequestParts<Arc<AppState>> for HostCaller {
             Err(e) => return Err(ApiError::internal("look up host", e)),
         };
         match host.token_hash {
-            Some(h) if host.status != "failed" && auth::ct_eq(&h, &auth::hash_secret(secret)) => {
-                Ok(Self { host_id: host.id })
-            }
+            Some(h) if auth::ct_eq(&h, &auth::hash_secret(secret)) => match host.status.as_str() {
+                // Given up (silent too long, or lost with its cloud) and replaced: the
+                // agent learns it the first time it is heard again and stops everything
+                // it runs, so a host that comes back never serves a second primary.
+                "failed" => Err(ApiError::new(
+                    StatusCode::GONE,
+                    "host_given_up",
+                    "this host was given up and its instances replaced: stop every instance",
+                )),
+                _ => Ok(Self { host_id: host.id }),
+            },
             _ => Err(ApiError::unauthorized()),
         }
     }

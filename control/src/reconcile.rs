@@ -87,10 +87,32 @@ const LAND_LOOK: Duration = Duration::from_secs(2);
 /// A host the land says is terminated (preempted, killed, its zone gone) is given up at
 /// once instead of after `HOST_LOST_SECS` of silence: its standbys are replaced and a lost
 /// single `sync` primary is restored right away. Returns whether any was.
+///
+/// The other way round, a host given up or released that the land still runs — its
+/// termination failed, say because its cloud's API did not answer, and the host came back
+/// with the cloud — is terminated again once its cloud answers.
 async fn give_up_terminated(state: &AppState) -> Result<bool> {
     let land = state.provider.list_hosts().await.context("list the land's hosts")?;
+    let unreachable: Vec<String> = state
+        .unreachable
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect();
     let mut changed = false;
     for h in state.store.list_hosts().await.context("list hosts")? {
+        let still_runs = || {
+            land.iter()
+                .any(|l| l.host_id == h.id && l.state != highrise_provider::HostState::Terminated)
+        };
+        if (h.status == "failed" || h.status == "released") && !unreachable.contains(&h.cloud) && still_runs() {
+            tracing::warn!(host = %h.id, status = %h.status, "the land still runs a host that was given up: terminating it");
+            if let Err(e) = state.provider.terminate_host(&h.id).await {
+                tracing::error!(host = %h.id, "terminate a host that was given up: {e:#}");
+            }
+            continue;
+        }
         if h.status != "running" {
             continue;
         }

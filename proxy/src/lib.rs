@@ -60,10 +60,18 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
         None => None,
     };
     let routes = RouteCache::load(&cfg.cache_file);
+    let on_miss = routes::OnMiss::new(cfg.clone());
+    // The current table first, when the control plane answers (within 2 s): the cache may
+    // be from before an outage and name a primary that was replaced meanwhile — and that
+    // may itself come back with its cloud, still a primary until its agent hears of it.
+    // Clients that connect in between wait in the listen queue.
+    if let Some(m) = &on_miss {
+        m.refresh(&routes).await;
+    }
     let refresher = tokio::spawn(routes::refresh(routes.clone(), cfg.clone(), shutdown.clone()));
     let ctx = Arc::new(Ctx {
         cancels: Mutex::new(HashMap::new()),
-        on_miss: routes::OnMiss::new(cfg.clone()),
+        on_miss,
         routes,
         acceptor,
         domain: cfg.domain.clone(),

@@ -59,9 +59,11 @@ where
     }
 }
 
-/// The host's desired state (long-poll with `known` and `wait`).
+/// The host's desired state (long-poll with `known` and `wait`); `410 host_given_up` to a
+/// host the control plane gave up (its agent then stops every instance).
 #[utoipa::path(get, path = "/v1/agent/desired", params(LongPoll),
-    responses((status = 200, body = DesiredState), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = DesiredState), (status = 401, body = ErrorBody),
+        (status = 410, body = ErrorBody)))]
 pub(super) async fn agent_desired(
     State(state): State<Arc<AppState>>,
     host: HostCaller,
@@ -82,7 +84,7 @@ pub(super) async fn agent_desired(
 }
 
 #[utoipa::path(post, path = "/v1/agent/heartbeat", request_body = Heartbeat,
-    responses((status = 204), (status = 401, body = ErrorBody)))]
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody)))]
 pub(super) async fn agent_heartbeat(
     State(state): State<Arc<AppState>>,
     host: HostCaller,

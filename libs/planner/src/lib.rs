@@ -372,10 +372,13 @@ pub fn plan(world: &World) -> Vec<Action> {
         }
     }
 
-    // Hosts that went silent for good, or whose spot notice ran out and that went quiet.
+    // Hosts that went silent for good, or whose spot notice ran out and that went quiet,
+    // or that went quiet with their whole cloud (dark: nothing there answers).
     for h in &world.hosts {
-        let preempted = h.notice.is_some_and(|d| world.now() > d) && silence_ms(world, h) > HOST_DEAD_MS;
-        if h.status == HostStatus::Running && (silence_ms(world, h) > HOST_LOST_MS || preempted) {
+        let quiet = silence_ms(world, h) > HOST_DEAD_MS;
+        let preempted = h.notice.is_some_and(|d| world.now() > d) && quiet;
+        let with_cloud = quiet && clouds::dark(world, &h.cloud);
+        if h.status == HostStatus::Running && (silence_ms(world, h) > HOST_LOST_MS || preempted || with_cloud) {
             actions.push(Action::AbandonHost { host_id: h.id.clone() });
         }
     }

@@ -17,7 +17,10 @@
 //! `/latest/meta-data/spot/instance-action`, 404 until a notice is posted, and the
 //! rebalance recommendation; GCP: `/computeMetadata/v1/instance/preempted`, `FALSE` until
 //! then), and operator controls: list pools, set a pool's capacity, preempt a host (with
-//! or without notice), kill one at once, take a zone or a whole cloud down.
+//! or without notice), kill one at once, take a zone or a whole cloud down — its hosts
+//! killed, or frozen (`SIGSTOP`) so that they come back with their stale state when the
+//! cloud does, as hosts cut off by an outage do. While a whole cloud is down its API
+//! refuses every call (launch, terminate, probe).
 
 pub mod disk;
 
@@ -126,6 +129,18 @@ struct Inner {
     persisted: Persisted,
     agents: BTreeMap<String, tokio::process::Child>,
     market: SpotMarket,
+    /// Hosts frozen with their cloud (or zone), thawed when it comes back.
+    frozen: std::collections::BTreeSet<String>,
+}
+
+/// How a cloud (or zone) goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// Its hosts die at once, disks wiped.
+    Kill,
+    /// Its hosts are frozen (agent and PostgreSQL stopped with `SIGSTOP`) and resume,
+    /// with whatever state they had, when it comes back.
+    Freeze,
 }
 
 pub struct LocalLand {
@@ -170,6 +185,7 @@ impl LocalLand {
                 persisted,
                 agents: BTreeMap::new(),
                 market,
+                frozen: Default::default(),
             }),
             epoch: Instant::now(),
         });
@@ -384,6 +400,11 @@ impl LocalLand {
     /// Stops every agent (which stops its PostgreSQL instances) without wiping disks:
     /// the machine is powered off, not the hosts terminated.
     pub async fn shutdown(&self) {
+        // Frozen hosts could not stop: they resume first.
+        let frozen: Vec<String> = self.lock().frozen.iter().cloned().collect();
+        for id in &frozen {
+            self.freeze_host(id, false);
+        }
         let agents: Vec<(String, tokio::process::Child)> =
             std::mem::take(&mut self.lock().agents).into_iter().collect();
         let mut waits = Vec::new();
@@ -417,7 +438,11 @@ impl LocalLand {
     /// Kills a host the hard way, as a dying VM: agent and PostgreSQL get SIGKILL, the disk
     /// is wiped, the state is `Terminated`.
     async fn kill_host(&self, host_id: &str) {
-        let child = self.lock().agents.remove(host_id);
+        let child = {
+            let mut inner = self.lock();
+            inner.frozen.remove(host_id);
+            inner.agents.remove(host_id)
+        };
         if let Some(mut child) = child {
             let _ = child.start_kill();
             let _ = child.wait().await;
@@ -472,9 +497,14 @@ impl LocalLand {
         Ok(unix_now() + secs)
     }
 
-    /// Takes a whole cloud (or one `zone` of it) down: its hosts die at once, and
-    /// launches there fail until it is brought back.
-    pub async fn take_down(&self, cloud: &str, zone: Option<&str>) -> Result<Vec<String>, ProviderError> {
+    /// Takes a whole cloud (or one `zone` of it) down: its hosts die at once (or freeze,
+    /// see [`Outage`]), and launches there fail until it is brought back.
+    pub async fn take_down(
+        &self,
+        cloud: &str,
+        zone: Option<&str>,
+        outage: Outage,
+    ) -> Result<Vec<String>, ProviderError> {
         if !self.cfg.clouds.iter().any(|c| c.name == cloud) {
             return Err(ProviderError::UnknownLocation(cloud.into()));
         }
@@ -495,19 +525,97 @@ impl LocalLand {
                 .collect()
         };
         for id in &victims {
-            self.kill_host(id).await;
+            match outage {
+                Outage::Kill => self.kill_host(id).await,
+                Outage::Freeze => self.freeze_host(id, true),
+            }
         }
         Ok(victims)
     }
 
-    /// Brings a cloud (or zone) back: launches succeed again; dead hosts stay dead.
+    /// Brings a cloud (or zone) back: launches succeed again; dead hosts stay dead, frozen
+    /// ones resume where they stopped.
     pub fn bring_up(&self, cloud: &str, zone: Option<&str>) -> Result<(), ProviderError> {
         let key = zone.map_or_else(|| cloud.to_string(), |z| format!("{cloud}/{z}"));
-        let mut inner = self.lock();
-        inner.persisted.down.retain(|d| d != &key);
-        self.down.send_replace(inner.persisted.down.clone());
-        save_state(&self.cfg.dir, &inner.persisted)?;
+        let thaw: Vec<String> = {
+            let mut inner = self.lock();
+            inner.persisted.down.retain(|d| d != &key);
+            self.down.send_replace(inner.persisted.down.clone());
+            save_state(&self.cfg.dir, &inner.persisted)?;
+            let inner = &*inner;
+            inner
+                .frozen
+                .iter()
+                .filter(|id| {
+                    inner
+                        .persisted
+                        .hosts
+                        .get(*id)
+                        .is_some_and(|h| h.info.cloud == cloud && zone.is_none_or(|z| h.info.zone == z))
+                })
+                .cloned()
+                .collect()
+        };
+        for id in &thaw {
+            self.freeze_host(id, false);
+        }
         Ok(())
+    }
+
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) a host's agent and its PostgreSQL: the
+    /// agent first on the way down, last on the way up, so it never sees its servers
+    /// stopped.
+    fn freeze_host(&self, host_id: &str, freeze: bool) {
+        let agent = {
+            let mut inner = self.lock();
+            if freeze {
+                inner.frozen.insert(host_id.to_string());
+            } else {
+                inner.frozen.remove(host_id);
+            }
+            inner
+                .agents
+                .get(host_id)
+                .and_then(|c| c.id())
+                .map(|pid| Pid::from_raw(pid as i32))
+        };
+        let dir = self.host_dir(host_id);
+        let signal_agent = |s: Signal| {
+            // The agent leads its own process group (see `start_agent`).
+            if let Some(pid) = agent {
+                let _ = nix::sys::signal::killpg(pid, s);
+            }
+        };
+        let mut servers = postgres_under(&dir);
+        if freeze {
+            signal_agent(Signal::SIGSTOP);
+            // Until a scan finds nothing new: a backend the postmaster forked while the
+            // last scan ran would otherwise serve on (once the postmaster is stopped,
+            // nothing new is forked).
+            let mut stopped = std::collections::BTreeSet::new();
+            for _ in 0..20 {
+                let fresh: Vec<Pid> = servers.iter().copied().filter(|p| !stopped.contains(p)).collect();
+                if fresh.is_empty() {
+                    break;
+                }
+                for p in fresh {
+                    let _ = kill(p, Signal::SIGSTOP);
+                    stopped.insert(p);
+                }
+                servers = postgres_under(&dir);
+            }
+        } else {
+            for p in &servers {
+                let _ = kill(*p, Signal::SIGCONT);
+            }
+            signal_agent(Signal::SIGCONT);
+        }
+        tracing::info!(host = %host_id, freeze, servers = servers.len(), "host frozen or thawed");
+    }
+
+    /// Whether the whole cloud is down (its API refuses calls).
+    fn cloud_down(&self, cloud: &str) -> bool {
+        self.lock().persisted.down.iter().any(|d| d == cloud)
     }
 
     /// Metadata endpoints and test controls.
@@ -586,9 +694,25 @@ async fn stop_child(child: &mut tokio::process::Child, grace: Duration) {
 /// its data directory, so a server whose `postmaster.pid` a full disk left empty is found
 /// as well as any other.
 fn kill_postgres_under(dir: &Path, signal: Signal) {
-    let Ok(dir) = dir.canonicalize() else { return };
-    let Ok(procs) = std::fs::read_dir("/proc") else { return };
-    let pids: Vec<Pid> = procs
+    let pids = postgres_under(dir);
+    for pid in &pids {
+        let _ = kill(*pid, signal);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| kill(*p, None).is_ok()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The PostgreSQL processes working under `dir` (by their working directory).
+fn postgres_under(dir: &Path) -> Vec<Pid> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
@@ -597,14 +721,7 @@ fn kill_postgres_under(dir: &Path, signal: Signal) {
                 && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&dir))
         })
         .map(Pid::from_raw)
-        .collect();
-    for pid in &pids {
-        let _ = kill(*pid, signal);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|p| kill(*p, None).is_ok()) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        .collect()
 }
 
 #[async_trait]
@@ -737,6 +854,10 @@ impl Provider for LocalLand {
     }
 
     async fn terminate_host(&self, host_id: &str) -> Result<(), ProviderError> {
+        let cloud = self.lock().persisted.hosts.get(host_id).map(|h| h.info.cloud.clone());
+        if let Some(cloud) = cloud.filter(|c| self.cloud_down(c)) {
+            return Err(ProviderError::Unreachable(format!("cloud {cloud} is down")));
+        }
         let child = self.lock().agents.remove(host_id);
         if let Some(mut child) = child {
             stop_child(&mut child, Duration::from_secs(30)).await;
@@ -753,7 +874,7 @@ impl Provider for LocalLand {
         if !self.cfg.clouds.iter().any(|c| c.name == cloud) {
             return Err(ProviderError::UnknownLocation(cloud.into()));
         }
-        if self.lock().persisted.down.iter().any(|d| d == cloud) {
+        if self.cloud_down(cloud) {
             return Err(ProviderError::Unreachable(format!("cloud {cloud} is down")));
         }
         Ok(())
@@ -916,12 +1037,22 @@ struct ZoneQuery {
     zone: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+struct DownQuery {
+    zone: Option<String>,
+    /// Freeze the hosts instead of killing them (they come back with the cloud).
+    #[serde(default)]
+    freeze: bool,
+}
+
 async fn cloud_down_http(
     State(land): State<Arc<LocalLand>>,
     UrlPath(cloud): UrlPath<String>,
-    axum::extract::Query(q): axum::extract::Query<ZoneQuery>,
+    axum::extract::Query(q): axum::extract::Query<DownQuery>,
 ) -> Response {
-    match land.take_down(&cloud, q.zone.as_deref()).await {
+    let outage = if q.freeze { Outage::Freeze } else { Outage::Kill };
+    match land.take_down(&cloud, q.zone.as_deref(), outage).await {
+        Ok(hosts) if q.freeze => Json(serde_json::json!({ "frozen": hosts })).into_response(),
         Ok(hosts) => Json(serde_json::json!({ "terminated": hosts })).into_response(),
         Err(e) => provider_error(e),
     }

@@ -300,3 +300,18 @@ fn a_move_to_an_unreachable_cloud_says_so_in_its_step() {
     assert!(step.is_some_and(|d| d.contains("waiting for cloud a")), "{p:?}");
     assert_eq!(events(&p, "cloud_unreachable").len(), 1, "{p:?}");
 }
+
+#[test]
+fn a_dark_clouds_silent_hosts_are_given_up_at_once() {
+    let mut w = lost_world(DARK_MS);
+    // h1 still counts as running, silent for 2 s (well short of HOST_LOST_MS).
+    w.hosts[0] = HostView {
+        last_beat_ms: Some(NOW - 2_000),
+        ..host("h1", HostStatus::Running)
+    };
+    let given_up = |p: &[Action]| p.contains(&Action::AbandonHost { host_id: "h1".into() });
+    assert!(given_up(&plan(&w)), "{:?}", plan(&w));
+    // The same silence in a cloud whose API answers is not enough yet.
+    w.unreachable.clear();
+    assert!(!given_up(&plan(&w)), "{:?}", plan(&w));
+}
