@@ -271,6 +271,36 @@ pub enum CloudCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Move every cluster off a cloud (operators): each like `cluster move`, a few at a
+    /// time; survives a control plane restart.
+    Evacuate {
+        cloud: String,
+        /// Where the clusters go (the first other cloud that answers when omitted).
+        #[arg(long)]
+        to: Option<String>,
+        /// Clusters moving at once (1-16; 2 by default).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=16))]
+        concurrency: Option<u32>,
+        /// Follow it until every cluster is moved (or failed, with why).
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show an evacuation (moved, moving, waiting, failed, staying), or pause or resume it.
+    Evacuation {
+        id: String,
+        /// Start no new move; running ones finish.
+        #[arg(long, conflicts_with = "resume")]
+        pause: bool,
+        #[arg(long)]
+        resume: bool,
+        /// Follow it until it is finished.
+        #[arg(long, conflicts_with_all = ["pause", "resume"])]
+        wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 pub async fn cloud(cmd: CloudCommand) -> Result<()> {
@@ -289,6 +319,20 @@ pub async fn cloud(cmd: CloudCommand) -> Result<()> {
             }
             Ok(())
         }
+        CloudCommand::Evacuate {
+            cloud,
+            to,
+            concurrency,
+            wait,
+            conn,
+        } => crate::evacuate::evacuate(cloud, to, concurrency, wait, &conn).await,
+        CloudCommand::Evacuation {
+            id,
+            pause,
+            resume,
+            wait,
+            conn,
+        } => crate::evacuate::evacuation(id, pause, resume, wait, &conn).await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod access;
 mod client;
+mod evacuate;
 mod land;
 mod sim;
 mod up;

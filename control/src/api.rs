@@ -16,6 +16,7 @@ mod agents;
 mod audit;
 mod backups;
 mod clusters;
+mod evacuations;
 mod events;
 mod hosts;
 mod keys;
@@ -825,7 +826,8 @@ fn view_of(
         clusters::update_cluster, clusters::delete_cluster, events::cluster_events, clusters::switchover,
         clusters::move_cluster,
         clusters::cancel_move,
-        hosts::list_hosts, hosts::list_clouds, operations::list_operations, operations::get_operation, agents::agent_register,
+        hosts::list_hosts, hosts::list_clouds, evacuations::evacuate_cloud, evacuations::get_evacuation,
+        evacuations::pause_evacuation, evacuations::resume_evacuation, operations::list_operations, operations::get_operation, agents::agent_register,
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
         backups::verify_any_backup
@@ -1016,6 +1018,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/backups", get(backups::list_ledger))
         .route("/v1/hosts", get(hosts::list_hosts))
         .route("/v1/clouds", get(hosts::list_clouds))
+        .route("/v1/clouds/{cloud}/evacuate", post(evacuations::evacuate_cloud))
+        .route("/v1/evacuations/{evacuation}", get(evacuations::get_evacuation))
+        .route(
+            "/v1/evacuations/{evacuation}/pause",
+            post(evacuations::pause_evacuation),
+        )
+        .route(
+            "/v1/evacuations/{evacuation}/resume",
+            post(evacuations::resume_evacuation),
+        )
         .route("/v1/operations", get(operations::list_operations))
         .route("/v1/operations/{id}", get(operations::get_operation))
         .route("/v1/agent/register", post(agents::agent_register))

@@ -357,6 +357,64 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
             state.store.remove_cluster(cluster_id).await?;
             tracing::info!(cluster = %cluster_id, "cluster removed");
         }
+        Action::EvacuationMove {
+            evacuation_id,
+            cluster_id,
+            cloud,
+            region,
+        } => {
+            let c = state.store.cluster_by_id(cluster_id).await?;
+            let at = now();
+            let op = crate::store::OperationRow {
+                id: auth::new_id("op"),
+                org_id: c.org_id.clone(),
+                cluster_id: Some(c.id.clone()),
+                kind: "move_cluster".into(),
+                status: "running".into(),
+                error: None,
+                created_at: at,
+                updated_at: at,
+                progress_json: None,
+            };
+            let why = format!(
+                "evacuating {}: moving to {cloud}/{region}, new members there, then a switchover (evacuation {evacuation_id})",
+                c.cloud
+            );
+            match state
+                .store
+                .start_evacuation_move(evacuation_id, &c, cloud, region, &op, &why)
+                .await
+            {
+                Ok(started) => {
+                    if started {
+                        tracing::info!(cluster = %c.id, evacuation = %evacuation_id, "{why}");
+                    }
+                    return Ok(started);
+                }
+                // The tenant's quota of running operations is full: the next round tries again.
+                Err(crate::store::StoreError::Quota(why)) => {
+                    tracing::warn!(cluster = %c.id, evacuation = %evacuation_id, "the move waits: {why}");
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Action::EvacuationMember {
+            evacuation_id,
+            cluster_id,
+            state: s,
+            why,
+        } => {
+            state
+                .store
+                .set_evacuation_cluster(evacuation_id, cluster_id, s.as_str(), why.as_deref(), now())
+                .await?;
+            tracing::info!(cluster = %cluster_id, evacuation = %evacuation_id, state = s.as_str(), why = ?why, "evacuation");
+        }
+        Action::EvacuationDone { evacuation_id } => {
+            state.store.finish_evacuation(evacuation_id, now()).await?;
+            tracing::info!(evacuation = %evacuation_id, "evacuation finished");
+        }
         Action::ReportProgress { operation_id, progress } => {
             let json = serde_json::to_string(progress).context("encode the progress")?;
             state.store.set_operation_progress(operation_id, &json, now()).await?;

@@ -32,12 +32,15 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (17, include_str!("../migrations/0017_storage_autoscale.sql")),
     (18, include_str!("../migrations/0018_moves.sql")),
     (19, include_str!("../migrations/0019_cloud_loss.sql")),
+    (20, include_str!("../migrations/0020_evacuations.sql")),
 ];
 
 mod audit;
 pub use audit::AuditFilter;
+pub use evacuations::{EvacuationClusterRow, EvacuationRow};
 mod backups;
 mod clusters;
+mod evacuations;
 mod events;
 mod hosts;
 mod instances;

@@ -577,7 +577,80 @@ async fn exercise(store: Store) {
     assert_eq!(w5.on_cloud_loss, highrise_planner::clouds::CloudLoss::Wait);
     assert!(!w5.has_backup);
 
+    evacuations(&store, c5).await;
     access(&store).await;
+}
+
+/// An evacuation of the cloud `c` is in: its clusters wait, move with their operation in
+/// one transaction, settle, and the evacuation finishes; one at a time per cloud.
+async fn evacuations(store: &Store, c: ClusterRow) {
+    let row = |id: &str| EvacuationRow {
+        id: id.into(),
+        cloud: c.cloud.clone(),
+        to_cloud: Some("local-a".into()),
+        concurrency: 2,
+        status: "running".into(),
+        created_by: "key:k1".into(),
+        created_at: 40,
+        updated_at: 40,
+    };
+    store.create_evacuation(&row("ev1")).await.unwrap();
+    assert!(matches!(
+        store.create_evacuation(&row("ev2")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let members = store.evacuation_clusters("ev1").await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(
+        (members[0].cluster_id.as_str(), members[0].state.as_str()),
+        (c.id.as_str(), "waiting")
+    );
+    let world = store.world(41_000, 0).await.unwrap();
+    assert_eq!(world.evacuations.len(), 1);
+    assert_eq!(
+        world.evacuations[0].members[0].state,
+        highrise_planner::evacuate::MemberState::Waiting
+    );
+
+    let op = op_row("op-ev", &c.org_id, &c.id, "move_cluster");
+    assert!(store
+        .start_evacuation_move("ev1", &c, "local-a", "region-1", &op, "evacuating")
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .start_evacuation_move(
+                "ev1",
+                &c,
+                "local-a",
+                "region-1",
+                &op_row("op-ev2", &c.org_id, &c.id, "move_cluster"),
+                "again"
+            )
+            .await
+            .unwrap(),
+        "it moves already"
+    );
+    assert_eq!(store.cluster_by_id(&c.id).await.unwrap().cloud, "local-a");
+    let members = store.evacuation_clusters("ev1").await.unwrap();
+    assert_eq!(members[0].state, "moving");
+    assert_eq!(members[0].operation_status.as_deref(), Some("running"));
+    store.set_evacuation_paused("ev1", true, 42).await.unwrap();
+    assert!(store.world(43_000, 0).await.unwrap().evacuations[0].paused);
+    store.set_evacuation_paused("ev1", false, 44).await.unwrap();
+    store
+        .set_evacuation_cluster("ev1", &c.id, "moved", None, 45)
+        .await
+        .unwrap();
+    store.finish_evacuation("ev1", 46).await.unwrap();
+    assert!(store.open_evacuations().await.unwrap().is_empty());
+    assert_eq!(store.get_evacuation("ev1").await.unwrap().status, "finished");
+    assert!(matches!(
+        store.set_evacuation_paused("ev1", true, 47).await,
+        Err(StoreError::NotFound)
+    ));
+    // The cloud may be evacuated again.
+    store.create_evacuation(&row("ev3")).await.unwrap();
 }
 
 /// Users, members, scoped keys and the audit chain.

@@ -327,6 +327,7 @@ impl<'a> Cell<'a> {
             spot: self.policy.planner_policy(&self.cfg.spot),
             // The simulated land's APIs always answer (whole-cloud outages are not simulated).
             unreachable: Default::default(),
+            evacuations: Vec::new(),
         }
     }
 
@@ -571,6 +572,8 @@ impl<'a> Cell<'a> {
                     c.intent.region = region.clone();
                 }
             }
+            // The simulator runs no evacuations.
+            Action::EvacuationMove { .. } | Action::EvacuationMember { .. } | Action::EvacuationDone { .. } => {}
             Action::Drain { instance_id } => {
                 if let Some(i) = self.insts.get_mut(instance_id) {
                     i.view.draining = true;

@@ -186,27 +186,7 @@ impl Store {
         why: &str,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
-        quotas::within_quota(&mut tx, &op.org_id, Ask::Operation).await?;
-        sqlx::query("UPDATE clusters SET cloud = $1, region = $2, plan = $3 WHERE id = $4 AND deleted_at IS NULL")
-            .bind(cloud)
-            .bind(region)
-            .bind(plan)
-            .bind(&c.id)
-            .execute(&mut *tx)
-            .await?;
-        insert_operation(&mut tx, op).await?;
-        let undo = MoveUndo {
-            cloud: c.cloud.clone(),
-            region: c.region.clone(),
-            plan: c.plan.clone(),
-            term: c.term,
-        };
-        sqlx::query("UPDATE operations SET undo_json = $1 WHERE id = $2")
-            .bind(serde_json::to_string(&undo).unwrap_or_default())
-            .bind(&op.id)
-            .execute(&mut *tx)
-            .await?;
-        insert_event(&mut tx, &c.id, op.created_at, "move_started", why).await?;
+        move_in(&mut tx, c, cloud, region, plan, op, why).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -360,4 +340,39 @@ struct MoveUndo {
     plan: String,
     /// The term the move began in: a later term means the primary switched over.
     term: i64,
+}
+
+/// A move's records inside the caller's transaction: the cluster's new place and plan, its
+/// operation (within the org's quota) with what undoing it restores, and the event.
+pub(super) async fn move_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    c: &ClusterRow,
+    cloud: &str,
+    region: &str,
+    plan: &str,
+    op: &OperationRow,
+    why: &str,
+) -> Result<()> {
+    quotas::within_quota(tx, &op.org_id, Ask::Operation).await?;
+    sqlx::query("UPDATE clusters SET cloud = $1, region = $2, plan = $3 WHERE id = $4 AND deleted_at IS NULL")
+        .bind(cloud)
+        .bind(region)
+        .bind(plan)
+        .bind(&c.id)
+        .execute(&mut **tx)
+        .await?;
+    insert_operation(tx, op).await?;
+    let undo = MoveUndo {
+        cloud: c.cloud.clone(),
+        region: c.region.clone(),
+        plan: c.plan.clone(),
+        term: c.term,
+    };
+    sqlx::query("UPDATE operations SET undo_json = $1 WHERE id = $2")
+        .bind(serde_json::to_string(&undo).unwrap_or_default())
+        .bind(&op.id)
+        .execute(&mut **tx)
+        .await?;
+    insert_event(tx, &c.id, op.created_at, "move_started", why).await?;
+    Ok(())
 }

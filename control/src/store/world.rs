@@ -172,7 +172,44 @@ impl Store {
             pools: Vec::new(),
             spot: planner::SpotPolicy::default(),
             unreachable: Default::default(),
+            evacuations: self.evacuations_view().await?,
         })
+    }
+
+    /// Unfinished evacuations as the planner sees them.
+    async fn evacuations_view(&self) -> Result<Vec<planner::evacuate::Evacuation>> {
+        use planner::evacuate::{Evacuation, Member, MemberState, MoveOutcome};
+        let mut out = Vec::new();
+        for e in self.open_evacuations().await? {
+            let members = self
+                .evacuation_clusters(&e.id)
+                .await?
+                .into_iter()
+                .map(|m| Member {
+                    // An unknown state (a newer writer's) is left alone as settled.
+                    state: MemberState::parse(&m.state).unwrap_or(MemberState::Staying),
+                    outcome: m.operation_status.as_deref().map(|s| match s {
+                        "running" => MoveOutcome::Running,
+                        "succeeded" => MoveOutcome::Succeeded,
+                        other => MoveOutcome::Ended(
+                            m.operation_error
+                                .clone()
+                                .unwrap_or_else(|| format!("its move operation ended {other}")),
+                        ),
+                    }),
+                    cluster_id: m.cluster_id,
+                })
+                .collect();
+            out.push(Evacuation {
+                id: e.id,
+                cloud: e.cloud,
+                to: e.to_cloud,
+                concurrency: u32::try_from(e.concurrency).unwrap_or(1).max(1),
+                paused: e.status == "paused",
+                members,
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -626,6 +626,82 @@ pub struct UpdateCluster {
     pub on_cloud_loss: Option<OnCloudLoss>,
 }
 
+/// Evacuate a cloud: move every cluster off it (`POST /v1/clouds/{cloud}/evacuate`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvacuateCloud {
+    /// Where the clusters go; the first other cloud that answers (a region named like
+    /// each cluster's first) when omitted.
+    #[serde(default)]
+    #[schema(max_length = 63)]
+    pub to: Option<String>,
+    /// Clusters moving at once (1–16; 2 when omitted).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 16)]
+    pub concurrency: Option<u32>,
+}
+
+/// Where one cluster of an evacuation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EvacuationState {
+    Waiting,
+    Moving,
+    Moved,
+    /// Its move failed or was cancelled (`why` says).
+    Failed,
+    /// Not moved by the evacuation (`why` says).
+    Staying,
+}
+
+/// An evacuation's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EvacuationStatus {
+    Running,
+    /// No new move starts; running ones finish.
+    Paused,
+    Finished,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EvacuationCluster {
+    pub cluster_id: String,
+    /// Its name and org, while it exists.
+    pub name: Option<String>,
+    pub org_id: Option<String>,
+    pub state: EvacuationState,
+    pub why: Option<String>,
+    /// Its move operation, once started.
+    pub operation_id: Option<String>,
+}
+
+/// How many clusters of an evacuation are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EvacuationCounts {
+    pub waiting: u32,
+    pub moving: u32,
+    pub moved: u32,
+    pub failed: u32,
+    pub staying: u32,
+}
+
+/// Every cluster of a cloud moved off it, a few at a time; survives a control plane
+/// restart.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Evacuation {
+    pub id: String,
+    pub cloud: String,
+    pub to: Option<String>,
+    pub concurrency: u32,
+    pub status: EvacuationStatus,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub counts: EvacuationCounts,
+    /// In the order they move.
+    pub clusters: Vec<EvacuationCluster>,
+}
+
 /// Where to move a cluster: its members are rebuilt there one by one and the primary
 /// switched over (the connection string stays the same).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -12,6 +12,7 @@
 
 pub mod backups;
 pub mod clouds;
+pub mod evacuate;
 pub mod moves;
 pub mod spot;
 pub mod storage;
@@ -228,6 +229,9 @@ pub struct World {
     /// Clouds whose API probe fails, from the control plane's probes.
     #[serde(default)]
     pub unreachable: BTreeMap<String, clouds::Unreachable>,
+    /// Evacuations of a cloud that are not finished.
+    #[serde(default)]
+    pub evacuations: Vec<evacuate::Evacuation>,
 }
 
 impl World {
@@ -331,6 +335,24 @@ pub enum Action {
         disk_bytes: u64,
         message: String,
     },
+    /// An evacuation starts moving one of its clusters to `cloud` / `region`.
+    EvacuationMove {
+        evacuation_id: String,
+        cluster_id: String,
+        cloud: String,
+        region: String,
+    },
+    /// One cluster of an evacuation reached a new state (`why`: for failed and staying).
+    EvacuationMember {
+        evacuation_id: String,
+        cluster_id: String,
+        state: evacuate::MemberState,
+        why: Option<String>,
+    },
+    /// Nothing of the evacuation waits or moves any more.
+    EvacuationDone {
+        evacuation_id: String,
+    },
     /// A running operation moved on to another step.
     ReportProgress {
         operation_id: String,
@@ -413,6 +435,8 @@ pub fn plan(world: &World) -> Vec<Action> {
     }
     // Clusters that lived only in a cloud that went dark.
     actions.extend(clouds::plan_loss(world));
+    // Evacuations: the next clusters to move off their cloud.
+    actions.extend(evacuate::plan(world));
 
     // Storage: the level of the cluster's fullest member (a standby's full disk holds the
     // primary's writes back too), told to the tenant when it changes.

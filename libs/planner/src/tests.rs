@@ -198,6 +198,42 @@ fn apply(world: &mut World, actions: &[Action]) {
                     c.region = region.clone();
                 }
             }
+            Action::EvacuationMove {
+                evacuation_id,
+                cluster_id,
+                cloud,
+                region,
+            } => {
+                for c in world.clusters.iter_mut().filter(|c| &c.id == cluster_id) {
+                    c.cloud = cloud.clone();
+                    c.region = region.clone();
+                }
+                world.operations.push(OperationView {
+                    id: format!("op{n}"),
+                    cluster_id: cluster_id.clone(),
+                    kind: OperationKind::MoveCluster,
+                    progress: None,
+                });
+                for e in world.evacuations.iter_mut().filter(|e| &e.id == evacuation_id) {
+                    for m in e.members.iter_mut().filter(|m| &m.cluster_id == cluster_id) {
+                        m.state = crate::evacuate::MemberState::Moving;
+                        m.outcome = Some(crate::evacuate::MoveOutcome::Running);
+                    }
+                }
+            }
+            Action::EvacuationMember {
+                evacuation_id,
+                cluster_id,
+                state,
+                ..
+            } => {
+                for e in world.evacuations.iter_mut().filter(|e| &e.id == evacuation_id) {
+                    for m in e.members.iter_mut().filter(|m| &m.cluster_id == cluster_id) {
+                        m.state = *state;
+                    }
+                }
+            }
+            Action::EvacuationDone { evacuation_id } => world.evacuations.retain(|e| &e.id != evacuation_id),
             Action::Event { .. } => {}
             Action::ReportProgress { operation_id, progress } => {
                 for o in world.operations.iter_mut().filter(|o| &o.id == operation_id) {
@@ -1123,6 +1159,7 @@ proptest! {
 }
 
 mod clouds;
+mod evacuate;
 mod spot;
 
 #[test]

@@ -1,0 +1,173 @@
+//! Evacuating a cloud (issue 11) on the real `highrise up`: five clusters, single-node and
+//! HA, under ledger writers, moved from `local-a` to `local-b` two at a time — nothing
+//! acknowledged lost, each move's write pause measured — with `up` killed midway and
+//! started again: the evacuation carries on from the store and finishes.
+
+mod common;
+
+use common::ha::*;
+use common::*;
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Writer = tokio::task::JoinHandle<(Vec<i64>, Vec<(Instant, bool)>)>;
+
+fn writers(uris: &[(String, String)]) -> (Vec<Writer>, Arc<AtomicBool>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = uris
+        .iter()
+        .map(|(_, uri)| tokio::spawn(ledger_writer(uri.clone(), stop.clone())))
+        .collect();
+    (handles, stop)
+}
+
+fn evacuation(up: &Up, id: &str) -> Value {
+    serde_json::from_str(&up.cli_ok(&["cloud", "evacuation", id, "--output", "json"])).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cloud_is_evacuated_under_writers_and_the_evacuation_survives_a_restart() {
+    let tmp = temp_root();
+    let root = tmp.path().to_path_buf();
+    let r = root.clone();
+    let (up, mut uris) = tokio::task::spawn_blocking(move || {
+        let up = Up::start_in(&r);
+        // Oldest first: the HA clusters move before the crash, the others after it.
+        let mut uris = Vec::new();
+        for name in ["h1", "h2"] {
+            let (uri, _) = ha_cluster(&up, name, 1);
+            uris.push((name.to_string(), uri));
+        }
+        for name in ["s1", "s2", "s3"] {
+            let uri = up.create_cluster(name);
+            psql_ok(&uri, "create table ledger(id bigserial primary key)");
+            uris.push((name.to_string(), uri));
+        }
+        (up, uris)
+    })
+    .await
+    .unwrap();
+
+    // Writers on every cluster; the evacuation begins.
+    let (handles, stop) = writers(&uris);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let begun = Instant::now();
+    let (up, out) = tokio::task::spawn_blocking(move || {
+        let out = up.cli_ok(&[
+            "cloud",
+            "evacuate",
+            "local-a",
+            "--to",
+            "local-b",
+            "--concurrency",
+            "2",
+            "--output",
+            "json",
+        ]);
+        (up, out)
+    })
+    .await
+    .unwrap();
+    let e: Value = serde_json::from_str(&out).unwrap();
+    let id = e["id"].as_str().unwrap().to_string();
+    assert_eq!(e["clusters"].as_array().unwrap().len(), 5, "{e}");
+    assert!(e["counts"]["moving"].as_u64().unwrap() <= 2, "{e}");
+    // Until two clusters have moved; never more than two moving at once.
+    let (u, i) = (Arc::new(up), id.clone());
+    let u2 = u.clone();
+    let before_crash = tokio::task::spawn_blocking(move || {
+        let mut seen = Value::Null;
+        wait_for("two clusters moved", Duration::from_secs(120), || {
+            seen = evacuation(&u2, &i);
+            assert!(seen["counts"]["moving"].as_u64().unwrap() <= 2, "{seen}");
+            assert_eq!(seen["counts"]["failed"], 0, "{seen}");
+            seen["counts"]["moved"].as_u64().unwrap() >= 2
+        });
+        seen
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked: Vec<Vec<i64>> = Vec::new();
+    for (n, h) in handles.into_iter().enumerate() {
+        let (ids, timeline) = h.await.unwrap();
+        let (pause, failures) = longest_pause(&timeline, begun);
+        let name = &uris[n].0;
+        let moved = before_crash["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == name.as_str() && c["state"] == "moved");
+        eprintln!(
+            "{name}: {} commits, longest write pause {pause:?} ({failures} failed attempts){}",
+            ids.len(),
+            if moved { ", moved" } else { "" }
+        );
+        if moved && name.starts_with('h') {
+            assert!(pause <= Duration::from_secs(1), "{name}: write pause {pause:?}");
+        }
+        acked.push(ids);
+    }
+
+    // `up` dies midway and starts again: the evacuation carries on from the store.
+    let mut up = Arc::try_unwrap(u).unwrap_or_else(|_| panic!("up still shared"));
+    up.crash();
+    let old_proxies = up.proxies();
+    drop(up);
+    let r = root.clone();
+    let up = tokio::task::spawn_blocking(move || Up::start_in(&r)).await.unwrap();
+    for (_, uri) in &mut uris {
+        *uri = uri.replace(&old_proxies, &up.proxies());
+    }
+    let (handles, stop) = writers(&uris);
+    let (u, i) = (Arc::new(up), id.clone());
+    let u2 = u.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut seen = Value::Null;
+        wait_for("the evacuation to finish", Duration::from_secs(240), || {
+            seen = evacuation(&u2, &i);
+            seen["status"] == "finished"
+        });
+        seen
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for (n, h) in handles.into_iter().enumerate() {
+        acked[n].extend(h.await.unwrap().0);
+    }
+    assert_eq!(done["counts"]["moved"], 5, "{done}");
+    assert_eq!(done["counts"]["failed"], 0, "{done}");
+    let u2 = u.clone();
+    let id2 = id.clone();
+    tokio::task::spawn_blocking(move || {
+        let id = id2;
+        for (n, (name, uri)) in uris.iter().enumerate() {
+            let shown = show(&u2, name);
+            assert_eq!(shown["cloud"], "local-b", "{shown}");
+            let members = shown["members"].as_array().unwrap();
+            assert!(
+                !members.is_empty() && members.iter().all(|m| m["cloud"] == "local-b"),
+                "{shown}"
+            );
+            check_ledger(uri, &acked[n]);
+        }
+        // The fleet view as a person reads it.
+        let text = u2.cli_ok(&["cloud", "evacuation", &id]);
+        assert!(
+            text.contains("finished") && text.matches(" moved ").count() == 5,
+            "{text}"
+        );
+    })
+    .await
+    .unwrap();
+    // The fleet view as a person reads it.
+    let text = u.cli_ok(&["cloud", "evacuation", &id]);
+    assert!(
+        text.contains("finished") && text.matches(" moved ").count() == 5,
+        "{text}"
+    );
+}
