@@ -149,10 +149,22 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         check_traversable(&cfg.dir)?;
     }
     let client = http()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Where the control plane is: the command line's URL, then what the host's metadata
+    // says (the control plane may move; the agent follows without a restart).
+    let control = metadata::ControlUrl::new(&cfg.control_url);
+    let follower = cfg.metadata_url.clone().map(|base| {
+        tokio::spawn(metadata::follow_control_url(
+            client.clone(),
+            base,
+            control.clone(),
+            stop_rx.clone(),
+        ))
+    });
     // Registration retries while the control plane is away; a stop request (or the
     // parent's exit) must still end the agent.
     let token = tokio::select! {
-        t = host_token(&cfg, &client) => t?,
+        t = host_token(&cfg, &client, &control) => t?,
         _ = wait_for_stop(&cfg) => {
             tracing::info!("stopping before registration finished");
             return Ok(());
@@ -191,11 +203,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         Err(_) => None,
     };
     let (desired_tx, desired_rx) = watch::channel(initial);
-    let (stop_tx, stop_rx) = watch::channel(false);
 
     let poller = tokio::spawn(poll_desired(
         client.clone(),
-        cfg.clone(),
+        control.clone(),
         token.clone(),
         desired_file,
         desired_tx,
@@ -209,13 +220,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             stop_rx.clone(),
         ))
     });
-    let beats = tokio::spawn(heartbeats(
-        client,
-        cfg.clone(),
-        token,
-        Arc::clone(&shared),
-        stop_rx.clone(),
-    ));
+    let beats = tokio::spawn(heartbeats(client, control, token, Arc::clone(&shared), stop_rx.clone()));
     let disk_watch = tokio::spawn(disk::watch(Arc::clone(&shared), stop_rx.clone()));
     let converge = tokio::spawn(supervisor::converge(Arc::clone(&shared), desired_rx, stop_rx));
 
@@ -227,6 +232,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     poller.abort();
     beats.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     disk_watch.abort();
     if let Some(n) = notices {
         n.abort();
@@ -266,7 +274,7 @@ async fn wait_for_stop(cfg: &AgentConfig) {
 }
 
 /// The host token from disk, or a fresh one from registering with the bootstrap token.
-async fn host_token(cfg: &AgentConfig, client: &reqwest::Client) -> Result<String> {
+async fn host_token(cfg: &AgentConfig, client: &reqwest::Client, control: &metadata::ControlUrl) -> Result<String> {
     let path = cfg.dir.join("host-token");
     if let Ok(t) = std::fs::read_to_string(&path) {
         if !t.trim().is_empty() {
@@ -285,7 +293,7 @@ async fn host_token(cfg: &AgentConfig, client: &reqwest::Client) -> Result<Strin
     let mut delay = Duration::from_millis(50);
     loop {
         let res = client
-            .post(format!("{}/v1/agent/register", cfg.control_url))
+            .post(format!("{}/v1/agent/register", control.get()))
             .timeout(Duration::from_secs(10))
             .json(&body)
             .send()
@@ -317,7 +325,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 async fn poll_desired(
     client: reqwest::Client,
-    cfg: AgentConfig,
+    control: metadata::ControlUrl,
     token: String,
     file: PathBuf,
     tx: watch::Sender<Option<DesiredState>>,
@@ -330,7 +338,7 @@ async fn poll_desired(
         }
         let known = tx.borrow().as_ref().map(|d| d.version.clone()).unwrap_or_default();
         let res = client
-            .get(format!("{}/v1/agent/desired", cfg.control_url))
+            .get(format!("{}/v1/agent/desired", control.get()))
             .query(&[("known", known.as_str()), ("wait", "25")])
             .bearer_auth(&token)
             .timeout(Duration::from_secs(35))
@@ -391,7 +399,7 @@ const BEAT_EVERY: Duration = Duration::from_millis(500);
 
 async fn heartbeats(
     client: reqwest::Client,
-    cfg: AgentConfig,
+    control: metadata::ControlUrl,
     token: String,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
@@ -426,7 +434,7 @@ async fn heartbeats(
                 reserve_released: r.released,
             });
         let res = client
-            .post(format!("{}/v1/agent/heartbeat", cfg.control_url))
+            .post(format!("{}/v1/agent/heartbeat", control.get()))
             .bearer_auth(&token)
             .timeout(Duration::from_secs(5))
             .json(&Heartbeat {

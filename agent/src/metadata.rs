@@ -1,4 +1,5 @@
-//! The host's instance metadata endpoint, watched for a spot notice.
+//! The host's instance metadata endpoint, watched for a spot notice and for where the
+//! control plane is.
 //!
 //! Two shapes are read, as the clouds publish them: AWS
 //! `latest/meta-data/spot/instance-action` (404 until a notice, then
@@ -81,6 +82,70 @@ pub async fn watch_notice(client: reqwest::Client, base: String, shared: Arc<Sha
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Where the control plane is now: the URL the agent started with, then whatever the
+/// host's metadata (its user data) says, so a control plane that moved to a new address
+/// is found again without touching the host.
+#[derive(Clone)]
+pub struct ControlUrl(Arc<std::sync::RwLock<String>>);
+
+impl ControlUrl {
+    pub fn new(url: &str) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(url.trim_end_matches('/').to_string())))
+    }
+
+    pub fn get(&self) -> String {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes `url` into use; returns whether it changed.
+    fn set(&self, url: &str) -> bool {
+        let mut cur = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let url = url.trim_end_matches('/');
+        if *cur == url {
+            return false;
+        }
+        *cur = url.to_string();
+        true
+    }
+}
+
+/// How often the metadata is asked where the control plane is.
+const CONTROL_URL_POLL: Duration = Duration::from_secs(1);
+
+/// Reads `{base}/highrise/control-url` every second until `stop`; a new URL (absolute
+/// http or https) is taken into use at once.
+pub async fn follow_control_url(
+    client: reqwest::Client,
+    base: String,
+    control: ControlUrl,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let said = async {
+            let r = client
+                .get(format!("{base}/highrise/control-url"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())?;
+            r.text().await.ok()
+        };
+        if let Some(url) = said.await.map(|t| t.trim().to_string()) {
+            let valid = reqwest::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !valid {
+                tracing::warn!(url = %url, "ignore an unusable control plane URL from the metadata");
+            } else if control.set(&url) {
+                tracing::warn!(url = %url, "the control plane moved: following it");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(CONTROL_URL_POLL) => {}
             _ = stop.changed() => return,
         }
     }

@@ -99,6 +99,10 @@ struct ProxyArgs {
     listen: SocketAddr,
     #[arg(long)]
     control_url: String,
+    /// A URL that names the control plane's current URL (e.g. the land's
+    /// `/land/control-url`), read when the control plane stops answering.
+    #[arg(long)]
+    control_url_source: Option<String>,
     #[arg(long, env = "HIGHRISE_PROXY_TOKEN", hide_env_values = true)]
     token: String,
     #[arg(long)]
@@ -166,6 +170,7 @@ fn main() -> std::process::ExitCode {
                     listener,
                     highrise_proxy::ProxyConfig {
                         control_url: p.control_url,
+                        control_url_source: p.control_url_source,
                         token: p.token,
                         cache_file: p.cache_file,
                         tls: p.tls_cert.zip(p.tls_key),

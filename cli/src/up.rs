@@ -1,7 +1,10 @@
 //! `highrise up`: the whole service on one machine, in the foreground — control plane on
 //! SQLite, the local land (two clouds) and a proxy per cloud, all under one data directory.
 //! Ctrl-C (or SIGTERM) stops everything it started; running it again on the same
-//! directory brings every cluster back with its data.
+//! directory brings every cluster back with its data. The land's operator control
+//! `POST /land/control-plane/move` restarts the control plane (API and reconciler, same
+//! store) at a new address while hosts, databases and proxies run on: they find it
+//! again through the land's metadata.
 
 use anyhow::{Context, Result};
 use highrise_control::{Control, ControlConfig};
@@ -420,26 +423,21 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         Err(_) => secret_file(&dir.join("master.key"), || highrise_control::random_hex(32))?,
     };
     let storage = storage_config(&dir, &args, &clouds)?;
-    let control = Arc::new(
-        Control::open(
-            ControlConfig {
-                database_url,
-                public_url: api_url.clone(),
-                proxy_token: proxy_token.clone(),
-                proxy_public_addrs: proxy_public.iter().map(ToString::to_string).collect(),
-                storage,
-                master_key,
-                spot: highrise_planner::SpotPolicy {
-                    stable_secs: args.spot_stable_secs,
-                    no_capacity_backoff_secs: args.spot_backoff_secs,
-                    ..Default::default()
-                },
-                auth_failures_per_minute: args.auth_failures_per_minute,
-            },
-            land.clone(),
-        )
-        .await?,
-    );
+    let control_cfg = ControlConfig {
+        database_url,
+        public_url: api_url.clone(),
+        proxy_token: proxy_token.clone(),
+        proxy_public_addrs: proxy_public.iter().map(ToString::to_string).collect(),
+        storage,
+        master_key,
+        spot: highrise_planner::SpotPolicy {
+            stable_secs: args.spot_stable_secs,
+            no_capacity_backoff_secs: args.spot_backoff_secs,
+            ..Default::default()
+        },
+        auth_failures_per_minute: args.auth_failures_per_minute,
+    };
+    let control = Arc::new(Control::open(control_cfg.clone(), land.clone()).await?);
 
     // The client config: keep a saved key that still works, else mint one.
     let config_path = args
@@ -466,24 +464,25 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     write_private(&dir.join("client.json"), &serde_json::to_vec_pretty(&client_cfg)?)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let api = serve_http(api_listener, control.router(), stop_rx.clone());
-    let land_srv = serve_http(land_listener, land.clone().router(), stop_rx.clone());
+    let (move_tx, mut move_rx) = tokio::sync::mpsc::channel::<MoveRequest>(1);
+    let land_srv = serve_http(
+        land_listener,
+        land.clone().router().merge(control_plane_routes(move_tx)),
+        stop_rx.clone(),
+    );
     // Hosts come back first; then the reconciler re-drives what was in flight.
     let reconcile = !args.no_reconciler;
     if reconcile {
         land.boot(&api_url).context("boot the land's hosts")?;
         land.spawn_market();
     }
-    let (reconciler_stop_tx, reconciler_stop_rx) = watch::channel(false);
-    let reconciler = reconcile.then(|| {
-        let control = Arc::clone(&control);
-        tokio::spawn(async move { control.run_reconciler(reconciler_stop_rx).await })
-    });
+    let mut plane = ControlPlane::start(control, api_listener, reconcile);
     let mut proxies = Vec::new();
     for (cloud, listener) in proxy_listeners {
         let (tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
         let cfg = highrise_proxy::ProxyConfig {
             control_url: api_url.clone(),
+            control_url_source: Some(format!("http://{land_addr}/land/control-url")),
             token: proxy_token.clone(),
             // Each proxy keeps routes of its own: it serves on from them alone.
             cache_file: dir.join(format!("proxy-routes-{cloud}.json")),
@@ -516,10 +515,23 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     println!("Try: highrise cluster create shop --wait");
     std::io::stdout().flush().ok();
 
-    wait_for_signal().await;
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut signal => break,
+            Some(reply) = move_rx.recv() => {
+                let moved = move_control_plane(&mut plane, &control_cfg, &land, &args, &[&config_path, &dir.join("client.json")]).await;
+                if let Err(e) = &moved {
+                    tracing::error!("move the control plane: {e:#}");
+                }
+                let _ = reply.send(moved.map_err(|e| format!("{e:#}")));
+            }
+        }
+    }
     tracing::info!("stopping: proxy, reconciler, hosts (and their PostgreSQL), API");
     let _ = stop_tx.send(true);
-    let _ = reconciler_stop_tx.send(true);
+    plane.stop().await;
     for proxy in proxies {
         match tokio::task::spawn_blocking(move || proxy.join()).await {
             Ok(Ok(Err(e))) => tracing::error!("proxy: {e:#}"),
@@ -527,14 +539,140 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             _ => {}
         }
     }
-    if let Some(r) = reconciler {
-        let _ = r.await;
-    }
     land.shutdown().await;
-    let _ = api.await;
     let _ = land_srv.await;
     println!("Highrise stopped.");
     Ok(())
+}
+
+/// The control plane's part of `up`: its API server and reconciler over one store.
+struct ControlPlane {
+    url: String,
+    /// Until stopped.
+    running: Option<Running>,
+}
+
+struct Running {
+    control: Arc<Control>,
+    api: tokio::task::JoinHandle<std::io::Result<()>>,
+    api_stop: watch::Sender<bool>,
+    reconciler: Option<(tokio::task::JoinHandle<()>, watch::Sender<bool>)>,
+}
+
+impl ControlPlane {
+    fn start(control: Arc<Control>, listener: TcpListener, reconcile: bool) -> Self {
+        let url = listener.local_addr().map(|a| format!("http://{a}")).unwrap_or_default();
+        let (api_stop, api_stop_rx) = watch::channel(false);
+        let api = serve_http(listener, control.router(), api_stop_rx);
+        let reconciler = reconcile.then(|| {
+            let (tx, rx) = watch::channel(false);
+            let control = Arc::clone(&control);
+            (tokio::spawn(async move { control.run_reconciler(rx).await }), tx)
+        });
+        Self {
+            url,
+            running: Some(Running {
+                control,
+                api,
+                api_stop,
+                reconciler,
+            }),
+        }
+    }
+
+    /// Stops the reconciler (its round finishes) and the API: requests get a second to
+    /// finish, then the rest (agents' and proxies' long-polls) are cut. Once: two
+    /// reconcilers never run over one store.
+    async fn stop(&mut self) {
+        let Some(r) = self.running.take() else {
+            return;
+        };
+        if let Some((task, stop)) = r.reconciler {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+        let _ = r.api_stop.send(true);
+        let mut api = r.api;
+        if tokio::time::timeout(std::time::Duration::from_secs(1), &mut api)
+            .await
+            .is_err()
+        {
+            api.abort();
+            let _ = api.await;
+        }
+        drop(r.control);
+    }
+}
+
+/// A request to move the control plane, answered with its new URL.
+type MoveRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// `POST /land/control-plane/move`: the operator's "the control plane moved" (in the
+/// local land it restarts at a new port of the same machine, over the same store).
+fn control_plane_routes(requests: tokio::sync::mpsc::Sender<MoveRequest>) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    axum::Router::new()
+        .route(
+            "/land/control-plane/move",
+            axum::routing::post(
+                |axum::extract::State(requests): axum::extract::State<tokio::sync::mpsc::Sender<MoveRequest>>| async move {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if requests.send(tx).await.is_err() {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response();
+                    }
+                    match rx.await {
+                        Ok(Ok(url)) => axum::Json(serde_json::json!({ "api_url": url })).into_response(),
+                        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+                        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response(),
+                    }
+                },
+            ),
+        )
+        .with_state(requests)
+}
+
+/// Stops the control plane and starts it again at a new address over the same store,
+/// then tells the land (whose metadata the agents and proxies read) and the client
+/// config where it is now. Hosts and their databases are not touched.
+async fn move_control_plane(
+    plane: &mut ControlPlane,
+    cfg: &ControlConfig,
+    land: &Arc<LocalLand>,
+    args: &UpArgs,
+    client_configs: &[&Path],
+) -> Result<String> {
+    let listener = TcpListener::bind(SocketAddr::new(args.api_listen.ip(), 0))
+        .await
+        .context("listen for the API at a new address")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let from = plane.url.clone();
+    plane.stop().await;
+    let control = Control::open(
+        ControlConfig {
+            public_url: url.clone(),
+            ..cfg.clone()
+        },
+        land.clone(),
+    )
+    .await
+    .context("open the control plane at its new address")?;
+    *plane = ControlPlane::start(Arc::new(control), listener, !args.no_reconciler);
+    land.set_control_url(&url)
+        .context("tell the land where the control plane is")?;
+    for path in client_configs {
+        if let Ok(mut c) = std::fs::read(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(serde_json::from_slice::<ClientConfig>(&b)?))
+        {
+            c.api_url = url.clone();
+            write_private(path, &serde_json::to_vec_pretty(&c)?)?;
+        }
+    }
+    tracing::warn!(from = %from, to = %url, "the control plane moved");
+    println!("control plane moved: API {url}");
+    std::io::stdout().flush().ok();
+    Ok(url)
 }
 
 /// Serves `router` until `stop` turns true (in-flight requests finish first).

@@ -38,6 +38,10 @@ use tokio_rustls::TlsAcceptor;
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub control_url: String,
+    /// A URL whose body names the control plane's current URL (the land's metadata), read
+    /// whenever the control plane does not answer: a control plane that moved to a new
+    /// address is found again without restarting the proxy.
+    pub control_url_source: Option<String>,
     pub token: String,
     /// Where the last known routing table is kept across restarts.
     pub cache_file: PathBuf,
@@ -60,7 +64,8 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
         None => None,
     };
     let routes = RouteCache::load(&cfg.cache_file);
-    let on_miss = routes::OnMiss::new(cfg.clone());
+    let control = routes::ControlUrl::new(&cfg.control_url);
+    let on_miss = routes::OnMiss::new(cfg.clone(), control.clone());
     // The current table first, when the control plane answers (within 2 s): the cache may
     // be from before an outage and name a primary that was replaced meanwhile — and that
     // may itself come back with its cloud, still a primary until its agent hears of it.
@@ -68,7 +73,7 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
     if let Some(m) = &on_miss {
         m.refresh(&routes).await;
     }
-    let refresher = tokio::spawn(routes::refresh(routes.clone(), cfg.clone(), shutdown.clone()));
+    let refresher = tokio::spawn(routes::refresh(routes.clone(), cfg.clone(), control, shutdown.clone()));
     let ctx = Arc::new(Ctx {
         cancels: Mutex::new(HashMap::new()),
         on_miss,

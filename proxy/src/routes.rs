@@ -117,11 +117,12 @@ impl RouteCache {
 pub(crate) struct OnMiss {
     client: reqwest::Client,
     cfg: ProxyConfig,
+    control: ControlUrl,
     last: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl OnMiss {
-    pub fn new(cfg: ProxyConfig) -> Option<Self> {
+    pub fn new(cfg: ProxyConfig, control: ControlUrl) -> Option<Self> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(2))
@@ -130,6 +131,7 @@ impl OnMiss {
         Some(Self {
             client,
             cfg,
+            control,
             last: tokio::sync::Mutex::new(None),
         })
     }
@@ -143,7 +145,7 @@ impl OnMiss {
         // A failed fetch leaves the cached table in place; the long-poll keeps trying.
         let fetched = async {
             self.client
-                .get(format!("{}/v1/proxy/routes", self.cfg.control_url))
+                .get(format!("{}/v1/proxy/routes", self.control.get()))
                 .bearer_auth(&self.cfg.token)
                 .send()
                 .await?
@@ -158,7 +160,50 @@ impl OnMiss {
     }
 }
 
-pub(crate) async fn refresh(cache: RouteCache, cfg: ProxyConfig, stop: watch::Receiver<bool>) {
+/// Where the control plane is now: the configured URL, then what
+/// [`ProxyConfig::control_url_source`] says once the control plane stops answering.
+#[derive(Clone)]
+pub(crate) struct ControlUrl(std::sync::Arc<std::sync::RwLock<String>>);
+
+impl ControlUrl {
+    pub fn new(url: &str) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(
+            url.trim_end_matches('/').to_string(),
+        )))
+    }
+
+    pub fn get(&self) -> String {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Asks `source` where the control plane is and takes a new, usable answer into use.
+    async fn rediscover(&self, client: &reqwest::Client, source: &str) {
+        let said = async {
+            client
+                .get(source)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        };
+        let Ok(url) = said.await.map(|t| t.trim().trim_end_matches('/').to_string()) else {
+            return;
+        };
+        if !reqwest::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+            tracing::warn!(url = %url, "ignore an unusable control plane URL");
+            return;
+        }
+        let mut cur = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if *cur != url {
+            tracing::warn!(from = %cur, to = %url, "the control plane moved: following it");
+            *cur = url;
+        }
+    }
+}
+
+pub(crate) async fn refresh(cache: RouteCache, cfg: ProxyConfig, control: ControlUrl, stop: watch::Receiver<bool>) {
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
         .build()
@@ -176,7 +221,7 @@ pub(crate) async fn refresh(cache: RouteCache, cfg: ProxyConfig, stop: watch::Re
         }
         let known = cache.version();
         let res = client
-            .get(format!("{}/v1/proxy/routes", cfg.control_url))
+            .get(format!("{}/v1/proxy/routes", control.get()))
             .query(&[("known", known.as_str()), ("wait", "25")])
             .bearer_auth(&cfg.token)
             .timeout(Duration::from_secs(35))
@@ -196,6 +241,9 @@ pub(crate) async fn refresh(cache: RouteCache, cfg: ProxyConfig, stop: watch::Re
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(60) {
                     tracing::warn!("fetch routes (serving the cached table): {e}");
+                }
+                if let Some(source) = &cfg.control_url_source {
+                    control.rediscover(&client, source).await;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

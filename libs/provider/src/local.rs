@@ -121,6 +121,10 @@ struct HostRecord {
 struct Persisted {
     octet_base: u8,
     hosts: BTreeMap<String, HostRecord>,
+    /// Where the control plane is now, as the land tells its hosts and proxies (their
+    /// user data and metadata); `None` before the first boot.
+    #[serde(default)]
+    control_url: Option<String>,
     /// Clouds or `cloud/zone`s that are down.
     down: Vec<String>,
 }
@@ -336,6 +340,7 @@ impl LocalLand {
             for h in inner.persisted.hosts.values_mut() {
                 h.control_url = control_url.to_string();
             }
+            inner.persisted.control_url = Some(control_url.to_string());
             save_state(&self.cfg.dir, &inner.persisted)?;
             inner
                 .persisted
@@ -350,6 +355,18 @@ impl LocalLand {
                 .with_context(|| format!("boot host {}", h.info.host_id))?;
         }
         Ok(())
+    }
+
+    /// Tells every host and proxy that the control plane is now at `control_url` (the
+    /// metadata endpoints below serve it; running agents and proxies read it there and
+    /// reconnect — nothing restarts).
+    pub fn set_control_url(&self, control_url: &str) -> Result<()> {
+        let mut inner = self.lock();
+        for h in inner.persisted.hosts.values_mut() {
+            h.control_url = control_url.to_string();
+        }
+        inner.persisted.control_url = Some(control_url.to_string());
+        save_state(&self.cfg.dir, &inner.persisted)
     }
 
     /// Starts the host's agent unless one is already running (one agent per host, ever).
@@ -634,6 +651,8 @@ impl LocalLand {
                 "/hosts/{id}/computeMetadata/v1/instance/preempted",
                 get(meta_gcp_preempted),
             )
+            .route("/hosts/{id}/highrise/control-url", get(meta_control_url))
+            .route("/land/control-url", get(land_control_url))
             .route("/land/hosts", get(list_hosts_http))
             .route("/land/pools", get(pools_http))
             .route("/land/capacity", post(capacity_http))
@@ -911,6 +930,22 @@ fn provider_error(e: ProviderError) -> Response {
         ProviderError::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     http_error(status, format!("{e:#}"))
+}
+
+/// The control plane's URL as the host's metadata tells it (the host's user data).
+async fn meta_control_url(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
+    match land.lock().persisted.hosts.get(&id) {
+        Some(h) if h.info.state != HostState::Terminated => h.control_url.clone().into_response(),
+        _ => http_error(StatusCode::NOT_FOUND, format!("unknown host {id}")),
+    }
+}
+
+/// The control plane's URL as the land tells its proxies.
+async fn land_control_url(State(land): State<Arc<LocalLand>>) -> Response {
+    match land.lock().persisted.control_url.clone() {
+        Some(url) => url.into_response(),
+        None => http_error(StatusCode::NOT_FOUND, "the land has not booted yet".to_string()),
+    }
 }
 
 async fn meta_instance_id(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
