@@ -122,6 +122,21 @@ async fn a_replicated_cluster_moves_to_another_cloud_and_changes_plan_without_lo
                     .iter()
                     .all(|m| m["state"] == "running" && m["cloud"] == "local-b")
         });
+        // And back down: the new small members must allow as many connections as the
+        // medium primary they follow until the switchover (PostgreSQL pauses a standby's
+        // recovery otherwise — found by bench/run moves).
+        wait_for("the resize up's operation to end", Duration::from_secs(30), || {
+            u.cli(&["cluster", "update", "mover", "--plan", "small"])
+                .status
+                .success()
+        });
+        wait_for("the resize down to finish", Duration::from_secs(90), || {
+            let shown = show(&u, "mover");
+            shown["term"] == 4
+                && members(&shown).len() == 2
+                && members(&shown).iter().all(|m| m["state"] == "running")
+                && shown["status"] == "running"
+        });
     })
     .await
     .unwrap();
@@ -140,13 +155,14 @@ async fn a_replicated_cluster_moves_to_another_cloud_and_changes_plan_without_lo
     let u = up.clone();
     tokio::task::spawn_blocking(move || {
         let shown = show(&u, "mover");
-        assert_eq!(shown["plan"], "medium");
+        assert_eq!(shown["plan"], "small");
         let events = u.cli_ok(&["cluster", "events", "mover"]);
         assert!(
             events.contains("move_started") && events.contains("moving from local-a/region-1 to local-b/region-1"),
             "{events}"
         );
         assert!(events.contains("resizing from small to medium"), "{events}");
+        assert!(events.contains("resizing from medium to small"), "{events}");
         // A second move to where it is, and a move of a cluster that is not there, are refused.
         let again = u.cli(&["cluster", "move", "mover", "--to", "local-b"]);
         assert!(!again.status.success());

@@ -128,12 +128,24 @@ async fn give_up_terminated(state: &AppState) -> Result<bool> {
     Ok(changed)
 }
 
-/// Asks every cloud's API whether it answers; records since when each failing one has
-/// failed. Returns whether any cloud changed between answering and not.
+/// How long a cloud's API may take to answer a probe: an outage often shows as a hang,
+/// and the planner must not wait on it.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Asks every cloud's API whether it answers (in parallel, within [`PROBE_TIMEOUT`]);
+/// records since when each failing one has failed. Returns whether any cloud changed
+/// between answering and not.
 async fn probe_clouds(state: &AppState) -> bool {
+    let clouds = state.provider.clouds();
+    let answers = futures::future::join_all(clouds.iter().map(|c| async {
+        match tokio::time::timeout(PROBE_TIMEOUT, state.provider.probe(&c.name)).await {
+            Ok(answer) => answer.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+        }
+    }))
+    .await;
     let mut changed = false;
-    for cloud in state.provider.clouds() {
-        let answer = state.provider.probe(&cloud.name).await;
+    for (cloud, answer) in clouds.iter().zip(answers) {
         let mut unreachable = state.unreachable.lock().unwrap_or_else(|e| e.into_inner());
         match answer {
             Ok(()) => {
@@ -142,23 +154,20 @@ async fn probe_clouds(state: &AppState) -> bool {
                     changed = true;
                 }
             }
-            Err(e) => {
-                let error = e.to_string();
-                match unreachable.get_mut(&cloud.name) {
-                    Some(u) => u.error = error,
-                    None => {
-                        tracing::warn!(cloud = %cloud.name, "the cloud's API does not answer: {error}");
-                        unreachable.insert(
-                            cloud.name.clone(),
-                            highrise_planner::clouds::Unreachable {
-                                since_ms: now_ms(),
-                                error,
-                            },
-                        );
-                        changed = true;
-                    }
+            Err(error) => match unreachable.get_mut(&cloud.name) {
+                Some(u) => u.error = error,
+                None => {
+                    tracing::warn!(cloud = %cloud.name, "the cloud's API does not answer: {error}");
+                    unreachable.insert(
+                        cloud.name.clone(),
+                        highrise_planner::clouds::Unreachable {
+                            since_ms: now_ms(),
+                            error,
+                        },
+                    );
+                    changed = true;
                 }
-            }
+            },
         }
     }
     changed
@@ -336,6 +345,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                     archive_error: None,
                     storage: None,
                     seed: None,
+                    max_connections: None,
                 })
                 .await?;
             if *role == Role::Standby {

@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (18, include_str!("../migrations/0018_moves.sql")),
     (19, include_str!("../migrations/0019_cloud_loss.sql")),
     (20, include_str!("../migrations/0020_evacuations.sql")),
+    (21, include_str!("../migrations/0021_connections.sql")),
 ];
 
 mod audit;
@@ -293,6 +294,8 @@ pub struct InstanceRow {
     pub storage: Option<highrise_api::StorageUsage>,
     /// Where the member's data directory came from, as its agent reported.
     pub seed: Option<highrise_api::Seed>,
+    /// What its running server allows (`max_connections`), once reported.
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -468,6 +471,9 @@ fn instance(r: &AnyRow) -> Result<InstanceRow> {
         seed: r
             .try_get::<Option<String>, _>("seed_json")?
             .and_then(|j| serde_json::from_str(&j).ok()),
+        max_connections: r
+            .try_get::<Option<i64>, _>("max_connections")?
+            .and_then(|n| u32::try_from(n).ok()),
     })
 }
 

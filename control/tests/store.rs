@@ -31,6 +31,7 @@ impl TempPg {
                 port,
                 socket_dir: sock.clone(),
                 memory_mb: 128,
+                min_connections: None,
                 tcp_logins: vec![],
                 replication_user: None,
                 synchronous_standby_names: String::new(),
@@ -342,6 +343,7 @@ async fn exercise(store: Store) {
             archive_error: None,
             storage: None,
             seed: None,
+            max_connections: None,
         })
         .await
         .unwrap();
@@ -367,8 +369,15 @@ async fn exercise(store: Store) {
         archive_error: None,
         storage: None,
         seed: None,
+        max_connections: Some(400),
     };
     assert!(store.heartbeat("h1", 7, std::slice::from_ref(&running)).await.unwrap());
+    // What the server runs with is a floor for every member (a standby must allow as many
+    // connections as its primary), above what a small plan allows.
+    assert_eq!(
+        store.desired_for_host("h1").await.unwrap()[0].spec.min_connections,
+        Some(400)
+    );
     let measured = highrise_api::StorageUsage {
         data_bytes: 30 << 20,
         wal_bytes: 16 << 20,

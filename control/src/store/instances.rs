@@ -104,6 +104,19 @@ impl Store {
                 .collect();
             let standby = role == "standby";
             let primary = role == "primary";
+            // A standby must allow as many connections as its primary: every member allows
+            // what the biggest one does — by its plan, or by what its server runs with (a
+            // primary started under a bigger plan keeps its setting until it restarts).
+            let min_connections = members
+                .iter()
+                .filter(|m| !m.deleting)
+                .map(|m| {
+                    let by_plan = highrise_pg::default_max_connections(planner::plan_memory_mb(
+                        u32::try_from(m.slots).unwrap_or(1),
+                    ));
+                    by_plan.max(m.max_connections.unwrap_or(0))
+                })
+                .max();
             // A standby's disk filling up holds the primary's writes back before the standby
             // stops for want of room (and, in a synchronous quorum, every commit with it).
             let standby_nearly_full = members.iter().any(|m| {
@@ -125,6 +138,7 @@ impl Store {
                 owner_scram: r.try_get("owner_scram")?,
                 term: r.try_get("term")?,
                 memory_mb: planner::plan_memory_mb(u32::try_from(slots).unwrap_or(1)),
+                min_connections,
                 primary_addr: if standby { primary_addr } else { None },
                 replication_password: standby.then(|| r.try_get("repl_password")).transpose()?,
                 replication_scram: r.try_get("repl_scram")?,

@@ -830,6 +830,10 @@ pub struct InstanceSpec {
     pub term: i64,
     /// Memory budget in MiB, from the plan.
     pub memory_mb: u32,
+    /// Allow at least this many connections: what the cluster's biggest member allows
+    /// (its plan, or what it runs with), so a smaller standby can follow a bigger primary.
+    #[serde(default)]
+    pub min_connections: Option<u32>,
     /// `primary` or `standby`.
     pub role: String,
     /// A standby's primary, `ip:port`, once that primary runs.
@@ -940,6 +944,10 @@ pub struct ObservedInstance {
     /// A standby: where its data directory came from.
     #[serde(default)]
     pub seed: Option<Seed>,
+    /// The running server's `max_connections` (a standby must allow as many as its
+    /// primary).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 /// Where a standby's data directory came from, and how much of it its primary sent.

@@ -20,6 +20,7 @@ fn config(dir: &Path, port: u16, recovery: Option<Recovery>) -> ServerConfig {
         port,
         socket_dir: dir.to_path_buf(),
         memory_mb: 256,
+        min_connections: None,
         tcp_logins: vec![],
         replication_user: None,
         synchronous_standby_names: String::new(),

@@ -180,6 +180,10 @@ pub struct ServerConfig {
     pub port: u16,
     pub socket_dir: PathBuf,
     pub memory_mb: u32,
+    /// Allow at least this many connections: a standby must allow as many as its primary
+    /// does (PostgreSQL pauses its recovery otherwise), so during a resize down the new,
+    /// smaller members allow what the primary they follow allows.
+    pub min_connections: Option<u32>,
     /// Roles that may log in over TCP (scram-sha-256), to the given database.
     pub tcp_logins: Vec<(String, String)>,
     /// The role standbys stream as (a `replication` line in pg_hba), on a primary.
@@ -212,6 +216,11 @@ pub struct Recovery {
     pub target_time: Option<String>,
     /// `recovery_target_lsn`, e.g. `0/3000060`.
     pub target_lsn: Option<String>,
+}
+
+/// `max_connections` for a memory budget: 100 per 256 MiB, between 100 and 1000.
+pub fn default_max_connections(memory_mb: u32) -> u32 {
+    (memory_mb / 256 * 100).clamp(100, 1000)
 }
 
 pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -> Result<()> {
@@ -253,7 +262,7 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
         listen = cfg.listen_addr,
         port = cfg.port,
         sock = cfg.socket_dir.display(),
-        max_connections = (cfg.memory_mb / 256 * 100).clamp(100, 1000),
+        max_connections = default_max_connections(cfg.memory_mb).max(cfg.min_connections.unwrap_or(0)),
         sync = quote_literal(&cfg.synchronous_standby_names),
         conninfo = quote_literal(cfg.primary_conninfo.as_deref().unwrap_or("")),
         max_wal = max_wal_mb,
@@ -589,6 +598,8 @@ pub struct Status {
     /// A primary: the standbys (by `application_name`) that count toward its synchronous
     /// commits right now — caught up and streaming, not merely named.
     pub sync_streaming: Vec<String>,
+    /// The running server's `max_connections`.
+    pub max_connections: Option<u32>,
 }
 
 /// Parses PostgreSQL's `X/Y` notation of a WAL position (each half 1–8 hex digits) into
@@ -629,7 +640,8 @@ pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
          coalesce((select status = 'streaming' from pg_stat_wal_receiver limit 1), false) as streaming, \
          (select receive_start_lsn::text from pg_stat_wal_receiver limit 1) as receive_start_lsn, \
          coalesce((select array_agg(application_name::text order by application_name) from pg_stat_replication \
-          where state = 'streaming' and sync_state in ('sync', 'quorum')), '{}') as sync_streaming",
+          where state = 'streaming' and sync_state in ('sync', 'quorum')), '{}') as sync_streaming, \
+         current_setting('max_connections')::int as max_connections",
     )
     .fetch_one(&mut *conn)
     .await
@@ -646,6 +658,10 @@ pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
             .context("read status")?
             .and_then(|l| parse_lsn(&l)),
         sync_streaming: row.try_get("sync_streaming").context("read status")?,
+        max_connections: row
+            .try_get::<Option<i32>, _>("max_connections")
+            .context("read status")?
+            .and_then(|n| u32::try_from(n).ok()),
     })
 }
 
