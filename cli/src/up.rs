@@ -591,6 +591,9 @@ impl ControlPlane {
             let _ = stop.send(true);
             let _ = task.await;
         }
+        // Long-polls answer now, so the graceful stop below does not wait on them and
+        // their callers ask again, at the new address.
+        r.control.close();
         let _ = r.api_stop.send(true);
         let mut api = r.api;
         if tokio::time::timeout(std::time::Duration::from_secs(1), &mut api)

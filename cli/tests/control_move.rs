@@ -90,10 +90,9 @@ async fn agents_and_proxies_follow_the_control_plane_to_a_new_address_and_no_dat
     tokio::task::spawn_blocking(move || {
         let late = u.create_cluster("late");
         for one in each_host(&late) {
-            assert_eq!(
-                psql_ok(&one, "select 'via the moved control plane'"),
-                "via the moved control plane"
-            );
+            wait_for("the proxy to serve the new cluster", Duration::from_secs(10), || {
+                psql(&one, "select 'via the moved control plane'").1.trim() == "via the moved control plane"
+            });
         }
     })
     .await

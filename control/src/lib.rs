@@ -53,6 +53,9 @@ pub(crate) struct AppState {
     /// Bumped on every change an agent's desired state or the routes may depend on;
     /// long-polls wait on it.
     pub changes: watch::Sender<u64>,
+    /// Turns true when this control plane is being stopped: long-polls answer at once, so
+    /// agents and proxies ask again — and find the control plane wherever it went.
+    pub closing: watch::Sender<bool>,
     /// Key for host bootstrap tokens (HMAC of the host id), kept in the store.
     pub bootstrap_key: Vec<u8>,
     pub keys: durability::Keyring,
@@ -99,6 +102,7 @@ impl Control {
                 store,
                 provider,
                 changes,
+                closing: watch::channel(false).0,
                 bootstrap_key,
                 keys,
                 auth_limits,
@@ -107,6 +111,12 @@ impl Control {
                 unreachable: Default::default(),
             }),
         })
+    }
+
+    /// Ends every long-poll now and any that begins later: this control plane is being
+    /// stopped (its API server then finishes its requests at once).
+    pub fn close(&self) {
+        self.state.closing.send_replace(true);
     }
 
     /// The HTTP service: public API, agent and proxy endpoints, OpenAPI document.

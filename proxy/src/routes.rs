@@ -155,7 +155,14 @@ impl OnMiss {
         };
         match fetched.await {
             Ok(t) => install(cache, &self.cfg, t),
-            Err(e) => tracing::debug!("fetch routes on a miss: {e}"),
+            Err(e) => {
+                tracing::debug!("fetch routes on a miss: {e}");
+                // The control plane may have moved: ask where, for the next miss and the
+                // long-poll.
+                if let Some(source) = &self.cfg.control_url_source {
+                    self.control.rediscover(&self.client, source).await;
+                }
+            }
         }
     }
 }

@@ -46,15 +46,22 @@ where
     Fut: std::future::Future<Output = ApiResult<(String, T)>>,
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait.unwrap_or(0).min(60));
+    let mut closing = state.closing.subscribe();
     loop {
         let mut rx = state.changes.subscribe();
         rx.mark_unchanged();
         let (version, doc) = fetch().await?;
-        if q.known.as_deref() != Some(version.as_str()) {
+        if q.known.as_deref() != Some(version.as_str()) || *closing.borrow_and_update() {
             return Ok(doc);
         }
-        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-            return Ok(doc);
+        tokio::select! {
+            changed = tokio::time::timeout_at(deadline, rx.changed()) => {
+                if changed.is_err() {
+                    return Ok(doc);
+                }
+            }
+            // This control plane is being stopped: answer now.
+            _ = closing.changed() => return Ok(doc),
         }
     }
 }
