@@ -607,17 +607,22 @@ impl LocalLand {
         if freeze {
             signal_agent(Signal::SIGSTOP);
             // Until a scan finds nothing new: a backend the postmaster forked while the
-            // last scan ran would otherwise serve on (once the postmaster is stopped,
-            // nothing new is forked).
+            // last scan ran would otherwise serve on. Each round waits until what it
+            // signalled has really stopped — a postmaster inside fork() stops only once
+            // the child exists — so the next scan sees every child.
             let mut stopped = std::collections::BTreeSet::new();
             for _ in 0..20 {
                 let fresh: Vec<Pid> = servers.iter().copied().filter(|p| !stopped.contains(p)).collect();
                 if fresh.is_empty() {
                     break;
                 }
-                for p in fresh {
-                    let _ = kill(p, Signal::SIGSTOP);
-                    stopped.insert(p);
+                for p in &fresh {
+                    let _ = kill(*p, Signal::SIGSTOP);
+                    stopped.insert(*p);
+                }
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while !fresh.iter().all(|p| is_stopped(*p)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 servers = postgres_under(&dir);
             }
@@ -720,6 +725,17 @@ fn kill_postgres_under(dir: &Path, signal: Signal) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|p| kill(*p, None).is_ok()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether the process is stopped (state `T` or `t` in `/proc/<pid>/stat`) or gone.
+fn is_stopped(pid: Pid) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| matches!(state, "T" | "t" | "Z" | "X")),
+        Err(_) => true,
     }
 }
 
