@@ -103,7 +103,23 @@ pub async fn converge(
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct LocalState {
     port: u16,
+    /// The server was started with its spec applied once: from here on it is only ever
+    /// restarted, never made again.
     initialized: bool,
+    /// The data directory is whole and in place (see [`Instance::create`]). It is never
+    /// made again for this instance: a standby that streamed keeps every commit it
+    /// acknowledged, whatever happens to the attempt that made it.
+    #[serde(default)]
+    created: bool,
+    /// A restore's archive recovery, until the server has been promoted.
+    #[serde(default)]
+    recovery: Option<highrise_pg::Recovery>,
+    /// The standbys in the `synchronous_standby_names` the server last ran with. Reported
+    /// while it is down too — a primary stopped for a switchover, or one that cannot
+    /// start after the agent restarted: the planner needs the set to prove which standby
+    /// holds every acknowledged commit.
+    #[serde(default)]
+    running_sync: Vec<String>,
     /// Copied from the host's template and not backed up yet: the first backup can be
     /// that template (see [`durability::Genesis`]).
     #[serde(default)]
@@ -127,8 +143,6 @@ struct Instance {
     applied: Option<InstanceSpec>,
     /// The cluster-dependent settings the running server was last configured with.
     applied_config: Option<ConfigKey>,
-    /// The standbys in the running server's `synchronous_standby_names`.
-    running_sync: Vec<String>,
     /// The last health check's view of the server.
     status: Option<highrise_pg::Status>,
     admin: Option<sqlx::PgConnection>,
@@ -136,8 +150,6 @@ struct Instance {
     archiver: Option<Archiver>,
     /// The base backup being taken (its id).
     backup: Option<(String, JoinHandle<()>)>,
-    /// Archive recovery settings for the next start (a restore).
-    recovery: Option<highrise_pg::Recovery>,
     /// The last measurement of the data directory and when it was taken, and one being
     /// taken (walking a big data directory takes a while: off the async threads).
     storage: Option<(Instant, StorageUsage)>,
@@ -176,12 +188,10 @@ impl Instance {
             pid,
             applied: None,
             applied_config: None,
-            running_sync: Vec::new(),
             status: None,
             admin: None,
             archiver: None,
             backup: None,
-            recovery: None,
             storage: None,
             measuring: None,
             guard: storage::Level::Normal,
@@ -318,7 +328,7 @@ impl Instance {
             max_connections: status.and_then(|s| s.max_connections),
             lsn: status.and_then(|s| s.lsn),
             streaming: status.map(|s| s.streaming),
-            sync_standbys: self.running_sync.clone(),
+            sync_standbys: self.local.running_sync.clone(),
             sync_streaming: status.map(|s| s.sync_streaming.clone()).unwrap_or_default(),
             term: self.applied.as_ref().map_or(0, |s| s.term),
             archived_lsn: self.archiver.as_ref().and_then(|a| a.status.borrow().archived),
@@ -351,21 +361,29 @@ impl Instance {
         }
     }
 
-    /// Creates the data directory: for a primary a copy of the host's template (or
-    /// initdb), for a standby a base backup of its primary. Returns false while a standby
-    /// still waits for its primary to run.
+    /// Makes the data directory: for a primary a copy of the host's template (or initdb)
+    /// or a restore from object storage; for a standby a seed from object storage, else a
+    /// base backup of its primary. Returns false while a standby still waits for its
+    /// primary to run.
+    ///
+    /// It is built in a staging directory of this attempt's own and moved into place
+    /// whole. An attempt given up on half-way (a new command arrived) cannot cancel its
+    /// blocking work — file writes, a `pg_basebackup` — which goes on writing into that
+    /// attempt's staging directory, never into the data directory or the next attempt's.
     async fn create(&mut self, spec: &InstanceSpec) -> Result<bool> {
         let shared = Arc::clone(&self.shared);
         highrise_pg::own_dir(&self.dir, None, 0o711)?;
-        self.local.genesis = None;
-        let (bin, run_as, pgdata) = (shared.bin.clone(), shared.run_as, self.pgdata.clone());
+        let (bin, run_as) = (shared.bin.clone(), shared.run_as);
+        let (mut genesis, mut seed, mut recovery) = (None, None, None);
+        let staging;
         if spec.role == "standby" {
             let (Some(primary), Some(password)) = (&spec.primary_addr, &spec.replication_password) else {
                 return Ok(false);
             };
             let (host, port) = split_addr(primary)?;
+            staging = self.staging();
             let seeded = match &spec.restore {
-                Some(r) => match durability::seed_standby(&shared, r, &pgdata).await {
+                Some(r) => match durability::seed_standby(&shared, r, &staging).await {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::warn!(instance = %self.id, "seed from backup {}: {e:#}; copying the primary instead", r.backup_id);
@@ -374,7 +392,7 @@ impl Instance {
                 },
                 None => false,
             };
-            let seed = if seeded {
+            seed = Some(if seeded {
                 Seed {
                     from: "backup".into(),
                     backup_id: spec.restore.as_ref().map(|r| r.backup_id.clone()),
@@ -382,10 +400,10 @@ impl Instance {
                     stream_start_lsn: None,
                 }
             } else {
-                let password = password.clone();
+                let (password, dest) = (password.clone(), staging.clone());
                 let copied = tokio::task::spawn_blocking(move || {
-                    highrise_pg::basebackup(&bin, &pgdata, (&host, port), REPL_USER, &password, run_as)?;
-                    highrise_pg::disk_usage(&pgdata)
+                    highrise_pg::basebackup(&bin, &dest, (&host, port), REPL_USER, &password, run_as)?;
+                    highrise_pg::disk_usage(&dest)
                 })
                 .await
                 .context("base backup task")??;
@@ -395,41 +413,64 @@ impl Instance {
                     primary_bytes: copied.data_bytes,
                     stream_start_lsn: None,
                 }
-            };
-            self.local.seed = Some(seed);
-            self.save()?;
+            });
         } else if let Some(r) = &spec.restore {
-            durability::restore(&shared, r, &pgdata).await?;
-            self.recovery = Some(highrise_pg::Recovery {
+            staging = self.staging();
+            durability::restore(&shared, r, &staging).await?;
+            highrise_pg::make_recovering(&staging, run_as)?;
+            recovery = Some(highrise_pg::Recovery {
                 target_time: r.target_time.clone(),
                 target_lsn: r.target_lsn.clone(),
             });
         } else {
+            staging = self.staging();
             let template = shared.template().await;
-            let sh = Arc::clone(&shared);
-            let genesis = tokio::task::spawn_blocking(move || match template {
+            let (sh, dest) = (Arc::clone(&shared), staging.clone());
+            genesis = tokio::task::spawn_blocking(move || match template {
                 Ok(t) => {
-                    highrise_pg::copy_template(&t, &pgdata)?;
+                    highrise_pg::copy_template(&t, &dest)?;
                     Ok(durability::Genesis::of_template(&sh, &t))
                 }
                 Err(e) => {
                     tracing::warn!("{e:#}; running initdb instead");
-                    if pgdata.exists() {
-                        std::fs::remove_dir_all(&pgdata).context("clear half-made data directory")?;
+                    if dest.exists() {
+                        std::fs::remove_dir_all(&dest).context("clear half-made data directory")?;
                     }
-                    highrise_pg::initdb(&bin, &pgdata, run_as).map(|()| None)
+                    highrise_pg::initdb(&bin, &dest, run_as).map(|()| None)
                 }
             })
             .await
             .context("create data directory task")??;
-            self.local.genesis = genesis;
-            self.save()?;
         }
+        if self.pgdata.exists() {
+            std::fs::remove_dir_all(&self.pgdata).with_context(|| format!("clear {}", self.pgdata.display()))?;
+        }
+        std::fs::rename(&staging, &self.pgdata).with_context(|| format!("move {} into place", staging.display()))?;
+        self.local.genesis = genesis;
+        self.local.seed = seed;
+        self.local.recovery = recovery;
+        self.local.created = true;
         if self.local.port == 0 {
             self.local.port = pick_port(&shared.cfg.address)?;
-            self.save()?;
         }
+        self.save()?;
         Ok(true)
+    }
+
+    /// A fresh path to build the data directory in, after removing those of earlier
+    /// attempts (best effort: one an abandoned attempt still writes into goes at a later
+    /// attempt, or with the instance).
+    fn staging(&self) -> PathBuf {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+                    if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                        tracing::warn!(instance = %self.id, "remove {}: {err}", e.path().display());
+                    }
+                }
+            }
+        }
+        self.dir.join(format!("{STAGING_PREFIX}{:016x}", rand::random::<u64>()))
     }
 
     fn server_config(&self, spec: &InstanceSpec) -> highrise_pg::ServerConfig {
@@ -477,10 +518,16 @@ impl Instance {
         let shared = Arc::clone(&self.shared);
         highrise_pg::own_dir(&self.socket_dir, shared.run_as, 0o700)?;
         let mut cfg = self.server_config(spec);
-        // A restore's archive recovery: once, on the first start.
-        cfg.recovery = self.recovery.take();
+        // A restore's archive recovery, until it has ended: PostgreSQL removes
+        // `recovery.signal` then (a restart after that must not recover again).
+        if self.local.recovery.is_some() && !highrise_pg::recovery_pending(&self.pgdata) {
+            self.local.recovery = None;
+            self.save()?;
+        }
+        cfg.recovery = self.local.recovery.clone();
         let recovering = cfg.recovery.is_some();
         let timeout = Duration::from_secs(if recovering { 3600 } else { 60 });
+        self.widen_running_sync(spec)?;
         highrise_pg::write_config(&self.pgdata, &cfg, shared.run_as)?;
         cfg.recovery = None;
         let pid = highrise_pg::start(&shared.bin, &self.pgdata, &self.log, shared.run_as)?;
@@ -488,11 +535,34 @@ impl Instance {
         highrise_pg::wait_ready(&self.pgdata, pid, &self.log, timeout).await?;
         if recovering {
             self.wait_recovered(pid).await?;
+            self.local.recovery = None;
+            self.save()?;
         }
         self.applied = None;
         self.applied_config = Some(config_key(&cfg));
-        self.running_sync = sync_members(spec);
+        self.set_running_sync(sync_members(spec))?;
         self.admin = None;
+        Ok(())
+    }
+
+    /// Before the server takes a new synchronous set: until it runs with it, a commit may
+    /// have been acknowledged under either, so both are recorded.
+    fn widen_running_sync(&mut self, spec: &InstanceSpec) -> Result<()> {
+        let mut both = self.local.running_sync.clone();
+        for s in sync_members(spec) {
+            if !both.contains(&s) {
+                both.push(s);
+            }
+        }
+        self.set_running_sync(both)
+    }
+
+    /// Records the synchronous set the server runs with (kept on disk).
+    fn set_running_sync(&mut self, sync: Vec<String>) -> Result<()> {
+        if self.local.running_sync != sync {
+            self.local.running_sync = sync;
+            self.save()?;
+        }
         Ok(())
     }
 
@@ -526,6 +596,7 @@ impl Instance {
         if self.applied_config.as_ref() == Some(&key) {
             return Ok(());
         }
+        self.widen_running_sync(spec)?;
         highrise_pg::write_config(&self.pgdata, &cfg, self.shared.run_as)?;
         if let Some(pid) = self.pid {
             highrise_pg::reload(pid)?;
@@ -537,7 +608,7 @@ impl Instance {
             "configuration reloaded"
         );
         self.applied_config = Some(key);
-        self.running_sync = sync_members(spec);
+        self.set_running_sync(sync_members(spec))?;
         Ok(())
     }
 
@@ -569,10 +640,12 @@ impl Instance {
         }
         if !self.local.initialized {
             self.shared.report(self.observed(InstanceState::Creating, None));
-            if let Some(pid) = self.pid.take() {
-                highrise_pg::stop(pid, Duration::from_secs(10)).await?;
+            // A server an attempt given up on started (after its data directory was in
+            // place, or on one made before `created` existed): started again under this spec.
+            if let Some(pid) = self.pid.take().or_else(|| highrise_pg::running_pid(&self.pgdata)) {
+                highrise_pg::stop(pid, Duration::from_secs(30)).await?;
             }
-            if !self.create(spec).await? {
+            if !self.local.created && !self.create(spec).await? {
                 return Ok(InstanceState::Creating);
             }
             self.start(spec).await?;
@@ -798,6 +871,9 @@ fn same_roles(a: &InstanceSpec, b: &InstanceSpec) -> bool {
 
 /// The role standbys stream as; created on every primary with the cluster's verifier.
 const REPL_USER: &str = "replicator";
+
+/// Names of the directories data directories are built in, next to `pgdata`.
+const STAGING_PREFIX: &str = "pgdata.new-";
 
 fn sync_members(spec: &InstanceSpec) -> Vec<String> {
     if spec.role == "standby" || spec.sync_quorum == 0 {

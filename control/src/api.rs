@@ -746,7 +746,8 @@ fn view_of(
     } else {
         match members.iter().find(|m| m.role == "primary").map(|m| m.state.as_str()) {
             Some("running") => ClusterStatus::Running,
-            Some("unhealthy") | Some("failed") | Some("unreachable") => ClusterStatus::Degraded,
+            // Stopped: drained for a switchover that has not promoted its target yet.
+            Some("unhealthy") | Some("failed") | Some("unreachable") | Some("stopped") => ClusterStatus::Degraded,
             _ => ClusterStatus::Creating,
         }
     };

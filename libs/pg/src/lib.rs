@@ -210,7 +210,7 @@ pub fn wal_size_mb(disk_bytes: Option<u64>) -> (u64, u64) {
 }
 
 /// Where a restore's archive recovery stops; the end of the WAL when both are `None`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Recovery {
     /// `recovery_target_time`, e.g. `2026-11-26 12:00:00+00`.
     pub target_time: Option<String>,
@@ -482,6 +482,18 @@ pub fn basebackup(
     }
     run(cmd, "pg_basebackup")?;
     make_standby(datadir, run_as)
+}
+
+/// Marks a data directory for archive recovery on its next start (`recovery.signal`).
+/// PostgreSQL removes the file when recovery has ended, so its presence says whether a
+/// restore still has to recover.
+pub fn make_recovering(datadir: &Path, run_as: Option<RunAs>) -> Result<()> {
+    write_owned(&datadir.join("recovery.signal"), "", run_as)
+}
+
+/// Whether the data directory is still marked for archive recovery.
+pub fn recovery_pending(datadir: &Path) -> bool {
+    datadir.join("recovery.signal").exists()
 }
 
 /// Marks a data directory to start as a standby (`standby.signal`).
