@@ -4,6 +4,8 @@
 //! The control plane never reaches a cloud except through this trait, so a real cloud's
 //! driver is one more implementation (behind a cargo feature), not a change to the core.
 
+#[cfg(feature = "aws")]
+pub mod ec2;
 pub mod local;
 pub mod market;
 
