@@ -239,9 +239,28 @@ pub async fn seed_standby(shared: &Shared, r: &RestoreSpec, pgdata: &Path) -> Re
 }
 
 /// Makes `pgdata` the restore's base backup plus every archived WAL segment from its
-/// start, owned by the PostgreSQL user. Archive recovery then runs on start.
+/// start, owned by the PostgreSQL user; archive recovery then runs on start. Reads the
+/// first of the restore's stores that serves it whole: one that fails half-way — a
+/// damaged or missing object, no answer — is left for the next (the backups' copy).
 pub async fn restore(shared: &Shared, r: &RestoreSpec, pgdata: &Path) -> Result<()> {
-    let repo = open_repo(&r.storage)?;
+    let mut failed = Vec::new();
+    for storage in std::iter::once(&r.storage).chain(&r.alternates) {
+        match restore_from(shared, storage, r, pgdata).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let e = format!("{e:#}");
+                if storage != r.alternates.last().unwrap_or(&r.storage) {
+                    tracing::warn!(backup = %r.backup_id, store = %storage.url, "{e}; reading the next copy");
+                }
+                failed.push(format!("from {}: {e}", storage.url));
+            }
+        }
+    }
+    bail!("restore backup {}: {}", r.backup_id, failed.join("; "))
+}
+
+async fn restore_from(shared: &Shared, storage: &StorageSpec, r: &RestoreSpec, pgdata: &Path) -> Result<()> {
+    let repo = open_repo(storage)?;
     tracing::info!(backup = %r.backup_id, "restoring from object storage");
     let t0 = std::time::Instant::now();
     if pgdata.exists() {

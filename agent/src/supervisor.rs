@@ -645,6 +645,11 @@ impl Instance {
             if let Some(pid) = self.pid.take().or_else(|| highrise_pg::running_pid(&self.pgdata)) {
                 highrise_pg::stop(pid, Duration::from_secs(30)).await?;
             }
+            // Recorded as made but not there (the move into place was lost with a crash
+            // before it reached the disk): nothing in it was ever acknowledged; made again.
+            if self.local.created && !self.pgdata.join("PG_VERSION").exists() {
+                self.local.created = false;
+            }
             if !self.local.created && !self.create(spec).await? {
                 return Ok(InstanceState::Creating);
             }

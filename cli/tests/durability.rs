@@ -133,6 +133,15 @@ fn backups_are_copied_to_a_second_cloud_and_restore_from_the_copy_alone() {
             dir.display()
         );
     }
+    // A damaged object in local-a's store: a restore there reads it first, fails on it
+    // half-way and reads the copy in local-b's instead.
+    let part = a.join("base").join(newest).join("part-000000");
+    let mut bytes = std::fs::read(&part).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x55;
+    std::fs::write(&part, bytes).unwrap();
+    let healed = restore(&up, "healed", &["--from", "twice", "--cloud", "local-a"]);
+    assert_eq!(psql_ok(&healed, "select count(*) from t").trim(), "1001");
     // Nothing of local-a's store is left; the copy alone restores every row.
     let store_a = up.data_dir.join("objects").join("local-a");
     std::fs::rename(&store_a, store_a.with_extension("gone")).unwrap();
@@ -223,8 +232,8 @@ fn point_in_time_restore_into_another_cloud_and_from_a_deleted_cluster() {
         .as_str()
         .unwrap()
         .to_string();
-    // Every copy: a restore reads the copy in a reachable cloud first (local-a is down),
-    // and does not fall back to another copy; the newest backup may not be copied yet
+    // Every copy: a restore reads the copy in a reachable cloud first (local-a is down)
+    // and falls back to the other (tested above); the newest backup may not be copied yet
     // (the copier leaves local-a's store alone while local-a is down).
     let objects = objects_under(&up.data_dir.join("objects"));
     let parts: Vec<_> = objects

@@ -146,17 +146,18 @@ async fn spec_in(state: &AppState, org_id: &str, cluster_id: &str, store: &Objec
     })
 }
 
-/// The store to restore backup `backup_id` of cluster `cluster_id` (`source`, unless it
+/// The stores to restore backup `backup_id` of cluster `cluster_id` (`source`, unless it
 /// is deleted and gone) from: the first of its stores (its cloud's, the copy's, then any
 /// other) that holds the backup's manifest — so a restore works from the copy when the
-/// cluster's own cloud is gone.
+/// cluster's own cloud is gone — and the stores after it, which the agent reads when
+/// that one fails half-way (a damaged object).
 pub(crate) async fn restore_spec(
     state: &AppState,
     org_id: &str,
     cluster_id: &str,
     source: Option<&ClusterRow>,
     backup_id: &str,
-) -> Result<StorageSpec> {
+) -> Result<(StorageSpec, Vec<StorageSpec>)> {
     let mut candidates = source.map(|c| state.cfg.storage.stores_of(c)).unwrap_or_default();
     for d in state.cfg.storage.distinct() {
         if !candidates.iter().any(|(_, s)| s == &d.1) {
@@ -169,11 +170,17 @@ pub(crate) async fn restore_spec(
         candidates.sort_by_key(|(cloud, _)| unreachable.contains_key(cloud));
     }
     let mut why = Vec::new();
-    for (cloud, store) in &candidates {
+    for (n, (cloud, store)) in candidates.iter().enumerate() {
         let spec = spec_in(state, org_id, cluster_id, store).await?;
         let repo = highrise_backup::Repo::open(&location(&spec), Key::from_hex(&spec.data_key)?)?;
         match repo.manifest(backup_id).await {
-            Ok(_) => return Ok(spec),
+            Ok(_) => {
+                let mut alternates = Vec::new();
+                for (_, other) in &candidates[n + 1..] {
+                    alternates.push(spec_in(state, org_id, cluster_id, other).await?);
+                }
+                return Ok((spec, alternates));
+            }
             Err(e) => why.push(format!("{cloud}: {e}")),
         }
     }

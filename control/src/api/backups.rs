@@ -388,16 +388,13 @@ pub(super) async fn fill_desired(state: &AppState, rows: Vec<DesiredRow>) -> Api
                     Err(e) => return Err(store_err("source cluster")(e)),
                 },
             };
+            let (storage, alternates) =
+                durability::restore_spec(state, &c.org_id, &r.source_cluster_id, source.as_ref(), &r.backup_id)
+                    .await
+                    .map_err(keyed)?;
             spec.restore = Some(RestoreSpec {
-                storage: durability::restore_spec(
-                    state,
-                    &c.org_id,
-                    &r.source_cluster_id,
-                    source.as_ref(),
-                    &r.backup_id,
-                )
-                .await
-                .map_err(keyed)?,
+                storage,
+                alternates,
                 backup_id: r.backup_id,
                 target_time: r.target_time,
                 target_lsn: r.target_lsn,

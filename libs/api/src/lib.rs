@@ -888,7 +888,12 @@ pub struct StorageSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RestoreSpec {
+    /// The store to read: the first of the source's stores that holds the backup.
     pub storage: StorageSpec,
+    /// The source's other stores (its backups' copies), in order: read when `storage`
+    /// fails — a damaged or missing object, a store that does not answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternates: Vec<StorageSpec>,
     pub backup_id: String,
     pub target_time: Option<String>,
     pub target_lsn: Option<String>,
