@@ -6,7 +6,10 @@
 //! `{"action": "terminate"|"stop", "time": "<RFC 3339>"}`) and GCP
 //! `computeMetadata/v1/instance/preempted` (`TRUE` once preempted; no deadline, the
 //! control plane assumes the cloud's documented notice). The first notice seen is kept and
-//! reported at once — the heartbeat task is woken — and in every heartbeat after.
+//! reported at once — the heartbeat task is woken — and in every heartbeat after. AWS
+//! reads go through IMDSv2 (a session token from `PUT latest/api/token`, renewed before it
+//! expires or when refused), which EC2 hosts launched by Highrise require; where no token
+//! is handed out (GCP, IMDSv1) they go without.
 
 use crate::Shared;
 use highrise_api::SpotNotice;
@@ -24,15 +27,65 @@ struct InstanceAction {
     time: String,
 }
 
+/// How long an IMDSv2 token is asked for, and how long before that it is renewed.
+const TOKEN_TTL: Duration = Duration::from_secs(21_600);
+const TOKEN_RENEW: Duration = Duration::from_secs(21_000);
+
+/// An IMDSv2 session token and when it was handed out; when the endpoint last handed out
+/// none (it is asked again after a minute, not at every look).
+#[derive(Default)]
+struct Imds {
+    token: Option<(String, std::time::Instant)>,
+    refused: Option<std::time::Instant>,
+}
+
+impl Imds {
+    /// The current token, asked for when there is none or it is about to expire; `None`
+    /// where the endpoint hands out none.
+    async fn token(&mut self, client: &reqwest::Client, base: &str) -> Option<String> {
+        let fresh = self.token.as_ref().is_some_and(|(_, at)| at.elapsed() < TOKEN_RENEW);
+        let refused = self.refused.is_some_and(|at| at.elapsed() < Duration::from_secs(60));
+        if !fresh && !refused {
+            let answer = match client
+                .put(format!("{base}/latest/api/token"))
+                .header("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL.as_secs().to_string())
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => r.text().await.ok(),
+                _ => None,
+            };
+            let now = std::time::Instant::now();
+            self.token = answer.map(|t| (t.trim().to_string(), now));
+            self.refused = self.token.is_none().then_some(now);
+        }
+        self.token.as_ref().map(|(t, _)| t.clone())
+    }
+
+    /// The token was refused (expired, revoked): a new one at the next look.
+    fn forget(&mut self) {
+        self.token = None;
+        self.refused = None;
+    }
+}
+
 /// One look at the metadata endpoint: a notice, if the cloud has posted one.
-async fn look(client: &reqwest::Client, base: &str) -> Option<SpotNotice> {
-    let aws = client
+async fn look(client: &reqwest::Client, base: &str, imds: &mut Imds) -> Option<SpotNotice> {
+    let mut get = client
         .get(format!("{base}/latest/meta-data/spot/instance-action"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()
-        .filter(|r| r.status().is_success());
+        .timeout(Duration::from_secs(2));
+    if let Some(token) = imds.token(client, base).await {
+        get = get.header("X-aws-ec2-metadata-token", token);
+    }
+    let aws = get.send().await.ok();
+    if aws
+        .as_ref()
+        .is_some_and(|r| r.status() == reqwest::StatusCode::UNAUTHORIZED)
+    {
+        imds.forget();
+    }
+    let aws = aws.filter(|r| r.status().is_success());
     if let Some(r) = aws {
         let body: InstanceAction = match r.json().await {
             Ok(b) => b,
@@ -74,8 +127,9 @@ async fn look(client: &reqwest::Client, base: &str) -> Option<SpotNotice> {
 
 /// Watches `base` until a notice appears (then keeps it) or the agent stops.
 pub async fn watch_notice(client: reqwest::Client, base: String, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut imds = Imds::default();
     loop {
-        if let Some(n) = look(&client, &base).await {
+        if let Some(n) = look(&client, &base, &mut imds).await {
             *shared.notice.lock().unwrap_or_else(|p| p.into_inner()) = Some(n);
             shared.observed_changed.notify_one();
             return;

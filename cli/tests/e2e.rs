@@ -515,15 +515,39 @@ async fn land_preempts_hosts_and_takes_clouds_down() {
     // The notice appears on the host's metadata endpoint, then the host dies and its
     // disk is wiped. (Five seconds: enough to copy this small database to a replacement
     // even on a loaded machine.)
+    // IMDSv2, as EC2 hosts launched with tokens required: no token, no metadata.
     let notice_url = format!("{land}/hosts/{id}/latest/meta-data/spot/instance-action");
-    assert_eq!(http.get(&notice_url).send().await.unwrap().status().as_u16(), 404);
+    assert_eq!(http.get(&notice_url).send().await.unwrap().status().as_u16(), 401);
+    let token_url = format!("{land}/hosts/{id}/latest/api/token");
+    assert_eq!(
+        http.put(&token_url).send().await.unwrap().status().as_u16(),
+        400,
+        "a TTL is required"
+    );
+    let token = http
+        .put(&token_url)
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "60")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let with_token = |url: &str| http.get(url).header("X-aws-ec2-metadata-token", token.as_str());
+    let other = format!("{land}/hosts/h-other/latest/meta-data/spot/instance-action");
+    assert_eq!(
+        with_token(&other).send().await.unwrap().status().as_u16(),
+        401,
+        "another host's token"
+    );
+    assert_eq!(with_token(&notice_url).send().await.unwrap().status().as_u16(), 404);
     let r = http
         .post(format!("{land}/land/hosts/{id}/preempt?notice=5"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let notice: Value = http.get(&notice_url).send().await.unwrap().json().await.unwrap();
+    let notice: Value = with_token(&notice_url).send().await.unwrap().json().await.unwrap();
     assert_eq!(notice["action"], "terminate");
     let host_dir = up.data_dir.join("land/hosts").join(&id);
     let needle = host_dir.to_string_lossy().to_string();

@@ -106,9 +106,11 @@ async fn a_notice_on_the_primary_switches_over_before_the_host_dies_and_loses_no
     assert!(ms.iter().all(|m| m["host_id"] != doomed_host.as_str()), "{shown}");
     assert!(ms.iter().all(|m| m["market"] == "spot"), "{shown}");
     assert_ne!(ms[0]["pool"], ms[1]["pool"], "{shown}");
+    // local-a speaks AWS's metadata with IMDSv2 tokens required: the agent read the
+    // notice with a session token.
     let events = up.cli_ok(&["cluster", "events", "shop"]);
     assert!(
-        events.contains("spot notice") && events.contains("switching over"),
+        events.contains("spot notice (aws-instance-action)") && events.contains("switching over"),
         "{events}"
     );
 }

@@ -6,9 +6,10 @@
 //!   one-time, terminated on interruption). The host id is the `ClientToken`, so a launch
 //!   repeated after a crash or a timeout yields the one instance (and the host's instance
 //!   is looked for by its tag first: moto, for one, ignores tokens). Tags carry Highrise's
-//!   ids (`highrise:land`, `highrise:host-id`, `highrise:market`, `Name`), and the user data
-//!   is a shell script that starts the host's agent with its bootstrap token and the
-//!   control plane's URL.
+//!   ids (`highrise:land`, `highrise:host-id`, `highrise:market`, `Name`), instance
+//!   metadata is IMDSv2 only (`HttpTokens=required`), and the user data is a shell script
+//!   that starts the host's agent with its bootstrap token, the control plane's URL and
+//!   the instance metadata endpoint (spot notices, read with a session token).
 //! * **List** — `DescribeInstances` filtered by the land's tag, in every region, paginated;
 //!   EC2's states map to [`HostState`] (stopping, stopped and terminated hosts are gone).
 //! * **Terminate** — finds the instance by its host id tag; unknown hosts are fine.
@@ -23,8 +24,9 @@ use crate::{Cloud, HostInfo, HostState, LaunchRequest, Market, Provider, Provide
 use async_trait::async_trait;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    Filter, InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceStateName,
-    InstanceType, MarketType, Placement, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    Filter, HttpTokensState, InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, MarketType,
+    Placement, ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
 };
 use base64::Engine;
 use std::collections::BTreeMap;
@@ -170,7 +172,7 @@ pub fn user_data(cfg: &Ec2Config, req: &LaunchRequest) -> Result<String, Provide
          export HIGHRISE_BOOTSTRAP_TOKEN={token}\n\
          address=$(hostname -I | cut -d' ' -f1)\n\
          exec {agent} agent --host-id {host} --dir /var/lib/highrise --address \"$address\" --control-url {url} \
-         >>/var/log/highrise-agent.log 2>&1\n",
+         --metadata-url http://169.254.169.254 >>/var/log/highrise-agent.log 2>&1\n",
         host = q(&req.host_id)?,
         token = q(&req.bootstrap_token)?,
         agent = q(&cfg.agent_path)?,
@@ -282,6 +284,14 @@ impl Provider for Ec2Land {
             .client_token(&req.host_id)
             .user_data(base64::engine::general_purpose::STANDARD.encode(user_data(&self.cfg, &req)?))
             .tag_specifications(spec.build())
+            // IMDSv2 only: a token-less read (an SSRF through some service on the host)
+            // gets nothing; the agent reads spot notices with a session token.
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(HttpTokensState::Required)
+                    .build(),
+            )
             .set_subnet_id(self.cfg.subnet_id.clone())
             .set_security_group_ids(
                 (!self.cfg.security_group_ids.is_empty()).then(|| self.cfg.security_group_ids.clone()),

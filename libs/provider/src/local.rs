@@ -15,7 +15,7 @@
 //! Besides the [`Provider`] trait, the land serves an HTTP router with each host's
 //! metadata endpoint, shaped like the clouds' instance metadata (AWS:
 //! `/latest/meta-data/spot/instance-action`, 404 until a notice is posted, and the
-//! rebalance recommendation; GCP: `/computeMetadata/v1/instance/preempted`, `FALSE` until
+//! rebalance recommendation, through IMDSv2 session tokens, required; GCP: `/computeMetadata/v1/instance/preempted`, `FALSE` until
 //! then), and operator controls: list pools, set a pool's capacity, preempt a host (with
 //! or without notice), kill one at once, take a zone or a whole cloud down — its hosts
 //! killed, or frozen (`SIGSTOP`) so that they come back with their stale state when the
@@ -29,9 +29,10 @@ use crate::{Cloud, HostInfo, HostState, LaunchRequest, Market, Provider, Provide
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use axum::extract::{Path as UrlPath, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -135,6 +136,8 @@ struct Inner {
     market: SpotMarket,
     /// Hosts frozen with their cloud (or zone), thawed when it comes back.
     frozen: std::collections::BTreeSet<String>,
+    /// IMDSv2 session tokens handed out: token -> (host, unix seconds it expires).
+    imds_tokens: BTreeMap<String, (String, u64)>,
 }
 
 /// How a cloud (or zone) goes down.
@@ -190,6 +193,7 @@ impl LocalLand {
                 agents: BTreeMap::new(),
                 market,
                 frozen: Default::default(),
+                imds_tokens: BTreeMap::new(),
             }),
             epoch: Instant::now(),
         });
@@ -643,6 +647,7 @@ impl LocalLand {
     /// Metadata endpoints and test controls.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
+            .route("/hosts/{id}/latest/api/token", put(meta_imds_token))
             .route("/hosts/{id}/latest/meta-data/instance-id", get(meta_instance_id))
             .route(
                 "/hosts/{id}/latest/meta-data/spot/instance-action",
@@ -964,7 +969,61 @@ async fn land_control_url(State(land): State<Arc<LocalLand>>) -> Response {
     }
 }
 
-async fn meta_instance_id(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
+/// IMDSv2, as EC2 documents it: `PUT /latest/api/token` with
+/// `X-aws-ec2-metadata-token-ttl-seconds` (1–21600) answers a session token; every read of
+/// the AWS-shaped metadata must carry it in `X-aws-ec2-metadata-token` — the land's hosts
+/// run with tokens required (`HttpTokens=required`, as the EC2 land launches them): a read
+/// without a valid token of that host is `401`.
+async fn meta_imds_token(
+    State(land): State<Arc<LocalLand>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let ttl = headers
+        .get("x-aws-ec2-metadata-token-ttl-seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|t| (1..=21_600).contains(t));
+    let Some(ttl) = ttl else {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "X-aws-ec2-metadata-token-ttl-seconds must be 1-21600".into(),
+        );
+    };
+    let mut inner = land.lock();
+    match inner.persisted.hosts.get(&id) {
+        Some(h) if h.info.state != HostState::Terminated && !speaks_gcp(&land, h) => {}
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    }
+    let now = unix_now();
+    inner.imds_tokens.retain(|_, (_, expires)| *expires > now);
+    let token: String = {
+        use rand::Rng;
+        let bytes: [u8; 24] = rand::thread_rng().gen();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    inner.imds_tokens.insert(token.clone(), (id, now + ttl));
+    token.into_response()
+}
+
+/// `None` when the request carries a live IMDSv2 token of host `id`; else the `401`.
+fn imds_refused(land: &LocalLand, id: &str, headers: &HeaderMap) -> Option<Response> {
+    let token = headers.get("x-aws-ec2-metadata-token").and_then(|v| v.to_str().ok());
+    let inner = land.lock();
+    let valid = token
+        .and_then(|t| inner.imds_tokens.get(t))
+        .is_some_and(|(host, expires)| host == id && *expires > unix_now());
+    (!valid).then(|| StatusCode::UNAUTHORIZED.into_response())
+}
+
+async fn meta_instance_id(
+    State(land): State<Arc<LocalLand>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = imds_refused(&land, &id, &headers) {
+        return refused;
+    }
     match land.lock().persisted.hosts.get(&id) {
         Some(h) if h.info.state != HostState::Terminated => id.into_response(),
         _ => http_error(StatusCode::NOT_FOUND, format!("unknown host {id}")),
@@ -985,7 +1044,14 @@ fn rfc3339(unix: u64) -> String {
 
 /// AWS shape: 404 until a notice is posted, then
 /// `{"action": "terminate", "time": "2026-12-02T10:00:00Z"}`.
-async fn meta_spot_action(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
+async fn meta_spot_action(
+    State(land): State<Arc<LocalLand>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = imds_refused(&land, &id, &headers) {
+        return refused;
+    }
     let inner = land.lock();
     match inner.persisted.hosts.get(&id) {
         Some(h) if !speaks_gcp(&land, h) => match h.notice_deadline {
@@ -997,7 +1063,14 @@ async fn meta_spot_action(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPa
 }
 
 /// AWS shape: the rebalance recommendation, which the land posts with the notice.
-async fn meta_rebalance(State(land): State<Arc<LocalLand>>, UrlPath(id): UrlPath<String>) -> Response {
+async fn meta_rebalance(
+    State(land): State<Arc<LocalLand>>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = imds_refused(&land, &id, &headers) {
+        return refused;
+    }
     let inner = land.lock();
     match inner.persisted.hosts.get(&id) {
         Some(h) if !speaks_gcp(&land, h) => match h.notice_deadline {

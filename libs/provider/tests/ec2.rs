@@ -206,7 +206,16 @@ async fn hosts_launch_on_demand_and_spot_once_per_host_id_and_terminate() {
         );
     }
 
-    // The user data starts the agent with its token and the control plane's URL.
+    // Instance metadata with session tokens only (IMDSv2).
+    let md = inst.metadata_options().expect("metadata options");
+    assert_eq!(
+        md.http_tokens(),
+        Some(&aws_sdk_ec2::types::HttpTokensState::Required),
+        "{md:?}"
+    );
+
+    // The user data starts the agent with its token, the control plane's URL and the
+    // instance metadata endpoint.
     let script = user_data_of(&moto.url, "us-east-1", inst.instance_id().unwrap()).await;
     assert!(script.starts_with("#!/bin/sh\n"), "{script}");
     assert!(
@@ -215,7 +224,8 @@ async fn hosts_launch_on_demand_and_spot_once_per_host_id_and_terminate() {
     );
     assert!(
         script.contains("/usr/local/bin/highrise agent --host-id host_a --dir /var/lib/highrise")
-            && script.contains("--control-url https://control.example:8443"),
+            && script.contains("--control-url https://control.example:8443")
+            && script.contains("--metadata-url http://169.254.169.254 "),
         "{script}"
     );
 
