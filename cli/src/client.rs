@@ -635,7 +635,20 @@ fn show_cluster(c: &Cluster) {
         "status:     {}",
         serde_json::to_string(&c.status).unwrap_or_default().trim_matches('"')
     );
-    println!("location:   {} / {}", c.cloud, c.region);
+    println!(
+        "location:   {} / {}{}{}",
+        c.cloud,
+        c.region,
+        if c.spread_clouds {
+            ", standbys in other clouds"
+        } else {
+            ""
+        },
+        c.avoid_cloud
+            .as_ref()
+            .map(|a| format!(", keeps out of {a}"))
+            .unwrap_or_default()
+    );
     println!(
         "plan:       {}  (PostgreSQL {}, {} replicas{})",
         c.plan,

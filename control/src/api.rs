@@ -784,6 +784,7 @@ fn view_of(
         replicas: u32::try_from(c.replicas).unwrap_or(0),
         spot: c.spot,
         spread_clouds: c.spread_clouds,
+        avoid_cloud: c.avoid_cloud.clone(),
         durability: c.durability.clone(),
         backup_policy: highrise_api::BackupPolicy {
             interval_seconds: c.backup_interval,

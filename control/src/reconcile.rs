@@ -372,6 +372,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
             cluster_id,
             cloud,
             region,
+            from,
         } => {
             let c = state.store.cluster_by_id(cluster_id).await?;
             let at = now();
@@ -386,13 +387,24 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                 updated_at: at,
                 progress_json: None,
             };
-            let why = format!(
-                "evacuating {}: moving to {cloud}/{region}, new members there, then a switchover (evacuation {evacuation_id})",
-                c.cloud
-            );
+            let why = if c.cloud == *cloud {
+                format!(
+                    "evacuating {from}: its members there are replaced in other clouds (evacuation {evacuation_id})"
+                )
+            } else {
+                format!(
+                    "evacuating {from}: moving to {cloud}/{region}, new members there, then a switchover (evacuation {evacuation_id})"
+                )
+            };
+            let to = crate::store::MoveTo {
+                cloud,
+                region,
+                plan: &c.plan,
+                avoid: Some(from),
+            };
             match state
                 .store
-                .start_evacuation_move(evacuation_id, &c, cloud, region, &op, &why)
+                .start_evacuation_move(evacuation_id, &c, &to, &op, &why)
                 .await
             {
                 Ok(started) => {

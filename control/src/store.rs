@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (19, include_str!("../migrations/0019_cloud_loss.sql")),
     (20, include_str!("../migrations/0020_evacuations.sql")),
     (21, include_str!("../migrations/0021_connections.sql")),
+    (22, include_str!("../migrations/0022_avoid_cloud.sql")),
 ];
 
 mod audit;
@@ -41,6 +42,7 @@ pub use audit::AuditFilter;
 pub use evacuations::{EvacuationClusterRow, EvacuationRow};
 mod backups;
 mod clusters;
+pub use clusters::MoveTo;
 mod evacuations;
 mod events;
 mod hosts;
@@ -179,6 +181,8 @@ pub struct ClusterRow {
     pub copied_at: Option<i64>,
     /// `restore` or `wait`: what happens when its whole cloud goes dark.
     pub on_cloud_loss: String,
+    /// The cloud the cluster was moved off: no member of it goes there again.
+    pub avoid_cloud: Option<String>,
 }
 
 /// One instance of a host's desired state, before the keys are filled in.
@@ -368,7 +372,7 @@ const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name
     c.plan, c.pg_version, c.replicas, c.spot, c.endpoint, c.db_name, c.owner_name, c.owner_scram, c.repl_password, \
     c.repl_scram, c.spread_clouds, c.term, c.created_at, c.deleted_at, c.durability, c.backup_interval, \
     c.backup_retain_count, c.backup_retain_days, c.restore_json, c.autoscale_max_bytes, c.disk_bytes, \
-    c.backup_copies, c.copy_lag_bytes, c.copied_at, c.on_cloud_loss";
+    c.backup_copies, c.copy_lag_bytes, c.copied_at, c.on_cloud_loss, c.avoid_cloud";
 
 fn cluster(r: &AnyRow) -> Result<ClusterRow> {
     Ok(ClusterRow {
@@ -404,6 +408,7 @@ fn cluster(r: &AnyRow) -> Result<ClusterRow> {
         copy_lag_bytes: r.try_get("copy_lag_bytes")?,
         copied_at: r.try_get("copied_at")?,
         on_cloud_loss: r.try_get("on_cloud_loss")?,
+        avoid_cloud: r.try_get("avoid_cloud")?,
     })
 }
 

@@ -135,6 +135,7 @@ fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &str) -
         copy_lag_bytes: None,
         copied_at: None,
         on_cloud_loss: "restore".into(),
+        avoid_cloud: None,
     }
 }
 
@@ -622,8 +623,14 @@ async fn evacuations(store: &Store, c: ClusterRow) {
     );
 
     let op = op_row("op-ev", &c.org_id, &c.id, "move_cluster");
+    let to = MoveTo {
+        cloud: "local-a",
+        region: "region-1",
+        plan: &c.plan,
+        avoid: Some(&c.cloud),
+    };
     assert!(store
-        .start_evacuation_move("ev1", &c, "local-a", "region-1", &op, "evacuating")
+        .start_evacuation_move("ev1", &c, &to, &op, "evacuating")
         .await
         .unwrap());
     assert!(
@@ -631,8 +638,7 @@ async fn evacuations(store: &Store, c: ClusterRow) {
             .start_evacuation_move(
                 "ev1",
                 &c,
-                "local-a",
-                "region-1",
+                &to,
                 &op_row("op-ev2", &c.org_id, &c.id, "move_cluster"),
                 "again"
             )
@@ -640,10 +646,23 @@ async fn evacuations(store: &Store, c: ClusterRow) {
             .unwrap(),
         "it moves already"
     );
-    assert_eq!(store.cluster_by_id(&c.id).await.unwrap().cloud, "local-a");
+    let moved = store.cluster_by_id(&c.id).await.unwrap();
+    assert_eq!(moved.cloud, "local-a");
+    assert_eq!(
+        moved.avoid_cloud.as_deref(),
+        Some("local-b"),
+        "it keeps out of the cloud it left"
+    );
+    let world = store.world(41_500, 0).await.unwrap();
+    let intent = world.clusters.iter().find(|w| w.id == c.id).unwrap();
+    assert!(intent.avoids("local-b"));
     let members = store.evacuation_clusters("ev1").await.unwrap();
     assert_eq!(members[0].state, "moving");
     assert_eq!(members[0].operation_status.as_deref(), Some("running"));
+    // Cancelled, it is back where it was, avoiding nothing.
+    store.cancel_move(&c.id, 41, "key:k1").await.unwrap();
+    let back = store.cluster_by_id(&c.id).await.unwrap();
+    assert_eq!((back.cloud.as_str(), back.avoid_cloud), ("local-b", None));
     store.set_evacuation_paused("ev1", true, 42).await.unwrap();
     assert!(store.world(43_000, 0).await.unwrap().evacuations[0].paused);
     store.set_evacuation_paused("ev1", false, 44).await.unwrap();

@@ -961,6 +961,7 @@ fn run_cell(
                     autoscale_max_bytes: 0,
                     on_cloud_loss: Default::default(),
                     has_backup: shape == Shape::SingleSync || cfg.ha_sync,
+                    avoid_cloud: None,
                 },
                 acked: 0.0,
                 first_up: None,

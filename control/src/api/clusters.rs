@@ -1,6 +1,7 @@
 //! Clusters: create, list, show, update, delete and switch over.
 
 use super::*;
+use crate::store::MoveTo;
 
 /// The org's clusters in creation order, every project's unless `project` names one (a
 /// project key's own only).
@@ -145,6 +146,7 @@ pub(super) async fn create_cluster(
         copy_lag_bytes: None,
         copied_at: None,
         on_cloud_loss: cloud_loss(req.on_cloud_loss.unwrap_or_default()).into(),
+        avoid_cloud: None,
     };
     let op = OperationRow {
         id: auth::new_id("op"),
@@ -241,7 +243,19 @@ pub(super) async fn update_cluster(
                 "resizing from {} to {}: members of the new size, then a switchover",
                 c.plan, plan
             );
-            begin_move(&state, &caller, &c, &c.cloud, &c.region, plan, &why).await?;
+            begin_move(
+                &state,
+                &caller,
+                &c,
+                &MoveTo {
+                    cloud: &c.cloud,
+                    region: &c.region,
+                    plan,
+                    avoid: None,
+                },
+                &why,
+            )
+            .await?;
         }
     }
     if req.storage_autoscale_max_bytes.is_some() {
@@ -393,7 +407,9 @@ pub(super) async fn delete_cluster(
 /// then streaming), the primary is switched over to one of them once the set has settled
 /// (a write pause well under a second), and the old members are retired. The operation
 /// reports its step; it can be cancelled until the switchover (`DELETE`). The connection
-/// string stays the same. A spread cluster (standbys in other clouds) cannot be moved yet.
+/// string stays the same. The cluster then keeps out of the cloud it left: a spread
+/// cluster's standbys there are replaced in its other clouds (or, with no other, in the
+/// new one).
 #[utoipa::path(post, path = "/v1/clusters/{cluster}/move", request_body = MoveCluster,
     params(("cluster" = String, Path, description = "Cluster id or name"), ProjectQuery),
     responses((status = 202, body = Operation), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -416,11 +432,6 @@ pub(super) async fn move_cluster(
             .map(|_| c.region.clone())
     });
     let (cloud, region) = resolve_location(&clouds, Some(&req.cloud), region.as_deref())?;
-    if c.spread_clouds {
-        return Err(ApiError::conflict(
-            "the cluster spreads its standbys over clouds; moving such a cluster is not supported yet",
-        ));
-    }
     if cloud.name == c.cloud && region.name == c.region {
         return Err(ApiError::conflict(format!(
             "the cluster is in {}/{} already",
@@ -431,7 +442,14 @@ pub(super) async fn move_cluster(
         "moving from {}/{} to {}/{}: new members there, then a switchover",
         c.cloud, c.region, cloud.name, region.name
     );
-    let op = begin_move(&state, &caller, &c, &cloud.name, &region.name, &c.plan, &why).await?;
+    // The cloud it leaves, it keeps out of: a spread cluster's standbys too.
+    let to = MoveTo {
+        cloud: &cloud.name,
+        region: &region.name,
+        plan: &c.plan,
+        avoid: (cloud.name != c.cloud).then_some(c.cloud.as_str()),
+    };
+    let op = begin_move(&state, &caller, &c, &to, &why).await?;
     Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
 }
 
@@ -489,9 +507,7 @@ async fn begin_move(
     state: &AppState,
     caller: &Caller,
     c: &ClusterRow,
-    cloud: &str,
-    region: &str,
-    plan: &str,
+    to: &MoveTo<'_>,
     why: &str,
 ) -> ApiResult<OperationRow> {
     if !state
@@ -508,7 +524,7 @@ async fn begin_move(
     let op = cluster_operation(caller, &c.id, "move_cluster");
     state
         .store
-        .move_cluster(c, cloud, region, plan, &op, why)
+        .move_cluster(c, to, &op, why)
         .await
         .map_err(store_err("move"))?;
     state.notify();

@@ -176,17 +176,9 @@ impl Store {
     /// Moves the cluster to another cloud and region and/or plan, with the operation that
     /// follows the move and an event that says so, in one transaction. The planner then
     /// replaces the misplaced members (see `planner::spot::Leaving`).
-    pub async fn move_cluster(
-        &self,
-        c: &ClusterRow,
-        cloud: &str,
-        region: &str,
-        plan: &str,
-        op: &OperationRow,
-        why: &str,
-    ) -> Result<()> {
+    pub async fn move_cluster(&self, c: &ClusterRow, to: &MoveTo<'_>, op: &OperationRow, why: &str) -> Result<()> {
         let mut tx = self.begin().await?;
-        move_in(&mut tx, c, cloud, region, plan, op, why).await?;
+        move_in(&mut tx, c, to, op, why).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -222,12 +214,13 @@ impl Store {
             ));
         }
         let reverted = sqlx::query(
-            "UPDATE clusters SET cloud = $1, region = $2, plan = $3 \
-             WHERE id = $4 AND term = $5 AND switchover_to IS NULL AND deleted_at IS NULL",
+            "UPDATE clusters SET cloud = $1, region = $2, plan = $3, avoid_cloud = $4 \
+             WHERE id = $5 AND term = $6 AND switchover_to IS NULL AND deleted_at IS NULL",
         )
         .bind(&undo.cloud)
         .bind(&undo.region)
         .bind(&undo.plan)
+        .bind(&undo.avoid_cloud)
         .bind(cluster_id)
         .bind(undo.term)
         .execute(&mut *tx)
@@ -332,12 +325,26 @@ impl Store {
     }
 }
 
+/// Where a move takes a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct MoveTo<'a> {
+    pub cloud: &'a str,
+    pub region: &'a str,
+    pub plan: &'a str,
+    /// The cloud the cluster leaves and then keeps out of (`None`: the one it avoided so
+    /// far, if any).
+    pub avoid: Option<&'a str>,
+}
+
 /// Where a cluster was before a move: what cancelling it restores.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct MoveUndo {
     cloud: String,
     region: String,
     plan: String,
+    /// Older records lack it: the cluster avoided no cloud.
+    #[serde(default)]
+    avoid_cloud: Option<String>,
     /// The term the move began in: a later term means the primary switched over.
     term: i64,
 }
@@ -347,25 +354,27 @@ struct MoveUndo {
 pub(super) async fn move_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     c: &ClusterRow,
-    cloud: &str,
-    region: &str,
-    plan: &str,
+    to: &MoveTo<'_>,
     op: &OperationRow,
     why: &str,
 ) -> Result<()> {
     quotas::within_quota(tx, &op.org_id, Ask::Operation).await?;
-    sqlx::query("UPDATE clusters SET cloud = $1, region = $2, plan = $3 WHERE id = $4 AND deleted_at IS NULL")
-        .bind(cloud)
-        .bind(region)
-        .bind(plan)
-        .bind(&c.id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE clusters SET cloud = $1, region = $2, plan = $3, avoid_cloud = $4 WHERE id = $5 AND deleted_at IS NULL",
+    )
+    .bind(to.cloud)
+    .bind(to.region)
+    .bind(to.plan)
+    .bind(to.avoid.map(str::to_string).or_else(|| c.avoid_cloud.clone()))
+    .bind(&c.id)
+    .execute(&mut **tx)
+    .await?;
     insert_operation(tx, op).await?;
     let undo = MoveUndo {
         cloud: c.cloud.clone(),
         region: c.region.clone(),
         plan: c.plan.clone(),
+        avoid_cloud: c.avoid_cloud.clone(),
         term: c.term,
     };
     sqlx::query("UPDATE operations SET undo_json = $1 WHERE id = $2")

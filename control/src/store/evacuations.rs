@@ -1,7 +1,7 @@
 //! Evacuations of a cloud: the clusters each one moves off it, their state and their move
 //! operations.
 
-use super::clusters::move_in;
+use super::clusters::{move_in, MoveTo};
 use super::*;
 
 /// One evacuation as stored.
@@ -47,8 +47,8 @@ fn evacuation(r: &AnyRow) -> Result<EvacuationRow> {
 }
 
 impl Store {
-    /// Begins an evacuation of `e.cloud`: every live cluster there, oldest first, waits to
-    /// move. Refused (`Conflict`) while another evacuation of the cloud is not finished.
+    /// Begins an evacuation of `e.cloud`: every live cluster there (its home, or a member
+    /// of a spread cluster), oldest first, waits to move. Refused (`Conflict`) while another evacuation of the cloud is not finished.
     pub async fn create_evacuation(&self, e: &EvacuationRow) -> Result<()> {
         let mut tx = self.begin().await?;
         let busy = sqlx::query("SELECT id FROM evacuations WHERE cloud = $1 AND status <> 'finished'")
@@ -76,11 +76,14 @@ impl Store {
         .bind(e.updated_at)
         .execute(&mut *tx)
         .await?;
-        let clusters =
-            sqlx::query("SELECT id FROM clusters WHERE cloud = $1 AND deleted_at IS NULL ORDER BY created_at, id")
-                .bind(&e.cloud)
-                .fetch_all(&mut *tx)
-                .await?;
+        let clusters = sqlx::query(
+            "SELECT id FROM clusters c WHERE deleted_at IS NULL AND (cloud = $1 OR EXISTS (SELECT 1 FROM instances i \
+             JOIN hosts h ON h.id = i.host_id WHERE i.cluster_id = c.id AND i.deleting = 0 AND h.cloud = $1)) \
+             ORDER BY created_at, id",
+        )
+        .bind(&e.cloud)
+        .fetch_all(&mut *tx)
+        .await?;
         for (n, r) in clusters.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO evacuation_clusters (evacuation_id, cluster_id, position, state) VALUES ($1, $2, $3, 'waiting')",
@@ -163,8 +166,7 @@ impl Store {
         &self,
         evacuation_id: &str,
         c: &ClusterRow,
-        cloud: &str,
-        region: &str,
+        to: &MoveTo<'_>,
         op: &OperationRow,
         why: &str,
     ) -> Result<bool> {
@@ -187,7 +189,7 @@ impl Store {
         if !waiting || moving {
             return Ok(false);
         }
-        move_in(&mut tx, c, cloud, region, &c.plan, op, why).await?;
+        move_in(&mut tx, c, to, op, why).await?;
         sqlx::query(
             "UPDATE evacuation_clusters SET state = 'moving', operation_id = $1 WHERE evacuation_id = $2 AND cluster_id = $3",
         )

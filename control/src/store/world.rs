@@ -38,7 +38,7 @@ impl Store {
         .collect();
         let cluster_rows = sqlx::query(
             "SELECT id, cloud, region, plan, replicas, term, switchover_to, spread_clouds, spot, deleted_at, storage_level, \
-             disk_bytes, autoscale_max_bytes, on_cloud_loss, \
+             disk_bytes, autoscale_max_bytes, on_cloud_loss, avoid_cloud, \
              CASE WHEN EXISTS (SELECT 1 FROM backups b WHERE b.cluster_id = clusters.id AND b.status = 'complete') \
              THEN 1 ELSE 0 END AS has_backup, \
              CASE WHEN durability = 'sync' AND EXISTS (SELECT 1 FROM backups b WHERE b.cluster_id = clusters.id \
@@ -78,6 +78,7 @@ impl Store {
                     on_cloud_loss: planner::clouds::CloudLoss::parse(&r.try_get::<String, _>("on_cloud_loss")?)
                         .unwrap_or_default(),
                     has_backup: r.try_get::<i64, _>("has_backup")? != 0,
+                    avoid_cloud: r.try_get("avoid_cloud")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -533,6 +533,10 @@ pub struct Cluster {
     pub spot: bool,
     /// Standbys live in other clouds than the primary.
     pub spread_clouds: bool,
+    /// The cloud the cluster was moved off (a move, an evacuation): none of its members
+    /// stays or goes there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avoid_cloud: Option<String>,
     /// `async` or `sync` (see [`CreateCluster::durability`]).
     pub durability: String,
     pub backup_policy: BackupPolicy,

@@ -69,14 +69,19 @@ pub fn dark(world: &World, cloud: &str) -> bool {
 
 /// Where a cluster driven out of its cloud goes: the first reachable location of another
 /// cloud, in the land's order, in a region of the same name where that cloud has one.
+/// A cloud the cluster was moved off comes last.
 pub fn refuge(world: &World, c: &ClusterIntent) -> Option<(String, String)> {
-    let open = |cloud: &str| cloud != c.cloud && unreachable(world, cloud).is_none();
-    world
-        .locations
-        .iter()
-        .find(|(cloud, region)| open(cloud) && region == &c.region)
-        .or_else(|| world.locations.iter().find(|(cloud, _)| open(cloud)))
-        .cloned()
+    let open = |cloud: &str, avoided: bool| {
+        cloud != c.cloud && unreachable(world, cloud).is_none() && c.avoids(cloud) == avoided
+    };
+    [false, true].into_iter().find_map(|avoided| {
+        world
+            .locations
+            .iter()
+            .find(|(cloud, region)| open(cloud, avoided) && region == &c.region)
+            .or_else(|| world.locations.iter().find(|(cloud, _)| open(cloud, avoided)))
+            .cloned()
+    })
 }
 
 /// Clusters that lived only in a dark cloud. One whose lost primary has been taken out

@@ -2,10 +2,11 @@
 //!
 //! An evacuation lists the clusters that were in its cloud when it began, in order. Each
 //! is `waiting`, `moving` (its move operation runs), `moved`, `failed` (its move failed or
-//! was cancelled, with why) or `staying` (this machinery cannot move it, with why). While
+//! was cancelled, with why) or `staying` (it must stay, with why). While
 //! the evacuation runs — not paused — waiting clusters start moving in order as long as
 //! fewer than its concurrency are moving; a pause starts no new move and lets running
-//! ones finish. It is finished when nothing waits or moves. Everything it knows lives in
+//! ones finish. A spread cluster moves like any other and then keeps out of the evacuated
+//! cloud ([`crate::ClusterIntent::avoid_cloud`]). It is finished when nothing waits or moves. Everything it knows lives in
 //! the metadata store, so a control plane restarted midway carries on where it was.
 
 use crate::{clouds, Action, ClusterIntent, World};
@@ -74,9 +75,24 @@ pub struct Evacuation {
     pub members: Vec<Member>,
 }
 
-/// Where a cluster of `e` goes: `e.to` (its region of the cluster's region's name, else
-/// its first), or the first other reachable cloud.
+/// The cluster has something in `cloud`: its home (where its primary belongs), or a live
+/// member on a host there (a spread cluster's standby).
+pub fn in_cloud(world: &World, c: &ClusterIntent, cloud: &str) -> bool {
+    c.cloud == cloud
+        || world
+            .instances
+            .iter()
+            .filter(|i| i.cluster_id == c.id && !i.deleting)
+            .any(|i| world.hosts.iter().any(|h| h.id == i.host_id && h.cloud == cloud))
+}
+
+/// Where a cluster of `e` goes: a cluster whose home is elsewhere (a spread cluster with
+/// a standby in the evacuated cloud) stays home; else `e.to` (its region of the cluster's
+/// region's name, else its first), or the first other reachable cloud.
 pub fn destination(world: &World, e: &Evacuation, c: &ClusterIntent) -> Option<(String, String)> {
+    if c.cloud != e.cloud {
+        return Some((c.cloud.clone(), c.region.clone()));
+    }
     match &e.to {
         Some(to) => world
             .locations
@@ -141,18 +157,9 @@ fn plan_one(world: &World, e: &Evacuation) -> Vec<Action> {
             open -= 1;
             continue;
         };
-        if c.cloud != e.cloud {
+        if !in_cloud(world, c, &e.cloud) {
             // Moved meanwhile (by its tenant, or restored elsewhere after a loss).
             actions.push(settle(&m.cluster_id, MemberState::Moved, None));
-            open -= 1;
-            continue;
-        }
-        if c.spread_clouds {
-            actions.push(settle(
-                &m.cluster_id,
-                MemberState::Staying,
-                Some("its standbys spread over clouds; moving such a cluster is not supported yet".into()),
-            ));
             open -= 1;
             continue;
         }
@@ -174,6 +181,7 @@ fn plan_one(world: &World, e: &Evacuation) -> Vec<Action> {
                     cluster_id: c.id.clone(),
                     cloud,
                     region,
+                    from: e.cloud.clone(),
                 });
                 moving += 1;
             }

@@ -94,6 +94,19 @@ pub struct ClusterIntent {
     /// durability): what a restore after losing its cloud starts from.
     #[serde(default)]
     pub has_backup: bool,
+    /// A cloud the cluster was moved off (a move of a spread cluster, an evacuation): no
+    /// member stays or is placed there, whatever `spread_clouds` allows, until a later move
+    /// brings the cluster back.
+    #[serde(default)]
+    pub avoid_cloud: Option<String>,
+}
+
+impl ClusterIntent {
+    /// No member of the cluster may be in `cloud`: the cloud it was moved off (never its
+    /// home, should a later relocation have brought it back there).
+    pub fn avoids(&self, cloud: &str) -> bool {
+        self.avoid_cloud.as_deref() == Some(cloud) && cloud != self.cloud
+    }
 }
 
 /// How a host is paid for.
@@ -335,12 +348,14 @@ pub enum Action {
         disk_bytes: u64,
         message: String,
     },
-    /// An evacuation starts moving one of its clusters to `cloud` / `region`.
+    /// An evacuation starts moving one of its clusters to `cloud` / `region`, off the
+    /// evacuated cloud `from` (which the cluster then avoids).
     EvacuationMove {
         evacuation_id: String,
         cluster_id: String,
         cloud: String,
         region: String,
+        from: String,
     },
     /// One cluster of an evacuation reached a new state (`why`: for failed and staying).
     EvacuationMember {
@@ -525,7 +540,7 @@ pub fn plan(world: &World) -> Vec<Action> {
         let mut allowed: Vec<(&str, &str)> = vec![(c.cloud.as_str(), c.region.as_str())];
         if c.spread_clouds {
             for (cloud, region) in &world.locations {
-                if allowed.iter().any(|(a, _)| a == cloud) {
+                if allowed.iter().any(|(a, _)| a == cloud) || c.avoids(cloud) {
                     continue;
                 }
                 let same = world.locations.iter().any(|(oc, or)| oc == cloud && or == &c.region);
@@ -1066,10 +1081,14 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
         && standbys
             .iter()
             .all(|s| s.observed == Observed::Running && s.streaming == Some(true));
+    // Unhurried, it waits until the members that stay can carry the whole cluster: one of
+    // them becomes the primary and the others are its standbys, all in step already (a
+    // spread cluster moved off the primary's cloud has a ready standby elsewhere at once;
+    // switching to it before the replacement streams would leave commits waiting for it).
     let must_leave = match leaving.get(primary.id.as_str()) {
         Some(spot::Leaving::Notice) => true,
         Some(w) if *w == spot::Leaving::BackToSpot || w.misplaced() => {
-            settled && spot::ready_standbys(&live, &leaving) as u32 + 1 >= c.members
+            settled && spot::ready_standbys(&live, &leaving) as u32 >= c.members
         }
         _ => false,
     };

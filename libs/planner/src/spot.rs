@@ -118,7 +118,7 @@ pub fn ranked<'w>(world: &'w World, allowed: &[(&str, &str)], taken: &Taken<'_>)
 
 /// Why a member of `c` must leave, if it must: its host has a notice; it is misplaced — its
 /// host's disk is smaller than the cluster now needs (storage autoscaling), it is outside
-/// the cluster's cloud and region (a move), or of another size than the plan (a resize);
+/// the cluster's cloud and region (a move) or in the cloud a spread cluster was moved off, or of another size than the plan (a resize);
 /// or it is one of the members beyond `c.members` (on-demand fallbacks of a spot cluster
 /// first, standbys before the primary; then the newest standbys).
 pub fn leaving<'w>(
@@ -133,7 +133,8 @@ pub fn leaving<'w>(
     }
     let misplaced = |i: &InstanceView| -> Option<Leaving> {
         let h = hosts.get(i.host_id.as_str())?;
-        if !c.spread_clouds && (h.cloud != c.cloud || h.region != c.region) {
+        let avoided = c.avoids(&h.cloud);
+        if avoided || (!c.spread_clouds && (h.cloud != c.cloud || h.region != c.region)) {
             Some(Leaving::Elsewhere)
         } else if i.slots != c.slots {
             Some(Leaving::Resize)

@@ -22,6 +22,7 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         autoscale_max_bytes: 0,
         on_cloud_loss: Default::default(),
         has_backup: false,
+        avoid_cloud: None,
     }
 }
 
@@ -203,10 +204,12 @@ fn apply(world: &mut World, actions: &[Action]) {
                 cluster_id,
                 cloud,
                 region,
+                from,
             } => {
                 for c in world.clusters.iter_mut().filter(|c| &c.id == cluster_id) {
                     c.cloud = cloud.clone();
                     c.region = region.clone();
+                    c.avoid_cloud = Some(from.clone());
                 }
                 world.operations.push(OperationView {
                     id: format!("op{n}"),
@@ -660,6 +663,8 @@ fn arb_world() -> impl Strategy<Value = World> {
                     autoscale_max_bytes: 0,
                     on_cloud_loss: Default::default(),
                     has_backup: false,
+                    // Every other spread cluster keeps out of the other cloud.
+                    avoid_cloud: (*members == 3 && n % 2 == 0).then(|| clouds[1 - *cloud].to_string()),
                 })
                 .collect(),
             hosts: hs
@@ -746,6 +751,10 @@ proptest! {
                 .collect::<Vec<_>>();
             prop_assert_eq!(running.len() as u32, c.members);
             prop_assert_eq!(running.iter().filter(|i| i.role == Role::Primary).count(), 1);
+            for i in &running {
+                let h = world.hosts.iter().find(|h| h.id == i.host_id).map(|h| h.cloud.as_str());
+                prop_assert!(h.is_some_and(|cl| !c.avoids(cl)), "{} placed in a cloud it avoids", i.id);
+            }
         }
     }
 

@@ -28,6 +28,7 @@ fn lost_world(failing_ms: i64) -> World {
         locations: vec![("a".into(), "r1".into()), ("b".into(), "r1".into())],
         clusters: vec![ClusterIntent {
             has_backup: true,
+            avoid_cloud: None,
             ..cluster("c", 1)
         }],
         hosts: vec![

@@ -1,4 +1,4 @@
-//! Evacuating a cloud: order, concurrency, pause, outcomes, clusters that stay.
+//! Evacuating a cloud: order, concurrency, pause, outcomes, spread clusters.
 
 use super::*;
 use crate::evacuate::{Evacuation, Member, MemberState, MoveOutcome};
@@ -96,11 +96,10 @@ fn a_paused_evacuation_starts_nothing_and_a_failed_move_is_reported_with_why() {
 }
 
 #[test]
-fn spread_deleted_and_already_moved_clusters_are_settled_without_a_move() {
-    let mut w = evac_world(3, 4);
-    w.clusters[0].spread_clouds = true;
-    w.clusters[1].deleted = true;
-    w.clusters[2].cloud = "b".into();
+fn deleted_and_already_moved_clusters_are_settled_without_a_move() {
+    let mut w = evac_world(2, 4);
+    w.clusters[0].deleted = true;
+    w.clusters[1].cloud = "b".into();
     let p = plan(&w);
     assert!(started(&p).is_empty(), "{p:?}");
     let states: Vec<(String, MemberState)> = p
@@ -113,12 +112,60 @@ fn spread_deleted_and_already_moved_clusters_are_settled_without_a_move() {
     assert_eq!(
         states,
         [
-            ("c0".to_string(), MemberState::Staying),
-            ("c1".to_string(), MemberState::Failed),
-            ("c2".to_string(), MemberState::Moved)
+            ("c0".to_string(), MemberState::Failed),
+            ("c1".to_string(), MemberState::Moved)
         ]
     );
     assert!(done(&p), "nothing left to move: {p:?}");
+}
+
+#[test]
+fn spread_clusters_move_off_the_cloud_whether_it_holds_their_primary_or_a_standby() {
+    let mut w = evac_world(3, 4);
+    for c in &mut w.clusters {
+        c.spread_clouds = true;
+        c.members = 2;
+    }
+    let mut hb = host("hb", HostStatus::Running);
+    hb.cloud = "b".into();
+    w.hosts = vec![host("ha", HostStatus::Running), hb];
+    // c0: home a, standby in b. c1: home b, standby in a. c2: home b, nothing in a.
+    w.clusters[1].cloud = "b".into();
+    w.clusters[2].cloud = "b".into();
+    w.instances = vec![
+        instance("c0p", "c0", "ha", Observed::Running),
+        instance("c0s", "c0", "hb", Observed::Running),
+        instance("c1p", "c1", "hb", Observed::Running),
+        instance("c1s", "c1", "ha", Observed::Running),
+        instance("c2p", "c2", "hb", Observed::Running),
+    ];
+    let p = plan(&w);
+    let moves: Vec<(String, String, String)> = p
+        .iter()
+        .filter_map(|a| match a {
+            Action::EvacuationMove {
+                cluster_id,
+                cloud,
+                from,
+                ..
+            } => Some((cluster_id.clone(), cloud.clone(), from.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            ("c0".to_string(), "b".to_string(), "a".to_string()),
+            ("c1".to_string(), "b".to_string(), "a".to_string())
+        ],
+        "the home-a cluster moves to b, the home-b one stays home, both keep out of a: {p:?}"
+    );
+    assert!(p.contains(&Action::EvacuationMember {
+        evacuation_id: "ev".into(),
+        cluster_id: "c2".into(),
+        state: MemberState::Moved,
+        why: None,
+    }));
 }
 
 #[test]

@@ -618,3 +618,116 @@ fn a_cluster_moved_to_another_cloud_and_resized_goes_member_by_member_with_one_s
     }
     assert_eq!(w.clusters[0].term, 2, "one switchover");
 }
+
+/// Drives the planner with agents that do as told until nothing changes; returns the
+/// cluster's live members' clouds (sorted) and whether its move operation completed.
+fn run_move(w: &mut World, rounds: usize) -> (Vec<String>, bool) {
+    let mut done = false;
+    for round in 0..rounds {
+        observe_spot(w);
+        let want = w.clusters[0].members as usize;
+        let live = w.instances.iter().filter(|i| !i.deleting).count();
+        assert!(
+            live >= want,
+            "round {round}: fewer members than asked for: {:?}",
+            w.instances
+        );
+        let p = plan(w);
+        done |= p.contains(&Action::CompleteOperation {
+            operation_id: "op".into(),
+            outcome: Outcome::Succeeded,
+        });
+        apply(w, &p);
+        w.now_ms += 1000;
+    }
+    let mut clouds: Vec<String> = w
+        .instances
+        .iter()
+        .filter(|i| !i.deleting)
+        .map(|i| w.hosts.iter().find(|h| h.id == i.host_id).unwrap().cloud.clone())
+        .collect();
+    clouds.sort();
+    (clouds, done)
+}
+
+fn spread_world(clouds: &[&str], members: &[(&str, &str, Role)]) -> World {
+    let mut w = World {
+        now_ms: 1_000_000,
+        locations: clouds.iter().map(|c| (c.to_string(), "r1".to_string())).collect(),
+        clusters: vec![ClusterIntent {
+            members: members.len() as u32,
+            spread_clouds: true,
+            ..cluster("c", 1)
+        }],
+        operations: vec![OperationView {
+            id: "op".into(),
+            cluster_id: "c".into(),
+            kind: OperationKind::MoveCluster,
+            progress: None,
+        }],
+        ..Default::default()
+    };
+    for (id, cloud, role) in members {
+        let mut h = host(&format!("h-{id}"), HostStatus::Running);
+        h.cloud = cloud.to_string();
+        w.hosts.push(h);
+        let mut m = member(id, &format!("h-{id}"), *role);
+        m.cluster_id = "c".into();
+        w.instances.push(m);
+    }
+    let standbys: Vec<String> = members
+        .iter()
+        .filter(|(_, _, r)| *r == Role::Standby)
+        .map(|(id, _, _)| id.to_string())
+        .collect();
+    for i in w.instances.iter_mut().filter(|i| i.role == Role::Primary) {
+        i.sync_standbys = standbys.clone();
+        i.sync_streaming = standbys.clone();
+    }
+    w
+}
+
+#[test]
+fn a_spread_cluster_moved_off_its_cloud_gathers_where_it_may_with_one_switchover() {
+    // Two clouds: primary in a, standby in b; moved to b, keeping out of a.
+    let mut w = spread_world(&["a", "b"], &[("p", "a", Role::Primary), ("s", "b", Role::Standby)]);
+    w.clusters[0].cloud = "b".into();
+    w.clusters[0].avoid_cloud = Some("a".into());
+    // The standby in b could take over at once, but the primary stays until the new
+    // member streams too: commits would otherwise wait for it after the switchover.
+    let p = plan(&w);
+    assert!(!p.iter().any(|a| matches!(a, Action::Drain { .. })), "{p:?}");
+    let (clouds, done) = run_move(&mut w, 40);
+    assert!(done, "the move completed");
+    assert_eq!(clouds, ["b", "b"]);
+    assert_eq!(w.clusters[0].term, 2, "one switchover");
+}
+
+#[test]
+fn evacuating_a_spread_clusters_standby_cloud_replaces_the_standby_without_a_switchover() {
+    // Three clouds; c, holding a standby, is evacuated: the cluster stays home in a.
+    let mut w = spread_world(
+        &["a", "b", "c"],
+        &[
+            ("p", "a", Role::Primary),
+            ("s1", "b", Role::Standby),
+            ("s2", "c", Role::Standby),
+        ],
+    );
+    w.clusters[0].avoid_cloud = Some("c".into());
+    let (clouds, done) = run_move(&mut w, 40);
+    assert!(done, "the move completed");
+    assert_eq!(clouds.len(), 3);
+    assert!(!clouds.contains(&"c".to_string()), "{clouds:?}");
+    assert!(
+        clouds.contains(&"b".to_string()),
+        "still spread over what is left: {clouds:?}"
+    );
+    assert_eq!(w.clusters[0].term, 1, "the primary never moved");
+    // A cloud the cluster keeps out of is never its refuge while another is open.
+    w.clusters[0].avoid_cloud = Some("b".into());
+    assert_eq!(
+        crate::clouds::refuge(&w, &w.clusters[0]),
+        Some(("c".into(), "r1".into()))
+    );
+}
