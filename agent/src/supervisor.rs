@@ -834,6 +834,14 @@ impl Instance {
             let conn = self.admin().await?;
             highrise_pg::ensure_owner(conn, &spec.owner, &spec.owner_scram, &spec.database).await?;
             highrise_pg::ensure_replicator(conn, REPL_USER, &spec.replication_scram).await?;
+            // The extension allow-list lives in the tenant's database.
+            let mut db = tokio::time::timeout(
+                Duration::from_secs(5),
+                highrise_pg::admin_connect(&self.socket_dir, self.local.port, &spec.database),
+            )
+            .await
+            .context("connect as admin to the tenant's database: timed out")??;
+            highrise_pg::wall::fence(&mut db).await?;
         }
         self.applied = Some(spec.clone());
         Ok(())

@@ -175,6 +175,7 @@ fn main() -> std::process::ExitCode {
                         cache_file: p.cache_file,
                         tls: p.tls_cert.zip(p.tls_key),
                         domain: p.domain,
+                        startup_timeout: highrise_proxy::STARTUP_TIMEOUT,
                     },
                     rx,
                 )

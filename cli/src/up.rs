@@ -488,6 +488,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             cache_file: dir.join(format!("proxy-routes-{cloud}.json")),
             tls: Some((tls_cert, tls_key)),
             domain: domain.clone(),
+            startup_timeout: highrise_proxy::STARTUP_TIMEOUT,
         };
         proxies.push(spawn_proxy(cloud, listener, cfg, stop_rx.clone(), land.watch_down())?);
     }

@@ -52,6 +52,13 @@ fn tour_create_connect_and_delete() {
     assert!(!ok && err.contains("permission denied"), "{err}");
     let (ok, _, err) = psql(&uri, "create role sneaky superuser");
     assert!(!ok && err.contains("must be superuser"), "{err}");
+    // Extensions: the allow-listed ones only (the agent's event trigger in the database).
+    assert_eq!(
+        psql_ok(&uri, "create extension pgcrypto; select length(digest('x', 'sha256'))"),
+        "32"
+    );
+    let (ok, _, err) = psql(&uri, "create extension lo");
+    assert!(!ok && err.contains("is not available here"), "{err}");
 
     let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "shop", "--output", "json"])).unwrap();
     assert_eq!(shown["status"], "running");

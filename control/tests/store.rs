@@ -3,78 +3,8 @@
 
 use highrise_api::{InstanceState, ObservedInstance};
 use highrise_control::store::*;
-use highrise_pg::{PgBin, RunAs};
-use std::os::unix::fs::PermissionsExt;
+use highrise_pg::scratch::ScratchServer;
 use std::time::Duration;
-
-struct TempPg {
-    _dir: tempfile::TempDir,
-    pid: u32,
-    url: String,
-}
-
-impl TempPg {
-    async fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("hr-store-").tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-        let run_as = RunAs::detect().unwrap();
-        let bin = PgBin::find(15).unwrap();
-        let data = dir.path().join("data");
-        highrise_pg::initdb(&bin, &data, run_as).unwrap();
-        let sock = dir.path().join("s");
-        highrise_pg::own_dir(&sock, run_as, 0o700).unwrap();
-        let port = free_port();
-        highrise_pg::write_config(
-            &data,
-            &highrise_pg::ServerConfig {
-                listen_addr: "127.0.0.1".into(),
-                port,
-                socket_dir: sock.clone(),
-                memory_mb: 128,
-                min_connections: None,
-                tcp_logins: vec![],
-                replication_user: None,
-                synchronous_standby_names: String::new(),
-                primary_conninfo: None,
-                recovery: None,
-                read_only: false,
-                disk_bytes: None,
-            },
-            run_as,
-        )
-        .unwrap();
-        let log = dir.path().join("pg.log");
-        let pid = highrise_pg::start(&bin, &data, &log, run_as).unwrap();
-        highrise_pg::wait_ready(&data, pid, &log, Duration::from_secs(60))
-            .await
-            .unwrap();
-        let url = format!(
-            "postgres://{}@localhost:{port}/postgres?host={}",
-            highrise_pg::ADMIN_USER,
-            sock.display()
-        );
-        Self { _dir: dir, pid, url }
-    }
-}
-
-impl Drop for TempPg {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid as i32),
-            nix::sys::signal::Signal::SIGQUIT,
-        );
-    }
-}
-
-fn free_port() -> u16 {
-    for port in 20000..32000u16 {
-        let p = 20000 + (port as u32 * 7919 + std::process::id()) % 12000;
-        if std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok() {
-            return p as u16;
-        }
-    }
-    panic!("no free port")
-}
 
 fn org_row(id: &str, name: &str) -> OrgRow {
     OrgRow {
@@ -892,9 +822,9 @@ async fn store_on_sqlite() {
 
 #[tokio::test]
 async fn store_on_postgres() {
-    let pg = TempPg::start().await;
-    exercise(Store::open(&pg.url).await.unwrap()).await;
-    let store = Store::open(&pg.url).await.unwrap();
+    let pg = ScratchServer::start(&[]).await.unwrap();
+    exercise(Store::open(&pg.admin_url()).await.unwrap()).await;
+    let store = Store::open(&pg.admin_url()).await.unwrap();
     assert_eq!(store.org_count().await.unwrap(), 2);
 }
 

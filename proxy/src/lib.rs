@@ -11,6 +11,7 @@
 //! so the proxy keeps serving known clusters while the control plane is down. Anything it
 //! cannot serve gets a PostgreSQL `ErrorResponse` with a clear message, never a hang.
 
+pub mod fuzzing;
 mod protocol;
 mod routes;
 mod splice;
@@ -49,13 +50,16 @@ pub struct ProxyConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Endpoints are `<id>.<domain>` under TLS.
     pub domain: String,
+    /// How long a client may take to negotiate encryption and send its startup packet
+    /// ([`STARTUP_TIMEOUT`] by default) before it is told so and closed.
+    pub startup_timeout: Duration,
 }
 
 /// How long a new connection is held while its cluster has no reachable primary.
 const HOLD: Duration = Duration::from_secs(30);
 
-/// How long a client may take to send its startup packet.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its startup packet, by default.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown` turns true.
 pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::Receiver<bool>) -> Result<()> {
@@ -80,6 +84,7 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
         routes,
         acceptor,
         domain: cfg.domain.clone(),
+        startup_timeout: cfg.startup_timeout,
     });
     loop {
         tokio::select! {
@@ -130,12 +135,13 @@ struct Ctx {
     on_miss: Option<routes::OnMiss>,
     acceptor: Option<TlsAcceptor>,
     domain: String,
+    startup_timeout: Duration,
 }
 
 async fn serve(mut sock: TcpStream, ctx: &Ctx) -> Result<()> {
     sock.set_nodelay(true).context("set TCP_NODELAY")?;
     // Negotiate encryption, then read the startup packet, all within the timeout.
-    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + ctx.startup_timeout;
     loop {
         let packet = match tokio::time::timeout_at(deadline, read_packet(&mut sock)).await {
             Ok(Ok(p)) => p,

@@ -81,8 +81,18 @@ pub async fn read_packet<R: AsyncRead + Unpin>(r: &mut R) -> Result<Packet, Star
     }
     r.read_exact(&mut head[4..]).await.map_err(|_| StartupError::Closed)?;
     let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-    let mut body = vec![0u8; len - 8];
-    r.read_exact(&mut body).await.map_err(|_| StartupError::Closed)?;
+    // The body grows as its bytes arrive, not by what the length claims: a client that
+    // announces the largest packet and sends nothing holds no buffer of that size.
+    let want = len - 8;
+    let mut body = Vec::new();
+    (&mut *r)
+        .take(want as u64)
+        .read_to_end(&mut body)
+        .await
+        .map_err(|_| StartupError::Closed)?;
+    if body.len() != want {
+        return Err(StartupError::Closed);
+    }
     parse(code, &body)
 }
 
@@ -119,6 +129,11 @@ impl Startup {
             let key = std::str::from_utf8(&rest[..nul])
                 .map_err(|_| StartupError::Malformed("parameter name is not UTF-8".into()))?
                 .to_string();
+            if params.iter().any(|(k, _)| *k == key) {
+                // Which one would PostgreSQL take? (A second `options` could route elsewhere
+                // than the first one said.)
+                return Err(StartupError::Malformed(format!("parameter {key:?} given twice")));
+            }
             rest = &rest[nul + 1..];
             let Some(nul) = rest.iter().position(|b| *b == 0) else {
                 return Err(StartupError::Malformed(format!("parameter {key:?} has no value")));

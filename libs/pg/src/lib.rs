@@ -8,6 +8,9 @@
 //! tenant's server must never hold root's rights.
 
 mod scram;
+#[cfg(feature = "scratch")]
+pub mod scratch;
+pub mod wall;
 
 pub use scram::scram_sha256_verifier;
 
