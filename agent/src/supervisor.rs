@@ -834,14 +834,26 @@ impl Instance {
             let conn = self.admin().await?;
             highrise_pg::ensure_owner(conn, &spec.owner, &spec.owner_scram, &spec.database).await?;
             highrise_pg::ensure_replicator(conn, REPL_USER, &spec.replication_scram).await?;
-            // The extension allow-list lives in the tenant's database.
-            let mut db = tokio::time::timeout(
-                Duration::from_secs(5),
-                highrise_pg::admin_connect(&self.socket_dir, self.local.port, &spec.database),
-            )
-            .await
-            .context("connect as admin to the tenant's database: timed out")??;
-            highrise_pg::wall::fence(&mut db).await?;
+            // The extension allow-list lives in the tenant's database (replicated with it,
+            // so a promoted standby has it already): never holds a primary back from
+            // serving; tried again at the next apply when it fails.
+            let fence = async {
+                let mut db = highrise_pg::admin_connect(&self.socket_dir, self.local.port, &spec.database).await?;
+                highrise_pg::wall::fence(&mut db).await
+            };
+            match tokio::time::timeout(Duration::from_secs(5), fence).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(instance = %self.id, "extension allow-list not installed yet: {e:#}");
+                    self.applied = None;
+                    return Ok(());
+                }
+                Err(_) => {
+                    tracing::warn!(instance = %self.id, "extension allow-list not installed yet: timed out");
+                    self.applied = None;
+                    return Ok(());
+                }
+            }
         }
         self.applied = Some(spec.clone());
         Ok(())
