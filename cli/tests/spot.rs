@@ -441,26 +441,22 @@ async fn a_silent_primary_host_fails_over_and_its_old_primary_acknowledges_nothi
     direct.set_port(Some(port.parse().unwrap())).unwrap();
     direct.set_query(None);
     let host_dir = up.data_dir.join("land/hosts").join(&host);
-    let roots: Vec<u32> = processes_mentioning(&host_dir.to_string_lossy())
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect();
-    let frozen_pids = with_descendants(&roots);
-    assert!(
-        frozen_pids.len() > 2,
-        "the agent, the postmaster and its children: {frozen_pids:?}"
-    );
 
     let (stop, writer) = start_writer(&uri);
     let (stop_direct, direct_writer) = start_writer(direct.as_str());
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The whole host at once: its agent, the postmaster and every child, the writers'
+    // backends and walsenders included.
+    let roots: Vec<u32> = processes_mentioning(&host_dir.to_string_lossy())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
     let frozen = Instant::now();
-    for pid in &frozen_pids {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid as i32),
-            nix::sys::signal::Signal::SIGSTOP,
-        );
-    }
+    let frozen_pids = freeze(&roots);
+    assert!(
+        frozen_pids.len() > 2,
+        "the agent, the postmaster and its children: {frozen_pids:?}"
+    );
     // A client that connects now reaches the frozen primary (still routed); the proxy must
     // end that session when the primary moves, not leave it waiting on a server that
     // will not answer.
@@ -500,12 +496,7 @@ async fn a_silent_primary_host_fails_over_and_its_old_primary_acknowledges_nothi
     // The old primary's processes carry on where they stopped: its commits wait for a
     // standby that now follows someone else, and its agent learns of the new term and
     // removes it.
-    for pid in &frozen_pids {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid as i32),
-            nix::sys::signal::Signal::SIGCONT,
-        );
-    }
+    thaw(&frozen_pids);
     let u = up.clone();
     blocking(move || wait_members_running(&u, "shop", 2, "a replacement standby", Duration::from_secs(90))).await;
     let shown = show(&up, "shop");
@@ -524,6 +515,31 @@ async fn a_silent_primary_host_fails_over_and_its_old_primary_acknowledges_nothi
          {after_freeze} direct commits acknowledged after the freeze; a client caught connecting answered \
          {fresh_wait:?} after the failover"
     );
+    // Should a commit go missing, the report says whose it was and when it was told so.
+    let lost = lost_commits(
+        &uri,
+        &acked
+            .iter()
+            .chain(&direct_acked)
+            .chain(&fresh_id)
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    if !lost.is_empty() {
+        let since = |t: Instant| t.saturating_duration_since(frozen).as_secs_f64() - failed_over.as_secs_f64();
+        for id in &lost {
+            let told = ack_times(&acked, &timeline)
+                .map(|(i, t)| ("the proxy writer", i, t))
+                .chain(ack_times(&direct_acked, &direct_timeline).map(|(i, t)| ("the direct writer", i, t)))
+                .chain(fresh_id.map(|i| ("the fresh client", i, fresh_done)))
+                .find(|(_, i, _)| i == id);
+            if let Some((who, _, t)) = told {
+                eprintln!("lost {id}: told {who} {:+.3} s from the failover", since(t));
+            }
+        }
+        eprintln!("{}", up.cli_ok(&["cluster", "events", "shop"]));
+        eprintln!("{}", show(&up, "shop"));
+    }
     acked.extend(direct_acked);
     acked.extend(fresh_id);
     check_ledger(&uri, &acked);

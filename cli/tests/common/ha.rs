@@ -112,11 +112,28 @@ pub fn wait_members_running(up: &Up, name: &str, n: usize, what: &str, timeout: 
     });
 }
 
-pub fn check_ledger(uri: &str, acked: &[i64]) {
+/// The acknowledged ids that are not in the ledger `uri` reaches.
+pub fn lost_commits(uri: &str, acked: &[i64]) -> Vec<i64> {
     let present: std::collections::BTreeSet<i64> = psql_ok(uri, "select id from ledger")
         .lines()
         .map(|l| l.trim().parse().unwrap())
         .collect();
-    let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
+    acked.iter().filter(|id| !present.contains(id)).copied().collect()
+}
+
+pub fn check_ledger(uri: &str, acked: &[i64]) {
+    let lost = lost_commits(uri, acked);
     assert!(lost.is_empty(), "lost acknowledged commits: {lost:?}");
+}
+
+/// Each acknowledged id with the time it was acknowledged (a writer's timeline holds one
+/// successful attempt per id, in order).
+pub fn ack_times<'a>(
+    acked: &'a [i64],
+    timeline: &'a [(std::time::Instant, bool)],
+) -> impl Iterator<Item = (i64, std::time::Instant)> + 'a {
+    acked
+        .iter()
+        .copied()
+        .zip(timeline.iter().filter(|(_, ok)| *ok).map(|(t, _)| *t))
 }

@@ -383,6 +383,40 @@ pub fn with_descendants(pids: &[u32]) -> Vec<u32> {
     all
 }
 
+/// Stops `roots` and every process descended from them with SIGSTOP, as a host that went
+/// silent: listed at the moment of the freeze, and again until no new one appears (a
+/// stopped parent forks no more), so a backend or walsender started since the test began
+/// is frozen too. Returns every stopped PID, for [`thaw`].
+pub fn freeze(roots: &[u32]) -> Vec<u32> {
+    let mut frozen: Vec<u32> = Vec::new();
+    loop {
+        let fresh: Vec<u32> = with_descendants(roots)
+            .into_iter()
+            .filter(|p| !frozen.contains(p))
+            .collect();
+        if fresh.is_empty() {
+            return frozen;
+        }
+        for pid in fresh {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+            frozen.push(pid);
+        }
+    }
+}
+
+/// Resumes what [`freeze`] stopped.
+pub fn thaw(pids: &[u32]) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
 /// A child process killed and reaped when dropped, also when the test panics (a stray
 /// process would outlive the test run).
 pub struct Reaped(pub std::process::Child);

@@ -683,10 +683,15 @@ pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
 /// Cancels the running statement of every session of `role` whose transaction has written
 /// (holds a transaction id): the storage guard's last step before the disk is full.
 /// Returns how many were cancelled.
+///
+/// A session waiting for its synchronous standbys is left alone: its commit is on the
+/// local disk already, and a cancel would tell the client it committed although no
+/// standby has it (PostgreSQL answers a cancelled wait with a warning and success).
 pub async fn cancel_writers(conn: &mut sqlx::PgConnection, role: &str) -> Result<i64> {
     sqlx::query_scalar(
         "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
-         WHERE usename = $1 AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()",
+         WHERE usename = $1 AND backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+         AND wait_event IS DISTINCT FROM 'SyncRep'",
     )
     .bind(role)
     .fetch_one(conn)
