@@ -141,6 +141,16 @@ pub enum ClusterCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Run psql on the cluster with verified TLS (the land's CA fetched for it); it asks
+    /// for the password unless PGPASSWORD or ~/.pgpass has it.
+    Connect {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+        /// Passed on to psql (after `--`).
+        #[arg(last = true)]
+        psql_args: Vec<String>,
+    },
     /// Change a cluster: its number of standbys, durability, backup policy.
     Update {
         name: String,
@@ -521,6 +531,9 @@ impl Api {
             "password of {} (shown only now): {}",
             created.cluster.user, created.password
         );
+        if let (Some(v), Some(ca)) = (&created.verified_uri, crate::tls::ca_for(self, &created.cluster).await?) {
+            println!("verified TLS: {}", crate::tls::with_root_cert(v, &ca));
+        }
         println!("{}", created.connection_uri);
         Ok(())
     }
@@ -627,7 +640,7 @@ async fn wait_operation(api: &Api, op: &Operation, what: &str) -> Result<Operati
     }
 }
 
-fn show_cluster(c: &Cluster) {
+fn show_cluster(c: &Cluster, ca: Option<&std::path::Path>) {
     println!("name:       {}", c.name);
     println!("id:         {}", c.id);
     println!("project:    {}", c.project);
@@ -709,7 +722,17 @@ fn show_cluster(c: &Cluster) {
              `SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE` (writes resume below 85%)"
         ),
     }
-    println!("connect:    {}", c.connection_uri);
+    match (&c.verified_uri, ca) {
+        (Some(v), Some(ca)) => {
+            println!("connect:    {}", crate::tls::with_root_cert(v, ca));
+            println!(
+                "            (verifies the server; or `highrise cluster connect {}`)",
+                c.name
+            );
+            println!("unverified: {}", c.connection_uri);
+        }
+        _ => println!("connect:    {}", c.connection_uri),
+    }
     if !c.members.is_empty() {
         println!("members:");
         println!(
@@ -872,8 +895,14 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             if conn.output == Output::Json {
                 return print_json(&c);
             }
-            show_cluster(&c);
+            let ca = crate::tls::ca_for(&api, &c).await?;
+            show_cluster(&c, ca.as_deref());
             Ok(())
+        }
+        ClusterCommand::Connect { name, conn, psql_args } => {
+            let api = Api::from(&conn)?;
+            let c: Cluster = api.send(api.http.get(api.cluster_path(&name, &conn.project))).await?;
+            crate::tls::connect(&api, &c, &psql_args).await
         }
         ClusterCommand::Update {
             name,
@@ -907,7 +936,8 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             if conn.output == Output::Json {
                 return print_json(&c);
             }
-            show_cluster(&c);
+            let ca = crate::tls::ca_for(&api, &c).await?;
+            show_cluster(&c, ca.as_deref());
             Ok(())
         }
         ClusterCommand::Switchover { name, to, wait, conn } => {

@@ -6,6 +6,7 @@ mod client;
 mod evacuate;
 mod land;
 mod sim;
+mod tls;
 mod up;
 
 use anyhow::{Context, Result};
@@ -29,6 +30,8 @@ enum Command {
     Control(up::UpArgs),
     /// Run a host agent (the local land starts these; see `highrise up`).
     Agent(AgentArgs),
+    /// Write the land's CA certificate (what verifies its proxies) to a file; prints where.
+    CaCert(tls::CaCertArgs),
     /// Run a standalone proxy against a control plane.
     Proxy(ProxyArgs),
     /// Manage clusters.
@@ -190,6 +193,7 @@ fn main() -> std::process::ExitCode {
             Command::ApiKey(c) => access::api_key(c).await,
             Command::Login(a) => access::login(a).await,
             Command::Whoami(a) => access::whoami(a).await,
+            Command::CaCert(a) => tls::ca_cert(a).await,
             Command::Logout(a) => access::logout(a).await,
             Command::Audit(c) => access::audit(c).await,
             Command::Land(c) => land::land(c).await,

@@ -165,16 +165,37 @@ fn prepare_data_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn ensure_tls(dir: &Path, domain: &str) -> Result<(PathBuf, PathBuf)> {
-    let cert = dir.join("tls").join("proxy.crt");
-    let key = dir.join("tls").join("proxy.key");
-    if !cert.exists() || !key.exists() {
-        let names = vec![format!("*.{domain}"), domain.to_string()];
-        let ck = rcgen::generate_simple_self_signed(names).context("generate the proxy's TLS certificate")?;
-        write_private(&key, ck.key_pair.serialize_pem().as_bytes())?;
-        write_private(&cert, ck.cert.pem().as_bytes())?;
-    }
-    Ok((cert, key))
+/// The land's certificate authority, made on the first start and kept in
+/// `<data-dir>/tls` (the key readable by this user only, never in the metadata store), and
+/// a fresh certificate for `*.<domain>` signed by it for the proxies, issued at every
+/// start (so it never runs out) and left in `tls/proxy.{crt,key}` for standalone proxies.
+fn ensure_tls(dir: &Path, domain: &str) -> Result<(highrise_control::ca::Ca, PathBuf, PathBuf)> {
+    use highrise_control::ca::Ca;
+    let tls = dir.join("tls");
+    let (ca_cert, ca_key) = (tls.join("ca.crt"), tls.join("ca.key"));
+    let ca = match (std::fs::read_to_string(&ca_cert), std::fs::read_to_string(&ca_key)) {
+        (Ok(cert), Ok(key)) => Ca::from_pem(&cert, &key)
+            .with_context(|| format!("read the land's CA from {} and {}", ca_cert.display(), ca_key.display()))?,
+        (Err(_), Err(_)) => {
+            let ca = Ca::generate().context("make the land's CA")?;
+            write_private(&ca_key, ca.key_pem().as_bytes())?;
+            write_private(&ca_cert, ca.cert_pem().as_bytes())?;
+            ca
+        }
+        _ => anyhow::bail!(
+            "{} or {} is missing: restore both, or remove both for a new CA (clients must then fetch it again)",
+            ca_cert.display(),
+            ca_key.display()
+        ),
+    };
+    let issued = ca
+        .issue_server(&[format!("*.{domain}"), domain.to_string()])
+        .context("issue the proxies' certificate")?;
+    let cert = tls.join("proxy.crt");
+    let key = tls.join("proxy.key");
+    write_private(&key, issued.key_pem.as_bytes())?;
+    write_private(&cert, issued.cert_pem.as_bytes())?;
+    Ok((ca, cert, key))
 }
 
 /// A store per cloud: `--cloud-storage-url` where given, else `--storage-url` (shared), else
@@ -423,6 +444,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         Err(_) => secret_file(&dir.join("master.key"), || highrise_control::random_hex(32))?,
     };
     let storage = storage_config(&dir, &args, &clouds)?;
+    let (ca, tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
     let control_cfg = ControlConfig {
         database_url,
         public_url: api_url.clone(),
@@ -436,6 +458,8 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             ..Default::default()
         },
         auth_failures_per_minute: args.auth_failures_per_minute,
+        ca_cert_pem: Some(ca.cert_pem().to_string()),
+        tls_domain: domain.clone(),
     };
     let control = Arc::new(Control::open(control_cfg.clone(), land.clone()).await?);
 
@@ -479,14 +503,13 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let mut plane = ControlPlane::start(control, api_listener, reconcile);
     let mut proxies = Vec::new();
     for (cloud, listener) in proxy_listeners {
-        let (tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
         let cfg = highrise_proxy::ProxyConfig {
             control_url: api_url.clone(),
             control_url_source: Some(format!("http://{land_addr}/land/control-url")),
             token: proxy_token.clone(),
             // Each proxy keeps routes of its own: it serves on from them alone.
             cache_file: dir.join(format!("proxy-routes-{cloud}.json")),
-            tls: Some((tls_cert, tls_key)),
+            tls: Some((tls_cert.clone(), tls_key.clone())),
             domain: domain.clone(),
             startup_timeout: highrise_proxy::STARTUP_TIMEOUT,
         };

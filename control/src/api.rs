@@ -25,6 +25,7 @@ mod operations;
 mod orgs;
 mod projects;
 mod sessions;
+mod tls;
 
 use crate::access::Action;
 use crate::auth::{self, Caller};
@@ -642,6 +643,40 @@ fn connection_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> S
     )
 }
 
+/// The connection URI that verifies the proxy (`sslmode=verify-full`): the host name
+/// `<endpoint>.<domain>` for each proxy (what its certificate names and what libpq sends
+/// as SNI, so no routing option is needed) and, when the proxies have IP addresses,
+/// `hostaddr` for where to connect (no DNS needed). `None` without a CA.
+fn verified_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> Option<String> {
+    state.cfg.ca_cert_pem.as_ref()?;
+    let auth = match password {
+        Some(p) => format!("{}:{p}", c.owner_name),
+        None => c.owner_name.clone(),
+    };
+    let name = format!("{}.{}", c.endpoint, state.cfg.tls_domain);
+    let addrs: Vec<Option<std::net::SocketAddr>> =
+        state.cfg.proxy_public_addrs.iter().map(|a| a.parse().ok()).collect();
+    let hosts: Vec<String> = state
+        .cfg
+        .proxy_public_addrs
+        .iter()
+        .zip(&addrs)
+        .map(|(a, sa)| match sa {
+            Some(sa) => format!("{name}:{}", sa.port()),
+            None => a
+                .rsplit_once(':')
+                .map_or_else(|| name.clone(), |(_, port)| format!("{name}:{port}")),
+        })
+        .collect();
+    let mut query = String::new();
+    if addrs.iter().all(Option::is_some) {
+        let ips: Vec<String> = addrs.iter().flatten().map(|sa| sa.ip().to_string()).collect();
+        query.push_str(&format!("hostaddr={}&", ips.join(",")));
+    }
+    query.push_str("sslmode=verify-full");
+    Some(format!("postgresql://{auth}@{}/{}?{query}", hosts.join(","), c.db_name))
+}
+
 async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
     let mut views = cluster_views(state, std::slice::from_ref(c)).await?;
     views
@@ -808,6 +843,7 @@ fn view_of(
         database: c.db_name.clone(),
         user: c.owner_name.clone(),
         connection_uri: connection_uri(state, c, None),
+        verified_uri: verified_uri(state, c, None),
         members,
         created_at: c.created_at,
     }
@@ -832,7 +868,7 @@ fn view_of(
         evacuations::pause_evacuation, evacuations::resume_evacuation, operations::list_operations, operations::get_operation, agents::agent_register,
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
-        backups::verify_any_backup
+        backups::verify_any_backup, tls::ca_certificate
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -865,6 +901,10 @@ impl utoipa::Modify for BearerAuth {
                 .build()
         };
         for (path, item) in openapi.paths.paths.iter_mut() {
+            // Public: asks for no credentials, so none can be wrong or short of a role.
+            if path == "/v1/tls/ca" {
+                continue;
+            }
             let keyed = !path.starts_with("/v1/agent/") && !path.starts_with("/v1/proxy/");
             let has_path_params = path.contains('{');
             for (op, mutates) in [
@@ -973,6 +1013,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/openapi.json", get(|| async { Json(openapi_document()) }))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/tls/ca", get(tls::ca_certificate))
         .route("/v1/orgs", post(orgs::create_org))
         .route("/v1/orgs/{org}/quotas", get(orgs::org_quotas).put(orgs::set_quotas))
         .route("/v1/quotas", get(orgs::get_quotas))

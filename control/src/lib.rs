@@ -9,6 +9,7 @@ mod access;
 mod api;
 mod audit;
 mod auth;
+pub mod ca;
 mod copies;
 pub mod durability;
 mod limits;
@@ -44,6 +45,11 @@ pub struct ControlConfig {
     pub spot: highrise_planner::SpotPolicy,
     /// Failed authentications allowed per source address, key id or user a minute.
     pub auth_failures_per_minute: usize,
+    /// The certificate (PEM) of the CA that signs the proxies' certificates, served to
+    /// clients at `GET /v1/tls/ca`; its key stays with whoever issues (`up`).
+    pub ca_cert_pem: Option<String>,
+    /// The proxies' TLS domain: a cluster's host name is `<endpoint>.<domain>`.
+    pub tls_domain: String,
 }
 
 pub(crate) struct AppState {

@@ -171,6 +171,7 @@ pub(super) async fn create_cluster(
         StatusCode::ACCEPTED,
         Json(CreatedCluster {
             connection_uri: connection_uri(&state, &c, Some(&password)),
+            verified_uri: verified_uri(&state, &c, Some(&password)),
             cluster: view,
             operation: operation_view(&op),
             password,

@@ -572,6 +572,12 @@ pub struct Cluster {
     pub user: String,
     /// Connection URI without the password.
     pub connection_uri: String,
+    /// Connection URI that verifies the proxy: `sslmode=verify-full` with the host name
+    /// `<endpoint>.<domain>` (sent as SNI; `hostaddr` says where to connect when the
+    /// proxies have IP addresses). Add `sslrootcert=` a file with the CA certificate
+    /// (`GET /v1/tls/ca`). Absent when the control plane has no CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_uri: Option<String>,
     pub members: Vec<Member>,
     pub created_at: UnixSeconds,
 }
@@ -744,6 +750,9 @@ pub struct CreatedCluster {
     pub password: String,
     /// Connection URI including the password.
     pub connection_uri: String,
+    /// The verifying connection URI (see `Cluster::verified_uri`), with the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_uri: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -69,7 +69,8 @@ async fn a_commit_waiting_for_its_standby_is_never_cancelled() {
     let e = sleeping.await.unwrap().unwrap_err();
     assert!(e.contains("canceling statement due to user request"), "{e}");
     assert!(!commit.is_finished(), "the waiting commit was answered");
-    assert_eq!(waits(&mut admin, "owner").await, vec![Some("SyncRep".to_string())]);
+    let still = waits(&mut admin, "owner").await;
+    assert!(still.contains(&Some("SyncRep".to_string())), "{still:?}");
 
     // With the standby requirement gone, the commit completes as a commit.
     admin

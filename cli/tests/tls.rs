@@ -1,0 +1,154 @@
+//! Verified TLS through the proxies (issue 14) on the real `highrise up`: stock `psql`
+//! with `sslmode=verify-full` and the land's CA connects (the endpoint travels as SNI);
+//! a client trusting another CA, or asking for another host name, is refused by its own
+//! TLS check; `ca-cert`, `cluster show` and `cluster connect` hand out the CA.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn line_after<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim_start().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{out}"))
+        .trim()
+}
+
+#[test]
+fn clients_verify_the_proxy_with_the_lands_ca_and_refuse_any_other() {
+    let up = Up::start();
+    let out = up.cli_ok(&["cluster", "create", "shop", "--wait"]);
+    let password = line_after(&out, "password of owner (shown only now):").to_string();
+    let verified = line_after(&out, "verified TLS:").to_string();
+    assert!(verified.contains("sslmode=verify-full"), "{verified}");
+    assert!(!verified.contains("options="), "the endpoint goes as SNI: {verified}");
+
+    let conninfo = psql_ok(&verified, "\\conninfo");
+    assert!(conninfo.contains("SSL connection"), "{conninfo}");
+    assert_eq!(psql_ok(&verified, "select current_database()"), "shop");
+
+    // The CA the CLI keeps is the land's, and `ca-cert` writes the same.
+    let land_ca = std::fs::read_to_string(up.data_dir.join("tls/ca.crt")).unwrap();
+    let out_file = up.root.join("ca.pem");
+    let printed = up.cli_ok(&["ca-cert", "--out", out_file.to_str().unwrap()]);
+    assert_eq!(printed.trim(), out_file.to_str().unwrap());
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), land_ca);
+    let ca_file = verified
+        .split("sslrootcert=")
+        .nth(1)
+        .map(|p| p.split('&').next().unwrap_or(p))
+        .expect("sslrootcert in the URI");
+    assert_eq!(std::fs::read_to_string(ca_file).unwrap(), land_ca);
+
+    // A client that trusts another CA refuses the proxy, password or not.
+    let other = highrise_control::ca::Ca::generate().unwrap();
+    let other_file = up.root.join("other-ca.pem");
+    std::fs::write(&other_file, other.cert_pem()).unwrap();
+    let foreign = verified.replace(ca_file, other_file.to_str().unwrap());
+    let (ok, _, err) = psql(&foreign, "select 1");
+    assert!(!ok, "connected trusting another CA");
+    assert!(err.contains("certificate verify failed"), "{err}");
+    // So does one asking for a host name the certificate does not carry.
+    let endpoint = line_after(&up.cli_ok(&["cluster", "show", "shop"]), "endpoint:").to_string();
+    let misnamed = verified.replace(&format!("{endpoint}.localhost"), &format!("{endpoint}.example.com"));
+    let (ok, _, err) = psql(&misnamed, "select 1");
+    assert!(!ok, "connected under another host name");
+    assert!(err.contains("does not match host name"), "{err}");
+
+    // `cluster show` prints the verifying URI (without the password) ...
+    let shown = up.cli_ok(&["cluster", "show", "shop"]);
+    let connect = line_after(&shown, "connect:");
+    assert!(
+        connect.contains("sslmode=verify-full") && connect.contains("sslrootcert="),
+        "{shown}"
+    );
+    assert!(!connect.contains(&password), "{shown}");
+    // ... and `cluster connect` runs psql on it.
+    let out = Command::new(BIN)
+        .args([
+            "cluster",
+            "connect",
+            "shop",
+            "--",
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "select 'verified ' || current_user",
+        ])
+        .env("XDG_CONFIG_HOME", up.root.join("config"))
+        .env("PGPASSWORD", &password)
+        .env_remove("HIGHRISE_API_URL")
+        .env_remove("HIGHRISE_API_KEY")
+        .env_remove("HIGHRISE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "verified owner");
+}
+
+/// The replication password a host was given for a standby of `cluster_id`, read from
+/// that host's desired state (what an attacker on the host would hold).
+fn standby_replication_password(up: &Up, cluster_id: &str) -> String {
+    for host in std::fs::read_dir(up.data_dir.join("land/hosts")).unwrap().flatten() {
+        let Ok(bytes) = std::fs::read(host.path().join("desired.json")) else {
+            continue;
+        };
+        let desired: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        for spec in desired["instances"].as_array().into_iter().flatten() {
+            if spec["cluster_id"] == cluster_id && spec["role"] == "standby" {
+                if let Some(pw) = spec["replication_password"].as_str() {
+                    return pw.to_string();
+                }
+            }
+        }
+    }
+    panic!("no standby of {cluster_id} on any host");
+}
+
+/// A replication connection as `replicator` to `addr` (`ip:port`) with `password`.
+fn replicate(addr: &str, password: &str) -> (bool, String) {
+    let (ip, port) = addr.rsplit_once(':').unwrap();
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            &format!("host={ip} port={port} user=replicator password={password} dbname=replication replication=true connect_timeout=10"),
+            "-c",
+            "IDENTIFY_SYSTEM",
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_standby_of_one_cluster_cannot_replicate_from_another() {
+    let up = Up::start();
+    up.cli_ok(&["cluster", "create", "a", "--wait"]);
+    let (_, b) = common::ha::ha_cluster(&up, "b", 1);
+    let a = common::ha::show(&up, "a");
+    let a_primary = common::ha::member(&a, "primary")["addr"].as_str().unwrap().to_string();
+    let b_primary = common::ha::member(&b, "primary")["addr"].as_str().unwrap().to_string();
+    let b_password = standby_replication_password(&up, b["id"].as_str().unwrap());
+
+    // B's standby streams from B's primary with what its host was given ...
+    let (ok, out) = replicate(&b_primary, &b_password);
+    assert!(ok, "{out}");
+    // ... and the same login is worth nothing at A's primary.
+    let (ok, out) = replicate(&a_primary, &b_password);
+    assert!(!ok, "B's replication login works at A: {out}");
+    assert!(
+        out.contains("password authentication failed for user \"replicator\""),
+        "{out}"
+    );
+}
