@@ -32,6 +32,35 @@ pub struct Conn {
     pub(crate) project: Option<String>,
 }
 
+/// Who may use a cluster's public endpoint.
+#[derive(clap::Args, Clone, Default)]
+pub struct AccessArgs {
+    /// Whether the public endpoint takes connections (`--public false`: only through
+    /// private endpoints).
+    #[arg(long)]
+    public: Option<bool>,
+    /// A source network the public endpoint admits: a CIDR (10.0.0.0/8) or an address;
+    /// repeat for more. Without any, every source.
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<String>,
+    /// Admit every source again (clears the allow-list).
+    #[arg(long, conflicts_with = "allow")]
+    allow_any: bool,
+}
+
+impl AccessArgs {
+    /// The allow-list to send: `None` leaves it as it is.
+    fn allowed(&self) -> Option<Vec<String>> {
+        if self.allow_any {
+            Some(Vec::new())
+        } else if self.allow.is_empty() {
+            None
+        } else {
+            Some(self.allow.clone())
+        }
+    }
+}
+
 /// What a cluster does when its whole cloud goes dark.
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 pub enum CloudLossArg {
@@ -90,6 +119,8 @@ pub enum ClusterCommand {
         /// there (the default), or wait for the cloud to come back.
         #[arg(long, value_enum)]
         on_cloud_loss: Option<CloudLossArg>,
+        #[command(flatten)]
+        access: AccessArgs,
         #[command(flatten)]
         policy: PolicyArgs,
         /// Wait until the cluster answers queries; the last line printed is its URI.
@@ -169,6 +200,8 @@ pub enum ClusterCommand {
         /// When its whole cloud goes dark: restore elsewhere or wait.
         #[arg(long, value_enum)]
         on_cloud_loss: Option<CloudLossArg>,
+        #[command(flatten)]
+        access: AccessArgs,
         #[command(flatten)]
         policy: PolicyArgs,
         #[command(flatten)]
@@ -670,6 +703,11 @@ fn show_cluster(c: &Cluster, ca: Option<&std::path::Path>) {
         if c.spot { ", spot" } else { "" }
     );
     println!("endpoint:   {}", c.endpoint);
+    match (c.public, c.allowed_cidrs.is_empty()) {
+        (false, _) => println!("access:     public endpoint off (private endpoints only)"),
+        (true, true) => println!("access:     public, from any address"),
+        (true, false) => println!("access:     public, from {} only", c.allowed_cidrs.join(", ")),
+    }
     println!("term:       {}", c.term);
     println!(
         "durability: {}  (base backup every {} s, keep {} / {} days)",
@@ -808,6 +846,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             storage_autoscale,
             backup_copies,
             on_cloud_loss,
+            access,
             policy,
             wait,
             conn,
@@ -829,6 +868,8 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 storage_autoscale_max_bytes: storage_autoscale.map(|s| s.as_u64()),
                 backup_copies,
                 on_cloud_loss: on_cloud_loss.map(Into::into),
+                public: access.public,
+                allowed_cidrs: access.allowed(),
             };
             api.create_cluster(&body, wait, &conn).await
         }
@@ -862,6 +903,8 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 storage_autoscale_max_bytes: None,
                 backup_copies: None,
                 on_cloud_loss: None,
+                public: None,
+                allowed_cidrs: None,
             };
             api.create_cluster(&body, wait, &conn).await
         }
@@ -911,6 +954,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             storage_autoscale,
             plan,
             on_cloud_loss,
+            access,
             policy,
             conn,
         } => {
@@ -929,6 +973,8 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 storage_autoscale_max_bytes: storage_autoscale.map(|s| s.as_u64()),
                 plan,
                 on_cloud_loss: on_cloud_loss.map(Into::into),
+                public: access.public,
+                allowed_cidrs: access.allowed(),
             };
             let c: Cluster = api
                 .send(api.http.patch(api.cluster_path(&name, &conn.project)).json(&body))

@@ -839,6 +839,8 @@ fn view_of(
             }),
         status,
         endpoint: c.endpoint.clone(),
+        public: c.public_endpoint,
+        allowed_cidrs: c.allowed_cidrs.clone(),
         term: c.term,
         database: c.db_name.clone(),
         user: c.owner_name.clone(),
@@ -969,6 +971,13 @@ fn openapi_document() -> serde_json::Value {
             { "properties": { "replicas": { "type": "integer", "minimum": 1 } }, "required": ["replicas"] },
             { "properties": { "durability": { "const": "sync" } }, "required": ["durability"] }
         ] });
+    }
+    // An allow-list entry: what `clusters::allow_list` takes (it takes more: any IPv6
+    // spelling; the document names the common ones, and everything it names is taken).
+    for schema in ["CreateCluster", "UpdateCluster"] {
+        if let Some(items) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/allowed_cidrs/items")) {
+            *items = serde_json::json!({ "type": "string", "pattern": format!("^({})$", clusters::CIDR_PATTERN) });
+        }
     }
     doc
 }

@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (20, include_str!("../migrations/0020_evacuations.sql")),
     (21, include_str!("../migrations/0021_connections.sql")),
     (22, include_str!("../migrations/0022_avoid_cloud.sql")),
+    (23, include_str!("../migrations/0023_endpoint_access.sql")),
 ];
 
 mod audit;
@@ -183,6 +184,10 @@ pub struct ClusterRow {
     pub on_cloud_loss: String,
     /// The cloud the cluster was moved off: no member of it goes there again.
     pub avoid_cloud: Option<String>,
+    /// Whether the public endpoint takes connections.
+    pub public_endpoint: bool,
+    /// Source networks the public endpoint admits (canonical CIDRs; empty: any).
+    pub allowed_cidrs: Vec<String>,
 }
 
 /// One instance of a host's desired state, before the keys are filled in.
@@ -372,7 +377,7 @@ const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name
     c.plan, c.pg_version, c.replicas, c.spot, c.endpoint, c.db_name, c.owner_name, c.owner_scram, c.repl_password, \
     c.repl_scram, c.spread_clouds, c.term, c.created_at, c.deleted_at, c.durability, c.backup_interval, \
     c.backup_retain_count, c.backup_retain_days, c.restore_json, c.autoscale_max_bytes, c.disk_bytes, \
-    c.backup_copies, c.copy_lag_bytes, c.copied_at, c.on_cloud_loss, c.avoid_cloud";
+    c.backup_copies, c.copy_lag_bytes, c.copied_at, c.on_cloud_loss, c.avoid_cloud, c.public_endpoint, c.allowed_cidrs";
 
 fn cluster(r: &AnyRow) -> Result<ClusterRow> {
     Ok(ClusterRow {
@@ -409,6 +414,8 @@ fn cluster(r: &AnyRow) -> Result<ClusterRow> {
         copied_at: r.try_get("copied_at")?,
         on_cloud_loss: r.try_get("on_cloud_loss")?,
         avoid_cloud: r.try_get("avoid_cloud")?,
+        public_endpoint: r.try_get::<i64, _>("public_endpoint")? != 0,
+        allowed_cidrs: id_list(&r.try_get::<String, _>("allowed_cidrs")?),
     })
 }
 

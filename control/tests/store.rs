@@ -66,6 +66,8 @@ fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &str) -
         copied_at: None,
         on_cloud_loss: "restore".into(),
         avoid_cloud: None,
+        public_endpoint: true,
+        allowed_cidrs: Vec::new(),
     }
 }
 

@@ -11,6 +11,7 @@
 //! so the proxy keeps serving known clusters while the control plane is down. Anything it
 //! cannot serve gets a PostgreSQL `ErrorResponse` with a clear message, never a hang.
 
+mod access;
 pub mod fuzzing;
 mod protocol;
 mod routes;
@@ -100,7 +101,7 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
                 };
                 let ctx = Arc::clone(&ctx);
                 tokio::spawn(async move {
-                    if let Err(e) = serve(sock, &ctx).await {
+                    if let Err(e) = serve(sock, peer.ip(), &ctx).await {
                         tracing::debug!(%peer, "connection ended: {e:#}");
                     }
                 });
@@ -138,7 +139,7 @@ struct Ctx {
     startup_timeout: Duration,
 }
 
-async fn serve(mut sock: TcpStream, ctx: &Ctx) -> Result<()> {
+async fn serve(mut sock: TcpStream, peer: std::net::IpAddr, ctx: &Ctx) -> Result<()> {
     sock.set_nodelay(true).context("set TCP_NODELAY")?;
     // Negotiate encryption, then read the startup packet, all within the timeout.
     let deadline = tokio::time::Instant::now() + ctx.startup_timeout;
@@ -162,12 +163,12 @@ async fn serve(mut sock: TcpStream, ctx: &Ctx) -> Result<()> {
                         Ok(Err(e)) => return reject(&mut tls, &e).await,
                         Err(_) => return reject(&mut tls, &StartupError::Timeout).await,
                     };
-                    return route(tls, packet, sni, ctx).await;
+                    return route(tls, packet, sni, peer, ctx).await;
                 }
                 None => sock.write_all(b"N").await.context("answer SSLRequest")?,
             },
             Packet::GssEncRequest => sock.write_all(b"N").await.context("answer GSSENCRequest")?,
-            other => return route(sock, other, None, ctx).await,
+            other => return route(sock, other, None, peer, ctx).await,
         }
     }
 }
@@ -182,6 +183,7 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
     mut client: S,
     packet: Packet,
     sni: Option<String>,
+    peer: std::net::IpAddr,
     ctx: &Ctx,
 ) -> Result<()> {
     let mut startup = match packet {
@@ -206,8 +208,11 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
             route = ctx.routes.get(&endpoint);
         }
     }
-    if route.is_none() {
+    let Some(route) = route else {
         return reject(&mut client, &StartupError::UnknownEndpoint(endpoint)).await;
+    };
+    if let Err(e) = access::admit(&route, peer) {
+        return reject(&mut client, &e).await;
     }
     // During a switch the route has no primary, or the old one refuses connections:
     // hold the client (up to HOLD) and release it to the new primary.

@@ -31,6 +31,10 @@ pub enum StartupError {
     Unavailable(String),
     #[error("connection closed during startup")]
     Closed,
+    #[error("endpoint \"{0}\" has no public endpoint: connect through one of its private endpoints")]
+    NotPublic(String),
+    #[error("connections from {from} are not allowed to endpoint \"{endpoint}\" (see its allow-list)")]
+    NotAllowed { endpoint: String, from: std::net::IpAddr },
 }
 
 impl StartupError {
@@ -43,6 +47,8 @@ impl StartupError {
             StartupError::Timeout => "08006",
             StartupError::NoEndpoint(_) | StartupError::UnknownEndpoint(_) => "08004",
             StartupError::Unavailable(_) => "08006",
+            // What PostgreSQL answers when pg_hba.conf has no entry for the client.
+            StartupError::NotPublic(_) | StartupError::NotAllowed { .. } => "28000",
         }
     }
 }

@@ -289,6 +289,8 @@ mod tests {
                 addr: addr.map(str::to_string),
                 term,
                 notice: None,
+                public: true,
+                allowed_cidrs: Vec::new(),
             }],
         }
     }

@@ -36,6 +36,8 @@ async fn thousands_of_half_open_connections_do_not_delay_a_valid_client() {
             addr: Some(format!("127.0.0.1:{}", pg.port())),
             term: 1,
             notice: None,
+            public: true,
+            allowed_cidrs: Vec::new(),
         }],
     };
     std::fs::write(&cache_file, serde_json::to_vec(&table).unwrap()).unwrap();

@@ -88,6 +88,7 @@ pub(super) async fn create_cluster(
     check_spot_safety(spot, replicas, &durability, true)?;
     let policy = req.backup_policy.unwrap_or_default();
     backups::validate_policy(&policy)?;
+    let allowed_cidrs = allow_list(req.allowed_cidrs.as_deref().unwrap_or_default())?;
     let (restore_json, db_name) = match &req.restore {
         Some(r) => {
             let (record, db) = backups::plan_restore(&state, &caller, &project, r).await?;
@@ -147,6 +148,8 @@ pub(super) async fn create_cluster(
         copied_at: None,
         on_cloud_loss: cloud_loss(req.on_cloud_loss.unwrap_or_default()).into(),
         avoid_cloud: None,
+        public_endpoint: req.public.unwrap_or(true),
+        allowed_cidrs,
     };
     let op = OperationRow {
         id: auth::new_id("op"),
@@ -205,6 +208,19 @@ pub(super) async fn update_cluster(
 ) -> ApiResult<Json<Cluster>> {
     require(&caller, Action::WriteClusters)?;
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
+    // Checked before anything changes.
+    let allowed_cidrs = req.allowed_cidrs.as_deref().map(allow_list).transpose()?;
+    if req.public.is_some() || allowed_cidrs.is_some() {
+        let public = req.public.unwrap_or(c.public_endpoint);
+        let allowed = allowed_cidrs.unwrap_or_else(|| c.allowed_cidrs.clone());
+        state
+            .store
+            .set_endpoint_access(&c.id, public, &allowed)
+            .await
+            .map_err(store_err("cluster"))?;
+        state.notify();
+        tracing::info!(cluster = %c.id, public, allowed = %allowed.join(","), "endpoint access changed");
+    }
     if let Some(replicas) = req.replicas {
         if replicas > 3 {
             return Err(ApiError::invalid("replicas must be between 0 and 3"));
@@ -291,6 +307,46 @@ pub(super) async fn update_cluster(
     }
     let c = find_cluster(&state, &caller, q.project.as_deref(), &c.id).await?;
     Ok(Json(cluster_view(&state, &c).await?))
+}
+
+/// An allow-list entry as the OpenAPI document states it (unanchored): an IPv4 address,
+/// or an IPv6 one written in full or ending in `::`, each with an optional prefix length.
+pub(super) const CIDR_PATTERN: &str = concat!(
+    r"(((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(/(3[0-2]|[12]?[0-9]))?)",
+    r"|((([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,6}:|::)(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)",
+);
+
+/// The most entries an endpoint's allow-list holds.
+const MAX_ALLOWED_CIDRS: usize = 64;
+
+/// An endpoint's allow-list as given, each entry checked and written canonically: a
+/// network in CIDR notation without host bits (`10.1.2.3/8` is `10.0.0.0/8`), a bare
+/// address as its own network; duplicates dropped.
+pub(super) fn allow_list(given: &[String]) -> ApiResult<Vec<String>> {
+    if given.len() > MAX_ALLOWED_CIDRS {
+        return Err(ApiError::invalid(format!(
+            "allowed_cidrs holds at most {MAX_ALLOWED_CIDRS} networks, not {}",
+            given.len()
+        )));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(given.len());
+    for entry in given {
+        let e = entry.trim();
+        let net = e
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| e.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                let shown: String = entry.chars().take(60).collect();
+                ApiError::invalid(format!(
+                    "allowed_cidrs: {shown:?} is not a network (10.0.0.0/8, 2001:db8::/32) or an address"
+                ))
+            })?;
+        let canonical = net.trunc().to_string();
+        if !out.contains(&canonical) {
+            out.push(canonical);
+        }
+    }
+    Ok(out)
 }
 
 /// The stored name of a cloud-loss policy.
@@ -589,4 +645,34 @@ pub(super) async fn switchover(
     state.notify();
     tracing::info!(cluster = %c.id, to = ?req.to, "switchover requested");
     Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{allow_list, CIDR_PATTERN};
+    use proptest::prelude::*;
+
+    proptest! {
+        // What the OpenAPI document calls a valid entry is one the API takes.
+        #[test]
+        fn every_entry_the_document_allows_is_taken(entry in proptest::string::string_regex(CIDR_PATTERN).unwrap()) {
+            prop_assert!(allow_list(std::slice::from_ref(&entry)).is_ok(), "{entry:?}");
+        }
+    }
+
+    #[test]
+    fn allow_lists_are_checked_and_written_canonically() {
+        let given = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            allow_list(&given(&["10.1.2.3/8", " 192.0.2.7 ", "2001:db8::1/32", "10.0.0.0/8"])).unwrap(),
+            given(&["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"])
+        );
+        assert!(allow_list(&[]).unwrap().is_empty());
+        for bad in ["10.0.0.0/33", "example.com", "", "10.0.0/8", "::/129"] {
+            let e = allow_list(&given(&[bad])).unwrap_err();
+            assert!(format!("{e:?}").contains("is not a network"), "{bad}: {e:?}");
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("10.0.{i}.0/24")).collect();
+        assert!(format!("{:?}", allow_list(&many).unwrap_err()).contains("at most 64"));
+    }
 }

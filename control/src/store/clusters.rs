@@ -20,9 +20,9 @@ impl Store {
             "INSERT INTO clusters (id, org_id, project_id, name, cloud, region, plan, pg_version, replicas, spot, \
              endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram, spread_clouds, \
              durability, backup_interval, backup_retain_count, backup_retain_days, restore_json, autoscale_max_bytes, \
-             backup_copies, on_cloud_loss) \
+             backup_copies, on_cloud_loss, public_endpoint, allowed_cidrs) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-             $23, $24, $25, $26, $27)",
+             $23, $24, $25, $26, $27, $28, $29)",
         )
         .bind(&c.id)
         .bind(&c.org_id)
@@ -51,6 +51,8 @@ impl Store {
         .bind(c.autoscale_max_bytes)
         .bind(c.backup_copies)
         .bind(&c.on_cloud_loss)
+        .bind(i64::from(c.public_endpoint))
+        .bind(c.allowed_cidrs.join(","))
         .execute(&mut *tx)
         .await;
         match res {
@@ -275,6 +277,20 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Who may use the cluster's public endpoint: on or off, and the source networks it
+    /// admits (canonical CIDRs; empty: any).
+    pub async fn set_endpoint_access(&self, id: &str, public: bool, allowed_cidrs: &[String]) -> Result<()> {
+        sqlx::query(
+            "UPDATE clusters SET public_endpoint = $1, allowed_cidrs = $2 WHERE id = $3 AND deleted_at IS NULL",
+        )
+        .bind(i64::from(public))
+        .bind(allowed_cidrs.join(","))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -167,7 +167,7 @@ impl Store {
     /// current-term primary has not (yet) reported itself promoted has no address.
     pub async fn routes(&self) -> Result<Vec<Route>> {
         let rows = sqlx::query(
-            "SELECT c.endpoint, c.id, c.term, c.storage_level, \
+            "SELECT c.endpoint, c.id, c.term, c.storage_level, c.public_endpoint, c.allowed_cidrs, \
              (SELECT i.addr FROM instances i WHERE i.cluster_id = c.id AND i.deleting = 0 AND i.draining = 0 AND i.role = 'primary' \
               AND i.in_recovery = 0 AND i.observed_term = c.term AND i.observed IN ('running', 'unhealthy') \
               AND i.addr IS NOT NULL ORDER BY i.id LIMIT 1) AS addr \
@@ -183,6 +183,8 @@ impl Store {
                     addr: r.try_get("addr")?,
                     term: r.try_get("term")?,
                     notice: storage_notice(super::storage_level(r.try_get("storage_level")?)),
+                    public: r.try_get::<i64, _>("public_endpoint")? != 0,
+                    allowed_cidrs: super::id_list(&r.try_get::<String, _>("allowed_cidrs")?),
                 })
             })
             .collect()

@@ -384,6 +384,16 @@ pub struct CreateCluster {
     /// elsewhere: `restore` (default) or `wait`.
     #[serde(default)]
     pub on_cloud_loss: Option<OnCloudLoss>,
+    /// Whether the public endpoint (the proxies' listeners) takes connections (default
+    /// true); `false` leaves the cluster reachable through private endpoints only.
+    #[serde(default)]
+    pub public: Option<bool>,
+    /// The source networks the public endpoint takes connections from: CIDRs
+    /// (`10.0.0.0/8`, `2001:db8::/32`) or single addresses, at most 64; absent or empty:
+    /// any.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub allowed_cidrs: Option<Vec<String>>,
 }
 
 /// What a cluster does when every member was in a cloud that went dark (its API failing,
@@ -566,6 +576,10 @@ pub struct Cluster {
     pub status: ClusterStatus,
     /// The stable name clients connect to through the proxy.
     pub endpoint: String,
+    /// Whether the public endpoint takes connections.
+    pub public: bool,
+    /// Source networks the public endpoint takes connections from (empty: any).
+    pub allowed_cidrs: Vec<String>,
     /// Fencing generation; increments whenever the primary changes.
     pub term: i64,
     pub database: String,
@@ -634,6 +648,14 @@ pub struct UpdateCluster {
     /// What happens when the cluster's whole cloud goes dark (see [`OnCloudLoss`]).
     #[serde(default)]
     pub on_cloud_loss: Option<OnCloudLoss>,
+    /// Turn the public endpoint on or off (see [`CreateCluster`]).
+    #[serde(default)]
+    pub public: Option<bool>,
+    /// A new allow-list for the public endpoint (see [`CreateCluster`]); `[]` admits any
+    /// source again.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub allowed_cidrs: Option<Vec<String>>,
 }
 
 /// Evacuate a cloud: move every cluster off it (`POST /v1/clouds/{cloud}/evacuate`).
@@ -1129,6 +1151,16 @@ pub struct Route {
     /// read-only because its storage is nearly full, and what to do).
     #[serde(default)]
     pub notice: Option<String>,
+    /// Whether the public listeners may open sessions on the endpoint.
+    #[serde(default = "yes")]
+    pub public: bool,
+    /// Source networks the public listeners admit (CIDRs); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_cidrs: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Content hash used as a version for long-polled documents (FNV-1a over the JSON).
