@@ -46,12 +46,7 @@ pub(crate) async fn fetch_ca(api: &Api, out: &Path) -> Result<Option<PathBuf>> {
         bail!("the control plane's CA certificate is not PEM");
     }
     if std::fs::read_to_string(out).ok().as_deref() != Some(pem.as_str()) {
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
-        let tmp = out.with_extension("tmp");
-        std::fs::write(&tmp, &pem).with_context(|| format!("write {}", tmp.display()))?;
-        std::fs::rename(&tmp, out).with_context(|| format!("replace {}", out.display()))?;
+        crate::up::write_private(out, pem.as_bytes())?;
     }
     Ok(Some(out.to_path_buf()))
 }

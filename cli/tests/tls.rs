@@ -17,7 +17,7 @@ fn line_after<'a>(out: &'a str, prefix: &str) -> &'a str {
 
 #[test]
 fn clients_verify_the_proxy_with_the_lands_ca_and_refuse_any_other() {
-    let up = Up::start();
+    let mut up = Up::start();
     let out = up.cli_ok(&["cluster", "create", "shop", "--wait"]);
     let password = line_after(&out, "password of owner (shown only now):").to_string();
     let verified = line_after(&out, "verified TLS:").to_string();
@@ -86,6 +86,20 @@ fn clients_verify_the_proxy_with_the_lands_ca_and_refuse_any_other() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "verified owner");
+
+    // Restarted, `up` reads its CA back and signs the proxies' new certificate with it:
+    // the CA file clients already hold still verifies them.
+    up.stop();
+    let again = Up::start_in(&up.root);
+    let shown = again.cli_ok(&["cluster", "show", "shop"]);
+    let connect = line_after(&shown, "connect:").replace("owner@", &format!("owner:{password}@"));
+    assert_eq!(std::fs::read_to_string(ca_file).unwrap(), land_ca, "the CA changed");
+    wait_for(
+        "the cluster back after the restart",
+        std::time::Duration::from_secs(60),
+        || psql(&connect, "select 1").0,
+    );
+    assert_eq!(psql_ok(&connect, "select current_database()"), "shop");
 }
 
 /// The replication password a host was given for a standby of `cluster_id`, read from

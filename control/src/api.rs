@@ -631,10 +631,7 @@ fn operation_view(o: &OperationRow) -> Operation {
 /// through while any one answers; each routes to the same primary), the database, and the
 /// endpoint in `options`.
 fn connection_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> String {
-    let auth = match password {
-        Some(p) => format!("{}:{p}", c.owner_name),
-        None => c.owner_name.clone(),
-    };
+    let auth = user_info(c, password);
     format!(
         "postgresql://{auth}@{}/{}?options=endpoint%3D{}",
         state.cfg.proxy_public_addrs.join(","),
@@ -649,32 +646,34 @@ fn connection_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> S
 /// `hostaddr` for where to connect (no DNS needed). `None` without a CA.
 fn verified_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> Option<String> {
     state.cfg.ca_cert_pem.as_ref()?;
-    let auth = match password {
-        Some(p) => format!("{}:{p}", c.owner_name),
-        None => c.owner_name.clone(),
-    };
     let name = format!("{}.{}", c.endpoint, state.cfg.tls_domain);
-    let addrs: Vec<Option<std::net::SocketAddr>> =
-        state.cfg.proxy_public_addrs.iter().map(|a| a.parse().ok()).collect();
-    let hosts: Vec<String> = state
-        .cfg
-        .proxy_public_addrs
+    let addrs = &state.cfg.proxy_public_addrs;
+    let hosts: Vec<String> = addrs
         .iter()
-        .zip(&addrs)
-        .map(|(a, sa)| match sa {
-            Some(sa) => format!("{name}:{}", sa.port()),
-            None => a
-                .rsplit_once(':')
-                .map_or_else(|| name.clone(), |(_, port)| format!("{name}:{port}")),
+        .map(|a| match a.rsplit_once(':') {
+            Some((_, port)) => format!("{name}:{port}"),
+            None => name.clone(),
         })
         .collect();
-    let mut query = String::new();
-    if addrs.iter().all(Option::is_some) {
-        let ips: Vec<String> = addrs.iter().flatten().map(|sa| sa.ip().to_string()).collect();
-        query.push_str(&format!("hostaddr={}&", ips.join(",")));
+    let ips: Option<Vec<String>> = addrs
+        .iter()
+        .map(|a| a.parse::<std::net::SocketAddr>().ok().map(|sa| sa.ip().to_string()))
+        .collect();
+    let hostaddr = ips.map_or_else(String::new, |ips| format!("hostaddr={}&", ips.join(",")));
+    Some(format!(
+        "postgresql://{}@{}/{}?{hostaddr}sslmode=verify-full",
+        user_info(c, password),
+        hosts.join(","),
+        c.db_name
+    ))
+}
+
+/// The URI's user part: the owner, and its password when given.
+fn user_info(c: &ClusterRow, password: Option<&str>) -> String {
+    match password {
+        Some(p) => format!("{}:{p}", c.owner_name),
+        None => c.owner_name.clone(),
     }
-    query.push_str("sslmode=verify-full");
-    Some(format!("postgresql://{auth}@{}/{}?{query}", hosts.join(","), c.db_name))
 }
 
 async fn cluster_view(state: &AppState, c: &ClusterRow) -> ApiResult<Cluster> {
