@@ -527,7 +527,7 @@ impl Api {
     }
 
     /// `/v1/clusters/<name><suffix>[?project=…]`.
-    fn cluster_sub(&self, name: &str, project: &Option<String>, suffix: &str) -> String {
+    pub(crate) fn cluster_sub(&self, name: &str, project: &Option<String>, suffix: &str) -> String {
         let mut p = format!("{}/v1/clusters/{}{suffix}", self.url, urlencode(name));
         if let Some(project) = project {
             p.push_str(&format!("?project={}", urlencode(project)));
@@ -940,6 +940,12 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
             }
             let ca = crate::tls::ca_for(&api, &c).await?;
             show_cluster(&c, ca.as_deref());
+            let private: Vec<highrise_api::PrivateEndpoint> = api
+                .send(api.http.get(api.cluster_sub(&name, &conn.project, "/endpoints")))
+                .await?;
+            for e in private {
+                println!("private:    {} in network {} at {}", e.id, e.network, e.address);
+            }
             Ok(())
         }
         ClusterCommand::Connect { name, conn, psql_args } => {

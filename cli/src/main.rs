@@ -5,6 +5,7 @@ mod access;
 mod client;
 mod evacuate;
 mod land;
+mod network;
 mod sim;
 mod tls;
 mod up;
@@ -49,6 +50,12 @@ enum Command {
     /// Projects: groups of an org's clusters.
     #[command(subcommand)]
     Project(access::ProjectCommand),
+    /// Tenant networks ("VPCs"), where clusters get private endpoints.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// A cluster's private endpoints inside tenant networks.
+    #[command(subcommand)]
+    Endpoint(network::EndpointCommand),
     /// The org's members and their roles; invitations.
     #[command(subcommand)]
     Member(access::MemberCommand),
@@ -189,6 +196,8 @@ fn main() -> std::process::ExitCode {
             Command::Cloud(c) => client::cloud(c).await,
             Command::Org(c) => client::org(c).await,
             Command::Project(c) => access::project(c).await,
+            Command::Network(c) => network::network(c).await,
+            Command::Endpoint(c) => network::endpoint(c).await,
             Command::Member(c) => access::member(c).await,
             Command::ApiKey(c) => access::api_key(c).await,
             Command::Login(a) => access::login(a).await,

@@ -17,6 +17,11 @@ pub enum Action {
     WriteClusters,
     ReadProjects,
     WriteProjects,
+    /// Tenant networks: list them (a project key too: its clusters' private endpoints
+    /// name them).
+    ReadNetworks,
+    /// Create and delete tenant networks.
+    WriteNetworks,
     ReadMembers,
     /// Invite, change the role of, remove members.
     WriteMembers,
@@ -32,12 +37,14 @@ pub fn allows(role: Role, scoped: bool, action: Action) -> bool {
     use Action::*;
     use Role::*;
     let by_role = match action {
-        ReadClusters => matches!(role, Owner | Admin | Developer | Viewer),
+        ReadClusters | ReadNetworks => matches!(role, Owner | Admin | Developer | Viewer),
         WriteClusters => matches!(role, Owner | Admin | Developer),
         ReadProjects | ReadMembers => true,
-        WriteProjects | WriteMembers | ReadKeys | WriteKeys | ReadAudit | Operate => matches!(role, Owner | Admin),
+        WriteProjects | WriteNetworks | WriteMembers | ReadKeys | WriteKeys | ReadAudit | Operate => {
+            matches!(role, Owner | Admin)
+        }
     };
-    let in_scope = !scoped || matches!(action, ReadClusters | WriteClusters | ReadProjects);
+    let in_scope = !scoped || matches!(action, ReadClusters | WriteClusters | ReadProjects | ReadNetworks);
     by_role && in_scope
 }
 
@@ -71,6 +78,8 @@ mod tests {
             (WriteClusters, [true, true, true, false, false]),
             (ReadProjects, [true, true, true, true, true]),
             (WriteProjects, [true, true, false, false, false]),
+            (ReadNetworks, [true, true, true, true, false]),
+            (WriteNetworks, [true, true, false, false, false]),
             (ReadMembers, [true, true, true, true, true]),
             (WriteMembers, [true, true, false, false, false]),
             (ReadKeys, [true, true, false, false, false]),
@@ -88,7 +97,7 @@ mod tests {
     #[test]
     fn a_project_key_reaches_its_clusters_and_nothing_org_wide() {
         for role in Role::ALL {
-            for action in [ReadClusters, WriteClusters, ReadProjects] {
+            for action in [ReadClusters, WriteClusters, ReadProjects, ReadNetworks] {
                 assert_eq!(
                     allows(role, true, action),
                     allows(role, false, action),
@@ -97,6 +106,7 @@ mod tests {
             }
             for action in [
                 WriteProjects,
+                WriteNetworks,
                 ReadMembers,
                 WriteMembers,
                 ReadKeys,

@@ -16,11 +16,13 @@ mod agents;
 mod audit;
 mod backups;
 mod clusters;
+mod endpoints;
 mod evacuations;
 mod events;
 mod hosts;
 mod keys;
 mod members;
+mod networks;
 mod operations;
 mod orgs;
 mod projects;
@@ -29,7 +31,9 @@ mod tls;
 
 use crate::access::Action;
 use crate::auth::{self, Caller};
-use crate::store::{self, now, now_ms, ClusterRow, OperationRow, ProjectRow, StoreError};
+use crate::store::{
+    self, now, now_ms, ClusterRow, NetworkRow, OperationRow, PrivateEndpointRow, ProjectRow, StoreError,
+};
 use crate::AppState;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -289,6 +293,8 @@ fn require(caller: &Caller, action: Action) -> ApiResult<()> {
         Action::WriteClusters => "change clusters",
         Action::ReadProjects => "read projects",
         Action::WriteProjects => "manage projects",
+        Action::ReadNetworks => "read networks",
+        Action::WriteNetworks => "manage networks",
         Action::ReadMembers => "read members",
         Action::WriteMembers => "manage members",
         Action::ReadKeys => "read API keys",
@@ -645,9 +651,19 @@ fn connection_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> S
 /// as SNI, so no routing option is needed) and, when the proxies have IP addresses,
 /// `hostaddr` for where to connect (no DNS needed). `None` without a CA.
 fn verified_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> Option<String> {
+    verified_uri_to(state, c, &c.endpoint, &state.cfg.proxy_public_addrs, password)
+}
+
+/// The verifying URI of `endpoint` served at `addrs` (`host:port` each).
+fn verified_uri_to(
+    state: &AppState,
+    c: &ClusterRow,
+    endpoint: &str,
+    addrs: &[String],
+    password: Option<&str>,
+) -> Option<String> {
     state.cfg.ca_cert_pem.as_ref()?;
-    let name = format!("{}.{}", c.endpoint, state.cfg.tls_domain);
-    let addrs = &state.cfg.proxy_public_addrs;
+    let name = format!("{endpoint}.{}", state.cfg.tls_domain);
     let hosts: Vec<String> = addrs
         .iter()
         .map(|a| match a.rsplit_once(':') {
@@ -863,6 +879,8 @@ fn view_of(
         members::invite_member, members::update_member, members::remove_member, sessions::login,
         sessions::accept_invite, sessions::me, sessions::logout, audit::list_audit, audit::verify_audit, clusters::list_clusters, clusters::create_cluster, clusters::get_cluster,
         clusters::update_cluster, clusters::delete_cluster, events::cluster_events, clusters::switchover,
+        networks::list_networks, networks::create_network, networks::delete_network,
+        endpoints::list_endpoints, endpoints::create_endpoint, endpoints::delete_endpoint,
         clusters::move_cluster,
         clusters::cancel_move,
         hosts::list_hosts, hosts::list_clouds, evacuations::evacuate_cloud, evacuations::get_evacuation,
@@ -978,6 +996,22 @@ fn openapi_document() -> serde_json::Value {
             *items = serde_json::json!({ "type": "string", "pattern": format!("^({})$", clusters::CIDR_PATTERN) });
         }
     }
+    // A network's range and an endpoint's address: what `networks` takes.
+    let patterns = [
+        ("CreateNetwork", "cidr", networks::network_pattern()),
+        (
+            "CreatePrivateEndpoint",
+            "address",
+            networks::ADDRESS_PATTERN.to_string(),
+        ),
+    ];
+    for (schema, field, pattern) in patterns {
+        if let Some(serde_json::Value::Object(prop)) =
+            doc.pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))
+        {
+            prop.insert("pattern".into(), format!("^({pattern})$").into());
+        }
+    }
     doc
 }
 
@@ -1057,6 +1091,22 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .patch(clusters::update_cluster),
         )
         .route("/v1/clusters/{cluster}/events", get(events::cluster_events))
+        .route(
+            "/v1/clusters/{cluster}/endpoints",
+            get(endpoints::list_endpoints).post(endpoints::create_endpoint),
+        )
+        .route(
+            "/v1/clusters/{cluster}/endpoints/{endpoint}",
+            axum::routing::delete(endpoints::delete_endpoint),
+        )
+        .route(
+            "/v1/networks",
+            get(networks::list_networks).post(networks::create_network),
+        )
+        .route(
+            "/v1/networks/{network}",
+            axum::routing::delete(networks::delete_network),
+        )
         .route("/v1/clusters/{cluster}/switchover", post(clusters::switchover))
         .route(
             "/v1/clusters/{cluster}/move",

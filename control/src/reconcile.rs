@@ -15,6 +15,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Makes sure the land has every tenant network the store knows (a machine of the local
+/// land loses its namespaces when it restarts; making one is idempotent).
+async fn restore_networks(state: &AppState) {
+    let networks = match state.store.all_networks().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("list tenant networks: {e:#}");
+            return;
+        }
+    };
+    for n in networks {
+        if let Err(e) = state.provider.create_network(&n.namespace, &n.cidr).await {
+            tracing::error!(network = %n.id, namespace = %n.namespace, "restore tenant network: {e:#}");
+        }
+    }
+}
+
 pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     // Host silence is judged only from now on: while this process was down, nobody
     // could hear the agents.
@@ -22,6 +39,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     if let Err(e) = resume_launches(&state).await {
         tracing::error!("resume host launches: {e:#}");
     }
+    restore_networks(&state).await;
     // Copies between clouds' stores take their own time: beside the planner, not in it.
     let copier = tokio::spawn(crate::copies::run(Arc::clone(&state), shutdown.clone()));
     let mut changes = state.changes.subscribe();

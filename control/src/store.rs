@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (21, include_str!("../migrations/0021_connections.sql")),
     (22, include_str!("../migrations/0022_avoid_cloud.sql")),
     (23, include_str!("../migrations/0023_endpoint_access.sql")),
+    (24, include_str!("../migrations/0024_networks.sql")),
 ];
 
 mod audit;
@@ -50,6 +51,7 @@ mod hosts;
 mod instances;
 mod keys;
 mod members;
+mod networks;
 mod operations;
 mod orgs;
 pub mod pools;
@@ -85,6 +87,25 @@ pub struct ProjectRow {
     pub id: String,
     pub org_id: String,
     pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetworkRow {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub cidr: String,
+    pub namespace: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PrivateEndpointRow {
+    pub id: String,
+    pub cluster_id: String,
+    pub network_id: String,
+    pub address: String,
     pub created_at: i64,
 }
 

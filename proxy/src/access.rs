@@ -1,16 +1,35 @@
 //! Who may use an endpoint, checked before anything is forwarded: a cluster can turn its
-//! public endpoint off, and give it an allow-list of source networks (CIDRs). The proxy
-//! knows the address a connection came from (the TCP peer; it terminates TLS itself), so
-//! the check needs nothing from the client.
+//! public endpoint off, and give it an allow-list of source networks (CIDRs); a private
+//! endpoint is served at its own listener inside its tenant network and nowhere else. The
+//! proxy knows the listener a connection came in on and the address it came from (the
+//! TCP peer; it terminates TLS itself), so the check needs nothing from the client.
 
 use crate::protocol::StartupError;
-use highrise_api::Route;
+use highrise_api::{PrivateListener, Route};
 use std::net::IpAddr;
 
-/// Whether a connection from `peer` may open a session on `route`'s endpoint through a
-/// public listener. An allow-list entry that does not parse admits nobody (the control
-/// plane validates them; a bad one must never open the endpoint to everyone).
-pub fn admit(route: &Route, peer: IpAddr) -> Result<(), StartupError> {
+/// The listener a connection came in on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// The proxy's public address.
+    Public,
+    /// A private endpoint's listener inside a tenant network.
+    Private(PrivateListener),
+}
+
+/// Whether a connection from `peer` that came in `via` a listener may open a session on
+/// `route`'s endpoint. On the public listener, a private endpoint is refused, and so is a
+/// cluster whose public endpoint is off or whose allow-list lacks the peer (an entry that
+/// does not parse admits nobody: the control plane validates them, and a bad one must
+/// never open the endpoint to everyone). A private listener serves its own endpoint only;
+/// its network is the boundary, so the allow-list does not apply there.
+pub fn admit(route: &Route, peer: IpAddr, via: &Via) -> Result<(), StartupError> {
+    match (via, &route.private) {
+        (Via::Private(l), Some(p)) if l == p => return Ok(()),
+        (Via::Private(_), _) => return Err(StartupError::NotServedHere(route.endpoint.clone())),
+        (Via::Public, Some(_)) => return Err(StartupError::PrivateOnly(route.endpoint.clone())),
+        (Via::Public, None) => {}
+    }
     if !route.public {
         return Err(StartupError::NotPublic(route.endpoint.clone()));
     }
@@ -46,6 +65,15 @@ mod tests {
             notice: None,
             public,
             allowed_cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+            private: None,
+        }
+    }
+
+    fn listener(network: &str, listen: &str) -> PrivateListener {
+        PrivateListener {
+            network_id: network.into(),
+            namespace: format!("hr-{network}"),
+            listen: listen.into(),
         }
     }
 
@@ -69,20 +97,45 @@ mod tests {
             (false, &["10.0.0.0/8"], "10.1.2.3", false),
         ];
         for (public, cidrs, peer, ok) in cases {
-            let got = admit(&route(*public, cidrs), ip(peer));
+            let got = admit(&route(*public, cidrs), ip(peer), &Via::Public);
             assert_eq!(got.is_ok(), *ok, "public={public} {cidrs:?} from {peer}: {got:?}");
         }
     }
 
     #[test]
     fn refusals_say_why() {
-        let e = admit(&route(true, &["10.0.0.0/8"]), "192.0.2.7".parse().unwrap()).unwrap_err();
+        let e = admit(
+            &route(true, &["10.0.0.0/8"]),
+            "192.0.2.7".parse().unwrap(),
+            &Via::Public,
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "connections from 192.0.2.7 are not allowed to endpoint \"ep-1\" (see its allow-list)"
         );
         assert_eq!(e.sqlstate(), "28000");
-        let e = admit(&route(false, &[]), "192.0.2.7".parse().unwrap()).unwrap_err();
+        let e = admit(&route(false, &[]), "192.0.2.7".parse().unwrap(), &Via::Public).unwrap_err();
         assert!(e.to_string().contains("has no public endpoint"), "{e}");
+    }
+
+    #[test]
+    fn a_private_endpoint_is_served_at_its_own_listener_only() {
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let a = listener("net_a", "10.0.0.10:5432");
+        let b = listener("net_b", "10.0.0.10:5432");
+        let mut private = route(false, &[]);
+        private.private = Some(a.clone());
+        assert!(admit(&private, peer, &Via::Private(a.clone())).is_ok());
+        // The same address in another tenant's network is another listener.
+        let e = admit(&private, peer, &Via::Private(b.clone())).unwrap_err();
+        assert!(e.to_string().contains("not served at this private endpoint"), "{e}");
+        let e = admit(&private, peer, &Via::Public).unwrap_err();
+        assert!(e.to_string().contains("is private"), "{e}");
+        assert_eq!(e.sqlstate(), "28000");
+        // A public endpoint is not served at a private listener, whatever its allow-list.
+        let public = route(true, &[]);
+        assert!(admit(&public, peer, &Via::Private(a)).is_err());
+        assert!(admit(&public, peer, &Via::Public).is_ok());
     }
 }

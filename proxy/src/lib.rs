@@ -7,12 +7,17 @@
 //! to the cluster's current primary, forwards the startup packet and then splices bytes
 //! both ways. Authentication stays end to end between the client and PostgreSQL.
 //!
+//! Besides its public listener, it opens one inside each tenant network that holds a
+//! private endpoint ([`listeners`]); which listener a connection came in on decides what
+//! it may reach ([`access`]).
+//!
 //! Routes come from the control plane by long-poll and are cached in memory and on disk,
 //! so the proxy keeps serving known clusters while the control plane is down. Anything it
 //! cannot serve gets a PostgreSQL `ErrorResponse` with a clear message, never a hang.
 
 mod access;
 pub mod fuzzing;
+mod listeners;
 mod protocol;
 mod routes;
 mod splice;
@@ -20,6 +25,7 @@ mod splice;
 pub use protocol::{Startup, StartupError};
 pub use routes::RouteCache;
 
+use access::Via;
 use anyhow::{Context, Result};
 use protocol::{
     cancel_request, error_response, notice_response, read_packet, scan_server_messages, Packet, ServerEvent,
@@ -87,29 +93,36 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
         domain: cfg.domain.clone(),
         startup_timeout: cfg.startup_timeout,
     });
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => {
-                let (sock, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!("accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let ctx = Arc::clone(&ctx);
-                tokio::spawn(async move {
-                    if let Err(e) = serve(sock, peer.ip(), &ctx).await {
-                        tracing::debug!(%peer, "connection ended: {e:#}");
-                    }
-                });
-            }
-        }
+    let private = tokio::spawn(listeners::keep(Arc::clone(&ctx), shutdown.clone()));
+    tokio::select! {
+        _ = shutdown.changed() => {}
+        () = accept(listener, Arc::new(Via::Public), Arc::clone(&ctx)) => {}
     }
+    // The keeper closes the private listeners it opened once it sees the shutdown.
+    let _ = private.await;
     refresher.abort();
     Ok(())
+}
+
+/// Accepts connections on `listener` for ever, each served on a task of its own.
+async fn accept(listener: TcpListener, via: Arc<Via>, ctx: Arc<Ctx>) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = Arc::clone(&ctx);
+        let via = Arc::clone(&via);
+        tokio::spawn(async move {
+            if let Err(e) = serve(sock, peer.ip(), &via, &ctx).await {
+                tracing::debug!(%peer, "connection ended: {e:#}");
+            }
+        });
+    }
 }
 
 fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor> {
@@ -139,7 +152,7 @@ struct Ctx {
     startup_timeout: Duration,
 }
 
-async fn serve(mut sock: TcpStream, peer: std::net::IpAddr, ctx: &Ctx) -> Result<()> {
+async fn serve(mut sock: TcpStream, peer: std::net::IpAddr, via: &Via, ctx: &Ctx) -> Result<()> {
     sock.set_nodelay(true).context("set TCP_NODELAY")?;
     // Negotiate encryption, then read the startup packet, all within the timeout.
     let deadline = tokio::time::Instant::now() + ctx.startup_timeout;
@@ -163,12 +176,12 @@ async fn serve(mut sock: TcpStream, peer: std::net::IpAddr, ctx: &Ctx) -> Result
                         Ok(Err(e)) => return reject(&mut tls, &e).await,
                         Err(_) => return reject(&mut tls, &StartupError::Timeout).await,
                     };
-                    return route(tls, packet, sni, peer, ctx).await;
+                    return route(tls, packet, sni, peer, via, ctx).await;
                 }
                 None => sock.write_all(b"N").await.context("answer SSLRequest")?,
             },
             Packet::GssEncRequest => sock.write_all(b"N").await.context("answer GSSENCRequest")?,
-            other => return route(sock, other, None, peer, ctx).await,
+            other => return route(sock, other, None, peer, via, ctx).await,
         }
     }
 }
@@ -184,6 +197,7 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
     packet: Packet,
     sni: Option<String>,
     peer: std::net::IpAddr,
+    via: &Via,
     ctx: &Ctx,
 ) -> Result<()> {
     let mut startup = match packet {
@@ -197,9 +211,14 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
             .await
         }
     };
-    let endpoint = match startup.take_endpoint(sni.as_deref(), &ctx.domain) {
-        Ok(e) => e,
-        Err(e) => return reject(&mut client, &e).await,
+    let endpoint = match (startup.take_endpoint(sni.as_deref(), &ctx.domain), via) {
+        (Ok(e), _) => e,
+        // A private listener serves one endpoint: naming it is optional there.
+        (Err(StartupError::NoEndpoint(_)), Via::Private(l)) => match ctx.routes.private_endpoint(l) {
+            Some(e) => e,
+            None => return reject(&mut client, &StartupError::UnknownEndpoint(l.listen.clone())).await,
+        },
+        (Err(e), _) => return reject(&mut client, &e).await,
     };
     let mut route = ctx.routes.get(&endpoint);
     if route.is_none() {
@@ -211,7 +230,7 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
     let Some(route) = route else {
         return reject(&mut client, &StartupError::UnknownEndpoint(endpoint)).await;
     };
-    if let Err(e) = access::admit(&route, peer) {
+    if let Err(e) = access::admit(&route, peer, via) {
         return reject(&mut client, &e).await;
     }
     // During a switch the route has no primary, or the old one refuses connections:

@@ -35,6 +35,10 @@ pub enum StartupError {
     NotPublic(String),
     #[error("connections from {from} are not allowed to endpoint \"{endpoint}\" (see its allow-list)")]
     NotAllowed { endpoint: String, from: std::net::IpAddr },
+    #[error("endpoint \"{0}\" is private: connect from its tenant network, to its own address")]
+    PrivateOnly(String),
+    #[error("endpoint \"{0}\" is not served at this private endpoint's address")]
+    NotServedHere(String),
 }
 
 impl StartupError {
@@ -48,7 +52,10 @@ impl StartupError {
             StartupError::NoEndpoint(_) | StartupError::UnknownEndpoint(_) => "08004",
             StartupError::Unavailable(_) => "08006",
             // What PostgreSQL answers when pg_hba.conf has no entry for the client.
-            StartupError::NotPublic(_) | StartupError::NotAllowed { .. } => "28000",
+            StartupError::NotPublic(_)
+            | StartupError::NotAllowed { .. }
+            | StartupError::PrivateOnly(_)
+            | StartupError::NotServedHere(_) => "28000",
         }
     }
 }

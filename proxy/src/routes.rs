@@ -3,8 +3,8 @@
 //! control plane is away (static stability).
 
 use crate::ProxyConfig;
-use highrise_api::{Route, RouteTable};
-use std::collections::HashMap;
+use highrise_api::{PrivateListener, Route, RouteTable};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -58,6 +58,27 @@ impl RouteCache {
         let map = t.routes.into_iter().map(|r| (r.endpoint.clone(), r)).collect();
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = (t.version, map);
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Wakes on every table change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The private listeners the table asks for.
+    pub fn private_listeners(&self) -> HashSet<PrivateListener> {
+        let table = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        table.1.values().filter_map(|r| r.private.clone()).collect()
+    }
+
+    /// The endpoint a private listener serves.
+    pub fn private_endpoint(&self, listener: &PrivateListener) -> Option<String> {
+        let table = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        table
+            .1
+            .values()
+            .find(|r| r.private.as_ref() == Some(listener))
+            .map(|r| r.endpoint.clone())
     }
 
     /// Waits until the endpoint's primary address is known and differs from `not`
@@ -291,6 +312,7 @@ mod tests {
                 notice: None,
                 public: true,
                 allowed_cidrs: Vec::new(),
+                private: None,
             }],
         }
     }

@@ -38,6 +38,7 @@ async fn thousands_of_half_open_connections_do_not_delay_a_valid_client() {
             notice: None,
             public: true,
             allowed_cidrs: Vec::new(),
+            private: None,
         }],
     };
     std::fs::write(&cache_file, serde_json::to_vec(&table).unwrap()).unwrap();

@@ -157,6 +157,11 @@ impl Store {
             .ok_or(StoreError::NotFound)?;
             return operation(&row);
         }
+        // Its private endpoints go at once: their listeners close with the next routes.
+        sqlx::query("DELETE FROM private_endpoints WHERE cluster_id = $1")
+            .bind(&c.id)
+            .execute(&mut *tx)
+            .await?;
         insert_operation(&mut tx, op).await?;
         tx.commit().await?;
         Ok(op.clone())

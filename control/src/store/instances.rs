@@ -175,7 +175,8 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
+        let mut routes = rows
+            .iter()
             .map(|r| {
                 Ok(Route {
                     endpoint: r.try_get("endpoint")?,
@@ -185,9 +186,31 @@ impl Store {
                     notice: storage_notice(super::storage_level(r.try_get("storage_level")?)),
                     public: r.try_get::<i64, _>("public_endpoint")? != 0,
                     allowed_cidrs: super::id_list(&r.try_get::<String, _>("allowed_cidrs")?),
+                    private: None,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        // A private endpoint routes where its cluster's public one does, through its own
+        // listener only.
+        let by_cluster: std::collections::HashMap<String, Route> =
+            routes.iter().map(|r| (r.cluster_id.clone(), r.clone())).collect();
+        for (e, namespace) in self.private_listeners().await? {
+            let Some(public) = by_cluster.get(&e.cluster_id) else {
+                continue;
+            };
+            routes.push(Route {
+                endpoint: e.id,
+                public: false,
+                allowed_cidrs: Vec::new(),
+                private: Some(highrise_api::PrivateListener {
+                    network_id: e.network_id,
+                    namespace,
+                    listen: e.address,
+                }),
+                ..public.clone()
+            });
+        }
+        Ok(routes)
     }
 
     /// Makes `to` the primary of `cluster_id` in a new term and takes `from` out of the

@@ -71,6 +71,64 @@ pub struct CreateProject {
     pub name: String,
 }
 
+/// A tenant network (a "VPC"): where private endpoints are placed, reachable from inside
+/// that network only. The local land makes each one a Linux network namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Network {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    /// The network's address range; private endpoints take addresses in it.
+    pub cidr: String,
+    /// The land's handle for the network: in the local land, the network namespace
+    /// clients run in (`ip netns exec <namespace> psql …`).
+    pub namespace: String,
+    pub created_at: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetwork {
+    /// 1–63 characters: lowercase letters, digits and `-`, starting with a letter.
+    #[schema(pattern = "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    pub name: String,
+    /// An IPv4 range, /16 to /29 (default `10.0.0.0/24`; host bits are cleared).
+    /// Networks of different tenants may overlap: each is its own world.
+    #[serde(default)]
+    pub cidr: Option<String>,
+}
+
+/// A cluster's endpoint inside a tenant network: a listener of the proxies at an address
+/// of that network, serving this cluster only, reachable from nowhere else.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PrivateEndpoint {
+    /// Also the name to present (`options=endpoint=<id>` or the TLS server name
+    /// `<id>.<domain>`); optional on the endpoint's own address.
+    pub id: String,
+    pub cluster_id: String,
+    pub network_id: String,
+    pub network: String,
+    /// Where it listens inside the network, `ip:port`.
+    pub address: String,
+    /// Connection URI without the password (from inside the network).
+    pub connection_uri: String,
+    /// Connection URI that verifies the proxy (see [`Cluster::verified_uri`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_uri: Option<String>,
+    pub created_at: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePrivateEndpoint {
+    /// The network's name or id.
+    pub network: String,
+    /// An IPv4 address of the network to listen on (default: the first free one from the
+    /// network's 10th address).
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
 /// A cloud of the land, with the regions and zones a cluster can be placed in.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CloudInfo {
@@ -1157,6 +1215,20 @@ pub struct Route {
     /// Source networks the public listeners admit (CIDRs); empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_cidrs: Vec<String>,
+    /// Set for a private endpoint: the listener inside a tenant network that serves it
+    /// (and nothing else); the public listeners refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private: Option<PrivateListener>,
+}
+
+/// Where a private endpoint listens: an address inside a tenant network.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct PrivateListener {
+    pub network_id: String,
+    /// The land's handle for the network (the local land: a network namespace's name).
+    pub namespace: String,
+    /// `ip:port` inside the network.
+    pub listen: String,
 }
 
 fn yes() -> bool {

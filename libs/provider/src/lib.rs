@@ -98,6 +98,9 @@ pub enum ProviderError {
     /// The cloud's API does not answer (an outage, or the land took the cloud down).
     #[error("cloud unreachable: {0}")]
     Unreachable(String),
+    /// The land cannot do this at all.
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -118,6 +121,17 @@ pub trait Provider: Send + Sync {
     /// The land's host pools with their list prices (none: the land has no spot market).
     fn pools(&self) -> Vec<market::Pool> {
         Vec::new()
+    }
+    /// Makes a tenant network (a "VPC") with the address range `cidr`, under the land's
+    /// handle `namespace` (idempotent).
+    async fn create_network(&self, namespace: &str, cidr: &str) -> Result<(), ProviderError> {
+        let _ = (namespace, cidr);
+        Err(ProviderError::Unsupported("this land has no tenant networks".into()))
+    }
+    /// Removes a tenant network (idempotent; an unknown one is fine).
+    async fn delete_network(&self, namespace: &str) -> Result<(), ProviderError> {
+        let _ = namespace;
+        Err(ProviderError::Unsupported("this land has no tenant networks".into()))
     }
 }
 

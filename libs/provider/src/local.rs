@@ -23,6 +23,7 @@
 //! refuses every call (launch, terminate, probe).
 
 pub mod disk;
+pub mod network;
 
 use crate::market::{host_pools, Pool, PoolId, PriceBook, SpotMarket, Trace};
 use crate::{Cloud, HostInfo, HostState, LaunchRequest, Market, Provider, ProviderError, Region};
@@ -910,6 +911,22 @@ impl Provider for LocalLand {
         Ok(self.lock().persisted.hosts.values().map(|h| h.info.clone()).collect())
     }
 
+    async fn create_network(&self, namespace: &str, cidr: &str) -> Result<(), ProviderError> {
+        let (namespace, cidr) = (namespace.to_string(), cidr.to_string());
+        tokio::task::spawn_blocking(move || network::create(&namespace, &cidr))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(ProviderError::Other)
+    }
+
+    async fn delete_network(&self, namespace: &str) -> Result<(), ProviderError> {
+        let namespace = namespace.to_string();
+        tokio::task::spawn_blocking(move || network::delete(&namespace))
+            .await
+            .map_err(anyhow::Error::from)?
+            .map_err(ProviderError::Other)
+    }
+
     async fn probe(&self, cloud: &str) -> Result<(), ProviderError> {
         if !self.cfg.clouds.iter().any(|c| c.name == cloud) {
             return Err(ProviderError::UnknownLocation(cloud.into()));
@@ -948,6 +965,7 @@ fn provider_error(e: ProviderError) -> Response {
         ProviderError::UnknownHost(_) | ProviderError::UnknownLocation(_) => StatusCode::NOT_FOUND,
         ProviderError::NoCapacity(_) => StatusCode::CONFLICT,
         ProviderError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ProviderError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         ProviderError::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     http_error(status, format!("{e:#}"))

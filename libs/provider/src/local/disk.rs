@@ -88,7 +88,7 @@ fn unescape(field: &str) -> String {
 }
 
 /// Debian keeps mkfs in /sbin, which a non-login PATH may lack.
-fn tool(name: &str) -> PathBuf {
+pub(super) fn tool(name: &str) -> PathBuf {
     ["/usr/sbin", "/sbin"]
         .iter()
         .map(|d| Path::new(d).join(name))
@@ -96,7 +96,7 @@ fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(super) fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("run {:?}", cmd.get_program()))?;
     if !out.status.success() {
         bail!(
