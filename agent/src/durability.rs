@@ -4,7 +4,7 @@
 use crate::Shared;
 use anyhow::{bail, Context, Result};
 use highrise_api::{BackupReport, RestoreSpec, StorageSpec};
-use highrise_backup::{archiver, Key, Location, Repo};
+use highrise_backup::{archiver, Key, Keyring, Location, Repo};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +16,20 @@ const PART_SIZE: usize = 16 * 1024 * 1024;
 const ASYNC_UPLOAD_INTERVAL: Duration = Duration::from_millis(200);
 
 pub fn open_repo(s: &StorageSpec) -> Result<Repo> {
-    let key = Key::from_hex(&s.data_key).context("read the tenant's data key")?;
+    // The newest key seals; every older one kept opens what it sealed.
+    let mut keys = vec![(
+        s.data_key_generation,
+        Key::from_hex(&s.data_key).context("read the tenant's data key")?,
+    )];
+    for k in &s.older_data_keys {
+        keys.push((k.generation, Key::from_hex(&k.key).context("read an older data key")?));
+    }
     let loc = Location {
         url: s.url.clone(),
         options: s.options.clone(),
         prefix: s.prefix.clone(),
     };
-    Repo::open(&loc, key).context("open object storage")
+    Repo::open(&loc, Keyring::new(keys)?).context("open object storage")
 }
 
 /// What an archiver was started with; a change restarts it.

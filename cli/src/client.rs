@@ -9,8 +9,8 @@ use crate::up::{default_client_config_path, ClientConfig};
 use anyhow::{bail, Context, Result};
 use highrise_api::{
     Backup, BackupPolicy, BackupVerification, Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster,
-    CreatedOrg, ErrorBody, MoveCluster, Operation, OperationStatus, OrgQuotas, QuotaUsage, RestoreFrom, StorageLevel,
-    Switchover, UpdateCluster,
+    CreatedOrg, DataKeyInfo, ErrorBody, MoveCluster, Operation, OperationStatus, OrgQuotas, QuotaUsage, RestoreFrom,
+    StorageLevel, Switchover, UpdateCluster,
 };
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -406,6 +406,27 @@ pub enum OrgCommand {
         storage: Option<bytesize::ByteSize>,
         #[arg(long)]
         concurrent_operations: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete an org without clusters (operator key only): its data keys are destroyed,
+    /// so nothing it left in object storage can be opened again.
+    Delete {
+        /// Org name or id.
+        org: String,
+        /// The org's name again, to confirm.
+        #[arg(long)]
+        confirm: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Rotate your org's data key: a new generation seals everything written from now on.
+    RotateKey {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Your org's data key generations.
+    Keys {
         #[command(flatten)]
         conn: Conn,
     },
@@ -1196,6 +1217,47 @@ pub async fn org(cmd: OrgCommand) -> Result<()> {
             }
             println!("org {} ({})", created.org.name, created.org.id);
             println!("admin API key (shown only now): {}", created.api_key.secret);
+            Ok(())
+        }
+        OrgCommand::Delete { org, confirm, conn } => {
+            if confirm != org {
+                bail!("--confirm must repeat the org's name ({org:?}): deleting it destroys its data keys for good");
+            }
+            let api = Api::from(&conn)?;
+            api.send_empty(api.http.delete(format!("{}/v1/orgs/{}", api.url, urlencode(&org))))
+                .await?;
+            println!("org {org} deleted; its data keys are destroyed");
+            Ok(())
+        }
+        OrgCommand::RotateKey { conn } => {
+            let api = Api::from(&conn)?;
+            let k: DataKeyInfo = api
+                .send(api.http.post(format!("{}/v1/data-keys/rotate", api.url)))
+                .await?;
+            if conn.output == Output::Json {
+                return print_json(&k);
+            }
+            println!(
+                "data key generation {} seals from now on; older generations still open what they sealed",
+                k.generation
+            );
+            Ok(())
+        }
+        OrgCommand::Keys { conn } => {
+            let api = Api::from(&conn)?;
+            let keys: Vec<DataKeyInfo> = api.send(api.http.get(format!("{}/v1/data-keys", api.url))).await?;
+            if conn.output == Output::Json {
+                return print_json(&keys);
+            }
+            println!("{:<12} {:<8} CREATED", "GENERATION", "SEALS");
+            for k in keys {
+                println!(
+                    "{:<12} {:<8} {}",
+                    k.generation,
+                    if k.current { "yes" } else { "no" },
+                    utc(k.created_at)
+                );
+            }
             Ok(())
         }
         OrgCommand::Quotas { conn } => {

@@ -87,10 +87,11 @@ impl StorageConfig {
 /// Archiving lag (bytes of WAL not yet in object storage) that raises an event.
 pub const ARCHIVE_LAG_EVENT_BYTES: i64 = 16 * 1024 * 1024;
 
-/// Tenant data keys, unwrapped on first use and cached.
+/// Tenant data keys, unwrapped on first use and cached: each org's generations, newest
+/// first.
 pub struct Keyring {
     master: Key,
-    cache: Mutex<HashMap<String, Key>>,
+    cache: Mutex<HashMap<String, Vec<(u32, Key)>>>,
 }
 
 impl Keyring {
@@ -101,27 +102,64 @@ impl Keyring {
         })
     }
 
-    /// The org's data key: created (and stored wrapped) the first time it is needed.
-    pub async fn data_key(&self, store: &Store, org_id: &str) -> Result<Key> {
+    /// The org's data keys, newest first: generation 1 is made (and stored wrapped) the
+    /// first time one is needed. A deleted org has none (its keys were destroyed).
+    pub async fn data_keys(&self, store: &Store, org_id: &str) -> Result<Vec<(u32, Key)>> {
         if let Some(k) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(org_id) {
             return Ok(k.clone());
         }
         let fresh = Key::generate().context("generate a data key")?;
         let wrapped_fresh = self.master.wrap(&fresh, org_id).context("wrap a data key")?;
-        let wrapped = store
-            .org_key_or_init(org_id, || wrapped_fresh)
+        let rows = store
+            .org_data_keys_or_init(org_id, || wrapped_fresh)
             .await
-            .context("load the org's data key")?;
-        let key = self
-            .master
-            .unwrap_key(&wrapped, org_id)
-            .context("unwrap the org's data key (is this the master key it was made with?)")?;
+            .with_context(|| format!("load the data keys of org {org_id} (a deleted org has none)"))?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for r in rows {
+            let generation = u32::try_from(r.generation).context("a data key generation out of range")?;
+            let key = self
+                .master
+                .unwrap_key(&r.wrapped, org_id)
+                .context("unwrap the org's data key (is this the master key it was made with?)")?;
+            keys.push((generation, key));
+        }
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(org_id.to_string(), key.clone());
-        Ok(key)
+            .insert(org_id.to_string(), keys.clone());
+        Ok(keys)
     }
+
+    /// The org's keys as a [`highrise_backup::Keyring`] (the newest seals).
+    pub async fn keyring(&self, store: &Store, org_id: &str) -> Result<highrise_backup::Keyring> {
+        Ok(highrise_backup::Keyring::new(self.data_keys(store, org_id).await?)?)
+    }
+
+    /// Adds a new generation of the org's data key, which seals from now on; returns it.
+    pub async fn rotate(&self, store: &Store, org_id: &str) -> Result<u32> {
+        let newest = self.data_keys(store, org_id).await?.first().map_or(0, |(g, _)| *g);
+        let generation = newest.checked_add(1).context("no data key generation left")?;
+        let fresh = Key::generate().context("generate a data key")?;
+        let wrapped = self.master.wrap(&fresh, org_id).context("wrap a data key")?;
+        self.forget(org_id);
+        store.add_org_data_key(org_id, i64::from(generation), &wrapped).await?;
+        self.forget(org_id);
+        Ok(generation)
+    }
+
+    /// Drops the org's cached keys (after a rotation or the org's deletion).
+    pub fn forget(&self, org_id: &str) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(org_id);
+    }
+}
+
+/// A storage spec's keys as a keyring.
+pub fn spec_keyring(s: &StorageSpec) -> Result<highrise_backup::Keyring> {
+    let mut keys = vec![(s.data_key_generation, Key::from_hex(&s.data_key)?)];
+    for k in &s.older_data_keys {
+        keys.push((k.generation, Key::from_hex(&k.key)?));
+    }
+    Ok(highrise_backup::Keyring::new(keys)?)
 }
 
 pub fn prefix(org_id: &str, cluster_id: &str) -> String {
@@ -137,12 +175,21 @@ pub(crate) async fn storage_spec(state: &AppState, c: &ClusterRow, cloud: &str) 
 }
 
 async fn spec_in(state: &AppState, org_id: &str, cluster_id: &str, store: &ObjectStore) -> Result<StorageSpec> {
-    let key = state.keys.data_key(&state.store, org_id).await?;
+    let keys = state.keys.data_keys(&state.store, org_id).await?;
+    let ((generation, newest), older) = keys.split_first().context("an org without a data key")?;
     Ok(StorageSpec {
         url: store.url.clone(),
         options: store.options.clone(),
         prefix: prefix(org_id, cluster_id),
-        data_key: key.to_hex(),
+        data_key: newest.to_hex(),
+        data_key_generation: *generation,
+        older_data_keys: older
+            .iter()
+            .map(|(generation, key)| highrise_api::DataKey {
+                generation: *generation,
+                key: key.to_hex(),
+            })
+            .collect(),
     })
 }
 
@@ -172,7 +219,7 @@ pub(crate) async fn restore_spec(
     let mut why = Vec::new();
     for (n, (cloud, store)) in candidates.iter().enumerate() {
         let spec = spec_in(state, org_id, cluster_id, store).await?;
-        let repo = highrise_backup::Repo::open(&location(&spec), Key::from_hex(&spec.data_key)?)?;
+        let repo = highrise_backup::Repo::open(&location(&spec), spec_keyring(&spec)?)?;
         match repo.manifest(backup_id).await {
             Ok(_) => {
                 let mut alternates = Vec::new();
@@ -197,7 +244,7 @@ fn location(s: &StorageSpec) -> Location {
 
 /// A cluster's corner of one store.
 pub(crate) async fn repo_in(state: &AppState, org_id: &str, cluster_id: &str, store: &ObjectStore) -> Result<Repo> {
-    let key = state.keys.data_key(&state.store, org_id).await?;
+    let key = state.keys.keyring(&state.store, org_id).await?;
     let loc = Location {
         url: store.url.clone(),
         options: store.options.clone(),

@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (22, include_str!("../migrations/0022_avoid_cloud.sql")),
     (23, include_str!("../migrations/0023_endpoint_access.sql")),
     (24, include_str!("../migrations/0024_networks.sql")),
+    (25, include_str!("../migrations/0025_data_key_generations.sql")),
 ];
 
 mod audit;
@@ -44,7 +45,9 @@ pub use audit::AuditFilter;
 pub use evacuations::{EvacuationClusterRow, EvacuationRow};
 mod backups;
 mod clusters;
+mod data_keys;
 pub use clusters::MoveTo;
+pub use data_keys::DataKeyRow;
 mod evacuations;
 mod events;
 mod hosts;

@@ -411,10 +411,24 @@ async fn exercise(store: Store) {
         "a creation image is restorable since creation"
     );
 
-    // Data keys: the first writer wins.
-    let k1 = store.org_key_or_init("o1", || "wrapped-1".into()).await.unwrap();
-    let k2 = store.org_key_or_init("o1", || "wrapped-2".into()).await.unwrap();
-    assert_eq!((k1.as_str(), k2.as_str()), ("wrapped-1", "wrapped-1"));
+    // Data keys: the first writer wins; a rotation adds a generation, newest first; a
+    // generation taken already is a conflict.
+    let k1 = store.org_data_keys_or_init("o1", || "wrapped-1".into()).await.unwrap();
+    let k2 = store.org_data_keys_or_init("o1", || "wrapped-2".into()).await.unwrap();
+    assert_eq!(
+        (k1[0].wrapped.as_str(), k2[0].wrapped.as_str()),
+        ("wrapped-1", "wrapped-1")
+    );
+    store.add_org_data_key("o1", 2, "wrapped-g2").await.unwrap();
+    assert!(matches!(
+        store.add_org_data_key("o1", 2, "again").await,
+        Err(StoreError::Conflict(_))
+    ));
+    let keys = store.org_data_keys("o1").await.unwrap();
+    let gens: Vec<(i64, &str)> = keys.iter().map(|k| (k.generation, k.wrapped.as_str())).collect();
+    assert_eq!(gens, vec![(2, "wrapped-g2"), (1, "wrapped-1")]);
+    // An org with live clusters is not deleted.
+    assert!(matches!(store.delete_org("o1", 20).await, Err(StoreError::Conflict(_))));
     let routes = store.routes().await.unwrap();
     assert_eq!(routes.len(), 3, "every live cluster has a route entry");
     assert_eq!(route(routes).addr.as_deref(), Some("127.9.1.1:25000"));

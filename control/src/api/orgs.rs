@@ -42,6 +42,31 @@ pub(super) async fn create_org(
     ))
 }
 
+/// Delete an org (operator only; not the operator's own): refused while it has clusters.
+/// Its data keys are destroyed, so every object it left in object storage (backups of
+/// deleted clusters kept for their retention) can no longer be opened by anyone; its keys
+/// and sessions stop working.
+#[utoipa::path(delete, path = "/v1/orgs/{org}", params(("org" = String, Path, description = "Org id or name")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn delete_org(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(org): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.audit_target(format!("orgs/{org}"));
+    if !caller.may(Action::Operate) {
+        return Err(ApiError::forbidden("only the operator may delete orgs"));
+    }
+    let o = state.store.find_org(&org).await.map_err(store_err("org"))?;
+    if o.operator {
+        return Err(ApiError::conflict("the operator's org stays"));
+    }
+    state.store.delete_org(&o.id, now()).await.map_err(store_err("org"))?;
+    state.keys.forget(&o.id);
+    tracing::info!(org = %o.id, "org deleted: its data keys are destroyed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 fn quotas_view(q: &crate::quota::Quotas) -> OrgQuotas {
     OrgQuotas {
         max_clusters: q.clusters,

@@ -1,33 +1,9 @@
-//! Org data keys and base backups (the ledger of what object storage holds), and the
+//! Base backups (the ledger of what object storage holds), and the
 //! removal of deleted clusters once their objects are gone.
 
 use super::*;
 
 impl Store {
-    /// The org's wrapped data key, creating it with `init()` if absent (first writer wins).
-    pub async fn org_key_or_init(&self, org_id: &str, init: impl FnOnce() -> String) -> Result<String> {
-        let get = || async {
-            sqlx::query("SELECT wrapped FROM org_keys WHERE org_id = $1")
-                .bind(org_id)
-                .fetch_optional(&self.pool)
-                .await
-        };
-        if let Some(r) = get().await? {
-            return Ok(r.try_get("wrapped")?);
-        }
-        let res = sqlx::query("INSERT INTO org_keys (org_id, wrapped, created_at) VALUES ($1, $2, $3)")
-            .bind(org_id)
-            .bind(init())
-            .bind(now())
-            .execute(&self.pool)
-            .await;
-        match res {
-            Err(e) if !is_unique_violation(&e) => return Err(e.into()),
-            _ => {}
-        }
-        Ok(get().await?.ok_or(StoreError::NotFound)?.try_get("wrapped")?)
-    }
-
     /// Records a requested backup, unless the cluster has one pending already. A manual
     /// one must fit the org's storage quota (scheduled ones keep the cluster restorable
     /// whatever the quota, and retention bounds them).

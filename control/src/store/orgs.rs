@@ -40,7 +40,7 @@ impl Store {
     }
 
     pub async fn get_org(&self, id: &str) -> Result<OrgRow> {
-        let row = sqlx::query("SELECT id, name, operator, created_at FROM orgs WHERE id = $1")
+        let row = sqlx::query("SELECT id, name, operator, created_at FROM orgs WHERE id = $1 AND deleted_at IS NULL")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -50,11 +50,13 @@ impl Store {
 
     /// An org by id or name.
     pub async fn find_org(&self, id_or_name: &str) -> Result<OrgRow> {
-        let row = sqlx::query("SELECT id, name, operator, created_at FROM orgs WHERE id = $1 OR name = $1")
-            .bind(id_or_name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(StoreError::NotFound)?;
+        let row = sqlx::query(
+            "SELECT id, name, operator, created_at FROM orgs WHERE (id = $1 OR name = $1) AND deleted_at IS NULL",
+        )
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
         org(&row)
     }
 

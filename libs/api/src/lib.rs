@@ -55,6 +55,16 @@ pub struct CreatedOrg {
     pub api_key: CreatedApiKey,
 }
 
+/// One generation of the org's data key (the key itself never leaves the control plane
+/// but for the org's own hosts).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DataKeyInfo {
+    pub generation: u32,
+    /// Whether it seals new objects (the newest); the others open what they sealed.
+    pub current: bool,
+    pub created_at: UnixSeconds,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Project {
     pub id: String,
@@ -975,8 +985,26 @@ pub struct StorageSpec {
     pub options: std::collections::BTreeMap<String, String>,
     /// `<org>/<cluster>`.
     pub prefix: String,
-    /// The tenant's data key, hex.
+    /// The tenant's newest data key, hex: what seals.
     pub data_key: String,
+    /// Its generation (1 before any rotation).
+    #[serde(default = "first_generation")]
+    pub data_key_generation: u32,
+    /// The tenant's older data keys still kept: they open what they sealed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub older_data_keys: Vec<DataKey>,
+}
+
+fn first_generation() -> u32 {
+    1
+}
+
+/// One generation of a tenant's data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DataKey {
+    pub generation: u32,
+    /// Hex.
+    pub key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use seal::Key;
+pub use seal::{Key, Keyring};
 
 /// WAL segment size (PostgreSQL's default; Highrise never changes it).
 pub const SEG_SIZE: u64 = 16 * 1024 * 1024;
@@ -68,11 +68,14 @@ pub struct Repo {
     /// A local filesystem store's directory: written objects are fsynced there.
     local_dir: Option<std::path::PathBuf>,
     prefix: String,
-    key: Key,
+    key: Keyring,
 }
 
 impl Repo {
-    pub fn open(loc: &Location, key: Key) -> Result<Self, Error> {
+    /// A repository under `loc`, sealing with the newest of `keys` (a [`Keyring`], or one
+    /// [`Key`]: generation 1).
+    pub fn open(loc: &Location, keys: impl Into<Keyring>) -> Result<Self, Error> {
+        let key = keys.into();
         let invalid = |m: String| Error::Invalid(format!("object store {}: {m}", loc.url));
         if loc.prefix.is_empty() || loc.prefix.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
             return Err(invalid(format!("bad prefix {:?}", loc.prefix)));
