@@ -156,7 +156,13 @@ struct Instance {
     measuring: Option<JoinHandle<Result<highrise_pg::DiskUsage>>>,
     /// The storage guard's level, as applied to the running server.
     guard: storage::Level,
+    /// When a primary's role and database settings were last checked against the
+    /// parameter allow-list.
+    parameters_checked: Option<Instant>,
 }
+
+/// How often a primary's role and database settings are checked against the allow-list.
+const CHECK_PARAMETERS_EVERY: Duration = Duration::from_secs(2);
 
 /// How often the data directory's size and its disk's room are measured.
 const MEASURE_STORAGE_EVERY: Duration = Duration::from_secs(5);
@@ -187,6 +193,7 @@ impl Instance {
             local,
             pid,
             applied: None,
+            parameters_checked: None,
             applied_config: None,
             status: None,
             admin: None,
@@ -268,6 +275,41 @@ impl Instance {
             }
         }
         self.guard = level;
+    }
+
+    /// Resets what the tenant keeps set on its role or database beyond the parameter
+    /// allow-list (every few seconds; PostgreSQL tells nobody when it changes).
+    async fn check_parameters(&mut self, spec: &InstanceSpec) {
+        if self
+            .parameters_checked
+            .is_some_and(|at| at.elapsed() < CHECK_PARAMETERS_EVERY)
+        {
+            return;
+        }
+        self.parameters_checked = Some(Instant::now());
+        let id = self.id.clone();
+        let res = match self.admin().await {
+            Ok(conn) => {
+                let check = highrise_pg::wall::reset_parameters(conn, &spec.owner, &spec.database);
+                match tokio::time::timeout(Duration::from_secs(3), check).await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow::anyhow!("timed out")),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(reset) => {
+                for sql in reset {
+                    tracing::warn!(instance = %id, "a setting the tenant may not keep was reset: {sql}");
+                }
+            }
+            Err(e) => {
+                // The session may be mid-statement: a fresh one next time.
+                self.admin = None;
+                tracing::warn!(instance = %id, "check role and database settings: {e:#}");
+            }
+        }
     }
 
     /// Takes in a finished measurement of the data directory and starts the next when the
@@ -725,6 +767,7 @@ impl Instance {
         if spec.role == "primary" && primary {
             self.ensure_archiver(spec).await;
             self.ensure_backup(spec);
+            self.check_parameters(spec).await;
         } else {
             self.stop_archiver().await;
         }

@@ -59,6 +59,16 @@ fn tour_create_connect_and_delete() {
     );
     let (ok, _, err) = psql(&uri, "create extension lo");
     assert!(!ok && err.contains("is not available here"), "{err}");
+    // Settings kept on the role or database: the allow-listed ones only (the agent resets
+    // the others within seconds).
+    psql_ok(
+        &uri,
+        "alter role owner set statement_timeout = '7s'; alter role owner set synchronous_commit = off",
+    );
+    wait_for("synchronous_commit to be reset", Duration::from_secs(30), || {
+        psql_ok(&uri, "show synchronous_commit") == "on"
+    });
+    assert_eq!(psql_ok(&uri, "show statement_timeout"), "7s");
 
     let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "shop", "--output", "json"])).unwrap();
     assert_eq!(shown["status"], "running");

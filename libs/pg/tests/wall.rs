@@ -127,3 +127,65 @@ async fn the_owner_gets_allow_listed_extensions_and_no_path_to_the_host() {
         .to_string();
     assert!(e.contains("permission denied") || e.contains("must be"), "{e}");
 }
+
+#[tokio::test]
+async fn only_allow_listed_parameters_stay_set_on_the_role_and_database() {
+    let pg = ScratchServer::start(&[("owner", "shop")]).await.unwrap();
+    let mut admin = pg.admin().await.unwrap();
+    highrise_pg::ensure_owner(&mut admin, "owner", &highrise_pg::scram_sha256_verifier("pw"), "shop")
+        .await
+        .unwrap();
+    let url = format!("postgres://owner:pw@127.0.0.1:{}/shop", pg.port());
+    let mut t = PgConnection::connect(&url).await.unwrap();
+    // What the tenant can persist at all: PostgreSQL refuses it superuser-only ones.
+    let e = refused(&mut t, "alter role owner set commit_delay = 10").await;
+    assert!(e.contains("permission denied"), "{e}");
+    for sql in [
+        "alter role owner set statement_timeout = '5s'",
+        "alter role owner set synchronous_commit = off",
+        "alter role owner in database shop set enable_seqscan = off",
+        "alter role owner in database shop set default_transaction_read_only = on",
+        "alter database shop set work_mem = '64MB'",
+        "alter database shop set synchronous_commit = local",
+    ] {
+        t.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    // Settings of roles and databases that are not the tenant's stay as they are.
+    admin
+        .execute("alter role postgres set synchronous_commit = remote_apply")
+        .await
+        .ok();
+    let mut reset = highrise_pg::wall::reset_parameters(&mut admin, "owner", "shop")
+        .await
+        .unwrap();
+    reset.sort();
+    assert_eq!(
+        reset,
+        vec![
+            "ALTER DATABASE \"shop\" RESET \"synchronous_commit\"",
+            "ALTER ROLE \"owner\" IN DATABASE \"shop\" RESET \"default_transaction_read_only\"",
+            "ALTER ROLE \"owner\" RESET \"synchronous_commit\"",
+        ]
+    );
+    // Nothing left to do; a new session has the allowed settings only.
+    assert!(highrise_pg::wall::reset_parameters(&mut admin, "owner", "shop")
+        .await
+        .unwrap()
+        .is_empty());
+    let mut fresh = PgConnection::connect(&url).await.unwrap();
+    for (name, want) in [
+        ("statement_timeout", "5s"),
+        ("synchronous_commit", "on"),
+        ("enable_seqscan", "off"),
+        ("default_transaction_read_only", "off"),
+        ("work_mem", "64MB"),
+    ] {
+        let got: String = sqlx::query_scalar(&format!("show {name}"))
+            .fetch_one(&mut fresh)
+            .await
+            .unwrap();
+        assert_eq!(got, want, "{name}");
+    }
+    assert!(highrise_pg::wall::parameter_allowed("Work_Mem"));
+    assert!(!highrise_pg::wall::parameter_allowed("synchronous_commit"));
+}
