@@ -1216,6 +1216,9 @@ pub async fn org(cmd: OrgCommand) -> Result<()> {
                 return print_json(&created);
             }
             println!("org {} ({})", created.org.name, created.org.id);
+            if !created.org.cell.is_empty() {
+                println!("cell: {} (its clusters run on that cell's hosts)", created.org.cell);
+            }
             println!("admin API key (shown only now): {}", created.api_key.secret);
             Ok(())
         }

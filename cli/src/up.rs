@@ -77,6 +77,10 @@ pub struct UpArgs {
     /// `429` (an API fuzzer that tests bad credentials on purpose needs more).
     #[arg(long, default_value_t = 20)]
     auth_failures_per_minute: usize,
+    /// Cells every cloud and region's hosts are split into (`c1` … `cN`): each org lives
+    /// in one, so losing a cell's hosts touches no other cell's tenants (1: no split).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    cells: u32,
     /// Give each new host of the local land a disk of its own of this size (e.g.
     /// `400MiB`, at least 128 MiB): an ext4 image loop-mounted on the host's directory,
     /// so a full disk is real and one host's alone. Needs root. Hosts share the data
@@ -458,6 +462,11 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             ..Default::default()
         },
         auth_failures_per_minute: args.auth_failures_per_minute,
+        cells: if args.cells > 1 {
+            (1..=args.cells).map(|n| format!("c{n}")).collect()
+        } else {
+            Vec::new()
+        },
         ca_cert_pem: Some(ca.cert_pem().to_string()),
         tls_domain: domain.clone(),
     };

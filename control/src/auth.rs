@@ -226,6 +226,7 @@ pub async fn bootstrap_admin(state: &AppState) -> Result<Option<String>> {
         name: "default".into(),
         operator: true,
         created_at: now(),
+        cell: crate::cell_for_new_org(state).await?,
     };
     let (key, secret) = make_key(&org.id, "admin", KeyGrant::owner());
     state

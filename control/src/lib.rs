@@ -50,6 +50,16 @@ pub struct ControlConfig {
     pub ca_cert_pem: Option<String>,
     /// The proxies' TLS domain: a cluster's host name is `<endpoint>.<domain>`.
     pub tls_domain: String,
+    /// The cells every cloud and region's hosts are split into (empty: one cell, `""`).
+    pub cells: Vec<String>,
+}
+
+/// The cell a new org is placed in (the planner's choice, from how many orgs each holds).
+pub(crate) async fn cell_for_new_org(state: &AppState) -> Result<String> {
+    let counts = state.store.orgs_per_cell().await.context("count orgs per cell")?;
+    Ok(highrise_planner::cells::choose_cell(&state.cfg.cells, &counts)
+        .unwrap_or_default()
+        .to_string())
 }
 
 pub(crate) struct AppState {

@@ -290,6 +290,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
         Action::LaunchHost {
             cloud,
             region,
+            cell,
             market,
             pool,
             disk_bytes,
@@ -313,6 +314,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                 instance_type: pool.map(|p| p.instance_type).unwrap_or_default(),
                 notice_deadline: None,
                 disk_bytes: disk_bytes.and_then(|b| i64::try_from(b).ok()),
+                cell: cell.clone(),
             };
             state.store.insert_host(&h).await.context("record host launch")?;
             launch(state, &h).await;

@@ -38,6 +38,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (23, include_str!("../migrations/0023_endpoint_access.sql")),
     (24, include_str!("../migrations/0024_networks.sql")),
     (25, include_str!("../migrations/0025_data_key_generations.sql")),
+    (26, include_str!("../migrations/0026_cells.sql")),
 ];
 
 mod audit;
@@ -83,6 +84,8 @@ pub struct OrgRow {
     pub name: String,
     pub operator: bool,
     pub created_at: i64,
+    /// The cell its clusters run in (`""`: the land's one cell).
+    pub cell: String,
 }
 
 #[derive(Debug, Clone)]
@@ -289,6 +292,8 @@ pub struct HostRow {
     pub notice_deadline: Option<i64>,
     /// The size of the host's own disk: asked for at launch, or as the land says.
     pub disk_bytes: Option<i64>,
+    /// The cell the host serves.
+    pub cell: String,
 }
 
 impl HostRow {
@@ -360,6 +365,7 @@ fn org(r: &AnyRow) -> Result<OrgRow> {
         name: r.try_get("name")?,
         operator: r.try_get::<i64, _>("operator")? != 0,
         created_at: r.try_get("created_at")?,
+        cell: r.try_get("cell")?,
     })
 }
 
@@ -458,6 +464,7 @@ fn host(r: &AnyRow) -> Result<HostRow> {
         instance_type: r.try_get("instance_type")?,
         notice_deadline: r.try_get("notice_deadline")?,
         disk_bytes: r.try_get("disk_bytes")?,
+        cell: r.try_get("cell")?,
     })
 }
 

@@ -12,6 +12,7 @@ fn org_row(id: &str, name: &str) -> OrgRow {
         name: name.into(),
         operator: false,
         created_at: 1,
+        cell: "c1".into(),
     }
 }
 
@@ -226,6 +227,7 @@ async fn exercise(store: Store) {
         instance_type: String::new(),
         notice_deadline: None,
         disk_bytes: None,
+        cell: "c1".into(),
     };
     store.insert_host(&host).await.unwrap();
     store

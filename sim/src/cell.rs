@@ -361,6 +361,7 @@ impl<'a> Cell<'a> {
             Action::LaunchHost {
                 cloud,
                 region,
+                cell,
                 market,
                 pool,
                 disk_bytes,
@@ -391,6 +392,7 @@ impl<'a> Cell<'a> {
                     cloud: cloud.clone(),
                     region: region.clone(),
                     zone: pool_id.zone.clone(),
+                    cell: cell.clone(),
                     status: if refused {
                         HostStatus::Failed
                     } else {
@@ -947,6 +949,8 @@ fn run_cell(
                     id: format!("c{n:06}"),
                     cloud,
                     region: region_name,
+                    // A simulated fleet shard runs on one placement cell.
+                    cell: String::new(),
                     slots: highrise_planner::plan_slots(plan).unwrap_or(1),
                     members: shape.members(),
                     term: 1,

@@ -27,6 +27,7 @@ pub(super) async fn list_hosts(
             cloud: h.cloud,
             region: h.region,
             zone: h.zone,
+            cell: h.cell,
             market: h.market,
             address: h.address,
             status: h.status,

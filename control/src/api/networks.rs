@@ -61,7 +61,9 @@ pub(super) fn endpoint_address(net: ipnet::Ipv4Net, wanted: Option<&str>, taken:
             ApiError::invalid(format!("{shown:?} is not an IPv4 address"))
         })?;
         if !usable(ip) {
-            return Err(ApiError::invalid(format!("{ip} is not a host address of {net}")));
+            // A well-formed address the network's range does not hold: a conflict with
+            // the network as it is, not a malformed request.
+            return Err(ApiError::conflict(format!("{ip} is not a host address of {net}")));
         }
         if taken.contains(&ip) {
             return Err(ApiError::conflict(format!(

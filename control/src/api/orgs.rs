@@ -19,6 +19,9 @@ pub(super) async fn create_org(
         name: req.name,
         operator: false,
         created_at: now(),
+        cell: crate::cell_for_new_org(&state)
+            .await
+            .map_err(|e| ApiError::internal("choose a cell", format!("{e:#}")))?,
     };
     let (key, secret) = auth::make_key(&org.id, "admin", auth::KeyGrant::owner());
     state
@@ -32,6 +35,7 @@ pub(super) async fn create_org(
             org: Org {
                 id: org.id,
                 name: org.name,
+                cell: org.cell,
                 created_at: org.created_at,
             },
             api_key: CreatedApiKey {

@@ -5,8 +5,8 @@ use super::*;
 impl Store {
     pub async fn insert_host(&self, h: &HostRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO hosts (id, cloud, region, zone, market, status, launched_at, instance_type, disk_bytes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO hosts (id, cloud, region, zone, market, status, launched_at, instance_type, disk_bytes, cell) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&h.id)
         .bind(&h.cloud)
@@ -17,6 +17,7 @@ impl Store {
         .bind(h.launched_at)
         .bind(&h.instance_type)
         .bind(h.disk_bytes)
+        .bind(&h.cell)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -42,7 +42,8 @@ impl Store {
              CASE WHEN EXISTS (SELECT 1 FROM backups b WHERE b.cluster_id = clusters.id AND b.status = 'complete') \
              THEN 1 ELSE 0 END AS has_backup, \
              CASE WHEN durability = 'sync' AND EXISTS (SELECT 1 FROM backups b WHERE b.cluster_id = clusters.id \
-             AND b.status = 'complete') THEN 1 ELSE 0 END AS restorable FROM clusters ORDER BY id",
+             AND b.status = 'complete') THEN 1 ELSE 0 END AS restorable, \
+             (SELECT o.cell FROM orgs o WHERE o.id = clusters.org_id) AS cell FROM clusters ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -63,6 +64,7 @@ impl Store {
                     id: r.try_get("id")?,
                     cloud: r.try_get("cloud")?,
                     region: r.try_get("region")?,
+                    cell: r.try_get::<Option<String>, _>("cell")?.unwrap_or_default(),
                     slots: planner::plan_slots(&plan).unwrap_or(1),
                     members: 1 + u32::try_from(r.try_get::<i64, _>("replicas")?).unwrap_or(0),
                     term: r.try_get("term")?,
@@ -103,6 +105,7 @@ impl Store {
                 cloud: h.cloud,
                 region: h.region,
                 zone: h.zone,
+                cell: h.cell,
                 launched_at: h.launched_at,
                 last_beat_ms: h.last_beat_ms,
                 disk_bytes: h.disk_bytes.map(|b| b.max(0) as u64),

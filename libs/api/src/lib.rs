@@ -37,6 +37,9 @@ pub struct ErrorDetail {
 pub struct Org {
     pub id: String,
     pub name: String,
+    /// The cell its clusters run in (empty on a land without cells).
+    #[serde(default)]
+    pub cell: String,
     pub created_at: UnixSeconds,
 }
 
@@ -851,6 +854,9 @@ pub struct Host {
     pub cloud: String,
     pub region: String,
     pub zone: String,
+    /// The cell it serves (empty on a land without cells).
+    #[serde(default)]
+    pub cell: String,
     pub market: String,
     pub address: Option<String>,
     pub status: String,

@@ -11,6 +11,7 @@
 //! before recording it, and the next plan over the new snapshot must converge anyway.
 
 pub mod backups;
+pub mod cells;
 pub mod clouds;
 pub mod evacuate;
 pub mod moves;
@@ -58,6 +59,10 @@ pub struct ClusterIntent {
     pub id: String,
     pub cloud: String,
     pub region: String,
+    /// The cell of the cluster's org: its members run on that cell's hosts only (`""`:
+    /// the land's one cell when it has no others).
+    #[serde(default)]
+    pub cell: String,
     /// Capacity each member needs on a host.
     pub slots: u32,
     /// Members wanted: the primary plus its standbys.
@@ -133,6 +138,9 @@ pub struct HostView {
     pub cloud: String,
     pub region: String,
     pub zone: String,
+    /// The cell the host serves (see [`ClusterIntent::cell`]).
+    #[serde(default)]
+    pub cell: String,
     pub status: HostStatus,
     pub launched_at: i64,
     /// When the host's agent was last heard from, in unix milliseconds.
@@ -260,6 +268,8 @@ pub enum Action {
     LaunchHost {
         cloud: String,
         region: String,
+        /// The cell the host will serve.
+        cell: String,
         market: Market,
         pool: Option<String>,
         /// A disk of its own of this size (storage autoscaling asks for one).
@@ -620,6 +630,8 @@ pub fn plan(world: &World) -> Vec<Action> {
                     && !taken_hosts.contains(h.id.as_str())
                     && used.get(h.id.as_str()).copied().unwrap_or(0) + c.slots <= HOST_SLOTS
                     && disk_fits(c, h)
+                    // Only the hosts of the org's cell: losing a cell touches no other.
+                    && h.cell == c.cell
             };
             // A cloud, then a zone, the cluster is not in yet first; then the fullest host,
             // so empty hosts stay free for big plans.
@@ -651,6 +663,7 @@ pub fn plan(world: &World) -> Vec<Action> {
                     launch_at = pools.first().map(|p| LaunchKey {
                         cloud: p.cloud.as_str(),
                         region: p.region.as_str(),
+                        cell: c.cell.as_str(),
                         market: Market::Spot,
                         pool: Some(p.id.as_str()),
                         disk_bytes: (c.disk_bytes > 0).then_some(c.disk_bytes),
@@ -728,6 +741,7 @@ pub fn plan(world: &World) -> Vec<Action> {
                         LaunchKey {
                             cloud,
                             region,
+                            cell: c.cell.as_str(),
                             market: Market::OnDemand,
                             pool: None,
                             disk_bytes: (c.disk_bytes > 0).then_some(c.disk_bytes),
@@ -756,6 +770,7 @@ pub fn plan(world: &World) -> Vec<Action> {
         let same = |h: &HostView| {
             h.cloud == key.cloud
                 && h.region == key.region
+                && h.cell == key.cell
                 && h.market == key.market
                 && key.pool.is_none_or(|p| h.pool == p)
                 && h.disk_bytes == key.disk_bytes
@@ -777,6 +792,7 @@ pub fn plan(world: &World) -> Vec<Action> {
             actions.push(Action::LaunchHost {
                 cloud: key.cloud.to_string(),
                 region: key.region.to_string(),
+                cell: key.cell.to_string(),
                 market: key.market,
                 pool: key.pool.map(str::to_string),
                 disk_bytes: key.disk_bytes,
@@ -934,6 +950,7 @@ pub fn plan(world: &World) -> Vec<Action> {
 struct LaunchKey<'a> {
     cloud: &'a str,
     region: &'a str,
+    cell: &'a str,
     market: Market,
     pool: Option<&'a str>,
     disk_bytes: Option<u64>,

@@ -9,6 +9,7 @@ fn cluster(id: &str, slots: u32) -> ClusterIntent {
         id: id.into(),
         cloud: "a".into(),
         region: "r1".into(),
+        cell: String::new(),
         slots,
         members: 1,
         term: 1,
@@ -32,6 +33,7 @@ fn host(id: &str, status: HostStatus) -> HostView {
         cloud: "a".into(),
         region: "r1".into(),
         zone: "z1".into(),
+        cell: String::new(),
         status,
         launched_at: 0,
         last_beat_ms: Some(0),
@@ -72,6 +74,7 @@ fn apply(world: &mut World, actions: &[Action]) {
             Action::LaunchHost {
                 cloud,
                 region,
+                cell,
                 market,
                 pool,
                 disk_bytes,
@@ -79,6 +82,7 @@ fn apply(world: &mut World, actions: &[Action]) {
                 id: format!("h{n}"),
                 cloud: cloud.clone(),
                 region: region.clone(),
+                cell: cell.clone(),
                 zone: pool
                     .as_ref()
                     .and_then(|p| p.split('/').nth(2))
@@ -279,6 +283,7 @@ fn new_cluster_without_hosts_launches_one_host() {
         vec![Action::LaunchHost {
             cloud: "a".into(),
             region: "r1".into(),
+            cell: String::new(),
             market: Market::OnDemand,
             pool: None,
             disk_bytes: None,
@@ -312,6 +317,51 @@ fn places_on_running_host_with_room() {
             role: Role::Primary,
         }]
     );
+}
+
+#[test]
+fn members_run_on_their_cells_hosts_only() {
+    let in_cell = |mut c: ClusterIntent, cell: &str| {
+        c.cell = cell.into();
+        c
+    };
+    let host_in = |id: &str, cell: &str| HostView {
+        cell: cell.into(),
+        ..host(id, HostStatus::Running)
+    };
+    // Room on c1's host only: c2's cluster does not take it, it gets a host of its own
+    // cell launched; a launch already under way for c2 is not doubled.
+    let mut world = World {
+        clusters: vec![in_cell(cluster("a", 1), "c1"), in_cell(cluster("b", 1), "c2")],
+        hosts: vec![host_in("h1", "c1")],
+        ..Default::default()
+    };
+    let p = plan(&world);
+    assert!(p.contains(&Action::CreateInstance {
+        cluster_id: "a".into(),
+        host_id: "h1".into(),
+        slots: 1,
+        role: Role::Primary,
+    }));
+    assert!(!p
+        .iter()
+        .any(|a| matches!(a, Action::CreateInstance { cluster_id, .. } if cluster_id == "b")));
+    assert!(
+        p.contains(&Action::LaunchHost {
+            cloud: "a".into(),
+            region: "r1".into(),
+            cell: "c2".into(),
+            market: Market::OnDemand,
+            pool: None,
+            disk_bytes: None,
+        }),
+        "{p:?}"
+    );
+    world.hosts.push(HostView {
+        status: HostStatus::Launching,
+        ..host_in("h2", "c2")
+    });
+    assert!(!plan(&world).iter().any(|a| matches!(a, Action::LaunchHost { .. })));
 }
 
 #[test]
@@ -399,6 +449,7 @@ fn spread_clusters_put_standbys_in_other_clouds() {
         p.contains(&Action::LaunchHost {
             cloud: "b".into(),
             region: "r1".into(),
+            cell: String::new(),
             market: Market::OnDemand,
             pool: None,
             disk_bytes: None,
@@ -462,6 +513,7 @@ fn failed_launch_is_retried_only_after_a_pause() {
         vec![Action::LaunchHost {
             cloud: "a".into(),
             region: "r1".into(),
+            cell: String::new(),
             market: Market::OnDemand,
             pool: None,
             disk_bytes: None,
@@ -650,6 +702,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     id: format!("c{n}"),
                     cloud: clouds[*cloud].into(),
                     region: "r1".into(),
+                    cell: String::new(),
                     slots: if *slots == 3 { 2 } else { *slots },
                     members: *members,
                     term: 1,
@@ -675,6 +728,7 @@ fn arb_world() -> impl Strategy<Value = World> {
                     cloud: clouds[*cloud].into(),
                     region: "r1".into(),
                     zone: format!("z{}", n % 2),
+                    cell: String::new(),
                     status: statuses[*st],
                     launched_at: 0,
                     last_beat_ms: Some(10_000),
