@@ -170,8 +170,8 @@ fn main() -> std::process::ExitCode {
             }
             Command::Proxy(p) => {
                 init_logging();
-                let listener = tokio::net::TcpListener::bind(p.listen)
-                    .await
+                let listener = highrise_proxy::listen(p.listen)
+                    .and_then(tokio::net::TcpListener::from_std)
                     .with_context(|| format!("listen on {}", p.listen))?;
                 println!("proxy listening on {}", listener.local_addr()?);
                 std::io::Write::flush(&mut std::io::stdout()).ok();

@@ -329,8 +329,8 @@ fn spawn_proxy(
                     }
                     let listener = match listener {
                         Some(l) => TcpListener::from_std(l).context("attach the proxy listener")?,
-                        None => TcpListener::bind(addr)
-                            .await
+                        None => highrise_proxy::listen(addr)
+                            .and_then(TcpListener::from_std)
                             .with_context(|| format!("listen for clients on {addr} again"))?,
                     };
                     let (end_tx, end_rx) = watch::channel(false);
@@ -384,10 +384,8 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let mut proxy_listeners = Vec::new();
     if with_proxy {
         for (cloud, addr) in clouds.iter().zip(proxy_addrs(&args.proxy_listen, clouds.len())) {
-            let l = std::net::TcpListener::bind(addr)
+            let l = highrise_proxy::listen(addr)
                 .with_context(|| format!("listen for {}'s clients on {addr}", cloud.name))?;
-            l.set_nonblocking(true)
-                .context("make the proxy listener non-blocking")?;
             proxy_listeners.push((cloud.name.clone(), l));
         }
     }

@@ -126,6 +126,6 @@ fn bind_in(namespace: &std::path::Path, addr: SocketAddr) -> std::io::Result<std
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(crate::LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
