@@ -29,6 +29,9 @@ pub struct AgentConfig {
     /// The host's own address; PostgreSQL listens here.
     pub address: String,
     pub control_url: String,
+    /// The CA certificate (PEM) that the control plane's TLS certificate must chain to;
+    /// with it the agent trusts no other root (`https` control URLs only verify against it).
+    pub control_ca: Option<String>,
     pub metadata_url: Option<String>,
     pub bootstrap_token: Option<String>,
     /// Stop (and stop PostgreSQL) when this process is no longer the agent's parent.
@@ -133,11 +136,18 @@ impl Shared {
     }
 }
 
-fn http() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// The agent's HTTP client: with a CA, the control plane's certificate must chain to it
+/// and to nothing else (no public roots: a certificate some public CA issued for the
+/// control plane's name is not the control plane).
+fn http(control_ca: Option<&str>) -> Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
-        .build()
-        .context("build HTTP client")
+        .tls_built_in_root_certs(false);
+    if let Some(pem) = control_ca {
+        let ca = reqwest::Certificate::from_pem(pem.as_bytes()).context("read the control plane's CA certificate")?;
+        b = b.add_root_certificate(ca);
+    }
+    b.build().context("build HTTP client")
 }
 
 /// Runs the agent until SIGTERM/SIGINT (or the parent's exit, if asked).
@@ -148,7 +158,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if run_as.is_some() {
         check_traversable(&cfg.dir)?;
     }
-    let client = http()?;
+    let client = http(cfg.control_ca.as_deref())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     // Where the control plane is: the command line's URL, then what the host's metadata
     // says (the control plane may move; the agent follows without a restart).
@@ -309,7 +319,8 @@ async fn host_token(cfg: &AgentConfig, client: &reqwest::Client, control: &metad
                 bail!("the control plane refused the bootstrap token")
             }
             Ok(r) => tracing::warn!("register: control plane answered {}", r.status()),
-            Err(e) => tracing::warn!("register: {e}"),
+            // The whole chain: why a TLS handshake failed is in the sources.
+            Err(e) => tracing::warn!("register: {:#}", anyhow::Error::from(e)),
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));

@@ -89,6 +89,9 @@ struct AgentArgs {
     address: String,
     #[arg(long)]
     control_url: String,
+    /// The CA certificate (PEM file) the control plane's TLS certificate must chain to.
+    #[arg(long)]
+    control_ca: Option<PathBuf>,
     #[arg(long)]
     metadata_url: Option<String>,
     #[arg(long, env = "HIGHRISE_BOOTSTRAP_TOKEN", hide_env_values = true)]
@@ -113,6 +116,9 @@ struct ProxyArgs {
     /// `/land/control-url`), read when the control plane stops answering.
     #[arg(long)]
     control_url_source: Option<String>,
+    /// The CA certificate (PEM file) the control plane's TLS certificate must chain to.
+    #[arg(long)]
+    control_ca: Option<PathBuf>,
     #[arg(long, env = "HIGHRISE_PROXY_TOKEN", hide_env_values = true)]
     token: String,
     #[arg(long)]
@@ -123,6 +129,16 @@ struct ProxyArgs {
     tls_key: Option<PathBuf>,
     #[arg(long, default_value = "localhost")]
     domain: String,
+}
+
+/// A CA certificate file's PEM text, checked to hold a certificate.
+fn read_ca(path: Option<&std::path::Path>) -> Result<Option<String>> {
+    let Some(path) = path else { return Ok(None) };
+    let pem = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        anyhow::bail!("{} holds no PEM certificate", path.display());
+    }
+    Ok(Some(pem))
 }
 
 fn init_logging() {
@@ -156,11 +172,13 @@ fn main() -> std::process::ExitCode {
             }
             Command::Agent(a) => {
                 init_logging();
+                let control_ca = read_ca(a.control_ca.as_deref())?;
                 highrise_agent::run(highrise_agent::AgentConfig {
                     host_id: a.host_id,
                     dir: a.dir,
                     address: a.address,
                     control_url: a.control_url,
+                    control_ca,
                     metadata_url: a.metadata_url,
                     bootstrap_token: a.bootstrap_token,
                     parent_pid: a.parent_pid,
@@ -181,6 +199,7 @@ fn main() -> std::process::ExitCode {
                     highrise_proxy::ProxyConfig {
                         control_url: p.control_url,
                         control_url_source: p.control_url_source,
+                        control_ca: read_ca(p.control_ca.as_deref())?,
                         token: p.token,
                         cache_file: p.cache_file,
                         tls: p.tls_cert.zip(p.tls_key),

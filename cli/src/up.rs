@@ -7,6 +7,8 @@
 //! again through the land's metadata.
 
 use anyhow::{Context, Result};
+use highrise_control::ca::Issued;
+use highrise_control::tls_listener::TlsListener;
 use highrise_control::{Control, ControlConfig};
 use highrise_provider::local::{default_clouds, LocalLand, LocalLandConfig};
 use highrise_provider::market::{Trace, TraceReading};
@@ -25,6 +27,10 @@ pub struct UpArgs {
     /// Address of the REST API.
     #[arg(long, default_value = "127.0.0.1:7480")]
     api_listen: SocketAddr,
+    /// Address agents and proxies reach the control plane at, over TLS with a certificate
+    /// from the land's CA (the API's address with any free port when omitted).
+    #[arg(long)]
+    agent_listen: Option<SocketAddr>,
     /// Address clients connect to with psql: the proxy of the land's first cloud; repeat
     /// for the next clouds' proxies. A cloud without one gets the port after the last
     /// (any free port when that is 0). Every proxy serves every cluster; connection URIs
@@ -400,6 +406,9 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let land_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("listen for the land's metadata service")?;
+    let agent_listener = TcpListener::bind(agent_listen(&args))
+        .await
+        .with_context(|| format!("listen for agents and proxies on {}", agent_listen(&args)))?;
     let api_addr = api_listener.local_addr()?;
     let land_addr = land_listener.local_addr()?;
     let api_url = format!("http://{api_addr}");
@@ -447,9 +456,18 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     };
     let storage = storage_config(&dir, &args, &clouds)?;
     let (ca, tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
+    // The agents' channel: the control plane's certificate names its address (any port:
+    // a moved control plane keeps it) and the land's CA signs it.
+    let agent_ip = agent_listener.local_addr()?.ip();
+    let agent_cert = ca
+        .issue_server(&[agent_ip.to_string(), format!("control.{domain}")])
+        .context("issue the control plane's certificate")?;
+    let agent_listener = TlsListener::new(agent_listener, &agent_cert).context("serve TLS for agents")?;
+    let agent_url = format!("https://{}", agent_listener.local_addr());
+    let ca_pem = ca.cert_pem().to_string();
     let control_cfg = ControlConfig {
         database_url,
-        public_url: api_url.clone(),
+        agent_url: agent_url.clone(),
         proxy_token: proxy_token.clone(),
         proxy_public_addrs: proxy_public.iter().map(ToString::to_string).collect(),
         storage,
@@ -504,15 +522,16 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     // Hosts come back first; then the reconciler re-drives what was in flight.
     let reconcile = !args.no_reconciler;
     if reconcile {
-        land.boot(&api_url).context("boot the land's hosts")?;
+        land.boot(&agent_url, Some(&ca_pem)).context("boot the land's hosts")?;
         land.spawn_market();
     }
-    let mut plane = ControlPlane::start(control, api_listener, reconcile);
+    let mut plane = ControlPlane::start(control, api_listener, agent_listener, reconcile);
     let mut proxies = Vec::new();
     for (cloud, listener) in proxy_listeners {
         let cfg = highrise_proxy::ProxyConfig {
-            control_url: api_url.clone(),
+            control_url: agent_url.clone(),
             control_url_source: Some(format!("http://{land_addr}/land/control-url")),
+            control_ca: Some(ca_pem.clone()),
             token: proxy_token.clone(),
             // Each proxy keeps routes of its own: it serves on from them alone.
             cache_file: dir.join(format!("proxy-routes-{cloud}.json")),
@@ -525,6 +544,10 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
 
     println!("Highrise is up.");
     println!("  API:           {api_url}");
+    println!(
+        "  agents:        {agent_url}  (TLS; the land's CA: {})",
+        dir.join("tls/ca.crt").display()
+    );
     if with_proxy {
         for (cloud, addr) in clouds.iter().zip(&proxy_public) {
             println!(
@@ -535,8 +558,9 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     } else {
         let addrs: Vec<String> = proxy_public.iter().map(ToString::to_string).collect();
         println!(
-            "  proxy token:   {}  (for `highrise proxy --control-url {api_url}`; clients are sent to {})",
+            "  proxy token:   {}  (for `highrise proxy --control-url {agent_url} --control-ca {}`; clients are sent to {})",
             dir.join("proxy-token").display(),
+            dir.join("tls/ca.crt").display(),
             addrs.join(",")
         );
     }
@@ -552,7 +576,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         tokio::select! {
             _ = &mut signal => break,
             Some(reply) = move_rx.recv() => {
-                let moved = move_control_plane(&mut plane, &control_cfg, &land, &args, &[&config_path, &dir.join("client.json")]).await;
+                let moved = move_control_plane(&mut plane, &control_cfg, &agent_cert, &land, &args, &[&config_path, &dir.join("client.json")]).await;
                 if let Err(e) = &moved {
                     tracing::error!("move the control plane: {e:#}");
                 }
@@ -579,6 +603,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
 /// The control plane's part of `up`: its API server and reconciler over one store.
 struct ControlPlane {
     url: String,
+    agent_url: String,
     /// Until stopped.
     running: Option<Running>,
 }
@@ -586,15 +611,18 @@ struct ControlPlane {
 struct Running {
     control: Arc<Control>,
     api: tokio::task::JoinHandle<std::io::Result<()>>,
+    agents: tokio::task::JoinHandle<std::io::Result<()>>,
     api_stop: watch::Sender<bool>,
     reconciler: Option<(tokio::task::JoinHandle<()>, watch::Sender<bool>)>,
 }
 
 impl ControlPlane {
-    fn start(control: Arc<Control>, listener: TcpListener, reconcile: bool) -> Self {
+    fn start(control: Arc<Control>, listener: TcpListener, agent_listener: TlsListener, reconcile: bool) -> Self {
         let url = listener.local_addr().map(|a| format!("http://{a}")).unwrap_or_default();
+        let agent_url = format!("https://{}", agent_listener.local_addr());
         let (api_stop, api_stop_rx) = watch::channel(false);
-        let api = serve_http(listener, control.router(), api_stop_rx);
+        let api = serve_http(listener, control.router(), api_stop_rx.clone());
+        let agents = serve_http(agent_listener, control.router(), api_stop_rx);
         let reconciler = reconcile.then(|| {
             let (tx, rx) = watch::channel(false);
             let control = Arc::clone(&control);
@@ -602,9 +630,11 @@ impl ControlPlane {
         });
         Self {
             url,
+            agent_url,
             running: Some(Running {
                 control,
                 api,
+                agents,
                 api_stop,
                 reconciler,
             }),
@@ -626,13 +656,14 @@ impl ControlPlane {
         // their callers ask again, at the new address.
         r.control.close();
         let _ = r.api_stop.send(true);
-        let mut api = r.api;
-        if tokio::time::timeout(std::time::Duration::from_secs(1), &mut api)
-            .await
-            .is_err()
-        {
-            api.abort();
-            let _ = api.await;
+        for mut serving in [r.api, r.agents] {
+            if tokio::time::timeout(std::time::Duration::from_secs(1), &mut serving)
+                .await
+                .is_err()
+            {
+                serving.abort();
+                let _ = serving.await;
+            }
         }
         drop(r.control);
     }
@@ -672,6 +703,7 @@ fn control_plane_routes(requests: tokio::sync::mpsc::Sender<MoveRequest>) -> axu
 async fn move_control_plane(
     plane: &mut ControlPlane,
     cfg: &ControlConfig,
+    agent_cert: &Issued,
     land: &Arc<LocalLand>,
     args: &UpArgs,
     client_configs: &[&Path],
@@ -680,19 +712,25 @@ async fn move_control_plane(
         .await
         .context("listen for the API at a new address")?;
     let url = format!("http://{}", listener.local_addr()?);
+    // Same address, new port: the certificate (which names the address) still fits.
+    let agent_listener = TcpListener::bind(SocketAddr::new(agent_listen(args).ip(), 0))
+        .await
+        .context("listen for agents at a new address")?;
+    let agent_listener = TlsListener::new(agent_listener, agent_cert).context("serve TLS for agents")?;
+    let agent_url = format!("https://{}", agent_listener.local_addr());
     let from = plane.url.clone();
     plane.stop().await;
     let control = Control::open(
         ControlConfig {
-            public_url: url.clone(),
+            agent_url: agent_url.clone(),
             ..cfg.clone()
         },
         land.clone(),
     )
     .await
     .context("open the control plane at its new address")?;
-    *plane = ControlPlane::start(Arc::new(control), listener, !args.no_reconciler);
-    land.set_control_url(&url)
+    *plane = ControlPlane::start(Arc::new(control), listener, agent_listener, !args.no_reconciler);
+    land.set_control_url(&agent_url)
         .context("tell the land where the control plane is")?;
     for path in client_configs {
         if let Ok(mut c) = std::fs::read(path)
@@ -703,22 +741,33 @@ async fn move_control_plane(
             write_private(path, &serde_json::to_vec_pretty(&c)?)?;
         }
     }
-    tracing::warn!(from = %from, to = %url, "the control plane moved");
-    println!("control plane moved: API {url}");
+    tracing::warn!(from = %from, to = %url, agents = %plane.agent_url, "the control plane moved");
+    println!("control plane moved: API {url}, agents {}", plane.agent_url);
     std::io::stdout().flush().ok();
     Ok(url)
 }
 
-/// Serves `router` until `stop` turns true (in-flight requests finish first).
-fn serve_http(
-    listener: TcpListener,
+/// Where the agents' TLS listener binds.
+fn agent_listen(args: &UpArgs) -> SocketAddr {
+    args.agent_listen.unwrap_or(SocketAddr::new(args.api_listen.ip(), 0))
+}
+
+/// Serves `router` on `listener` (plain TCP or [`TlsListener`]) until `stop` turns true
+/// (in-flight requests finish first).
+fn serve_http<L>(
+    listener: L,
     router: axum::Router,
     mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
+) -> tokio::task::JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use axum::serve::ListenerExt;
     tokio::spawn(async move {
-        // Handlers see the caller's address (failed authentications are limited per address).
+        // Handlers see the caller's address (failed authentications are limited per
+        // address); axum hands any listener's address over once it is tapped.
         axum::serve(
-            listener,
+            listener.tap_io(|_| ()),
             router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .with_graceful_shutdown(async move {

@@ -763,7 +763,9 @@ fn control_plane_and_proxy_run_as_separate_processes() {
             "--listen",
             &proxy_addr,
             "--control-url",
-            &control.api_url,
+            &control.agent_url,
+            "--control-ca",
+            control.data_dir.join("tls/ca.crt").to_str().unwrap(),
             "--cache-file",
         ])
         .arg(control.root.join("routes.json"))
@@ -1275,7 +1277,9 @@ async fn with_the_control_plane_down_clients_keep_working_and_nothing_is_promote
             "--listen",
             &proxy_addr,
             "--control-url",
-            &control.api_url,
+            &control.agent_url,
+            "--control-ca",
+            control.data_dir.join("tls/ca.crt").to_str().unwrap(),
             "--cache-file",
         ])
         .arg(root.join("routes.json"))

@@ -1,7 +1,9 @@
 //! Verified TLS through the proxies (issue 14) on the real `highrise up`: stock `psql`
 //! with `sslmode=verify-full` and the land's CA connects (the endpoint travels as SNI);
 //! a client trusting another CA, or asking for another host name, is refused by its own
-//! TLS check; `ca-cert`, `cluster show` and `cluster connect` hand out the CA.
+//! TLS check; `ca-cert`, `cluster show` and `cluster connect` hand out the CA. Agents and
+//! proxies reach the control plane over TLS verified by the same CA, and refuse a
+//! control plane whose certificate it did not sign.
 
 mod common;
 
@@ -164,5 +166,89 @@ fn a_standby_of_one_cluster_cannot_replicate_from_another() {
     assert!(
         out.contains("password authentication failed for user \"replicator\""),
         "{out}"
+    );
+}
+
+#[tokio::test]
+async fn agents_reach_the_control_plane_over_tls_verified_by_the_lands_ca() {
+    let up = Up::start();
+    assert!(up.agent_url.starts_with("https://"), "{}", up.agent_url);
+    // The land tells hosts and proxies that URL (their metadata's control-url) ...
+    let land_says = reqwest::get(format!("{}/land/control-url", up.land_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(land_says, up.agent_url);
+    // ... and agents that registered there run the cluster.
+    let uri = up.create_cluster("shop");
+    assert_eq!(psql_ok(&uri, "select current_database()"), "shop");
+    let land_ca = std::fs::read_to_string(up.data_dir.join("tls/ca.crt")).unwrap();
+    let hosts: Vec<_> = std::fs::read_dir(up.data_dir.join("land/hosts"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!hosts.is_empty());
+    for h in &hosts {
+        assert_eq!(
+            std::fs::read_to_string(h.join("control-ca.pem")).unwrap(),
+            land_ca,
+            "{}",
+            h.display()
+        );
+    }
+
+    // A client trusting the land's CA reaches the agents' listener ...
+    let trusting = |pem: &str| {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+            .build()
+            .unwrap()
+    };
+    let health = format!("{}/healthz", up.agent_url);
+    let r = trusting(&land_ca).get(&health).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    // ... one trusting another CA is refused by its own check ...
+    let other = highrise_control::ca::Ca::generate().unwrap();
+    let err = trusting(other.cert_pem()).get(&health).send().await.unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    // (Both CAs are named "Highrise CA": the signature is what fails.)
+    assert!(chain.contains("invalid peer certificate"), "{chain}");
+    // ... and nothing is served there in the clear.
+    let plain = health.replacen("https://", "http://", 1);
+    assert!(!reqwest::get(&plain).await.is_ok_and(|r| r.status().is_success()));
+
+    // An agent given another CA refuses the control plane before it sends its token.
+    let other_pem = up.root.join("other-ca.pem");
+    std::fs::write(&other_pem, other.cert_pem()).unwrap();
+    let log = up.root.join("stray-agent.log");
+    let _agent = Reaped(
+        Command::new(BIN)
+            .args([
+                "agent",
+                "--host-id",
+                "stray",
+                "--address",
+                "127.0.0.1",
+                "--control-url",
+                &up.agent_url,
+            ])
+            .arg("--dir")
+            .arg(up.root.join("stray"))
+            .arg("--control-ca")
+            .arg(&other_pem)
+            .env("HIGHRISE_BOOTSTRAP_TOKEN", "not-a-token")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(
+        "the stray agent to refuse the certificate",
+        std::time::Duration::from_secs(30),
+        || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("invalid peer certificate")),
     );
 }

@@ -113,12 +113,16 @@ impl Ca {
         self.key.serialize_pem()
     }
 
-    /// A server certificate for `names` (DNS names, `*.` wildcards allowed), with a new
-    /// key, valid for [`SERVER_VALIDITY`].
+    /// A server certificate for `names` (DNS names, `*.` wildcards allowed, or IP
+    /// addresses), with a new key, valid for [`SERVER_VALIDITY`].
     pub fn issue_server(&self, names: &[String]) -> Result<Issued, CaError> {
         let mut params = CertificateParams::default();
         let mut sans = Vec::with_capacity(names.len());
         for n in names {
+            if let Ok(ip) = n.parse::<std::net::IpAddr>() {
+                sans.push(SanType::IpAddress(ip));
+                continue;
+            }
             let name = n.clone().try_into().map_err(|_| CaError::BadName(n.clone()))?;
             sans.push(SanType::DnsName(name));
         }

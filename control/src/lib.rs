@@ -17,6 +17,7 @@ pub mod quota;
 mod reconcile;
 mod spot;
 pub mod store;
+pub mod tls_listener;
 
 use anyhow::{Context, Result};
 use highrise_provider::Provider;
@@ -29,8 +30,9 @@ pub use auth::{hash_secret, random_hex, KEY_PREFIX};
 pub struct ControlConfig {
     /// `sqlite://path` or `postgres://...`.
     pub database_url: String,
-    /// The URL agents use to reach this control plane.
-    pub public_url: String,
+    /// The URL agents and proxies reach this control plane at: `https://` in `up`, served
+    /// with a certificate from the CA below (which launches hand every agent).
+    pub agent_url: String,
     /// Shared secret of the proxies, for the routes endpoint.
     pub proxy_token: String,
     /// `host:port` of every proxy clients connect to (one per cloud), listed in
@@ -45,8 +47,9 @@ pub struct ControlConfig {
     pub spot: highrise_planner::SpotPolicy,
     /// Failed authentications allowed per source address, key id or user a minute.
     pub auth_failures_per_minute: usize,
-    /// The certificate (PEM) of the CA that signs the proxies' certificates, served to
-    /// clients at `GET /v1/tls/ca`; its key stays with whoever issues (`up`).
+    /// The certificate (PEM) of the CA that signs the proxies' certificates and the
+    /// control plane's own for agents, served to clients at `GET /v1/tls/ca`; its key
+    /// stays with whoever issues (`up`).
     pub ca_cert_pem: Option<String>,
     /// The proxies' TLS domain: a cluster's host name is `<endpoint>.<domain>`.
     pub tls_domain: String,

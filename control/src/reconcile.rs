@@ -249,7 +249,8 @@ async fn launch(state: &AppState, h: &HostRow) {
         },
         zone: (!h.zone.is_empty()).then(|| h.zone.clone()),
         bootstrap_token: auth::bootstrap_token(state, &h.id),
-        control_url: state.cfg.public_url.clone(),
+        control_url: state.cfg.agent_url.clone(),
+        control_ca: state.cfg.ca_cert_pem.clone(),
         disk_bytes: h.disk_bytes.and_then(|b| u64::try_from(b).ok()),
     };
     match state.provider.launch_host(req).await {

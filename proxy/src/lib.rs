@@ -50,6 +50,8 @@ pub struct ProxyConfig {
     /// whenever the control plane does not answer: a control plane that moved to a new
     /// address is found again without restarting the proxy.
     pub control_url_source: Option<String>,
+    /// The CA certificate (PEM) the control plane's TLS certificate must chain to.
+    pub control_ca: Option<String>,
     pub token: String,
     /// Where the last known routing table is kept across restarts.
     pub cache_file: PathBuf,

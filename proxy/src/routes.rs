@@ -144,8 +144,7 @@ pub(crate) struct OnMiss {
 
 impl OnMiss {
     pub fn new(cfg: ProxyConfig, control: ControlUrl) -> Option<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
+        let client = control_client(&cfg, Duration::from_secs(1))
             .timeout(Duration::from_secs(2))
             .build()
             .ok()?;
@@ -231,11 +230,25 @@ impl ControlUrl {
     }
 }
 
+/// A client for the control plane: with a CA configured, the control plane's certificate
+/// must chain to it and to no other root. A CA that cannot be read is logged and leaves
+/// the client trusting nothing, so an `https` control plane is refused rather than
+/// reached unverified.
+fn control_client(cfg: &ProxyConfig, connect: Duration) -> reqwest::ClientBuilder {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(connect)
+        .tls_built_in_root_certs(false);
+    if let Some(pem) = &cfg.control_ca {
+        match reqwest::Certificate::from_pem(pem.as_bytes()) {
+            Ok(ca) => b = b.add_root_certificate(ca),
+            Err(e) => tracing::error!("read the control plane's CA certificate: {e}"),
+        }
+    }
+    b
+}
+
 pub(crate) async fn refresh(cache: RouteCache, cfg: ProxyConfig, control: ControlUrl, stop: watch::Receiver<bool>) {
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .build()
-    {
+    let client = match control_client(&cfg, Duration::from_secs(3)).build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("build HTTP client: {e}");

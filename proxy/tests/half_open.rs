@@ -49,6 +49,7 @@ async fn thousands_of_half_open_connections_do_not_delay_a_valid_client() {
     let cfg = ProxyConfig {
         control_url,
         control_url_source: None,
+        control_ca: None,
         token: "t".into(),
         cache_file,
         tls: None,

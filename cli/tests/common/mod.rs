@@ -18,6 +18,8 @@ pub struct Up {
     pub root: PathBuf,
     pub data_dir: PathBuf,
     pub api_url: String,
+    /// Where agents and proxies reach the control plane (TLS, the land's CA).
+    pub agent_url: String,
     /// The first cloud's proxy.
     pub proxy_addr: String,
     /// Every cloud's proxy, in the land's order (as connection URIs list them).
@@ -81,12 +83,16 @@ impl Up {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut api = None;
+            let mut agents = None;
             let mut proxy: Option<Vec<String>> = None;
             let mut land = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(v) = line.trim().strip_prefix("API:") {
                     api = Some(v.trim().to_string());
+                }
+                if let Some(v) = line.trim().strip_prefix("agents:") {
+                    agents = v.split_whitespace().next().map(str::to_string);
                 }
                 if let Some(v) = line.trim().strip_prefix("land:") {
                     land = v.split_whitespace().next().map(str::to_string);
@@ -100,12 +106,12 @@ impl Up {
                     proxy = Some(v.trim_end_matches(')').split(',').map(str::to_string).collect());
                 }
                 if line.starts_with("Try:") {
-                    let _ = tx.send((api.clone(), proxy.clone(), land.clone()));
+                    let _ = tx.send((api.clone(), agents.clone(), proxy.clone(), land.clone()));
                 }
             }
         });
-        let (api, proxy, land) = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok((Some(a), Some(p), Some(l))) if !p.is_empty() => (a, p, l),
+        let (api, agents, proxy, land) = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((Some(a), Some(g), Some(p), Some(l))) if !p.is_empty() => (a, g, p, l),
             other => {
                 let _ = child.kill();
                 panic!("highrise up did not start ({other:?}); log in {}", root.display());
@@ -120,6 +126,7 @@ impl Up {
             root: root.to_path_buf(),
             data_dir,
             api_url: api,
+            agent_url: agents,
             proxy_addr: proxy[0].clone(),
             proxy_addrs: proxy,
             land_url: land,

@@ -171,8 +171,18 @@ pub fn user_data(cfg: &Ec2Config, req: &LaunchRequest) -> Result<String, Provide
          mkdir -p /var/lib/highrise\n\
          export HIGHRISE_BOOTSTRAP_TOKEN={token}\n\
          address=$(hostname -I | cut -d' ' -f1)\n\
+         {ca}\
          exec {agent} agent --host-id {host} --dir /var/lib/highrise --address \"$address\" --control-url {url} \
-         --metadata-url http://169.254.169.254 >>/var/log/highrise-agent.log 2>&1\n",
+         {ca_arg}--metadata-url http://169.254.169.254 >>/var/log/highrise-agent.log 2>&1\n",
+        ca = match &req.control_ca {
+            Some(pem) => format!("printf '%s' {} >/var/lib/highrise/control-ca.pem\n", q(pem)?),
+            None => String::new(),
+        },
+        ca_arg = if req.control_ca.is_some() {
+            "--control-ca /var/lib/highrise/control-ca.pem "
+        } else {
+            ""
+        },
         host = q(&req.host_id)?,
         token = q(&req.bootstrap_token)?,
         agent = q(&cfg.agent_path)?,

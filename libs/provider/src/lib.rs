@@ -54,6 +54,10 @@ pub struct LaunchRequest {
     pub bootstrap_token: String,
     /// Where the agent finds the control plane.
     pub control_url: String,
+    /// The CA certificate (PEM) the control plane's TLS certificate chains to: the agent
+    /// trusts it and nothing else for `control_url`.
+    #[serde(default)]
+    pub control_ca: Option<String>,
     /// A disk of its own of this many bytes (`None`: the land's default).
     #[serde(default)]
     pub disk_bytes: Option<u64>,

@@ -109,6 +109,10 @@ struct HostRecord {
     info: HostInfo,
     bootstrap_token: String,
     control_url: String,
+    /// The CA the control plane's certificate chains to (PEM), written to the host's
+    /// disk for its agent.
+    #[serde(default)]
+    control_ca: Option<String>,
     /// Unix seconds at which a posted spot notice expires.
     notice_deadline: Option<u64>,
     /// Unix seconds of the launch (the cloud reclaims the newest spot hosts first).
@@ -338,12 +342,14 @@ impl LocalLand {
     }
 
     /// Starts the agents of every host that was running when the land last stopped,
-    /// pointing them at `control_url` (the control plane may have moved since).
-    pub fn boot(&self, control_url: &str) -> Result<()> {
+    /// pointing them at `control_url` (the control plane may have moved since), whose
+    /// certificate chains to `control_ca`.
+    pub fn boot(&self, control_url: &str, control_ca: Option<&str>) -> Result<()> {
         let hosts: Vec<HostRecord> = {
             let mut inner = self.lock();
             for h in inner.persisted.hosts.values_mut() {
                 h.control_url = control_url.to_string();
+                h.control_ca = control_ca.map(str::to_string);
             }
             inner.persisted.control_url = Some(control_url.to_string());
             save_state(&self.cfg.dir, &inner.persisted)?;
@@ -393,6 +399,10 @@ impl LocalLand {
             .open(dir.join("agent.log"))
             .context("open agent log")?;
         let log2 = log.try_clone().context("duplicate agent log handle")?;
+        let ca_file = dir.join("control-ca.pem");
+        if let Some(pem) = &h.control_ca {
+            std::fs::write(&ca_file, pem).with_context(|| format!("write {}", ca_file.display()))?;
+        }
         let mut cmd = tokio::process::Command::new(&self.cfg.agent_program);
         cmd.args(&self.cfg.agent_args)
             .arg("--host-id")
@@ -403,6 +413,8 @@ impl LocalLand {
             .arg(&h.info.address)
             .arg("--control-url")
             .arg(&h.control_url)
+            .args(h.control_ca.as_ref().map(|_| "--control-ca"))
+            .args(h.control_ca.as_ref().map(|_| &ca_file))
             .arg("--metadata-url")
             .arg(format!("{}/hosts/{}", self.cfg.metadata_base_url, h.info.host_id))
             .arg("--parent-pid")
@@ -879,6 +891,7 @@ impl Provider for LocalLand {
                 },
                 bootstrap_token: req.bootstrap_token.clone(),
                 control_url: req.control_url.clone(),
+                control_ca: req.control_ca.clone(),
                 notice_deadline: None,
                 launched_at: unix_now(),
                 disk_bytes: req.disk_bytes.or(self.cfg.host_disk_bytes),

@@ -88,6 +88,7 @@ fn request(host_id: &str, region: &str, market: Market, zone: Option<&str>) -> L
         zone: zone.map(str::to_string),
         bootstrap_token: format!("bt-{host_id}"),
         control_url: "https://control.example:8443".into(),
+        control_ca: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
         disk_bytes: None,
     }
 }
@@ -214,8 +215,8 @@ async fn hosts_launch_on_demand_and_spot_once_per_host_id_and_terminate() {
         "{md:?}"
     );
 
-    // The user data starts the agent with its token, the control plane's URL and the
-    // instance metadata endpoint.
+    // The user data starts the agent with its token, the control plane's URL, the
+    // instance metadata endpoint …
     let script = user_data_of(&moto.url, "us-east-1", inst.instance_id().unwrap()).await;
     assert!(script.starts_with("#!/bin/sh\n"), "{script}");
     assert!(
@@ -226,6 +227,12 @@ async fn hosts_launch_on_demand_and_spot_once_per_host_id_and_terminate() {
         script.contains("/usr/local/bin/highrise agent --host-id host_a --dir /var/lib/highrise")
             && script.contains("--control-url https://control.example:8443")
             && script.contains("--metadata-url http://169.254.169.254 "),
+        "{script}"
+    );
+    // … and the CA the control plane's certificate must chain to, written to its disk.
+    assert!(
+        script.contains("printf '%s' '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n' >/var/lib/highrise/control-ca.pem\n")
+            && script.contains("--control-ca /var/lib/highrise/control-ca.pem "),
         "{script}"
     );
 

@@ -33,6 +33,7 @@ fn spot(id: &str, zone: &str) -> LaunchRequest {
         zone: Some(zone.into()),
         bootstrap_token: "t".into(),
         control_url: "http://127.0.0.1:9".into(),
+        control_ca: None,
         disk_bytes: None,
     }
 }
