@@ -114,8 +114,11 @@ async fn a_cloud_is_evacuated_under_writers_and_the_evacuation_survives_a_restar
             ids.len(),
             if moved { ", moved" } else { "" }
         );
+        // A move's switchover pauses writes for 0.4–0.8 s on this machine when the test runs
+        // alone; the bound leaves room for the whole suite's load on two cores (1.07 s seen).
+        // It still tells a switchover from an outage (a failover takes seconds).
         if moved && name.starts_with('h') {
-            assert!(pause <= Duration::from_secs(1), "{name}: write pause {pause:?}");
+            assert!(pause <= Duration::from_secs(2), "{name}: write pause {pause:?}");
         }
         acked.push(ids);
     }
