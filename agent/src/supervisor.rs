@@ -423,6 +423,7 @@ impl Instance {
                 return Ok(false);
             };
             let (host, port) = split_addr(primary)?;
+            let tls = self.write_tls(spec)?;
             staging = self.staging();
             let seeded = match &spec.restore {
                 Some(r) => match durability::seed_standby(&shared, r, &staging).await {
@@ -443,8 +444,15 @@ impl Instance {
                 }
             } else {
                 let (password, dest) = (password.clone(), staging.clone());
+                let server_name = spec.tls.as_ref().map(|t| t.server_name.clone());
+                let upstream = highrise_pg::conninfo(
+                    &host,
+                    port,
+                    REPL_USER,
+                    server_name.as_deref().zip(tls.as_ref().map(|t| t.ca.as_path())),
+                );
                 let copied = tokio::task::spawn_blocking(move || {
-                    highrise_pg::basebackup(&bin, &dest, (&host, port), REPL_USER, &password, run_as)?;
+                    highrise_pg::basebackup(&bin, &dest, &upstream, &password, run_as)?;
                     highrise_pg::disk_usage(&dest)
                 })
                 .await
@@ -530,10 +538,13 @@ impl Instance {
         } else {
             String::new()
         };
+        let tls = spec.tls.as_ref().map(|t| (t.server_name.as_str(), self.tls_files()));
         let conninfo = match (&spec.primary_addr, &spec.replication_password) {
             (Some(addr), Some(pw)) if standby => split_addr(addr).ok().map(|(host, port)| {
                 format!(
-                    "host={host} port={port} user={REPL_USER} password={pw} application_name={} connect_timeout=5",
+                    "{} password={} application_name={} connect_timeout=5",
+                    highrise_pg::conninfo(&host, port, REPL_USER, tls.as_ref().map(|(n, f)| (*n, f.ca.as_path()))),
+                    highrise_pg::conninfo_value(pw),
                     self.id
                 )
             }),
@@ -553,7 +564,28 @@ impl Instance {
             // Only a primary takes writes to hold back: for its own storage, or a standby's.
             read_only: !standby && (self.guard.read_only() || spec.storage_read_only),
             disk_bytes: self.shared.disk.borrow().map(|r| r.total_bytes),
+            tls: tls.map(|(_, f)| f),
         }
+    }
+
+    /// Where the cluster's certificate, key and CA are kept: beside the data directory,
+    /// never in it (a base backup or a copy of the data directory does not carry the key).
+    fn tls_files(&self) -> highrise_pg::TlsFiles {
+        let dir = self.dir.join("tls");
+        highrise_pg::TlsFiles {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            ca: dir.join("ca.crt"),
+        }
+    }
+
+    /// Writes the spec's certificate files (before the configuration that names them).
+    fn write_tls(&self, spec: &InstanceSpec) -> Result<Option<highrise_pg::TlsFiles>> {
+        let Some(t) = &spec.tls else { return Ok(None) };
+        let files = highrise_pg::write_tls_files(&self.dir.join("tls"), &t.cert, &t.key, &t.ca, self.shared.run_as)
+            .context("write the cluster's certificate")?;
+        debug_assert_eq!(files, self.tls_files());
+        Ok(Some(files))
     }
 
     async fn start(&mut self, spec: &InstanceSpec) -> Result<()> {
@@ -570,6 +602,7 @@ impl Instance {
         let recovering = cfg.recovery.is_some();
         let timeout = Duration::from_secs(if recovering { 3600 } else { 60 });
         self.widen_running_sync(spec)?;
+        self.write_tls(spec)?;
         highrise_pg::write_config(&self.pgdata, &cfg, shared.run_as)?;
         cfg.recovery = None;
         let pid = highrise_pg::start(&shared.bin, &self.pgdata, &self.log, shared.run_as)?;
@@ -581,7 +614,7 @@ impl Instance {
             self.save()?;
         }
         self.applied = None;
-        self.applied_config = Some(config_key(&cfg));
+        self.applied_config = Some(config_key(&cfg, spec));
         self.set_running_sync(sync_members(spec))?;
         self.admin = None;
         Ok(())
@@ -634,11 +667,13 @@ impl Instance {
     /// (synchronous standbys, the primary's address) changed.
     fn refresh_config(&mut self, spec: &InstanceSpec) -> Result<()> {
         let cfg = self.server_config(spec);
-        let key = config_key(&cfg);
+        let key = config_key(&cfg, spec);
         if self.applied_config.as_ref() == Some(&key) {
             return Ok(());
         }
         self.widen_running_sync(spec)?;
+        // A renewed certificate is read again on reload, as is `ssl` itself.
+        self.write_tls(spec)?;
         highrise_pg::write_config(&self.pgdata, &cfg, self.shared.run_as)?;
         if let Some(pid) = self.pid {
             highrise_pg::reload(pid)?;
@@ -951,17 +986,19 @@ fn sync_members(spec: &InstanceSpec) -> Vec<String> {
     }
 }
 
-/// The settings that follow the cluster's shape (the rest never changes after start).
-fn config_key(cfg: &highrise_pg::ServerConfig) -> ConfigKey {
+/// The settings that follow the cluster's shape and its certificate (the rest never
+/// changes after start).
+fn config_key(cfg: &highrise_pg::ServerConfig, spec: &InstanceSpec) -> ConfigKey {
     (
         cfg.synchronous_standby_names.clone(),
         cfg.primary_conninfo.clone(),
         cfg.replication_user.clone(),
         cfg.read_only,
+        spec.tls.as_ref().map(|t| t.cert.clone()),
     )
 }
 
-type ConfigKey = (String, Option<String>, Option<String>, bool);
+type ConfigKey = (String, Option<String>, Option<String>, bool, Option<String>);
 
 fn split_addr(addr: &str) -> Result<(String, u16)> {
     let (host, port) = addr.rsplit_once(':').with_context(|| format!("bad address {addr:?}"))?;

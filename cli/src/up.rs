@@ -483,7 +483,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         } else {
             Vec::new()
         },
-        ca_cert_pem: Some(ca.cert_pem().to_string()),
+        ca: Some(Arc::new(ca)),
         tls_domain: domain.clone(),
     };
     let control = Arc::new(Control::open(control_cfg.clone(), land.clone()).await?);

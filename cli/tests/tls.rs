@@ -29,6 +29,16 @@ fn clients_verify_the_proxy_with_the_lands_ca_and_refuse_any_other() {
     let conninfo = psql_ok(&verified, "\\conninfo");
     assert!(conninfo.contains("SSL connection"), "{conninfo}");
     assert_eq!(psql_ok(&verified, "select current_database()"), "shop");
+    // The proxy authenticates the client (SCRAM bound to the proxy's certificate: a
+    // client that demands channel binding gets it) and reaches the server over TLS.
+    let bound = format!("{verified}&channel_binding=require");
+    assert_eq!(
+        psql_ok(&bound, "select ssl from pg_stat_ssl where pid = pg_backend_pid()"),
+        "t",
+        "the proxy's connection to the server is TLS"
+    );
+    let (ok, _, err) = psql(&verified.replacen(&password, "wrong", 1), "select 1");
+    assert!(!ok && err.contains("password authentication failed for user"), "{err}");
 
     // The CA the CLI keeps is the land's, and `ca-cert` writes the same.
     let land_ca = std::fs::read_to_string(up.data_dir.join("tls/ca.crt")).unwrap();
@@ -104,9 +114,8 @@ fn clients_verify_the_proxy_with_the_lands_ca_and_refuse_any_other() {
     assert_eq!(psql_ok(&connect, "select current_database()"), "shop");
 }
 
-/// The replication password a host was given for a standby of `cluster_id`, read from
-/// that host's desired state (what an attacker on the host would hold).
-fn standby_replication_password(up: &Up, cluster_id: &str) -> String {
+/// The host directory and desired spec of `cluster_id`'s standby.
+fn standby(up: &Up, cluster_id: &str) -> (std::path::PathBuf, serde_json::Value) {
     for host in std::fs::read_dir(up.data_dir.join("land/hosts")).unwrap().flatten() {
         let Ok(bytes) = std::fs::read(host.path().join("desired.json")) else {
             continue;
@@ -114,24 +123,41 @@ fn standby_replication_password(up: &Up, cluster_id: &str) -> String {
         let desired: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         for spec in desired["instances"].as_array().into_iter().flatten() {
             if spec["cluster_id"] == cluster_id && spec["role"] == "standby" {
-                if let Some(pw) = spec["replication_password"].as_str() {
-                    return pw.to_string();
-                }
+                return (host.path(), spec.clone());
             }
         }
     }
     panic!("no standby of {cluster_id} on any host");
 }
 
-/// A replication connection as `replicator` to `addr` (`ip:port`) with `password`.
+/// The replication password a host was given for a standby of `cluster_id`, read from
+/// that host's desired state (what an attacker on the host would hold).
+fn standby_replication_password(up: &Up, cluster_id: &str) -> String {
+    let (_, spec) = standby(up, cluster_id);
+    spec["replication_password"].as_str().unwrap().to_string()
+}
+
+/// The server settings of `cluster_id`'s standby (its `highrise.conf`).
+fn standby_config(up: &Up, cluster_id: &str) -> String {
+    let (host, spec) = standby(up, cluster_id);
+    let conf = host
+        .join("i")
+        .join(spec["id"].as_str().unwrap())
+        .join("pgdata/highrise.conf");
+    std::fs::read_to_string(conf).unwrap()
+}
+
+/// A replication connection as `replicator` to `addr` (`ip:port`, then any further
+/// connection options) with `password`.
 fn replicate(addr: &str, password: &str) -> (bool, String) {
+    let (addr, extra) = addr.split_once(' ').unwrap_or((addr, ""));
     let (ip, port) = addr.rsplit_once(':').unwrap();
     let out = Command::new("psql")
         .args([
             "-X",
             "-A",
             "-t",
-            &format!("host={ip} port={port} user=replicator password={password} dbname=replication replication=true connect_timeout=10"),
+            &format!("host={ip} port={port} user=replicator password={password} dbname=replication replication=true connect_timeout=10 {extra}"),
             "-c",
             "IDENTIFY_SYSTEM",
         ])
@@ -157,9 +183,22 @@ fn a_standby_of_one_cluster_cannot_replicate_from_another() {
     let b_primary = common::ha::member(&b, "primary")["addr"].as_str().unwrap().to_string();
     let b_password = standby_replication_password(&up, b["id"].as_str().unwrap());
 
-    // B's standby streams from B's primary with what its host was given ...
+    // B's standby streams from B's primary with what its host was given, over TLS that
+    // verifies the primary by B's name (a member takes TCP over TLS only) ...
     let (ok, out) = replicate(&b_primary, &b_password);
     assert!(ok, "{out}");
+    let (ok, out) = replicate(&format!("{b_primary} sslmode=disable"), &b_password);
+    assert!(!ok && out.contains("no encryption"), "{out}");
+    let standby_conf = standby_config(&up, b["id"].as_str().unwrap());
+    let conninfo = standby_conf
+        .lines()
+        .find(|l| l.starts_with("primary_conninfo"))
+        .unwrap_or_default();
+    let b_name = format!("{}.db.localhost", b["id"].as_str().unwrap().replace('_', "-"));
+    assert!(
+        conninfo.contains("sslmode=verify-full") && conninfo.contains(&format!("host={b_name} ")),
+        "{conninfo}"
+    );
     // ... and the same login is worth nothing at A's primary.
     let (ok, out) = replicate(&a_primary, &b_password);
     assert!(!ok, "B's replication login works at A: {out}");

@@ -663,7 +663,7 @@ fn verified_uri_to(
     addrs: &[String],
     password: Option<&str>,
 ) -> Option<String> {
-    state.cfg.ca_cert_pem.as_ref()?;
+    state.cfg.ca.as_ref()?;
     let name = format!("{endpoint}.{}", state.cfg.tls_domain);
     let hosts: Vec<String> = addrs
         .iter()

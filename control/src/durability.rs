@@ -147,6 +147,22 @@ impl Keyring {
         Ok(generation)
     }
 
+    /// Seals a secret of the control plane's own (a cluster's TLS key) under the master
+    /// key, bound to `name`; hex.
+    pub fn seal_secret(&self, name: &str, plain: &[u8]) -> Result<String> {
+        Ok(hex::encode(
+            self.master.seal(name, plain, false).context("seal a secret")?,
+        ))
+    }
+
+    /// Opens what [`Keyring::seal_secret`] sealed under `name`.
+    pub fn open_secret(&self, name: &str, sealed_hex: &str) -> Result<Vec<u8>> {
+        let sealed = hex::decode(sealed_hex).context("a sealed secret is not hex")?;
+        self.master
+            .open(name, &sealed)
+            .context("open a sealed secret (is this the master key it was sealed with?)")
+    }
+
     /// Drops the org's cached keys (after a rotation or the org's deletion).
     pub fn forget(&self, org_id: &str) {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(org_id);

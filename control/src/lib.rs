@@ -13,6 +13,7 @@ pub mod ca;
 mod copies;
 pub mod durability;
 mod limits;
+mod member_tls;
 pub mod quota;
 mod reconcile;
 mod spot;
@@ -47,10 +48,11 @@ pub struct ControlConfig {
     pub spot: highrise_planner::SpotPolicy,
     /// Failed authentications allowed per source address, key id or user a minute.
     pub auth_failures_per_minute: usize,
-    /// The certificate (PEM) of the CA that signs the proxies' certificates and the
-    /// control plane's own for agents, served to clients at `GET /v1/tls/ca`; its key
-    /// stays with whoever issues (`up`).
-    pub ca_cert_pem: Option<String>,
+    /// The land's CA: it signs the proxies' certificates, the control plane's own for
+    /// agents and every cluster's server certificate (`member_tls`); its certificate is
+    /// served to clients at `GET /v1/tls/ca`. Its key is read from beside the store (like
+    /// the master key) and held in memory only.
+    pub ca: Option<Arc<ca::Ca>>,
     /// The proxies' TLS domain: a cluster's host name is `<endpoint>.<domain>`.
     pub tls_domain: String,
     /// The cells every cloud and region's hosts are split into (empty: one cell, `""`).

@@ -250,7 +250,7 @@ async fn launch(state: &AppState, h: &HostRow) {
         zone: (!h.zone.is_empty()).then(|| h.zone.clone()),
         bootstrap_token: auth::bootstrap_token(state, &h.id),
         control_url: state.cfg.agent_url.clone(),
-        control_ca: state.cfg.ca_cert_pem.clone(),
+        control_ca: state.cfg.ca.as_ref().map(|ca| ca.cert_pem().to_string()),
         disk_bytes: h.disk_bytes.and_then(|b| u64::try_from(b).ok()),
     };
     match state.provider.launch_host(req).await {

@@ -39,14 +39,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (24, include_str!("../migrations/0024_networks.sql")),
     (25, include_str!("../migrations/0025_data_key_generations.sql")),
     (26, include_str!("../migrations/0026_cells.sql")),
+    (27, include_str!("../migrations/0027_cluster_certs.sql")),
 ];
 
 mod audit;
 pub use audit::AuditFilter;
 pub use evacuations::{EvacuationClusterRow, EvacuationRow};
 mod backups;
+mod cluster_certs;
 mod clusters;
 mod data_keys;
+pub use cluster_certs::ClusterCertRow;
 pub use clusters::MoveTo;
 pub use data_keys::DataKeyRow;
 mod evacuations;

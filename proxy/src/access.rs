@@ -66,6 +66,8 @@ mod tests {
             public,
             allowed_cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
             private: None,
+            server_name: None,
+            login: None,
         }
     }
 

@@ -16,10 +16,13 @@
 //! cannot serve gets a PostgreSQL `ErrorResponse` with a clear message, never a hang.
 
 mod access;
+mod auth;
+mod backend;
 pub mod fuzzing;
 mod listeners;
 mod protocol;
 mod routes;
+mod scram;
 mod splice;
 
 pub use protocol::{Startup, StartupError};
@@ -27,6 +30,7 @@ pub use routes::RouteCache;
 
 use access::Via;
 use anyhow::{Context, Result};
+use backend::{Backend, BackendError};
 use protocol::{
     cancel_request, error_response, notice_response, read_packet, scan_server_messages, Packet, ServerEvent,
 };
@@ -88,9 +92,9 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListen
 
 /// Serves `listener` until `shutdown` turns true.
 pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::Receiver<bool>) -> Result<()> {
-    let acceptor = match &cfg.tls {
-        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
-        None => None,
+    let (acceptor, cert_hash) = match &cfg.tls {
+        Some((cert, key)) => (Some(tls_acceptor(cert, key)?), Some(auth::cert_end_point_hash(cert)?)),
+        None => (None, None),
     };
     let routes = RouteCache::load(&cfg.cache_file);
     let control = routes::ControlUrl::new(&cfg.control_url);
@@ -108,6 +112,7 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
         on_miss,
         routes,
         acceptor,
+        cert_hash,
         domain: cfg.domain.clone(),
         startup_timeout: cfg.startup_timeout,
     });
@@ -166,6 +171,8 @@ struct Ctx {
     routes: RouteCache,
     on_miss: Option<routes::OnMiss>,
     acceptor: Option<TlsAcceptor>,
+    /// `tls-server-end-point` data of the proxy's certificate (SCRAM channel binding).
+    cert_hash: Option<Vec<u8>>,
     domain: String,
     startup_timeout: Duration,
 }
@@ -255,6 +262,27 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
     if let Err(e) = access::admit(&route, peer, via) {
         return reject(&mut client, &e).await;
     }
+    // The cluster's servers speak TLS with its certificate: verified with the table's CA.
+    let connector = match &route.server_name {
+        Some(_) => match ctx.routes.server_tls() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(%endpoint, "{e}");
+                return reject(&mut client, &StartupError::Untrusted(endpoint)).await;
+            }
+        },
+        None => None,
+    };
+    let tls = connector.as_ref().zip(route.server_name.as_deref());
+    // With the owner's verifier the proxy authenticates the client before any server
+    // hears of it (a wrong password costs the database nothing).
+    let login = match &route.login {
+        Some(l) => match Box::pin(authenticate(&mut client, &startup, l, &endpoint, ctx)).await {
+            Ok(v) => Some(v),
+            Err(e) => return reject(&mut client, &e).await,
+        },
+        None => None,
+    };
     // During a switch the route has no primary, or the old one refuses connections:
     // hold the client (up to HOLD) and release it to the new primary.
     let deadline = tokio::time::Instant::now() + HOLD;
@@ -267,8 +295,12 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
         else {
             return reject(&mut client, &StartupError::Unavailable(endpoint)).await;
         };
-        match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await {
+        match tokio::time::timeout(Duration::from_secs(2), backend::connect(&addr, tls)).await {
             Ok(Ok(b)) => break (b, addr),
+            Ok(Err(BackendError::Untrusted(e))) => {
+                tracing::warn!(%endpoint, "{e}");
+                return reject(&mut client, &StartupError::Untrusted(endpoint)).await;
+            }
             Ok(Err(e)) => tracing::debug!(%endpoint, %addr, "connect to primary: {e}"),
             Err(_) => tracing::debug!(%endpoint, %addr, "connect to primary: timed out"),
         }
@@ -277,11 +309,27 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
         }
         refused = Some(addr);
     };
-    backend.set_nodelay(true).context("set TCP_NODELAY")?;
     backend
         .write_all(&startup.encode())
         .await
         .context("forward startup packet")?;
+    if let Some((verifier, verified)) = &login {
+        match tokio::time::timeout(HOLD, auth::login(&mut backend, verifier, &verified.client_key)).await {
+            Ok(Ok(())) => client
+                .write_all(&auth::client_accepted(verified))
+                .await
+                .context("write to client")?,
+            Ok(Err(auth::LoginError::Refused(error))) => {
+                client.write_all(&error).await.context("write to client")?;
+                return Ok(());
+            }
+            Ok(Err(auth::LoginError::Other(e))) => {
+                tracing::warn!(%endpoint, %addr, "log in to the server: {e:#}");
+                return reject(&mut client, &StartupError::ServerLogin(endpoint)).await;
+            }
+            Err(_) => return reject(&mut client, &StartupError::Unavailable(endpoint)).await,
+        }
+    }
     // A session belongs to the primary it was opened on: once the endpoint's primary is
     // elsewhere, it ends (both sockets closed), so its client reconnects to the new one
     // instead of waiting on an old primary that may be frozen and never answer.
@@ -318,6 +366,42 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
     res
 }
 
+/// Authenticates the client as the route's owner (SCRAM with the cluster's verifier, bound
+/// to the proxy's certificate over TLS); the verifier and what the client proved.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
+    client: &mut S,
+    startup: &Startup,
+    login: &highrise_api::RouteLogin,
+    endpoint: &str,
+    ctx: &Ctx,
+) -> Result<(scram::Verifier, scram::Verified), StartupError> {
+    let user = startup.get("user").unwrap_or_default();
+    if user != login.user {
+        return Err(StartupError::NotOwner {
+            user: user.to_string(),
+            endpoint: endpoint.to_string(),
+        });
+    }
+    let Some(verifier) = scram::Verifier::parse(&login.scram) else {
+        tracing::error!(%endpoint, "the route's verifier is not a SCRAM-SHA-256 secret");
+        return Err(StartupError::ServerLogin(endpoint.to_string()));
+    };
+    let hash = if client.encrypted() {
+        ctx.cert_hash.as_deref()
+    } else {
+        None
+    };
+    match tokio::time::timeout(ctx.startup_timeout, auth::authenticate_client(client, &verifier, hash)).await {
+        Ok(Ok(verified)) => Ok((verifier, verified)),
+        Ok(Err(auth::ClientAuthError::Scram(scram::ScramError::Proof))) => {
+            Err(StartupError::BadPassword(user.to_string()))
+        }
+        Ok(Err(auth::ClientAuthError::Scram(e))) => Err(StartupError::AuthRefused(e.to_string())),
+        Ok(Err(e)) => Err(StartupError::Malformed(e.to_string())),
+        Err(_) => Err(StartupError::Timeout),
+    }
+}
+
 enum Session {
     /// The session is ready; the cancel key, if the server sent one.
     Ready(Option<(u32, u32)>),
@@ -331,7 +415,7 @@ enum Session {
 /// client as a warning just before the session is ready.
 async fn relay_startup<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
-    backend: &mut TcpStream,
+    backend: &mut Backend,
     notice: Option<&str>,
 ) -> Result<Session> {
     let mut from_client = vec![0u8; 8192];
@@ -405,11 +489,19 @@ async fn forward_cancel(ctx: &Ctx, pid: u32, secret: u32) -> Result<()> {
     Ok(())
 }
 
-async fn relay<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(client: S, mut backend: TcpStream) -> Result<()> {
-    // Plain TCP on both sides takes the leaner relay; TLS goes through the generic copy.
-    match client.into_tcp() {
-        Ok(tcp) => splice::relay(tcp, backend).await.context("relay")?,
-        Err(mut client) => {
+async fn relay<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(mut client: S, backend: Backend) -> Result<()> {
+    // Plain TCP on both sides takes the leaner relay; TLS on either goes through the
+    // generic copy.
+    match backend {
+        Backend::Plain(mut server) => match client.into_tcp() {
+            Ok(tcp) => splice::relay(tcp, server).await.context("relay")?,
+            Err(mut client) => {
+                tokio::io::copy_bidirectional(&mut client, &mut server)
+                    .await
+                    .context("relay")?;
+            }
+        },
+        mut backend => {
             tokio::io::copy_bidirectional(&mut client, &mut backend)
                 .await
                 .context("relay")?;
@@ -421,16 +513,26 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(client: S, mut backe
 /// A client connection: plain TCP can be relayed with the lean path.
 trait IntoTcp: Sized {
     fn into_tcp(self) -> Result<TcpStream, Self>;
+    /// Whether the client came over TLS (to the proxy).
+    fn encrypted(&self) -> bool;
 }
 
 impl IntoTcp for TcpStream {
     fn into_tcp(self) -> Result<TcpStream, Self> {
         Ok(self)
     }
+
+    fn encrypted(&self) -> bool {
+        false
+    }
 }
 
 impl IntoTcp for tokio_rustls::server::TlsStream<TcpStream> {
     fn into_tcp(self) -> Result<TcpStream, Self> {
         Err(self)
+    }
+
+    fn encrypted(&self) -> bool {
+        true
     }
 }

@@ -39,6 +39,18 @@ pub enum StartupError {
     PrivateOnly(String),
     #[error("endpoint \"{0}\" is not served at this private endpoint's address")]
     NotServedHere(String),
+    #[error(
+        "the server of endpoint \"{0}\" could not be verified, so the session was not opened there; try again shortly"
+    )]
+    Untrusted(String),
+    #[error("password authentication failed for user \"{0}\"")]
+    BadPassword(String),
+    #[error("authentication refused: {0}")]
+    AuthRefused(String),
+    #[error("role \"{user}\" cannot log in to endpoint \"{endpoint}\" (only the cluster's owner can)")]
+    NotOwner { user: String, endpoint: String },
+    #[error("the server of endpoint \"{0}\" did not take the proxy's log-in (was the owner's password changed inside the database?)")]
+    ServerLogin(String),
 }
 
 impl StartupError {
@@ -50,12 +62,15 @@ impl StartupError {
             | StartupError::Closed => "08P01",
             StartupError::Timeout => "08006",
             StartupError::NoEndpoint(_) | StartupError::UnknownEndpoint(_) => "08004",
-            StartupError::Unavailable(_) => "08006",
+            StartupError::Unavailable(_) | StartupError::Untrusted(_) => "08006",
+            StartupError::BadPassword(_) | StartupError::ServerLogin(_) => "28P01",
             // What PostgreSQL answers when pg_hba.conf has no entry for the client.
             StartupError::NotPublic(_)
             | StartupError::NotAllowed { .. }
             | StartupError::PrivateOnly(_)
-            | StartupError::NotServedHere(_) => "28000",
+            | StartupError::NotServedHere(_)
+            | StartupError::AuthRefused(_)
+            | StartupError::NotOwner { .. } => "28000",
         }
     }
 }

@@ -9,10 +9,16 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+/// The servers' CA as the table names it (PEM), and a TLS client trusting it alone (or
+/// why there is none).
+type ServerTls = (String, Result<TlsConnector, String>);
 
 #[derive(Clone)]
 pub struct RouteCache {
     inner: Arc<RwLock<(String, HashMap<String, Route>)>>,
+    server_tls: Arc<RwLock<Option<ServerTls>>>,
     /// Bumped on every table change; held connections wait on it.
     changes: Arc<watch::Sender<u64>>,
 }
@@ -21,6 +27,7 @@ impl Default for RouteCache {
     fn default() -> Self {
         Self {
             inner: Arc::default(),
+            server_tls: Arc::default(),
             changes: Arc::new(watch::channel(0).0),
         }
     }
@@ -55,9 +62,29 @@ impl RouteCache {
     }
 
     pub fn replace(&self, t: RouteTable) {
+        {
+            let mut tls = self.server_tls.write().unwrap_or_else(|p| p.into_inner());
+            if tls.as_ref().map(|(pem, _)| pem) != t.server_ca.as_ref() {
+                *tls = t.server_ca.map(|pem| {
+                    let connector = crate::backend::connector(&pem);
+                    if let Err(e) = &connector {
+                        tracing::error!("{e}: servers that need it cannot be reached");
+                    }
+                    (pem, connector)
+                });
+            }
+        }
         let map = t.routes.into_iter().map(|r| (r.endpoint.clone(), r)).collect();
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = (t.version, map);
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A TLS client for the servers, trusting the table's CA alone; why there is none.
+    pub fn server_tls(&self) -> Result<TlsConnector, String> {
+        match &*self.server_tls.read().unwrap_or_else(|p| p.into_inner()) {
+            Some((_, c)) => c.clone(),
+            None => Err("the routing table names no CA for the servers".into()),
+        }
     }
 
     /// Wakes on every table change.
@@ -304,9 +331,19 @@ fn install(cache: &RouteCache, cfg: &ProxyConfig, t: RouteTable) {
     cache.replace(t);
 }
 
+/// Writes the table for the next start: readable by the proxy's user alone (it holds the
+/// owners' SCRAM verifiers).
 fn persist(path: &Path, t: &RouteTable) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(t).map_err(std::io::Error::other)?)?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(&serde_json::to_vec(t).map_err(std::io::Error::other)?)?;
     std::fs::rename(tmp, path)
 }
 
@@ -326,7 +363,10 @@ mod tests {
                 public: true,
                 allowed_cidrs: Vec::new(),
                 private: None,
+                server_name: None,
+                login: None,
             }],
+            server_ca: None,
         }
     }
 
@@ -356,6 +396,7 @@ mod tests {
         cache.replace(RouteTable {
             version: "v5".into(),
             routes: vec![],
+            server_ca: None,
         });
         let gone = cache.moved_from("ep", "10.0.0.2:5432");
         tokio::pin!(gone);

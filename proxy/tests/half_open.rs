@@ -39,7 +39,10 @@ async fn thousands_of_half_open_connections_do_not_delay_a_valid_client() {
             public: true,
             allowed_cidrs: Vec::new(),
             private: None,
+            server_name: None,
+            login: None,
         }],
+        server_ca: None,
     };
     std::fs::write(&cache_file, serde_json::to_vec(&table).unwrap()).unwrap();
     // No control plane: the proxy serves from its cached routes.

@@ -140,9 +140,27 @@ pub(super) async fn proxy_routes(
     ApiQuery(q): ApiQuery<LongPoll>,
 ) -> ApiResult<Json<RouteTable>> {
     let doc = long_poll(&state, &q, || async {
-        let routes = state.store.routes().await.map_err(store_err("routes"))?;
-        let version = content_version(&routes);
-        Ok((version.clone(), RouteTable { version, routes }))
+        let mut routes = state.store.routes().await.map_err(store_err("routes"))?;
+        // With a CA every member serves TLS with its cluster's certificate: the proxy
+        // verifies the cluster's name with the CA, and authenticates clients itself
+        // (SCRAM through a proxy that speaks TLS to the server cannot be end to end).
+        // Without one the exchange passes through and the proxy holds no verifier.
+        let server_ca = state.cfg.ca.as_ref().map(|ca| ca.cert_pem().to_string());
+        for r in &mut routes {
+            match server_ca {
+                Some(_) => r.server_name = Some(crate::member_tls::server_name(&r.cluster_id, &state.cfg.tls_domain)),
+                None => r.login = None,
+            }
+        }
+        let version = content_version(&(&routes, &server_ca));
+        Ok((
+            version.clone(),
+            RouteTable {
+                version,
+                routes,
+                server_ca,
+            },
+        ))
     })
     .await?;
     Ok(Json(doc))

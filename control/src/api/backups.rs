@@ -377,6 +377,9 @@ pub(super) async fn fill_desired(state: &AppState, rows: Vec<DesiredRow>) -> Api
         let cluster = |id: String| async move { state.store.cluster_by_id(&id).await.map_err(store_err("cluster")) };
         let c = cluster(spec.cluster_id.clone()).await?;
         spec.storage = Some(durability::storage_spec(state, &c, &cloud).await.map_err(keyed)?);
+        spec.tls = crate::member_tls::member_tls(state, &c.id)
+            .await
+            .map_err(|e| ApiError::internal("cluster certificate", format!("{e:#}")))?;
         if let Some(r) = record {
             // The source may be deleted and gone from the store; its objects stay (in the
             // same org) until retention drops them.

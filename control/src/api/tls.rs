@@ -12,8 +12,9 @@ use super::*;
 pub(super) async fn ca_certificate(State(state): State<Arc<AppState>>) -> ApiResult<Response> {
     let pem = state
         .cfg
-        .ca_cert_pem
-        .clone()
+        .ca
+        .as_ref()
+        .map(|ca| ca.cert_pem().to_string())
         .ok_or_else(|| ApiError::not_found("CA certificate"))?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
 }

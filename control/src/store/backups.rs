@@ -122,10 +122,18 @@ impl Store {
     }
 
     pub async fn remove_cluster(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM clusters WHERE id = $1 AND deleted_at IS NOT NULL")
+        let mut tx = self.begin().await?;
+        let removed = sqlx::query("DELETE FROM clusters WHERE id = $1 AND deleted_at IS NOT NULL")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if removed.rows_affected() > 0 {
+            sqlx::query("DELETE FROM cluster_certs WHERE cluster_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 }

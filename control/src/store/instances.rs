@@ -152,6 +152,7 @@ impl Store {
                 restore: None,
                 storage_limit_bytes: planner::plan_storage_bytes(&r.try_get::<String, _>("plan")?),
                 storage_read_only: primary && standby_nearly_full,
+                tls: None,
             };
             specs.push(DesiredRow {
                 restore_json: if primary { r.try_get("restore_json")? } else { None },
@@ -164,10 +165,11 @@ impl Store {
     }
 
     /// Where each live cluster's primary is: the proxy's routing table. A cluster whose
-    /// current-term primary has not (yet) reported itself promoted has no address.
+    /// current-term primary has not (yet) reported itself promoted has no address. Each
+    /// route names the owner and its verifier (the caller decides whether proxies get it).
     pub async fn routes(&self) -> Result<Vec<Route>> {
         let rows = sqlx::query(
-            "SELECT c.endpoint, c.id, c.term, c.storage_level, c.public_endpoint, c.allowed_cidrs, \
+            "SELECT c.endpoint, c.id, c.term, c.storage_level, c.public_endpoint, c.allowed_cidrs, c.owner_name, c.owner_scram, \
              (SELECT i.addr FROM instances i WHERE i.cluster_id = c.id AND i.deleting = 0 AND i.draining = 0 AND i.role = 'primary' \
               AND i.in_recovery = 0 AND i.observed_term = c.term AND i.observed IN ('running', 'unhealthy') \
               AND i.addr IS NOT NULL ORDER BY i.id LIMIT 1) AS addr \
@@ -187,6 +189,11 @@ impl Store {
                     public: r.try_get::<i64, _>("public_endpoint")? != 0,
                     allowed_cidrs: super::id_list(&r.try_get::<String, _>("allowed_cidrs")?),
                     private: None,
+                    server_name: None,
+                    login: Some(highrise_api::RouteLogin {
+                        user: r.try_get("owner_name")?,
+                        scram: r.try_get("owner_scram")?,
+                    }),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -980,6 +980,24 @@ pub struct InstanceSpec {
     /// fills would stop), so new transactions default to read-only here too.
     #[serde(default)]
     pub storage_read_only: bool,
+    /// The cluster's server certificate: the member serves TCP over TLS only, and a
+    /// standby verifies its primary by the same name and CA (`sslmode=verify-full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MemberTls>,
+}
+
+/// A cluster's TLS identity, the same on every member: a certificate for `server_name`
+/// (which names the cluster, so a server of another cluster cannot pass for it) issued
+/// by the land's CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MemberTls {
+    pub server_name: String,
+    /// PEM.
+    pub cert: String,
+    /// PEM; sent to the cluster's hosts only.
+    pub key: String,
+    /// The CA's certificate (PEM) a standby verifies its primary with.
+    pub ca: String,
 }
 
 /// A cluster's corner of object storage and the tenant's data key to seal it with.
@@ -1229,6 +1247,10 @@ pub struct SpotNotice {
 pub struct RouteTable {
     pub version: String,
     pub routes: Vec<Route>,
+    /// The CA (PEM) that signs the servers' certificates: a route with a `server_name`
+    /// is reached over TLS verified with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_ca: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -1253,6 +1275,23 @@ pub struct Route {
     /// (and nothing else); the public listeners refuse it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private: Option<PrivateListener>,
+    /// The name the cluster's servers' certificates carry: the proxy connects to them over
+    /// TLS and verifies that name (`None`: plain TCP, a land without a CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The role that logs in through the proxy and its SCRAM verifier: the proxy
+    /// authenticates the client itself and logs in to the server with the key the client
+    /// proved (`None`: the exchange passes through to the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<RouteLogin>,
+}
+
+/// The cluster's owner as the proxy authenticates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RouteLogin {
+    pub user: String,
+    /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, as the server keeps it.
+    pub scram: String,
 }
 
 /// Where a private endpoint listens: an address inside a tenant network.

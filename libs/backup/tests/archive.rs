@@ -28,6 +28,7 @@ fn config(dir: &Path, port: u16, recovery: Option<Recovery>) -> ServerConfig {
         recovery,
         read_only: false,
         disk_bytes: None,
+        tls: None,
     }
 }
 

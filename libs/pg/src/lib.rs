@@ -203,6 +203,70 @@ pub struct ServerConfig {
     /// The disk's size in bytes, when known: the WAL PostgreSQL keeps between checkpoints
     /// is bounded to a share of it (the default 1 GB would fill a small disk by itself).
     pub disk_bytes: Option<u64>,
+    /// Serve TCP over TLS only, with this certificate ([`write_tls_files`]); `None`: TCP
+    /// in the clear.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A server's certificate, key and the CA that signed it, as files PostgreSQL reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// Writes a server's certificate, key (mode 0600, as PostgreSQL demands) and CA into
+/// `dir` (mode 0700), owned by the PostgreSQL user; unchanged files are left alone.
+pub fn write_tls_files(
+    dir: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+    run_as: Option<RunAs>,
+) -> Result<TlsFiles> {
+    own_dir(dir, run_as, 0o700)?;
+    let files = TlsFiles {
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+        ca: dir.join("ca.crt"),
+    };
+    for (path, text, mode) in [
+        (&files.cert, cert_pem, 0o644),
+        (&files.key, key_pem, 0o600),
+        (&files.ca, ca_pem, 0o644),
+    ] {
+        if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
+            write_owned_mode(path, text, run_as, mode)?;
+        }
+    }
+    Ok(files)
+}
+
+/// A libpq connection string to a server at `ip:port` as `user`. With `tls` (the name its
+/// certificate carries and the CA file), the connection is encrypted and the server
+/// verified (`sslmode=verify-full`: `host` is the name checked, `hostaddr` where to go).
+pub fn conninfo(ip: &str, port: u16, user: &str, tls: Option<(&str, &Path)>) -> String {
+    let q = conninfo_value;
+    match tls {
+        Some((name, ca)) => format!(
+            "host={} hostaddr={} port={port} user={} sslmode=verify-full sslrootcert={}",
+            q(name),
+            q(ip),
+            q(user),
+            q(&ca.display().to_string())
+        ),
+        None => format!("host={} port={port} user={}", q(ip), q(user)),
+    }
+}
+
+/// A value for a libpq connection string: bare when it can be, else single-quoted with
+/// `\` and `'` escaped.
+pub fn conninfo_value(v: &str) -> String {
+    if !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\\' || c == '\'') {
+        return v.to_string();
+    }
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// `max_wal_size` and `min_wal_size` in MB for a disk of `disk_bytes`: an eighth of the
@@ -272,6 +336,19 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
         min_wal = min_wal_mb,
         read_only = if cfg.read_only { "on" } else { "off" },
     );
+    let mut conf = conf;
+    // With a certificate, TCP takes TLS only (every `host` line below is `hostssl`).
+    let host = match &cfg.tls {
+        Some(t) => {
+            conf.push_str(&format!(
+                "ssl = on\nssl_cert_file = {}\nssl_key_file = {}\nssl_min_protocol_version = 'TLSv1.2'\n",
+                quote_literal(&t.cert.display().to_string()),
+                quote_literal(&t.key.display().to_string()),
+            ));
+            "hostssl"
+        }
+        None => "host   ",
+    };
     let mut hba = String::from(
         "# Written by the highrise agent; changes are overwritten.\n\
          # TYPE  DATABASE  USER  ADDRESS  METHOD\n",
@@ -280,13 +357,12 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
     // The agent's WAL archiver streams over the local socket.
     hba.push_str(&format!("local   replication  {ADMIN_USER}  trust\n"));
     if let Some(user) = &cfg.replication_user {
-        hba.push_str(&format!("host    replication  {user}  0.0.0.0/0  scram-sha-256\n"));
+        hba.push_str(&format!("{host} replication  {user}  0.0.0.0/0  scram-sha-256\n"));
     }
     for (user, db) in &cfg.tcp_logins {
-        hba.push_str(&format!("host    {db}  {user}  0.0.0.0/0  scram-sha-256\n"));
-        hba.push_str(&format!("host    {db}  {user}  ::/0  scram-sha-256\n"));
+        hba.push_str(&format!("{host} {db}  {user}  0.0.0.0/0  scram-sha-256\n"));
+        hba.push_str(&format!("{host} {db}  {user}  ::/0  scram-sha-256\n"));
     }
-    let mut conf = conf;
     if let Some(r) = &cfg.recovery {
         // The restore placed every segment in pg_wal already; the archive has nothing more.
         conf.push_str(
@@ -312,8 +388,22 @@ pub fn write_config(datadir: &Path, cfg: &ServerConfig, run_as: Option<RunAs>) -
 
 /// Writes a file atomically (temp file + rename) owned by the PostgreSQL user.
 fn write_owned(path: &Path, contents: &str, run_as: Option<RunAs>) -> Result<()> {
+    write_owned_mode(path, contents, run_as, 0o644)
+}
+
+/// [`write_owned`] with the file's mode (set before any byte is written).
+fn write_owned_mode(path: &Path, contents: &str, run_as: Option<RunAs>, mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .with_context(|| format!("write {}", tmp.display()))?;
     if let Some(r) = run_as {
         nix::unistd::chown(&tmp, Some(r.uid.into()), Some(r.gid.into()))
             .with_context(|| format!("chown {}", tmp.display()))?;
@@ -338,6 +428,10 @@ pub fn start(bin: &PgBin, datadir: &Path, log: &Path, run_as: Option<RunAs>) -> 
         .stdout(logfile)
         .stderr(errfile)
         .env("LC_ALL", "C")
+        // A standby's libpq looks for a client certificate under `~/.postgresql`: not in
+        // the agent's home (root's, unreadable to the server's user) but in the data
+        // directory, where there is none.
+        .env("HOME", datadir)
         .process_group(0);
     if let Some(r) = run_as {
         r.apply(&mut cmd);
@@ -460,15 +554,8 @@ pub async fn wait_ready(datadir: &Path, pid: u32, log: &Path, timeout: Duration)
 }
 
 /// Copies a running primary into `datadir` with `pg_basebackup` (WAL streamed along),
-/// ready to start as its standby.
-pub fn basebackup(
-    bin: &PgBin,
-    datadir: &Path,
-    primary: (&str, u16),
-    user: &str,
-    password: &str,
-    run_as: Option<RunAs>,
-) -> Result<()> {
+/// ready to start as its standby; `primary` is a [`conninfo`] (the password aside).
+pub fn basebackup(bin: &PgBin, datadir: &Path, primary: &str, password: &str, run_as: Option<RunAs>) -> Result<()> {
     if datadir.exists() {
         std::fs::remove_dir_all(datadir).with_context(|| format!("clear {}", datadir.display()))?;
     }
@@ -476,10 +563,13 @@ pub fn basebackup(
     let mut cmd = std::process::Command::new(bin.path("pg_basebackup"));
     cmd.arg("-D")
         .arg(datadir)
-        .args(["-h", primary.0, "-p", &primary.1.to_string(), "-U", user])
+        .arg("-d")
+        .arg(primary)
         .args(["-X", "stream", "-c", "fast", "--no-password", "--no-sync"])
         .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10");
+        .env("PGCONNECT_TIMEOUT", "10")
+        // No client certificate from anyone's `~/.postgresql` (see `start`).
+        .env("HOME", datadir);
     if let Some(r) = run_as {
         r.apply(&mut cmd);
     }

@@ -19,6 +19,16 @@ impl ScratchServer {
     /// Initialises and starts a server on `127.0.0.1`; `tcp_logins` are the `(user,
     /// database)` pairs that may log in over TCP with a SCRAM password.
     pub async fn start(tcp_logins: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with(tcp_logins, None).await
+    }
+
+    /// [`ScratchServer::start`] serving TCP over TLS only, with `tls` (certificate, key and
+    /// CA, PEM).
+    pub async fn start_tls(tcp_logins: &[(&str, &str)], tls: (&str, &str, &str)) -> Result<Self> {
+        Self::start_with(tcp_logins, Some(tls)).await
+    }
+
+    async fn start_with(tcp_logins: &[(&str, &str)], tls: Option<(&str, &str, &str)>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("hr-pg-")
             .tempdir()
@@ -48,6 +58,10 @@ impl ScratchServer {
             recovery: None,
             read_only: false,
             disk_bytes: None,
+            tls: match tls {
+                Some((cert, key, ca)) => Some(crate::write_tls_files(&dir.path().join("tls"), cert, key, ca, run_as)?),
+                None => None,
+            },
         };
         crate::write_config(&data, &cfg, run_as)?;
         let log = dir.path().join("pg.log");
