@@ -23,6 +23,13 @@ pub enum LandCommand {
         #[command(flatten)]
         conn: LandConn,
     },
+    /// Rotate the master key: everything it seals in the store (orgs' data keys, clusters'
+    /// certificate keys, the audit chain's key) is sealed under a new one and the old one
+    /// is removed; the control plane restarts at the same addresses, databases run on.
+    RotateMasterKey {
+        #[command(flatten)]
+        conn: LandConn,
+    },
     /// Set a pool's spot capacity (hosts beyond it get notices); `auto` hands it back to
     /// its model (fixed, or the replayed trace).
     Capacity {
@@ -114,6 +121,24 @@ pub async fn land(cmd: LandCommand) -> Result<()> {
                     "host {host} has a spot notice; it goes at unix second {}",
                     body["terminates_at"]
                 );
+            }
+        }
+        LandCommand::RotateMasterKey { conn } => {
+            let url = land_url(&conn)?;
+            let resp = http
+                .post(format!("{url}/land/control-plane/rotate-master-key"))
+                .send()
+                .await
+                .with_context(|| format!("reach the land at {url}"))?;
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            if !status.is_success() {
+                bail!("{body} ({status})");
+            }
+            if conn.json {
+                println!("{body}");
+            } else {
+                println!("master key rotated: the store is sealed under the new key, and the old one is gone");
             }
         }
         LandCommand::Capacity { pool, capacity, conn } => {

@@ -450,10 +450,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         .unwrap_or_else(|| format!("sqlite://{}", dir.join("control.db").display()));
     // The master key wraps every tenant's data key; it lives beside, not in, the
     // metadata store (or comes from the environment).
-    let master_key = match std::env::var("HIGHRISE_MASTER_KEY") {
-        Ok(k) => k,
-        Err(_) => secret_file(&dir.join("master.key"), || highrise_control::random_hex(32))?,
-    };
+    let (master_key, previous_master_keys) = master_keys(&dir)?;
     let storage = storage_config(&dir, &args, &clouds)?;
     let (ca, tls_cert, tls_key) = ensure_tls(&dir, &domain)?;
     // The agents' channel: the control plane's certificate names its address (any port:
@@ -465,13 +462,14 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     let agent_listener = TlsListener::new(agent_listener, &agent_cert).context("serve TLS for agents")?;
     let agent_url = format!("https://{}", agent_listener.local_addr());
     let ca_pem = ca.cert_pem().to_string();
-    let control_cfg = ControlConfig {
+    let mut control_cfg = ControlConfig {
         database_url,
         agent_url: agent_url.clone(),
         proxy_token: proxy_token.clone(),
         proxy_public_addrs: proxy_public.iter().map(ToString::to_string).collect(),
         storage,
         master_key,
+        previous_master_keys,
         spot: highrise_planner::SpotPolicy {
             stable_secs: args.spot_stable_secs,
             no_capacity_backoff_secs: args.spot_backoff_secs,
@@ -487,6 +485,8 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         tls_domain: domain.clone(),
     };
     let control = Arc::new(Control::open(control_cfg.clone(), land.clone()).await?);
+    // A rotation interrupted after the store was re-sealed: the new key is now the key.
+    finish_rotation(&dir, &mut control_cfg)?;
 
     // The client config: keep a saved key that still works, else mint one.
     let config_path = args
@@ -513,7 +513,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     write_private(&dir.join("client.json"), &serde_json::to_vec_pretty(&client_cfg)?)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (move_tx, mut move_rx) = tokio::sync::mpsc::channel::<MoveRequest>(1);
+    let (move_tx, mut move_rx) = tokio::sync::mpsc::channel::<PlaneRequest>(1);
     let land_srv = serve_http(
         land_listener,
         land.clone().router().merge(control_plane_routes(move_tx)),
@@ -575,12 +575,15 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     loop {
         tokio::select! {
             _ = &mut signal => break,
-            Some(reply) = move_rx.recv() => {
-                let moved = move_control_plane(&mut plane, &control_cfg, &agent_cert, &land, &args, &[&config_path, &dir.join("client.json")]).await;
-                if let Err(e) = &moved {
-                    tracing::error!("move the control plane: {e:#}");
+            Some((what, reply)) = move_rx.recv() => {
+                let done = match what {
+                    PlaneChange::Move => move_control_plane(&mut plane, &control_cfg, &agent_cert, &land, &args, &[&config_path, &dir.join("client.json")]).await,
+                    PlaneChange::RotateMasterKey => rotate_master_key(&mut plane, &mut control_cfg, &agent_cert, &land, &args, &dir).await,
+                };
+                if let Err(e) = &done {
+                    tracing::error!("{what:?}: {e:#}");
                 }
-                let _ = reply.send(moved.map_err(|e| format!("{e:#}")));
+                let _ = reply.send(done.map_err(|e| format!("{e:#}")));
             }
         }
     }
@@ -669,32 +672,152 @@ impl ControlPlane {
     }
 }
 
-/// A request to move the control plane, answered with its new URL.
-type MoveRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
+/// What the operator asks of the control plane through the land.
+#[derive(Debug, Clone, Copy)]
+enum PlaneChange {
+    /// It moved: restart at a new address over the same store.
+    Move,
+    /// Re-seal the store under a new master key: restart at the same addresses.
+    RotateMasterKey,
+}
+
+/// A change, answered with the API's URL afterwards.
+type PlaneRequest = (PlaneChange, tokio::sync::oneshot::Sender<Result<String, String>>);
 
 /// `POST /land/control-plane/move`: the operator's "the control plane moved" (in the
 /// local land it restarts at a new port of the same machine, over the same store).
-fn control_plane_routes(requests: tokio::sync::mpsc::Sender<MoveRequest>) -> axum::Router {
+/// `POST /land/control-plane/rotate-master-key`: a new master key (see
+/// [`rotate_master_key`]).
+fn control_plane_routes(requests: tokio::sync::mpsc::Sender<PlaneRequest>) -> axum::Router {
+    use axum::extract::State;
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
+    async fn ask(requests: tokio::sync::mpsc::Sender<PlaneRequest>, what: PlaneChange) -> axum::response::Response {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if requests.send((what, tx)).await.is_err() {
+            return (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response();
+        }
+        match rx.await {
+            Ok(Ok(url)) => axum::Json(serde_json::json!({ "api_url": url })).into_response(),
+            Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response(),
+        }
+    }
     axum::Router::new()
         .route(
             "/land/control-plane/move",
-            axum::routing::post(
-                |axum::extract::State(requests): axum::extract::State<tokio::sync::mpsc::Sender<MoveRequest>>| async move {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    if requests.send(tx).await.is_err() {
-                        return (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response();
-                    }
-                    match rx.await {
-                        Ok(Ok(url)) => axum::Json(serde_json::json!({ "api_url": url })).into_response(),
-                        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
-                        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "stopping").into_response(),
-                    }
-                },
-            ),
+            axum::routing::post(|State(r): State<tokio::sync::mpsc::Sender<PlaneRequest>>| ask(r, PlaneChange::Move)),
+        )
+        .route(
+            "/land/control-plane/rotate-master-key",
+            axum::routing::post(|State(r): State<tokio::sync::mpsc::Sender<PlaneRequest>>| {
+                ask(r, PlaneChange::RotateMasterKey)
+            }),
         )
         .with_state(requests)
+}
+
+/// The master key and the previous ones a store may still be sealed under: from
+/// `HIGHRISE_MASTER_KEY` (and `HIGHRISE_PREVIOUS_MASTER_KEYS`, comma-separated), else from
+/// `master.key` in the data directory — or, while a rotation is under way, from
+/// `master.key.next` with `master.key` as the previous one.
+fn master_keys(dir: &Path) -> Result<(String, Vec<String>)> {
+    if let Ok(k) = std::env::var("HIGHRISE_MASTER_KEY") {
+        let previous = std::env::var("HIGHRISE_PREVIOUS_MASTER_KEYS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_string)
+            .collect();
+        return Ok((k, previous));
+    }
+    let current = secret_file(&dir.join("master.key"), || highrise_control::random_hex(32))?;
+    match std::fs::read_to_string(dir.join("master.key.next")) {
+        Ok(next) if !next.trim().is_empty() => Ok((next.trim().to_string(), vec![current])),
+        _ => Ok((current, Vec::new())),
+    }
+}
+
+/// Once the store is sealed under the key in `master.key.next`, it becomes `master.key`
+/// (the old key is gone from the disk) and no previous key is kept.
+fn finish_rotation(dir: &Path, cfg: &mut ControlConfig) -> Result<()> {
+    let next = dir.join("master.key.next");
+    if cfg.previous_master_keys.is_empty() || !next.exists() {
+        return Ok(());
+    }
+    std::fs::rename(&next, dir.join("master.key")).context("make the new master key the master key")?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    cfg.previous_master_keys.clear();
+    tracing::warn!("master key rotated: the store is sealed under the new key; the old one is gone");
+    Ok(())
+}
+
+/// Rotates the master key: a new one (`master.key.next`), the control plane restarted at
+/// the same addresses over the same store, which re-seals everything the old key sealed
+/// under the new one as it opens; then the new key replaces the old on disk. Hosts,
+/// databases and proxies are not touched (the data keys do not change, only their
+/// wrapping); the API and the agents' channel are away for the restart. A failure leaves
+/// the control plane running on the old key.
+async fn rotate_master_key(
+    plane: &mut ControlPlane,
+    cfg: &mut ControlConfig,
+    agent_cert: &Issued,
+    land: &Arc<LocalLand>,
+    args: &UpArgs,
+    dir: &Path,
+) -> Result<String> {
+    if std::env::var_os("HIGHRISE_MASTER_KEY").is_some() {
+        anyhow::bail!(
+            "the master key comes from HIGHRISE_MASTER_KEY: rotate by starting with the new key there and the old one in HIGHRISE_PREVIOUS_MASTER_KEYS"
+        );
+    }
+    let next = secret_file(&dir.join("master.key.next"), || highrise_control::random_hex(32))?;
+    let rotated = ControlConfig {
+        master_key: next,
+        previous_master_keys: vec![cfg.master_key.clone()],
+        ..cfg.clone()
+    };
+    let api: SocketAddr = plane
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .context("read the API's address")?;
+    let agents: SocketAddr = plane
+        .agent_url
+        .trim_start_matches("https://")
+        .parse()
+        .context("read the agents' address")?;
+    plane.stop().await;
+    let opened = Control::open(rotated.clone(), land.clone()).await;
+    let (control, failed) = match opened {
+        Ok(c) => (c, None),
+        Err(e) => {
+            let _ = std::fs::remove_file(dir.join("master.key.next"));
+            let c = Control::open(cfg.clone(), land.clone())
+                .await
+                .context("reopen the control plane")?;
+            (c, Some(e))
+        }
+    };
+    let listener = TcpListener::bind(api)
+        .await
+        .with_context(|| format!("listen for the API on {api} again"))?;
+    let agent_listener = TcpListener::bind(agents)
+        .await
+        .with_context(|| format!("listen for agents on {agents} again"))?;
+    let agent_listener = TlsListener::new(agent_listener, agent_cert).context("serve TLS for agents")?;
+    *plane = ControlPlane::start(Arc::new(control), listener, agent_listener, !args.no_reconciler);
+    if let Some(e) = failed {
+        return Err(e.context("the master key was not rotated; the old one is still in use"));
+    }
+    *cfg = rotated;
+    finish_rotation(dir, cfg)?;
+    println!("master key rotated");
+    std::io::stdout().flush().ok();
+    Ok(plane.url.clone())
 }
 
 /// Stops the control plane and starts it again at a new address over the same store,

@@ -1,18 +1,20 @@
 //! The audit log: every mutating API call and every sign-in, who made it (a user or a key),
 //! from where, on what, and how it ended, appended to the org's chain in the store.
 //!
-//! Each entry's hash is an HMAC over its fields and the previous entry's hash, keyed by a
-//! key derived from the master key — which lives outside the metadata store — so someone
+//! Each entry's hash is an HMAC over its fields and the previous entry's hash, keyed by the
+//! chain key — kept in the store sealed under the master key, which lives outside it (its
+//! first value was derived from the master key of the day, [`chain_key`]) — so someone
 //! who can write the store can neither edit or remove an entry nor forge a new chain
 //! without [`verify`] noticing (removing the newest entries is the one change a chain
-//! alone cannot show).
+//! alone cannot show). Rotating the master key re-seals the chain key, not the chains.
 
 use crate::store::AuditRow;
 use crate::AppState;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// The key the chain is sealed with, derived from the master key.
+/// The chain key a store gets when it first records its master key: derived from that key
+/// (what every chain was sealed with before the chain key was kept in the store).
 pub fn chain_key(master_key_hex: &str) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
     let master = hex::decode(master_key_hex.trim()).context("read the master key as hex")?;

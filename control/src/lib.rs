@@ -13,6 +13,7 @@ pub mod ca;
 mod copies;
 pub mod durability;
 mod limits;
+mod master_key;
 mod member_tls;
 pub mod quota;
 mod reconcile;
@@ -44,6 +45,9 @@ pub struct ControlConfig {
     /// The key that wraps every tenant's data key (hex, 32 bytes); kept outside the
     /// metadata store.
     pub master_key: String,
+    /// Master keys used before (hex): a store still sealed under one of them is re-sealed
+    /// under `master_key` when the control plane opens it (a rotation).
+    pub previous_master_keys: Vec<String>,
     /// The spot policy's knobs (short in tests).
     pub spot: highrise_planner::SpotPolicy,
     /// Failed authentications allowed per source address, key id or user a minute.
@@ -82,7 +86,7 @@ pub(crate) struct AppState {
     pub keys: durability::Keyring,
     /// Failed authentications per source address and key id.
     pub auth_limits: limits::AuthLimiter,
-    /// Seals the audit log's chains (derived from the master key, never stored).
+    /// Seals the audit log's chains (kept in the store sealed under the master key).
     pub audit_key: Vec<u8>,
     /// Held by a copy round ([`copies`]) and by retention's deletes ([`durability`]), so a
     /// copy never brings back an object retention is deleting from every store.
@@ -115,7 +119,9 @@ impl Control {
         let bootstrap_key = key_hex.into_bytes();
         let (changes, _) = watch::channel(0);
         let keys = durability::Keyring::new(&cfg.master_key)?;
-        let audit_key = audit::chain_key(&cfg.master_key)?;
+        let audit_key = master_key::open(&store, &cfg.master_key, &cfg.previous_master_keys)
+            .await
+            .context("open what the master key seals")?;
         let auth_limits = limits::AuthLimiter::new(cfg.auth_failures_per_minute);
         Ok(Self {
             state: Arc::new(AppState {

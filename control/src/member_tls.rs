@@ -29,7 +29,7 @@ fn renewal_due(row: &ClusterCertRow, name: &str, now: i64) -> bool {
 }
 
 /// What a sealed key is bound to: the key of one cluster opens as no other's.
-fn seal_name(cluster_id: &str) -> String {
+pub(crate) fn seal_name(cluster_id: &str) -> String {
     format!("cluster-tls-key/{cluster_id}")
 }
 

@@ -40,6 +40,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (25, include_str!("../migrations/0025_data_key_generations.sql")),
     (26, include_str!("../migrations/0026_cells.sql")),
     (27, include_str!("../migrations/0027_cluster_certs.sql")),
+    (28, include_str!("../migrations/0028_master_key.sql")),
 ];
 
 mod audit;
@@ -52,11 +53,13 @@ mod data_keys;
 pub use cluster_certs::ClusterCertRow;
 pub use clusters::MoveTo;
 pub use data_keys::DataKeyRow;
+pub use master_key::{MasterKeyRow, Sealed};
 mod evacuations;
 mod events;
 mod hosts;
 mod instances;
 mod keys;
+mod master_key;
 mod members;
 mod networks;
 mod operations;

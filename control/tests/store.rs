@@ -811,6 +811,83 @@ async fn access(store: &Store) {
         [2]
     );
 
+    // A cluster's certificate: the first of two issuers wins; a renewal replaces only the
+    // certificate it read.
+    let cert = |n: &str| ClusterCertRow {
+        server_name: "cl-x.db.localhost".into(),
+        cert_pem: format!("cert {n}"),
+        key_sealed: format!("key {n}"),
+        not_after: 100,
+    };
+    assert_eq!(store.cluster_cert("cl-x").await.unwrap(), None);
+    let first = store.replace_cluster_cert("cl-x", None, &cert("1"), 1).await.unwrap();
+    assert_eq!(first, cert("1"));
+    assert_eq!(
+        store.replace_cluster_cert("cl-x", None, &cert("2"), 1).await.unwrap(),
+        cert("1")
+    );
+    assert_eq!(
+        store
+            .replace_cluster_cert("cl-x", Some(&first), &cert("3"), 2)
+            .await
+            .unwrap(),
+        cert("3")
+    );
+    assert_eq!(
+        store
+            .replace_cluster_cert("cl-x", Some(&first), &cert("4"), 3)
+            .await
+            .unwrap(),
+        cert("3")
+    );
+
+    // The master key's record, and re-sealing all it seals at once — or nothing.
+    let row = MasterKeyRow {
+        fingerprint: "fp1".into(),
+        audit_key_sealed: "audit1".into(),
+    };
+    assert_eq!(store.init_master_key_row(&row).await.unwrap(), row);
+    let other = MasterKeyRow {
+        fingerprint: "fp9".into(),
+        ..row.clone()
+    };
+    assert_eq!(
+        store.init_master_key_row(&other).await.unwrap(),
+        row,
+        "the first record stays"
+    );
+    store.add_org_data_key("o1", 7, "wrapped-by-1").await.unwrap();
+    let old = store.sealed_under_master_key().await.unwrap();
+    let mut new = old.clone();
+    new.audit_key = "audit2".into();
+    for k in &mut new.data_keys {
+        k.2 = format!("{}-by-2", k.0);
+    }
+    for k in &mut new.cluster_keys {
+        k.1 = "key-by-2".into();
+    }
+    // Read before someone changed a value: nothing is re-sealed.
+    let mut stale = old.clone();
+    stale.cluster_keys[0].1 = "not what is stored".into();
+    assert!(matches!(
+        store.reseal_master_key("fp1", "fp2", &stale, &new).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.master_key_row().await.unwrap(), Some(row.clone()));
+    store.reseal_master_key("fp1", "fp2", &old, &new).await.unwrap();
+    let now = store.sealed_under_master_key().await.unwrap();
+    assert_eq!(
+        (now.audit_key.as_str(), now.data_keys.len()),
+        ("audit2", old.data_keys.len())
+    );
+    assert!(
+        now.data_keys.iter().all(|k| k.2.ends_with("-by-2")),
+        "{:?}",
+        now.data_keys
+    );
+    assert_eq!(now.cluster_keys, vec![("cl-x".to_string(), "key-by-2".to_string())]);
+    assert_eq!(store.master_key_row().await.unwrap().unwrap().fingerprint, "fp2");
+
     // Projects: only an empty one goes.
     let p1b = store.project("o1", "p1b").await.unwrap();
     assert!(matches!(store.delete_project(&p1b).await, Err(StoreError::Conflict(_))));
