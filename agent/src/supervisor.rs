@@ -375,6 +375,7 @@ impl Instance {
             term: self.applied.as_ref().map_or(0, |s| s.term),
             archived_lsn: self.archiver.as_ref().and_then(|a| a.status.borrow().archived),
             archive_error: self.archiver.as_ref().and_then(|a| a.status.borrow().error.clone()),
+            sealing_generation: self.archiver.as_ref().map(|a| a.key.1.data_key_generation),
             storage: self.storage.map(|(_, s)| {
                 // The disk's room as of now, not of the last walk of the directory.
                 let room = (*self.shared.disk.borrow())

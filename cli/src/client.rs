@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use highrise_api::{
     Backup, BackupPolicy, BackupVerification, Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster,
     CreatedOrg, DataKeyInfo, ErrorBody, MoveCluster, Operation, OperationStatus, OrgQuotas, QuotaUsage, RestoreFrom,
-    StorageLevel, Switchover, UpdateCluster,
+    RetiredKeys, StorageLevel, Switchover, UpdateCluster,
 };
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -422,6 +422,12 @@ pub enum OrgCommand {
     },
     /// Rotate your org's data key: a new generation seals everything written from now on.
     RotateKey {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Retire your org's older data key generations: everything they sealed is sealed again
+    /// under the newest, then they are destroyed.
+    RetireKeys {
         #[command(flatten)]
         conn: Conn,
     },
@@ -1244,6 +1250,27 @@ pub async fn org(cmd: OrgCommand) -> Result<()> {
                 "data key generation {} seals from now on; older generations still open what they sealed",
                 k.generation
             );
+            Ok(())
+        }
+        OrgCommand::RetireKeys { conn } => {
+            let api = Api::from(&conn)?;
+            let r: RetiredKeys = api
+                .send(api.http.post(format!("{}/v1/data-keys/retire", api.url)))
+                .await?;
+            if conn.output == Output::Json {
+                return print_json(&r);
+            }
+            if r.retired.is_empty() {
+                println!("only one data key generation: nothing to retire");
+            } else {
+                let gens: Vec<String> = r.retired.iter().map(u32::to_string).collect();
+                println!(
+                    "generation(s) {} retired: {} of {} objects sealed again under the newest",
+                    gens.join(", "),
+                    r.resealed,
+                    r.objects
+                );
+            }
             Ok(())
         }
         OrgCommand::Keys { conn } => {

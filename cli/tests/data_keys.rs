@@ -1,8 +1,10 @@
 //! Tenant data keys (issue 14), on the real `highrise up` with its filesystem object
 //! store: a rotation makes a new generation seal what is written from then on while
 //! everything sealed before still restores — a backup from before and one from after, and
-//! a point in time whose WAL spans both generations; deleting an org destroys its keys, so
-//! the objects it left can be opened by no key the land holds (crypto-shredding).
+//! a point in time whose WAL spans both generations; retiring the old generation seals
+//! all it sealed again under the new one and destroys it, and all of it still restores;
+//! deleting an org destroys its keys, so the objects it left can be opened by no key the
+//! land holds (crypto-shredding).
 
 mod common;
 
@@ -168,6 +170,55 @@ fn a_rotated_key_seals_new_objects_and_backups_from_both_sides_restore() {
     );
     // Verify reads every part of each backup back with the keys of their generations.
     up.cli_ok(&["backup", "verify", "ledger"]);
+
+    // Retiring generation 1: everything it sealed is sealed again under generation 2 —
+    // the first backup, the WAL before the rotation — and generation 1 is destroyed.
+    // The restored clusters take their first base backups meanwhile: until those are
+    // done (they seal with the key they started with) the retirement is refused (409).
+    let mut retired = Value::Null;
+    wait_for("the retirement to be allowed", Duration::from_secs(120), || {
+        let out = up.cli(&["org", "retire-keys", "--output", "json"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            assert!(err.contains("409"), "{err}");
+            return false;
+        }
+        retired = json(&String::from_utf8_lossy(&out.stdout));
+        true
+    });
+    assert_eq!(retired["retired"], serde_json::json!([1]), "{retired}");
+    assert!(retired["resealed"].as_u64().unwrap() > 0, "{retired}");
+    let left = generations(&up, &org, &id);
+    assert!(!left.is_empty() && left.iter().all(|g| *g == 2), "{left:?}");
+    let keys = up.cli_ok(&["org", "keys"]);
+    assert!(keys.contains("2            yes") && !keys.contains("\n1 "), "{keys}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(
+        !rt.block_on(land_keys(&up)).iter().any(|(o, g, _)| *o == org && *g == 1),
+        "generation 1 is destroyed"
+    );
+    // What generation 1 sealed still restores, now under generation 2.
+    let again = up.cli_ok(&[
+        "cluster",
+        "restore",
+        "mid-again",
+        "--from",
+        "ledger",
+        "--time",
+        between.trim(),
+        "--wait",
+    ]);
+    let again_uri = again.lines().last().unwrap().trim();
+    assert_eq!(
+        psql_ok(again_uri, "select string_agg(distinct v, ',' order by v) from t"),
+        "after rotation,before"
+    );
+    up.cli_ok(&["backup", "verify", "ledger"]);
+    // With one generation left there is nothing to retire.
+    assert!(up.cli_ok(&["org", "retire-keys"]).contains("nothing to retire"));
 }
 
 #[test]

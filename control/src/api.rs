@@ -881,7 +881,7 @@ fn view_of(
         sessions::accept_invite, sessions::me, sessions::logout, audit::list_audit, audit::verify_audit, clusters::list_clusters, clusters::create_cluster, clusters::get_cluster,
         clusters::update_cluster, clusters::delete_cluster, events::cluster_events, clusters::switchover,
         networks::list_networks, networks::create_network, networks::delete_network,
-        data_keys::list_data_keys, data_keys::rotate_data_key, orgs::delete_org,
+        data_keys::list_data_keys, data_keys::rotate_data_key, data_keys::retire_data_keys, orgs::delete_org,
         endpoints::list_endpoints, endpoints::create_endpoint, endpoints::delete_endpoint,
         clusters::move_cluster,
         clusters::cancel_move,
@@ -1062,6 +1062,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/orgs/{org}", axum::routing::delete(orgs::delete_org))
         .route("/v1/data-keys", get(data_keys::list_data_keys))
         .route("/v1/data-keys/rotate", post(data_keys::rotate_data_key))
+        .route("/v1/data-keys/retire", post(data_keys::retire_data_keys))
         .route("/v1/orgs/{org}/quotas", get(orgs::org_quotas).put(orgs::set_quotas))
         .route("/v1/quotas", get(orgs::get_quotas))
         .route(

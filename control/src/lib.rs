@@ -17,6 +17,7 @@ mod master_key;
 mod member_tls;
 pub mod quota;
 mod reconcile;
+mod reseal;
 mod spot;
 pub mod store;
 pub mod tls_listener;

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (26, include_str!("../migrations/0026_cells.sql")),
     (27, include_str!("../migrations/0027_cluster_certs.sql")),
     (28, include_str!("../migrations/0028_master_key.sql")),
+    (29, include_str!("../migrations/0029_sealing_generation.sql")),
 ];
 
 mod audit;
@@ -52,7 +53,7 @@ mod clusters;
 mod data_keys;
 pub use cluster_certs::ClusterCertRow;
 pub use clusters::MoveTo;
-pub use data_keys::DataKeyRow;
+pub use data_keys::{DataKeyRow, Sealing};
 pub use master_key::{MasterKeyRow, Sealed};
 mod evacuations;
 mod events;

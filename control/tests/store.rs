@@ -305,8 +305,21 @@ async fn exercise(store: Store) {
         storage: None,
         seed: None,
         max_connections: Some(400),
+        sealing_generation: Some(3),
     };
     assert!(store.heartbeat("h1", 7, std::slice::from_ref(&running)).await.unwrap());
+    // What the org's primaries seal with (retiring older data keys waits for the newest).
+    assert_eq!(
+        store.org_primaries_sealing("o1").await.unwrap(),
+        vec![Sealing {
+            cluster_id: "c1".into(),
+            host_id: "h1".into(),
+            running: true,
+            generation: Some(3),
+        }]
+    );
+    assert!(store.org_cluster_ids("o1").await.unwrap().contains(&"c1".to_string()));
+    assert_eq!(store.org_backup_running("o1").await.unwrap(), None);
     // What the server runs with is a floor for every member (a standby must allow as many
     // connections as its primary), above what a small plan allows.
     assert_eq!(

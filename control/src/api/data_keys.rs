@@ -1,5 +1,5 @@
-//! The org's data keys: their generations, and rotation (a new generation seals from now
-//! on; the older ones still open what they sealed).
+//! The org's data keys: their generations, rotation (a new generation seals from now on;
+//! the older ones still open what they sealed) and retirement of the older ones.
 
 use super::*;
 
@@ -63,4 +63,27 @@ pub(super) async fn rotate_data_key(
             created_at: now(),
         }),
     ))
+}
+
+/// Retire the org's older data key generations: every object sealed under one is sealed
+/// again under the newest, then the older generations are destroyed. Refused (409) while
+/// a primary of the org's clusters does not yet report sealing with the newest, or a base
+/// backup is running.
+#[utoipa::path(post, path = "/v1/data-keys/retire",
+    responses((status = 200, body = RetiredKeys), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn retire_data_keys(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> ApiResult<Json<RetiredKeys>> {
+    caller.audit_target("data-keys".to_string());
+    require(&caller, Action::WriteKeys)?;
+    match crate::reseal::retire_older_keys(&state, &caller.org_id).await {
+        Ok(r) => Ok(Json(RetiredKeys {
+            retired: r.generations,
+            objects: r.objects,
+            resealed: r.resealed,
+        })),
+        Err(crate::reseal::RetireError::NotYet(why)) => Err(ApiError::conflict(why)),
+        Err(crate::reseal::RetireError::Other(e)) => Err(ApiError::internal("retire data keys", format!("{e:#}"))),
+    }
 }

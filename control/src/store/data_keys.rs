@@ -19,7 +19,78 @@ fn data_key(r: &AnyRow) -> Result<DataKeyRow> {
     })
 }
 
+/// What one primary of an org's clusters seals with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealing {
+    pub cluster_id: String,
+    pub host_id: String,
+    /// Observed running.
+    pub running: bool,
+    /// The generation its archiver reports.
+    pub generation: Option<i64>,
+}
+
 impl Store {
+    /// The primaries of the org's live clusters and the generation each seals with.
+    pub async fn org_primaries_sealing(&self, org_id: &str) -> Result<Vec<Sealing>> {
+        let rows = sqlx::query(
+            "SELECT i.cluster_id, i.host_id, i.observed, i.sealing_generation FROM instances i \
+             JOIN clusters c ON c.id = i.cluster_id JOIN projects p ON p.id = c.project_id \
+             WHERE p.org_id = $1 AND c.deleted_at IS NULL AND i.deleting = 0 AND i.role = 'primary' \
+             ORDER BY i.cluster_id, i.id",
+        )
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Sealing {
+                    cluster_id: r.try_get("cluster_id")?,
+                    host_id: r.try_get("host_id")?,
+                    running: r.try_get::<String, _>("observed")? == "running",
+                    generation: r.try_get("sealing_generation")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A base backup of one of the org's clusters that is still being taken.
+    pub async fn org_backup_running(&self, org_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT b.id FROM backups b JOIN clusters c ON c.id = b.cluster_id JOIN projects p ON p.id = c.project_id \
+             WHERE p.org_id = $1 AND b.status = 'pending' ORDER BY b.id LIMIT 1",
+        )
+        .bind(org_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get("id")).transpose().map_err(Into::into)
+    }
+
+    /// Every cluster the org has, and those deleted whose record (and objects) remain.
+    pub async fn org_cluster_ids(&self, org_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT c.id FROM clusters c JOIN projects p ON p.id = c.project_id WHERE p.org_id = $1 ORDER BY c.id",
+        )
+        .bind(org_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.try_get("id").map_err(Into::into)).collect()
+    }
+
+    /// Destroys the org's generations older than `generation` (never the newest);
+    /// returns how many.
+    pub async fn delete_org_data_keys_before(&self, org_id: &str, generation: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM org_data_keys WHERE org_id = $1 AND generation < $2 \
+             AND generation < (SELECT MAX(generation) FROM org_data_keys WHERE org_id = $1)",
+        )
+        .bind(org_id)
+        .bind(generation)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     /// The org's data keys, newest first.
     pub async fn org_data_keys(&self, org_id: &str) -> Result<Vec<DataKeyRow>> {
         let rows = sqlx::query(

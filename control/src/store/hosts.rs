@@ -158,7 +158,8 @@ impl Store {
                  sync_streaming = $11, data_bytes = COALESCE($12, data_bytes), wal_bytes = COALESCE($13, wal_bytes), \
                  disk_free_bytes = COALESCE($14, disk_free_bytes), disk_total_bytes = COALESCE($15, disk_total_bytes), \
                  disk_reserve_bytes = COALESCE($16, disk_reserve_bytes), storage_level = COALESCE($17, storage_level), \
-                 seed_json = COALESCE($18, seed_json), max_connections = COALESCE($19, max_connections) WHERE id = $20",
+                 seed_json = COALESCE($18, seed_json), max_connections = COALESCE($19, max_connections), \
+                 sealing_generation = $20 WHERE id = $21",
             )
             .bind(&state)
             .bind(&o.addr)
@@ -180,6 +181,7 @@ impl Store {
             // A plain struct of strings and numbers: serializing it cannot fail.
             .bind(o.seed.as_ref().and_then(|s| serde_json::to_string(s).ok()))
             .bind(o.max_connections.map(i64::from))
+            .bind(o.sealing_generation.map(i64::from))
             .bind(&r.id)
             .execute(&mut *tx)
             .await?;

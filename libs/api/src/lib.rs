@@ -68,6 +68,17 @@ pub struct DataKeyInfo {
     pub created_at: UnixSeconds,
 }
 
+/// What retiring the older data key generations did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RetiredKeys {
+    /// The generations destroyed.
+    pub retired: Vec<u32>,
+    /// Objects looked at, in every store.
+    pub objects: u64,
+    /// Of those, sealed again under the newest generation.
+    pub resealed: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Project {
     pub id: String,
@@ -1098,6 +1109,9 @@ pub struct ObservedInstance {
     /// primary).
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// The data key generation the instance's WAL archiver seals with (a primary's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing_generation: Option<u32>,
 }
 
 /// Where a standby's data directory came from, and how much of it its primary sent.

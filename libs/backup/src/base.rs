@@ -180,6 +180,43 @@ impl Repo {
         })
     }
 
+    /// Seals backup `id` again under the newest key — each part sealed under an older
+    /// generation, then the manifest with the parts' new sizes and checksums. Returns how
+    /// many objects were sealed again. A part whose checksum no longer matches but which
+    /// opens (a retirement stopped between a part and its manifest) is taken as it is
+    /// now: running this again finishes what was interrupted.
+    pub async fn reseal_backup(&self, id: &str) -> Result<u64, Error> {
+        let manifest = format!("base/{id}/manifest");
+        let manifest_generation = crate::seal::Keyring::generation_of(&self.get_raw(&manifest).await?);
+        let mut m = self.manifest(id).await?;
+        let current = self.key.current();
+        let (mut resealed, mut changed) = (0, false);
+        for p in &mut m.parts {
+            let name = self.name(&p.name);
+            let mut sealed = self.get_raw(&p.name).await?;
+            if crate::seal::Keyring::generation_of(&sealed).is_none_or(|g| g < current) {
+                let plain = self.key.open(&name, &sealed)?;
+                sealed = self.key.seal(&name, &plain, true)?;
+                self.put_sealed(&p.name, sealed.clone()).await?;
+                resealed += 1;
+            }
+            let sha = sha256_hex(&sealed);
+            if sealed.len() as u64 != p.stored || sha != p.sha256 {
+                // Only an object that opens (its tag binds its name) is taken.
+                self.key.open(&name, &sealed)?;
+                p.stored = sealed.len() as u64;
+                p.sha256 = sha;
+                changed = true;
+            }
+        }
+        if changed || manifest_generation.is_none_or(|g| g < current) {
+            m.stored = m.parts.iter().map(|p| p.stored).sum();
+            self.put_manifest(&m).await?;
+            resealed += 1;
+        }
+        Ok(resealed)
+    }
+
     /// Complete backups (those with a manifest), oldest first.
     pub async fn backups(&self) -> Result<Vec<Manifest>, Error> {
         let (ids, _) = self.list_dirs("base").await?;

@@ -162,6 +162,21 @@ impl Repo {
         Ok(len)
     }
 
+    /// Seals an object again under the newest key when an older generation sealed it;
+    /// returns that generation (`None`: the newest sealed it already). Its name and
+    /// content stay; the store replaces it whole.
+    pub async fn reseal(&self, rel: &str) -> Result<Option<u32>, Error> {
+        let sealed = self.get_raw(rel).await?;
+        let generation = Keyring::generation_of(&sealed)
+            .ok_or_else(|| Error::Crypto(format!("{} is not a sealed object", self.name(rel))))?;
+        if generation >= self.key.current() {
+            return Ok(None);
+        }
+        let plain = self.key.open(&self.name(rel), &sealed)?;
+        self.put(rel, &plain, true).await?;
+        Ok(Some(generation))
+    }
+
     /// Reads and opens an object.
     pub async fn get(&self, rel: &str) -> Result<Vec<u8>, Error> {
         let sealed = self.get_raw(rel).await?;
