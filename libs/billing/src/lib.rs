@@ -1,0 +1,11 @@
+//! Metering and billing as pure functions (issue 15): what the control plane decides
+//! about usage and money, with no I/O and no clock of its own — time is an input, so tests
+//! run a month in microseconds and the simulator can drive the same rules.
+//!
+//! * [`meter`]: cumulative counters (instance-seconds, GB-seconds, bytes) read from agents
+//!   and proxies become usage per hour, exactly once whatever is repeated, late or lost.
+//! * [`prices`]: a versioned list-price book (per dimension, per cloud and region, with
+//!   effective dates) and what an hour's usage costs, in decimals — never floats.
+
+pub mod meter;
+pub mod prices;
