@@ -925,6 +925,12 @@ impl Provider for LocalLand {
     }
 
     async fn create_network(&self, namespace: &str, cidr: &str) -> Result<(), ProviderError> {
+        // Said to the tenant as what this land cannot do, not as a server error.
+        if !nix::unistd::geteuid().is_root() {
+            return Err(ProviderError::Unsupported(
+                "tenant networks in this land are network namespaces, which only root can make: run `highrise up` as root".into(),
+            ));
+        }
         let (namespace, cidr) = (namespace.to_string(), cidr.to_string());
         tokio::task::spawn_blocking(move || network::create(&namespace, &cidr))
             .await
