@@ -445,12 +445,12 @@ impl Instance {
                 }
             } else {
                 let (password, dest) = (password.clone(), staging.clone());
-                let server_name = spec.tls.as_ref().map(|t| t.server_name.clone());
+                let verify = spec.tls.as_ref().zip(tls.as_ref());
                 let upstream = highrise_pg::conninfo(
                     &host,
                     port,
                     REPL_USER,
-                    server_name.as_deref().zip(tls.as_ref().map(|t| t.ca.as_path())),
+                    verify.map(|(t, files)| (t.server_name.as_str(), files.ca.as_path())),
                 );
                 let copied = tokio::task::spawn_blocking(move || {
                     highrise_pg::basebackup(&bin, &dest, &upstream, &password, run_as)?;
@@ -572,21 +572,15 @@ impl Instance {
     /// Where the cluster's certificate, key and CA are kept: beside the data directory,
     /// never in it (a base backup or a copy of the data directory does not carry the key).
     fn tls_files(&self) -> highrise_pg::TlsFiles {
-        let dir = self.dir.join("tls");
-        highrise_pg::TlsFiles {
-            cert: dir.join("server.crt"),
-            key: dir.join("server.key"),
-            ca: dir.join("ca.crt"),
-        }
+        highrise_pg::TlsFiles::in_dir(&self.dir.join("tls"))
     }
 
     /// Writes the spec's certificate files (before the configuration that names them).
     fn write_tls(&self, spec: &InstanceSpec) -> Result<Option<highrise_pg::TlsFiles>> {
         let Some(t) = &spec.tls else { return Ok(None) };
-        let files = highrise_pg::write_tls_files(&self.dir.join("tls"), &t.cert, &t.key, &t.ca, self.shared.run_as)
-            .context("write the cluster's certificate")?;
-        debug_assert_eq!(files, self.tls_files());
-        Ok(Some(files))
+        highrise_pg::write_tls_files(&self.dir.join("tls"), &t.cert, &t.key, &t.ca, self.shared.run_as)
+            .map(Some)
+            .context("write the cluster's certificate")
     }
 
     async fn start(&mut self, spec: &InstanceSpec) -> Result<()> {

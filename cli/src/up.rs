@@ -525,7 +525,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         land.boot(&agent_url, Some(&ca_pem)).context("boot the land's hosts")?;
         land.spawn_market();
     }
-    let mut plane = ControlPlane::start(control, api_listener, agent_listener, reconcile);
+    let mut plane = ControlPlane::start(control, api_listener, agent_listener, reconcile)?;
     let mut proxies = Vec::new();
     for (cloud, listener) in proxy_listeners {
         let cfg = highrise_proxy::ProxyConfig {
@@ -605,8 +605,10 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
 
 /// The control plane's part of `up`: its API server and reconciler over one store.
 struct ControlPlane {
-    url: String,
-    agent_url: String,
+    /// Where the API listens.
+    api: SocketAddr,
+    /// Where agents and proxies reach it (TLS).
+    agents: SocketAddr,
     /// Until stopped.
     running: Option<Running>,
 }
@@ -620,9 +622,22 @@ struct Running {
 }
 
 impl ControlPlane {
-    fn start(control: Arc<Control>, listener: TcpListener, agent_listener: TlsListener, reconcile: bool) -> Self {
-        let url = listener.local_addr().map(|a| format!("http://{a}")).unwrap_or_default();
-        let agent_url = format!("https://{}", agent_listener.local_addr());
+    fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    fn agent_url(&self) -> String {
+        format!("https://{}", self.agents)
+    }
+
+    fn start(
+        control: Arc<Control>,
+        listener: TcpListener,
+        agent_listener: TlsListener,
+        reconcile: bool,
+    ) -> Result<Self> {
+        let api_addr = listener.local_addr().context("read the API's address")?;
+        let agents_addr = agent_listener.local_addr();
         let (api_stop, api_stop_rx) = watch::channel(false);
         let api = serve_http(listener, control.router(), api_stop_rx.clone());
         let agents = serve_http(agent_listener, control.router(), api_stop_rx);
@@ -631,9 +646,9 @@ impl ControlPlane {
             let control = Arc::clone(&control);
             (tokio::spawn(async move { control.run_reconciler(rx).await }), tx)
         });
-        Self {
-            url,
-            agent_url,
+        Ok(Self {
+            api: api_addr,
+            agents: agents_addr,
             running: Some(Running {
                 control,
                 api,
@@ -641,7 +656,7 @@ impl ControlPlane {
                 api_stop,
                 reconciler,
             }),
-        }
+        })
     }
 
     /// Stops the reconciler (its round finishes) and the API: requests get a second to
@@ -780,16 +795,7 @@ async fn rotate_master_key(
         previous_master_keys: vec![cfg.master_key.clone()],
         ..cfg.clone()
     };
-    let api: SocketAddr = plane
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .context("read the API's address")?;
-    let agents: SocketAddr = plane
-        .agent_url
-        .trim_start_matches("https://")
-        .parse()
-        .context("read the agents' address")?;
+    let (api, agents) = (plane.api, plane.agents);
     plane.stop().await;
     let opened = Control::open(rotated.clone(), land.clone()).await;
     let (control, failed) = match opened {
@@ -809,7 +815,7 @@ async fn rotate_master_key(
         .await
         .with_context(|| format!("listen for agents on {agents} again"))?;
     let agent_listener = TlsListener::new(agent_listener, agent_cert).context("serve TLS for agents")?;
-    *plane = ControlPlane::start(Arc::new(control), listener, agent_listener, !args.no_reconciler);
+    *plane = ControlPlane::start(Arc::new(control), listener, agent_listener, !args.no_reconciler)?;
     if let Some(e) = failed {
         return Err(e.context("the master key was not rotated; the old one is still in use"));
     }
@@ -817,7 +823,7 @@ async fn rotate_master_key(
     finish_rotation(dir, cfg)?;
     println!("master key rotated");
     std::io::stdout().flush().ok();
-    Ok(plane.url.clone())
+    Ok(plane.url())
 }
 
 /// Stops the control plane and starts it again at a new address over the same store,
@@ -841,7 +847,7 @@ async fn move_control_plane(
         .context("listen for agents at a new address")?;
     let agent_listener = TlsListener::new(agent_listener, agent_cert).context("serve TLS for agents")?;
     let agent_url = format!("https://{}", agent_listener.local_addr());
-    let from = plane.url.clone();
+    let from = plane.url();
     plane.stop().await;
     let control = Control::open(
         ControlConfig {
@@ -852,7 +858,7 @@ async fn move_control_plane(
     )
     .await
     .context("open the control plane at its new address")?;
-    *plane = ControlPlane::start(Arc::new(control), listener, agent_listener, !args.no_reconciler);
+    *plane = ControlPlane::start(Arc::new(control), listener, agent_listener, !args.no_reconciler)?;
     land.set_control_url(&agent_url)
         .context("tell the land where the control plane is")?;
     for path in client_configs {
@@ -864,8 +870,8 @@ async fn move_control_plane(
             write_private(path, &serde_json::to_vec_pretty(&c)?)?;
         }
     }
-    tracing::warn!(from = %from, to = %url, agents = %plane.agent_url, "the control plane moved");
-    println!("control plane moved: API {url}, agents {}", plane.agent_url);
+    tracing::warn!(from = %from, to = %url, agents = %plane.agent_url(), "the control plane moved");
+    println!("control plane moved: API {url}, agents {}", plane.agent_url());
     std::io::stdout().flush().ok();
     Ok(url)
 }

@@ -11,12 +11,13 @@ mod common;
 use common::*;
 use highrise_backup::Key;
 use sqlx::Row;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Counts failed attempts while it inserts rows until `stop`; the ids acknowledged.
-async fn writer(uri: String, stop: Arc<AtomicBool>) -> (Vec<i64>, usize) {
+/// Counts failed attempts while it inserts rows until `stop`, and acknowledged ones in
+/// `done` as they come; the ids acknowledged.
+async fn writer(uri: String, stop: Arc<AtomicBool>, done: Arc<AtomicUsize>) -> (Vec<i64>, usize) {
     let (mut acked, mut failed) = (Vec::new(), 0);
     while !stop.load(Ordering::Relaxed) {
         let uri = uri.clone();
@@ -24,7 +25,10 @@ async fn writer(uri: String, stop: Arc<AtomicBool>) -> (Vec<i64>, usize) {
             .await
             .unwrap();
         match r {
-            (true, out, _) => acked.push(out.parse().unwrap()),
+            (true, out, _) => {
+                acked.push(out.parse().unwrap());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
             _ => failed += 1,
         }
     }
@@ -102,14 +106,29 @@ async fn the_master_key_is_rotated_under_writes_and_the_old_one_opens_nothing() 
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writing = tokio::spawn(writer(uri.clone(), stop.clone()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let done = Arc::new(AtomicUsize::new(0));
+    let writing = tokio::spawn(writer(uri.clone(), stop.clone(), done.clone()));
+    // Some writes before the rotation, and some after it.
+    let acked_at_least = |n: usize| {
+        let done = done.clone();
+        async move {
+            while done.load(Ordering::Relaxed) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), acked_at_least(5))
+        .await
+        .unwrap();
     let u = up.clone();
     let out = tokio::task::spawn_blocking(move || u.cli_ok(&["land", "rotate-master-key"]))
         .await
         .unwrap();
     assert!(out.contains("master key rotated"), "{out}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = done.load(Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(30), acked_at_least(before + 5))
+        .await
+        .unwrap();
     stop.store(true, Ordering::Relaxed);
     let (acked, failed) = writing.await.unwrap();
 

@@ -51,7 +51,9 @@ pub(crate) async fn open(store: &Store, master_hex: &str, previous: &[String]) -
                 .await?
         }
     };
-    if row.fingerprint != fp {
+    let row = if row.fingerprint == fp {
+        row
+    } else {
         let Some(old_hex) = previous
             .iter()
             .find(|p| fingerprint(p).is_ok_and(|f| f == row.fingerprint))
@@ -62,11 +64,11 @@ pub(crate) async fn open(store: &Store, master_hex: &str, previous: &[String]) -
             );
         };
         rotate(store, old_hex, master_hex).await?;
-    }
-    let row = store
-        .master_key_row()
-        .await?
-        .context("the master key's record is gone")?;
+        store
+            .master_key_row()
+            .await?
+            .context("the master key's record is gone")?
+    };
     let sealed = hex::decode(&row.audit_key_sealed).context("the audit key's seal is not hex")?;
     master
         .open(AUDIT_KEY_NAME, &sealed)

@@ -8,17 +8,9 @@
 //! of the rotation — cut off, or down — would go on writing objects only a destroyed key
 //! opens), and no base backup may be running (it seals with the key it started with).
 
-use crate::store::{now, StoreError};
 use crate::AppState;
 use anyhow::{Context, Result};
-
-/// What a retirement did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Retired {
-    pub generations: Vec<u32>,
-    pub objects: u64,
-    pub resealed: u64,
-}
+use highrise_api::RetiredKeys;
 
 /// Why a retirement cannot happen now.
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +23,13 @@ pub(crate) enum RetireError {
 
 /// Re-seals every object of the org under its newest data key and destroys the older
 /// generations.
-pub(crate) async fn retire_older_keys(state: &AppState, org_id: &str) -> Result<Retired, RetireError> {
+pub(crate) async fn retire_older_keys(state: &AppState, org_id: &str) -> Result<RetiredKeys, RetireError> {
     let keys = state.keys.data_keys(&state.store, org_id).await?;
     let current = keys.first().map(|(g, _)| *g).context("an org without a data key")?;
     let older: Vec<u32> = keys.iter().skip(1).map(|(g, _)| *g).collect();
     if older.is_empty() {
-        return Ok(Retired {
-            generations: Vec::new(),
+        return Ok(RetiredKeys {
+            retired: Vec::new(),
             objects: 0,
             resealed: 0,
         });
@@ -114,16 +106,13 @@ pub(crate) async fn retire_older_keys(state: &AppState, org_id: &str) -> Result<
         .store
         .delete_org_data_keys_before(org_id, i64::from(current))
         .await
-        .map_err(|e| match e {
-            StoreError::Conflict(m) => RetireError::NotYet(m),
-            e => RetireError::Other(e.into()),
-        })?;
+        .context("destroy the older data keys")?;
     state.keys.forget(org_id);
     // Hosts drop the older keys with their next desired state.
     state.notify();
-    tracing::info!(org = %org_id, ?older, objects, resealed, dropped, at = now(), "older data keys retired");
-    Ok(Retired {
-        generations: older,
+    tracing::info!(org = %org_id, ?older, objects, resealed, dropped, "older data keys retired");
+    Ok(RetiredKeys {
+        retired: older,
         objects,
         resealed,
     })

@@ -61,8 +61,9 @@ fn route(endpoint: &str, port: u16, server_name: &str, scram: &str) -> Route {
     }
 }
 
-/// Starts a proxy that serves `table` alone (no control plane); its address.
-async fn proxy(dir: &std::path::Path, table: &RouteTable) -> std::net::SocketAddr {
+/// Starts a proxy that serves `table` alone (no control plane); its address, and what
+/// keeps it running (dropped: it stops).
+async fn proxy(dir: &std::path::Path, table: &RouteTable) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
     let cache_file = dir.join(format!("routes-{}.json", table.version));
     std::fs::write(&cache_file, serde_json::to_vec(table).unwrap()).unwrap();
     let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,9 +82,8 @@ async fn proxy(dir: &std::path::Path, table: &RouteTable) -> std::net::SocketAdd
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    std::mem::forget(stop);
     tokio::spawn(highrise_proxy::run(listener, cfg, stop_rx));
-    addr
+    (addr, stop)
 }
 
 async fn session(proxy: std::net::SocketAddr, endpoint: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
@@ -124,7 +124,7 @@ async fn the_proxy_opens_sessions_only_on_a_server_with_the_clusters_certificate
         ],
         server_ca: Some(land.pem.clone()),
     };
-    let addr = proxy(dir.path(), &table).await;
+    let (addr, _running) = proxy(dir.path(), &table).await;
 
     // The cluster's own route: the session is opened, and it is encrypted to the server.
     let mut conn = session(addr, "ep-a").await.expect("a session on A's server");
@@ -159,7 +159,7 @@ async fn the_proxy_opens_sessions_only_on_a_server_with_the_clusters_certificate
         routes: vec![route("ep-a", pg.port(), "cl-a.db.example", &scram)],
         server_ca: Some(other.pem.clone()),
     };
-    let addr = proxy(dir.path(), &table).await;
+    let (addr, _running) = proxy(dir.path(), &table).await;
     let err = session(addr, "ep-a").await.unwrap_err().to_string();
     assert!(err.contains("could not be verified"), "{err}");
 

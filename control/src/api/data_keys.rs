@@ -78,11 +78,7 @@ pub(super) async fn retire_data_keys(
     caller.audit_target("data-keys".to_string());
     require(&caller, Action::WriteKeys)?;
     match crate::reseal::retire_older_keys(&state, &caller.org_id).await {
-        Ok(r) => Ok(Json(RetiredKeys {
-            retired: r.generations,
-            objects: r.objects,
-            resealed: r.resealed,
-        })),
+        Ok(r) => Ok(Json(r)),
         Err(crate::reseal::RetireError::NotYet(why)) => Err(ApiError::conflict(why)),
         Err(crate::reseal::RetireError::Other(e)) => Err(ApiError::internal("retire data keys", format!("{e:#}"))),
     }

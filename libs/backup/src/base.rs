@@ -189,27 +189,20 @@ impl Repo {
         let manifest = format!("base/{id}/manifest");
         let manifest_generation = crate::seal::Keyring::generation_of(&self.get_raw(&manifest).await?);
         let mut m = self.manifest(id).await?;
-        let current = self.key.current();
         let (mut resealed, mut changed) = (0, false);
         for p in &mut m.parts {
-            let name = self.name(&p.name);
-            let mut sealed = self.get_raw(&p.name).await?;
-            if crate::seal::Keyring::generation_of(&sealed).is_none_or(|g| g < current) {
-                let plain = self.key.open(&name, &sealed)?;
-                sealed = self.key.seal(&name, &plain, true)?;
-                self.put_sealed(&p.name, sealed.clone()).await?;
-                resealed += 1;
-            }
+            let (sealed, was) = self.reseal_raw(&p.name).await?;
+            resealed += u64::from(was.is_some());
             let sha = sha256_hex(&sealed);
             if sealed.len() as u64 != p.stored || sha != p.sha256 {
                 // Only an object that opens (its tag binds its name) is taken.
-                self.key.open(&name, &sealed)?;
+                self.key.open(&self.name(&p.name), &sealed)?;
                 p.stored = sealed.len() as u64;
                 p.sha256 = sha;
                 changed = true;
             }
         }
-        if changed || manifest_generation.is_none_or(|g| g < current) {
+        if changed || manifest_generation.is_none_or(|g| g < self.key.current()) {
             m.stored = m.parts.iter().map(|p| p.stored).sum();
             self.put_manifest(&m).await?;
             resealed += 1;

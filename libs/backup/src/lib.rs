@@ -166,15 +166,22 @@ impl Repo {
     /// returns that generation (`None`: the newest sealed it already). Its name and
     /// content stay; the store replaces it whole.
     pub async fn reseal(&self, rel: &str) -> Result<Option<u32>, Error> {
+        Ok(self.reseal_raw(rel).await?.1)
+    }
+
+    /// [`Repo::reseal`], also giving the object as stored afterwards.
+    async fn reseal_raw(&self, rel: &str) -> Result<(Vec<u8>, Option<u32>), Error> {
         let sealed = self.get_raw(rel).await?;
         let generation = Keyring::generation_of(&sealed)
             .ok_or_else(|| Error::Crypto(format!("{} is not a sealed object", self.name(rel))))?;
         if generation >= self.key.current() {
-            return Ok(None);
+            return Ok((sealed, None));
         }
-        let plain = self.key.open(&self.name(rel), &sealed)?;
-        self.put(rel, &plain, true).await?;
-        Ok(Some(generation))
+        let name = self.name(rel);
+        let plain = self.key.open(&name, &sealed)?;
+        let sealed = self.key.seal(&name, &plain, true)?;
+        self.put_sealed(rel, sealed.clone()).await?;
+        Ok((sealed, Some(generation)))
     }
 
     /// Reads and opens an object.

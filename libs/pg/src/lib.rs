@@ -216,6 +216,17 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
+impl TlsFiles {
+    /// The files' places in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            ca: dir.join("ca.crt"),
+        }
+    }
+}
+
 /// Writes a server's certificate, key (mode 0600, as PostgreSQL demands) and CA into
 /// `dir` (mode 0700), owned by the PostgreSQL user; unchanged files are left alone.
 pub fn write_tls_files(
@@ -226,11 +237,7 @@ pub fn write_tls_files(
     run_as: Option<RunAs>,
 ) -> Result<TlsFiles> {
     own_dir(dir, run_as, 0o700)?;
-    let files = TlsFiles {
-        cert: dir.join("server.crt"),
-        key: dir.join("server.key"),
-        ca: dir.join("ca.crt"),
-    };
+    let files = TlsFiles::in_dir(dir);
     for (path, text, mode) in [
         (&files.cert, cert_pem, 0o644),
         (&files.key, key_pem, 0o600),
