@@ -10,6 +10,7 @@
 mod disk;
 mod durability;
 mod metadata;
+mod meters;
 mod supervisor;
 
 use anyhow::{bail, Context, Result};
@@ -55,12 +56,18 @@ pub(crate) struct Shared {
     pub notice: Mutex<Option<highrise_api::SpotNotice>>,
     /// The host disk's room, kept current by [`disk::watch`].
     pub disk: watch::Sender<Option<disk::Room>>,
+    /// Each instance's usage counter, on the host's disk.
+    pub meters: meters::Meters,
 }
 
 pub(crate) fn unix_now() -> i64 {
+    unix_now_ms().div_euclid(1000)
+}
+
+pub(crate) fn unix_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Shared {
@@ -190,6 +197,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         backups: Mutex::new(BTreeMap::new()),
         notice: Mutex::new(None),
         disk: watch::channel(None).0,
+        meters: meters::Meters::open(&cfg.dir.join("meters"))?,
     });
     // Prepare the template before anyone asks for it.
     {
@@ -444,20 +452,26 @@ async fn heartbeats(
                 reserve_bytes: r.reserve_bytes,
                 reserve_released: r.released,
             });
+        let meters = shared.meters.read(unix_now_ms());
+        let beat = Heartbeat {
+            instances,
+            backups,
+            notice,
+            disk,
+            meters,
+        };
         let res = client
             .post(format!("{}/v1/agent/heartbeat", control.get()))
             .bearer_auth(&token)
             .timeout(Duration::from_secs(5))
-            .json(&Heartbeat {
-                instances,
-                backups,
-                notice,
-                disk,
-            })
+            .json(&beat)
             .send()
             .await;
         match res {
-            Ok(r) if r.status().is_success() => failures = 0,
+            Ok(r) if r.status().is_success() => {
+                failures = 0;
+                shared.meters.acknowledged(&beat.meters);
+            }
             Ok(r) => {
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(30) {

@@ -76,15 +76,16 @@ pub async fn converge(
                 }
             }
             // Directories of instances this host no longer runs (e.g. deleted while the
-            // agent was down).
+            // agent was down), and their counters still open.
+            let mut gone = shared.meters.open_ids();
             if let Ok(entries) = std::fs::read_dir(shared.cfg.dir.join("i")) {
-                for e in entries.flatten() {
-                    let id = e.file_name().to_string_lossy().to_string();
-                    if !wanted.contains(&id.as_str()) && !tasks.contains_key(&id) {
-                        let (tx, rx) = watch::channel(Command::Delete);
-                        let h = tokio::spawn(supervise(Arc::clone(&shared), id.clone(), rx, stop.clone()));
-                        tasks.insert(id, (tx, h));
-                    }
+                gone.extend(entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()));
+            }
+            for id in gone {
+                if !wanted.contains(&id.as_str()) && !tasks.contains_key(&id) {
+                    let (tx, rx) = watch::channel(Command::Delete);
+                    let h = tokio::spawn(supervise(Arc::clone(&shared), id.clone(), rx, stop.clone()));
+                    tasks.insert(id, (tx, h));
                 }
             }
         }
@@ -1022,6 +1023,11 @@ async fn supervise(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut inst = Instance::new(Arc::clone(&shared), id.clone());
+    // Instance time counts from here (and across an agent restart that PostgreSQL ran
+    // through).
+    if let Err(e) = shared.meters.start(&id, crate::unix_now_ms(), inst.pid.is_some()) {
+        tracing::error!(instance = %id, "start usage counter: {e:#}");
+    }
     let mut disk_marks = shared.disk.subscribe();
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -1037,6 +1043,9 @@ async fn supervise(
             Command::Delete => match inst.delete().await {
                 Ok(()) => {
                     tracing::info!(instance = %id, "instance deleted");
+                    if let Err(e) = shared.meters.close(&id, crate::unix_now_ms()) {
+                        tracing::error!(instance = %id, "close usage counter: {e:#}");
+                    }
                     shared.forget(&id);
                     return;
                 }

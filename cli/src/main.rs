@@ -2,6 +2,7 @@
 //! client commands. Parses arguments and hands over; the work is in the crates.
 
 mod access;
+mod billing;
 mod client;
 mod evacuate;
 mod land;
@@ -71,6 +72,8 @@ enum Command {
     /// The org's audit log.
     #[command(subcommand)]
     Audit(access::AuditCommand),
+    /// The org's metered usage per cluster and dimension (owners, admins, billing).
+    Usage(billing::UsageArgs),
     /// The local land's operator controls: pools, spot capacity, preemption.
     #[command(subcommand)]
     Land(land::LandCommand),
@@ -224,6 +227,7 @@ fn main() -> std::process::ExitCode {
             Command::CaCert(a) => tls::ca_cert(a).await,
             Command::Logout(a) => access::logout(a).await,
             Command::Audit(c) => access::audit(c).await,
+            Command::Usage(a) => billing::usage(a).await,
             Command::Land(c) => land::land(c).await,
             Command::Sim(a) => sim::sim(a),
         }

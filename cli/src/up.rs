@@ -311,6 +311,7 @@ fn spawn_proxy(
         .name(format!("proxy-{cloud}"))
         .spawn(move || -> Result<()> {
             let is_down = |d: &Vec<String>| d.contains(&cloud);
+            let mut held: Option<highrise_proxy::PortHold> = None;
             loop {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -318,6 +319,7 @@ fn spawn_proxy(
                     .context("start the proxy's runtime")?;
                 let (mut stop, mut down) = (stop.clone(), down.clone());
                 let listener = first.take();
+                let mut hold = held.take();
                 let cfg = cfg.clone();
                 let stopped = rt.block_on(async move {
                     // Down: wait for the cloud (or the end) before listening again.
@@ -333,6 +335,7 @@ fn spawn_proxy(
                             _ = down.changed() => {}
                         }
                     }
+                    drop(hold.take());
                     let listener = match listener {
                         Some(l) => TcpListener::from_std(l).context("attach the proxy listener")?,
                         None => highrise_proxy::listen(addr)
@@ -362,6 +365,11 @@ fn spawn_proxy(
                     return Ok(());
                 }
                 tracing::warn!("{cloud} is down: its proxy on {addr} stopped");
+                // Its address stays this proxy's: clients are refused there, as they would
+                // be by a cloud that is down, not answered by whatever took the port.
+                held = highrise_proxy::hold(addr)
+                    .map_err(|e| tracing::warn!("hold {addr} while {cloud} is down: {e}"))
+                    .ok();
             }
         })
         .context("start the proxy thread")

@@ -219,6 +219,8 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
             [nf, nf, denied, denied, denied],
         ),
         ("GET", "/v1/audit".into(), None, [200, 200, denied, denied, denied]),
+        ("GET", "/v1/usage".into(), None, [200, 200, denied, denied, 200]),
+        ("GET", "/v1/usage?from=-1".into(), None, [bad, bad, denied, denied, bad]),
         (
             "POST",
             "/v1/audit/verify".into(),
@@ -307,7 +309,7 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
             .0,
         404
     );
-    for path in ["/v1/members", "/v1/api-keys", "/v1/audit"] {
+    for path in ["/v1/members", "/v1/api-keys", "/v1/audit", "/v1/usage"] {
         assert_eq!(c.call("GET", path, &scoped, None).await.0, 403, "{path}");
     }
 

@@ -28,6 +28,8 @@ pub enum Action {
     ReadKeys,
     WriteKeys,
     ReadAudit,
+    /// The org's metered usage (and, later, its bill).
+    ReadUsage,
     /// Operator-only: create orgs, list the land's hosts (also needs the operator org).
     Operate,
 }
@@ -40,6 +42,7 @@ pub fn allows(role: Role, scoped: bool, action: Action) -> bool {
         ReadClusters | ReadNetworks => matches!(role, Owner | Admin | Developer | Viewer),
         WriteClusters => matches!(role, Owner | Admin | Developer),
         ReadProjects | ReadMembers => true,
+        ReadUsage => matches!(role, Owner | Admin | Billing),
         WriteProjects | WriteNetworks | WriteMembers | ReadKeys | WriteKeys | ReadAudit | Operate => {
             matches!(role, Owner | Admin)
         }
@@ -85,6 +88,7 @@ mod tests {
             (ReadKeys, [true, true, false, false, false]),
             (WriteKeys, [true, true, false, false, false]),
             (ReadAudit, [true, true, false, false, false]),
+            (ReadUsage, [true, true, false, false, true]),
             (Operate, [true, true, false, false, false]),
         ];
         for (action, want) in table {
@@ -112,6 +116,7 @@ mod tests {
                 ReadKeys,
                 WriteKeys,
                 ReadAudit,
+                ReadUsage,
                 Operate,
             ] {
                 assert!(!allows(role, true, action), "{role} {action:?}");

@@ -29,6 +29,7 @@ mod orgs;
 mod projects;
 mod sessions;
 mod tls;
+mod usage;
 
 use crate::access::Action;
 use crate::auth::{self, Caller};
@@ -301,6 +302,7 @@ fn require(caller: &Caller, action: Action) -> ApiResult<()> {
         Action::ReadKeys => "read API keys",
         Action::WriteKeys => "manage API keys",
         Action::ReadAudit => "read the audit log",
+        Action::ReadUsage => "read the org's usage",
         Action::Operate => "operate the land",
     };
     let who = if caller.project_id.is_some() {
@@ -889,7 +891,7 @@ fn view_of(
         evacuations::pause_evacuation, evacuations::resume_evacuation, operations::list_operations, operations::get_operation, agents::agent_register,
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
-        backups::verify_any_backup, tls::ca_certificate
+        backups::verify_any_backup, tls::ca_certificate, usage::get_usage
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -1063,6 +1065,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/data-keys", get(data_keys::list_data_keys))
         .route("/v1/data-keys/rotate", post(data_keys::rotate_data_key))
         .route("/v1/data-keys/retire", post(data_keys::retire_data_keys))
+        .route("/v1/usage", get(usage::get_usage))
         .route("/v1/orgs/{org}/quotas", get(orgs::org_quotas).put(orgs::set_quotas))
         .route("/v1/quotas", get(orgs::get_quotas))
         .route(

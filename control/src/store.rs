@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (27, include_str!("../migrations/0027_cluster_certs.sql")),
     (28, include_str!("../migrations/0028_master_key.sql")),
     (29, include_str!("../migrations/0029_sealing_generation.sql")),
+    (30, include_str!("../migrations/0030_usage.sql")),
 ];
 
 mod audit;
@@ -69,6 +70,8 @@ pub mod pools;
 mod projects;
 mod quotas;
 mod settings;
+mod usage;
+pub use usage::{MeterOutcome, UsageRow};
 mod world;
 
 #[derive(Debug, thiserror::Error)]

@@ -6,85 +6,8 @@ use highrise_control::store::*;
 use highrise_pg::scratch::ScratchServer;
 use std::time::Duration;
 
-fn org_row(id: &str, name: &str) -> OrgRow {
-    OrgRow {
-        id: id.into(),
-        name: name.into(),
-        operator: false,
-        created_at: 1,
-        cell: "c1".into(),
-    }
-}
-
-fn key_row(id: &str, org: &str) -> ApiKeyRow {
-    ApiKeyRow {
-        id: id.into(),
-        org_id: org.into(),
-        name: "k".into(),
-        secret_hash: "h".into(),
-        role: highrise_api::Role::Owner,
-        project_id: None,
-        expires_at: None,
-        user_id: None,
-        created_by: None,
-        created_at: 1,
-        revoked_at: None,
-    }
-}
-
-fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &str) -> ClusterRow {
-    ClusterRow {
-        id: id.into(),
-        org_id: org.into(),
-        project_id: project.into(),
-        project_name: "default".into(),
-        name: name.into(),
-        cloud: "local-a".into(),
-        region: "region-1".into(),
-        plan: "small".into(),
-        pg_version: 15,
-        replicas: 0,
-        spot: false,
-        endpoint: endpoint.into(),
-        db_name: name.into(),
-        owner_name: "owner".into(),
-        owner_scram: "SCRAM".into(),
-        repl_password: "rp".into(),
-        repl_scram: "RSCRAM".into(),
-        spread_clouds: false,
-        term: 1,
-        created_at: 5,
-        deleted_at: None,
-        durability: "async".into(),
-        backup_interval: 86_400,
-        backup_retain_count: 7,
-        backup_retain_days: 7,
-        restore_json: None,
-        autoscale_max_bytes: 0,
-        disk_bytes: 0,
-        backup_copies: 1,
-        copy_lag_bytes: None,
-        copied_at: None,
-        on_cloud_loss: "restore".into(),
-        avoid_cloud: None,
-        public_endpoint: true,
-        allowed_cidrs: Vec::new(),
-    }
-}
-
-fn op_row(id: &str, org: &str, cluster: &str, kind: &str) -> OperationRow {
-    OperationRow {
-        id: id.into(),
-        org_id: org.into(),
-        cluster_id: Some(cluster.into()),
-        kind: kind.into(),
-        status: "running".into(),
-        error: None,
-        created_at: 5,
-        updated_at: 5,
-        progress_json: None,
-    }
-}
+mod common;
+use common::*;
 
 async fn exercise(store: Store) {
     // Settings: first writer wins.
@@ -213,22 +136,7 @@ async fn exercise(store: Store) {
     ));
 
     // Hosts, instances, heartbeats, routes.
-    let host = HostRow {
-        id: "h1".into(),
-        cloud: "local-a".into(),
-        region: "region-1".into(),
-        zone: String::new(),
-        market: "on_demand".into(),
-        address: None,
-        status: "launching".into(),
-        token_hash: None,
-        last_beat_ms: None,
-        launched_at: 3,
-        instance_type: String::new(),
-        notice_deadline: None,
-        disk_bytes: None,
-        cell: "c1".into(),
-    };
+    let host = host_row("h1", "on_demand");
     store.insert_host(&host).await.unwrap();
     store
         .host_launched("h1", "zone-1", "127.9.1.1", "m6id.4xlarge", Some(300 << 20))
@@ -255,33 +163,7 @@ async fn exercise(store: Store) {
     let events = store.pool_events_since(6).await.unwrap();
     assert_eq!(events, vec![(h.pool(), "no_capacity".to_string(), 9)]);
 
-    store
-        .insert_instance(&InstanceRow {
-            id: "i1".into(),
-            cluster_id: "c1".into(),
-            host_id: "h1".into(),
-            slots: 1,
-            role: "primary".into(),
-            deleting: false,
-            observed: "unknown".into(),
-            addr: None,
-            error: None,
-            created_at: 6,
-            in_recovery: None,
-            lsn: None,
-            streaming: None,
-            sync_standbys: vec![],
-            sync_streaming: vec![],
-            observed_term: 0,
-            draining: false,
-            archived_lsn: None,
-            archive_error: None,
-            storage: None,
-            seed: None,
-            max_connections: None,
-        })
-        .await
-        .unwrap();
+    store.insert_instance(&instance_row("i1", "c1", "h1")).await.unwrap();
     let desired = store.desired_for_host("h1").await.unwrap();
     assert_eq!(desired.len(), 1);
     let spec = &desired[0].spec;

@@ -90,6 +90,21 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListen
     Ok(socket.into())
 }
 
+/// A client address kept while its proxy does not serve: bound, never listening, so a
+/// client is refused there (and moves on to the next proxy its connection string names)
+/// rather than reaching whatever else took the port meanwhile.
+pub struct PortHold(#[allow(dead_code)] socket2::Socket);
+
+/// Holds `addr` (see [`PortHold`]); dropping the hold frees it for [`listen`].
+pub fn hold(addr: std::net::SocketAddr) -> std::io::Result<PortHold> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    // Past the proxy's connections still in TIME_WAIT; the kernel gives a port with any
+    // socket bound to it to no `bind(0)` nor outgoing connection.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    Ok(PortHold(socket))
+}
+
 /// Serves `listener` until `shutdown` turns true.
 pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::Receiver<bool>) -> Result<()> {
     let (acceptor, cert_hash) = match &cfg.tls {
@@ -534,5 +549,33 @@ impl IntoTcp for tokio_rustls::server::TlsStream<TcpStream> {
 
     fn encrypted(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::ErrorKind;
+    use std::net::TcpStream;
+
+    #[test]
+    fn a_held_address_refuses_clients_until_listened_on_again() {
+        let l = super::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = l.local_addr().unwrap();
+        l.set_nonblocking(false).unwrap();
+        // A connection the proxy closed first: its side waits in TIME_WAIT on the address.
+        let client = TcpStream::connect(addr).unwrap();
+        let (served, _) = l.accept().unwrap();
+        drop(served);
+        drop(l);
+        drop(client);
+        let hold = super::hold(addr).unwrap();
+        assert_eq!(
+            TcpStream::connect(addr).unwrap_err().kind(),
+            ErrorKind::ConnectionRefused
+        );
+        drop(hold);
+        let again = super::listen(addr).unwrap();
+        TcpStream::connect(addr).unwrap();
+        drop(again);
     }
 }

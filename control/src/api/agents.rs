@@ -1,4 +1,5 @@
-//! Agents and proxies: registration, the long-polled desired state and routes, heartbeats.
+//! Agents and proxies: registration, the long-polled desired state and routes, heartbeats
+//! (with the usage counters they carry).
 
 use super::*;
 
@@ -127,6 +128,16 @@ pub(super) async fn agent_heartbeat(
     }
     if changed {
         state.notify();
+    }
+    // Last: a failure here answers with an error, so the agent keeps its closed counters
+    // and sends every counter again (a reading taken twice adds nothing).
+    let metered = state
+        .store
+        .record_readings(&host.host_id, &hb.meters)
+        .await
+        .map_err(store_err("usage readings"))?;
+    for (source, last, now) in &metered.regressed {
+        tracing::warn!(host = %host.host_id, %source, "usage counter went down from {last} to {now}: taken as the new baseline");
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -912,6 +912,38 @@ pub struct OperationProgress {
 }
 
 // ---------------------------------------------------------------------------------------
+// Usage
+// ---------------------------------------------------------------------------------------
+
+/// An org's metered usage over a time range.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    /// The range's start and end (Unix seconds, whole hours: the hour holding `from`, up to
+    /// the end of the hour holding `to`).
+    pub from: UnixSeconds,
+    pub to: UnixSeconds,
+    /// Per cluster, dimension and place; per hour too when asked for (`hourly`), else
+    /// summed over the range. Ordered by cluster, dimension, place, hour.
+    pub records: Vec<UsageRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRecord {
+    pub cluster_id: String,
+    /// The cluster's name (also when it was deleted since).
+    pub cluster: String,
+    /// What was metered, e.g. `instance_ms:standard:spot` (instance time in milliseconds,
+    /// by plan and market).
+    pub dimension: String,
+    pub cloud: String,
+    pub region: String,
+    /// The hour's start (Unix seconds); absent in a sum over the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hour: Option<UnixSeconds>,
+    pub quantity: u64,
+}
+
+// ---------------------------------------------------------------------------------------
 // Agent <-> control plane
 // ---------------------------------------------------------------------------------------
 
@@ -1228,6 +1260,45 @@ pub struct Heartbeat {
     /// The host's own disk (absent when the host's directory is on a shared file system).
     #[serde(default)]
     pub disk: Option<HostDisk>,
+    /// Every usage counter the agent keeps, read as the heartbeat left; a closed one is
+    /// sent until a heartbeat carrying it was answered with success.
+    #[serde(default)]
+    pub meters: Vec<MeterReading>,
+}
+
+/// One reading of a usage counter an agent keeps on its disk: cumulative, never going
+/// down across the agent's restarts (see `highrise_billing::meter`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeterReading {
+    /// What is counted for: an instance id.
+    pub source: String,
+    pub kind: MeterKind,
+    /// The counter (in the kind's unit).
+    pub value: u64,
+    /// When it was read, Unix milliseconds on the host's clock.
+    pub at_ms: i64,
+    /// When the counter started from 0, Unix milliseconds on the host's clock.
+    pub since_ms: i64,
+    /// The source is gone (the instance deleted): this is the last reading.
+    #[serde(default)]
+    pub closed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MeterKind {
+    /// Milliseconds the instance existed on its host (from its creation there to its
+    /// deletion; time the host was down and PostgreSQL not running does not count).
+    InstanceMs,
+}
+
+impl MeterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeterKind::InstanceMs => "instance_ms",
+        }
+    }
 }
 
 /// A host's disk as its agent last read it, in bytes.

@@ -56,6 +56,12 @@ pub enum Spread {
     Regressed,
 }
 
+/// The dimension an instance's time is recorded (and priced) under: its kind of counter,
+/// its plan and its host's market, e.g. `instance_ms:standard:spot`.
+pub fn instance_dimension(kind: &str, plan: &str, market: &str) -> String {
+    format!("{kind}:{plan}:{market}")
+}
+
 /// The start (Unix seconds) of the hour holding `at_ms`.
 pub fn hour_of(at_ms: i64) -> i64 {
     at_ms.div_euclid(HOUR * 1000) * HOUR

@@ -1,0 +1,91 @@
+//! Metering on the real `highrise up` (issue 15): a cluster's instance time, counted by
+//! its host's agent and taken into hourly usage by the control plane, lies between what
+//! the test itself saw of the instance's life — from "running" to "delete asked" at least,
+//! from "create asked" to "deleted" at most — and stops growing once the cluster is gone;
+//! `highrise usage` shows it, for the deleted cluster by id too.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn usage_ms(up: &Up, args: &[&str]) -> (u64, Value) {
+    let mut all = vec!["usage", "--output", "json"];
+    all.extend_from_slice(args);
+    let v: Value = serde_json::from_str(&up.cli_ok(&all)).unwrap();
+    let total = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["dimension"].as_str().unwrap().starts_with("instance_ms:"))
+        .map(|r| r["quantity"].as_u64().unwrap())
+        .sum();
+    (total, v)
+}
+
+#[test]
+fn an_instances_time_is_metered_from_creation_to_deletion() {
+    let up = Up::start();
+    let asked = Instant::now();
+    let uri = up.create_cluster("metered");
+    let running = Instant::now();
+    assert_eq!(psql_ok(&uri, "select 1").trim(), "1");
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "metered", "--output", "json"])).unwrap();
+    let id = shown["id"].as_str().unwrap().to_string();
+
+    // Usage grows while the cluster lives.
+    let mut first = 0;
+    wait_for("usage to be recorded", Duration::from_secs(30), || {
+        first = usage_ms(&up, &[]).0;
+        first > 0
+    });
+    wait_for("usage to grow", Duration::from_secs(30), || {
+        usage_ms(&up, &[]).0 > first
+    });
+
+    let delete_asked = Instant::now();
+    up.cli_ok(&["cluster", "delete", "metered", "--wait"]);
+    let deleted = Instant::now();
+    // The instance's last reading (its counter closed at deletion) arrives with a
+    // heartbeat; from then on nothing is added.
+    let mut total = 0;
+    let mut last_change = Instant::now();
+    wait_for("usage to stop growing", Duration::from_secs(30), || {
+        let now = usage_ms(&up, &[]).0;
+        if now != total {
+            total = now;
+            last_change = Instant::now();
+        }
+        last_change.elapsed() > Duration::from_secs(2)
+    });
+
+    let at_least = (delete_asked - running).as_millis() as u64;
+    let at_most = (deleted - asked).as_millis() as u64;
+    eprintln!("metered {total} ms; seen live {at_least}..{at_most} ms");
+    assert!(
+        total + 1_000 >= at_least && total <= at_most + 1_000,
+        "instance time {total} ms, the test saw it live at least {at_least} ms and at most {at_most} ms"
+    );
+
+    // The deleted cluster's usage, by its id; per hour it adds up to the same.
+    let (by_id, v) = usage_ms(&up, &["--cluster", &id]);
+    assert_eq!(by_id, total);
+    let record = &v["records"][0];
+    assert_eq!(record["cluster"], "metered");
+    let dimension = record["dimension"].as_str().unwrap();
+    assert!(dimension.ends_with(":on_demand"), "{dimension}");
+    let (hourly, _) = usage_ms(&up, &["--cluster", &id, "--hourly"]);
+    assert_eq!(hourly, total);
+    let table = up.cli_ok(&["usage"]);
+    assert!(table.contains("metered") && table.contains(dimension), "{table}");
+
+    // A range before the cluster existed holds nothing; a range that cannot be read is
+    // refused with the reason.
+    let (before, _) = usage_ms(&up, &["--from", "2020-01-01T00:00:00Z", "--to", "2020-01-02T00:00:00Z"]);
+    assert_eq!(before, 0);
+    let out = up.cli(&["usage", "--from", "last tuesday"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("use a time with its offset"), "{err}");
+}

@@ -1,0 +1,239 @@
+//! Usage: each source's meter (its last reading taken) and the hourly usage records its
+//! readings add to.
+
+use super::*;
+use highrise_api::MeterReading;
+use highrise_billing::meter::{self, Reading, Spread};
+
+/// What one heartbeat's readings did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MeterOutcome {
+    /// Readings that added usage (possibly zero units).
+    pub taken: usize,
+    /// Not newer than the last reading taken: a duplicate or a late one.
+    pub stale: usize,
+    /// Sources whose counter went down (a host that lost its disk under the same id):
+    /// `(source, last value, reading)`; the reading is the new baseline.
+    pub regressed: Vec<(String, u64, u64)>,
+    /// Sources this host has no instance of (already forgotten, or never its own).
+    pub unknown: usize,
+}
+
+/// A usage record: per cluster, dimension, place and hour (`hour` is `None` in a sum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub cluster_id: String,
+    pub cluster_name: String,
+    pub dimension: String,
+    pub cloud: String,
+    pub region: String,
+    pub hour: Option<i64>,
+    pub quantity: i64,
+}
+
+impl Store {
+    /// Takes a heartbeat's counter readings into hourly usage, in one transaction: a
+    /// reading adds its difference from the meter's last one, spread over the hours
+    /// between them ([`meter::spread`]), and becomes the last one — only if the last one
+    /// is still the one read (so two control planes, or a retry racing the original,
+    /// cannot both add it). A source read for the first time starts from 0 at its
+    /// counter's start, under the org, cluster, plan, market and place it has then.
+    pub async fn record_readings(&self, host_id: &str, readings: &[MeterReading]) -> Result<MeterOutcome> {
+        let mut out = MeterOutcome::default();
+        if readings.is_empty() {
+            return Ok(out);
+        }
+        let mut tx = self.begin().await?;
+        for r in readings {
+            let kind = r.kind.as_str();
+            let Ok(value) = i64::try_from(r.value) else {
+                out.unknown += 1;
+                continue;
+            };
+            let row = sqlx::query(
+                "SELECT host_id, org_id, cluster_id, cluster_name, dimension, cloud, region, last_value, last_at_ms \
+                 FROM meters WHERE source = $1 AND kind = $2",
+            )
+            .bind(&r.source)
+            .bind(kind)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let (org, (cluster, name), dimension, cloud, region, last) = match row {
+                Some(m) => {
+                    if m.try_get::<String, _>("host_id")? != host_id {
+                        out.unknown += 1;
+                        continue;
+                    }
+                    let last = Reading {
+                        value: u64::try_from(m.try_get::<i64, _>("last_value")?).unwrap_or(0),
+                        at_ms: m.try_get("last_at_ms")?,
+                    };
+                    (
+                        m.try_get::<String, _>("org_id")?,
+                        (
+                            m.try_get::<String, _>("cluster_id")?,
+                            m.try_get::<String, _>("cluster_name")?,
+                        ),
+                        m.try_get::<String, _>("dimension")?,
+                        m.try_get::<String, _>("cloud")?,
+                        m.try_get::<String, _>("region")?,
+                        last,
+                    )
+                }
+                None => {
+                    let Some(i) = sqlx::query(
+                        "SELECT c.org_id, c.id AS cluster_id, c.name, c.plan, h.market, h.cloud, h.region \
+                         FROM instances i JOIN clusters c ON c.id = i.cluster_id JOIN hosts h ON h.id = i.host_id \
+                         WHERE i.id = $1 AND i.host_id = $2",
+                    )
+                    .bind(&r.source)
+                    .bind(host_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    else {
+                        out.unknown += 1;
+                        continue;
+                    };
+                    let dimension = meter::instance_dimension(
+                        kind,
+                        &i.try_get::<String, _>("plan")?,
+                        &i.try_get::<String, _>("market")?,
+                    );
+                    let m = (
+                        i.try_get::<String, _>("org_id")?,
+                        (i.try_get::<String, _>("cluster_id")?, i.try_get::<String, _>("name")?),
+                        dimension,
+                        i.try_get::<String, _>("cloud")?,
+                        i.try_get::<String, _>("region")?,
+                        Reading {
+                            value: 0,
+                            at_ms: r.since_ms,
+                        },
+                    );
+                    sqlx::query(
+                        "INSERT INTO meters (source, kind, host_id, org_id, cluster_id, cluster_name, dimension, \
+                         cloud, region, last_value, last_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)",
+                    )
+                    .bind(&r.source)
+                    .bind(kind)
+                    .bind(host_id)
+                    .bind(&m.0)
+                    .bind(&m.1 .0)
+                    .bind(&m.1 .1)
+                    .bind(&m.2)
+                    .bind(&m.3)
+                    .bind(&m.4)
+                    .bind(r.since_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    m
+                }
+            };
+            let next = Reading {
+                value: r.value,
+                at_ms: r.at_ms,
+            };
+            match meter::spread(last, next) {
+                Spread::Stale => {
+                    out.stale += 1;
+                    continue;
+                }
+                Spread::Regressed => out.regressed.push((r.source.clone(), last.value, r.value)),
+                Spread::Added(shares) => {
+                    out.taken += 1;
+                    for s in shares {
+                        sqlx::query(
+                            "INSERT INTO usage_hourly (org_id, cluster_id, cluster_name, dimension, cloud, region, \
+                             hour, quantity) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                             ON CONFLICT (cluster_id, dimension, cloud, region, hour) \
+                             DO UPDATE SET quantity = usage_hourly.quantity + excluded.quantity",
+                        )
+                        .bind(&org)
+                        .bind(&cluster)
+                        .bind(&name)
+                        .bind(&dimension)
+                        .bind(&cloud)
+                        .bind(&region)
+                        .bind(s.hour)
+                        .bind(i64::try_from(s.quantity).unwrap_or(i64::MAX))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+            let moved = sqlx::query(
+                "UPDATE meters SET last_value = $1, last_at_ms = $2, closed = $3 \
+                 WHERE source = $4 AND kind = $5 AND last_value = $6 AND last_at_ms = $7",
+            )
+            .bind(value)
+            .bind(r.at_ms)
+            .bind(i64::from(r.closed))
+            .bind(&r.source)
+            .bind(kind)
+            .bind(i64::try_from(last.value).unwrap_or(i64::MAX))
+            .bind(last.at_ms)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() != 1 {
+                // Another writer took a reading of this meter meanwhile: add nothing here;
+                // the agent sends the counter again with its next heartbeat.
+                return Err(StoreError::Conflict(format!("meter {} moved meanwhile", r.source)));
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Whether the org has usage of cluster `cluster_id` (a deleted cluster's id is still
+    /// good for its usage).
+    pub async fn has_usage(&self, org_id: &str, cluster_id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS one FROM usage_hourly WHERE org_id = $1 AND cluster_id = $2 LIMIT 1")
+            .bind(org_id)
+            .bind(cluster_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// The org's usage in hours `[from, to)` (Unix seconds), of one cluster or all; per
+    /// hour, or summed over the range.
+    pub async fn metered_usage(
+        &self,
+        org_id: &str,
+        cluster_id: Option<&str>,
+        from: i64,
+        to: i64,
+        hourly: bool,
+    ) -> Result<Vec<UsageRow>> {
+        let hour = if hourly { "u.hour" } else { "NULL" };
+        let group = if hourly { ", u.hour" } else { "" };
+        let sql = format!(
+            "SELECT u.cluster_id, MAX(u.cluster_name) AS cluster_name, u.dimension, u.cloud, u.region, \
+             {hour} AS hour, CAST(SUM(u.quantity) AS BIGINT) AS quantity \
+             FROM usage_hourly u \
+             WHERE u.org_id = $1 AND u.hour >= $2 AND u.hour < $3 AND ($4 = '' OR u.cluster_id = $4) \
+             GROUP BY u.cluster_id, u.dimension, u.cloud, u.region{group} \
+             ORDER BY u.cluster_id, u.dimension, u.cloud, u.region{group}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(from)
+            .bind(to)
+            .bind(cluster_id.unwrap_or(""))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageRow {
+                    cluster_id: r.try_get("cluster_id")?,
+                    cluster_name: r.try_get("cluster_name")?,
+                    dimension: r.try_get("dimension")?,
+                    cloud: r.try_get("cloud")?,
+                    region: r.try_get("region")?,
+                    hour: if hourly { Some(r.try_get("hour")?) } else { None },
+                    quantity: r.try_get("quantity")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,287 @@
+//! Metering over a simulated month, on SQLite and on a real PostgreSQL: agents' counters
+//! read at random moments, with heartbeats lost, repeated, replayed late and cut off
+//! mid-transaction, and the control plane restarted mid-hour — every hour's usage equals
+//! the instances' lifetimes in it, and the month's totals
+//! equal them exactly.
+
+use highrise_api::{MeterKind, MeterReading};
+use highrise_control::store::*;
+use highrise_pg::scratch::ScratchServer;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+mod common;
+use common::*;
+
+const HOUR_MS: i64 = 3_600_000;
+/// 2026-11-01T00:00:00Z.
+const MONTH_START_MS: i64 = 1_793_491_200_000;
+const MONTH_MS: i64 = 30 * 24 * HOUR_MS;
+
+/// An instance: its host, its cluster and when it lived on the host (ms).
+struct Life {
+    id: String,
+    host: &'static str,
+    cluster: String,
+    start: i64,
+    end: Option<i64>,
+}
+
+impl Life {
+    /// Its agent's counter read at `t` (`None` before the instance existed).
+    fn reading(&self, t: i64) -> Option<MeterReading> {
+        if t < self.start {
+            return None;
+        }
+        let at = self.end.map_or(t, |e| e.min(t));
+        Some(MeterReading {
+            source: self.id.clone(),
+            kind: MeterKind::InstanceMs,
+            value: u64::try_from(at - self.start).unwrap(),
+            at_ms: at,
+            since_ms: self.start,
+            closed: self.end.is_some_and(|e| t >= e),
+        })
+    }
+
+    /// Its lifetime inside `[from, to)`.
+    fn overlap(&self, from: i64, to: i64) -> i64 {
+        let end = self.end.unwrap_or(MONTH_START_MS + MONTH_MS);
+        (end.min(to) - self.start.max(from)).max(0)
+    }
+}
+
+/// Three plans on spot and on demand; one cluster whose member is replaced mid-month.
+async fn world(store: &Store, rng: &mut StdRng) -> Vec<Life> {
+    store
+        .create_org(&org_row("o1", "alpha"), "p1", &key_row("k1", "o1"))
+        .await
+        .unwrap();
+    for (host, market) in [("h-od", "on_demand"), ("h-spot", "spot")] {
+        store.insert_host(&host_row(host, market)).await.unwrap();
+    }
+    let mut lives = Vec::new();
+    let mut n = 0;
+    for plan in ["small", "medium", "large"] {
+        for host in ["h-od", "h-spot"] {
+            n += 1;
+            let id = format!("c{n}");
+            let mut c = cluster_row(&id, "o1", "p1", &format!("db{n}"), &format!("ep-{n}"));
+            c.plan = plan.into();
+            store
+                .create_cluster(&c, &op_row(&format!("op{n}"), "o1", &id, "create"))
+                .await
+                .unwrap();
+            let start = MONTH_START_MS + rng.gen_range(0..3 * 24 * HOUR_MS);
+            // Some live past the month's end, some are deleted in its last days.
+            let end = rng
+                .gen_bool(0.5)
+                .then(|| MONTH_START_MS + MONTH_MS - rng.gen_range(HOUR_MS..3 * 24 * HOUR_MS));
+            lives.push(Life {
+                id: format!("i{n}"),
+                host,
+                cluster: id,
+                start,
+                end,
+            });
+        }
+    }
+    // c1's member replaced half-way (a new instance on the same host, from a moment later).
+    let half = MONTH_START_MS + MONTH_MS / 2 + 1_234;
+    lives[0].end = Some(half);
+    lives.push(Life {
+        id: "i1b".into(),
+        host: "h-od",
+        cluster: "c1".into(),
+        start: half + 40_321,
+        end: None,
+    });
+    for l in &lives {
+        store
+            .insert_instance(&instance_row(&l.id, &l.cluster, l.host))
+            .await
+            .unwrap();
+    }
+    lives
+}
+
+async fn a_month_of_heartbeats(url: &str) {
+    let mut rng = StdRng::seed_from_u64(15);
+    let mut store = Store::open(url).await.unwrap();
+    let lives = world(&store, &mut rng).await;
+    let plans: BTreeMap<&str, &str> = [
+        ("c1", "small"),
+        ("c2", "small"),
+        ("c3", "medium"),
+        ("c4", "medium"),
+        ("c5", "large"),
+        ("c6", "large"),
+    ]
+    .into();
+
+    // The heartbeats: every host beats every 20–100 minutes of simulated time; a closed
+    // counter is sent until a heartbeat carrying it succeeded.
+    let mut acked: BTreeMap<String, bool> = BTreeMap::new();
+    let mut sent_before: Vec<(&str, Vec<MeterReading>)> = Vec::new();
+    let (mut restarts, mut cut, mut lost, mut repeated, mut late) = (0, 0, 0, 0, 0);
+    let mut t = MONTH_START_MS;
+    let mut next_restart = MONTH_START_MS + 5 * 24 * HOUR_MS + HOUR_MS / 2;
+    let end = MONTH_START_MS + MONTH_MS;
+    loop {
+        let last_round = t >= end;
+        let now = t.min(end);
+        if now >= next_restart {
+            // The control plane restarts mid-hour: a new process opens the same store.
+            drop(store);
+            store = Store::open(url).await.unwrap();
+            restarts += 1;
+            next_restart += 5 * 24 * HOUR_MS + 17 * 60_000;
+        }
+        for host in ["h-od", "h-spot"] {
+            let beat: Vec<MeterReading> = lives
+                .iter()
+                .filter(|l| l.host == host && !acked.get(&l.id).copied().unwrap_or(false))
+                .filter_map(|l| l.reading(now))
+                .collect();
+            if beat.is_empty() {
+                continue;
+            }
+            let delivered = if !last_round && rng.gen_bool(0.1) {
+                lost += 1;
+                false
+            } else if !last_round && rng.gen_bool(0.05) {
+                // Cut off at some point of the transaction (a control plane killed while
+                // writing): committed or not, the agent cannot tell and sends again.
+                cut += 1;
+                let wait = Duration::from_micros(rng.gen_range(0..3_000));
+                let _ = tokio::time::timeout(wait, store.record_readings(host, &beat)).await;
+                false
+            } else {
+                store.record_readings(host, &beat).await.unwrap();
+                if rng.gen_bool(0.1) {
+                    // The answer was lost: the agent's retry carries the same readings.
+                    repeated += 1;
+                    let again = store.record_readings(host, &beat).await.unwrap();
+                    assert_eq!(again.taken, 0, "a repeated heartbeat adds nothing");
+                }
+                true
+            };
+            if now > MONTH_START_MS + 4 * 24 * HOUR_MS && rng.gen_bool(0.05) {
+                // A heartbeat from the first hours arrives late (every instance had
+                // readings taken since).
+                if let Some((h, old)) = sent_before.iter().find(|(h, _)| *h == host) {
+                    late += 1;
+                    let o = store.record_readings(h, old).await.unwrap();
+                    assert_eq!(o.taken, 0, "a late heartbeat adds nothing");
+                }
+            }
+            if delivered {
+                for r in beat.iter().filter(|r| r.closed) {
+                    acked.insert(r.source.clone(), true);
+                }
+            }
+            if sent_before.len() < 8 {
+                sent_before.push((host, beat));
+            }
+        }
+        if last_round {
+            break;
+        }
+        t += rng.gen_range(20 * 60_000..100 * 60_000);
+    }
+    assert!(restarts >= 5 && cut > 0 && lost > 0 && repeated > 0 && late > 0);
+
+    // Another host cannot meter an instance that is not its own; unknown sources add
+    // nothing.
+    let foreign = lives[1].reading(end).unwrap();
+    let o = store.record_readings("h-od", &[foreign]).await.unwrap();
+    assert_eq!((o.taken, o.unknown), (0, 1));
+
+    // Every hour of every cluster: the instances' lifetimes in it.
+    let hourly = store
+        .metered_usage("o1", None, MONTH_START_MS / 1000, end / 1000 + 3600, true)
+        .await
+        .unwrap();
+    let mut got: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for r in &hourly {
+        let market = if lives.iter().any(|l| l.cluster == r.cluster_id && l.host == "h-spot") {
+            "spot"
+        } else {
+            "on_demand"
+        };
+        assert_eq!(
+            r.dimension,
+            format!("instance_ms:{}:{market}", plans[r.cluster_id.as_str()])
+        );
+        assert_eq!((r.cloud.as_str(), r.region.as_str()), ("local-a", "region-1"));
+        *got.entry((r.cluster_id.clone(), r.hour.unwrap())).or_default() += r.quantity;
+    }
+    let mut worst = 0;
+    for hour in (MONTH_START_MS..end).step_by(HOUR_MS as usize) {
+        for cluster in plans.keys() {
+            let want: i64 = lives
+                .iter()
+                .filter(|l| l.cluster == *cluster)
+                .map(|l| l.overlap(hour, hour + HOUR_MS))
+                .sum();
+            let have = got.get(&(cluster.to_string(), hour / 1000)).copied().unwrap_or(0);
+            worst = worst.max((have - want).abs());
+        }
+    }
+    // A counter of milliseconds grows as the clock does, so each hour's share of a
+    // difference is exact.
+    assert_eq!(worst, 0, "an hour's usage is off its lifetime by {worst} ms");
+
+    // The month's sums: exactly the lifetimes.
+    let sums = store
+        .metered_usage("o1", None, MONTH_START_MS / 1000, end / 1000 + 3600, false)
+        .await
+        .unwrap();
+    assert_eq!(sums.len(), plans.len());
+    for r in &sums {
+        let want: i64 = lives
+            .iter()
+            .filter(|l| l.cluster == r.cluster_id)
+            .map(|l| l.overlap(MONTH_START_MS, end))
+            .sum();
+        assert_eq!(r.quantity, want, "{}", r.cluster_id);
+        assert_eq!(r.hour, None);
+        assert_eq!(r.cluster_name, format!("db{}", &r.cluster_id[1..]));
+    }
+    // One cluster, one range: only its hours in it.
+    let day = store
+        .metered_usage(
+            "o1",
+            Some("c1"),
+            MONTH_START_MS / 1000 + 86_400 * 10,
+            MONTH_START_MS / 1000 + 86_400 * 11,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(day.len(), 1);
+    assert_eq!(
+        day[0].quantity,
+        lives[0].overlap(MONTH_START_MS + 10 * 24 * HOUR_MS, MONTH_START_MS + 11 * 24 * HOUR_MS)
+    );
+    assert!(store
+        .metered_usage("o2", None, 0, i64::MAX / 2, false)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_month_of_metering_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("control.db").display());
+    a_month_of_heartbeats(&url).await;
+}
+
+#[tokio::test]
+async fn a_month_of_metering_on_postgres() {
+    let pg = ScratchServer::start(&[]).await.unwrap();
+    a_month_of_heartbeats(&pg.admin_url()).await;
+}
