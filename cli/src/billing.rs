@@ -1,8 +1,9 @@
-//! `highrise usage`: the org's metered usage, per cluster and dimension.
+//! `highrise usage` and `highrise invoice`: the org's metered usage per cluster and
+//! dimension, and its monthly invoices priced from it.
 
-use crate::client::{print_json, utc, Api, Conn, Output};
+use crate::client::{print_json, urlencode, utc, Api, Conn, Output};
 use anyhow::{Context, Result};
-use highrise_api::Usage;
+use highrise_api::{Invoice, InvoiceSummary, Usage};
 
 #[derive(clap::Args)]
 pub struct UsageArgs {
@@ -21,6 +22,93 @@ pub struct UsageArgs {
     hourly: bool,
     #[command(flatten)]
     conn: Conn,
+}
+
+#[derive(clap::Subcommand)]
+pub enum InvoiceCommand {
+    /// Every month's invoice, newest first (this month's is the bill so far).
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// One month's invoice, line by line (default: this month's).
+    Show {
+        /// The month, `YYYY-MM` (UTC).
+        month: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn invoice(cmd: InvoiceCommand) -> Result<()> {
+    match cmd {
+        InvoiceCommand::List { conn } => {
+            let api = Api::from(&conn)?;
+            let list: Vec<InvoiceSummary> = api.send(api.http.get(format!("{}/v1/invoices", api.url))).await?;
+            if conn.output == Output::Json {
+                return print_json(&list);
+            }
+            println!("{:<8} {:<7} {:>14}", "MONTH", "STATUS", "TOTAL");
+            for i in list {
+                println!("{:<8} {:<7} {:>10} {}", i.month, i.status, i.total, i.currency);
+            }
+            Ok(())
+        }
+        InvoiceCommand::Show { month, conn } => {
+            let api = Api::from(&conn)?;
+            let month = match month {
+                Some(m) => m,
+                None => jiff::Timestamp::now()
+                    .to_zoned(jiff::tz::TimeZone::UTC)
+                    .strftime("%Y-%m")
+                    .to_string(),
+            };
+            let url = format!("{}/v1/invoices/{}", api.url, urlencode(&month));
+            let inv: Invoice = api.send(api.http.get(url)).await?;
+            if conn.output == Output::Json {
+                return print_json(&inv);
+            }
+            println!(
+                "invoice {} ({}), {} to {}, prices of {}",
+                inv.month,
+                inv.status,
+                utc(inv.period_start),
+                utc(inv.period_end),
+                inv.price_book
+            );
+            println!(
+                "{:<20} {:<30} {:<22} {:>14} {:>12} {:>12}",
+                "CLUSTER", "DIMENSION", "PLACE", "QUANTITY", "PRICE", "AMOUNT"
+            );
+            for l in &inv.lines {
+                let name = if l.cluster.is_empty() {
+                    &l.cluster_id
+                } else {
+                    &l.cluster
+                };
+                println!(
+                    "{:<20} {:<30} {:<22} {:>14} {:>12} {:>12}",
+                    name,
+                    l.dimension,
+                    format!("{}/{}", l.cloud, l.region),
+                    quantity(&l.dimension, l.quantity),
+                    unit_price(&l.dimension, &l.unit_price, l.per),
+                    l.amount
+                );
+            }
+            println!("{:>115}", format!("total {} {}", inv.total, inv.currency));
+            Ok(())
+        }
+    }
+}
+
+/// A unit price as people read it: per hour for instance time.
+fn unit_price(dimension: &str, price: &str, per: u64) -> String {
+    if dimension.starts_with("instance_ms:") && per == 3_600_000 {
+        format!("{price}/h")
+    } else {
+        format!("{price}/{per}")
+    }
 }
 
 pub async fn usage(args: UsageArgs) -> Result<()> {
@@ -95,11 +183,12 @@ fn unix_seconds(s: &str) -> Result<i64> {
     Ok(date.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp().as_second())
 }
 
-/// A quantity in the unit people read: instance time in hours (the counter's unit is the
-/// millisecond), anything else as counted.
+/// A quantity in the unit people read: instance time as hours, minutes and seconds (the
+/// counter's unit is the millisecond), anything else as counted.
 fn quantity(dimension: &str, q: u64) -> String {
     if dimension.starts_with("instance_ms:") {
-        format!("{:.3} h", q as f64 / 3_600_000.0)
+        let s = q / 1000;
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
     } else {
         q.to_string()
     }
@@ -107,6 +196,13 @@ fn quantity(dimension: &str, q: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn instance_time_reads_as_hours_minutes_and_seconds() {
+        assert_eq!(super::quantity("instance_ms:small:spot", 8_999), "0:00:08");
+        assert_eq!(super::quantity("instance_ms:small:spot", 745 * 3_600_000 + 61_000), "745:01:01");
+        assert_eq!(super::quantity("bytes", 12), "12");
+    }
+
     #[test]
     fn times_are_read_as_people_write_them() {
         assert_eq!(super::unix_seconds("1796083200").unwrap(), 1_796_083_200);

@@ -74,6 +74,9 @@ enum Command {
     Audit(access::AuditCommand),
     /// The org's metered usage per cluster and dimension (owners, admins, billing).
     Usage(billing::UsageArgs),
+    /// The org's monthly invoices, priced from its usage (owners, admins, billing).
+    #[command(subcommand)]
+    Invoice(billing::InvoiceCommand),
     /// The local land's operator controls: pools, spot capacity, preemption.
     #[command(subcommand)]
     Land(land::LandCommand),
@@ -228,6 +231,7 @@ fn main() -> std::process::ExitCode {
             Command::Logout(a) => access::logout(a).await,
             Command::Audit(c) => access::audit(c).await,
             Command::Usage(a) => billing::usage(a).await,
+            Command::Invoice(c) => billing::invoice(c).await,
             Command::Land(c) => land::land(c).await,
             Command::Sim(a) => sim::sim(a),
         }

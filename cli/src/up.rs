@@ -31,6 +31,10 @@ pub struct UpArgs {
     /// from the land's CA (the API's address with any free port when omitted).
     #[arg(long)]
     agent_listen: Option<SocketAddr>,
+    /// The list prices invoices are priced with (TOML; default: the repository's,
+    /// prices/list.toml).
+    #[arg(long)]
+    list_prices: Option<PathBuf>,
     /// Address clients connect to with psql: the proxy of the land's first cloud; repeat
     /// for the next clouds' proxies. A cloud without one gets the port after the last
     /// (any free port when that is 0). Every proxy serves every cluster; connection URIs
@@ -375,6 +379,19 @@ fn spawn_proxy(
         .context("start the proxy thread")
 }
 
+/// The list prices from `path`, or the repository's.
+fn list_prices(path: Option<&Path>) -> Result<(highrise_billing::prices::PriceBook, String)> {
+    use highrise_billing::prices::{PriceBook, REPOSITORY_LIST_PRICES};
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+        None => REPOSITORY_LIST_PRICES.to_string(),
+    };
+    PriceBook::parse(&text).with_context(|| match path {
+        Some(p) => format!("read the list prices in {}", p.display()),
+        None => "read the repository's list prices".to_string(),
+    })
+}
+
 /// `highrise up`: control plane, local land and proxy. `highrise control` is the same
 /// without the embedded proxy (proxies then run as `highrise proxy`).
 pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
@@ -491,6 +508,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         },
         ca: Some(Arc::new(ca)),
         tls_domain: domain.clone(),
+        list_prices: Arc::new(list_prices(args.list_prices.as_deref())?),
     };
     let control = Arc::new(Control::open(control_cfg.clone(), land.clone()).await?);
     // A rotation interrupted after the store was re-sealed: the new key is now the key.

@@ -220,6 +220,13 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         ),
         ("GET", "/v1/audit".into(), None, [200, 200, denied, denied, denied]),
         ("GET", "/v1/usage".into(), None, [200, 200, denied, denied, 200]),
+        ("GET", "/v1/invoices".into(), None, [200, 200, denied, denied, 200]),
+        (
+            "GET",
+            "/v1/invoices/2026-13".into(),
+            None,
+            [bad, bad, denied, denied, bad],
+        ),
         ("GET", "/v1/usage?from=-1".into(), None, [bad, bad, denied, denied, bad]),
         (
             "POST",
@@ -309,7 +316,7 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
             .0,
         404
     );
-    for path in ["/v1/members", "/v1/api-keys", "/v1/audit", "/v1/usage"] {
+    for path in ["/v1/members", "/v1/api-keys", "/v1/audit", "/v1/usage", "/v1/invoices"] {
         assert_eq!(c.call("GET", path, &scoped, None).await.0, 403, "{path}");
     }
 

@@ -2,7 +2,8 @@
 //! its host's agent and taken into hourly usage by the control plane, lies between what
 //! the test itself saw of the instance's life — from "running" to "delete asked" at least,
 //! from "create asked" to "deleted" at most — and stops growing once the cluster is gone;
-//! `highrise usage` shows it, for the deleted cluster by id too.
+//! `highrise usage` shows it, for the deleted cluster by id too, and this month's invoice
+//! prices it.
 
 mod common;
 
@@ -79,6 +80,34 @@ fn an_instances_time_is_metered_from_creation_to_deletion() {
     assert_eq!(hourly, total);
     let table = up.cli_ok(&["usage"]);
     assert!(table.contains("metered") && table.contains(dimension), "{table}");
+
+    // This month's invoice (the bill so far) prices that time: its line is the instance
+    // time at the list price, rounded once to the cent, and the total adds up its lines.
+    let inv: Value = serde_json::from_str(&up.cli_ok(&["invoice", "show", "--output", "json"])).unwrap();
+    assert_eq!(inv["status"], "draft");
+    let lines = inv["lines"].as_array().unwrap();
+    let line = lines.iter().find(|l| l["cluster_id"] == id.as_str()).unwrap();
+    assert_eq!(line["quantity"].as_u64().unwrap(), total);
+    let price: f64 = line["unit_price"].as_str().unwrap().parse().unwrap();
+    let amount: f64 = line["amount"].as_str().unwrap().parse().unwrap();
+    assert!((amount - (total as f64 * price / 3_600_000.0 * 100.0).round() / 100.0).abs() < 1e-9);
+    let sum: f64 = lines
+        .iter()
+        .map(|l| l["amount"].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!((inv["total"].as_str().unwrap().parse::<f64>().unwrap() - sum).abs() < 1e-9);
+    let list = up.cli_ok(&["invoice", "list"]);
+    assert!(
+        list.contains(inv["month"].as_str().unwrap()) && list.contains("draft"),
+        "{list}"
+    );
+    let table = up.cli_ok(&["invoice", "show"]);
+    assert!(table.contains("metered") && table.contains("total"), "{table}");
+    let out = up.cli(&["invoice", "show", "2026-13"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not YYYY-MM"));
+    let out = up.cli(&["invoice", "show", "2999-01"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has not begun"));
 
     // A range before the cluster existed holds nothing; a range that cannot be read is
     // refused with the reason.

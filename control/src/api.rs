@@ -21,6 +21,7 @@ mod endpoints;
 mod evacuations;
 mod events;
 mod hosts;
+mod invoices;
 mod keys;
 mod members;
 mod networks;
@@ -891,7 +892,8 @@ fn view_of(
         evacuations::pause_evacuation, evacuations::resume_evacuation, operations::list_operations, operations::get_operation, agents::agent_register,
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
-        backups::verify_any_backup, tls::ca_certificate, usage::get_usage
+        backups::verify_any_backup, tls::ca_certificate, usage::get_usage,
+        invoices::list_invoices, invoices::get_invoice
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -1066,6 +1068,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/data-keys/rotate", post(data_keys::rotate_data_key))
         .route("/v1/data-keys/retire", post(data_keys::retire_data_keys))
         .route("/v1/usage", get(usage::get_usage))
+        .route("/v1/invoices", get(invoices::list_invoices))
+        .route("/v1/invoices/{month}", get(invoices::get_invoice))
         .route("/v1/orgs/{org}/quotas", get(orgs::org_quotas).put(orgs::set_quotas))
         .route("/v1/quotas", get(orgs::get_quotas))
         .route(

@@ -62,6 +62,8 @@ pub struct ControlConfig {
     pub tls_domain: String,
     /// The cells every cloud and region's hosts are split into (empty: one cell, `""`).
     pub cells: Vec<String>,
+    /// What tenants pay: the list prices invoices are priced with, and the book's version.
+    pub list_prices: Arc<(highrise_billing::prices::PriceBook, String)>,
 }
 
 /// The cell a new org is placed in (the planner's choice, from how many orgs each holds).

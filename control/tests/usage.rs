@@ -1,14 +1,16 @@
 //! Metering over a simulated month, on SQLite and on a real PostgreSQL: agents' counters
 //! read at random moments, with heartbeats lost, repeated, replayed late and cut off
 //! mid-transaction, and the control plane restarted mid-hour — every hour's usage equals
-//! the instances' lifetimes in it, and the month's totals
-//! equal them exactly.
+//! the instances' lifetimes in it, the month's totals equal them exactly, and the month's
+//! invoice prices each to the cent.
 
 use highrise_api::{MeterKind, MeterReading};
+use highrise_billing::invoice::{self, HourUsage};
 use highrise_control::store::*;
 use highrise_pg::scratch::ScratchServer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -250,6 +252,35 @@ async fn a_month_of_heartbeats(url: &str) {
         assert_eq!(r.hour, None);
         assert_eq!(r.cluster_name, format!("db{}", &r.cluster_id[1..]));
     }
+    // The month's invoice from the hourly records and the repository's list prices: one
+    // line per cluster (one price in force all month), each the cluster's lifetime at its
+    // price rounded once to the cent; the total is the sum of the lines.
+    let book = highrise_billing::prices::PriceBook::repository().unwrap();
+    let usage: Vec<HourUsage> = hourly
+        .iter()
+        .map(|r| HourUsage {
+            cluster_id: r.cluster_id.clone(),
+            cluster: r.cluster_name.clone(),
+            dimension: r.dimension.clone(),
+            cloud: r.cloud.clone(),
+            region: r.region.clone(),
+            hour: r.hour.unwrap(),
+            quantity: u64::try_from(r.quantity).unwrap(),
+        })
+        .collect();
+    let (lines, total) = invoice::lines(&usage, &book).unwrap();
+    assert_eq!(lines.len(), plans.len());
+    assert_eq!(total, lines.iter().map(|l| l.amount).sum::<Decimal>());
+    for (l, sum) in lines.iter().zip(&sums) {
+        assert_eq!(l.cluster_id, sum.cluster_id);
+        let price = book
+            .price_at(&l.dimension, &l.cloud, &l.region, MONTH_START_MS / 1000)
+            .unwrap();
+        let exact = Decimal::from(sum.quantity) * price.amount / Decimal::from(price.per);
+        let cents = exact.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+        assert_eq!(l.amount, cents, "{}", l.cluster_id);
+    }
+
     // One cluster, one range: only its hours in it.
     let day = store
         .metered_usage(

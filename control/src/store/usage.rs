@@ -184,6 +184,15 @@ impl Store {
         Ok(out)
     }
 
+    /// The first hour the org has usage in (Unix seconds), if any.
+    pub async fn first_usage_hour(&self, org_id: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MIN(hour) AS first FROM usage_hourly WHERE org_id = $1")
+            .bind(org_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("first")?)
+    }
+
     /// Whether the org has usage of cluster `cluster_id` (a deleted cluster's id is still
     /// good for its usage).
     pub async fn has_usage(&self, org_id: &str, cluster_id: &str) -> Result<bool> {

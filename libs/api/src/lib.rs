@@ -943,6 +943,53 @@ pub struct UsageRecord {
     pub quantity: u64,
 }
 
+/// An org's invoice for a calendar month (UTC): its usage priced by the list-price book.
+/// Amounts are decimal strings in `currency` (never floats).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Invoice {
+    /// `YYYY-MM`.
+    pub month: String,
+    /// `draft` while the month runs (the bill so far), `closed` after it.
+    pub status: String,
+    pub period_start: UnixSeconds,
+    pub period_end: UnixSeconds,
+    pub currency: String,
+    /// The price book's version the lines were priced with.
+    pub price_book: String,
+    /// Per cluster, dimension, place and price in force; ordered by cluster.
+    pub lines: Vec<InvoiceLine>,
+    /// The sum of the lines' amounts.
+    pub total: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InvoiceLine {
+    pub cluster_id: String,
+    pub cluster: String,
+    pub dimension: String,
+    pub cloud: String,
+    pub region: String,
+    /// The first and last hour (starts, Unix seconds) priced on this line.
+    pub first_hour: UnixSeconds,
+    pub last_hour: UnixSeconds,
+    pub quantity: u64,
+    /// `unit_price` per `per` units of the dimension (e.g. per 3,600,000 instance-ms: an
+    /// hour).
+    pub unit_price: String,
+    pub per: u64,
+    /// `quantity × unit_price / per`, rounded once to the cent.
+    pub amount: String,
+}
+
+/// A month's invoice in a list.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvoiceSummary {
+    pub month: String,
+    pub status: String,
+    pub total: String,
+    pub currency: String,
+}
+
 // ---------------------------------------------------------------------------------------
 // Agent <-> control plane
 // ---------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@
 //!   and proxies become usage per hour, exactly once whatever is repeated, late or lost.
 //! * [`prices`]: a versioned list-price book (per dimension, per cloud and region, with
 //!   effective dates) and what an hour's usage costs, in decimals — never floats.
+//! * [`invoice`]: an invoice's lines from hourly usage and the price book, and what credits
+//!   and a commitment draw down from its total.
 
+pub mod invoice;
 pub mod meter;
 pub mod prices;

@@ -26,8 +26,13 @@ pub struct Price {
     pub effective_from: i64,
 }
 
+/// The list prices that ship with the repository (`prices/list.toml`).
+pub const REPOSITORY_LIST_PRICES: &str = include_str!("../../../prices/list.toml");
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PriceError {
+    #[error("price book: {0}")]
+    Parse(String),
     #[error("price of {0} is negative")]
     Negative(String),
     #[error("price of {0} is per 0 units")]
@@ -44,7 +49,60 @@ pub struct PriceBook {
     prices: Vec<Price>,
 }
 
+/// The price book's file (TOML): a version and its entries, each in force from an RFC 3339
+/// time.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BookFile {
+    version: String,
+    #[serde(rename = "price", default)]
+    prices: Vec<EntryFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFile {
+    dimension: String,
+    cloud: Option<String>,
+    region: Option<String>,
+    amount: Decimal,
+    per: u64,
+    effective_from: String,
+}
+
 impl PriceBook {
+    /// Reads and checks a price book file (see `prices/list.toml`); returns it and its
+    /// version.
+    pub fn parse(text: &str) -> Result<(Self, String), PriceError> {
+        let file: BookFile = toml::from_str(text).map_err(|e| PriceError::Parse(e.to_string()))?;
+        let prices = file
+            .prices
+            .into_iter()
+            .map(|e| {
+                let from: jiff::Timestamp = e.effective_from.parse().map_err(|err| {
+                    PriceError::Parse(format!(
+                        "{}: effective_from {:?} is not an RFC 3339 time with its offset ({err})",
+                        e.dimension, e.effective_from
+                    ))
+                })?;
+                Ok(Price {
+                    dimension: e.dimension,
+                    cloud: e.cloud,
+                    region: e.region,
+                    amount: e.amount,
+                    per: e.per,
+                    effective_from: from.as_second(),
+                })
+            })
+            .collect::<Result<Vec<_>, PriceError>>()?;
+        Ok((Self::new(prices)?, file.version))
+    }
+
+    /// The repository's list prices.
+    pub fn repository() -> Result<Self, PriceError> {
+        Self::parse(REPOSITORY_LIST_PRICES).map(|(book, _)| book)
+    }
+
     pub fn new(prices: Vec<Price>) -> Result<Self, PriceError> {
         let mut seen = std::collections::HashSet::new();
         for p in &prices {
@@ -85,7 +143,13 @@ impl PriceBook {
 
 /// What `quantity` units cost at `price`, rounded to the cent (half away from zero).
 pub fn cost(quantity: u64, price: &Price) -> Decimal {
-    (Decimal::from(quantity) * price.amount / Decimal::from(price.per))
+    cost_at(quantity, price.amount, price.per)
+}
+
+/// What `quantity` units cost at `amount` per `per` units, rounded to the cent (half away
+/// from zero).
+pub fn cost_at(quantity: u64, amount: Decimal, per: u64) -> Decimal {
+    (Decimal::from(quantity) * amount / Decimal::from(per.max(1)))
         .round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
 }
 
@@ -152,6 +216,42 @@ mod tests {
         ] {
             assert_eq!(PriceBook::new(prices).unwrap_err(), err);
         }
+    }
+
+    #[test]
+    fn the_repository_list_prices_parse_and_price_every_plan_and_market() {
+        let book = PriceBook::repository().unwrap();
+        for plan in ["small", "medium", "large"] {
+            for market in ["on_demand", "spot"] {
+                let d = crate::meter::instance_dimension("instance_ms", plan, market);
+                let p = book.price_at(&d, "local-a", "region-1", 1_796_083_200).unwrap();
+                assert!(p.amount > Decimal::ZERO, "{d}");
+            }
+        }
+    }
+
+    #[test]
+    fn price_files_with_mistakes_are_refused_with_the_reason() {
+        let entry = |from: &str| {
+            format!(
+                "version = \"v\"\n[[price]]\ndimension = \"d\"\namount = \"1\"\nper = 1\neffective_from = \"{from}\"\n"
+            )
+        };
+        let (book, version) = PriceBook::parse(&entry("2026-01-01T00:00:00Z")).unwrap();
+        assert_eq!(version, "v");
+        assert_eq!(
+            book.price_at("d", "c", "r", 1_767_225_600).unwrap().effective_from,
+            1_767_225_600
+        );
+        let err = PriceBook::parse(&entry("2026-01-01")).unwrap_err().to_string();
+        assert!(err.contains("not an RFC 3339 time"), "{err}");
+        let err = PriceBook::parse("version = \"v\"\n[[price]]\ndimension = \"d\"\n").unwrap_err();
+        assert!(matches!(err, PriceError::Parse(_)), "{err}");
+        let twice = format!(
+            "{}[[price]]\ndimension = \"d\"\namount = \"2\"\nper = 1\neffective_from = \"2026-01-01T00:00:00Z\"\n",
+            entry("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(PriceBook::parse(&twice).unwrap_err(), PriceError::Duplicate("d".into()));
     }
 
     #[test]

@@ -1,0 +1,170 @@
+//! The org's invoices: each calendar month's usage (UTC) priced by the list-price book —
+//! the running month as a draft ("the bill so far"). Computed from the hourly usage each
+//! time, so a draft is always current.
+
+use super::*;
+use highrise_billing::invoice::{self, HourUsage};
+
+/// Invoices are in the price book's currency.
+const CURRENCY: &str = "USD";
+
+/// The org's invoices, newest first: every month from its first usage to this one.
+#[utoipa::path(get, path = "/v1/invoices",
+    responses((status = 200, body = [InvoiceSummary]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_invoices(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<InvoiceSummary>>> {
+    require(&caller, Action::ReadUsage)?;
+    let now = jiff::Timestamp::now();
+    let current = month_of(now);
+    let first = state
+        .store
+        .first_usage_hour(&caller.org_id)
+        .await
+        .map_err(store_err("usage"))?;
+    let mut month = match first.map(jiff::Timestamp::from_second) {
+        Some(Ok(t)) => month_of(t).min(current),
+        _ => current,
+    };
+    let mut out = Vec::new();
+    loop {
+        let inv = invoice_of(&state, &caller.org_id, month, now).await?;
+        out.push(InvoiceSummary {
+            month: inv.month,
+            status: inv.status,
+            total: inv.total,
+            currency: inv.currency,
+        });
+        if month >= current {
+            break;
+        }
+        month = month
+            .checked_add(jiff::Span::new().months(1))
+            .map_err(|e| ApiError::internal("next month", e))?;
+    }
+    out.reverse();
+    Ok(Json(out))
+}
+
+/// One month's invoice (`YYYY-MM`, UTC); this month's is the bill so far.
+#[utoipa::path(get, path = "/v1/invoices/{month}",
+    params(("month" = String, Path, description = "The month, `YYYY-MM`", pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")),
+    responses((status = 200, body = Invoice), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_invoice(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(month): ApiPath<String>,
+) -> ApiResult<Json<Invoice>> {
+    require(&caller, Action::ReadUsage)?;
+    let first = parse_month(&month)?;
+    let now = jiff::Timestamp::now();
+    if first > month_of(now) {
+        return Err(ApiError::not_found(format!(
+            "invoice {month} (the month has not begun)"
+        )));
+    }
+    Ok(Json(invoice_of(&state, &caller.org_id, first, now).await?))
+}
+
+/// An amount as invoices show it: to the cent.
+fn money(d: rust_decimal::Decimal) -> String {
+    format!("{d:.2}")
+}
+
+/// `YYYY-MM` as the month's first day.
+fn parse_month(month: &str) -> ApiResult<jiff::civil::Date> {
+    let bad = || ApiError::invalid(format!("month: {month:?} is not YYYY-MM"));
+    let (y, m) = month.split_once('-').ok_or_else(bad)?;
+    if y.len() != 4 || m.len() != 2 {
+        return Err(bad());
+    }
+    let (y, m): (i16, i8) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    jiff::civil::Date::new(y, m, 1).map_err(|_| bad())
+}
+
+/// The first day of `t`'s month, UTC.
+fn month_of(t: jiff::Timestamp) -> jiff::civil::Date {
+    t.to_zoned(jiff::tz::TimeZone::UTC).date().first_of_month()
+}
+
+fn unix(d: jiff::civil::Date) -> ApiResult<i64> {
+    d.to_zoned(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp().as_second())
+        .map_err(|e| ApiError::internal("a month's start", e))
+}
+
+/// The org's invoice of the month starting on `first`.
+async fn invoice_of(
+    state: &AppState,
+    org_id: &str,
+    first: jiff::civil::Date,
+    now: jiff::Timestamp,
+) -> ApiResult<Invoice> {
+    let next = first
+        .checked_add(jiff::Span::new().months(1))
+        .map_err(|e| ApiError::internal("next month", e))?;
+    let (start, end) = (unix(first)?, unix(next)?);
+    let rows = state
+        .store
+        .metered_usage(org_id, None, start, end, true)
+        .await
+        .map_err(store_err("usage"))?;
+    let usage: Vec<HourUsage> = rows
+        .into_iter()
+        .map(|r| HourUsage {
+            cluster_id: r.cluster_id,
+            cluster: r.cluster_name,
+            dimension: r.dimension,
+            cloud: r.cloud,
+            region: r.region,
+            hour: r.hour.unwrap_or(start),
+            quantity: u64::try_from(r.quantity).unwrap_or(0),
+        })
+        .collect();
+    let (book, version) = &*state.cfg.list_prices;
+    let (lines, total) = invoice::lines(&usage, book).map_err(|e| {
+        tracing::error!("price the invoice of {org_id} for {first}: {e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unpriced", e.to_string())
+    })?;
+    Ok(Invoice {
+        month: first.strftime("%Y-%m").to_string(),
+        status: if now.as_second() < end { "draft" } else { "closed" }.into(),
+        period_start: start,
+        period_end: end,
+        currency: CURRENCY.into(),
+        price_book: version.clone(),
+        lines: lines
+            .into_iter()
+            .map(|l| InvoiceLine {
+                cluster_id: l.cluster_id,
+                cluster: l.cluster,
+                dimension: l.dimension,
+                cloud: l.cloud,
+                region: l.region,
+                first_hour: l.first_hour,
+                last_hour: l.last_hour,
+                quantity: l.quantity,
+                unit_price: l.unit_price.to_string(),
+                per: l.per,
+                amount: money(l.amount),
+            })
+            .collect(),
+        total: money(total),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_read_strictly() {
+        assert_eq!(parse_month("2026-12").unwrap().to_string(), "2026-12-01");
+        assert_eq!(parse_month("0001-01").unwrap().to_string(), "0001-01-01");
+        for bad in ["2026-13", "2026-1", "26-12", "2026-12-01", "2026_12", "", "-001-01"] {
+            assert!(parse_month(bad).is_err(), "{bad}");
+        }
+    }
+}
