@@ -1,9 +1,10 @@
-//! `highrise usage` and `highrise invoice`: the org's metered usage per cluster and
-//! dimension, and its monthly invoices priced from it.
+//! `highrise usage`, `highrise invoice` and `highrise billing`: the org's metered usage
+//! per cluster and dimension, its monthly invoices priced from it, and its billing terms
+//! (hard limit, alert webhook, commitment) with the spend alerts fired.
 
 use crate::client::{print_json, urlencode, utc, Api, Conn, Output};
 use anyhow::{Context, Result};
-use highrise_api::{Invoice, InvoiceSummary, Usage};
+use highrise_api::{BillingSettings, BillingStatus, Invoice, InvoiceSummary, SetCommitment, Usage};
 
 #[derive(clap::Args)]
 pub struct UsageArgs {
@@ -100,6 +101,133 @@ pub async fn invoice(cmd: InvoiceCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+#[derive(clap::Subcommand)]
+pub enum BillingCommand {
+    /// This month's spend, the hard limit, the commitment's drawdown and the alerts.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Set the monthly hard limit (new clusters are refused once reached) or the alert
+    /// webhook; `none` clears either. What is not given stays.
+    Set {
+        /// USD, e.g. 500 or 499.99; `none` for no limit.
+        #[arg(long)]
+        hard_limit: Option<String>,
+        /// An http(s) URL spend alerts are POSTed to; `none` for none.
+        #[arg(long)]
+        alert_webhook: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Record an org's prepaid commitment (operator only).
+    Commitment {
+        /// The org (id or name).
+        org: String,
+        /// USD, e.g. 10000.
+        amount: String,
+        /// The period's start (RFC 3339, a date or Unix seconds; default: now).
+        #[arg(long, value_parser = unix_seconds)]
+        from: Option<i64>,
+        /// The period's end (default: a year after its start).
+        #[arg(long, value_parser = unix_seconds)]
+        to: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn billing(cmd: BillingCommand) -> Result<()> {
+    match cmd {
+        BillingCommand::Show { conn } => {
+            let api = Api::from(&conn)?;
+            let b: BillingStatus = api.send(api.http.get(format!("{}/v1/billing", api.url))).await?;
+            show_billing(&b, conn.output)
+        }
+        BillingCommand::Set {
+            hard_limit,
+            alert_webhook,
+            conn,
+        } => {
+            let api = Api::from(&conn)?;
+            let now: BillingStatus = api.send(api.http.get(format!("{}/v1/billing", api.url))).await?;
+            let pick = |given: Option<String>, had: Option<String>| match given.as_deref() {
+                Some("none") => None,
+                Some(_) => given,
+                None => had,
+            };
+            let req = BillingSettings {
+                hard_limit: pick(hard_limit, now.hard_limit),
+                alert_webhook: pick(alert_webhook, now.alert_webhook),
+            };
+            let b: BillingStatus = api
+                .send(api.http.put(format!("{}/v1/billing", api.url)).json(&req))
+                .await?;
+            show_billing(&b, conn.output)
+        }
+        BillingCommand::Commitment {
+            org,
+            amount,
+            from,
+            to,
+            conn,
+        } => {
+            let api = Api::from(&conn)?;
+            let from = match from {
+                Some(f) => f,
+                None => jiff::Timestamp::now().as_second(),
+            };
+            let req = SetCommitment {
+                amount,
+                from,
+                to: to.unwrap_or(from + 365 * 86_400),
+            };
+            let url = format!("{}/v1/orgs/{}/commitment", api.url, urlencode(&org));
+            let b: BillingStatus = api.send(api.http.put(url).json(&req)).await?;
+            show_billing(&b, conn.output)
+        }
+    }
+}
+
+fn show_billing(b: &BillingStatus, output: Output) -> Result<()> {
+    if output == Output::Json {
+        return print_json(b);
+    }
+    println!("{} so far: {} USD", b.month, b.month_spent);
+    match &b.hard_limit {
+        Some(l) => println!("hard limit: {l} USD a month (new clusters are refused once reached)"),
+        None => println!("hard limit: none"),
+    }
+    println!("alert webhook: {}", b.alert_webhook.as_deref().unwrap_or("none"));
+    match &b.commitment {
+        Some(c) => println!(
+            "commitment: {} USD from {} to {}: {} spent, {} left",
+            c.amount,
+            utc(c.from),
+            utc(c.to),
+            c.spent,
+            c.balance
+        ),
+        None => println!("commitment: none"),
+    }
+    for a in &b.alerts {
+        let delivery = match (a.delivered_at, &a.last_error) {
+            (Some(t), _) => format!("delivered {}", utc(t)),
+            (None, Some(e)) => format!("not delivered ({} attempts): {e}", a.attempts),
+            (None, None) => "not sent (no webhook)".to_string(),
+        };
+        println!(
+            "alert {}: {}% of {} reached ({} spent), {}",
+            utc(a.fired_at),
+            a.threshold,
+            a.budget,
+            a.spent,
+            delivery
+        );
+    }
+    Ok(())
 }
 
 /// A unit price as people read it: per hour for instance time.
@@ -199,7 +327,10 @@ mod tests {
     #[test]
     fn instance_time_reads_as_hours_minutes_and_seconds() {
         assert_eq!(super::quantity("instance_ms:small:spot", 8_999), "0:00:08");
-        assert_eq!(super::quantity("instance_ms:small:spot", 745 * 3_600_000 + 61_000), "745:01:01");
+        assert_eq!(
+            super::quantity("instance_ms:small:spot", 745 * 3_600_000 + 61_000),
+            "745:01:01"
+        );
         assert_eq!(super::quantity("bytes", 12), "12");
     }
 

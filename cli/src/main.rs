@@ -77,6 +77,9 @@ enum Command {
     /// The org's monthly invoices, priced from its usage (owners, admins, billing).
     #[command(subcommand)]
     Invoice(billing::InvoiceCommand),
+    /// The org's billing: hard limit, alert webhook, commitment and spend alerts.
+    #[command(subcommand)]
+    Billing(billing::BillingCommand),
     /// The local land's operator controls: pools, spot capacity, preemption.
     #[command(subcommand)]
     Land(land::LandCommand),
@@ -232,6 +235,7 @@ fn main() -> std::process::ExitCode {
             Command::Audit(c) => access::audit(c).await,
             Command::Usage(a) => billing::usage(a).await,
             Command::Invoice(c) => billing::invoice(c).await,
+            Command::Billing(c) => billing::billing(c).await,
             Command::Land(c) => land::land(c).await,
             Command::Sim(a) => sim::sim(a),
         }

@@ -221,6 +221,19 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
         ("GET", "/v1/audit".into(), None, [200, 200, denied, denied, denied]),
         ("GET", "/v1/usage".into(), None, [200, 200, denied, denied, 200]),
         ("GET", "/v1/invoices".into(), None, [200, 200, denied, denied, 200]),
+        ("GET", "/v1/billing".into(), None, [200, 200, denied, denied, 200]),
+        (
+            "PUT",
+            "/v1/billing".into(),
+            Some(json!({ "hard_limit": "1.234", "alert_webhook": null })),
+            [bad, bad, denied, denied, bad],
+        ),
+        (
+            "PUT",
+            "/v1/orgs/acme/commitment".into(),
+            Some(json!({ "amount": "100", "from": 0, "to": 1 })),
+            [denied, denied, denied, denied, denied],
+        ),
         (
             "GET",
             "/v1/invoices/2026-13".into(),
@@ -316,7 +329,14 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
             .0,
         404
     );
-    for path in ["/v1/members", "/v1/api-keys", "/v1/audit", "/v1/usage", "/v1/invoices"] {
+    for path in [
+        "/v1/members",
+        "/v1/api-keys",
+        "/v1/audit",
+        "/v1/usage",
+        "/v1/invoices",
+        "/v1/billing",
+    ] {
         assert_eq!(c.call("GET", path, &scoped, None).await.0, 403, "{path}");
     }
 

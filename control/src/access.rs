@@ -28,8 +28,10 @@ pub enum Action {
     ReadKeys,
     WriteKeys,
     ReadAudit,
-    /// The org's metered usage (and, later, its bill).
+    /// The org's metered usage, invoices and billing terms.
     ReadUsage,
+    /// The org's hard limit on spend and its alert webhook.
+    WriteBilling,
     /// Operator-only: create orgs, list the land's hosts (also needs the operator org).
     Operate,
 }
@@ -42,7 +44,7 @@ pub fn allows(role: Role, scoped: bool, action: Action) -> bool {
         ReadClusters | ReadNetworks => matches!(role, Owner | Admin | Developer | Viewer),
         WriteClusters => matches!(role, Owner | Admin | Developer),
         ReadProjects | ReadMembers => true,
-        ReadUsage => matches!(role, Owner | Admin | Billing),
+        ReadUsage | WriteBilling => matches!(role, Owner | Admin | Billing),
         WriteProjects | WriteNetworks | WriteMembers | ReadKeys | WriteKeys | ReadAudit | Operate => {
             matches!(role, Owner | Admin)
         }
@@ -89,6 +91,7 @@ mod tests {
             (WriteKeys, [true, true, false, false, false]),
             (ReadAudit, [true, true, false, false, false]),
             (ReadUsage, [true, true, false, false, true]),
+            (WriteBilling, [true, true, false, false, true]),
             (Operate, [true, true, false, false, false]),
         ];
         for (action, want) in table {
@@ -117,6 +120,7 @@ mod tests {
                 WriteKeys,
                 ReadAudit,
                 ReadUsage,
+                WriteBilling,
                 Operate,
             ] {
                 assert!(!allows(role, true, action), "{role} {action:?}");

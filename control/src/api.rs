@@ -15,6 +15,7 @@
 mod agents;
 mod audit;
 mod backups;
+mod billing;
 mod clusters;
 mod data_keys;
 mod endpoints;
@@ -43,7 +44,7 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Req
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use highrise_api::Role;
 use highrise_api::*;
@@ -303,7 +304,8 @@ fn require(caller: &Caller, action: Action) -> ApiResult<()> {
         Action::ReadKeys => "read API keys",
         Action::WriteKeys => "manage API keys",
         Action::ReadAudit => "read the audit log",
-        Action::ReadUsage => "read the org's usage",
+        Action::ReadUsage => "read the org's usage and bills",
+        Action::WriteBilling => "change the org's billing settings",
         Action::Operate => "operate the land",
     };
     let who = if caller.project_id.is_some() {
@@ -893,7 +895,8 @@ fn view_of(
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
         backups::verify_any_backup, tls::ca_certificate, usage::get_usage,
-        invoices::list_invoices, invoices::get_invoice
+        invoices::list_invoices, invoices::get_invoice, billing::get_billing, billing::set_billing,
+        billing::set_commitment
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -1070,6 +1073,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/usage", get(usage::get_usage))
         .route("/v1/invoices", get(invoices::list_invoices))
         .route("/v1/invoices/{month}", get(invoices::get_invoice))
+        .route("/v1/billing", get(billing::get_billing).put(billing::set_billing))
+        .route("/v1/orgs/{org}/commitment", put(billing::set_commitment))
         .route("/v1/orgs/{org}/quotas", get(orgs::org_quotas).put(orgs::set_quotas))
         .route("/v1/quotas", get(orgs::get_quotas))
         .route(

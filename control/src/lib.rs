@@ -9,6 +9,7 @@ mod access;
 mod api;
 mod audit;
 mod auth;
+mod billing;
 pub mod ca;
 mod copies;
 pub mod durability;

@@ -42,6 +42,8 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     restore_networks(&state).await;
     // Copies between clouds' stores take their own time: beside the planner, not in it.
     let copier = tokio::spawn(crate::copies::run(Arc::clone(&state), shutdown.clone()));
+    // Spend alerts, likewise.
+    let alerts = tokio::spawn(crate::billing::run(Arc::clone(&state), shutdown.clone()));
     let mut changes = state.changes.subscribe();
     let mut lagging = std::collections::HashSet::new();
     let mut last_backup_round = tokio::time::Instant::now() - Duration::from_secs(60);
@@ -49,6 +51,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         if *shutdown.borrow() {
             let _ = copier.await;
+            let _ = alerts.await;
             return;
         }
         if last_land_look.elapsed() >= LAND_LOOK {

@@ -43,10 +43,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (28, include_str!("../migrations/0028_master_key.sql")),
     (29, include_str!("../migrations/0029_sealing_generation.sql")),
     (30, include_str!("../migrations/0030_usage.sql")),
+    (31, include_str!("../migrations/0031_billing.sql")),
 ];
 
 mod audit;
+mod billing;
 pub use audit::AuditFilter;
+pub use billing::{AlertRow, BillingTermsRow};
 pub use evacuations::{EvacuationClusterRow, EvacuationRow};
 mod backups;
 mod cluster_certs;

@@ -304,15 +304,64 @@ async fn a_month_of_heartbeats(url: &str) {
         .is_empty());
 }
 
+/// Billing terms and spend alerts as stored: an alert fires once per org, period and
+/// threshold; a failed delivery keeps it pending with its error, a delivery ends it.
+async fn terms_and_alerts(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    assert_eq!(store.billing_terms("o1").await.unwrap(), BillingTermsRow::default());
+    let terms = BillingTermsRow {
+        commitment: Some("100.00".into()),
+        commitment_from: Some(10),
+        commitment_to: Some(20),
+        hard_limit: Some("5.00".into()),
+        alert_webhook: Some("http://127.0.0.1:1/hook".into()),
+    };
+    store.set_billing_terms("o1", &terms, 1).await.unwrap();
+    store.set_billing_terms("o1", &terms, 2).await.unwrap();
+    assert_eq!(store.billing_terms("o1").await.unwrap(), terms);
+    assert_eq!(
+        store.orgs_with_commitments().await.unwrap(),
+        vec![("o1".to_string(), terms)]
+    );
+    let alert = AlertRow {
+        org_id: "o1".into(),
+        period: "commitment:10-20".into(),
+        threshold: 80,
+        spent: "80.00".into(),
+        budget: "100.00".into(),
+        fired_at: 15,
+        delivered_at: None,
+        attempts: 0,
+        last_error: None,
+    };
+    assert!(store.fire_alert(&alert).await.unwrap());
+    assert!(!store.fire_alert(&alert).await.unwrap(), "fired once");
+    store.alert_attempted(&alert, 16, Some("refused")).await.unwrap();
+    let pending = store.undelivered_alerts().await.unwrap();
+    assert_eq!(
+        (pending.len(), pending[0].attempts, pending[0].last_error.as_deref()),
+        (1, 1, Some("refused"))
+    );
+    store.alert_attempted(&alert, 17, None).await.unwrap();
+    assert!(store.undelivered_alerts().await.unwrap().is_empty());
+    let all = store.alerts("o1").await.unwrap();
+    assert_eq!(
+        (all[0].delivered_at, all[0].attempts, all[0].last_error.clone()),
+        (Some(17), 2, None)
+    );
+}
+
 #[tokio::test]
 async fn a_month_of_metering_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("control.db").display());
     a_month_of_heartbeats(&url).await;
+    terms_and_alerts(&url).await;
 }
 
 #[tokio::test]
 async fn a_month_of_metering_on_postgres() {
     let pg = ScratchServer::start(&[]).await.unwrap();
     a_month_of_heartbeats(&pg.admin_url()).await;
+    terms_and_alerts(&pg.admin_url()).await;
 }

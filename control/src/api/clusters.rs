@@ -89,6 +89,7 @@ pub(super) async fn create_cluster(
     let policy = req.backup_policy.unwrap_or_default();
     backups::validate_policy(&policy)?;
     let allowed_cidrs = allow_list(req.allowed_cidrs.as_deref().unwrap_or_default())?;
+    billing::check_hard_limit(&state, &caller.org_id).await?;
     let (restore_json, db_name) = match &req.restore {
         Some(r) => {
             let (record, db) = backups::plan_restore(&state, &caller, &project, r).await?;

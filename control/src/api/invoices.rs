@@ -3,7 +3,6 @@
 //! time, so a draft is always current.
 
 use super::*;
-use highrise_billing::invoice::{self, HourUsage};
 
 /// Invoices are in the price book's currency.
 const CURRENCY: &str = "USD";
@@ -69,7 +68,7 @@ pub(super) async fn get_invoice(
 }
 
 /// An amount as invoices show it: to the cent.
-fn money(d: rust_decimal::Decimal) -> String {
+pub(super) fn money(d: rust_decimal::Decimal) -> String {
     format!("{d:.2}")
 }
 
@@ -106,35 +105,20 @@ async fn invoice_of(
         .checked_add(jiff::Span::new().months(1))
         .map_err(|e| ApiError::internal("next month", e))?;
     let (start, end) = (unix(first)?, unix(next)?);
-    let rows = state
-        .store
-        .metered_usage(org_id, None, start, end, true)
-        .await
-        .map_err(store_err("usage"))?;
-    let usage: Vec<HourUsage> = rows
-        .into_iter()
-        .map(|r| HourUsage {
-            cluster_id: r.cluster_id,
-            cluster: r.cluster_name,
-            dimension: r.dimension,
-            cloud: r.cloud,
-            region: r.region,
-            hour: r.hour.unwrap_or(start),
-            quantity: u64::try_from(r.quantity).unwrap_or(0),
-        })
-        .collect();
-    let (book, version) = &*state.cfg.list_prices;
-    let (lines, total) = invoice::lines(&usage, book).map_err(|e| {
-        tracing::error!("price the invoice of {org_id} for {first}: {e}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unpriced", e.to_string())
-    })?;
+    let (book_version, (lines, total)) = (
+        &state.cfg.list_prices.1,
+        crate::billing::priced(state, org_id, start, end).await.map_err(|e| {
+            tracing::error!("price the invoice of {org_id} for {first}: {e:#}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unpriced", format!("{e:#}"))
+        })?,
+    );
     Ok(Invoice {
         month: first.strftime("%Y-%m").to_string(),
         status: if now.as_second() < end { "draft" } else { "closed" }.into(),
         period_start: start,
         period_end: end,
         currency: CURRENCY.into(),
-        price_book: version.clone(),
+        price_book: book_version.clone(),
         lines: lines
             .into_iter()
             .map(|l| InvoiceLine {

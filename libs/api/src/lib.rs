@@ -981,6 +981,80 @@ pub struct InvoiceLine {
     pub amount: String,
 }
 
+/// The org's billing terms and how its spend stands against them. Amounts are decimal
+/// strings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BillingStatus {
+    /// This month (`YYYY-MM`, UTC) and what its usage has cost so far.
+    pub month: String,
+    pub month_spent: String,
+    /// New clusters are refused while this month's spend is at or over it.
+    pub hard_limit: Option<String>,
+    /// Where spend alerts are sent (a JSON `SpendAlert` in a POST).
+    pub alert_webhook: Option<String>,
+    pub commitment: Option<CommitmentStatus>,
+    /// Newest first.
+    pub alerts: Vec<SpendAlert>,
+}
+
+/// A prepaid commitment and its drawdown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CommitmentStatus {
+    pub amount: String,
+    pub from: UnixSeconds,
+    pub to: UnixSeconds,
+    /// What the org's usage in the period has cost so far (usage is kept by the hour: the
+    /// hour holding `from` counts whole).
+    pub spent: String,
+    /// `amount - spent`, not below zero; spend beyond the amount is billed.
+    pub balance: String,
+}
+
+/// A spend alert: the spend reached `threshold` percent of a budget (a commitment).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SpendAlert {
+    pub org_id: String,
+    /// What the budget is: `commitment:<from>-<to>`.
+    pub period: String,
+    pub threshold: u32,
+    pub spent: String,
+    pub budget: String,
+    pub fired_at: UnixSeconds,
+    /// When the webhook took it.
+    #[serde(default)]
+    pub delivered_at: Option<UnixSeconds>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// What the org sets of its billing (each field replaces what was set; `null` clears).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BillingSettings {
+    /// A monthly spend limit in USD (`123.45`): new clusters are refused once reached.
+    #[schema(pattern = "^[0-9]{1,12}(\\.[0-9]{1,2})?$")]
+    pub hard_limit: Option<String>,
+    /// An `http(s)://` URL spend alerts are POSTed to (printable ASCII).
+    #[schema(pattern = "^https?://[!-~]{1,2000}$")]
+    pub alert_webhook: Option<String>,
+}
+
+/// A prepaid commitment an operator records for an org.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetCommitment {
+    /// USD (`1000`, `1000.50`).
+    #[schema(pattern = "^[0-9]{1,12}(\\.[0-9]{1,2})?$")]
+    pub amount: String,
+    /// The period, Unix seconds: `from` before `to`.
+    #[schema(minimum = 0, maximum = 9_999_999_999_i64)]
+    pub from: UnixSeconds,
+    #[schema(minimum = 0, maximum = 9_999_999_999_i64)]
+    pub to: UnixSeconds,
+}
+
 /// A month's invoice in a list.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InvoiceSummary {

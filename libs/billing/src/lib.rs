@@ -8,7 +8,9 @@
 //!   effective dates) and what an hour's usage costs, in decimals — never floats.
 //! * [`invoice`]: an invoice's lines from hourly usage and the price book, and what credits
 //!   and a commitment draw down from its total.
+//! * [`budget`]: spend alerts' thresholds and the hard limit.
 
+pub mod budget;
 pub mod invoice;
 pub mod meter;
 pub mod prices;

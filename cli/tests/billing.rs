@@ -1,0 +1,165 @@
+//! Commitments, spend alerts and the hard limit on the real `highrise up` (issue 15), with
+//! a price book that makes a `small` instance cost $360 an hour, so a dollar is spent in
+//! seconds: the commitment is drawn down by the usage's cost; alerts fire at 50% and 80%,
+//! once each, and reach the webhook — whose first answer is a 500, so the alert is sent
+//! again until it is taken; once the month's spend reaches the hard limit a new cluster is
+//! refused with the reason.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const PRICES: &str = r#"
+version = "test-expensive"
+[[price]]
+dimension = "instance_ms:small:on_demand"
+amount = "360"
+per = 3_600_000
+effective_from = "2020-01-01T00:00:00Z"
+"#;
+
+/// What a webhook receiver took (the bodies it answered 204) and how many requests came.
+type Taken = Arc<Mutex<Vec<Value>>>;
+
+/// A webhook receiver: answers its first request 500, every later one 204.
+fn webhook() -> (String, Taken, Arc<Mutex<u32>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/spend", listener.local_addr().unwrap());
+    let (taken, requests) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0u32)));
+    let (t, n) = (Arc::clone(&taken), Arc::clone(&requests));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let first = {
+                let mut n = n.lock().unwrap();
+                *n += 1;
+                *n == 1
+            };
+            let status = if first {
+                "500 Internal Server Error"
+            } else {
+                t.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                "204 No Content"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, taken, requests)
+}
+
+fn billing(up: &Up) -> Value {
+    serde_json::from_str(&up.cli_ok(&["billing", "show", "--output", "json"])).unwrap()
+}
+
+fn money(v: &Value) -> f64 {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_commitment_is_drawn_down_alerts_fire_once_and_the_hard_limit_refuses_new_clusters() {
+    let root = temp_root();
+    let prices = root.path().join("prices.toml");
+    std::fs::write(&prices, PRICES).unwrap();
+    let up = Up::start_with(root.path(), &["--list-prices", prices.to_str().unwrap()]);
+    let (hook, taken, requests) = webhook();
+
+    // The operator records a $1 commitment for its org from a minute ago; the org sets
+    // its webhook and a $0.50 hard limit.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let from = (now - 60).to_string();
+    up.cli_ok(&["billing", "commitment", "default", "1", "--from", &from]);
+    up.cli_ok(&["billing", "set", "--hard-limit", "0.50", "--alert-webhook", &hook]);
+    let b = billing(&up);
+    assert_eq!(
+        (b["hard_limit"].as_str(), b["alert_webhook"].as_str()),
+        (Some("0.50"), Some(hook.as_str()))
+    );
+    assert_eq!(b["commitment"]["amount"], "1.00");
+    // Bad settings are refused with the reason and change nothing.
+    let out = up.cli(&["billing", "set", "--hard-limit", "3.333"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hard_limit: an amount in USD"));
+    let out = up.cli(&["billing", "set", "--alert-webhook", "ftp://x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("an http:// or https:// URL"));
+    assert_eq!(billing(&up)["hard_limit"], "0.50");
+
+    up.create_cluster("spender");
+
+    // 80% of the commitment: the 50% and 80% alerts have fired, once each, and both
+    // reached the webhook though its first answer was a 500.
+    wait_for("the 80% alert to reach the webhook", Duration::from_secs(60), || {
+        taken.lock().unwrap().iter().any(|a| a["threshold"] == 80)
+    });
+    let b = billing(&up);
+    let c = &b["commitment"];
+    assert!(money(&c["spent"]) >= 0.8, "{c}");
+    let left = (money(&c["amount"]) - money(&c["spent"])).max(0.0);
+    assert!((money(&c["balance"]) - left).abs() < 1e-9, "{c}");
+    let alerts = b["alerts"].as_array().unwrap();
+    let fired: Vec<u64> = alerts.iter().map(|a| a["threshold"].as_u64().unwrap()).collect();
+    assert!(fired.contains(&50) && fired.contains(&80), "{alerts:?}");
+    assert_eq!(fired.iter().filter(|t| **t == 50).count(), 1, "fired once: {alerts:?}");
+    wait_for("the 50% alert to be delivered", Duration::from_secs(30), || {
+        taken.lock().unwrap().iter().any(|a| a["threshold"] == 50)
+    });
+    let first = billing(&up)["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["threshold"] == 50)
+        .cloned()
+        .unwrap();
+    assert!(first["attempts"].as_u64().unwrap() >= 2, "the 500 was retried: {first}");
+    assert!(first["delivered_at"].is_i64());
+    assert!(*requests.lock().unwrap() >= 3);
+    let delivered = taken.lock().unwrap().clone();
+    assert_eq!(
+        delivered.iter().filter(|a| a["threshold"] == 50).count(),
+        1,
+        "a delivered alert is not sent again: {delivered:?}"
+    );
+
+    // The month's spend is over the $0.50 limit: a new cluster is refused, saying why.
+    let out = up.cli(&["cluster", "create", "another"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has reached the org's hard limit (0.50)"), "{err}");
+    // Raised, it takes new clusters again.
+    up.cli_ok(&["billing", "set", "--hard-limit", "none"]);
+    up.cli_ok(&["cluster", "create", "another"]);
+
+    // The draft invoice prices the same usage.
+    let inv: Value = serde_json::from_str(&up.cli_ok(&["invoice", "show", "--output", "json"])).unwrap();
+    assert_eq!(inv["price_book"], "test-expensive");
+    assert!(money(&inv["total"]) >= 0.8);
+    let table = up.cli_ok(&["billing", "show"]);
+    assert!(
+        table.contains("commitment: 1.00 USD") && table.contains("80% of 1.00 reached"),
+        "{table}"
+    );
+}

@@ -1,0 +1,201 @@
+//! The org's billing terms and how its spend stands against them: the monthly hard
+//! limit and the alert webhook (set by the org), the prepaid commitment (recorded by the
+//! operator) and the spend alerts fired.
+
+use super::*;
+use crate::billing;
+use crate::store::BillingTermsRow;
+use rust_decimal::Decimal;
+
+/// An amount in USD as the schema's pattern has it: up to 12 digits, at most two decimals.
+fn parse_amount(field: &str, s: &str) -> ApiResult<Decimal> {
+    let bad = || {
+        ApiError::invalid(format!(
+            "{field}: an amount in USD with at most two decimals, like 1000.50"
+        ))
+    };
+    let (whole, cents) = s.split_once('.').unwrap_or((s, ""));
+    let digits =
+        |p: &str, min: usize, max: usize| (min..=max).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole, 1, 12) || !(cents.is_empty() && !s.contains('.') || digits(cents, 1, 2)) {
+        return Err(bad());
+    }
+    s.parse().map_err(|_| bad())
+}
+
+fn internal(what: &'static str) -> impl FnOnce(anyhow::Error) -> ApiError {
+    move |e| ApiError::internal(what, format!("{e:#}"))
+}
+
+/// The org's billing terms, this month's spend, its commitment's drawdown and its alerts.
+#[utoipa::path(get, path = "/v1/billing",
+    responses((status = 200, body = BillingStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn get_billing(State(state): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<BillingStatus>> {
+    require(&caller, Action::ReadUsage)?;
+    Ok(Json(status(&state, &caller.org_id).await?))
+}
+
+async fn status(state: &AppState, org_id: &str) -> ApiResult<BillingStatus> {
+    let now = now();
+    let terms = state
+        .store
+        .billing_terms(org_id)
+        .await
+        .map_err(store_err("billing terms"))?;
+    let (from, to) = billing::month_of(now).map_err(internal("this month"))?;
+    let month_spent = billing::spent(state, org_id, from, to)
+        .await
+        .map_err(internal("this month's spend"))?;
+    let commitment = match billing::commitment_spent(state, org_id, &terms, now)
+        .await
+        .map_err(internal("the commitment's spend"))?
+    {
+        Some((amount, spent)) => Some(CommitmentStatus {
+            amount: invoices::money(amount),
+            from: terms.commitment_from.unwrap_or(0),
+            to: terms.commitment_to.unwrap_or(0),
+            spent: invoices::money(spent),
+            balance: invoices::money((amount - spent).max(Decimal::ZERO)),
+        }),
+        None => None,
+    };
+    let alerts = state
+        .store
+        .alerts(org_id)
+        .await
+        .map_err(store_err("alerts"))?
+        .into_iter()
+        .map(|a| SpendAlert {
+            org_id: a.org_id,
+            period: a.period,
+            threshold: u32::try_from(a.threshold).unwrap_or(0),
+            spent: a.spent,
+            budget: a.budget,
+            fired_at: a.fired_at,
+            delivered_at: a.delivered_at,
+            attempts: u32::try_from(a.attempts).unwrap_or(0),
+            last_error: a.last_error,
+        })
+        .collect();
+    Ok(BillingStatus {
+        month: jiff::Timestamp::from_second(from)
+            .map(|t| t.strftime("%Y-%m").to_string())
+            .unwrap_or_default(),
+        month_spent: invoices::money(month_spent),
+        hard_limit: terms.hard_limit.clone(),
+        alert_webhook: terms.alert_webhook.clone(),
+        commitment,
+        alerts,
+    })
+}
+
+/// Set the org's monthly hard limit and alert webhook (each replaces what was set; `null`
+/// clears it).
+#[utoipa::path(put, path = "/v1/billing", request_body = BillingSettings,
+    responses((status = 200, body = BillingStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn set_billing(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<BillingSettings>,
+) -> ApiResult<Json<BillingStatus>> {
+    caller.audit_target("billing".to_string());
+    require(&caller, Action::WriteBilling)?;
+    let hard_limit = match &req.hard_limit {
+        Some(l) => Some(invoices::money(parse_amount("hard_limit", l)?)),
+        None => None,
+    };
+    if let Some(w) = &req.alert_webhook {
+        // As the schema's pattern has it: the scheme, then 1 to 2000 printable ASCII
+        // characters but the space.
+        let rest = w.strip_prefix("http://").or_else(|| w.strip_prefix("https://"));
+        let ok = rest.is_some_and(|r| (1..=2000).contains(&r.len()) && r.bytes().all(|b| (b'!'..=b'~').contains(&b)));
+        if !ok {
+            return Err(ApiError::invalid("alert_webhook: an http:// or https:// URL"));
+        }
+    }
+    let mut terms = state
+        .store
+        .billing_terms(&caller.org_id)
+        .await
+        .map_err(store_err("billing terms"))?;
+    terms.hard_limit = hard_limit;
+    terms.alert_webhook = req.alert_webhook.clone();
+    state
+        .store
+        .set_billing_terms(&caller.org_id, &terms, now())
+        .await
+        .map_err(store_err("billing terms"))?;
+    Ok(Json(status(&state, &caller.org_id).await?))
+}
+
+/// Record an org's prepaid commitment (operator only): the amount its usage in the period
+/// draws down; alerts fire at 50, 80 and 100% of it.
+#[utoipa::path(put, path = "/v1/orgs/{org}/commitment", request_body = SetCommitment,
+    params(("org" = String, Path, description = "Org id or name")),
+    responses((status = 200, body = BillingStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn set_commitment(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(org): ApiPath<String>,
+    ApiJson(req): ApiJson<SetCommitment>,
+) -> ApiResult<Json<BillingStatus>> {
+    caller.audit_target(format!("orgs/{org}/commitment"));
+    if !caller.may(Action::Operate) {
+        return Err(ApiError::forbidden("only the operator may record commitments"));
+    }
+    let amount = parse_amount("amount", &req.amount)?;
+    let in_range = |t: i64| (0..=9_999_999_999).contains(&t);
+    if !in_range(req.from) || !in_range(req.to) || req.from >= req.to {
+        return Err(ApiError::invalid("from, to: Unix seconds, from before to"));
+    }
+    let o = state.store.find_org(&org).await.map_err(store_err("org"))?;
+    let terms = state
+        .store
+        .billing_terms(&o.id)
+        .await
+        .map_err(store_err("billing terms"))?;
+    let terms = BillingTermsRow {
+        commitment: Some(invoices::money(amount)),
+        commitment_from: Some(req.from),
+        commitment_to: Some(req.to),
+        ..terms
+    };
+    state
+        .store
+        .set_billing_terms(&o.id, &terms, now())
+        .await
+        .map_err(store_err("billing terms"))?;
+    Ok(Json(status(&state, &o.id).await?))
+}
+
+/// 409 when the org's spend this month has reached its hard limit (new clusters wait
+/// until the limit is raised or the month ends).
+pub(super) async fn check_hard_limit(state: &AppState, org_id: &str) -> ApiResult<()> {
+    match billing::over_hard_limit(state, org_id, now()).await {
+        Ok(None) => Ok(()),
+        Ok(Some((spent, limit))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "spend_limit",
+            format!(
+                "this month's spend ({}) has reached the org's hard limit ({}): no new clusters until the \
+                 limit is raised (highrise billing set --hard-limit) or the month ends",
+                invoices::money(spent),
+                invoices::money(limit)
+            ),
+        )),
+        Err(e) => Err(internal("check the hard limit")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn amounts_are_read_strictly() {
+        for ok in ["0", "10", "1000.5", "1000.50", "999999999999.99"] {
+            assert!(super::parse_amount("a", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".5", "1.", "1.234", "-1", "1e3", "1,000", "1000000000000", " 1"] {
+            assert!(super::parse_amount("a", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Spend against an org's billing terms: what its usage cost over a range (priced by the
+//! list-price book), alerts as that spend reaches shares of its prepaid commitment (fired
+//! once each, sent to its webhook until the webhook takes them), and the monthly hard
+//! limit that refuses new clusters.
+
+use crate::store::{AlertRow, BillingTermsRow};
+use crate::AppState;
+use anyhow::{Context, Result};
+use highrise_billing::budget;
+use highrise_billing::invoice::{self, HourUsage};
+use rust_decimal::Decimal;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often commitments are checked for alerts and undelivered alerts sent again.
+const ROUND: Duration = Duration::from_secs(2);
+
+/// The org's usage in hours `[from, to)` priced at list prices: the invoice's lines and
+/// their total.
+pub async fn priced(state: &AppState, org_id: &str, from: i64, to: i64) -> Result<(Vec<invoice::Line>, Decimal)> {
+    let rows = state
+        .store
+        .metered_usage(org_id, None, from, to, true)
+        .await
+        .context("read usage")?;
+    let usage: Vec<HourUsage> = rows
+        .into_iter()
+        .map(|r| HourUsage {
+            cluster_id: r.cluster_id,
+            cluster: r.cluster_name,
+            dimension: r.dimension,
+            cloud: r.cloud,
+            region: r.region,
+            hour: r.hour.unwrap_or(from),
+            quantity: u64::try_from(r.quantity).unwrap_or(0),
+        })
+        .collect();
+    Ok(invoice::lines(&usage, &state.cfg.list_prices.0)?)
+}
+
+/// What the org's usage in hours `[from, to)` costs at list prices.
+pub async fn spent(state: &AppState, org_id: &str, from: i64, to: i64) -> Result<Decimal> {
+    Ok(priced(state, org_id, from, to).await?.1)
+}
+
+/// The start and end (Unix seconds, UTC) of the month holding `t`.
+pub fn month_of(t: i64) -> Result<(i64, i64)> {
+    let utc = jiff::tz::TimeZone::UTC;
+    let first = jiff::Timestamp::from_second(t)?
+        .to_zoned(utc.clone())
+        .date()
+        .first_of_month();
+    let next = first.checked_add(jiff::Span::new().months(1))?;
+    Ok((
+        first.to_zoned(utc.clone())?.timestamp().as_second(),
+        next.to_zoned(utc)?.timestamp().as_second(),
+    ))
+}
+
+/// A decimal amount as stored.
+pub fn amount(s: &str) -> Result<Decimal> {
+    Decimal::from_str(s).with_context(|| format!("read the amount {s:?}"))
+}
+
+/// The month's spend and the hard limit when the spend has reached it.
+pub async fn over_hard_limit(state: &AppState, org_id: &str, now: i64) -> Result<Option<(Decimal, Decimal)>> {
+    let terms = state.store.billing_terms(org_id).await?;
+    let Some(limit) = terms.hard_limit.as_deref().map(amount).transpose()? else {
+        return Ok(None);
+    };
+    let (from, to) = month_of(now)?;
+    let spent = spent(state, org_id, from, to).await?;
+    Ok(budget::over_limit(spent, limit).then_some((spent, limit)))
+}
+
+/// The period an alert of a commitment counts in.
+pub fn commitment_period(t: &BillingTermsRow) -> String {
+    format!(
+        "commitment:{}-{}",
+        t.commitment_from.unwrap_or(0),
+        t.commitment_to.unwrap_or(0)
+    )
+}
+
+/// What the org's commitment has drawn down so far: `(amount, spent)`.
+pub async fn commitment_spent(
+    state: &AppState,
+    org_id: &str,
+    t: &BillingTermsRow,
+    now: i64,
+) -> Result<Option<(Decimal, Decimal)>> {
+    let Some(c) = t.commitment.as_deref() else {
+        return Ok(None);
+    };
+    let amount = amount(c)?;
+    // Usage is kept by the hour: the hours the period touches, the first one whole.
+    let hour = highrise_billing::meter::HOUR;
+    let from = t.commitment_from.unwrap_or(0).div_euclid(hour) * hour;
+    let to = t.commitment_to.unwrap_or(i64::MAX / 2).min(now + hour);
+    Ok(Some((amount, spent(state, org_id, from, to).await?)))
+}
+
+/// Checks every commitment for alerts, then sends what is undelivered; every [`ROUND`].
+pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return tracing::error!("spend alerts: build the webhook client: {e}"),
+    };
+    loop {
+        let now = crate::store::now();
+        if let Err(e) = fire_alerts(&state, now).await {
+            tracing::error!("spend alerts: {e:#}");
+        }
+        if let Err(e) = deliver(&state, &http).await {
+            tracing::error!("spend alert webhooks: {e:#}");
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(ROUND) => {}
+        }
+    }
+}
+
+async fn fire_alerts(state: &AppState, now: i64) -> Result<()> {
+    for (org_id, t) in state.store.orgs_with_commitments().await? {
+        if t.commitment_from.is_some_and(|f| f > now) {
+            continue;
+        }
+        let Some((budget_amount, spent)) = commitment_spent(state, &org_id, &t, now)
+            .await
+            .with_context(|| format!("spend of {org_id}"))?
+        else {
+            continue;
+        };
+        for threshold in budget::reached(spent, budget_amount) {
+            let alert = AlertRow {
+                org_id: org_id.clone(),
+                period: commitment_period(&t),
+                threshold: i64::from(threshold),
+                spent: format!("{spent:.2}"),
+                budget: format!("{budget_amount:.2}"),
+                fired_at: now,
+                delivered_at: None,
+                attempts: 0,
+                last_error: None,
+            };
+            if state.store.fire_alert(&alert).await? {
+                tracing::warn!(org = %org_id, "spend reached {threshold}% of the commitment: {spent:.2} of {budget_amount:.2}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends every undelivered alert to its org's webhook (alerts of an org without one wait
+/// for one to be set).
+async fn deliver(state: &AppState, http: &reqwest::Client) -> Result<()> {
+    for a in state.store.undelivered_alerts().await? {
+        let Some(url) = state.store.billing_terms(&a.org_id).await?.alert_webhook else {
+            continue;
+        };
+        let body = highrise_api::SpendAlert {
+            org_id: a.org_id.clone(),
+            period: a.period.clone(),
+            threshold: u32::try_from(a.threshold).unwrap_or(0),
+            spent: a.spent.clone(),
+            budget: a.budget.clone(),
+            fired_at: a.fired_at,
+            delivered_at: None,
+            attempts: 0,
+            last_error: None,
+        };
+        let error = match http.post(&url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("the webhook answered {}", r.status())),
+            Err(e) => Some(format!("{:#}", anyhow::Error::from(e))),
+        };
+        if let Some(e) = &error {
+            if a.attempts == 0 {
+                tracing::warn!(org = %a.org_id, threshold = a.threshold, "spend alert webhook: {e}");
+            }
+        }
+        state
+            .store
+            .alert_attempted(&a, crate::store::now(), error.as_deref())
+            .await?;
+    }
+    Ok(())
+}
