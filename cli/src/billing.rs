@@ -4,7 +4,7 @@
 
 use crate::client::{print_json, urlencode, utc, Api, Conn, Output};
 use anyhow::{Context, Result};
-use highrise_api::{BillingSettings, BillingStatus, Invoice, InvoiceSummary, SetCommitment, Usage};
+use highrise_api::{BillingSettings, BillingStatus, Invoice, InvoiceSummary, MarginReport, SetCommitment, Usage};
 
 #[derive(clap::Args)]
 pub struct UsageArgs {
@@ -122,6 +122,17 @@ pub enum BillingCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// The margin report of an org's month (operator only): per cluster, its usage at list
+    /// prices against what the land charges for it.
+    Margin {
+        /// The org (id or name).
+        org: String,
+        /// `YYYY-MM` (default: this month).
+        #[arg(long)]
+        month: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Record an org's prepaid commitment (operator only).
     Commitment {
         /// The org (id or name).
@@ -141,6 +152,43 @@ pub enum BillingCommand {
 
 pub async fn billing(cmd: BillingCommand) -> Result<()> {
     match cmd {
+        BillingCommand::Margin { org, month, conn } => {
+            let api = Api::from(&conn)?;
+            let mut req = api.http.get(format!("{}/v1/orgs/{}/margin", api.url, urlencode(&org)));
+            if let Some(m) = month {
+                req = req.query(&[("month", m)]);
+            }
+            let r: MarginReport = api.send(req).await?;
+            if conn.output == Output::Json {
+                return print_json(&r);
+            }
+            println!("margin of {} in {} (USD)", r.org_id, r.month);
+            println!(
+                "{:<20} {:<34} {:>14} {:>14} {:>14} {:>8}",
+                "CLUSTER", "DIMENSIONS", "PRICE", "COST", "MARGIN", "MARGIN%"
+            );
+            for c in &r.clusters {
+                println!(
+                    "{:<20} {:<34} {:>14} {:>14} {:>14} {:>8}",
+                    c.cluster,
+                    c.dimensions.join(","),
+                    c.price,
+                    c.cost,
+                    c.margin,
+                    c.margin_pct.as_deref().unwrap_or("-")
+                );
+            }
+            println!(
+                "{:<20} {:<34} {:>14} {:>14} {:>14} {:>8}",
+                "total",
+                "",
+                r.price,
+                r.cost,
+                r.margin,
+                r.margin_pct.as_deref().unwrap_or("-")
+            );
+            Ok(())
+        }
         BillingCommand::Show { conn } => {
             let api = Api::from(&conn)?;
             let b: BillingStatus = api.send(api.http.get(format!("{}/v1/billing", api.url))).await?;

@@ -229,6 +229,12 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
             [bad, bad, denied, denied, bad],
         ),
         (
+            "GET",
+            "/v1/orgs/acme/margin".into(),
+            None,
+            [denied, denied, denied, denied, denied],
+        ),
+        (
             "PUT",
             "/v1/orgs/acme/commitment".into(),
             Some(json!({ "amount": "100", "from": 0, "to": 1 })),

@@ -3,7 +3,7 @@
 //! seconds: the commitment is drawn down by the usage's cost; alerts fire at 50% and 80%,
 //! once each, and reach the webhook — whose first answer is a 500, so the alert is sent
 //! again until it is taken; once the month's spend reaches the hard limit a new cluster is
-//! refused with the reason.
+//! refused with the reason. And the operator's margin report, spot HA against on-demand.
 
 mod common;
 
@@ -162,4 +162,54 @@ fn a_commitment_is_drawn_down_alerts_fire_once_and_the_hard_limit_refuses_new_cl
         table.contains("commitment: 1.00 USD") && table.contains("80% of 1.00 reached"),
         "{table}"
     );
+}
+
+/// The margin report (operator): a spot HA pair of `small` against an on-demand one, each
+/// priced by the repository's list prices and costed by the land's hosts — the spot pair
+/// earns the wider margin (43.56% against 25.84%: $0.08 against a host eighth of $0.04515
+/// an hour, $0.16 against $0.11865).
+#[test]
+fn the_margin_report_sets_a_spot_ha_cluster_against_an_on_demand_one() {
+    let up = Up::start();
+    up.cli_ok(&["cluster", "create", "spot-ha", "--spot", "--replicas", "1", "--wait"]);
+    up.cli_ok(&["cluster", "create", "od-ha", "--replicas", "1", "--wait"]);
+    let report = || -> Value {
+        serde_json::from_str(&up.cli_ok(&["billing", "margin", "default", "--output", "json"])).unwrap()
+    };
+    wait_for("both clusters in the margin report", Duration::from_secs(30), || {
+        report()["clusters"].as_array().unwrap().len() == 2
+    });
+    let r = report();
+    let row = |name: &str| {
+        r["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["cluster"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let (spot, od) = (row("spot-ha"), row("od-ha"));
+    assert_eq!(
+        spot["dimensions"],
+        serde_json::json!(["instance_ms:small:spot"]),
+        "{spot}"
+    );
+    assert_eq!(
+        od["dimensions"],
+        serde_json::json!(["instance_ms:small:on_demand"]),
+        "{od}"
+    );
+    assert_eq!(
+        (spot["margin_pct"].as_str(), od["margin_pct"].as_str()),
+        (Some("43.56"), Some("25.84"))
+    );
+    assert!(money(&spot["cost"]) > 0.0 && money(&spot["price"]) > money(&spot["cost"]));
+    let table = up.cli_ok(&["billing", "margin", "default"]);
+    assert!(table.contains("spot-ha") && table.contains("43.56"), "{table}");
+    // Tenants do not see margins.
+    let org: Value = serde_json::from_str(&up.cli_ok(&["org", "create", "acme", "--output", "json"])).unwrap();
+    let key = org["api_key"]["secret"].as_str().unwrap();
+    let out = up.cli(&["billing", "margin", "acme", "--api-key", key]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only the operator may read margins"));
 }

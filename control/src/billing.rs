@@ -8,6 +8,7 @@ use crate::AppState;
 use anyhow::{Context, Result};
 use highrise_billing::budget;
 use highrise_billing::invoice::{self, HourUsage};
+use highrise_provider::market::PriceBook as LandPrices;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -43,6 +44,26 @@ pub async fn priced(state: &AppState, org_id: &str, from: i64, to: i64) -> Resul
 /// What the org's usage in hours `[from, to)` costs at list prices.
 pub async fn spent(state: &AppState, org_id: &str, from: i64, to: i64) -> Result<Decimal> {
     Ok(priced(state, org_id, from, to).await?.1)
+}
+
+/// What one unit of `dimension` costs us in `cloud`/`region` by the land's price book: an
+/// instance-millisecond of a plan is its share of a host (its slots of the host's) at the
+/// host type's hourly price on its market. `None` for what the book does not price.
+pub fn unit_cost(land: &LandPrices, dimension: &str, cloud: &str, region: &str) -> Option<Decimal> {
+    let mut parts = dimension.split(':');
+    let (Some("instance_ms"), Some(plan), Some(market), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let shape = land.plans.get(plan)?;
+    let host = land.region(cloud, region)?.host_type();
+    let hour = match market {
+        "spot" => host.spot_hour,
+        "on_demand" => host.on_demand_hour,
+        _ => return None,
+    };
+    Some(hour * Decimal::from(shape.slots) / Decimal::from(highrise_planner::HOST_SLOTS) / Decimal::from(3_600_000))
 }
 
 /// The start and end (Unix seconds, UTC) of the month holding `t`.
@@ -192,4 +213,35 @@ async fn deliver(state: &AppState, http: &reqwest::Client) -> Result<()> {
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_costs_its_share_of_a_host_on_its_market() {
+        let land = LandPrices::repository().unwrap();
+        // local-a is priced as aws/us-east-1: m6id.4xlarge hosts, 8 slots.
+        let per_hour = |d: &str| {
+            unit_cost(&land, d, "local-a", "region-1").map(|c| (c * Decimal::from(3_600_000)).round_dp(10).normalize())
+        };
+        assert_eq!(
+            per_hour("instance_ms:small:on_demand"),
+            Some(Decimal::from_str("0.11865").unwrap())
+        );
+        assert_eq!(
+            per_hour("instance_ms:medium:spot"),
+            Some(Decimal::from_str("0.0903").unwrap())
+        );
+        for unpriced in [
+            "instance_ms:huge:spot",
+            "instance_ms:small:reserved",
+            "bytes",
+            "instance_ms:small:spot:x",
+        ] {
+            assert_eq!(per_hour(unpriced), None, "{unpriced}");
+        }
+        assert_eq!(unit_cost(&land, "instance_ms:small:spot", "nowhere", "r"), None);
+    }
 }

@@ -65,6 +65,8 @@ pub struct ControlConfig {
     pub cells: Vec<String>,
     /// What tenants pay: the list prices invoices are priced with, and the book's version.
     pub list_prices: Arc<(highrise_billing::prices::PriceBook, String)>,
+    /// What the land charges us (its hosts by market), for the margin report.
+    pub land_prices: Arc<highrise_provider::market::PriceBook>,
 }
 
 /// The cell a new org is placed in (the planner's choice, from how many orgs each holds).

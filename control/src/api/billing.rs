@@ -168,6 +168,70 @@ pub(super) async fn set_commitment(
     Ok(Json(status(&state, &o.id).await?))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MarginQuery {
+    /// The month, `YYYY-MM` (UTC; default: this month).
+    #[param(pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")]
+    month: Option<String>,
+}
+
+/// The margin report of an org's month (operator only): per cluster, its usage at list
+/// prices against what the land charges for it.
+#[utoipa::path(get, path = "/v1/orgs/{org}/margin",
+    params(("org" = String, Path, description = "Org id or name"), MarginQuery),
+    responses((status = 200, body = MarginReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn margin_report(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(org): ApiPath<String>,
+    ApiQuery(q): ApiQuery<MarginQuery>,
+) -> ApiResult<Json<MarginReport>> {
+    if !caller.may(Action::Operate) {
+        return Err(ApiError::forbidden("only the operator may read margins"));
+    }
+    let o = state.store.find_org(&org).await.map_err(store_err("org"))?;
+    let first = match &q.month {
+        Some(m) => invoices::parse_month(m)?,
+        None => invoices::month_of(jiff::Timestamp::now()),
+    };
+    let (from, to) = billing::month_of(invoices::unix(first)?).map_err(internal("the month"))?;
+    let (lines, _) = billing::priced(&state, &o.id, from, to)
+        .await
+        .map_err(internal("price the month"))?;
+    let land = &state.cfg.land_prices;
+    let rows = highrise_billing::margin::margins(&lines, |d, c, r| billing::unit_cost(land, d, c, r))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "uncosted", e.to_string()))?;
+    let exact = |d: Decimal| format!("{:.6}", d);
+    let pct = |margin: Decimal, price: Decimal| {
+        (!price.is_zero()).then(|| format!("{:.2}", margin * Decimal::from(100) / price))
+    };
+    let (price, cost) = rows
+        .iter()
+        .fold((Decimal::ZERO, Decimal::ZERO), |(p, c), r| (p + r.price, c + r.cost));
+    Ok(Json(MarginReport {
+        org_id: o.id,
+        month: first.strftime("%Y-%m").to_string(),
+        clusters: rows
+            .iter()
+            .map(|r| ClusterMargin {
+                cluster_id: r.cluster_id.clone(),
+                cluster: r.cluster.clone(),
+                dimensions: r.dimensions.clone(),
+                price: exact(r.price),
+                cost: exact(r.cost),
+                margin: exact(r.margin),
+                margin_pct: pct(r.margin, r.price),
+            })
+            .collect(),
+        price: exact(price),
+        cost: exact(cost),
+        margin: exact(price - cost),
+        margin_pct: pct(price - cost, price),
+    }))
+}
+
 /// 409 when the org's spend this month has reached its hard limit (new clusters wait
 /// until the limit is raised or the month ends).
 pub(super) async fn check_hard_limit(state: &AppState, org_id: &str) -> ApiResult<()> {

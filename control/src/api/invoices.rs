@@ -73,7 +73,7 @@ pub(super) fn money(d: rust_decimal::Decimal) -> String {
 }
 
 /// `YYYY-MM` as the month's first day.
-fn parse_month(month: &str) -> ApiResult<jiff::civil::Date> {
+pub(super) fn parse_month(month: &str) -> ApiResult<jiff::civil::Date> {
     let bad = || ApiError::invalid(format!("month: {month:?} is not YYYY-MM"));
     let (y, m) = month.split_once('-').ok_or_else(bad)?;
     if y.len() != 4 || m.len() != 2 {
@@ -84,11 +84,11 @@ fn parse_month(month: &str) -> ApiResult<jiff::civil::Date> {
 }
 
 /// The first day of `t`'s month, UTC.
-fn month_of(t: jiff::Timestamp) -> jiff::civil::Date {
+pub(super) fn month_of(t: jiff::Timestamp) -> jiff::civil::Date {
     t.to_zoned(jiff::tz::TimeZone::UTC).date().first_of_month()
 }
 
-fn unix(d: jiff::civil::Date) -> ApiResult<i64> {
+pub(super) fn unix(d: jiff::civil::Date) -> ApiResult<i64> {
     d.to_zoned(jiff::tz::TimeZone::UTC)
         .map(|z| z.timestamp().as_second())
         .map_err(|e| ApiError::internal("a month's start", e))

@@ -1055,6 +1055,34 @@ pub struct SetCommitment {
     pub to: UnixSeconds,
 }
 
+/// The margin report of an org's month (operators): per cluster, what its usage is billed
+/// at list prices and what the land charges for it. Amounts are exact decimal strings
+/// (to 6 places: seconds of usage still show), percentages to 2 places.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MarginReport {
+    pub org_id: String,
+    /// `YYYY-MM` (UTC).
+    pub month: String,
+    pub clusters: Vec<ClusterMargin>,
+    pub price: String,
+    pub cost: String,
+    pub margin: String,
+    pub margin_pct: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterMargin {
+    pub cluster_id: String,
+    pub cluster: String,
+    /// What it used, e.g. `instance_ms:small:spot`.
+    pub dimensions: Vec<String>,
+    pub price: String,
+    pub cost: String,
+    pub margin: String,
+    /// `margin / price` in percent (absent when nothing was billed).
+    pub margin_pct: Option<String>,
+}
+
 /// A month's invoice in a list.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InvoiceSummary {

@@ -9,8 +9,10 @@
 //! * [`invoice`]: an invoice's lines from hourly usage and the price book, and what credits
 //!   and a commitment draw down from its total.
 //! * [`budget`]: spend alerts' thresholds and the hard limit.
+//! * [`margin`]: per cluster, its price and what the land charges us for it.
 
 pub mod budget;
 pub mod invoice;
+pub mod margin;
 pub mod meter;
 pub mod prices;
