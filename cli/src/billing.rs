@@ -4,7 +4,9 @@
 
 use crate::client::{print_json, urlencode, utc, Api, Conn, Output};
 use anyhow::{Context, Result};
-use highrise_api::{BillingSettings, BillingStatus, Invoice, InvoiceSummary, MarginReport, SetCommitment, Usage};
+use highrise_api::{
+    BillingSettings, BillingStatus, Invoice, InvoiceSummary, MarginReport, MarketplaceLink, SetCommitment, Usage,
+};
 
 #[derive(clap::Args)]
 pub struct UsageArgs {
@@ -133,6 +135,22 @@ pub enum BillingCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Link an org to a cloud marketplace account (operator only): its clusters then run
+    /// on that cloud only.
+    Link {
+        /// The org (id or name).
+        org: String,
+        /// `aws`, `azure` or `gcp`.
+        marketplace: String,
+        /// AWS: the customer's account id; Azure: the SaaS subscription id; GCP: the usage
+        /// reporting id.
+        account: String,
+        /// AWS: the License Manager licence ARN.
+        #[arg(long)]
+        licence: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Record an org's prepaid commitment (operator only).
     Commitment {
         /// The org (id or name).
@@ -215,6 +233,24 @@ pub async fn billing(cmd: BillingCommand) -> Result<()> {
                 .await?;
             show_billing(&b, conn.output)
         }
+        BillingCommand::Link {
+            org,
+            marketplace,
+            account,
+            licence,
+            conn,
+        } => {
+            let api = Api::from(&conn)?;
+            let req = MarketplaceLink {
+                marketplace,
+                account,
+                licence,
+                linked_at: None,
+            };
+            let url = format!("{}/v1/orgs/{}/marketplace", api.url, urlencode(&org));
+            let b: BillingStatus = api.send(api.http.put(url).json(&req)).await?;
+            show_billing(&b, conn.output)
+        }
         BillingCommand::Commitment {
             org,
             amount,
@@ -259,6 +295,12 @@ fn show_billing(b: &BillingStatus, output: Output) -> Result<()> {
             c.balance
         ),
         None => println!("commitment: none"),
+    }
+    if let Some(m) = &b.marketplace {
+        println!(
+            "paid through: {} marketplace, account {} (its clusters run on {} only)",
+            m.marketplace, m.account, m.marketplace
+        );
     }
     for a in &b.alerts {
         let delivery = match (a.delivered_at, &a.last_error) {

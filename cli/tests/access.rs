@@ -229,6 +229,12 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
             [bad, bad, denied, denied, bad],
         ),
         (
+            "PUT",
+            "/v1/orgs/acme/marketplace".into(),
+            Some(json!({ "marketplace": "gcp", "account": "x" })),
+            [denied, denied, denied, denied, denied],
+        ),
+        (
             "GET",
             "/v1/orgs/acme/margin".into(),
             None,

@@ -213,3 +213,57 @@ fn the_margin_report_sets_a_spot_ha_cluster_against_an_on_demand_one() {
     let out = up.cli(&["billing", "margin", "acme", "--api-key", key]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("only the operator may read margins"));
 }
+
+/// An org paying through the AWS Marketplace (the operator links it): a cluster it creates
+/// without naming a cloud lands on the land's AWS-priced cloud (`local-a`); one on
+/// another cloud, and a move to another cloud, are refused with the reason.
+#[test]
+fn an_org_billed_through_a_marketplace_cannot_take_its_clusters_to_another_cloud() {
+    let up = Up::start();
+    let org: Value = serde_json::from_str(&up.cli_ok(&["org", "create", "acme", "--output", "json"])).unwrap();
+    let key = org["api_key"]["secret"].as_str().unwrap().to_string();
+    let as_acme = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--api-key", &key]);
+        up.cli(&all)
+    };
+    // A bad account is refused with what the marketplace's looks like; tenants may not link.
+    let out = up.cli(&["billing", "link", "acme", "aws", "12345"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("12 digits"));
+    let out = as_acme(&["billing", "link", "acme", "aws", "123456789012"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only the operator"));
+    let arn = "arn:aws:license-manager::123456789012:license:l-0123456789abcdef0123456789abcdef";
+    up.cli_ok(&["billing", "link", "acme", "aws", "123456789012", "--licence", arn]);
+    let b: Value = serde_json::from_str(&String::from_utf8_lossy(
+        &as_acme(&["billing", "show", "--output", "json"]).stdout,
+    ))
+    .unwrap();
+    assert_eq!(b["marketplace"]["account"], "123456789012");
+
+    let out = as_acme(&["cluster", "create", "shop", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: Value = serde_json::from_str(&String::from_utf8_lossy(
+        &as_acme(&["cluster", "show", "shop", "--output", "json"]).stdout,
+    ))
+    .unwrap();
+    assert_eq!(shown["cloud"], "local-a", "the AWS-priced cloud");
+
+    let out = as_acme(&["cluster", "create", "elsewhere", "--cloud", "local-b"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("pays through the AWS Marketplace"),
+        "{err}"
+    );
+    let out = as_acme(&["cluster", "move", "shop", "--to", "local-b"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("moving it to local-b/region-1 (gcp) would take its usage off"),
+        "{err}"
+    );
+    // An org with a cluster on another cloud is not linked until it moves.
+    let beta: Value = serde_json::from_str(&up.cli_ok(&["org", "create", "beta", "--output", "json"])).unwrap();
+    let beta_key = beta["api_key"]["secret"].as_str().unwrap();
+    up.cli_ok(&["cluster", "create", "b1", "--cloud", "local-b", "--api-key", beta_key]);
+    let out = up.cli(&["billing", "link", "beta", "aws", "123456789012", "--licence", arn]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("move these clusters there first: b1 (local-b/region-1)"));
+}

@@ -896,7 +896,7 @@ fn view_of(
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
         backups::verify_any_backup, tls::ca_certificate, usage::get_usage,
         invoices::list_invoices, invoices::get_invoice, billing::get_billing, billing::set_billing,
-        billing::set_commitment, billing::margin_report
+        billing::set_commitment, billing::margin_report, billing::link_marketplace
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -1076,6 +1076,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/billing", get(billing::get_billing).put(billing::set_billing))
         .route("/v1/orgs/{org}/commitment", put(billing::set_commitment))
         .route("/v1/orgs/{org}/margin", get(billing::margin_report))
+        .route("/v1/orgs/{org}/marketplace", put(billing::link_marketplace))
         .route("/v1/orgs/{org}/quotas", get(orgs::org_quotas).put(orgs::set_quotas))
         .route("/v1/quotas", get(orgs::get_quotas))
         .route(

@@ -8,6 +8,7 @@ use crate::AppState;
 use anyhow::{Context, Result};
 use highrise_billing::budget;
 use highrise_billing::invoice::{self, HourUsage};
+use highrise_billing::marketplace::Marketplace;
 use highrise_provider::market::PriceBook as LandPrices;
 use rust_decimal::Decimal;
 use std::str::FromStr;
@@ -64,6 +65,25 @@ pub fn unit_cost(land: &LandPrices, dimension: &str, cloud: &str, region: &str) 
         _ => return None,
     };
     Some(hour * Decimal::from(shape.slots) / Decimal::from(highrise_planner::HOST_SLOTS) / Decimal::from(3_600_000))
+}
+
+/// The real cloud a land's cloud and region are (`local-a` is priced as `aws`, by the
+/// land book's aliases), else the cloud itself.
+pub fn cloud_family(land: &LandPrices, cloud: &str, region: &str) -> String {
+    land.aliases
+        .get(&format!("{cloud}/{region}"))
+        .and_then(|to| to.split('/').next())
+        .unwrap_or(cloud)
+        .to_string()
+}
+
+/// The marketplace the org pays through, if any.
+pub async fn marketplace_of(state: &AppState, org_id: &str) -> Result<Option<Marketplace>> {
+    Ok(state
+        .store
+        .marketplace_link(org_id)
+        .await?
+        .and_then(|l| Marketplace::parse(&l.marketplace)))
 }
 
 /// The start and end (Unix seconds, UTC) of the month holding `t`.

@@ -44,12 +44,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (29, include_str!("../migrations/0029_sealing_generation.sql")),
     (30, include_str!("../migrations/0030_usage.sql")),
     (31, include_str!("../migrations/0031_billing.sql")),
+    (32, include_str!("../migrations/0032_marketplace.sql")),
 ];
 
 mod audit;
 mod billing;
 pub use audit::AuditFilter;
-pub use billing::{AlertRow, BillingTermsRow};
+pub use billing::{AlertRow, BillingTermsRow, MarketplaceRow};
 pub use evacuations::{EvacuationClusterRow, EvacuationRow};
 mod backups;
 mod cluster_certs;

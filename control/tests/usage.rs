@@ -304,8 +304,9 @@ async fn a_month_of_heartbeats(url: &str) {
         .is_empty());
 }
 
-/// Billing terms and spend alerts as stored: an alert fires once per org, period and
-/// threshold; a failed delivery keeps it pending with its error, a delivery ends it.
+/// Billing terms, spend alerts and marketplace links as stored: an alert fires once per
+/// org, period and threshold; a failed delivery keeps it pending with its error, a
+/// delivery ends it; a new link replaces the old.
 async fn terms_and_alerts(url: &str) {
     let store = Store::open(url).await.unwrap();
     assert_eq!(store.billing_terms("o1").await.unwrap(), BillingTermsRow::default());
@@ -349,6 +350,22 @@ async fn terms_and_alerts(url: &str) {
         (all[0].delivered_at, all[0].attempts, all[0].last_error.clone()),
         (Some(17), 2, None)
     );
+
+    assert_eq!(store.marketplace_link("o1").await.unwrap(), None);
+    let link = MarketplaceRow {
+        marketplace: "azure".into(),
+        account: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
+        licence: None,
+        linked_at: 3,
+    };
+    store.link_marketplace("o1", &link).await.unwrap();
+    let relinked = MarketplaceRow {
+        marketplace: "gcp".into(),
+        account: "usage-id".into(),
+        ..link
+    };
+    store.link_marketplace("o1", &relinked).await.unwrap();
+    assert_eq!(store.marketplace_link("o1").await.unwrap(), Some(relinked));
 }
 
 #[tokio::test]

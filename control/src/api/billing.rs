@@ -5,6 +5,7 @@
 use super::*;
 use crate::billing;
 use crate::store::BillingTermsRow;
+use highrise_billing::marketplace::Marketplace;
 use rust_decimal::Decimal;
 
 /// An amount in USD as the schema's pattern has it: up to 12 digits, at most two decimals.
@@ -85,6 +86,17 @@ async fn status(state: &AppState, org_id: &str) -> ApiResult<BillingStatus> {
         hard_limit: terms.hard_limit.clone(),
         alert_webhook: terms.alert_webhook.clone(),
         commitment,
+        marketplace: state
+            .store
+            .marketplace_link(org_id)
+            .await
+            .map_err(store_err("marketplace link"))?
+            .map(|l| MarketplaceLink {
+                marketplace: l.marketplace,
+                account: l.account,
+                licence: l.licence,
+                linked_at: Some(l.linked_at),
+            }),
         alerts,
     })
 }
@@ -166,6 +178,112 @@ pub(super) async fn set_commitment(
         .await
         .map_err(store_err("billing terms"))?;
     Ok(Json(status(&state, &o.id).await?))
+}
+
+/// Link an org to a cloud marketplace account (operator only, when the marketplace's
+/// subscription arrives): from then on its clusters run on that cloud only.
+#[utoipa::path(put, path = "/v1/orgs/{org}/marketplace", request_body = MarketplaceLink,
+    params(("org" = String, Path, description = "Org id or name")),
+    responses((status = 200, body = BillingStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn link_marketplace(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(org): ApiPath<String>,
+    ApiJson(req): ApiJson<MarketplaceLink>,
+) -> ApiResult<Json<BillingStatus>> {
+    caller.audit_target(format!("orgs/{org}/marketplace"));
+    if !caller.may(Action::Operate) {
+        return Err(ApiError::forbidden("only the operator may link orgs to marketplaces"));
+    }
+    let m = Marketplace::parse(&req.marketplace).ok_or_else(|| ApiError::invalid("marketplace: aws, azure or gcp"))?;
+    m.check_account(&req.account, req.licence.as_deref())
+        .map_err(ApiError::invalid)?;
+    let o = state.store.find_org(&org).await.map_err(store_err("org"))?;
+    // Its clusters must already be where the marketplace's cloud counts them.
+    let land = &state.cfg.land_prices;
+    let elsewhere: Vec<String> = state
+        .store
+        .list_clusters(&o.id, None, None, 10_000)
+        .await
+        .map_err(store_err("clusters"))?
+        .into_iter()
+        .filter(|c| billing::cloud_family(land, &c.cloud, &c.region) != m.cloud())
+        .map(|c| format!("{} ({}/{})", c.name, c.cloud, c.region))
+        .collect();
+    if !elsewhere.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "{} bills only what runs on {}: move these clusters there first: {}",
+            m.title(),
+            m.cloud(),
+            elsewhere.join(", ")
+        )));
+    }
+    let row = crate::store::MarketplaceRow {
+        marketplace: m.as_str().into(),
+        account: req.account.clone(),
+        licence: req.licence.clone(),
+        linked_at: now(),
+    };
+    state
+        .store
+        .link_marketplace(&o.id, &row)
+        .await
+        .map_err(store_err("marketplace link"))?;
+    Ok(Json(status(&state, &o.id).await?))
+}
+
+/// 409 unless `cloud`/`region` is where the org's marketplace (if it pays through one)
+/// counts its consumption.
+pub(super) async fn check_marketplace(
+    state: &AppState,
+    org_id: &str,
+    cloud: &str,
+    region: &str,
+    doing: &str,
+) -> ApiResult<()> {
+    let Some(m) = billing::marketplace_of(state, org_id)
+        .await
+        .map_err(internal("the org's marketplace"))?
+    else {
+        return Ok(());
+    };
+    let family = billing::cloud_family(&state.cfg.land_prices, cloud, region);
+    if highrise_billing::marketplace::allows(Some(m), &family) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "marketplace",
+        format!(
+            "the org pays through the {}, which counts only what runs on {}: {doing} {cloud}/{region} ({family}) \
+             would take its usage off the customer's commitment; choose a cloud of {}",
+            m.title(),
+            m.cloud(),
+            m.cloud()
+        ),
+    ))
+}
+
+/// The first cloud of the land that the org's marketplace counts, if it pays through one
+/// (where a cluster goes when its create names no cloud).
+pub(super) async fn marketplace_cloud(state: &AppState, org_id: &str) -> ApiResult<Option<String>> {
+    let Some(m) = billing::marketplace_of(state, org_id)
+        .await
+        .map_err(internal("the org's marketplace"))?
+    else {
+        return Ok(None);
+    };
+    let land = &state.cfg.land_prices;
+    Ok(state
+        .provider
+        .clouds()
+        .into_iter()
+        .find(|c| {
+            c.regions
+                .iter()
+                .any(|r| billing::cloud_family(land, &c.name, &r.name) == m.cloud())
+        })
+        .map(|c| c.name))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -67,7 +67,24 @@ pub(super) async fn create_cluster(
     require(&caller, Action::WriteClusters)?;
     validate_name("cluster", &req.name)?;
     let project = resolve_project(&state, &caller, req.project.as_deref()).await?;
-    let (cloud, region) = resolve_location(&state.provider.clouds(), req.cloud.as_deref(), req.region.as_deref())?;
+    // An org paying through a marketplace gets that cloud unless it names one.
+    let default_cloud = match &req.cloud {
+        Some(_) => None,
+        None => billing::marketplace_cloud(&state, &caller.org_id).await?,
+    };
+    let (cloud, region) = resolve_location(
+        &state.provider.clouds(),
+        req.cloud.as_deref().or(default_cloud.as_deref()),
+        req.region.as_deref(),
+    )?;
+    billing::check_marketplace(
+        &state,
+        &caller.org_id,
+        &cloud.name,
+        &region.name,
+        "creating a cluster in",
+    )
+    .await?;
     let plan = req.plan.clone().unwrap_or_else(|| "small".into());
     if highrise_planner::plan_slots(&plan).is_none() {
         return Err(ApiError::invalid("unknown plan: use small, medium or large"));
@@ -490,6 +507,7 @@ pub(super) async fn move_cluster(
             .map(|_| c.region.clone())
     });
     let (cloud, region) = resolve_location(&clouds, Some(&req.cloud), region.as_deref())?;
+    billing::check_marketplace(&state, &caller.org_id, &cloud.name, &region.name, "moving it to").await?;
     if cloud.name == c.cloud && region.name == c.region {
         return Err(ApiError::conflict(format!(
             "the cluster is in {}/{} already",

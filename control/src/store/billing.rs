@@ -1,5 +1,5 @@
-//! Billing terms (commitment, hard limit, alert webhook) per org, and the spend alerts
-//! fired for them with their webhook deliveries.
+//! Billing terms (commitment, hard limit, alert webhook) per org, the spend alerts fired
+//! for them with their webhook deliveries, and the marketplace an org pays through.
 
 use super::*;
 
@@ -11,6 +11,15 @@ pub struct BillingTermsRow {
     pub commitment_to: Option<i64>,
     pub hard_limit: Option<String>,
     pub alert_webhook: Option<String>,
+}
+
+/// The marketplace an org pays through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarketplaceRow {
+    pub marketplace: String,
+    pub account: String,
+    pub licence: Option<String>,
+    pub linked_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +148,40 @@ impl Store {
         .bind(&a.org_id)
         .bind(&a.period)
         .bind(a.threshold)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn marketplace_link(&self, org_id: &str) -> Result<Option<MarketplaceRow>> {
+        let row =
+            sqlx::query("SELECT marketplace, account, licence, linked_at FROM marketplace_links WHERE org_id = $1")
+                .bind(org_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(MarketplaceRow {
+                marketplace: r.try_get("marketplace")?,
+                account: r.try_get("account")?,
+                licence: r.try_get("licence")?,
+                linked_at: r.try_get("linked_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Links the org to a marketplace account (replacing a link it had).
+    pub async fn link_marketplace(&self, org_id: &str, m: &MarketplaceRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO marketplace_links (org_id, marketplace, account, licence, linked_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (org_id) DO UPDATE SET marketplace = excluded.marketplace, account = excluded.account, \
+             licence = excluded.licence, linked_at = excluded.linked_at",
+        )
+        .bind(org_id)
+        .bind(&m.marketplace)
+        .bind(&m.account)
+        .bind(&m.licence)
+        .bind(m.linked_at)
         .execute(&self.pool)
         .await?;
         Ok(())

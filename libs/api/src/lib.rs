@@ -993,8 +993,28 @@ pub struct BillingStatus {
     /// Where spend alerts are sent (a JSON `SpendAlert` in a POST).
     pub alert_webhook: Option<String>,
     pub commitment: Option<CommitmentStatus>,
+    /// The cloud marketplace the org pays through: its clusters run on that cloud only.
+    pub marketplace: Option<MarketplaceLink>,
     /// Newest first.
     pub alerts: Vec<SpendAlert>,
+}
+
+/// An org's link to a cloud marketplace (set by the operator when the marketplace's
+/// subscription arrives).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarketplaceLink {
+    /// `aws`, `azure` or `gcp`.
+    pub marketplace: String,
+    /// AWS: the customer's 12-digit account id; Azure: the SaaS subscription id (a GUID);
+    /// GCP: the usage reporting id.
+    pub account: String,
+    /// AWS only: the License Manager licence ARN of the customer's entitlement.
+    #[serde(default)]
+    pub licence: Option<String>,
+    /// When it was linked (ignored in a request).
+    #[serde(default)]
+    pub linked_at: Option<UnixSeconds>,
 }
 
 /// A prepaid commitment and its drawdown.

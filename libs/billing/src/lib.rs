@@ -10,9 +10,12 @@
 //!   and a commitment draw down from its total.
 //! * [`budget`]: spend alerts' thresholds and the hard limit.
 //! * [`margin`]: per cluster, its price and what the land charges us for it.
+//! * [`marketplace`]: cloud marketplaces an org pays through, and the cloud it binds the
+//!   org's clusters to.
 
 pub mod budget;
 pub mod invoice;
 pub mod margin;
+pub mod marketplace;
 pub mod meter;
 pub mod prices;
