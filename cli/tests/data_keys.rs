@@ -67,14 +67,24 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Every sealed object an org left in the land's stores, with its name as sealed (its
-/// path under the store's directory).
+/// path under the store's directory). An upload in flight is not an object yet: the
+/// filesystem store stages it as `<name>#<n>` and renames it into place, so a staged file
+/// is skipped, and one renamed between listing and reading is read under its new name
+/// by the next call.
 fn objects_of(up: &Up, org_id: &str) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let stores = up.data_dir.join("objects");
     for store in std::fs::read_dir(&stores).unwrap().flatten() {
         for f in files_under(&store.path().join(org_id)) {
             let name = f.strip_prefix(store.path()).unwrap().to_string_lossy().into_owned();
-            out.push((name, std::fs::read(&f).unwrap()));
+            if name.contains('#') {
+                continue;
+            }
+            match std::fs::read(&f) {
+                Ok(bytes) => out.push((name, bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("read {}: {e}", f.display()),
+            }
         }
     }
     out
