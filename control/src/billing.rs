@@ -240,6 +240,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_month_runs_from_its_first_day_at_midnight_utc_to_the_next() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_second();
+        assert_eq!(
+            month_of(t("2026-12-04T08:30:00+05:00")).unwrap(),
+            (t("2026-12-01T00:00:00Z"), t("2027-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            month_of(t("2027-01-01T00:00:00-01:00")).unwrap().0,
+            t("2027-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
     fn an_instance_costs_its_share_of_a_host_on_its_market() {
         let land = LandPrices::repository().unwrap();
         // local-a is priced as aws/us-east-1: m6id.4xlarge hosts, 8 slots.

@@ -101,24 +101,19 @@ async fn invoice_of(
     first: jiff::civil::Date,
     now: jiff::Timestamp,
 ) -> ApiResult<Invoice> {
-    let next = first
-        .checked_add(jiff::Span::new().months(1))
-        .map_err(|e| ApiError::internal("next month", e))?;
-    let (start, end) = (unix(first)?, unix(next)?);
-    let (book_version, (lines, total)) = (
-        &state.cfg.list_prices.1,
-        crate::billing::priced(state, org_id, start, end).await.map_err(|e| {
-            tracing::error!("price the invoice of {org_id} for {first}: {e:#}");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unpriced", format!("{e:#}"))
-        })?,
-    );
+    let (start, end) =
+        crate::billing::month_of(unix(first)?).map_err(|e| ApiError::internal("the month", format!("{e:#}")))?;
+    let (lines, total) = crate::billing::priced(state, org_id, start, end).await.map_err(|e| {
+        tracing::error!("price the invoice of {org_id} for {first}: {e:#}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unpriced", format!("{e:#}"))
+    })?;
     Ok(Invoice {
         month: first.strftime("%Y-%m").to_string(),
         status: if now.as_second() < end { "draft" } else { "closed" }.into(),
         period_start: start,
         period_end: end,
         currency: CURRENCY.into(),
-        price_book: book_version.clone(),
+        price_book: state.cfg.list_prices.1.clone(),
         lines: lines
             .into_iter()
             .map(|l| InvoiceLine {

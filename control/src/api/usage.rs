@@ -41,7 +41,11 @@ pub(super) async fn get_usage(
     let now = jiff::Timestamp::now().as_second();
     let from = match q.from {
         Some(t) => t,
-        None => month_start(now)?,
+        None => {
+            crate::billing::month_of(now)
+                .map_err(|e| ApiError::internal("this month", format!("{e:#}")))?
+                .0
+        }
     };
     let (from, to) = (
         from.div_euclid(HOUR) * HOUR,
@@ -80,15 +84,6 @@ pub(super) async fn get_usage(
 /// The latest time a range may name (the API's schema says so too).
 const MAX_SECONDS: i64 = 9_999_999_999;
 
-/// The first second of the month of Unix second `t`, UTC.
-fn month_start(t: i64) -> ApiResult<i64> {
-    let utc = jiff::tz::TimeZone::UTC;
-    jiff::Timestamp::from_second(t)
-        .and_then(|ts| ts.to_zoned(utc.clone()).date().first_of_month().to_zoned(utc))
-        .map(|z| z.timestamp().as_second())
-        .map_err(|e| ApiError::internal("start of the month", e))
-}
-
 /// A live cluster of the caller's org by name or id, or a deleted one by id (its usage
 /// stays).
 async fn cluster_id(state: &AppState, caller: &Caller, project: Option<&str>, cluster: &str) -> ApiResult<String> {
@@ -102,23 +97,5 @@ async fn cluster_id(state: &AppState, caller: &Caller, project: Option<&str>, cl
             }
         }
         Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::month_start;
-
-    #[test]
-    fn a_month_starts_on_its_first_day_at_midnight_utc() {
-        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_second();
-        assert_eq!(
-            month_start(t("2026-12-04T08:30:00+05:00")).unwrap(),
-            t("2026-12-01T00:00:00Z")
-        );
-        assert_eq!(
-            month_start(t("2027-01-01T00:00:00-01:00")).unwrap(),
-            t("2027-01-01T00:00:00Z")
-        );
     }
 }
