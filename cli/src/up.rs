@@ -511,6 +511,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         list_prices: Arc::new(list_prices(args.list_prices.as_deref())?),
         // The book the local land prices its hosts by (LocalLandConfig::new).
         land_prices: Arc::new(highrise_provider::market::PriceBook::repository()?),
+        exporters: Vec::new(),
     };
     let control = Arc::new(Control::open(control_cfg.clone(), land.clone()).await?);
     // A rotation interrupted after the store was re-sealed: the new key is now the key.

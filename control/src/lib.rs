@@ -14,6 +14,7 @@ pub mod ca;
 mod copies;
 pub mod durability;
 mod limits;
+pub mod marketplace;
 mod master_key;
 mod member_tls;
 pub mod quota;
@@ -67,6 +68,9 @@ pub struct ControlConfig {
     pub list_prices: Arc<(highrise_billing::prices::PriceBook, String)>,
     /// What the land charges us (its hosts by market), for the margin report.
     pub land_prices: Arc<highrise_provider::market::PriceBook>,
+    /// The marketplaces usage is sent to (one exporter each); orgs linked to another have
+    /// their records staged until one is configured.
+    pub exporters: Vec<Arc<dyn marketplace::Exporter>>,
 }
 
 /// The cell a new org is placed in (the planner's choice, from how many orgs each holds).

@@ -44,6 +44,9 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let copier = tokio::spawn(crate::copies::run(Arc::clone(&state), shutdown.clone()));
     // Spend alerts, likewise.
     let alerts = tokio::spawn(crate::billing::run(Arc::clone(&state), shutdown.clone()));
+    // Usage to the marketplaces orgs pay through.
+    let exports = crate::marketplace::Exports::new(state.store.clone(), state.cfg.exporters.clone());
+    let exporter = tokio::spawn(crate::marketplace::run(exports, shutdown.clone()));
     let mut changes = state.changes.subscribe();
     let mut lagging = std::collections::HashSet::new();
     let mut last_backup_round = tokio::time::Instant::now() - Duration::from_secs(60);
@@ -52,6 +55,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             let _ = copier.await;
             let _ = alerts.await;
+            let _ = exporter.await;
             return;
         }
         if last_land_look.elapsed() >= LAND_LOOK {

@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (30, include_str!("../migrations/0030_usage.sql")),
     (31, include_str!("../migrations/0031_billing.sql")),
     (32, include_str!("../migrations/0032_marketplace.sql")),
+    (33, include_str!("../migrations/0033_marketplace_outbox.sql")),
 ];
 
 mod audit;
@@ -65,6 +66,8 @@ mod events;
 mod hosts;
 mod instances;
 mod keys;
+mod marketplace;
+pub use marketplace::{LinkedOrg, OutboxRow, Settle};
 mod master_key;
 mod members;
 mod networks;

@@ -4,7 +4,7 @@
 //! the instances' lifetimes in it, the month's totals equal them exactly, and the month's
 //! invoice prices each to the cent.
 
-use highrise_api::{MeterKind, MeterReading};
+use highrise_api::MeterReading;
 use highrise_billing::invoice::{self, HourUsage};
 use highrise_control::store::*;
 use highrise_pg::scratch::ScratchServer;
@@ -21,39 +21,6 @@ const HOUR_MS: i64 = 3_600_000;
 /// 2026-11-01T00:00:00Z.
 const MONTH_START_MS: i64 = 1_793_491_200_000;
 const MONTH_MS: i64 = 30 * 24 * HOUR_MS;
-
-/// An instance: its host, its cluster and when it lived on the host (ms).
-struct Life {
-    id: String,
-    host: &'static str,
-    cluster: String,
-    start: i64,
-    end: Option<i64>,
-}
-
-impl Life {
-    /// Its agent's counter read at `t` (`None` before the instance existed).
-    fn reading(&self, t: i64) -> Option<MeterReading> {
-        if t < self.start {
-            return None;
-        }
-        let at = self.end.map_or(t, |e| e.min(t));
-        Some(MeterReading {
-            source: self.id.clone(),
-            kind: MeterKind::InstanceMs,
-            value: u64::try_from(at - self.start).unwrap(),
-            at_ms: at,
-            since_ms: self.start,
-            closed: self.end.is_some_and(|e| t >= e),
-        })
-    }
-
-    /// Its lifetime inside `[from, to)`.
-    fn overlap(&self, from: i64, to: i64) -> i64 {
-        let end = self.end.unwrap_or(MONTH_START_MS + MONTH_MS);
-        (end.min(to) - self.start.max(from)).max(0)
-    }
-}
 
 /// Three plans on spot and on demand; one cluster whose member is replaced mid-month.
 async fn world(store: &Store, rng: &mut StdRng) -> Vec<Life> {

@@ -1,7 +1,41 @@
-//! Rows the store tests build their world from.
+//! Rows the store tests build their world from, and instances' lives their agents meter.
 #![allow(dead_code)] // each test file uses its own share
 
+use highrise_api::{MeterKind, MeterReading};
 use highrise_control::store::*;
+
+/// An instance: its host, its cluster and when it lived on the host (Unix ms; `end`
+/// `None` while it lives).
+pub struct Life {
+    pub id: String,
+    pub host: &'static str,
+    pub cluster: String,
+    pub start: i64,
+    pub end: Option<i64>,
+}
+
+impl Life {
+    /// Its agent's counter read at `t` (`None` before the instance existed).
+    pub fn reading(&self, t: i64) -> Option<MeterReading> {
+        if t < self.start {
+            return None;
+        }
+        let at = self.end.map_or(t, |e| e.min(t));
+        Some(MeterReading {
+            source: self.id.clone(),
+            kind: MeterKind::InstanceMs,
+            value: u64::try_from(at - self.start).unwrap(),
+            at_ms: at,
+            since_ms: self.start,
+            closed: self.end.is_some_and(|e| t >= e),
+        })
+    }
+
+    /// Its lifetime inside `[from, to)` (ms).
+    pub fn overlap(&self, from: i64, to: i64) -> i64 {
+        (self.end.unwrap_or(i64::MAX).min(to) - self.start.max(from)).max(0)
+    }
+}
 
 pub fn org_row(id: &str, name: &str) -> OrgRow {
     OrgRow {

@@ -10,10 +10,13 @@
 //!   and a commitment draw down from its total.
 //! * [`budget`]: spend alerts' thresholds and the hard limit.
 //! * [`margin`]: per cluster, its price and what the land charges us for it.
+//! * [`export`]: usage sent to a cloud marketplace through a durable outbox — due hours,
+//!   cumulative records, batches, retries and what each answer means.
 //! * [`marketplace`]: cloud marketplaces an org pays through, and the cloud it binds the
 //!   org's clusters to.
 
 pub mod budget;
+pub mod export;
 pub mod invoice;
 pub mod margin;
 pub mod marketplace;

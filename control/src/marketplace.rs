@@ -1,0 +1,333 @@
+//! Usage sent to cloud marketplaces (issue 15): the exporter trait — one implementation
+//! per marketplace API — and the rounds that stage each linked org's settled hours into
+//! the outbox and send what is due. The rules (which hours, what quantity, how many a
+//! call, when to try again, what an answer means) are `highrise_billing::export`'s; this
+//! module does the I/O.
+//!
+//! * [`azure`]: the Azure Marketplace metering API's `batchUsageEvent`;
+//! * [`gcp`]: Google Service Control's `services.report`;
+//! * `aws` (cargo feature `aws`): AWS Marketplace Metering's `BatchMeterUsage` through the
+//!   AWS SDK.
+
+use crate::store::{OutboxRow, Settle, Store};
+use anyhow::{Context, Result};
+use highrise_billing::export::{self, Outcome, State, Total};
+use highrise_billing::marketplace::Marketplace;
+use highrise_billing::meter::HOUR;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod azure;
+pub mod gcp;
+
+/// How often hours are staged and due records sent.
+const ROUND: Duration = Duration::from_secs(10);
+
+/// The most due records one round takes per marketplace (the rest wait for the next).
+const ROUND_RECORDS: i64 = 1000;
+
+/// A call that failed as a whole (unreachable, timed out, throttled, the service's own
+/// error): every record in it is tried again later.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    pub message: String,
+    /// The service may have taken the records (the answer, not the call, was lost).
+    pub in_doubt: bool,
+}
+
+impl SendError {
+    /// Refused before the service looked (unreachable, throttled, unavailable).
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            in_doubt: false,
+        }
+    }
+
+    /// Sent, with no answer to tell whether it was taken.
+    pub fn unanswered(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            in_doubt: true,
+        }
+    }
+
+    /// A transport error: refused when no connection was made, else unanswered.
+    pub fn from_http(what: &str, e: &reqwest::Error) -> Self {
+        let mut message = format!("{what}: {e}");
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            message.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        if e.is_connect() {
+            Self::refused(message)
+        } else {
+            Self::unanswered(message)
+        }
+    }
+}
+
+/// One marketplace's metering API.
+#[async_trait::async_trait]
+pub trait Exporter: Send + Sync {
+    fn marketplace(&self) -> Marketplace;
+
+    /// Sends one call's records (at most [`export::batch_limit`]; an org's hour whole) and
+    /// returns each record's outcome, in order.
+    async fn send(&self, records: &[OutboxRow]) -> Result<Vec<Outcome>, SendError>;
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Round {
+    /// Hours staged (per org).
+    pub hours: usize,
+    /// Records taken by their marketplace (duplicates of records it held included).
+    pub accepted: usize,
+    /// Records left pending to be sent again.
+    pub retried: usize,
+    /// Records that need an operator (conflict, rejected) or went out too late (expired;
+    /// their usage rides on a later hour).
+    pub unsettled: usize,
+}
+
+/// The marketplace export: a store and one exporter per marketplace that has one
+/// configured (an org linked to a marketplace without one has its records staged, and
+/// they wait).
+#[derive(Clone)]
+pub struct Exports {
+    store: Store,
+    exporters: Vec<Arc<dyn Exporter>>,
+}
+
+impl Exports {
+    pub fn new(store: Store, exporters: Vec<Arc<dyn Exporter>>) -> Self {
+        Self { store, exporters }
+    }
+
+    /// Stages every linked org's due hours, then sends every marketplace's due records,
+    /// as of `now` (Unix seconds; injected, so a test runs a month of hours).
+    pub async fn round(&self, now: i64) -> Result<Round> {
+        let mut round = Round::default();
+        self.stage(now, &mut round).await.context("stage marketplace records")?;
+        for ex in &self.exporters {
+            self.send(ex.as_ref(), now, &mut round)
+                .await
+                .with_context(|| format!("send {} records", ex.marketplace().as_str()))?;
+        }
+        Ok(round)
+    }
+
+    async fn stage(&self, now: i64, round: &mut Round) -> Result<()> {
+        for org in self.store.marketplace_orgs().await? {
+            let Some(m) = Marketplace::parse(&org.link.marketplace) else {
+                continue;
+            };
+            let link = &org.link;
+            let link_hour = link.linked_at.div_euclid(HOUR) * HOUR;
+            let mut expected = org.cursor.map(|(_, through)| through);
+            // Relinked: on from where the last link stopped, never before the new one.
+            let start = expected.unwrap_or(link_hour).max(link_hour);
+            for hour in export::due_hours(m, start, now) {
+                let totals: Vec<Total> = self
+                    .store
+                    .usage_totals(&org.org_id, link_hour, hour + HOUR)
+                    .await?
+                    .into_iter()
+                    .map(|(usage_dimension, q)| Total {
+                        usage_dimension,
+                        metered: u64::try_from(q).unwrap_or(0),
+                    })
+                    .collect();
+                let reported = self.store.reported_units(&org.org_id, link_hour).await?;
+                let rows: Vec<OutboxRow> = export::stage(m, hour, &totals, &reported)
+                    .into_iter()
+                    .map(|s| OutboxRow {
+                        org_id: org.org_id.clone(),
+                        dimension: s.dimension,
+                        hour: s.hour,
+                        marketplace: m.as_str().into(),
+                        account: link.account.clone(),
+                        licence: link.licence.clone(),
+                        window_start: s.window_start,
+                        window_end: s.window_end,
+                        quantity: i64::try_from(s.quantity).unwrap_or(i64::MAX),
+                        operation_id: export::operation_id(&org.org_id, s.window_start),
+                        state: State::Pending.as_str().into(),
+                        attempts: 0,
+                        in_doubt: false,
+                        next_attempt_at: now,
+                        last_error: None,
+                        receipt: None,
+                        staged_at: now,
+                        settled_at: None,
+                    })
+                    .collect();
+                if !self
+                    .store
+                    .stage_marketplace_records(&org.org_id, link.linked_at, expected, hour + HOUR, &rows)
+                    .await?
+                {
+                    // Another control plane staged it; it sends them too.
+                    break;
+                }
+                expected = Some(hour + HOUR);
+                round.hours += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a marketplace's pending records, oldest hour first, until a call fails or
+    /// leaves a record to retry: later hours wait behind it (GCP wants an org's windows in
+    /// order), and the marketplace as a whole backs off from the failure.
+    async fn send(&self, ex: &dyn Exporter, now: i64, round: &mut Round) -> Result<()> {
+        let m = ex.marketplace();
+        let pending = self
+            .store
+            .pending_marketplace_records(m.as_str(), ROUND_RECORDS)
+            .await?;
+        if pending.first().is_some_and(|r| r.next_attempt_at > now) {
+            return Ok(());
+        }
+        let mut due = Vec::with_capacity(pending.len());
+        for r in pending {
+            match export::past_deadline(m, r.hour, r.in_doubt, now) {
+                Some(o) => self.settle(&r, o, now, round).await?,
+                None => due.push(r),
+            }
+        }
+        for batch in export::batches(due, export::batch_limit(m), |r| (r.org_id.clone(), r.hour)) {
+            let outcomes = match ex.send(&batch).await {
+                Ok(o) => o,
+                Err(e) if e.in_doubt => batch.iter().map(|_| Outcome::InDoubt(e.message.clone())).collect(),
+                Err(e) => batch.iter().map(|_| Outcome::Retry(e.message.clone())).collect(),
+            };
+            let mut outcomes = outcomes.into_iter();
+            let mut again = false;
+            for r in &batch {
+                let o = outcomes
+                    .next()
+                    .unwrap_or_else(|| Outcome::InDoubt("the marketplace did not answer for it".into()));
+                again |= matches!(o, Outcome::Retry(_) | Outcome::InDoubt(_));
+                self.settle(r, o, now, round).await?;
+            }
+            if again {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn settle(&self, r: &OutboxRow, o: Outcome, now: i64, round: &mut Round) -> Result<()> {
+        let state = o.state();
+        let (receipt, error) = match &o {
+            Outcome::Accepted(receipt) => (receipt.clone(), None),
+            Outcome::Duplicate => (None, None),
+            Outcome::Conflict(e)
+            | Outcome::Rejected(e)
+            | Outcome::Expired(e)
+            | Outcome::Retry(e)
+            | Outcome::InDoubt(e) => (None, Some(e.clone())),
+        };
+        let attempts = u32::try_from(r.attempts).unwrap_or(u32::MAX);
+        let s = Settle {
+            state,
+            receipt,
+            error,
+            in_doubt: matches!(o, Outcome::InDoubt(_)),
+            next_attempt_at: if state == State::Pending {
+                export::retry_at(now, attempts)
+            } else {
+                r.next_attempt_at
+            },
+        };
+        if !self.store.settle_marketplace_record(r, &s, now).await? {
+            return Ok(());
+        }
+        match state {
+            State::Accepted => round.accepted += 1,
+            State::Pending => {
+                round.retried += 1;
+                if r.attempts == 0 {
+                    tracing::warn!(org = %r.org_id, hour = r.hour, "{}: {}", r.marketplace, s.error.as_deref().unwrap_or(""));
+                }
+            }
+            State::Conflict | State::Rejected | State::Expired => {
+                round.unsettled += 1;
+                tracing::warn!(
+                    org = %r.org_id, hour = r.hour, dimension = %r.dimension,
+                    "{} record {}: {}", r.marketplace, state.as_str(), s.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs [`Exports::round`] every [`ROUND`] until shut down.
+pub async fn run(exports: Exports, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = exports.round(crate::store::now()).await {
+            tracing::error!("marketplace export: {e:#}");
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(ROUND) => {}
+        }
+    }
+}
+
+/// An RFC 3339 UTC time of Unix seconds (`2026-11-01T08:00:00Z`).
+pub(crate) fn rfc3339(t: i64) -> String {
+    jiff::Timestamp::from_second(t).map_or_else(|_| t.to_string(), |ts| ts.to_string())
+}
+
+/// An HTTP client for a marketplace API: bounded time, no redirects.
+pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("build the marketplace HTTP client")
+}
+
+/// Sends one JSON call and reads its answer: `Ok(Ok(answer))`; `Ok(Err(refusal))` when the
+/// service refused the request itself (every record in it is refused); `Err` when the call
+/// is worth another try.
+pub(crate) async fn call<T: serde::de::DeserializeOwned>(
+    what: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<Result<T, String>, SendError> {
+    let resp = request.send().await.map_err(|e| SendError::from_http(what, &e))?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| SendError::from_http(&format!("{what}: read the answer"), &e))?;
+    if !status.is_success() {
+        return Ok(Err(call_failed(status, &body)?));
+    }
+    serde_json::from_str(&body)
+        .map(Ok)
+        .map_err(|e| SendError::unanswered(format!("{what}: unreadable answer: {e}")))
+}
+
+/// A whole call's HTTP failure: what is worth another try (429 or 5xx, expired
+/// credentials) is a [`SendError`]; the rest (the request itself refused) refuses every
+/// record.
+fn call_failed(status: reqwest::StatusCode, body: &str) -> Result<String, SendError> {
+    let text = format!("{status}: {}", body.chars().take(300).collect::<String>());
+    match status.as_u16() {
+        // Looked at nothing: throttled, unavailable, or our credentials.
+        429 | 503 | 401 | 403 => Err(SendError::refused(text)),
+        // A server error may come after the records were taken.
+        500..=599 => Err(SendError::unanswered(text)),
+        _ => Ok(text),
+    }
+}
