@@ -35,6 +35,11 @@ pub struct UpArgs {
     /// prices/list.toml).
     #[arg(long)]
     list_prices: Option<PathBuf>,
+    /// The cloud marketplaces linked orgs' usage is sent to (TOML: an `[aws]`, `[azure]`
+    /// or `[gcp]` table each; docs/architecture.md). Without it, their records wait in the
+    /// outbox.
+    #[arg(long)]
+    marketplaces: Option<PathBuf>,
     /// Address clients connect to with psql: the proxy of the land's first cloud; repeat
     /// for the next clouds' proxies. A cloud without one gets the port after the last
     /// (any free port when that is 0). Every proxy serves every cluster; connection URIs
@@ -511,7 +516,10 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         list_prices: Arc::new(list_prices(args.list_prices.as_deref())?),
         // The book the local land prices its hosts by (LocalLandConfig::new).
         land_prices: Arc::new(highrise_provider::market::PriceBook::repository()?),
-        exporters: Vec::new(),
+        exporters: match &args.marketplaces {
+            Some(path) => highrise_control::marketplace::exporters_from_file(path)?,
+            None => Vec::new(),
+        },
     };
     let control = Arc::new(Control::open(control_cfg.clone(), land.clone()).await?);
     // A rotation interrupted after the store was re-sealed: the new key is now the key.

@@ -14,6 +14,8 @@ use anyhow::{Context, Result};
 use highrise_billing::export::{self, Outcome, State, Total};
 use highrise_billing::marketplace::Marketplace;
 use highrise_billing::meter::HOUR;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -80,6 +82,145 @@ pub trait Exporter: Send + Sync {
     /// Sends one call's records (at most [`export::batch_limit`]; an org's hour whole) and
     /// returns each record's outcome, in order.
     async fn send(&self, records: &[OutboxRow]) -> Result<Vec<Outcome>, SendError>;
+}
+
+/// An access token for a marketplace API: given, or read from a file at every call (kept
+/// fresh by whatever the operator runs to refresh it: Entra ID and Google OAuth tokens
+/// last an hour).
+#[derive(Debug, Clone)]
+pub enum Token {
+    Given(String),
+    File(PathBuf),
+}
+
+impl Token {
+    pub(crate) fn read(&self) -> Result<String, SendError> {
+        match self {
+            Self::Given(t) => Ok(t.clone()),
+            Self::File(p) => std::fs::read_to_string(p)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| SendError::refused(format!("read the access token {}: {e}", p.display()))),
+        }
+    }
+}
+
+/// The marketplaces' APIs as the operator configures them: a TOML file with an `[aws]`,
+/// `[azure]` and `[gcp]` table for each marketplace usage is sent to (`highrise up
+/// --marketplaces FILE`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketplacesFile {
+    pub aws: Option<AwsSection>,
+    pub azure: Option<AzureSection>,
+    pub gcp: Option<GcpSection>,
+}
+
+/// AWS Marketplace Metering; credentials from `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSection {
+    pub region: String,
+    pub product_code: String,
+    /// The Metering API's address when not AWS's own.
+    pub endpoint_url: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureSection {
+    #[serde(default = "azure_url")]
+    pub base_url: String,
+    pub plan_id: String,
+    pub token_file: PathBuf,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpSection {
+    #[serde(default = "gcp_url")]
+    pub base_url: String,
+    pub service: String,
+    pub token_file: PathBuf,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+fn azure_url() -> String {
+    "https://marketplaceapi.microsoft.com".into()
+}
+
+fn gcp_url() -> String {
+    "https://servicecontrol.googleapis.com".into()
+}
+
+/// The exporters a marketplaces file configures; its mistakes refused with the reason.
+pub fn exporters_from_file(path: &Path) -> Result<Vec<Arc<dyn Exporter>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    exporters(&text).with_context(|| format!("configure the marketplaces from {}", path.display()))
+}
+
+/// The exporters a marketplaces file's text configures.
+pub fn exporters(text: &str) -> Result<Vec<Arc<dyn Exporter>>> {
+    let f: MarketplacesFile = toml::from_str(text).context("parse the marketplaces file")?;
+    let url_ok = |u: &str| reqwest::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+    let timeout = |secs: u64| -> Result<Duration> {
+        anyhow::ensure!((1..=600).contains(&secs), "timeout_secs: 1 to 600");
+        Ok(Duration::from_secs(secs))
+    };
+    let mut out: Vec<Arc<dyn Exporter>> = Vec::new();
+    if let Some(a) = f.azure {
+        anyhow::ensure!(url_ok(&a.base_url), "azure.base_url: an http(s) URL");
+        anyhow::ensure!(!a.plan_id.is_empty(), "azure.plan_id: the offer's plan");
+        out.push(Arc::new(azure::AzureExporter::new(azure::AzureConfig {
+            base_url: a.base_url,
+            token: Token::File(a.token_file),
+            plan_id: a.plan_id,
+            timeout: timeout(a.timeout_secs)?,
+        })?));
+    }
+    if let Some(g) = f.gcp {
+        anyhow::ensure!(url_ok(&g.base_url), "gcp.base_url: an http(s) URL");
+        anyhow::ensure!(
+            !g.service.is_empty()
+                && g.service
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)),
+            "gcp.service: the product's service name (e.g. highrise.endpoints.vendor.cloud.goog)"
+        );
+        out.push(Arc::new(gcp::GcpExporter::new(gcp::GcpConfig {
+            base_url: g.base_url,
+            service: g.service,
+            token: Token::File(g.token_file),
+            timeout: timeout(g.timeout_secs)?,
+        })?));
+    }
+    if let Some(a) = f.aws {
+        anyhow::ensure!(!a.product_code.is_empty(), "aws.product_code: the product's code");
+        anyhow::ensure!(!a.region.is_empty(), "aws.region: the Metering API's region");
+        anyhow::ensure!(
+            a.endpoint_url.as_deref().is_none_or(url_ok),
+            "aws.endpoint_url: an http(s) URL"
+        );
+        #[cfg(feature = "aws")]
+        out.push(Arc::new(aws::AwsExporter::from_env(&aws::AwsConfig {
+            endpoint_url: a.endpoint_url,
+            region: a.region,
+            product_code: a.product_code,
+            timeout: timeout(a.timeout_secs)?,
+        })?));
+        #[cfg(not(feature = "aws"))]
+        anyhow::bail!("aws: this control plane was built without the `aws` feature (the AWS SDK)");
+    }
+    Ok(out)
 }
 
 /// What one round did.
@@ -329,5 +470,65 @@ fn call_failed(status: reqwest::StatusCode, body: &str) -> Result<String, SendEr
         // A server error may come after the records were taken.
         500..=599 => Err(SendError::unanswered(text)),
         _ => Ok(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(text: &str) -> String {
+        format!(
+            "{:#}",
+            exporters(text).err().unwrap_or_else(|| panic!("accepted: {text}"))
+        )
+    }
+
+    #[test]
+    fn marketplaces_files_are_checked_with_the_reason() {
+        assert!(exporters("").unwrap().is_empty());
+        let both = exporters(
+            "[azure]\nplan_id = \"payg\"\ntoken_file = \"/run/azure.token\"\n\
+             [gcp]\nservice = \"highrise.endpoints.vendor.cloud.goog\"\ntoken_file = \"/run/gcp.token\"\n",
+        )
+        .unwrap();
+        let kinds: Vec<Marketplace> = both.iter().map(|e| e.marketplace()).collect();
+        assert_eq!(kinds, [Marketplace::Azure, Marketplace::Gcp]);
+        for (bad, why) in [
+            ("[azure]\nplan_id = \"p\"\n", "token_file"),
+            ("[azure]\nplan_id = \"\"\ntoken_file = \"t\"\n", "azure.plan_id"),
+            (
+                "[azure]\nplan_id = \"p\"\ntoken_file = \"t\"\nbase_url = \"ftp://x\"\n",
+                "azure.base_url",
+            ),
+            (
+                "[azure]\nplan_id = \"p\"\ntoken_file = \"t\"\ntimeout_secs = 0\n",
+                "timeout_secs",
+            ),
+            ("[gcp]\nservice = \"a b\"\ntoken_file = \"t\"\n", "gcp.service"),
+            ("[oracle]\n", "unknown field"),
+            (
+                "[aws]\nregion = \"us-east-1\"\nproduct_code = \"\"\n",
+                "aws.product_code",
+            ),
+        ] {
+            let e = refusal(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        #[cfg(not(feature = "aws"))]
+        assert!(refusal("[aws]\nregion = \"us-east-1\"\nproduct_code = \"p\"\n").contains("without the `aws` feature"));
+    }
+
+    #[test]
+    fn a_token_file_is_read_at_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let token = Token::File(path.clone());
+        let missing = token.read().unwrap_err();
+        assert!(!missing.in_doubt && missing.message.contains("read the access token"));
+        std::fs::write(&path, "first\n").unwrap();
+        assert_eq!(token.read().unwrap(), "first");
+        std::fs::write(&path, "refreshed").unwrap();
+        assert_eq!(token.read().unwrap(), "refreshed");
     }
 }

@@ -12,7 +12,7 @@ use highrise_billing::export::State;
 use highrise_billing::marketplace::Marketplace;
 use highrise_control::marketplace::azure::{AzureConfig, AzureExporter};
 use highrise_control::marketplace::gcp::{GcpConfig, GcpExporter};
-use highrise_control::marketplace::{Exporter, Exports};
+use highrise_control::marketplace::{Exporter, Exports, Token};
 use highrise_control::store::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -233,7 +233,7 @@ async fn azure_usage_is_accepted_exactly_once_through_failures_outages_and_a_res
     let double = doubles::azure("az-token", "highrise-payg", &[AZURE_SUB], &DIMENSIONS).await;
     let exporter = AzureExporter::new(AzureConfig {
         base_url: double.url.clone(),
-        token: "az-token".into(),
+        token: Token::Given("az-token".into()),
         plan_id: "highrise-payg".into(),
         timeout: Duration::from_millis(300),
     })
@@ -248,7 +248,7 @@ async fn gcp_usage_windows_join_and_are_accepted_exactly_once_through_failures_a
     let exporter = GcpExporter::new(GcpConfig {
         base_url: double.url.clone(),
         service: service.into(),
-        token: "gcp-token".into(),
+        token: Token::Given("gcp-token".into()),
         timeout: Duration::from_millis(300),
     })
     .unwrap();

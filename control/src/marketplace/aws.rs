@@ -59,6 +59,22 @@ impl AwsExporter {
     }
 }
 
+impl AwsExporter {
+    /// An exporter with the credentials in `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`
+    /// and `AWS_SESSION_TOKEN` (optional).
+    pub fn from_env(cfg: &AwsConfig) -> anyhow::Result<Self> {
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) else {
+            anyhow::bail!("aws: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY hold the metering credentials");
+        };
+        let creds = metering::config::Credentials::new(id, secret, var("AWS_SESSION_TOKEN"), None, "environment");
+        let sdk = metering::config::Builder::new()
+            .behavior_version(metering::config::BehaviorVersion::latest())
+            .credentials_provider(creds);
+        Ok(Self::new(cfg, &sdk))
+    }
+}
+
 /// Whether the service's echo of a record is `r`'s: the same dimension and time, and the
 /// same customer when the echo names one (moto's leaves it out; records for different
 /// customers in one call are then told apart by their order).

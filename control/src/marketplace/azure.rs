@@ -5,10 +5,10 @@
 //! accepted), `Expired` (more than 24 hours old), or a refusal (`ResourceNotFound`,
 //! `InvalidDimension`, `BadArgument`, …).
 //!
-//! The access token (Microsoft Entra ID, for the publisher's app) is supplied by the
-//! operator's configuration; fetching and refreshing it is outside this exporter.
+//! The access token (Microsoft Entra ID, for the publisher's app) is the operator's to
+//! fetch and refresh: the exporter reads it from a file at every call ([`Token`]).
 
-use super::{call, http_client, rfc3339, Exporter, SendError};
+use super::{call, http_client, rfc3339, Exporter, SendError, Token};
 use crate::store::OutboxRow;
 use highrise_billing::export::Outcome;
 use highrise_billing::marketplace::Marketplace;
@@ -19,7 +19,7 @@ use std::time::Duration;
 pub struct AzureConfig {
     /// `https://marketplaceapi.microsoft.com`, or a test double's address.
     pub base_url: String,
-    pub token: String,
+    pub token: Token,
     /// The offer's plan the dimensions belong to.
     pub plan_id: String,
     pub timeout: Duration,
@@ -90,7 +90,7 @@ impl Exporter for AzureExporter {
         let request = self
             .http
             .post(url)
-            .bearer_auth(&self.cfg.token)
+            .bearer_auth(self.cfg.token.read()?)
             .header("x-ms-requestid", uuid::Uuid::new_v4().to_string())
             .json(&serde_json::json!({ "request": events }));
         let answer: BatchResponse = match call("batchUsageEvent", request).await? {

@@ -5,10 +5,10 @@
 //! and a stable `operationId` so that a report sent again is the same operation. The
 //! service answers 200 with `reportErrors` for the operations it refused.
 //!
-//! The OAuth access token (the publisher's service account) is supplied by the operator's
-//! configuration; fetching and refreshing it is outside this exporter.
+//! The OAuth access token (the publisher's service account) is the operator's to fetch and
+//! refresh: the exporter reads it from a file at every call ([`Token`]).
 
-use super::{call, http_client, rfc3339, Exporter, SendError};
+use super::{call, http_client, rfc3339, Exporter, SendError, Token};
 use crate::store::OutboxRow;
 use highrise_billing::export::Outcome;
 use highrise_billing::marketplace::Marketplace;
@@ -22,7 +22,7 @@ pub struct GcpConfig {
     pub base_url: String,
     /// The product's service name, e.g. `highrise.endpoints.vendor.cloud.goog`.
     pub service: String,
-    pub token: String,
+    pub token: Token,
     pub timeout: Duration,
 }
 
@@ -99,7 +99,7 @@ impl Exporter for GcpExporter {
         let request = self
             .http
             .post(url)
-            .bearer_auth(&self.cfg.token)
+            .bearer_auth(self.cfg.token.read()?)
             .json(&json!({ "operations": operations }));
         let answer: ReportResponse = match call("services.report", request).await? {
             Ok(a) => a,
