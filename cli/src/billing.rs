@@ -5,7 +5,8 @@
 use crate::client::{print_json, urlencode, utc, Api, Conn, Output};
 use anyhow::{Context, Result};
 use highrise_api::{
-    BillingSettings, BillingStatus, Invoice, InvoiceSummary, MarginReport, MarketplaceLink, SetCommitment, Usage,
+    BillingSettings, BillingStatus, Invoice, InvoiceSummary, MarginReport, MarketplaceLink, MarketplaceRecords,
+    SetCommitment, Usage,
 };
 
 #[derive(clap::Args)]
@@ -41,10 +42,45 @@ pub enum InvoiceCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// One month's invoice as a document to file: PDF (default) or HTML.
+    Download {
+        /// The month, `YYYY-MM` (UTC; default: this month).
+        month: Option<String>,
+        #[arg(long, default_value = "pdf", value_parser = ["pdf", "html"])]
+        format: String,
+        /// Where to write it (default: `invoice-YYYY-MM.pdf` here).
+        #[arg(long, short)]
+        out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// This month, `YYYY-MM` (UTC).
+fn this_month() -> String {
+    jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m")
+        .to_string()
 }
 
 pub async fn invoice(cmd: InvoiceCommand) -> Result<()> {
     match cmd {
+        InvoiceCommand::Download {
+            month,
+            format,
+            out,
+            conn,
+        } => {
+            let api = Api::from(&conn)?;
+            let month = month.unwrap_or_else(this_month);
+            let url = format!("{}/v1/invoices/{}/{format}", api.url, urlencode(&month));
+            let body = api.download(api.http.get(url)).await?;
+            let path = out.unwrap_or_else(|| format!("invoice-{month}.{format}").into());
+            std::fs::write(&path, &body).with_context(|| format!("write {}", path.display()))?;
+            println!("wrote {} ({} bytes)", path.display(), body.len());
+            Ok(())
+        }
         InvoiceCommand::List { conn } => {
             let api = Api::from(&conn)?;
             let list: Vec<InvoiceSummary> = api.send(api.http.get(format!("{}/v1/invoices", api.url))).await?;
@@ -59,13 +95,7 @@ pub async fn invoice(cmd: InvoiceCommand) -> Result<()> {
         }
         InvoiceCommand::Show { month, conn } => {
             let api = Api::from(&conn)?;
-            let month = match month {
-                Some(m) => m,
-                None => jiff::Timestamp::now()
-                    .to_zoned(jiff::tz::TimeZone::UTC)
-                    .strftime("%Y-%m")
-                    .to_string(),
-            };
+            let month = month.unwrap_or_else(this_month);
             let url = format!("{}/v1/invoices/{}", api.url, urlencode(&month));
             let inv: Invoice = api.send(api.http.get(url)).await?;
             if conn.output == Output::Json {
@@ -151,6 +181,17 @@ pub enum BillingCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// The usage records sent (or to be sent) to an org's marketplace, hour by hour, with
+    /// what the marketplace answered (operator only).
+    Records {
+        /// The org (id or name).
+        org: String,
+        /// Only `pending`, `accepted`, `conflict`, `rejected` or `expired` ones.
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Record an org's prepaid commitment (operator only).
     Commitment {
         /// The org (id or name).
@@ -170,6 +211,36 @@ pub enum BillingCommand {
 
 pub async fn billing(cmd: BillingCommand) -> Result<()> {
     match cmd {
+        BillingCommand::Records { org, state, conn } => {
+            let api = Api::from(&conn)?;
+            let mut req = api
+                .http
+                .get(format!("{}/v1/orgs/{}/marketplace/records", api.url, urlencode(&org)));
+            if let Some(s) = state {
+                req = req.query(&[("state", s)]);
+            }
+            let r: MarketplaceRecords = api.send(req).await?;
+            if conn.output == Output::Json {
+                return print_json(&r);
+            }
+            println!(
+                "{:<20} {:<28} {:>10} {:<9} {:>8}  ANSWER",
+                "HOUR (UTC)", "DIMENSION", "QUANTITY", "STATE", "ATTEMPTS"
+            );
+            for x in &r.records {
+                let answer = x.receipt.as_deref().or(x.last_error.as_deref()).unwrap_or("");
+                println!(
+                    "{:<20} {:<28} {:>10} {:<9} {:>8}  {}{answer}",
+                    utc(x.hour),
+                    x.dimension,
+                    x.quantity,
+                    x.state,
+                    x.attempts,
+                    if x.in_doubt { "(in doubt) " } else { "" },
+                );
+            }
+            Ok(())
+        }
         BillingCommand::Margin { org, month, conn } => {
             let api = Api::from(&conn)?;
             let mut req = api.http.get(format!("{}/v1/orgs/{}/margin", api.url, urlencode(&org)));

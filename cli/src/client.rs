@@ -520,6 +520,11 @@ impl Api {
         serde_json::from_slice(&bytes).context("parse the control plane's answer")
     }
 
+    /// Sends a request and returns its answer as it came (a document, not JSON).
+    pub(crate) async fn download(&self, req: reqwest::RequestBuilder) -> Result<bytes::Bytes> {
+        self.fetch(req).await.map(|(_, b)| b)
+    }
+
     /// Sends a request whose answer is empty (204).
     pub(crate) async fn send_empty(&self, req: reqwest::RequestBuilder) -> Result<()> {
         self.fetch(req).await.map(drop)

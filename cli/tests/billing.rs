@@ -239,6 +239,14 @@ fn an_org_billed_through_a_marketplace_cannot_take_its_clusters_to_another_cloud
     ))
     .unwrap();
     assert_eq!(b["marketplace"]["account"], "123456789012");
+    // Its marketplace records are the operator's to read (none yet: an hour is staged
+    // five minutes after it ends; control/tests/marketplace.rs sends a simulated month).
+    let r: Value = serde_json::from_str(&up.cli_ok(&["billing", "records", "acme", "--output", "json"])).unwrap();
+    assert_eq!(r["records"], serde_json::json!([]));
+    let out = as_acme(&["billing", "records", "acme"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only the operator"));
+    let out = up.cli(&["billing", "records", "acme", "--state", "lost"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("state"));
 
     let out = as_acme(&["cluster", "create", "shop", "--wait"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -19,7 +19,7 @@ async fn land_post(url: String) -> u16 {
 
 /// Starts a ledger writer on `uri`, lets it commit for `warm`, then takes `local-a` down
 /// (`freeze`: its hosts stop where they are, to resume with it). Returns the writer, its
-/// stop flag and the moment of the loss.
+/// stop flag and the moment the loss was complete.
 async fn write_then_lose_local_a(
     up: &Up,
     uri: &str,
@@ -33,12 +33,14 @@ async fn write_then_lose_local_a(
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(ledger_writer(uri.to_string(), stop.clone()));
     tokio::time::sleep(warm).await;
-    let lost_at = Instant::now();
     let how = if freeze { "?freeze=true" } else { "" };
     assert_eq!(
         land_post(format!("{}/land/clouds/local-a/down{how}", up.land_url)).await,
         200
     );
+    // The loss is complete when the land says so: a commit acknowledged while the call
+    // was under way came before it (a run lost commits acknowledged after the call began).
+    let lost_at = Instant::now();
     (writer, stop, lost_at)
 }
 

@@ -103,6 +103,37 @@ fn an_instances_time_is_metered_from_creation_to_deletion() {
     );
     let table = up.cli_ok(&["invoice", "show"]);
     assert!(table.contains("metered") && table.contains("total"), "{table}");
+    // The same invoice as documents to file: a PDF whose text (read back by poppler's
+    // pdftotext) and an HTML page that both name the cluster and the total.
+    let docs = tempfile::tempdir().unwrap();
+    let (pdf, page) = (docs.path().join("invoice.pdf"), docs.path().join("invoice.html"));
+    up.cli_ok(&["invoice", "download", "--out", pdf.to_str().unwrap()]);
+    assert!(std::fs::read(&pdf).unwrap().starts_with(b"%PDF-"));
+    let read = std::process::Command::new("pdftotext")
+        .args(["-layout", pdf.to_str().unwrap(), "-"])
+        .output()
+        .expect("pdftotext (scripts/setup installs poppler-utils)");
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    let text = String::from_utf8_lossy(&read.stdout);
+    let total = format!("{} USD", inv["total"].as_str().unwrap());
+    assert!(
+        text.contains("Highrise") && text.contains("metered") && text.contains(&total),
+        "{text}"
+    );
+    up.cli_ok(&[
+        "invoice",
+        "download",
+        "--format",
+        "html",
+        "--out",
+        page.to_str().unwrap(),
+    ]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.starts_with("<!DOCTYPE html>")
+            && html.contains("metered")
+            && html.contains(inv["total"].as_str().unwrap())
+    );
     let out = up.cli(&["invoice", "show", "2026-13"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not YYYY-MM"));

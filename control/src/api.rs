@@ -895,8 +895,8 @@ fn view_of(
         agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
         backups::verify_any_backup, tls::ca_certificate, usage::get_usage,
-        invoices::list_invoices, invoices::get_invoice, billing::get_billing, billing::set_billing,
-        billing::set_commitment, billing::margin_report, billing::link_marketplace
+        invoices::list_invoices, invoices::get_invoice, invoices::invoice_pdf, invoices::invoice_html, billing::get_billing, billing::set_billing,
+        billing::set_commitment, billing::margin_report, billing::link_marketplace, billing::marketplace_records
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -1073,9 +1073,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/usage", get(usage::get_usage))
         .route("/v1/invoices", get(invoices::list_invoices))
         .route("/v1/invoices/{month}", get(invoices::get_invoice))
+        .route("/v1/invoices/{month}/pdf", get(invoices::invoice_pdf))
+        .route("/v1/invoices/{month}/html", get(invoices::invoice_html))
         .route("/v1/billing", get(billing::get_billing).put(billing::set_billing))
         .route("/v1/orgs/{org}/commitment", put(billing::set_commitment))
         .route("/v1/orgs/{org}/margin", get(billing::margin_report))
+        .route("/v1/orgs/{org}/marketplace/records", get(billing::marketplace_records))
         .route("/v1/orgs/{org}/marketplace", put(billing::link_marketplace))
         .route("/v1/orgs/{org}/quotas", get(orgs::org_quotas).put(orgs::set_quotas))
         .route("/v1/quotas", get(orgs::get_quotas))

@@ -12,6 +12,7 @@ mod auth;
 mod billing;
 pub mod ca;
 mod copies;
+mod documents;
 pub mod durability;
 mod limits;
 pub mod marketplace;

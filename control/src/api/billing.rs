@@ -5,6 +5,7 @@
 use super::*;
 use crate::billing;
 use crate::store::BillingTermsRow;
+use highrise_billing::export::State as RecordState;
 use highrise_billing::marketplace::Marketplace;
 use rust_decimal::Decimal;
 
@@ -101,6 +102,26 @@ async fn status(state: &AppState, org_id: &str) -> ApiResult<BillingStatus> {
     })
 }
 
+/// Whether `w` is a webhook URL as the schema's pattern has it: `http(s)://`, a host of
+/// letters, digits, dots and hyphens (1 to 253), an optional port, then an optional path
+/// of printable ASCII but the space (up to 2000).
+fn webhook_ok(w: &str) -> bool {
+    let Some(rest) = w.strip_prefix("http://").or_else(|| w.strip_prefix("https://")) else {
+        return false;
+    };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let (host, port) = authority
+        .split_once(':')
+        .map_or((authority, None), |(h, p)| (h, Some(p)));
+    (1..=253).contains(&host.len())
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port.is_none_or(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+        && path.len() <= 2001
+        && path.bytes().all(|b| (b'!'..=b'~').contains(&b))
+}
+
 /// Set the org's monthly hard limit and alert webhook (each replaces what was set; `null`
 /// clears it).
 #[utoipa::path(put, path = "/v1/billing", request_body = BillingSettings,
@@ -117,12 +138,10 @@ pub(super) async fn set_billing(
         None => None,
     };
     if let Some(w) = &req.alert_webhook {
-        // As the schema's pattern has it: the scheme, then 1 to 2000 printable ASCII
-        // characters but the space.
-        let rest = w.strip_prefix("http://").or_else(|| w.strip_prefix("https://"));
-        let ok = rest.is_some_and(|r| (1..=2000).contains(&r.len()) && r.bytes().all(|b| (b'!'..=b'~').contains(&b)));
-        if !ok {
-            return Err(ApiError::invalid("alert_webhook: an http:// or https:// URL"));
+        if !webhook_ok(w) {
+            return Err(ApiError::invalid(
+                "alert_webhook: an http:// or https:// URL: a host name or IPv4 address, an optional port and path",
+            ));
         }
     }
     let mut terms = state
@@ -369,6 +388,65 @@ pub(super) async fn check_hard_limit(state: &AppState, org_id: &str) -> ApiResul
     }
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecordsQuery {
+    /// Only the records in this state.
+    #[param(pattern = "^(pending|accepted|conflict|rejected|expired)$")]
+    state: Option<String>,
+}
+
+/// The usage records sent (or to be sent) to an org's marketplace, with what the
+/// marketplace answered (operator only).
+#[utoipa::path(get, path = "/v1/orgs/{org}/marketplace/records",
+    params(("org" = String, Path, description = "Org id or name"), RecordsQuery),
+    responses((status = 200, body = MarketplaceRecords), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn marketplace_records(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(org): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RecordsQuery>,
+) -> ApiResult<Json<MarketplaceRecords>> {
+    if !caller.may(Action::Operate) {
+        return Err(ApiError::forbidden("only the operator may read marketplace records"));
+    }
+    let wanted = match q.state.as_deref() {
+        Some(s) => Some(
+            RecordState::parse(s)
+                .ok_or_else(|| ApiError::invalid("state: pending, accepted, conflict, rejected or expired"))?,
+        ),
+        None => None,
+    };
+    let o = state.store.find_org(&org).await.map_err(store_err("org"))?;
+    let rows = state
+        .store
+        .marketplace_records(&o.id)
+        .await
+        .map_err(store_err("marketplace records"))?;
+    Ok(Json(MarketplaceRecords {
+        org_id: o.id,
+        records: rows
+            .into_iter()
+            .filter(|r| wanted.is_none_or(|w| r.state == w.as_str()))
+            .map(|r| MarketplaceRecord {
+                marketplace: r.marketplace,
+                account: r.account,
+                dimension: r.dimension,
+                hour: r.hour,
+                quantity: u64::try_from(r.quantity).unwrap_or(0),
+                state: r.state,
+                attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+                in_doubt: r.in_doubt,
+                last_error: r.last_error,
+                receipt: r.receipt,
+                staged_at: r.staged_at,
+                settled_at: r.settled_at,
+            })
+            .collect(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -378,6 +456,31 @@ mod tests {
         }
         for bad in ["", ".5", "1.", "1.234", "-1", "1e3", "1,000", "1000000000000", " 1"] {
             assert!(super::parse_amount("a", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn webhooks_are_urls_a_client_can_call() {
+        for ok in [
+            "http://hooks.example.com",
+            "https://10.0.0.1:8443/spend?x=[1]",
+            "http://a/",
+            "https://h:1/p#f",
+        ] {
+            assert!(super::webhook_ok(ok), "{ok}");
+        }
+        for bad in [
+            "http://",
+            "http://[",
+            "https://[::1]/x",
+            "http://a b",
+            "ftp://a",
+            "http://a:/",
+            "http://a:123456",
+            "http://a_b",
+            "http://a@b",
+        ] {
+            assert!(!super::webhook_ok(bad), "{bad}");
         }
     }
 }

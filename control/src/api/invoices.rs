@@ -1,6 +1,7 @@
 //! The org's invoices: each calendar month's usage (UTC) priced by the list-price book —
 //! the running month as a draft ("the bill so far"). Computed from the hourly usage each
-//! time, so a draft is always current.
+//! time, so a draft is always current. JSON, and as documents to file: PDF and HTML
+//! (`crate::documents`).
 
 use super::*;
 
@@ -56,15 +57,91 @@ pub(super) async fn get_invoice(
     caller: Caller,
     ApiPath(month): ApiPath<String>,
 ) -> ApiResult<Json<Invoice>> {
-    require(&caller, Action::ReadUsage)?;
-    let first = parse_month(&month)?;
+    Ok(Json(month_invoice(&state, &caller, &month).await?))
+}
+
+/// The caller's invoice of `month` (`YYYY-MM`), refused before the month begins.
+async fn month_invoice(state: &AppState, caller: &Caller, month: &str) -> ApiResult<Invoice> {
+    require(caller, Action::ReadUsage)?;
+    let first = parse_month(month)?;
     let now = jiff::Timestamp::now();
     if first > month_of(now) {
         return Err(ApiError::not_found(format!(
             "invoice {month} (the month has not begun)"
         )));
     }
-    Ok(Json(invoice_of(&state, &caller.org_id, first, now).await?))
+    invoice_of(state, &caller.org_id, first, now).await
+}
+
+/// One month's invoice as a PDF to file.
+#[utoipa::path(get, path = "/v1/invoices/{month}/pdf",
+    params(("month" = String, Path, description = "The month, `YYYY-MM`", pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")),
+    responses((status = 200, content_type = "application/pdf", body = Vec<u8>), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn invoice_pdf(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(month): ApiPath<String>,
+) -> ApiResult<Response> {
+    let (inv, name) = document_of(&state, &caller, &month).await?;
+    let body = crate::documents::pdf(
+        &inv,
+        &crate::documents::Billed {
+            name: &name,
+            id: &caller.org_id,
+        },
+    );
+    Ok(attachment(
+        "application/pdf",
+        &format!("invoice-{}.pdf", inv.month),
+        body,
+    ))
+}
+
+/// One month's invoice as an HTML page (to read, or print).
+#[utoipa::path(get, path = "/v1/invoices/{month}/html",
+    params(("month" = String, Path, description = "The month, `YYYY-MM`", pattern = "^[0-9]{4}-(0[1-9]|1[0-2])$")),
+    responses((status = 200, content_type = "text/html", body = String), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn invoice_html(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(month): ApiPath<String>,
+) -> ApiResult<Response> {
+    let (inv, name) = document_of(&state, &caller, &month).await?;
+    let body = crate::documents::html(
+        &inv,
+        &crate::documents::Billed {
+            name: &name,
+            id: &caller.org_id,
+        },
+    );
+    Ok(attachment(
+        "text/html; charset=utf-8",
+        &format!("invoice-{}.html", inv.month),
+        body.into_bytes(),
+    ))
+}
+
+/// The invoice of `month` and the org's name.
+async fn document_of(state: &AppState, caller: &Caller, month: &str) -> ApiResult<(Invoice, String)> {
+    let inv = month_invoice(state, caller, month).await?;
+    let org = state.store.find_org(&caller.org_id).await.map_err(store_err("org"))?;
+    Ok((inv, org.name))
+}
+
+fn attachment(content_type: &str, filename: &str, body: Vec<u8>) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type.to_string()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{filename}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// An amount as invoices show it: to the cent.

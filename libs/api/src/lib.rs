@@ -1017,6 +1017,45 @@ pub struct MarketplaceLink {
     pub linked_at: Option<UnixSeconds>,
 }
 
+/// One hour of an org's usage for its marketplace, as the outbox holds it: what was sent,
+/// and what the marketplace answered.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MarketplaceRecord {
+    /// `aws`, `azure` or `gcp`.
+    pub marketplace: String,
+    /// The marketplace account it is sent to.
+    pub account: String,
+    /// The marketplace's dimension, e.g. `small_spot_seconds`.
+    pub dimension: String,
+    /// The hour's start.
+    pub hour: UnixSeconds,
+    /// In the dimension's unit (seconds): the whole units used since the link that earlier
+    /// records do not carry.
+    pub quantity: u64,
+    /// `pending` (to be sent), `accepted`, `conflict` (an operator must look: sent with
+    /// its answer lost and now past the deadline, or held differently by the
+    /// marketplace), `rejected` (refused for good), `expired` (too late; its usage went
+    /// out with a later hour).
+    pub state: String,
+    /// Calls that carried it.
+    pub attempts: u32,
+    /// It went out in a call whose answer was lost: the marketplace may hold it.
+    pub in_doubt: bool,
+    pub last_error: Option<String>,
+    /// The marketplace's receipt: AWS metering record id, Azure usage event id, GCP
+    /// operation id.
+    pub receipt: Option<String>,
+    pub staged_at: UnixSeconds,
+    pub settled_at: Option<UnixSeconds>,
+}
+
+/// An org's marketplace records, oldest hour first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MarketplaceRecords {
+    pub org_id: String,
+    pub records: Vec<MarketplaceRecord>,
+}
+
 /// A prepaid commitment and its drawdown.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CommitmentStatus {
@@ -1056,8 +1095,9 @@ pub struct BillingSettings {
     /// A monthly spend limit in USD (`123.45`): new clusters are refused once reached.
     #[schema(pattern = "^[0-9]{1,12}(\\.[0-9]{1,2})?$")]
     pub hard_limit: Option<String>,
-    /// An `http(s)://` URL spend alerts are POSTed to (printable ASCII).
-    #[schema(pattern = "^https?://[!-~]{1,2000}$")]
+    /// An `http(s)://` URL spend alerts are POSTed to: a host name or IPv4 address, an
+    /// optional port, an optional path (printable ASCII).
+    #[schema(pattern = "^https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(/[!-~]{0,2000})?$")]
     pub alert_webhook: Option<String>,
 }
 
