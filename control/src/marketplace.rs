@@ -223,20 +223,6 @@ pub fn exporters(text: &str) -> Result<Vec<Arc<dyn Exporter>>> {
     Ok(out)
 }
 
-/// What one round did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Round {
-    /// Hours staged (per org).
-    pub hours: usize,
-    /// Records taken by their marketplace (duplicates of records it held included).
-    pub accepted: usize,
-    /// Records left pending to be sent again.
-    pub retried: usize,
-    /// Records that need an operator (conflict, rejected) or went out too late (expired;
-    /// their usage rides on a later hour).
-    pub unsettled: usize,
-}
-
 /// The marketplace export: a store and one exporter per marketplace that has one
 /// configured (an org linked to a marketplace without one has its records staged, and
 /// they wait).
@@ -253,18 +239,17 @@ impl Exports {
 
     /// Stages every linked org's due hours, then sends every marketplace's due records,
     /// as of `now` (Unix seconds; injected, so a test runs a month of hours).
-    pub async fn round(&self, now: i64) -> Result<Round> {
-        let mut round = Round::default();
-        self.stage(now, &mut round).await.context("stage marketplace records")?;
+    pub async fn round(&self, now: i64) -> Result<()> {
+        self.stage(now).await.context("stage marketplace records")?;
         for ex in &self.exporters {
-            self.send(ex.as_ref(), now, &mut round)
+            self.send(ex.as_ref(), now)
                 .await
                 .with_context(|| format!("send {} records", ex.marketplace().as_str()))?;
         }
-        Ok(round)
+        Ok(())
     }
 
-    async fn stage(&self, now: i64, round: &mut Round) -> Result<()> {
+    async fn stage(&self, now: i64) -> Result<()> {
         for org in self.store.marketplace_orgs().await? {
             let Some(m) = Marketplace::parse(&org.link.marketplace) else {
                 continue;
@@ -318,7 +303,6 @@ impl Exports {
                     break;
                 }
                 expected = Some(hour + HOUR);
-                round.hours += 1;
             }
         }
         Ok(())
@@ -327,7 +311,7 @@ impl Exports {
     /// Sends a marketplace's pending records, oldest hour first, until a call fails or
     /// leaves a record to retry: later hours wait behind it (GCP wants an org's windows in
     /// order), and the marketplace as a whole backs off from the failure.
-    async fn send(&self, ex: &dyn Exporter, now: i64, round: &mut Round) -> Result<()> {
+    async fn send(&self, ex: &dyn Exporter, now: i64) -> Result<()> {
         let m = ex.marketplace();
         let pending = self
             .store
@@ -339,7 +323,7 @@ impl Exports {
         let mut due = Vec::with_capacity(pending.len());
         for r in pending {
             match export::past_deadline(m, r.hour, r.in_doubt, now) {
-                Some(o) => self.settle(&r, o, now, round).await?,
+                Some(o) => self.settle(&r, o, now).await?,
                 None => due.push(r),
             }
         }
@@ -356,7 +340,7 @@ impl Exports {
                     .next()
                     .unwrap_or_else(|| Outcome::InDoubt("the marketplace did not answer for it".into()));
                 again |= matches!(o, Outcome::Retry(_) | Outcome::InDoubt(_));
-                self.settle(r, o, now, round).await?;
+                self.settle(r, o, now).await?;
             }
             if again {
                 break;
@@ -365,7 +349,7 @@ impl Exports {
         Ok(())
     }
 
-    async fn settle(&self, r: &OutboxRow, o: Outcome, now: i64, round: &mut Round) -> Result<()> {
+    async fn settle(&self, r: &OutboxRow, o: Outcome, now: i64) -> Result<()> {
         let state = o.state();
         let (receipt, error) = match &o {
             Outcome::Accepted(receipt) => (receipt.clone(), None),
@@ -392,15 +376,13 @@ impl Exports {
             return Ok(());
         }
         match state {
-            State::Accepted => round.accepted += 1,
+            State::Accepted => {}
             State::Pending => {
-                round.retried += 1;
                 if r.attempts == 0 {
                     tracing::warn!(org = %r.org_id, hour = r.hour, "{}: {}", r.marketplace, s.error.as_deref().unwrap_or(""));
                 }
             }
             State::Conflict | State::Rejected | State::Expired => {
-                round.unsettled += 1;
                 tracing::warn!(
                     org = %r.org_id, hour = r.hour, dimension = %r.dimension,
                     "{} record {}: {}", r.marketplace, state.as_str(), s.error.as_deref().unwrap_or("")

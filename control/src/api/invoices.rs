@@ -83,19 +83,7 @@ pub(super) async fn invoice_pdf(
     caller: Caller,
     ApiPath(month): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let (inv, name) = document_of(&state, &caller, &month).await?;
-    let body = crate::documents::pdf(
-        &inv,
-        &crate::documents::Billed {
-            name: &name,
-            id: &caller.org_id,
-        },
-    );
-    Ok(attachment(
-        "application/pdf",
-        &format!("invoice-{}.pdf", inv.month),
-        body,
-    ))
+    document(&state, &caller, &month, Document::Pdf).await
 }
 
 /// One month's invoice as an HTML page (to read, or print).
@@ -108,26 +96,31 @@ pub(super) async fn invoice_html(
     caller: Caller,
     ApiPath(month): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let (inv, name) = document_of(&state, &caller, &month).await?;
-    let body = crate::documents::html(
-        &inv,
-        &crate::documents::Billed {
-            name: &name,
-            id: &caller.org_id,
-        },
-    );
-    Ok(attachment(
-        "text/html; charset=utf-8",
-        &format!("invoice-{}.html", inv.month),
-        body.into_bytes(),
-    ))
+    document(&state, &caller, &month, Document::Html).await
 }
 
-/// The invoice of `month` and the org's name.
-async fn document_of(state: &AppState, caller: &Caller, month: &str) -> ApiResult<(Invoice, String)> {
+enum Document {
+    Pdf,
+    Html,
+}
+
+/// The caller's invoice of `month` rendered as `kind`, with its file name.
+async fn document(state: &AppState, caller: &Caller, month: &str, kind: Document) -> ApiResult<Response> {
     let inv = month_invoice(state, caller, month).await?;
     let org = state.store.find_org(&caller.org_id).await.map_err(store_err("org"))?;
-    Ok((inv, org.name))
+    let billed = crate::documents::Billed {
+        name: &org.name,
+        id: &caller.org_id,
+    };
+    let (content_type, ext, body) = match kind {
+        Document::Pdf => ("application/pdf", "pdf", crate::documents::pdf(&inv, &billed)),
+        Document::Html => (
+            "text/html; charset=utf-8",
+            "html",
+            crate::documents::html(&inv, &billed).into_bytes(),
+        ),
+    };
+    Ok(attachment(content_type, &format!("invoice-{}.{ext}", inv.month), body))
 }
 
 fn attachment(content_type: &str, filename: &str, body: Vec<u8>) -> Response {
