@@ -5,8 +5,8 @@
 use crate::client::{print_json, urlencode, utc, Api, Conn, Output};
 use anyhow::{Context, Result};
 use highrise_api::{
-    BillingSettings, BillingStatus, Invoice, InvoiceSummary, MarginReport, MarketplaceLink, MarketplaceRecords,
-    SetCommitment, Usage,
+    BillingSettings, BillingStatus, Credit, CreditGrant, Invoice, InvoiceSummary, MarginReport, MarketplaceLink,
+    MarketplaceRecords, SetCommitment, Usage,
 };
 
 #[derive(clap::Args)]
@@ -87,9 +87,19 @@ pub async fn invoice(cmd: InvoiceCommand) -> Result<()> {
             if conn.output == Output::Json {
                 return print_json(&list);
             }
-            println!("{:<8} {:<7} {:>14}", "MONTH", "STATUS", "TOTAL");
+            println!(
+                "{:<8} {:<7} {:<10} {:>14} {:>14}",
+                "MONTH", "STATUS", "NUMBER", "TOTAL", "DUE"
+            );
             for i in list {
-                println!("{:<8} {:<7} {:>10} {}", i.month, i.status, i.total, i.currency);
+                println!(
+                    "{:<8} {:<7} {:<10} {:>14} {:>14}",
+                    i.month,
+                    i.status,
+                    i.number.as_deref().unwrap_or("-"),
+                    format!("{} {}", i.total, i.currency),
+                    format!("{} {}", i.due, i.currency)
+                );
             }
             Ok(())
         }
@@ -101,8 +111,12 @@ pub async fn invoice(cmd: InvoiceCommand) -> Result<()> {
             if conn.output == Output::Json {
                 return print_json(&inv);
             }
+            let issued = match (&inv.number, inv.issued_at) {
+                (Some(n), Some(at)) => format!(", {n} issued {}", utc(at)),
+                _ => String::new(),
+            };
             println!(
-                "invoice {} ({}), {} to {}, prices of {}",
+                "invoice {} ({}{issued}), {} to {}, prices of {}",
                 inv.month,
                 inv.status,
                 utc(inv.period_start),
@@ -119,10 +133,11 @@ pub async fn invoice(cmd: InvoiceCommand) -> Result<()> {
                 } else {
                     &l.cluster
                 };
+                let late = if l.carried { " (late)" } else { "" };
                 println!(
                     "{:<20} {:<30} {:<22} {:>14} {:>12} {:>12}",
                     name,
-                    l.dimension,
+                    format!("{}{late}", l.dimension),
                     format!("{}/{}", l.cloud, l.region),
                     quantity(&l.dimension, l.quantity),
                     unit_price(&l.dimension, &l.unit_price, l.per),
@@ -130,6 +145,20 @@ pub async fn invoice(cmd: InvoiceCommand) -> Result<()> {
                 );
             }
             println!("{:>115}", format!("total {} {}", inv.total, inv.currency));
+            if inv.credits_applied != "0.00" {
+                println!("{:>115}", format!("credits -{} {}", inv.credits_applied, inv.currency));
+            }
+            if inv.commitment_applied != "0.00" {
+                println!(
+                    "{:>115}",
+                    format!("prepaid commitment -{} {}", inv.commitment_applied, inv.currency)
+                );
+            }
+            let through = match &inv.marketplace {
+                Some(m) => format!(" (charged through the {m} marketplace)"),
+                None => String::new(),
+            };
+            println!("{:>115}", format!("due {} {}{through}", inv.due, inv.currency));
             Ok(())
         }
     }
@@ -189,6 +218,18 @@ pub enum BillingCommand {
         /// Only `pending`, `accepted`, `conflict`, `rejected` or `expired` ones.
         #[arg(long)]
         state: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Grant an org a credit (operator only): its invoices draw credits down first.
+    Credit {
+        /// The org (id or name).
+        org: String,
+        /// USD, e.g. 25 or 12.50.
+        amount: String,
+        /// Why (shown to the org).
+        #[arg(long)]
+        reason: String,
         #[command(flatten)]
         conn: Conn,
     },
@@ -322,6 +363,23 @@ pub async fn billing(cmd: BillingCommand) -> Result<()> {
             let b: BillingStatus = api.send(api.http.put(url).json(&req)).await?;
             show_billing(&b, conn.output)
         }
+        BillingCommand::Credit {
+            org,
+            amount,
+            reason,
+            conn,
+        } => {
+            let api = Api::from(&conn)?;
+            let url = format!("{}/v1/orgs/{}/credits", api.url, urlencode(&org));
+            let c: Credit = api
+                .send(api.http.post(url).json(&CreditGrant { amount, reason }))
+                .await?;
+            if conn.output == Output::Json {
+                return print_json(&c);
+            }
+            println!("granted credit {} of {} USD: {}", c.id, c.amount, c.reason);
+            Ok(())
+        }
         BillingCommand::Commitment {
             org,
             amount,
@@ -366,6 +424,10 @@ fn show_billing(b: &BillingStatus, output: Output) -> Result<()> {
             c.balance
         ),
         None => println!("commitment: none"),
+    }
+    println!("credit balance: {} USD", b.credit_balance);
+    for c in &b.credits {
+        println!("credit {}: {} USD, {}", utc(c.granted_at), c.amount, c.reason);
     }
     if let Some(m) = &b.marketplace {
         println!(

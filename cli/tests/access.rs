@@ -247,6 +247,12 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
             [denied, denied, denied, denied, denied],
         ),
         (
+            "POST",
+            "/v1/orgs/acme/credits".into(),
+            Some(json!({ "amount": "100", "reason": "mine" })),
+            [denied, denied, denied, denied, denied],
+        ),
+        (
             "GET",
             "/v1/invoices/2026-13".into(),
             None,

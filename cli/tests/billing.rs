@@ -162,6 +162,32 @@ fn a_commitment_is_drawn_down_alerts_fire_once_and_the_hard_limit_refuses_new_cl
         table.contains("commitment: 1.00 USD") && table.contains("80% of 1.00 reached"),
         "{table}"
     );
+
+    // A credit the operator grants is drawn down first, then the commitment; the rest is
+    // due.
+    let granted = up.cli_ok(&["billing", "credit", "default", "0.25", "--reason", "SLA credit"]);
+    assert!(granted.contains("0.25 USD: SLA credit"), "{granted}");
+    let inv: Value = serde_json::from_str(&up.cli_ok(&["invoice", "show", "--output", "json"])).unwrap();
+    let total = money(&inv["total"]);
+    assert_eq!(inv["credits_applied"], "0.25");
+    assert!(
+        (money(&inv["commitment_applied"]) - (total - 0.25).min(1.0)).abs() < 1e-9,
+        "{inv}"
+    );
+    assert!((money(&inv["due"]) - (total - 0.25 - money(&inv["commitment_applied"]))).abs() < 1e-9);
+    let table = up.cli_ok(&["invoice", "show"]);
+    assert!(
+        table.contains("credits -0.25 USD") && table.contains("prepaid commitment -") && table.contains("due "),
+        "{table}"
+    );
+    let b = up.cli_ok(&["billing", "show"]);
+    assert!(
+        b.contains("credit balance: 0.25 USD") && b.contains("SLA credit"),
+        "{b}"
+    );
+    // A bad amount is refused with the reason.
+    let out = up.cli(&["billing", "credit", "default", "1.234", "--reason", "x"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("amount: an amount in USD"));
 }
 
 /// The margin report (operator): a spot HA pair of `small` against an on-demand one, each

@@ -150,7 +150,7 @@ async fn a_replicated_cluster_moves_to_another_cloud_and_changes_plan_without_lo
         acked.len()
     );
     check_ledger(&uri, &acked);
-    assert!(pause <= Duration::from_secs(1), "write pause {pause:?}");
+    assert!(pause <= Duration::from_secs(2), "write pause {pause:?}");
 
     let u = up.clone();
     tokio::task::spawn_blocking(move || {

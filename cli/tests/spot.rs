@@ -99,7 +99,7 @@ async fn a_notice_on_the_primary_switches_over_before_the_host_dies_and_loses_no
     eprintln!("notice on the primary: switched over {switched:?} after the notice; longest write pause {pause:?} ({failures} failed attempts); {} acked", acked.len());
     assert!(acked.len() > 10, "the writer made progress: {}", acked.len());
     check_ledger(&uri, &acked);
-    assert!(pause <= Duration::from_secs(1), "write pause {pause:?}");
+    assert!(pause <= Duration::from_secs(2), "write pause {pause:?}");
 
     let shown = show(&up, "shop");
     let ms = members(&shown);
@@ -164,7 +164,7 @@ async fn a_notice_on_a_standby_builds_its_replacement_first_and_writes_never_pau
     check_ledger(&uri, &acked);
     // The doomed standby goes only once the primary's PostgreSQL counts the replacement
     // toward its synchronous commits, so commits never wait for a standby catching up.
-    assert!(pause <= Duration::from_secs(1), "write pause {pause:?}");
+    assert!(pause <= Duration::from_secs(2), "write pause {pause:?}");
     assert_eq!(failures, 0, "writes failed during a standby's replacement");
     let shown = show(&up, "shop");
     assert_eq!(

@@ -120,6 +120,7 @@ fn an_instances_time_is_metered_from_creation_to_deletion() {
         text.contains("Highrise") && text.contains("metered") && text.contains(&total),
         "{text}"
     );
+    assert!(text.contains("Amount due"), "{text}");
     up.cli_ok(&[
         "invoice",
         "download",

@@ -896,7 +896,7 @@ fn view_of(
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
         backups::verify_any_backup, tls::ca_certificate, usage::get_usage,
         invoices::list_invoices, invoices::get_invoice, invoices::invoice_pdf, invoices::invoice_html, billing::get_billing, billing::set_billing,
-        billing::set_commitment, billing::margin_report, billing::link_marketplace, billing::marketplace_records
+        billing::set_commitment, billing::grant_credit, billing::margin_report, billing::link_marketplace, billing::marketplace_records
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
@@ -1077,6 +1077,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/invoices/{month}/html", get(invoices::invoice_html))
         .route("/v1/billing", get(billing::get_billing).put(billing::set_billing))
         .route("/v1/orgs/{org}/commitment", put(billing::set_commitment))
+        .route("/v1/orgs/{org}/credits", post(billing::grant_credit))
         .route("/v1/orgs/{org}/margin", get(billing::margin_report))
         .route("/v1/orgs/{org}/marketplace/records", get(billing::marketplace_records))
         .route("/v1/orgs/{org}/marketplace", put(billing::link_marketplace))

@@ -1,7 +1,8 @@
 //! Spend against an org's billing terms: what its usage cost over a range (priced by the
 //! list-price book), alerts as that spend reaches shares of its prepaid commitment (fired
 //! once each, sent to its webhook until the webhook takes them), and the monthly hard
-//! limit that refuses new clusters.
+//! limit that refuses new clusters. Its loop also issues the invoices due
+//! (`crate::invoicing`).
 
 use crate::store::{AlertRow, BillingTermsRow};
 use crate::AppState;
@@ -39,7 +40,7 @@ pub async fn priced(state: &AppState, org_id: &str, from: i64, to: i64) -> Resul
             quantity: u64::try_from(r.quantity).unwrap_or(0),
         })
         .collect();
-    Ok(invoice::lines(&usage, &state.cfg.list_prices.0)?)
+    Ok(invoice::lines(&usage, &state.cfg.list_prices.0, from)?)
 }
 
 /// What the org's usage in hours `[from, to)` costs at list prices.
@@ -143,7 +144,8 @@ pub async fn commitment_spent(
     Ok(Some((amount, spent(state, org_id, from, to).await?)))
 }
 
-/// Checks every commitment for alerts, then sends what is undelivered; every [`ROUND`].
+/// Checks every commitment for alerts, sends what is undelivered and issues the invoices
+/// due; every [`ROUND`].
 pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let http = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -160,6 +162,13 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         }
         if let Err(e) = deliver(&state, &http).await {
             tracing::error!("spend alert webhooks: {e:#}");
+        }
+        let prices = crate::invoicing::Pricing {
+            book: &state.cfg.list_prices.0,
+            version: &state.cfg.list_prices.1,
+        };
+        if let Err(e) = crate::invoicing::issue_due(&state.store, prices, now).await {
+            tracing::error!("issue invoices: {e:#}");
         }
         tokio::select! {
             _ = shutdown.changed() => return,

@@ -35,20 +35,46 @@ fn unit(l: &InvoiceLine) -> String {
     }
 }
 
-/// What a line is: the plan and market of an instance's time.
+/// What a line is: the plan and market of an instance's time; a line carried from an
+/// earlier month says so.
 fn what(l: &InvoiceLine) -> String {
-    match l.dimension.split(':').collect::<Vec<_>>()[..] {
+    let item = match l.dimension.split(':').collect::<Vec<_>>()[..] {
         ["instance_ms", plan, market] => format!("{plan} instance, {}", market.replace('_', "-")),
         _ => l.dimension.clone(),
+    };
+    if !l.carried {
+        return item;
+    }
+    let month = jiff::Timestamp::from_second(l.first_hour)
+        .map(|t| t.strftime("%Y-%m").to_string())
+        .unwrap_or_default();
+    format!("{item} (late, {month})")
+}
+
+fn status(inv: &Invoice) -> String {
+    match (inv.status.as_str(), &inv.number) {
+        ("draft", _) => "Draft: the bill so far".into(),
+        (_, Some(n)) => format!("Issued, {n}"),
+        _ => "Closed: to be issued".into(),
     }
 }
 
-fn status(inv: &Invoice) -> &'static str {
-    if inv.status == "draft" {
-        "Draft: the bill so far"
-    } else {
-        "Closed"
+/// The invoice's closing rows: the total, what credits and the commitment drew down, and
+/// what is due (and where it is charged).
+fn settlement(inv: &Invoice) -> Vec<(String, String)> {
+    let mut rows = vec![(format!("Total ({})", inv.currency), inv.total.clone())];
+    if inv.credits_applied != "0.00" {
+        rows.push(("Credits".into(), format!("-{}", inv.credits_applied)));
     }
+    if inv.commitment_applied != "0.00" {
+        rows.push(("Prepaid commitment".into(), format!("-{}", inv.commitment_applied)));
+    }
+    let due = match inv.marketplace.as_deref() {
+        Some(m) => format!("Amount due, charged through the {} marketplace", m.to_uppercase()),
+        None => "Amount due".into(),
+    };
+    rows.push((due, inv.due.clone()));
+    rows
 }
 
 const CSS: &str = "body{font:14px/1.45 system-ui,sans-serif;color:#1d2330;max-width:960px;margin:2rem auto;padding:0 1rem}\
@@ -72,7 +98,7 @@ pub fn html(inv: &Invoice, billed: &Billed) -> String {
             }
             body {
                 header {
-                    div { h1 { "Highrise" } div { "Invoice " (inv.month) } }
+                    div { h1 { "Highrise" } div { "Invoice " (inv.month) @if let Some(n) = &inv.number { " · " (n) } } }
                     span class="status" { (status(inv)) }
                 }
                 dl {
@@ -97,8 +123,8 @@ pub fn html(inv: &Invoice, billed: &Billed) -> String {
                                 }
                             }
                         }
-                        tfoot { tr {
-                            td colspan="5" { "Total (" (inv.currency) ")" } td class="n" { (inv.total) }
+                        tfoot { @for (label, amount) in settlement(inv) {
+                            tr { td colspan="5" { (label) } td class="n" { (amount) } }
                         } }
                     }
                 }
@@ -146,7 +172,7 @@ fn text(c: &mut Content, font: &[u8], size: f32, x: f32, y: f32, s: &str) {
     c.show(Str(&ascii(s)));
     c.end_text();
 }
-const ROWS_PER_PAGE: usize = 38;
+const ROWS_PER_PAGE: usize = 34;
 
 /// The invoice as a PDF: a header on every page, the lines in pages of
 /// [`ROWS_PER_PAGE`], the total after the last.
@@ -264,10 +290,12 @@ pub fn pdf(inv: &Invoice, billed: &Billed) -> Vec<u8> {
             c.move_to(50.0, y);
             c.line_to(545.0, y);
             c.stroke();
-            y -= 15.0;
-            let total = format!("{} {}", inv.total, inv.currency);
-            text(&mut c, b"F2", 10.0, 50.0, y, "Total");
-            text(&mut c, b"F2", 10.0, 545.0 - width(&total, 10.0) * 1.05, y, &total);
+            for (label, amount) in settlement(inv) {
+                y -= 15.0;
+                let amount = format!("{amount} {}", inv.currency);
+                text(&mut c, b"F2", 10.0, 50.0, y, &label);
+                text(&mut c, b"F2", 10.0, 545.0 - width(&amount, 10.0) * 1.05, y, &amount);
+            }
         }
         let footer = format!("Page {} of {}", n + 1, pages.len());
         text(&mut c, b"F1", 8.0, 545.0 - width(&footer, 8.0), 40.0, &footer);
@@ -283,13 +311,16 @@ mod tests {
     fn invoice(lines: usize) -> Invoice {
         Invoice {
             month: "2026-11".into(),
-            status: "closed".into(),
+            status: "issued".into(),
+            number: Some("HR-000007".into()),
+            issued_at: Some(1_796_104_800),
             period_start: 1_793_491_200,
             period_end: 1_796_083_200,
             currency: "USD".into(),
             price_book: "2026-11-01".into(),
             lines: (0..lines)
                 .map(|i| InvoiceLine {
+                    carried: i == 1,
                     cluster_id: format!("c{i}"),
                     cluster: if i == 0 {
                         "<script>ü</script>".into()
@@ -308,6 +339,10 @@ mod tests {
                 })
                 .collect(),
             total: "12345.67".into(),
+            credits_applied: "100.00".into(),
+            commitment_applied: "12000.00".into(),
+            due: "245.67".into(),
+            marketplace: None,
         }
     }
 
@@ -322,6 +357,8 @@ mod tests {
         assert!(page.starts_with("<!DOCTYPE html>"));
         assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"));
         assert!(page.contains("720:00:00") && page.contains("0.16 / h") && page.contains("12345.67"));
+        assert!(page.contains("HR-000007") && page.contains("(late, 2026-11)"));
+        assert!(page.contains("-12000.00") && page.contains("Amount due") && page.contains("245.67"));
         assert!(html(&invoice(0), &BILLED).contains("No usage this month."));
     }
 

@@ -14,6 +14,7 @@ pub mod ca;
 mod copies;
 mod documents;
 pub mod durability;
+pub mod invoicing;
 mod limits;
 pub mod marketplace;
 mod master_key;

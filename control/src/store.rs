@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (31, include_str!("../migrations/0031_billing.sql")),
     (32, include_str!("../migrations/0032_marketplace.sql")),
     (33, include_str!("../migrations/0033_marketplace_outbox.sql")),
+    (34, include_str!("../migrations/0034_invoices.sql")),
 ];
 
 mod audit;
@@ -65,6 +66,8 @@ mod evacuations;
 mod events;
 mod hosts;
 mod instances;
+mod invoices;
+pub use invoices::{CreditRow, IssuedRow};
 mod keys;
 mod marketplace;
 pub use marketplace::{LinkedOrg, OutboxRow, Settle};

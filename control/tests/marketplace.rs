@@ -55,13 +55,7 @@ fn lives() -> Vec<Life> {
 }
 
 async fn world(store: &Store, m: Marketplace, account: &str, licence: Option<&str>) {
-    store
-        .create_org(&org_row("o1", "alpha"), "p1", &key_row("k1", "o1"))
-        .await
-        .unwrap();
-    for (host, market) in [("h-od", "on_demand"), ("h-spot", "spot")] {
-        store.insert_host(&host_row(host, market)).await.unwrap();
-    }
+    metered_org(store).await;
     for (n, (plan, host)) in [("small", "h-spot"), ("medium", "h-od")].into_iter().enumerate() {
         let id = format!("c{}", n + 1);
         let mut c = cluster_row(&id, "o1", "p1", &format!("db{n}"), &format!("ep-{n}"));

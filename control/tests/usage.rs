@@ -24,13 +24,7 @@ const MONTH_MS: i64 = 30 * 24 * HOUR_MS;
 
 /// Three plans on spot and on demand; one cluster whose member is replaced mid-month.
 async fn world(store: &Store, rng: &mut StdRng) -> Vec<Life> {
-    store
-        .create_org(&org_row("o1", "alpha"), "p1", &key_row("k1", "o1"))
-        .await
-        .unwrap();
-    for (host, market) in [("h-od", "on_demand"), ("h-spot", "spot")] {
-        store.insert_host(&host_row(host, market)).await.unwrap();
-    }
+    metered_org(store).await;
     let mut lives = Vec::new();
     let mut n = 0;
     for plan in ["small", "medium", "large"] {
@@ -235,7 +229,7 @@ async fn a_month_of_heartbeats(url: &str) {
             quantity: u64::try_from(r.quantity).unwrap(),
         })
         .collect();
-    let (lines, total) = invoice::lines(&usage, &book).unwrap();
+    let (lines, total) = invoice::lines(&usage, &book, MONTH_START_MS / 1000).unwrap();
     assert_eq!(lines.len(), plans.len());
     assert_eq!(total, lines.iter().map(|l| l.amount).sum::<Decimal>());
     for (l, sum) in lines.iter().zip(&sums) {
@@ -333,6 +327,216 @@ async fn terms_and_alerts(url: &str) {
     };
     store.link_marketplace("o1", &relinked).await.unwrap();
     assert_eq!(store.marketplace_link("o1").await.unwrap(), Some(relinked));
+}
+
+/// Issuing: a closed month's invoice is frozen six hours after the month under the next
+/// number, once however often (and however concurrently) issuing runs; credits and the
+/// commitment are drawn down on it; usage recorded for the month after it was issued
+/// leaves it as it was and rides on the next invoice, exactly once.
+async fn issuing(url: &str) {
+    use highrise_control::invoicing::{self, Pricing};
+    let store = Store::open(url).await.unwrap();
+    let book = highrise_billing::prices::PriceBook::repository().unwrap();
+    let prices = Pricing {
+        book: &book,
+        version: "test",
+    };
+    metered_org(&store).await;
+    for (n, host) in [(1, "h-od"), (2, "h-spot")] {
+        let id = format!("c{n}");
+        store
+            .create_cluster(
+                &cluster_row(&id, "o1", "p1", &format!("db{n}"), &format!("ep-{n}")),
+                &op_row(&format!("op{n}"), "o1", &id, "create"),
+            )
+            .await
+            .unwrap();
+        store
+            .insert_instance(&instance_row(&format!("i{n}"), &id, host))
+            .await
+            .unwrap();
+    }
+    let s = |ms: i64| ms / 1000;
+    let end = MONTH_START_MS + MONTH_MS; // 2026-12-01
+    let od = Life {
+        id: "i1".into(),
+        host: "h-od",
+        cluster: "c1".into(),
+        start: MONTH_START_MS,
+        end: None,
+    };
+    // The spot instance started four hours before the month's end; its host's first
+    // heartbeat arrives only on 2 December, after November was issued.
+    let spot = Life {
+        id: "i2".into(),
+        host: "h-spot",
+        cluster: "c2".into(),
+        start: end - 4 * HOUR_MS,
+        end: None,
+    };
+    store
+        .record_readings("h-od", &[od.reading(end - HOUR_MS).unwrap()])
+        .await
+        .unwrap();
+    store
+        .grant_credit(&CreditRow {
+            id: "cr1".into(),
+            org_id: "o1".into(),
+            amount: "10.00".into(),
+            reason: "SLA".into(),
+            granted_at: s(MONTH_START_MS),
+        })
+        .await
+        .unwrap();
+    let terms = BillingTermsRow {
+        commitment: Some("100.00".into()),
+        commitment_from: Some(s(MONTH_START_MS)),
+        commitment_to: Some(s(end + 40 * 24 * HOUR_MS)),
+        ..Default::default()
+    };
+    store.set_billing_terms("o1", &terms, 0).await.unwrap();
+
+    // Not due before six hours after the month; a beat in that time still lands on it.
+    assert_eq!(
+        invoicing::issue_due(&store, prices, s(end + 6 * HOUR_MS) - 1)
+            .await
+            .unwrap(),
+        0
+    );
+    let closed = invoicing::invoice(&store, prices, "o1", s(MONTH_START_MS), s(end))
+        .await
+        .unwrap();
+    assert_eq!((closed.status.as_str(), closed.number.as_ref()), ("closed", None));
+    store
+        .record_readings("h-od", &[od.reading(end + HOUR_MS).unwrap()])
+        .await
+        .unwrap();
+
+    let due_at = s(end + 6 * HOUR_MS);
+    let (a, b) = tokio::join!(
+        invoicing::issue_due(&store, prices, due_at),
+        invoicing::issue_due(&store, prices, due_at)
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 1, "issued once by two racing rounds");
+    assert_eq!(invoicing::issue_due(&store, prices, due_at + 60).await.unwrap(), 0);
+    let nov = invoicing::invoice(&store, prices, "o1", s(MONTH_START_MS), due_at)
+        .await
+        .unwrap();
+    assert_eq!(
+        (nov.status.as_str(), nov.number.as_deref(), nov.issued_at),
+        ("issued", Some("HR-000001"), Some(due_at))
+    );
+    assert_eq!(nov.lines.len(), 1);
+    assert_eq!(
+        nov.lines[0].quantity,
+        720 * HOUR_MS as u64,
+        "the whole month, not the hour after"
+    );
+    let price = book
+        .price_at(&nov.lines[0].dimension, "local-a", "region-1", s(MONTH_START_MS))
+        .unwrap();
+    let total = (Decimal::from(720) * price.amount).round_dp(2);
+    assert_eq!(nov.total, format!("{total:.2}"));
+    let d = |x: &str| x.parse::<Decimal>().unwrap();
+    assert_eq!(d(&nov.credits_applied), Decimal::from(10));
+    assert_eq!(
+        d(&nov.commitment_applied),
+        (total - Decimal::from(10)).min(Decimal::from(100))
+    );
+    assert_eq!(
+        d(&nov.due),
+        total - d(&nov.credits_applied) - d(&nov.commitment_applied)
+    );
+
+    // The spot host's late beat: four hours of November recorded after its invoice.
+    let late_at = end + 26 * HOUR_MS;
+    store
+        .record_readings("h-spot", &[spot.reading(late_at).unwrap()])
+        .await
+        .unwrap();
+    store
+        .record_readings("h-od", &[od.reading(late_at).unwrap()])
+        .await
+        .unwrap();
+    let nov_usage = store
+        .metered_usage("o1", Some("c2"), s(MONTH_START_MS), s(end), false)
+        .await
+        .unwrap();
+    assert_eq!(nov_usage[0].quantity, 4 * HOUR_MS, "recorded in November");
+    let again = invoicing::invoice(&store, prices, "o1", s(MONTH_START_MS), s(late_at))
+        .await
+        .unwrap();
+    assert_eq!(again, nov, "an issued invoice does not change");
+
+    // December's draft carries them, once; what is left of the credit and commitment
+    // goes on.
+    let dec = invoicing::invoice(&store, prices, "o1", s(end), s(late_at))
+        .await
+        .unwrap();
+    assert_eq!(dec.status, "draft");
+    let carried: Vec<_> = dec.lines.iter().filter(|l| l.carried).collect();
+    assert_eq!(carried.len(), 1);
+    assert_eq!(
+        (
+            carried[0].cluster_id.as_str(),
+            carried[0].quantity,
+            carried[0].first_hour
+        ),
+        ("c2", 4 * HOUR_MS as u64, s(end - HOUR_MS))
+    );
+    assert_eq!(
+        dec.lines.iter().filter(|l| !l.carried).map(|l| l.quantity).sum::<u64>(),
+        2 * 26 * HOUR_MS as u64,
+        "December's own hours of both instances"
+    );
+    assert_eq!(dec.credits_applied, "0.00");
+    let left = Decimal::from(100) - d(&nov.commitment_applied);
+    assert_eq!(d(&dec.commitment_applied), d(&dec.total).min(left));
+
+    // December issued on 1 January: the carried hours are held, and not carried again.
+    let jan = end + 31 * 24 * HOUR_MS;
+    assert_eq!(
+        invoicing::issue_due(&store, prices, s(jan + 6 * HOUR_MS))
+            .await
+            .unwrap(),
+        1
+    );
+    let dec = invoicing::invoice(&store, prices, "o1", s(end), s(jan + 6 * HOUR_MS))
+        .await
+        .unwrap();
+    assert_eq!(dec.number.as_deref(), Some("HR-000002"));
+    assert_eq!(dec.lines.iter().filter(|l| l.carried).count(), 1);
+    let january = invoicing::invoice(&store, prices, "o1", s(jan), s(jan + 7 * HOUR_MS))
+        .await
+        .unwrap();
+    assert!(january.lines.iter().all(|l| !l.carried), "{:?}", january.lines);
+    let held: i64 = store
+        .invoiced_usage("o1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.quantity)
+        .sum();
+    let recorded: i64 = store
+        .metered_usage("o1", None, 0, s(jan), false)
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.quantity)
+        .sum();
+    assert_eq!(held, recorded, "every unit recorded before January invoiced once");
+}
+
+#[tokio::test]
+async fn invoices_are_issued_once_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    issuing(&format!("sqlite://{}", dir.path().join("control.db").display())).await;
+}
+
+#[tokio::test]
+async fn invoices_are_issued_once_on_postgres() {
+    let pg = ScratchServer::start(&[]).await.unwrap();
+    issuing(&pg.admin_url()).await;
 }
 
 #[tokio::test]

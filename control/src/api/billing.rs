@@ -53,14 +53,33 @@ async fn status(state: &AppState, org_id: &str) -> ApiResult<BillingStatus> {
         .map_err(internal("the commitment's spend"))?
     {
         Some((amount, spent)) => Some(CommitmentStatus {
-            amount: invoices::money(amount),
+            amount: crate::invoicing::money(amount),
             from: terms.commitment_from.unwrap_or(0),
             to: terms.commitment_to.unwrap_or(0),
-            spent: invoices::money(spent),
-            balance: invoices::money((amount - spent).max(Decimal::ZERO)),
+            spent: crate::invoicing::money(spent),
+            balance: crate::invoicing::money((amount - spent).max(Decimal::ZERO)),
         }),
         None => None,
     };
+    let mut credit_balance = Decimal::ZERO;
+    let mut credits = Vec::new();
+    for c in state.store.credits(org_id).await.map_err(store_err("credits"))? {
+        credit_balance += billing::amount(&c.amount).map_err(internal("a credit"))?;
+        credits.push(Credit {
+            id: c.id,
+            amount: c.amount,
+            reason: c.reason,
+            granted_at: c.granted_at,
+        });
+    }
+    for i in state
+        .store
+        .issued_invoices(org_id)
+        .await
+        .map_err(store_err("invoices"))?
+    {
+        credit_balance -= billing::amount(&i.credits_applied).map_err(internal("an invoice"))?;
+    }
     let alerts = state
         .store
         .alerts(org_id)
@@ -83,10 +102,12 @@ async fn status(state: &AppState, org_id: &str) -> ApiResult<BillingStatus> {
         month: jiff::Timestamp::from_second(from)
             .map(|t| t.strftime("%Y-%m").to_string())
             .unwrap_or_default(),
-        month_spent: invoices::money(month_spent),
+        month_spent: crate::invoicing::money(month_spent),
         hard_limit: terms.hard_limit.clone(),
         alert_webhook: terms.alert_webhook.clone(),
         commitment,
+        credits,
+        credit_balance: crate::invoicing::money(credit_balance),
         marketplace: state
             .store
             .marketplace_link(org_id)
@@ -134,7 +155,7 @@ pub(super) async fn set_billing(
     caller.audit_target("billing".to_string());
     require(&caller, Action::WriteBilling)?;
     let hard_limit = match &req.hard_limit {
-        Some(l) => Some(invoices::money(parse_amount("hard_limit", l)?)),
+        Some(l) => Some(crate::invoicing::money(parse_amount("hard_limit", l)?)),
         None => None,
     };
     if let Some(w) = &req.alert_webhook {
@@ -157,6 +178,45 @@ pub(super) async fn set_billing(
         .await
         .map_err(store_err("billing terms"))?;
     Ok(Json(status(&state, &caller.org_id).await?))
+}
+
+/// Grant an org a credit (operator only): its invoices draw credits down before its
+/// commitment.
+#[utoipa::path(post, path = "/v1/orgs/{org}/credits", request_body = CreditGrant,
+    params(("org" = String, Path, description = "Org id or name")),
+    responses((status = 201, body = Credit), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn grant_credit(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(org): ApiPath<String>,
+    ApiJson(req): ApiJson<CreditGrant>,
+) -> ApiResult<(StatusCode, Json<Credit>)> {
+    caller.audit_target(format!("orgs/{org}/credits"));
+    if !caller.may(Action::Operate) {
+        return Err(ApiError::forbidden("only the operator may grant credits"));
+    }
+    let amount = parse_amount("amount", &req.amount)?;
+    if !(1..=200).contains(&req.reason.chars().count()) {
+        return Err(ApiError::invalid("reason: 1 to 200 characters"));
+    }
+    let o = state.store.find_org(&org).await.map_err(store_err("org"))?;
+    let row = crate::store::CreditRow {
+        id: auth::new_id("cr"),
+        org_id: o.id,
+        amount: crate::invoicing::money(amount),
+        reason: req.reason,
+        granted_at: now(),
+    };
+    state.store.grant_credit(&row).await.map_err(store_err("credit"))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Credit {
+            id: row.id,
+            amount: row.amount,
+            reason: row.reason,
+            granted_at: row.granted_at,
+        }),
+    ))
 }
 
 /// Record an org's prepaid commitment (operator only): the amount its usage in the period
@@ -186,7 +246,7 @@ pub(super) async fn set_commitment(
         .await
         .map_err(store_err("billing terms"))?;
     let terms = BillingTermsRow {
-        commitment: Some(invoices::money(amount)),
+        commitment: Some(crate::invoicing::money(amount)),
         commitment_from: Some(req.from),
         commitment_to: Some(req.to),
         ..terms
@@ -380,8 +440,8 @@ pub(super) async fn check_hard_limit(state: &AppState, org_id: &str) -> ApiResul
             format!(
                 "this month's spend ({}) has reached the org's hard limit ({}): no new clusters until the \
                  limit is raised (highrise billing set --hard-limit) or the month ends",
-                invoices::money(spent),
-                invoices::money(limit)
+                crate::invoicing::money(spent),
+                crate::invoicing::money(limit)
             ),
         )),
         Err(e) => Err(internal("check the hard limit")(e)),

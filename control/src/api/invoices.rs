@@ -1,12 +1,10 @@
 //! The org's invoices: each calendar month's usage (UTC) priced by the list-price book —
-//! the running month as a draft ("the bill so far"). Computed from the hourly usage each
-//! time, so a draft is always current. JSON, and as documents to file: PDF and HTML
+//! the running month as a draft ("the bill so far"), a closed month as issued (frozen,
+//! numbered; `crate::invoicing`). JSON, and as documents to file: PDF and HTML
 //! (`crate::documents`).
 
 use super::*;
-
-/// Invoices are in the price book's currency.
-const CURRENCY: &str = "USD";
+use crate::invoicing;
 
 /// The org's invoices, newest first: every month from its first usage to this one.
 #[utoipa::path(get, path = "/v1/invoices",
@@ -16,32 +14,42 @@ pub(super) async fn list_invoices(
     caller: Caller,
 ) -> ApiResult<Json<Vec<InvoiceSummary>>> {
     require(&caller, Action::ReadUsage)?;
-    let now = jiff::Timestamp::now();
-    let current = month_of(now);
-    let first = state
+    let now = now();
+    let failed = |e: anyhow::Error| ApiError::internal("invoices", format!("{e:#}"));
+    let mut out: Vec<InvoiceSummary> = state
         .store
-        .first_usage_hour(&caller.org_id)
+        .issued_invoices(&caller.org_id)
         .await
-        .map_err(store_err("usage"))?;
-    let mut month = match first.map(jiff::Timestamp::from_second) {
-        Some(Ok(t)) => month_of(t).min(current),
-        _ => current,
-    };
-    let mut out = Vec::new();
-    loop {
+        .map_err(store_err("invoices"))?
+        .iter()
+        .map(|row| {
+            Ok(InvoiceSummary {
+                month: row.month.clone(),
+                status: "issued".into(),
+                number: Some(invoicing::number(row.number)),
+                total: row.total.clone(),
+                due: row.due.clone(),
+                currency: invoicing::CURRENCY.into(),
+            })
+        })
+        .collect::<ApiResult<_>>()?;
+    // Then every month not issued yet, to this one.
+    let current = crate::billing::month_of(now).map_err(failed)?.0;
+    let mut month = invoicing::first_unissued(&state.store, &caller.org_id)
+        .await
+        .map_err(failed)?
+        .unwrap_or(current);
+    while month <= current {
         let inv = invoice_of(&state, &caller.org_id, month, now).await?;
         out.push(InvoiceSummary {
             month: inv.month,
             status: inv.status,
+            number: inv.number,
             total: inv.total,
+            due: inv.due,
             currency: inv.currency,
         });
-        if month >= current {
-            break;
-        }
-        month = month
-            .checked_add(jiff::Span::new().months(1))
-            .map_err(|e| ApiError::internal("next month", e))?;
+        month = crate::billing::month_of(month).map_err(failed)?.1;
     }
     out.reverse();
     Ok(Json(out))
@@ -70,7 +78,7 @@ async fn month_invoice(state: &AppState, caller: &Caller, month: &str) -> ApiRes
             "invoice {month} (the month has not begun)"
         )));
     }
-    invoice_of(state, &caller.org_id, first, now).await
+    invoice_of(state, &caller.org_id, unix(first)?, now.as_second()).await
 }
 
 /// One month's invoice as a PDF to file.
@@ -137,11 +145,6 @@ fn attachment(content_type: &str, filename: &str, body: Vec<u8>) -> Response {
         .into_response()
 }
 
-/// An amount as invoices show it: to the cent.
-pub(super) fn money(d: rust_decimal::Decimal) -> String {
-    format!("{d:.2}")
-}
-
 /// `YYYY-MM` as the month's first day.
 pub(super) fn parse_month(month: &str) -> ApiResult<jiff::civil::Date> {
     let bad = || ApiError::invalid(format!("month: {month:?} is not YYYY-MM"));
@@ -164,44 +167,18 @@ pub(super) fn unix(d: jiff::civil::Date) -> ApiResult<i64> {
         .map_err(|e| ApiError::internal("a month's start", e))
 }
 
-/// The org's invoice of the month starting on `first`.
-async fn invoice_of(
-    state: &AppState,
-    org_id: &str,
-    first: jiff::civil::Date,
-    now: jiff::Timestamp,
-) -> ApiResult<Invoice> {
-    let (start, end) =
-        crate::billing::month_of(unix(first)?).map_err(|e| ApiError::internal("the month", format!("{e:#}")))?;
-    let (lines, total) = crate::billing::priced(state, org_id, start, end).await.map_err(|e| {
-        tracing::error!("price the invoice of {org_id} for {first}: {e:#}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unpriced", format!("{e:#}"))
-    })?;
-    Ok(Invoice {
-        month: first.strftime("%Y-%m").to_string(),
-        status: if now.as_second() < end { "draft" } else { "closed" }.into(),
-        period_start: start,
-        period_end: end,
-        currency: CURRENCY.into(),
-        price_book: state.cfg.list_prices.1.clone(),
-        lines: lines
-            .into_iter()
-            .map(|l| InvoiceLine {
-                cluster_id: l.cluster_id,
-                cluster: l.cluster,
-                dimension: l.dimension,
-                cloud: l.cloud,
-                region: l.region,
-                first_hour: l.first_hour,
-                last_hour: l.last_hour,
-                quantity: l.quantity,
-                unit_price: l.unit_price.to_string(),
-                per: l.per,
-                amount: money(l.amount),
-            })
-            .collect(),
-        total: money(total),
-    })
+/// The org's invoice of the month starting at `start` (Unix seconds).
+async fn invoice_of(state: &AppState, org_id: &str, start: i64, now: i64) -> ApiResult<Invoice> {
+    let prices = invoicing::Pricing {
+        book: &state.cfg.list_prices.0,
+        version: &state.cfg.list_prices.1,
+    };
+    invoicing::invoice(&state.store, prices, org_id, start, now)
+        .await
+        .map_err(|e| {
+            tracing::error!("the invoice of {org_id} for {start}: {e:#}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unpriced", format!("{e:#}"))
+        })
 }
 
 #[cfg(test)]

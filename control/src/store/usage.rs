@@ -31,6 +31,20 @@ pub struct UsageRow {
     pub quantity: i64,
 }
 
+/// A usage row as selected: `cluster_id, cluster_name, dimension, cloud, region,
+/// quantity`, and `hour` when `hourly`.
+pub(super) fn usage_row(r: &AnyRow, hourly: bool) -> Result<UsageRow> {
+    Ok(UsageRow {
+        cluster_id: r.try_get("cluster_id")?,
+        cluster_name: r.try_get("cluster_name")?,
+        dimension: r.try_get("dimension")?,
+        cloud: r.try_get("cloud")?,
+        region: r.try_get("region")?,
+        hour: if hourly { Some(r.try_get("hour")?) } else { None },
+        quantity: r.try_get("quantity")?,
+    })
+}
+
 impl Store {
     /// Takes a heartbeat's counter readings into hourly usage, in one transaction: a
     /// reading adds its difference from the meter's last one, spread over the hours
@@ -231,18 +245,6 @@ impl Store {
             .bind(cluster_id.unwrap_or(""))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UsageRow {
-                    cluster_id: r.try_get("cluster_id")?,
-                    cluster_name: r.try_get("cluster_name")?,
-                    dimension: r.try_get("dimension")?,
-                    cloud: r.try_get("cloud")?,
-                    region: r.try_get("region")?,
-                    hour: if hourly { Some(r.try_get("hour")?) } else { None },
-                    quantity: r.try_get("quantity")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| usage_row(r, hourly)).collect()
     }
 }

@@ -162,3 +162,15 @@ pub fn instance_row(id: &str, cluster: &str, host: &str) -> InstanceRow {
         max_connections: None,
     }
 }
+
+/// Org `o1` (`alpha`, project `p1`) and two hosts of the local land: `h-od` on demand and
+/// `h-spot` on spot — the metering tests' world before its clusters.
+pub async fn metered_org(store: &Store) {
+    store
+        .create_org(&org_row("o1", "alpha"), "p1", &key_row("k1", "o1"))
+        .await
+        .unwrap();
+    for (host, market) in [("h-od", "on_demand"), ("h-spot", "spot")] {
+        store.insert_host(&host_row(host, market)).await.unwrap();
+    }
+}

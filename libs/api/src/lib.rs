@@ -945,12 +945,16 @@ pub struct UsageRecord {
 
 /// An org's invoice for a calendar month (UTC): its usage priced by the list-price book.
 /// Amounts are decimal strings in `currency` (never floats).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Invoice {
     /// `YYYY-MM`.
     pub month: String,
-    /// `draft` while the month runs (the bill so far), `closed` after it.
+    /// `draft` while the month runs (the bill so far), `closed` after it until it is
+    /// issued (six hours after the month ends), `issued` once frozen under its number.
     pub status: String,
+    /// The invoice's number (`HR-000042`), once issued.
+    pub number: Option<String>,
+    pub issued_at: Option<UnixSeconds>,
     pub period_start: UnixSeconds,
     pub period_end: UnixSeconds,
     pub currency: String,
@@ -960,10 +964,21 @@ pub struct Invoice {
     pub lines: Vec<InvoiceLine>,
     /// The sum of the lines' amounts.
     pub total: String,
+    /// Drawn down from the total: the org's credits first, then its prepaid commitment.
+    pub credits_applied: String,
+    pub commitment_applied: String,
+    /// `total - credits_applied - commitment_applied`.
+    pub due: String,
+    /// The cloud marketplace the org pays through (`aws`, `azure`, `gcp`): the amount due
+    /// is charged there, from the usage reported hour by hour.
+    pub marketplace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InvoiceLine {
+    /// Usage of an earlier month recorded after that month's invoice was issued, carried
+    /// here (its hours are before this invoice's period).
+    pub carried: bool,
     pub cluster_id: String,
     pub cluster: String,
     pub dimension: String,
@@ -993,6 +1008,9 @@ pub struct BillingStatus {
     /// Where spend alerts are sent (a JSON `SpendAlert` in a POST).
     pub alert_webhook: Option<String>,
     pub commitment: Option<CommitmentStatus>,
+    /// Credits granted, oldest first, and what issued invoices have not drawn down of them.
+    pub credits: Vec<Credit>,
+    pub credit_balance: String,
     /// The cloud marketplace the org pays through: its clusters run on that cloud only.
     pub marketplace: Option<MarketplaceLink>,
     /// Newest first.
@@ -1067,6 +1085,28 @@ pub struct CommitmentStatus {
     pub spent: String,
     /// `amount - spent`, not below zero; spend beyond the amount is billed.
     pub balance: String,
+}
+
+/// A credit the operator grants an org (an SLA credit, a promotion): invoices draw it down
+/// before the commitment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditGrant {
+    /// USD, up to 12 digits and two decimals, above zero.
+    #[schema(pattern = r"^[0-9]{1,12}(\.[0-9]{1,2})?$")]
+    pub amount: String,
+    /// Why it was granted (shown to the org).
+    #[schema(min_length = 1, max_length = 200)]
+    pub reason: String,
+}
+
+/// A credit granted to an org.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Credit {
+    pub id: String,
+    pub amount: String,
+    pub reason: String,
+    pub granted_at: UnixSeconds,
 }
 
 /// A spend alert: the spend reached `threshold` percent of a budget (a commitment).
@@ -1148,7 +1188,9 @@ pub struct ClusterMargin {
 pub struct InvoiceSummary {
     pub month: String,
     pub status: String,
+    pub number: Option<String>,
     pub total: String,
+    pub due: String,
     pub currency: String,
 }
 

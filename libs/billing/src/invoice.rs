@@ -5,6 +5,11 @@
 //! price change within the month splits the line. The total is the sum of the lines, so
 //! an invoice always adds up. Credits, then a prepaid commitment, are drawn down from the
 //! total ([`settle`]).
+//!
+//! A closed month's invoice is issued (frozen) [`ISSUE_AFTER`] its end. Usage recorded
+//! later for an issued month is not lost and not re-priced on the issued invoice: it rides
+//! on the next invoice issued ([`carried`]), the way late marketplace records ride on the
+//! next hour.
 
 use crate::prices::{cost_at, PriceBook};
 use rust_decimal::Decimal;
@@ -27,6 +32,8 @@ pub struct HourUsage {
 /// A line of an invoice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
+    /// Usage of an earlier month carried to this invoice.
+    pub carried: bool,
     pub cluster_id: String,
     pub cluster: String,
     pub dimension: String,
@@ -54,9 +61,11 @@ pub struct Unpriced {
 }
 
 /// The priced lines of `usage`, ordered by cluster, dimension, place and price, and their
-/// total. Usage with no price in force is an error, never a line left out.
-pub fn lines(usage: &[HourUsage], book: &PriceBook) -> Result<(Vec<Line>, Decimal), Unpriced> {
-    type Key = (String, String, String, String, i64, String);
+/// total. Usage of hours before `since` (the period's start) is carried from earlier
+/// months: its lines are kept apart from the period's own. Usage with no price in force
+/// is an error, never a line left out.
+pub fn lines(usage: &[HourUsage], book: &PriceBook, since: i64) -> Result<(Vec<Line>, Decimal), Unpriced> {
+    type Key = (bool, String, String, String, String, i64, String);
     let mut acc: BTreeMap<Key, Line> = BTreeMap::new();
     for u in usage {
         let price = book
@@ -71,6 +80,7 @@ pub fn lines(usage: &[HourUsage], book: &PriceBook) -> Result<(Vec<Line>, Decima
         // places (region, cloud, everywhere).
         let place = format!("{:?}/{:?}", price.cloud, price.region);
         let key = (
+            u.hour < since,
             u.cluster_id.clone(),
             u.dimension.clone(),
             format!("{}/{}", u.cloud, u.region),
@@ -79,6 +89,7 @@ pub fn lines(usage: &[HourUsage], book: &PriceBook) -> Result<(Vec<Line>, Decima
             price.amount.to_string(),
         );
         let line = acc.entry(key).or_insert_with(|| Line {
+            carried: u.hour < since,
             cluster_id: u.cluster_id.clone(),
             cluster: u.cluster.clone(),
             dimension: u.dimension.clone(),
@@ -124,6 +135,56 @@ pub fn lines(usage: &[HourUsage], book: &PriceBook) -> Result<(Vec<Line>, Decima
             ))
     });
     Ok((lines, total))
+}
+
+/// A month's invoice is issued this long after the month ends (seconds): readings late by
+/// less land on it; later ones are carried to the next invoice.
+pub const ISSUE_AFTER: i64 = 6 * 3600;
+
+/// Whether the invoice of the month ending at `month_end` (Unix seconds) is due to be
+/// issued at `now`.
+pub fn due(month_end: i64, now: i64) -> bool {
+    now >= month_end.saturating_add(ISSUE_AFTER)
+}
+
+/// Usage of issued months that no issued invoice holds yet: per cluster, dimension and
+/// place, what is `recorded` (summed over every issued month) less what the issued
+/// invoices hold (`invoiced`, summed likewise), as usage of `hour` (the last hour before
+/// the invoice it rides on). Cumulative, so a late reading is carried exactly once
+/// however many invoices later it arrives. Hours are ignored in both inputs.
+pub fn carried(recorded: &[HourUsage], invoiced: &[HourUsage], hour: i64) -> Vec<HourUsage> {
+    type Key = (String, String, String, String);
+    let key = |u: &HourUsage| {
+        (
+            u.cluster_id.clone(),
+            u.dimension.clone(),
+            u.cloud.clone(),
+            u.region.clone(),
+        )
+    };
+    let mut held: BTreeMap<Key, u64> = BTreeMap::new();
+    for u in invoiced {
+        *held.entry(key(u)).or_default() += u.quantity;
+    }
+    let mut acc: BTreeMap<Key, HourUsage> = BTreeMap::new();
+    for u in recorded {
+        let row = acc.entry(key(u)).or_insert_with(|| HourUsage {
+            hour,
+            quantity: 0,
+            ..u.clone()
+        });
+        row.quantity += u.quantity;
+        if row.cluster.is_empty() {
+            row.cluster = u.cluster.clone();
+        }
+    }
+    acc.into_iter()
+        .filter_map(|(k, mut u)| {
+            // Usage is only ever added; an invoice never holds more than was recorded.
+            u.quantity = u.quantity.saturating_sub(held.get(&k).copied().unwrap_or(0));
+            (u.quantity > 0).then_some(u)
+        })
+        .collect()
 }
 
 /// What is drawn down from an invoice's total and what is left to pay.
@@ -192,7 +253,7 @@ mod tests {
         let mut u: Vec<HourUsage> = (90..110).map(|h| usage("a", spot, "gcp", h * H, 3_600_000)).collect();
         u.push(usage("b", od, "aws", 5 * H, 1_800_000));
         u.push(usage("b", od, "gcp", 5 * H, 1_800_000));
-        let (lines, total) = lines(&u, &book()).unwrap();
+        let (lines, total) = lines(&u, &book(), 0).unwrap();
         let shown: Vec<(&str, &str, u64, String, String)> = lines
             .iter()
             .map(|l| {
@@ -219,8 +280,20 @@ mod tests {
     }
 
     #[test]
+    fn carried_usage_makes_lines_of_its_own() {
+        let spot = "instance_ms:small:spot";
+        let u = [
+            usage("a", spot, "aws", 9 * H, 100),
+            usage("a", spot, "aws", 10 * H, 200),
+        ];
+        let (lines, _) = lines(&u, &book(), 10 * H).unwrap();
+        let shown: Vec<(bool, u64)> = lines.iter().map(|l| (l.carried, l.quantity)).collect();
+        assert_eq!(shown, [(true, 100), (false, 200)]);
+    }
+
+    #[test]
     fn usage_without_a_price_is_an_error_not_a_missing_line() {
-        let err = lines(&[usage("a", "instance_ms:huge:spot", "aws", 0, 1)], &book()).unwrap_err();
+        let err = lines(&[usage("a", "instance_ms:huge:spot", "aws", 0, 1)], &book(), 0).unwrap_err();
         assert_eq!(err.dimension, "instance_ms:huge:spot");
         assert!(err.to_string().contains("add one to the price book"));
     }
@@ -244,7 +317,58 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_invoice_is_issued_six_hours_after_its_month() {
+        assert!(!due(1000 * H, 1000 * H));
+        assert!(!due(1000 * H, 1006 * H - 1));
+        assert!(due(1000 * H, 1006 * H));
+        assert!(!due(i64::MAX, i64::MAX - 1));
+    }
+
+    #[test]
+    fn only_what_no_issued_invoice_holds_is_carried() {
+        let spot = "instance_ms:small:spot";
+        let recorded = [
+            usage("a", spot, "aws", 0, 100),
+            usage("a", spot, "aws", H, 50),
+            usage("a", spot, "gcp", H, 7),
+            usage("b", spot, "aws", 0, 10),
+        ];
+        let invoiced = [usage("a", spot, "aws", 5 * H, 120), usage("b", spot, "aws", 0, 10)];
+        let c = carried(&recorded, &invoiced, 9 * H);
+        let shown: Vec<(&str, &str, i64, u64)> = c
+            .iter()
+            .map(|u| (u.cluster.as_str(), u.cloud.as_str(), u.hour, u.quantity))
+            .collect();
+        assert_eq!(shown, [("a", "aws", 9 * H, 30), ("a", "gcp", 9 * H, 7)]);
+        assert!(carried(&recorded, &recorded, 0).is_empty());
+    }
+
     proptest! {
+        /// However usage arrives between issuings — some before a month's invoice, some
+        /// after it, some several invoices late — every unit is invoiced exactly once.
+        #[test]
+        fn late_usage_is_invoiced_exactly_once(arrivals in proptest::collection::vec((0usize..2, 0usize..5, 1u64..1000), 0..60)) {
+            // (cluster, the invoice issued after it arrived, quantity)
+            let clusters = ["a", "b"];
+            let spot = "instance_ms:small:spot";
+            let mut recorded: Vec<HourUsage> = Vec::new();
+            let mut invoiced: Vec<HourUsage> = Vec::new();
+            for issue in 0..5 {
+                for &(c, at, q) in &arrivals {
+                    if at == issue {
+                        recorded.push(usage(clusters[c], spot, "aws", 0, q));
+                    }
+                }
+                let c = carried(&recorded, &invoiced, issue as i64 * H);
+                invoiced.extend(c);
+            }
+            for name in clusters {
+                let sum = |v: &[HourUsage]| v.iter().filter(|u| u.cluster == name).map(|u| u.quantity).sum::<u64>();
+                prop_assert_eq!(sum(&invoiced), sum(&recorded));
+            }
+        }
+
         /// Whatever the usage, the total is the sum of the lines, every line is its
         /// quantity at its price rounded once, and the total is within half a cent a line
         /// of the exact product of usage and price; the quantities add up to the usage.
@@ -257,7 +381,7 @@ mod tests {
                 .map(|&(c, d, h, q)| usage(clusters[c], dims[d], "aws", h * H, q))
                 .collect();
             let book = book();
-            let (lines, total) = lines(&u, &book).unwrap();
+            let (lines, total) = lines(&u, &book, 0).unwrap();
             prop_assert_eq!(total, lines.iter().map(|l| l.amount).sum::<Decimal>());
             prop_assert_eq!(lines.iter().map(|l| l.quantity).sum::<u64>(), u.iter().map(|x| x.quantity).sum::<u64>());
             let mut exact = Decimal::ZERO;

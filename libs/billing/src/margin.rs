@@ -86,6 +86,7 @@ mod tests {
 
     fn line(cluster: &str, dimension: &str, quantity: u64, unit_price: &str) -> Line {
         Line {
+            carried: false,
             cluster_id: format!("id-{cluster}"),
             cluster: cluster.into(),
             dimension: dimension.into(),
