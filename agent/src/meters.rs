@@ -1,7 +1,10 @@
-//! Usage counters: how long each instance existed on this host, kept on the host's disk.
+//! Usage counters: how long each instance existed on this host and how much of its disk
+//! it held meanwhile, kept on the host's disk.
 //!
 //! Every instance has a counter of milliseconds (`meters/<instance id>.json`), started at 0
-//! when its supervisor first runs and advanced to "now" each time it is read. A heartbeat
+//! when its supervisor first runs and advanced to "now" each time it is read; beside it a
+//! counter of MiB-milliseconds of disk, advancing at the size of its data directory (data
+//! and WAL) as last measured (from the first measurement on; whole MiB, rounded down). A heartbeat
 //! reads every counter — persisting each before it is sent, so a reading the control plane
 //! saw is never above what the disk holds — and the control plane turns the differences
 //! into hourly usage (`highrise_billing::meter`). A deleted instance's counter is closed at
@@ -26,6 +29,12 @@ pub(crate) struct Counter {
     pub value: u64,
     pub at_ms: i64,
     pub closed: bool,
+    /// MiB-milliseconds of disk, and the rate it advances at (MiB, as last measured). Kept
+    /// files from before disk was metered read as zero.
+    #[serde(default)]
+    pub disk_value: u64,
+    #[serde(default)]
+    pub disk_mib: u64,
 }
 
 impl Counter {
@@ -35,6 +44,8 @@ impl Counter {
             value: 0,
             at_ms: now_ms,
             closed: false,
+            disk_value: 0,
+            disk_mib: 0,
         }
     }
 
@@ -44,7 +55,9 @@ impl Counter {
         if self.closed || now_ms <= self.at_ms {
             return;
         }
-        self.value += (now_ms - self.at_ms).unsigned_abs();
+        let elapsed = (now_ms - self.at_ms).unsigned_abs();
+        self.value += elapsed;
+        self.disk_value = self.disk_value.saturating_add(elapsed.saturating_mul(self.disk_mib));
         self.at_ms = now_ms;
     }
 
@@ -136,6 +149,25 @@ impl Meters {
             .collect()
     }
 
+    /// The instance's data directory measured `bytes` at `now_ms`: disk counts at that size
+    /// from here (what went before at the size measured before).
+    pub fn set_disk(&self, id: &str, now_ms: i64, bytes: u64) -> Result<()> {
+        let mut map = self.lock();
+        let Some(c) = map.get_mut(id) else {
+            return Ok(());
+        };
+        let mib = bytes >> 20;
+        if c.closed || c.disk_mib == mib {
+            return Ok(());
+        }
+        let mut next = *c;
+        next.advance(now_ms);
+        next.disk_mib = mib;
+        self.save(id, &next)?;
+        *c = next;
+        Ok(())
+    }
+
     /// The instance is deleted: its counter stops here.
     pub fn close(&self, id: &str, now_ms: i64) -> Result<()> {
         let mut map = self.lock();
@@ -163,23 +195,25 @@ impl Meters {
                 }
                 *c = next;
             }
-            out.push(MeterReading {
-                source: id.clone(),
-                kind: MeterKind::InstanceMs,
-                value: c.value,
-                at_ms: c.at_ms,
-                since_ms: c.since_ms,
-                closed: c.closed,
-            });
+            for (kind, value) in [(MeterKind::InstanceMs, c.value), (MeterKind::DiskMibMs, c.disk_value)] {
+                out.push(MeterReading {
+                    source: id.clone(),
+                    kind,
+                    value,
+                    at_ms: c.at_ms,
+                    since_ms: c.since_ms,
+                    closed: c.closed,
+                });
+            }
         }
         out
     }
 
     /// A heartbeat carrying `sent` was answered with success: closed counters in it are
-    /// done with.
+    /// done with (both of an instance's counters go in the same heartbeat).
     pub fn acknowledged(&self, sent: &[MeterReading]) {
         let mut map = self.lock();
-        for r in sent.iter().filter(|r| r.closed) {
+        for r in sent.iter().filter(|r| r.closed && r.kind == MeterKind::InstanceMs) {
             if map.get(&r.source).is_some_and(|c| c.closed && c.value == r.value) {
                 match std::fs::remove_file(self.path(&r.source)) {
                     Ok(()) => {}
@@ -221,13 +255,47 @@ mod tests {
     }
 
     #[test]
+    fn disk_counts_at_the_size_last_measured_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let meters = Meters::open(dir.path()).unwrap();
+        meters.start("a", 0, false).unwrap();
+        let disk = |m: &Meters, t: i64| {
+            m.read(t)
+                .iter()
+                .find(|r| r.kind == MeterKind::DiskMibMs)
+                .map(|r| r.value)
+                .unwrap()
+        };
+        meters.set_disk("a", 1_000, 40 << 20).unwrap();
+        assert_eq!(disk(&meters, 3_000), 2_000 * 40);
+        // Grown to 100 MiB (and a part of a MiB, not counted) at 5 s.
+        meters.set_disk("a", 5_000, (100 << 20) + 12_345).unwrap();
+        assert_eq!(disk(&meters, 6_000), 4_000 * 40 + 1_000 * 100);
+        drop(meters);
+        // The agent restarts, PostgreSQL ran meanwhile: the size last measured goes on.
+        let meters = Meters::open(dir.path()).unwrap();
+        meters.start("a", 8_000, true).unwrap();
+        assert_eq!(disk(&meters, 8_000), 4_000 * 40 + 3_000 * 100);
+        meters.close("a", 9_000).unwrap();
+        meters.set_disk("a", 10_000, 1 << 30).unwrap();
+        assert_eq!(disk(&meters, 20_000), 4_000 * 40 + 4_000 * 100, "closed: no more");
+        // A counter kept before disk was metered reads as none.
+        let old: Counter = serde_json::from_str(r#"{"since_ms":1,"value":2,"at_ms":3,"closed":false}"#).unwrap();
+        assert_eq!((old.disk_value, old.disk_mib), (0, 0));
+    }
+
+    #[test]
     fn counters_survive_a_restart_and_closed_ones_leave_once_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let meters = Meters::open(dir.path()).unwrap();
         meters.start("a", 1_000, false).unwrap();
         meters.start("b", 1_000, false).unwrap();
         let read = meters.read(4_000);
-        assert_eq!(read.iter().map(|r| r.value).collect::<Vec<_>>(), [3_000, 3_000]);
+        assert_eq!(
+            read.iter().map(|r| r.value).collect::<Vec<_>>(),
+            [3_000, 0, 3_000, 0],
+            "time, and no disk before it was measured"
+        );
         meters.close("b", 5_000).unwrap();
         drop(meters);
 
@@ -239,17 +307,18 @@ mod tests {
         let read = meters.read(10_000);
         assert_eq!(
             read.iter()
+                .filter(|r| r.kind == MeterKind::InstanceMs)
                 .map(|r| (r.source.as_str(), r.value, r.closed))
                 .collect::<Vec<_>>(),
             [("a", 4_000, false), ("b", 4_000, true)]
         );
         // A reading older than the closing one acknowledges nothing.
         let mut stale = read.clone();
-        stale[1].value = 3_000;
+        stale[2].value = 3_000;
         meters.acknowledged(&stale);
-        assert_eq!(meters.read(10_000).len(), 2);
+        assert_eq!(meters.read(10_000).len(), 4);
         meters.acknowledged(&read);
-        assert_eq!(meters.read(10_000).len(), 1);
+        assert_eq!(meters.read(10_000).len(), 2);
         assert!(!dir.path().join("b.json").exists());
         assert!(dir.path().join("a.json").exists());
     }

@@ -321,6 +321,13 @@ impl Instance {
                 // Finished: this does not wait.
                 match h.await {
                     Ok(Ok(u)) => {
+                        if let Err(e) =
+                            self.shared
+                                .meters
+                                .set_disk(&self.id, crate::unix_now_ms(), u.data_bytes + u.wal_bytes)
+                        {
+                            tracing::warn!(instance = %self.id, "disk usage counter: {e:#}");
+                        }
                         self.storage = Some((
                             Instant::now(),
                             StorageUsage {

@@ -8,6 +8,7 @@ use highrise_api::{
     BillingSettings, BillingStatus, Credit, CreditGrant, Invoice, InvoiceSummary, MarginReport, MarketplaceLink,
     MarketplaceRecords, SetCommitment, Usage,
 };
+use highrise_billing::meter::{readable, readable_price};
 
 #[derive(clap::Args)]
 pub struct UsageArgs {
@@ -139,8 +140,8 @@ pub async fn invoice(cmd: InvoiceCommand) -> Result<()> {
                     name,
                     format!("{}{late}", l.dimension),
                     format!("{}/{}", l.cloud, l.region),
-                    quantity(&l.dimension, l.quantity),
-                    unit_price(&l.dimension, &l.unit_price, l.per),
+                    readable(&l.dimension, l.quantity),
+                    readable_price(&l.dimension, &l.unit_price, l.per),
                     l.amount
                 );
             }
@@ -453,15 +454,6 @@ fn show_billing(b: &BillingStatus, output: Output) -> Result<()> {
     Ok(())
 }
 
-/// A unit price as people read it: per hour for instance time.
-fn unit_price(dimension: &str, price: &str, per: u64) -> String {
-    if dimension.starts_with("instance_ms:") && per == 3_600_000 {
-        format!("{price}/h")
-    } else {
-        format!("{price}/{per}")
-    }
-}
-
 pub async fn usage(args: UsageArgs) -> Result<()> {
     let api = Api::from(&args.conn)?;
     let mut q: Vec<(&str, String)> = Vec::new();
@@ -508,7 +500,7 @@ pub async fn usage(args: UsageArgs) -> Result<()> {
             r.dimension,
             r.cloud,
             r.region,
-            quantity(&r.dimension, r.quantity),
+            readable(&r.dimension, r.quantity),
             r.hour.map(|h| format!("  {}", utc(h))).unwrap_or_default()
         );
     }
@@ -534,29 +526,8 @@ fn unix_seconds(s: &str) -> Result<i64> {
     Ok(date.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp().as_second())
 }
 
-/// A quantity in the unit people read: instance time as hours, minutes and seconds (the
-/// counter's unit is the millisecond), anything else as counted.
-fn quantity(dimension: &str, q: u64) -> String {
-    if dimension.starts_with("instance_ms:") {
-        let s = q / 1000;
-        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-    } else {
-        q.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn instance_time_reads_as_hours_minutes_and_seconds() {
-        assert_eq!(super::quantity("instance_ms:small:spot", 8_999), "0:00:08");
-        assert_eq!(
-            super::quantity("instance_ms:small:spot", 745 * 3_600_000 + 61_000),
-            "745:01:01"
-        );
-        assert_eq!(super::quantity("bytes", 12), "12");
-    }
-
     #[test]
     fn times_are_read_as_people_write_them() {
         assert_eq!(super::unix_seconds("1796083200").unwrap(), 1_796_083_200);

@@ -386,15 +386,36 @@ fn spawn_proxy(
 
 /// The list prices from `path`, or the repository's.
 fn list_prices(path: Option<&Path>) -> Result<(highrise_billing::prices::PriceBook, String)> {
+    use highrise_api::MeterKind;
     use highrise_billing::prices::{PriceBook, REPOSITORY_LIST_PRICES};
     let text = match path {
         Some(p) => std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
         None => REPOSITORY_LIST_PRICES.to_string(),
     };
-    PriceBook::parse(&text).with_context(|| match path {
-        Some(p) => format!("read the list prices in {}", p.display()),
-        None => "read the repository's list prices".to_string(),
-    })
+    let where_ = match path {
+        Some(p) => format!("the list prices in {}", p.display()),
+        None => "the repository's list prices".to_string(),
+    };
+    let (book, version) = PriceBook::parse(&text).with_context(|| format!("read {where_}"))?;
+    // Every dimension agents meter needs a price, or no invoice with it could be made.
+    let mut metered = vec![MeterKind::DiskMibMs.as_str().to_string()];
+    for plan in highrise_planner::PLANS {
+        for market in ["on_demand", "spot"] {
+            metered.push(highrise_billing::meter::dimension(
+                MeterKind::InstanceMs.as_str(),
+                plan,
+                market,
+            ));
+        }
+    }
+    let missing = book.unpriced(&metered);
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{where_} price no {}: every metered dimension needs a price (see prices/list.toml)",
+            missing.join(", ")
+        );
+    }
+    Ok((book, version))
 }
 
 /// `highrise up`: control plane, local land and proxy. `highrise control` is the same
@@ -955,5 +976,26 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn list_prices_must_price_every_metered_dimension() {
+        assert!(super::list_prices(None).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prices.toml");
+        std::fs::write(
+            &file,
+            "version = \"v\"\n[[price]]\ndimension = \"instance_ms:small:spot\"\namount = \"1\"\nper = 1\n\
+             effective_from = \"2026-01-01T00:00:00Z\"\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", super::list_prices(Some(&file)).unwrap_err());
+        assert!(
+            err.contains("price no disk_mib_ms, instance_ms:small:on_demand") && !err.contains("small:spot"),
+            "{err}"
+        );
     }
 }

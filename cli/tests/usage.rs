@@ -3,7 +3,7 @@
 //! the test itself saw of the instance's life — from "running" to "delete asked" at least,
 //! from "create asked" to "deleted" at most — and stops growing once the cluster is gone;
 //! `highrise usage` shows it, for the deleted cluster by id too, and this month's invoice
-//! prices it.
+//! prices it. Its disk is metered beside it, at its data directory's size.
 
 mod common;
 
@@ -45,6 +45,33 @@ fn an_instances_time_is_metered_from_creation_to_deletion() {
         usage_ms(&up, &[]).0 > first
     });
 
+    // Its disk, from its data directory's first measurement on: between two readings (the
+    // same heartbeats carry both counters) MiB-milliseconds grow at the directory's size
+    // in MiB — a new cluster's data and WAL are some tens of MiB.
+    let both = || {
+        let (ms, v) = usage_ms(&up, &[]);
+        let disk: u64 = v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["dimension"] == "disk_mib_ms")
+            .map(|r| r["quantity"].as_u64().unwrap())
+            .sum();
+        (ms, disk)
+    };
+    let mut from = (0, 0);
+    wait_for("disk usage to be recorded", Duration::from_secs(30), || {
+        from = both();
+        from.1 > 0
+    });
+    let mut to = from;
+    wait_for("two more seconds of usage", Duration::from_secs(30), || {
+        to = both();
+        to.0 >= from.0 + 2_000
+    });
+    let mib = (to.1 - from.1) / (to.0 - from.0);
+    assert!((10..=1024).contains(&mib), "{from:?} to {to:?}: {mib} MiB");
+
     let delete_asked = Instant::now();
     up.cli_ok(&["cluster", "delete", "metered", "--wait"]);
     let deleted = Instant::now();
@@ -72,8 +99,13 @@ fn an_instances_time_is_metered_from_creation_to_deletion() {
     // The deleted cluster's usage, by its id; per hour it adds up to the same.
     let (by_id, v) = usage_ms(&up, &["--cluster", &id]);
     assert_eq!(by_id, total);
-    let record = &v["records"][0];
+    let records = v["records"].as_array().unwrap();
+    let record = records
+        .iter()
+        .find(|r| r["dimension"].as_str().unwrap().starts_with("instance_ms:"))
+        .unwrap();
     assert_eq!(record["cluster"], "metered");
+    assert!(records.iter().any(|r| r["dimension"] == "disk_mib_ms"), "{records:?}");
     let dimension = record["dimension"].as_str().unwrap();
     assert!(dimension.ends_with(":on_demand"), "{dimension}");
     let (hourly, _) = usage_ms(&up, &["--cluster", &id, "--hourly"]);
@@ -86,7 +118,11 @@ fn an_instances_time_is_metered_from_creation_to_deletion() {
     let inv: Value = serde_json::from_str(&up.cli_ok(&["invoice", "show", "--output", "json"])).unwrap();
     assert_eq!(inv["status"], "draft");
     let lines = inv["lines"].as_array().unwrap();
-    let line = lines.iter().find(|l| l["cluster_id"] == id.as_str()).unwrap();
+    let line = lines
+        .iter()
+        .find(|l| l["cluster_id"] == id.as_str() && l["dimension"] == dimension)
+        .unwrap();
+    assert!(lines.iter().any(|l| l["dimension"] == "disk_mib_ms"), "{lines:?}");
     assert_eq!(line["quantity"].as_u64().unwrap(), total);
     let price: f64 = line["unit_price"].as_str().unwrap().parse().unwrap();
     let amount: f64 = line["amount"].as_str().unwrap().parse().unwrap();

@@ -50,8 +50,12 @@ pub async fn spent(state: &AppState, org_id: &str, from: i64, to: i64) -> Result
 
 /// What one unit of `dimension` costs us in `cloud`/`region` by the land's price book: an
 /// instance-millisecond of a plan is its share of a host (its slots of the host's) at the
-/// host type's hourly price on its market. `None` for what the book does not price.
+/// host type's hourly price on its market; disk is the host's own (its local disk is in
+/// its hourly price), so it costs nothing more. `None` for what the book does not price.
 pub fn unit_cost(land: &LandPrices, dimension: &str, cloud: &str, region: &str) -> Option<Decimal> {
+    if dimension == "disk_mib_ms" {
+        return land.region(cloud, region).map(|_| Decimal::ZERO);
+    }
     let mut parts = dimension.split(':');
     let (Some("instance_ms"), Some(plan), Some(market), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())

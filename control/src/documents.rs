@@ -16,23 +16,14 @@ fn utc(t: i64) -> String {
     jiff::Timestamp::from_second(t).map_or_else(|_| t.to_string(), |ts| ts.strftime("%Y-%m-%d %H:%M UTC").to_string())
 }
 
-/// A line's quantity as people read it: an instance's time as hours, minutes and seconds.
+/// A line's quantity as people read it (`highrise_billing::meter::readable`).
 fn quantity(l: &InvoiceLine) -> String {
-    if l.dimension.starts_with("instance_ms:") {
-        let s = l.quantity / 1000;
-        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-    } else {
-        l.quantity.to_string()
-    }
+    highrise_billing::meter::readable(&l.dimension, l.quantity)
 }
 
 /// A line's unit price as people read it, e.g. `0.16 / h`.
 fn unit(l: &InvoiceLine) -> String {
-    if l.dimension.starts_with("instance_ms:") && l.per == 3_600_000 {
-        format!("{} / h", l.unit_price)
-    } else {
-        format!("{} / {}", l.unit_price, l.per)
-    }
+    highrise_billing::meter::readable_price(&l.dimension, &l.unit_price, l.per)
 }
 
 /// What a line is: the plan and market of an instance's time; a line carried from an
@@ -40,6 +31,7 @@ fn unit(l: &InvoiceLine) -> String {
 fn what(l: &InvoiceLine) -> String {
     let item = match l.dimension.split(':').collect::<Vec<_>>()[..] {
         ["instance_ms", plan, market] => format!("{plan} instance, {}", market.replace('_', "-")),
+        ["disk_mib_ms"] => "disk (data and WAL)".to_string(),
         _ => l.dimension.clone(),
     };
     if !l.carried {

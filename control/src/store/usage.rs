@@ -108,7 +108,7 @@ impl Store {
                         out.unknown += 1;
                         continue;
                     };
-                    let dimension = meter::instance_dimension(
+                    let dimension = meter::dimension(
                         kind,
                         &i.try_get::<String, _>("plan")?,
                         &i.try_get::<String, _>("market")?,

@@ -1542,12 +1542,16 @@ pub enum MeterKind {
     /// Milliseconds the instance existed on its host (from its creation there to its
     /// deletion; time the host was down and PostgreSQL not running does not count).
     InstanceMs,
+    /// MiB-milliseconds of the host's disk the instance's data directory (data and WAL)
+    /// held: its size as last measured, over time.
+    DiskMibMs,
 }
 
 impl MeterKind {
     pub fn as_str(self) -> &'static str {
         match self {
             MeterKind::InstanceMs => "instance_ms",
+            MeterKind::DiskMibMs => "disk_mib_ms",
         }
     }
 }

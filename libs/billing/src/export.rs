@@ -53,7 +53,8 @@ pub fn expired(m: Marketplace, hour: i64, now: i64) -> bool {
 
 /// The marketplace dimension a usage dimension is sold under, and how many of the usage's
 /// units make one of the marketplace's: an instance's milliseconds of plan `small` on spot
-/// (`instance_ms:small:spot`) are sold as `small_spot_seconds`, 1,000 to the unit.
+/// (`instance_ms:small:spot`) are sold as `small_spot_seconds`, 1,000 to the unit; disk
+/// (`disk_mib_ms`) as `disk_gib_hours`.
 pub fn dimension(usage_dimension: &str) -> Option<(String, u64)> {
     let mut parts = usage_dimension.split(':');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -63,6 +64,9 @@ pub fn dimension(usage_dimension: &str) -> Option<(String, u64)> {
                 .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')) =>
         {
             Some((format!("{plan}_{market}_seconds"), 1000))
+        }
+        (Some("disk_mib_ms"), None, None, None) => {
+            Some(("disk_gib_hours".into(), crate::meter::DISK_MIB_MS_PER_GIB_HOUR))
         }
         _ => None,
     }
@@ -303,8 +307,13 @@ mod tests {
             dimension("instance_ms:large:on_demand"),
             Some(("large_on_demand_seconds".into(), 1000))
         );
+        assert_eq!(
+            dimension("disk_mib_ms"),
+            Some(("disk_gib_hours".to_string(), 3_686_400_000))
+        );
         for no in [
             "bytes",
+            "disk_mib_ms:x",
             "instance_ms:small",
             "instance_ms:a b:spot",
             "instance_ms::spot",

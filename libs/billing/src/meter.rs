@@ -56,10 +56,44 @@ pub enum Spread {
     Regressed,
 }
 
-/// The dimension an instance's time is recorded (and priced) under: its kind of counter,
-/// its plan and its host's market, e.g. `instance_ms:standard:spot`.
-pub fn instance_dimension(kind: &str, plan: &str, market: &str) -> String {
-    format!("{kind}:{plan}:{market}")
+/// MiB-milliseconds in a GiB-hour: disk is priced, and sold on marketplaces, by the GiB-hour
+/// or GiB-month.
+pub const DISK_MIB_MS_PER_GIB_HOUR: u64 = 1024 * 3_600_000;
+
+/// A quantity of `dimension` as people read it: an instance's time as hours, minutes and
+/// seconds; disk as GiB-hours (two decimals, rounded down); else the number.
+pub fn readable(dimension: &str, quantity: u64) -> String {
+    if dimension.starts_with("instance_ms:") {
+        let s = quantity / 1000;
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else if dimension == "disk_mib_ms" {
+        let centi = u128::from(quantity) * 100 / u128::from(DISK_MIB_MS_PER_GIB_HOUR);
+        format!("{}.{:02} GiB-h", centi / 100, centi % 100)
+    } else {
+        quantity.to_string()
+    }
+}
+
+/// A unit price as people read it: `0.16 / h` for instance time, `0.125 / GiB-month` for
+/// disk by the month of 730 hours, else `price / per`.
+pub fn readable_price(dimension: &str, price: &str, per: u64) -> String {
+    if dimension.starts_with("instance_ms:") && per == 3_600_000 {
+        format!("{price} / h")
+    } else if dimension == "disk_mib_ms" && per == 730 * DISK_MIB_MS_PER_GIB_HOUR {
+        format!("{price} / GiB-month")
+    } else {
+        format!("{price} / {per}")
+    }
+}
+
+/// The dimension an instance's counter is recorded (and priced) under: its time by its
+/// plan and its host's market, e.g. `instance_ms:standard:spot`; its disk as is
+/// (`disk_mib_ms`: a MiB costs the same whatever the plan or market).
+pub fn dimension(kind: &str, plan: &str, market: &str) -> String {
+    match kind {
+        "instance_ms" => format!("{kind}:{plan}:{market}"),
+        _ => kind.to_string(),
+    }
 }
 
 /// The start (Unix seconds) of the hour holding `at_ms`.
@@ -114,6 +148,27 @@ mod tests {
     use proptest::prelude::*;
 
     const H: i64 = HOUR * 1000;
+
+    #[test]
+    fn quantities_and_prices_read_as_people_write_them() {
+        assert_eq!(readable("instance_ms:small:spot", 8_999), "0:00:08");
+        assert_eq!(
+            readable("instance_ms:small:spot", 745 * 3_600_000 + 61_000),
+            "745:01:01"
+        );
+        assert_eq!(
+            readable("disk_mib_ms", 3 * DISK_MIB_MS_PER_GIB_HOUR / 2 - 1),
+            "1.49 GiB-h"
+        );
+        assert_eq!(readable("disk_mib_ms", 40 * 3_600_000), "0.03 GiB-h");
+        assert_eq!(readable("bytes", 12), "12");
+        assert_eq!(readable_price("instance_ms:small:spot", "0.16", 3_600_000), "0.16 / h");
+        assert_eq!(
+            readable_price("disk_mib_ms", "0.125", 730 * DISK_MIB_MS_PER_GIB_HOUR),
+            "0.125 / GiB-month"
+        );
+        assert_eq!(readable_price("bytes", "1", 1000), "1 / 1000");
+    }
 
     fn r(value: u64, at_ms: i64) -> Reading {
         Reading { value, at_ms }

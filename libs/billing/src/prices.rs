@@ -122,6 +122,16 @@ impl PriceBook {
         Ok(Self { prices })
     }
 
+    /// Of `dimensions`, those the book has no entry for at all (usage of them could never
+    /// be invoiced).
+    pub fn unpriced<'a>(&self, dimensions: &'a [String]) -> Vec<&'a str> {
+        dimensions
+            .iter()
+            .filter(|d| !self.prices.iter().any(|p| &p.dimension == *d))
+            .map(String::as_str)
+            .collect()
+    }
+
     /// The price of `dimension` in `cloud`/`region` at Unix second `at`: the most specific
     /// place that has one in force (region, then cloud, then everywhere), its latest entry
     /// from before `at`.
@@ -223,11 +233,21 @@ mod tests {
         let book = PriceBook::repository().unwrap();
         for plan in ["small", "medium", "large"] {
             for market in ["on_demand", "spot"] {
-                let d = crate::meter::instance_dimension("instance_ms", plan, market);
+                let d = crate::meter::dimension("instance_ms", plan, market);
                 let p = book.price_at(&d, "local-a", "region-1", 1_796_083_200).unwrap();
                 assert!(p.amount > Decimal::ZERO, "{d}");
             }
         }
+        assert_eq!(
+            book.unpriced(&["disk_mib_ms".to_string(), "bytes".to_string()]),
+            ["bytes"]
+        );
+        let disk = book.price_at("disk_mib_ms", "aws", "us-east-1", 1_796_083_200).unwrap();
+        // $0.125 a GiB-month of 730 hours.
+        assert_eq!(
+            (disk.amount.to_string().as_str(), disk.per),
+            ("0.125", 730 * crate::meter::DISK_MIB_MS_PER_GIB_HOUR)
+        );
     }
 
     #[test]

@@ -1240,6 +1240,9 @@ fn plan_failover(world: &World, c: &ClusterIntent, hosts: &BTreeMap<&str, &HostV
     actions
 }
 
+/// Every plan, smallest first.
+pub const PLANS: [&str; 3] = ["small", "medium", "large"];
+
 /// Slots a plan takes on a host, or `None` for an unknown plan.
 pub fn plan_slots(plan: &str) -> Option<u32> {
     match plan {
