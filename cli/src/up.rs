@@ -40,6 +40,10 @@ pub struct UpArgs {
     /// outbox.
     #[arg(long)]
     marketplaces: Option<PathBuf>,
+    /// Let spend-alert webhooks reach loopback and private addresses (a receiver on this
+    /// machine); by default they reach public addresses only.
+    #[arg(long)]
+    webhooks_to_private_addresses: bool,
     /// Address clients connect to with psql: the proxy of the land's first cloud; repeat
     /// for the next clouds' proxies. A cloud without one gets the port after the last
     /// (any free port when that is 0). Every proxy serves every cluster; connection URIs
@@ -541,6 +545,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             Some(path) => highrise_control::marketplace::exporters_from_file(path)?,
             None => Vec::new(),
         },
+        webhooks_to_private: args.webhooks_to_private_addresses,
     };
     let control = Arc::new(Control::open(control_cfg.clone(), land.clone()).await?);
     // A rotation interrupted after the store was re-sealed: the new key is now the key.

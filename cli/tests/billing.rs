@@ -88,7 +88,15 @@ fn a_commitment_is_drawn_down_alerts_fire_once_and_the_hard_limit_refuses_new_cl
     let root = temp_root();
     let prices = root.path().join("prices.toml");
     std::fs::write(&prices, expensive_prices()).unwrap();
-    let up = Up::start_with(root.path(), &["--list-prices", prices.to_str().unwrap()]);
+    // The webhook receiver is on loopback: a private address `up` reaches only when told.
+    let up = Up::start_with(
+        root.path(),
+        &[
+            "--list-prices",
+            prices.to_str().unwrap(),
+            "--webhooks-to-private-addresses",
+        ],
+    );
     let (hook, taken, requests) = webhook();
 
     // The operator records a $1 commitment for its org from a minute ago; the org sets

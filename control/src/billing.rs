@@ -151,11 +151,7 @@ pub async fn commitment_spent(
 /// Checks every commitment for alerts, sends what is undelivered and issues the invoices
 /// due; every [`ROUND`].
 pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
-    let http = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let http = match crate::webhook::client(state.cfg.webhooks_to_private) {
         Ok(c) => c,
         Err(e) => return tracing::error!("spend alerts: build the webhook client: {e}"),
     };
@@ -230,10 +226,13 @@ async fn deliver(state: &AppState, http: &reqwest::Client) -> Result<()> {
             attempts: 0,
             last_error: None,
         };
-        let error = match http.post(&url).json(&body).send().await {
-            Ok(r) if r.status().is_success() => None,
-            Ok(r) => Some(format!("the webhook answered {}", r.status())),
-            Err(e) => Some(format!("{:#}", anyhow::Error::from(e))),
+        let error = match crate::webhook::refused(&url, state.cfg.webhooks_to_private) {
+            Some(why) => Some(why),
+            None => match http.post(&url).json(&body).send().await {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("the webhook answered {}", r.status())),
+                Err(e) => Some(format!("{:#}", anyhow::Error::from(e))),
+            },
         };
         if let Some(e) = &error {
             if a.attempts == 0 {

@@ -83,38 +83,51 @@ pub fn frozen(row: &IssuedRow) -> Result<Invoice> {
 }
 
 /// Issues every invoice due at `now` (oldest month first, per org); returns how many.
-/// A month issued meanwhile by another control plane is left to it.
+/// A month issued meanwhile by another control plane is left to it; an org whose
+/// invoice cannot be made (usage with no price) is said so and the others go on.
 pub async fn issue_due(store: &Store, prices: Pricing<'_>, now: i64) -> Result<usize> {
     let mut issued = 0;
     for org_id in store.metered_orgs().await? {
-        while let Some(start) = first_unissued(store, &org_id).await? {
-            if !invoice::due(next_month(start)?, now) {
+        match issue_org(store, prices, &org_id, now).await {
+            Ok(n) => issued += n,
+            Err(e) => tracing::error!(org = %org_id, "issue invoices: {e:#}"),
+        }
+    }
+    Ok(issued)
+}
+
+/// Issues the org's invoices due at `now`, oldest month first.
+async fn issue_org(store: &Store, prices: Pricing<'_>, org_id: &str, now: i64) -> Result<usize> {
+    let mut issued = 0;
+    while let Some(start) = first_unissued(store, org_id).await? {
+        if !invoice::due(next_month(start)?, now) {
+            break;
+        }
+        let (inv, holds, period) = compute(store, prices, org_id, start, now)
+            .await
+            .with_context(|| format!("make the invoice of {}", label(start).unwrap_or_default()))?;
+        let row = IssuedRow {
+            org_id: org_id.to_string(),
+            month: inv.month.clone(),
+            number: 0,
+            issued_at: now,
+            total: inv.total.clone(),
+            credits_applied: inv.credits_applied.clone(),
+            commitment_applied: inv.commitment_applied.clone(),
+            commitment_period: period,
+            due: inv.due.clone(),
+            document: serde_json::to_string(&inv).context("write the invoice")?,
+        };
+        match store.issue_invoice(&row, &holds).await {
+            Ok(n) => {
+                tracing::info!(org = %org_id, month = %inv.month, number = %number(n), total = %inv.total, "invoice issued");
+                issued += 1;
+            }
+            Err(StoreError::Conflict(why)) => {
+                tracing::debug!(org = %org_id, "issue the invoice of {}: {why}", inv.month);
                 break;
             }
-            let (inv, holds, period) = compute(store, prices, &org_id, start, now).await?;
-            let row = IssuedRow {
-                org_id: org_id.clone(),
-                month: inv.month.clone(),
-                number: 0,
-                issued_at: now,
-                total: inv.total.clone(),
-                credits_applied: inv.credits_applied.clone(),
-                commitment_applied: inv.commitment_applied.clone(),
-                commitment_period: period,
-                due: inv.due.clone(),
-                document: serde_json::to_string(&inv).context("write the invoice")?,
-            };
-            match store.issue_invoice(&row, &holds).await {
-                Ok(n) => {
-                    tracing::info!(org = %org_id, month = %inv.month, number = %number(n), total = %inv.total, "invoice issued");
-                    issued += 1;
-                }
-                Err(StoreError::Conflict(why)) => {
-                    tracing::debug!("issue the invoice of {org_id} for {}: {why}", inv.month);
-                    break;
-                }
-                Err(e) => return Err(e).with_context(|| format!("issue the invoice of {org_id} for {}", inv.month)),
-            }
+            Err(e) => return Err(e).with_context(|| format!("issue the invoice of {}", inv.month)),
         }
     }
     Ok(issued)

@@ -25,6 +25,7 @@ mod reseal;
 mod spot;
 pub mod store;
 pub mod tls_listener;
+pub mod webhook;
 
 use anyhow::{Context, Result};
 use highrise_provider::Provider;
@@ -73,6 +74,9 @@ pub struct ControlConfig {
     /// The marketplaces usage is sent to (one exporter each); orgs linked to another have
     /// their records staged until one is configured.
     pub exporters: Vec<Arc<dyn marketplace::Exporter>>,
+    /// Spend-alert webhooks may reach private and loopback addresses (`up`'s local land
+    /// only; see `webhook`).
+    pub webhooks_to_private: bool,
 }
 
 /// The cell a new org is placed in (the planner's choice, from how many orgs each holds).

@@ -412,6 +412,30 @@ async fn issuing(url: &str) {
         .await
         .unwrap();
 
+    // Another org whose usage has no price: its invoice cannot be made; o1's still is.
+    store
+        .create_org(&org_row("o2", "beta"), "p2", &key_row("k2", "o2"))
+        .await
+        .unwrap();
+    let mut odd = cluster_row("c9", "o2", "p2", "odd", "ep-9");
+    odd.plan = "xlarge".into();
+    store
+        .create_cluster(&odd, &op_row("op9", "o2", "c9", "create"))
+        .await
+        .unwrap();
+    store.insert_instance(&instance_row("i9", "c9", "h-od")).await.unwrap();
+    let unpriced = Life {
+        id: "i9".into(),
+        host: "h-od",
+        cluster: "c9".into(),
+        start: MONTH_START_MS,
+        end: None,
+    };
+    store
+        .record_readings("h-od", &[unpriced.reading(end - HOUR_MS).unwrap()])
+        .await
+        .unwrap();
+
     let due_at = s(end + 6 * HOUR_MS);
     let (a, b) = tokio::join!(
         invoicing::issue_due(&store, prices, due_at),
@@ -419,6 +443,11 @@ async fn issuing(url: &str) {
     );
     assert_eq!(a.unwrap() + b.unwrap(), 1, "issued once by two racing rounds");
     assert_eq!(invoicing::issue_due(&store, prices, due_at + 60).await.unwrap(), 0);
+    assert_eq!(store.last_issued_month("o2").await.unwrap(), None);
+    let err = invoicing::invoice(&store, prices, "o2", s(MONTH_START_MS), due_at)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("instance_ms:xlarge:on_demand"), "{err:#}");
     let nov = invoicing::invoice(&store, prices, "o1", s(MONTH_START_MS), due_at)
         .await
         .unwrap();
