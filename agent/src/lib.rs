@@ -40,6 +40,22 @@ pub struct AgentConfig {
     /// `dir` is on a file system other hosts share: the storage guard ignores the disk
     /// (only plans' storage counts) and keeps no reserve there.
     pub shared_disk: bool,
+    /// How often heartbeats carry the usage counters ([`METER_EVERY`] by default; a closed
+    /// counter goes with the next beat whatever this says).
+    pub meter_every: Duration,
+}
+
+/// How often heartbeats carry usage counters by default: once a minute keeps metering
+/// within what one control plane takes from 10,000 hosts (bench/README.md, metering),
+/// where every beat (500 ms) would not fit. The counters are on the host's disk, so a
+/// longer interval delays usage, never loses it — except a host lost with its disk,
+/// which loses at most its last interval (in the customer's favour).
+pub const METER_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether a heartbeat carries the counters: none sent yet, the interval passed since the
+/// last that was taken, or a closed counter to deliver.
+fn meters_due(last_taken: Option<std::time::Instant>, every: Duration, closed: bool) -> bool {
+    closed || last_taken.is_none_or(|t| t.elapsed() >= every)
 }
 
 /// What supervisors share with the heartbeat task.
@@ -424,6 +440,7 @@ async fn heartbeats(
     stop: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    let mut meters_taken: Option<std::time::Instant> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -452,7 +469,11 @@ async fn heartbeats(
                 reserve_bytes: r.reserve_bytes,
                 reserve_released: r.released,
             });
-        let meters = shared.meters.read(unix_now_ms());
+        let meters = if meters_due(meters_taken, shared.cfg.meter_every, shared.meters.any_closed()) {
+            shared.meters.read(unix_now_ms())
+        } else {
+            Vec::new()
+        };
         let beat = Heartbeat {
             instances,
             backups,
@@ -470,7 +491,10 @@ async fn heartbeats(
         match res {
             Ok(r) if r.status().is_success() => {
                 failures = 0;
-                shared.meters.acknowledged(&beat.meters);
+                if !beat.meters.is_empty() {
+                    meters_taken = Some(std::time::Instant::now());
+                    shared.meters.acknowledged(&beat.meters);
+                }
             }
             Ok(r) => {
                 failures += 1;
@@ -489,5 +513,22 @@ async fn heartbeats(
             _ = shared.observed_changed.notified() => {}
             _ = tokio::time::sleep(BEAT_EVERY) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod cadence_tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn counters_go_once_an_interval_or_at_once_when_one_closed() {
+        let every = Duration::from_secs(60);
+        assert!(meters_due(None, every, false), "the first beat carries them");
+        let just = Instant::now();
+        assert!(!meters_due(Some(just), every, false));
+        assert!(meters_due(Some(just), every, true), "a closed counter goes at once");
+        let long_ago = just.checked_sub(Duration::from_secs(61)).unwrap();
+        assert!(meters_due(Some(long_ago), every, false));
     }
 }

@@ -140,6 +140,11 @@ impl Meters {
         self.save(id, &c)
     }
 
+    /// Whether a counter is closed (its last reading is still to be delivered).
+    pub fn any_closed(&self) -> bool {
+        self.lock().values().any(|c| c.closed)
+    }
+
     /// The instances whose counters are still open.
     pub fn open_ids(&self) -> Vec<String> {
         self.lock()

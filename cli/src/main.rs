@@ -113,6 +113,9 @@ struct AgentArgs {
     /// the plans' storage only and no reserve is kept.
     #[arg(long)]
     shared_disk: bool,
+    /// How often heartbeats carry the usage counters (e.g. `60s`, `1s`).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    meter_every: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -192,6 +195,7 @@ fn main() -> std::process::ExitCode {
                     bootstrap_token: a.bootstrap_token,
                     parent_pid: a.parent_pid,
                     shared_disk: a.shared_disk,
+                    meter_every: a.meter_every,
                 })
                 .await
             }

@@ -420,6 +420,9 @@ impl LocalLand {
             .arg("--parent-pid")
             .arg(std::process::id().to_string())
             .args(h.disk_bytes.is_none().then_some("--shared-disk"))
+            // Usage shows within a second here (tests, `highrise usage` while trying it);
+            // hosts of real clouds keep the agent's once a minute.
+            .args(["--meter-every", "1s"])
             .env("HIGHRISE_BOOTSTRAP_TOKEN", &h.bootstrap_token)
             .stdin(Stdio::null())
             .stdout(log)
