@@ -133,6 +133,19 @@ async fn issue_org(store: &Store, prices: Pricing<'_>, org_id: &str, now: i64) -
     Ok(issued)
 }
 
+/// What is left of the org's credits: every credit granted less what its `issued`
+/// invoices drew.
+pub async fn credit_balance(store: &Store, org_id: &str, issued: &[IssuedRow]) -> Result<Decimal> {
+    let mut balance = Decimal::ZERO;
+    for c in store.credits(org_id).await? {
+        balance += crate::billing::amount(&c.amount)?;
+    }
+    for i in issued {
+        balance -= crate::billing::amount(&i.credits_applied)?;
+    }
+    Ok(balance)
+}
+
 fn hour_usage(r: UsageRow, hour: i64) -> HourUsage {
     HourUsage {
         cluster_id: r.cluster_id,
@@ -185,13 +198,7 @@ async fn compute(
     // Credits first, then the commitment in force in the month, as issued invoices left them.
     let issued = store.issued_invoices(org_id).await?;
     let amount = |s: &str| crate::billing::amount(s);
-    let mut credits = Decimal::ZERO;
-    for c in store.credits(org_id).await? {
-        credits += amount(&c.amount)?;
-    }
-    for i in &issued {
-        credits -= amount(&i.credits_applied)?;
-    }
+    let credits = credit_balance(store, org_id, &issued).await?;
     let terms = store.billing_terms(org_id).await?;
     let (mut commitment, mut period) = (Decimal::ZERO, None);
     if let Some(c) = terms.commitment.as_deref() {

@@ -61,25 +61,27 @@ async fn status(state: &AppState, org_id: &str) -> ApiResult<BillingStatus> {
         }),
         None => None,
     };
-    let mut credit_balance = Decimal::ZERO;
-    let mut credits = Vec::new();
-    for c in state.store.credits(org_id).await.map_err(store_err("credits"))? {
-        credit_balance += billing::amount(&c.amount).map_err(internal("a credit"))?;
-        credits.push(Credit {
+    let credits: Vec<Credit> = state
+        .store
+        .credits(org_id)
+        .await
+        .map_err(store_err("credits"))?
+        .into_iter()
+        .map(|c| Credit {
             id: c.id,
             amount: c.amount,
             reason: c.reason,
             granted_at: c.granted_at,
-        });
-    }
-    for i in state
+        })
+        .collect();
+    let issued = state
         .store
         .issued_invoices(org_id)
         .await
-        .map_err(store_err("invoices"))?
-    {
-        credit_balance -= billing::amount(&i.credits_applied).map_err(internal("an invoice"))?;
-    }
+        .map_err(store_err("invoices"))?;
+    let credit_balance = crate::invoicing::credit_balance(&state.store, org_id, &issued)
+        .await
+        .map_err(internal("the credit balance"))?;
     let alerts = state
         .store
         .alerts(org_id)
