@@ -10,6 +10,16 @@ pub async fn ledger_writer(
     uri: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> (Vec<i64>, Vec<(std::time::Instant, bool)>) {
+    ledger_writer_counted(uri, stop, Default::default()).await
+}
+
+/// [`ledger_writer`] that also counts its acknowledged commits in `acks` as it goes, so a
+/// test can wait for the writer itself to commit again instead of sleeping.
+pub async fn ledger_writer_counted(
+    uri: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> (Vec<i64>, Vec<(std::time::Instant, bool)>) {
     let mut acked = Vec::new();
     let mut timeline = Vec::new();
     let mut conn: Option<sqlx::PgConnection> = None;
@@ -34,6 +44,7 @@ pub async fn ledger_writer(
             Ok(Ok(id)) => {
                 acked.push(id);
                 timeline.push((std::time::Instant::now(), true));
+                acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             _ => {
                 conn = None;
@@ -42,6 +53,24 @@ pub async fn ledger_writer(
         }
     }
     (acked, timeline)
+}
+
+/// Waits (up to `timeout`) until the writer counting into `acks` has acknowledged `more`
+/// commits from now, then stops it.
+pub async fn stop_after_commits(
+    acks: &std::sync::atomic::AtomicUsize,
+    stop: &std::sync::atomic::AtomicBool,
+    more: usize,
+    what: &str,
+    timeout: Duration,
+) {
+    let until = acks.load(std::sync::atomic::Ordering::Relaxed) + more;
+    let deadline = Instant::now() + timeout;
+    while acks.load(std::sync::atomic::Ordering::Relaxed) < until {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Creates an HA cluster and waits until its primary's commits wait for a standby.
