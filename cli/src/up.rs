@@ -607,6 +607,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
 
     println!("Highrise is up.");
     println!("  API:           {api_url}");
+    println!("  console:       {api_url}/console  (members sign in; `highrise member invite` adds one)");
     println!(
         "  agents:        {agent_url}  (TLS; the land's CA: {})",
         dir.join("tls/ca.crt").display()

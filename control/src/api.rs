@@ -1047,7 +1047,13 @@ async fn within(limit: Duration, req: Request, next: axum::middleware::Next) -> 
     }
 }
 
+/// The API and, beside it at `/console`, the console built on it.
 pub fn router(state: Arc<AppState>) -> Router {
+    let api = api_router(state.clone());
+    api.clone().merge(crate::console::router(state, api))
+}
+
+fn api_router(state: Arc<AppState>) -> Router {
     let long_polls = Router::new()
         .route("/v1/agent/desired", get(agents::agent_desired))
         .route("/v1/proxy/routes", get(agents::proxy_routes))

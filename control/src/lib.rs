@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod billing;
 pub mod ca;
+mod console;
 mod copies;
 mod documents;
 pub mod durability;

@@ -403,7 +403,7 @@ pub struct AuditVerification {
 // Clusters
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCluster {
     /// 1–63 characters: lowercase letters, digits and `-`, starting with a letter.

@@ -9,6 +9,7 @@
 //! * [`invoice`]: an invoice's lines from hourly usage and the price book, and what credits
 //!   and a commitment draw down from its total.
 //! * [`budget`]: spend alerts' thresholds and the hard limit.
+//! * [`estimate`]: what a cluster of a given shape costs a month at list prices.
 //! * [`margin`]: per cluster, its price and what the land charges us for it.
 //! * [`export`]: usage sent to a cloud marketplace through a durable outbox — due hours,
 //!   cumulative records, batches, retries and what each answer means.
@@ -16,6 +17,7 @@
 //!   org's clusters to.
 
 pub mod budget;
+pub mod estimate;
 pub mod export;
 pub mod invoice;
 pub mod margin;
