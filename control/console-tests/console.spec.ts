@@ -1,7 +1,8 @@
 // A tenant's day in the console, in a real browser against a real `highrise up`: sign in,
 // create a cluster and watch it run, query it with psql through the copied connection
-// string, back it up and restore it to a moment, switch over, make and revoke an API key;
-// a viewer has no mutating control and a forged POST from them is refused; signing out
+// string, back it up and restore it to a moment, switch over, make and revoke an API key,
+// invite a member and change their role, read the audit log, the bill so far and an
+// invoice's PDF; a viewer has no mutating control and a forged POST from them is refused; signing out
 // ends the session; a form without its CSRF token is refused. Screenshots of each main
 // page at 1280 and 390 pixels wide go to target/console-screenshots/; axe-core checks
 // every main page for critical accessibility violations.
@@ -167,6 +168,25 @@ test('switch over to the standby', async ({ page }) => {
   expect(psql(uri, 'select count(*) from ledger')).toBe('2');
 });
 
+test('add a standby, then move the cluster to another cloud with the same connection string', async ({ page }) => {
+  await signIn(page, owner);
+  await page.goto('/console/clusters/shop');
+  await page.getByLabel('Standbys', { exact: true }).fill('2');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await expect(page.getByText('Change requested')).toBeVisible();
+  await expect(page.locator('tr[data-role="standby"]')).toHaveCount(2, { timeout: 120_000 });
+  await page.getByLabel('Cloud to move to').selectOption('local-b');
+  await page.getByRole('button', { name: 'Move' }).click();
+  await expect(page.getByText('Move requested')).toBeVisible();
+  await expect(async () => {
+    const clouds = await page.locator('#live tbody tr[data-role] td:nth-child(3)').allTextContents();
+    expect(clouds.length).toBe(3);
+    expect(new Set(clouds)).toEqual(new Set(['local-b']));
+  }).toPass({ timeout: 240_000 });
+  await expect(page.locator('[data-status="running"]')).toBeVisible({ timeout: 60_000 });
+  expect(psql(uri, 'select count(*) from ledger')).toBe('2');
+});
+
 test('create an API key, see its secret once, revoke it', async ({ page }) => {
   await signIn(page, owner);
   await page.getByRole('link', { name: 'API keys' }).click();
@@ -184,14 +204,65 @@ test('create an API key, see its secret once, revoke it', async ({ page }) => {
   expect((await me()).status()).toBe(401);
 });
 
+test('invite a member, change their role, remove them; the audit log shows it', async ({ page }) => {
+  await signIn(page, owner);
+  await page.getByRole('link', { name: 'Members' }).click();
+  await expect(page.locator(`tr[data-member="${viewer}"]`)).toContainText('viewer');
+  await page.getByLabel('Email').fill('dev@acme.test');
+  await page.getByLabel('Role', { exact: true }).selectOption('developer');
+  await page.getByRole('button', { name: 'Invite' }).click();
+  const token = (await page.locator('[data-name="invite-token"]').getAttribute('data-value'))!;
+  expect(token).toMatch(/^hri_/);
+  await accessible(page);
+  await screenshots(page, 'members');
+  const row = page.locator('tr[data-member="dev@acme.test"]');
+  await expect(row).toContainText('invited');
+  await page.getByLabel('Role of dev@acme.test').selectOption('viewer');
+  await row.getByRole('button', { name: 'Change' }).click();
+  await expect(page.locator('tr[data-member="dev@acme.test"]')).toContainText('viewer');
+  await page.getByRole('button', { name: 'Remove dev@acme.test' }).click();
+  await expect(page.locator('tr[data-member="dev@acme.test"]')).toHaveCount(0);
+
+  await page.getByRole('link', { name: 'Audit log' }).click();
+  await expect(page.locator('tbody tr').first()).toContainText('members/');
+  await page.getByLabel('Target starts with').fill('clusters/shop');
+  await page.getByRole('button', { name: 'Filter' }).click();
+  // What the console did is in the log as API calls, from the browser's address.
+  await expect(page.locator('tbody tr').filter({ hasText: 'POST /v1/clusters/{cluster}/switchover' })).toHaveCount(1);
+  await expect(page.locator('tbody tr').filter({ hasText: 'switchover' }).first()).toContainText('127.0.0.1');
+  await accessible(page);
+  await screenshots(page, 'audit');
+});
+
+test('usage and invoices: the bill so far, spend per day, the invoice as a PDF', async ({ page }) => {
+  await signIn(page, owner);
+  await page.getByRole('link', { name: 'Usage' }).click();
+  await expect(page.getByRole('heading', { name: 'Usage and invoices' })).toBeVisible();
+  await expect(page.locator('figure.chart svg[role="img"]')).toBeVisible();
+  // The clusters of this test have run: their time is on the bill so far.
+  await expect(async () => {
+    await page.reload();
+    await expect(page.locator('table').first()).toContainText('shop', { timeout: 1000 });
+  }).toPass({ timeout: 60_000 });
+  const month = new Date().toISOString().slice(0, 7);
+  const pdf = await page.request.get(`/console/invoices/${month}/pdf`);
+  expect(pdf.status()).toBe(200);
+  expect(pdf.headers()['content-type']).toBe('application/pdf');
+  expect((await pdf.body()).subarray(0, 5).toString()).toBe('%PDF-');
+  await accessible(page);
+  await screenshots(page, 'billing');
+});
+
 test("a viewer's pages have no mutating control, and a forged POST is refused", async ({ page }) => {
   await signIn(page, viewer);
-  for (const p of ['/console/clusters', '/console/clusters/shop']) {
+  for (const p of ['/console/clusters', '/console/clusters/shop', '/console/members']) {
     await page.goto(p);
     // The only form is signing out.
     await expect(page.locator('form')).toHaveCount(1);
     await expect(page.locator('form[action="/console/logout"]')).toHaveCount(1);
-    await expect(page.getByRole('link', { name: 'API keys' })).toHaveCount(0);
+    for (const hidden of ['API keys', 'Audit log', 'Usage']) {
+      await expect(page.getByRole('link', { name: hidden })).toHaveCount(0);
+    }
   }
   await screenshots(page, 'cluster-viewer');
   const keys = await page.goto('/console/api-keys');

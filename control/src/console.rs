@@ -14,16 +14,20 @@
 //! cookie's value), so the server keeps no token state and any control plane checks any
 //! form.
 //!
-//! One module per page family: [`login`] (sign in and out), [`clusters`], [`keys`]; this
+//! One module per page family: [`login`] (sign in and out), [`clusters`], [`members`]
+//! (and the audit log), [`billing`] (usage and invoices), [`keys`]; this
 //! one holds what they share (the in-process API client, the session and form extractors,
 //! the CSRF tokens); [`page`] the layout, [`assets`] the embedded files.
 
 mod assets;
+mod billing;
 mod clusters;
 mod keys;
 mod login;
+mod members;
 mod page;
 
+use crate::access::Action;
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -50,6 +54,15 @@ const FORM_LIMIT: usize = 64 * 1024;
 /// The largest API answer the console reads.
 const ANSWER_LIMIT: usize = 16 * 1024 * 1024;
 
+/// The first section the user's role may see.
+async fn home(signed: Signed) -> Response {
+    let to = page::SECTIONS
+        .iter()
+        .find(|s| signed.may(s.needs))
+        .map_or("/console/members", |s| s.path);
+    Redirect::to(to).into_response()
+}
+
 /// What every console handler shares: the API it renders pages from.
 pub(crate) struct Console {
     api: Router,
@@ -60,8 +73,8 @@ pub(crate) struct Console {
 pub fn router(state: Arc<AppState>, api: Router) -> Router {
     let console = Arc::new(Console { api, state });
     Router::new()
-        .route("/console", get(|| async { Redirect::to("/console/clusters") }))
-        .route("/console/", get(|| async { Redirect::to("/console/clusters") }))
+        .route("/console", get(home))
+        .route("/console/", get(home))
         .route("/console/login", get(login::form).post(login::sign_in))
         .route("/console/logout", post(login::sign_out))
         .route("/console/clusters", get(clusters::list).post(clusters::create))
@@ -72,6 +85,14 @@ pub fn router(state: Arc<AppState>, api: Router) -> Router {
         .route("/console/clusters/{name}/backups", post(clusters::backup))
         .route("/console/clusters/{name}/restore", post(clusters::restore))
         .route("/console/clusters/{name}/delete", post(clusters::delete))
+        .route("/console/clusters/{name}/update", post(clusters::update))
+        .route("/console/clusters/{name}/move", post(clusters::move_to))
+        .route("/console/members", get(members::list).post(members::invite))
+        .route("/console/members/{user}/role", post(members::change_role))
+        .route("/console/members/{user}/remove", post(members::remove))
+        .route("/console/audit", get(members::audit))
+        .route("/console/billing", get(billing::show))
+        .route("/console/invoices/{month}/{kind}", get(billing::document))
         .route("/console/api-keys", get(keys::list).post(keys::create))
         .route("/console/api-keys/{id}/revoke", post(keys::revoke))
         .route("/console/assets/{file}", get(assets::serve))
@@ -175,6 +196,12 @@ impl Api {
         self.json(Method::POST, path, Some(body)).await
     }
 
+    /// A `PATCH` whose answer the console does not read.
+    pub async fn patch(&self, path: &str, body: &impl Serialize) -> Result<(), Failure> {
+        let body = serde_json::to_vec(body).map_err(|e| Failure::internal("write an API request", e))?;
+        self.call(Method::PATCH, path, Some(body)).await.map(|_| ())
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), Failure> {
         self.call(Method::DELETE, path, None).await.map(|_| ())
     }
@@ -231,6 +258,10 @@ fn csrf_ok(form: &[u8], expected: &str) -> bool {
         .is_some_and(|(_, v)| crate::auth::ct_eq(v, expected))
 }
 
+fn see_other(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
+}
+
 fn to_login() -> Response {
     Redirect::to("/console/login").into_response()
 }
@@ -243,14 +274,9 @@ pub(crate) struct Signed {
 }
 
 impl Signed {
-    /// Whether the user's role may change clusters and backups (the API decides anyway).
-    pub fn may_operate(&self) -> bool {
-        matches!(self.me.role, Role::Owner | Role::Admin | Role::Developer)
-    }
-
-    /// Whether the user's role may manage API keys.
-    pub fn may_manage_keys(&self) -> bool {
-        matches!(self.me.role, Role::Owner | Role::Admin)
+    /// Whether the user's role allows `action` (to show its controls; the API decides).
+    pub fn may(&self, action: Action) -> bool {
+        crate::access::allows(self.me.role, self.me.project.is_some(), action)
     }
 }
 

@@ -17,18 +17,18 @@ fn utc(t: i64) -> String {
 }
 
 /// A line's quantity as people read it (`highrise_billing::meter::readable`).
-fn quantity(l: &InvoiceLine) -> String {
+pub(crate) fn quantity(l: &InvoiceLine) -> String {
     highrise_billing::meter::readable(&l.dimension, l.quantity)
 }
 
 /// A line's unit price as people read it, e.g. `0.16 / h`.
-fn unit(l: &InvoiceLine) -> String {
+pub(crate) fn unit(l: &InvoiceLine) -> String {
     highrise_billing::meter::readable_price(&l.dimension, &l.unit_price, l.per)
 }
 
 /// What a line is: the plan and market of an instance's time; a line carried from an
 /// earlier month says so.
-fn what(l: &InvoiceLine) -> String {
+pub(crate) fn what(l: &InvoiceLine) -> String {
     let item = match l.dimension.split(':').collect::<Vec<_>>()[..] {
         ["instance_ms", plan, market] => format!("{plan} instance, {}", market.replace('_', "-")),
         ["disk_mib_ms"] => "disk (data and WAL)".to_string(),

@@ -1,15 +1,16 @@
 //! Cluster pages: the list with the create form and its monthly estimate (from the price
 //! book, before anything is submitted), the page created clusters land on (their password
 //! shown once), a cluster's page — live status and topology, connection, backups with a
-//! point-in-time restore, switchover, events, deletion with a typed confirmation.
+//! point-in-time restore, switchover, size (standbys and plan), a move to another cloud,
+//! events, deletion with a typed confirmation.
 
 use super::page::{self, badge, csrf_field, time};
 use super::*;
 use axum::extract::{Path, Query, State};
 use axum::response::Html;
 use highrise_api::{
-    Backup, BackupPolicy, CloudInfo, Cluster, ClusterEvent, CreateCluster, CreatedCluster, Operation, RestoreFrom,
-    Switchover,
+    Backup, BackupPolicy, CloudInfo, Cluster, ClusterEvent, CreateCluster, CreatedCluster, MoveCluster, Operation,
+    RestoreFrom, Switchover, UpdateCluster,
 };
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -29,10 +30,6 @@ fn page_path(name: &str) -> String {
     format!("/console/clusters/{}", segment(name))
 }
 
-fn see_other(to: &str) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
-}
-
 #[derive(Deserialize, Default)]
 pub(super) struct Done {
     done: Option<String>,
@@ -43,6 +40,8 @@ fn notice(done: &Done) -> Markup {
         Some("switchover") => "Switchover requested: the most advanced standby becomes the primary.",
         Some("backup") => "Backup requested: it appears below as it runs.",
         Some("deleted") => "The cluster is being deleted.",
+        Some("update") => "Change requested: members are added, removed or rebuilt below.",
+        Some("move") => "Move requested: members are built in the other cloud, then the primary switches over.",
         _ => return html! {},
     };
     html! { p.notice role="status" { (text) } }
@@ -66,7 +65,7 @@ pub(super) async fn list(
             @if clusters.is_empty() {
                 div.empty {
                     p { strong { "No clusters yet." } }
-                    @if signed.may_operate() {
+                    @if signed.may(Action::WriteClusters) {
                         p { "Create your first one below: it runs in a minute or two." }
                     } @else {
                         p { "Your role (" (signed.me.role.as_str()) ") can look but not create; ask an admin or a developer of your org." }
@@ -97,7 +96,7 @@ pub(super) async fn list(
                 }
             }
         }
-        @if signed.may_operate() {
+        @if signed.may(Action::WriteClusters) {
             (create_form(&console, &signed, &clouds))
         }
     };
@@ -334,6 +333,7 @@ pub(super) async fn show(
         .api
         .get(&format!("{}/backups?limit=1000", api_path(&name)))
         .await?;
+    let clouds: Vec<CloudInfo> = signed.api.get("/v1/clouds").await?;
     let body = html! {
         p.muted { a href="/console/clusters" { "Clusters" } " / " (c.name) }
         h1 { (c.name) }
@@ -358,8 +358,8 @@ pub(super) async fn show(
                 }
             }
         }
-        @if signed.may_operate() {
-            (actions(&signed, &c))
+        @if signed.may(Action::WriteClusters) {
+            (actions(&signed, &c, &clouds))
         }
         section.card {
             h2 { "Backups" }
@@ -445,7 +445,7 @@ pub(super) async fn live(signed: Signed, Path(name): Path<String>) -> Result<Htm
     Ok(Html(live_part(&c).into_string()))
 }
 
-fn actions(signed: &Signed, c: &Cluster) -> Markup {
+fn actions(signed: &Signed, c: &Cluster, clouds: &[CloudInfo]) -> Markup {
     let base = page_path(&c.name);
     let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S").to_string();
     html! {
@@ -461,6 +461,39 @@ fn actions(signed: &Signed, c: &Cluster) -> Markup {
                         (csrf_field(&signed.csrf))
                         button.secondary type="submit" { "Switch over to a standby" }
                     }
+                }
+            }
+        }
+        div.grid {
+            section.card {
+                h2 { "Size" }
+                p.muted { "A new plan builds members of that size and switches over to them; standbys are added or removed." }
+                form.stack method="post" action={ (base) "/update" } {
+                    (csrf_field(&signed.csrf))
+                    div.row {
+                        label { "Standbys" input type="number" name="replicas" min="0" max="3" value=(c.replicas); }
+                        label { "Plan"
+                            select name="plan" {
+                                @for p in highrise_planner::PLANS {
+                                    @if p == c.plan { option value=(p) selected { (p) } } @else { option value=(p) { (p) } }
+                                }
+                            }
+                        }
+                    }
+                    div { button.secondary type="submit" { "Apply" } }
+                }
+            }
+            section.card {
+                h2 { "Move to another cloud" }
+                p.muted { "Members are built in the other cloud, then the primary switches over; the connection string stays." }
+                form.stack method="post" action={ (base) "/move" } {
+                    (csrf_field(&signed.csrf))
+                    label { "Cloud"
+                        select name="cloud" aria-label="Cloud to move to" {
+                            @for other in clouds.iter().filter(|o| o.name != c.cloud) { option value=(other.name) { (other.name) } }
+                        }
+                    }
+                    div { button.secondary type="submit" { "Move" } }
                 }
             }
         }
@@ -569,4 +602,44 @@ pub(super) async fn delete(
     }
     let _: Operation = signed.api.json(Method::DELETE, &api_path(&name), None).await?;
     Ok(see_other("/console/clusters?done=deleted"))
+}
+
+#[derive(Deserialize)]
+pub(super) struct UpdateForm {
+    replicas: u32,
+    plan: String,
+}
+
+pub(super) async fn update(
+    Path(name): Path<String>,
+    Posted { signed, form }: Posted<UpdateForm>,
+) -> Result<Response, Failure> {
+    let now: Cluster = signed.api.get(&api_path(&name)).await?;
+    let change = UpdateCluster {
+        replicas: Some(form.replicas).filter(|r| *r != now.replicas),
+        plan: Some(form.plan).filter(|p| *p != now.plan),
+        ..UpdateCluster::default()
+    };
+    if change.replicas.is_none() && change.plan.is_none() {
+        return Ok(see_other(&page_path(&name)));
+    }
+    signed.api.patch(&api_path(&name), &change).await?;
+    Ok(see_other(&format!("{}?done=update", page_path(&name))))
+}
+
+#[derive(Deserialize)]
+pub(super) struct MoveForm {
+    cloud: String,
+}
+
+pub(super) async fn move_to(
+    Path(name): Path<String>,
+    Posted { signed, form }: Posted<MoveForm>,
+) -> Result<Response, Failure> {
+    let req = MoveCluster {
+        cloud: form.cloud,
+        region: None,
+    };
+    let _: Operation = signed.api.post(&format!("{}/move", api_path(&name)), &req).await?;
+    Ok(see_other(&format!("{}?done=move", page_path(&name))))
 }

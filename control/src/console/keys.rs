@@ -30,14 +30,14 @@ fn keys_page(signed: &Signed, keys: &[ApiKey], created: Option<&CreatedApiKey>) 
                 p.empty { "No API keys. Create one for scripts and CI; people sign in with their own accounts." }
             } @else {
                 div.table-wrap { table {
-                    thead { tr { th { "Name" } th { "Role" } th.hide-narrow { "Project" } th.hide-narrow { "Created" } th { "Expires" } @if signed.may_manage_keys() { th { span.muted { "Revoke" } } } } }
+                    thead { tr { th { "Name" } th { "Role" } th.hide-narrow { "Project" } th.hide-narrow { "Created" } th { "Expires" } @if signed.may(Action::WriteKeys) { th { span.muted { "Revoke" } } } } }
                     tbody { @for k in &live {
                         tr data-key=(k.name) {
                             td { (k.name) } td { (k.role.as_str()) }
                             td.hide-narrow { (k.project.as_deref().unwrap_or("all")) }
                             td.hide-narrow { (time(k.created_at)) }
                             td { @match k.expires_at { Some(e) => (time(e)), None => "never" } }
-                            @if signed.may_manage_keys() {
+                            @if signed.may(Action::WriteKeys) {
                                 td { form.inline method="post" action={ "/console/api-keys/" (segment(&k.id)) "/revoke" } {
                                     (csrf_field(&signed.csrf))
                                     button.secondary type="submit" aria-label={ "Revoke " (k.name) } { "Revoke" }
@@ -48,7 +48,7 @@ fn keys_page(signed: &Signed, keys: &[ApiKey], created: Option<&CreatedApiKey>) 
                 } }
             }
         }
-        @if signed.may_manage_keys() {
+        @if signed.may(Action::WriteKeys) {
             section.card {
                 h2 { "Create an API key" }
                 form.stack method="post" action="/console/api-keys" {
@@ -127,5 +127,5 @@ pub(super) async fn revoke(
     }: Posted<NoFields>,
 ) -> Result<Response, Failure> {
     signed.api.delete(&format!("/v1/api-keys/{}", segment(&id))).await?;
-    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, "/console/api-keys")]).into_response())
+    Ok(see_other("/console/api-keys"))
 }

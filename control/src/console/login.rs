@@ -83,7 +83,7 @@ pub(super) async fn sign_in(
             (
                 StatusCode::SEE_OTHER,
                 [
-                    (header::LOCATION, "/console/clusters".to_string()),
+                    (header::LOCATION, "/console".to_string()),
                     (header::SET_COOKIE, set_cookie(SESSION_COOKIE, &session.secret, max_age)),
                 ],
                 [(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0))],

@@ -3,12 +3,51 @@
 //! field.
 
 use super::Signed;
+use crate::access::Action;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 
-/// The sections of the navigation.
-const SECTIONS: [(&str, &str); 2] = [("clusters", "Clusters"), ("api-keys", "API keys")];
+/// A section of the navigation, shown to the roles that may read it.
+pub struct Section {
+    pub id: &'static str,
+    pub path: &'static str,
+    pub label: &'static str,
+    pub needs: Action,
+}
+
+pub const SECTIONS: [Section; 5] = [
+    Section {
+        id: "clusters",
+        path: "/console/clusters",
+        label: "Clusters",
+        needs: Action::ReadClusters,
+    },
+    Section {
+        id: "members",
+        path: "/console/members",
+        label: "Members",
+        needs: Action::ReadMembers,
+    },
+    Section {
+        id: "audit",
+        path: "/console/audit",
+        label: "Audit log",
+        needs: Action::ReadAudit,
+    },
+    Section {
+        id: "billing",
+        path: "/console/billing",
+        label: "Usage",
+        needs: Action::ReadUsage,
+    },
+    Section {
+        id: "api-keys",
+        path: "/console/api-keys",
+        label: "API keys",
+        needs: Action::ReadKeys,
+    },
+];
 
 /// A whole page: `active` is the section it belongs to; without `signed`, no navigation.
 pub fn page(title: &str, signed: Option<&Signed>, active: &str, body: Markup) -> Markup {
@@ -32,11 +71,11 @@ pub fn page(title: &str, signed: Option<&Signed>, active: &str, body: Markup) ->
                     a.brand href="/console/clusters" { "Highrise" }
                     @if let Some(s) = signed {
                         nav aria-label="Sections" {
-                            @for (id, label) in SECTIONS.iter().filter(|(id, _)| *id != "api-keys" || s.may_manage_keys()) {
-                                @if *id == active {
-                                    a href={ "/console/" (id) } aria-current="page" { (label) }
+                            @for section in SECTIONS.iter().filter(|x| s.may(x.needs)) {
+                                @if section.id == active {
+                                    a href=(section.path) aria-current="page" { (section.label) }
                                 } @else {
-                                    a href={ "/console/" (id) } { (label) }
+                                    a href=(section.path) { (section.label) }
                                 }
                             }
                         }
@@ -85,12 +124,19 @@ pub fn time(unix: i64) -> String {
         .unwrap_or_else(|_| unix.to_string())
 }
 
+/// A Unix second's day (UTC), `2026-12-04`.
+pub fn day(unix: i64) -> String {
+    jiff::Timestamp::from_second(unix)
+        .map(|t| t.strftime("%Y-%m-%d").to_string())
+        .unwrap_or_else(|_| unix.to_string())
+}
+
 /// A status as a coloured badge (`running` green, `creating` and `deleting` amber, the
 /// rest red).
 pub fn badge(status: &str) -> Markup {
     let tone = match status {
-        "running" | "complete" | "primary" | "streaming" => "ok",
-        "creating" | "deleting" | "pending" | "running_backup" | "starting" => "busy",
+        "running" | "complete" | "primary" | "streaming" | "active" | "issued" => "ok",
+        "creating" | "deleting" | "pending" | "running_backup" | "starting" | "invited" | "draft" | "closed" => "busy",
         _ => "bad",
     };
     html! { span class={ "badge " (tone) } { (status.replace('_', " ")) } }

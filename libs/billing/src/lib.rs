@@ -10,6 +10,7 @@
 //!   and a commitment draw down from its total.
 //! * [`budget`]: spend alerts' thresholds and the hard limit.
 //! * [`estimate`]: what a cluster of a given shape costs a month at list prices.
+//! * [`spend`]: what an org's metered hours cost, day by day.
 //! * [`margin`]: per cluster, its price and what the land charges us for it.
 //! * [`export`]: usage sent to a cloud marketplace through a durable outbox — due hours,
 //!   cumulative records, batches, retries and what each answer means.
@@ -24,3 +25,4 @@ pub mod margin;
 pub mod marketplace;
 pub mod meter;
 pub mod prices;
+pub mod spend;
