@@ -152,6 +152,16 @@ impl Api {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Bytes, Failure> {
+        self.call_with_headers(method, path, body).await.map(|(_, bytes)| bytes)
+    }
+
+    /// A call's answer and its headers (a list's `x-next-cursor`).
+    async fn call_with_headers(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(axum::http::HeaderMap, Bytes), Failure> {
         let mut req = axum::http::Request::builder().method(method).uri(path);
         if let Some(b) = &self.bearer {
             req = req.header(header::AUTHORIZATION, format!("Bearer {b}"));
@@ -170,11 +180,12 @@ impl Api {
             Err(never) => match never {},
         };
         let status = answer.status();
-        let bytes = axum::body::to_bytes(answer.into_body(), ANSWER_LIMIT)
+        let (parts, body) = answer.into_parts();
+        let bytes = axum::body::to_bytes(body, ANSWER_LIMIT)
             .await
             .map_err(|e| Failure::internal("read an API answer", e))?;
         if status.is_success() {
-            return Ok(bytes);
+            return Ok((parts.headers, bytes));
         }
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|e| e.error.message)
@@ -189,6 +200,17 @@ impl Api {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         self.json(Method::GET, path, None).await
+    }
+
+    /// One page of a list and where the next one starts (none after the last).
+    pub async fn page<T: DeserializeOwned>(&self, path: &str) -> Result<(Vec<T>, Option<String>), Failure> {
+        let (headers, bytes) = self.call_with_headers(Method::GET, path, None).await?;
+        let items = serde_json::from_slice(&bytes).map_err(|e| Failure::internal("read an API answer", e))?;
+        let next = headers
+            .get("x-next-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok((items, next))
     }
 
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, Failure> {

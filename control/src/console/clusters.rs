@@ -15,8 +15,8 @@ use highrise_api::{
 use maud::{html, Markup};
 use serde::Deserialize;
 
-/// The clusters a page lists at most (the API's page size).
-const LIST_LIMIT: u32 = 1000;
+/// The clusters a page of the list shows.
+const LIST_LIMIT: u32 = 100;
 /// The events a cluster's page shows, newest first.
 const EVENTS_SHOWN: usize = 30;
 /// How often a cluster's live part refreshes itself.
@@ -33,6 +33,8 @@ fn page_path(name: &str) -> String {
 #[derive(Deserialize, Default)]
 pub(super) struct Done {
     done: Option<String>,
+    /// The list's page: where the previous one ended.
+    cursor: Option<String>,
 }
 
 fn notice(done: &Done) -> Markup {
@@ -56,13 +58,21 @@ pub(super) async fn list(
     signed: Signed,
     Query(done): Query<Done>,
 ) -> Result<Html<String>, Failure> {
-    let clusters: Vec<Cluster> = signed.api.get(&format!("/v1/clusters?limit={LIST_LIMIT}")).await?;
+    let (clusters, next): (Vec<Cluster>, _) = signed
+        .api
+        .page(&match &done.cursor {
+            Some(c) => format!("/v1/clusters?limit={LIST_LIMIT}&cursor={}", segment(c)),
+            None => format!("/v1/clusters?limit={LIST_LIMIT}"),
+        })
+        .await?;
     let clouds: Vec<CloudInfo> = signed.api.get("/v1/clouds").await?;
     let body = html! {
         h1 { "Clusters" }
         (notice(&done))
         section.card {
-            @if clusters.is_empty() {
+            @if clusters.is_empty() && done.cursor.is_some() {
+                p.empty { "No more clusters. " a href="/console/clusters" { "Back to the first page" } }
+            } @else if clusters.is_empty() {
                 div.empty {
                     p { strong { "No clusters yet." } }
                     @if signed.may(Action::WriteClusters) {
@@ -92,6 +102,12 @@ pub(super) async fn list(
                                 }
                             }
                         }
+                    }
+                }
+                @if next.is_some() || done.cursor.is_some() {
+                    nav.pages aria-label="Pages" {
+                        @if done.cursor.is_some() { a href="/console/clusters" { "First page" } }
+                        @if let Some(n) = &next { a href={ "/console/clusters?cursor=" (segment(n)) } { "Next page" } }
                     }
                 }
             }
