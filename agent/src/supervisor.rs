@@ -376,6 +376,8 @@ impl Instance {
             error,
             in_recovery: status.map(|s| s.in_recovery),
             max_connections: status.and_then(|s| s.max_connections),
+            connections: status.and_then(|s| s.connections),
+            xacts: status.and_then(|s| s.xacts),
             lsn: status.and_then(|s| s.lsn),
             streaming: status.map(|s| s.streaming),
             sync_standbys: self.local.running_sync.clone(),

@@ -120,6 +120,12 @@ async fn every_endpoint_answers_each_role_as_the_matrix_says() {
             None,
             [200, 200, 200, 200, denied],
         ),
+        (
+            "GET",
+            "/v1/clusters/web/metrics".into(),
+            None,
+            [200, 200, 200, 200, denied],
+        ),
         ("GET", "/v1/operations".into(), None, [200, 200, 200, 200, denied]),
         (
             "GET",

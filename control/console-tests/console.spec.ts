@@ -8,7 +8,7 @@
 // every main page for critical accessibility violations.
 import AxeBuilder from '@axe-core/playwright';
 import { expect, test, type Page } from '@playwright/test';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -154,6 +154,28 @@ test('take a backup and restore to a moment', async ({ page }) => {
   await page.getByRole('link', { name: "Open the cluster's page" }).click();
   await expect(page.locator('[data-status="running"]')).toBeVisible({ timeout: 240_000 });
   expect(psql(restored, 'select string_agg(id::text, \',\' order by id) from ledger')).toBe('1');
+});
+
+test("a cluster's charts draw its connections and transactions as they happen", async ({ page }) => {
+  await signIn(page, owner);
+  await page.goto('/console/clusters/shop');
+  // A session held open and a burst of transactions, while the page refreshes its charts.
+  const held = spawn('psql', [uri, '-Xqc', 'select pg_sleep(40)'], { stdio: 'ignore' });
+  try {
+    for (let i = 0; i < 4; i++) {
+      psql(uri, 'insert into ledger select 1000 + g from generate_series(1, 50) g on conflict do nothing');
+      psql(uri, 'delete from ledger where id >= 1000');
+      await new Promise((r) => setTimeout(r, 3000));
+    }
+    await expect(page.locator('svg[data-chart="tps"] polyline[data-series^="primary"]')).toHaveCount(1, { timeout: 60_000 });
+    await expect(page.locator('svg[data-chart="connections"]')).toHaveAttribute('aria-label', /primary \(local-a\) [1-9]/, { timeout: 60_000 });
+    await expect(page.locator('svg[data-chart="lag"] polyline[data-series^="standby"]')).toHaveCount(1);
+    await expect(page.locator('svg[data-chart="storage"] polyline')).toHaveCount(2);
+    await accessible(page);
+    await screenshots(page, 'cluster-charts');
+  } finally {
+    held.kill();
+  }
 });
 
 test('switch over to the standby', async ({ page }) => {

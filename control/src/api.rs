@@ -9,7 +9,7 @@
 //! (`crate::access`); every mutating call is written to the audit log by one layer here.
 //!
 //! One module per resource (orgs, projects, members, keys, sessions, clusters, events,
-//! backups, hosts, operations, audit, agents); this one holds what they share: errors, extractors,
+//! metrics, backups, hosts, operations, audit, agents); this one holds what they share: errors, extractors,
 //! validation, answer shaping, the audit layer, the router.
 
 mod agents;
@@ -25,6 +25,7 @@ mod hosts;
 mod invoices;
 mod keys;
 mod members;
+mod metrics;
 mod networks;
 mod operations;
 mod orgs;
@@ -884,7 +885,7 @@ fn view_of(
         keys::list_api_keys, keys::create_api_key, keys::revoke_api_key, members::list_members,
         members::invite_member, members::update_member, members::remove_member, sessions::login,
         sessions::accept_invite, sessions::me, sessions::logout, audit::list_audit, audit::verify_audit, clusters::list_clusters, clusters::create_cluster, clusters::get_cluster,
-        clusters::update_cluster, clusters::delete_cluster, events::cluster_events, clusters::switchover,
+        clusters::update_cluster, clusters::delete_cluster, events::cluster_events, metrics::cluster_metrics, clusters::switchover,
         networks::list_networks, networks::create_network, networks::delete_network,
         data_keys::list_data_keys, data_keys::rotate_data_key, data_keys::retire_data_keys, orgs::delete_org,
         endpoints::list_endpoints, endpoints::create_endpoint, endpoints::delete_endpoint,
@@ -1121,6 +1122,7 @@ fn api_router(state: Arc<AppState>) -> Router {
                 .patch(clusters::update_cluster),
         )
         .route("/v1/clusters/{cluster}/events", get(events::cluster_events))
+        .route("/v1/clusters/{cluster}/metrics", get(metrics::cluster_metrics))
         .route(
             "/v1/clusters/{cluster}/endpoints",
             get(endpoints::list_endpoints).post(endpoints::create_endpoint),

@@ -14,13 +14,15 @@
 //! cookie's value), so the server keeps no token state and any control plane checks any
 //! form.
 //!
-//! One module per page family: [`login`] (sign in and out), [`clusters`], [`members`]
+//! One module per page family: [`login`] (sign in and out), [`clusters`] (and their
+//! [`charts`]), [`members`]
 //! (and the audit log), [`billing`] (usage and invoices), [`keys`]; this
 //! one holds what they share (the in-process API client, the session and form extractors,
 //! the CSRF tokens); [`page`] the layout, [`assets`] the embedded files.
 
 mod assets;
 mod billing;
+mod charts;
 mod clusters;
 mod keys;
 mod login;
@@ -81,6 +83,7 @@ pub fn router(state: Arc<AppState>, api: Router) -> Router {
         .route("/console/estimate", get(clusters::estimate))
         .route("/console/clusters/{name}", get(clusters::show))
         .route("/console/clusters/{name}/live", get(clusters::live))
+        .route("/console/clusters/{name}/charts", get(charts::charts))
         .route("/console/clusters/{name}/switchover", post(clusters::switchover))
         .route("/console/clusters/{name}/backups", post(clusters::backup))
         .route("/console/clusters/{name}/restore", post(clusters::restore))

@@ -20,6 +20,7 @@ mod limits;
 pub mod marketplace;
 mod master_key;
 mod member_tls;
+mod metrics;
 pub mod quota;
 mod reconcile;
 mod reseal;
@@ -111,6 +112,8 @@ pub(crate) struct AppState {
     /// Clouds whose API probe fails, and since when (the reconciler probes them; the
     /// planner judges dark clouds from this and the hosts' silence).
     pub unreachable: std::sync::Mutex<std::collections::BTreeMap<String, highrise_planner::clouds::Unreachable>>,
+    /// Recent metrics of every instance, from heartbeats (in memory; the charts' data).
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -153,6 +156,7 @@ impl Control {
                 audit_key,
                 objects_lock: tokio::sync::Mutex::new(()),
                 unreachable: Default::default(),
+                metrics: Default::default(),
             }),
         })
     }

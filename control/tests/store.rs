@@ -188,6 +188,8 @@ async fn exercise(store: Store) {
         seed: None,
         max_connections: Some(400),
         sealing_generation: Some(3),
+        connections: Some(1),
+        xacts: Some(10),
     };
     assert!(store.heartbeat("h1", 7, std::slice::from_ref(&running)).await.unwrap());
     // What the org's primaries seal with (retiring older data keys waits for the newest).

@@ -103,6 +103,10 @@ pub(super) async fn agent_heartbeat(
         .heartbeat(&host.host_id, now_ms(), &hb.instances)
         .await
         .map_err(store_err("heartbeat"))?;
+    let at = now_ms();
+    for i in &hb.instances {
+        state.metrics.record(at, &host.host_id, i);
+    }
     if let Some(disk) = &hb.disk {
         state
             .store

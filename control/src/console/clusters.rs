@@ -350,11 +350,13 @@ pub(super) async fn show(
         .get(&format!("{}/backups?limit=1000", api_path(&name)))
         .await?;
     let clouds: Vec<CloudInfo> = signed.api.get("/v1/clouds").await?;
+    let metrics: highrise_api::ClusterMetrics = signed.api.get(&format!("{}/metrics", api_path(&name))).await?;
     let body = html! {
         p.muted { a href="/console/clusters" { "Clusters" } " / " (c.name) }
         h1 { (c.name) }
         (notice(&done))
         (live_part(&c))
+        (super::charts::part(&c.name, &metrics, crate::store::now_ms()))
         div.grid {
             section.card {
                 h2 { "Connect" }

@@ -1395,6 +1395,51 @@ pub struct ObservedInstance {
     /// The data key generation the instance's WAL archiver seals with (a primary's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealing_generation: Option<u32>,
+    /// Client sessions connected now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    /// Transactions committed and rolled back since the server's statistics began
+    /// (cumulative; a restart may start it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xacts: Option<u64>,
+}
+
+/// One sample of an instance's metrics, as its agent last reported them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MetricSample {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub connections: Option<u32>,
+    /// Transactions so far (cumulative).
+    pub xacts: Option<u64>,
+    /// The instance's WAL position (a primary's flushed, a standby's received).
+    pub lsn: Option<u64>,
+    /// A primary: everything before this WAL position is in object storage.
+    pub archived_lsn: Option<u64>,
+    /// Data and WAL on disk.
+    pub storage_bytes: Option<u64>,
+}
+
+/// A member's recent samples.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberMetrics {
+    pub instance_id: String,
+    /// `primary` or `standby`.
+    pub role: String,
+    pub cloud: String,
+    /// Oldest first.
+    pub samples: Vec<MetricSample>,
+}
+
+/// A cluster's recent metrics, per member: a live view kept by the control plane in
+/// memory (it starts afresh when the control plane restarts).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterMetrics {
+    /// At most one sample per member this often.
+    pub sample_every_ms: i64,
+    /// How far back the samples go.
+    pub window_ms: i64,
+    pub members: Vec<MemberMetrics>,
 }
 
 /// Where a standby's data directory came from, and how much of it its primary sent.

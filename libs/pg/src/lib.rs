@@ -712,6 +712,11 @@ pub struct Status {
     pub sync_streaming: Vec<String>,
     /// The running server's `max_connections`.
     pub max_connections: Option<u32>,
+    /// Client sessions connected now.
+    pub connections: Option<u32>,
+    /// Transactions committed and rolled back in every database since the statistics were
+    /// last reset (cumulative).
+    pub xacts: Option<u64>,
 }
 
 /// Parses PostgreSQL's `X/Y` notation of a WAL position (each half 1–8 hex digits) into
@@ -753,7 +758,9 @@ pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
          (select receive_start_lsn::text from pg_stat_wal_receiver limit 1) as receive_start_lsn, \
          coalesce((select array_agg(application_name::text order by application_name) from pg_stat_replication \
           where state = 'streaming' and sync_state in ('sync', 'quorum')), '{}') as sync_streaming, \
-         current_setting('max_connections')::int as max_connections",
+         current_setting('max_connections')::int as max_connections, \
+         (select count(*) from pg_stat_activity where backend_type = 'client backend')::int as connections, \
+         (select sum(xact_commit + xact_rollback) from pg_stat_database)::bigint as xacts",
     )
     .fetch_one(&mut *conn)
     .await
@@ -774,6 +781,14 @@ pub async fn status(conn: &mut sqlx::PgConnection) -> Result<Status> {
             .try_get::<Option<i32>, _>("max_connections")
             .context("read status")?
             .and_then(|n| u32::try_from(n).ok()),
+        connections: row
+            .try_get::<Option<i32>, _>("connections")
+            .context("read status")?
+            .and_then(|n| u32::try_from(n).ok()),
+        xacts: row
+            .try_get::<Option<i64>, _>("xacts")
+            .context("read status")?
+            .and_then(|n| u64::try_from(n).ok()),
     })
 }
 
