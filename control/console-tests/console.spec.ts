@@ -1,11 +1,13 @@
 // A tenant's day in the console, in a real browser against a real `highrise up`: sign in,
 // create a cluster and watch it run, query it with psql through the copied connection
-// string, back it up and restore it to a moment, switch over, make and revoke an API key,
-// invite a member and change their role, read the audit log, the bill so far and an
-// invoice's PDF; a viewer has no mutating control and a forged POST from them is refused; signing out
-// ends the session; a form without its CSRF token is refused. Screenshots of each main
-// page at 1280 and 390 pixels wide go to target/console-screenshots/; axe-core checks
-// every main page for critical accessibility violations.
+// string, back it up and restore it to a moment, watch its charts, switch over, add a
+// standby and move it to another cloud, make and revoke an API key, invite a member and
+// change their role, read the audit log, the bill so far and an invoice's PDF, set a hard
+// limit in the settings; a viewer has no mutating control and a forged POST from them is
+// refused; signing out ends the session; a form without its CSRF token is refused.
+// Screenshots of each main page at 1280 and 390 pixels wide go to
+// target/console-screenshots/; axe-core checks every main page for critical
+// accessibility violations.
 import AxeBuilder from '@axe-core/playwright';
 import { expect, test, type Page } from '@playwright/test';
 import { execFileSync, spawn } from 'node:child_process';
@@ -275,9 +277,33 @@ test('usage and invoices: the bill so far, spend per day, the invoice as a PDF',
   await screenshots(page, 'billing');
 });
 
+test('settings: quotas, projects, and a hard limit that the usage page then shows', async ({ page }) => {
+  await signIn(page, owner);
+  await page.getByRole('link', { name: 'Settings' }).click();
+  await expect(page.locator('[data-quota="clusters"]')).toContainText(' of ');
+  await expect(page.getByRole('cell', { name: 'default' })).toBeVisible();
+  await page.getByLabel('Monthly hard limit').fill('250.50');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await expect(page.getByText('Saved.')).toBeVisible();
+  await expect(page.getByLabel('Monthly hard limit')).toHaveValue('250.50');
+  await accessible(page);
+  await screenshots(page, 'settings');
+  await page.getByRole('link', { name: 'Usage' }).click();
+  await expect(page.getByText('$250.50')).toBeVisible();
+  // A bad value is the API's error, and nothing changes.
+  const csrf = (await page.locator('meta[name="csrf-token"]').getAttribute('content'))!;
+  const bad = await page.request.post('/console/settings/billing', { form: { csrf, hard_limit: '-5' }, maxRedirects: 0 });
+  expect(bad.status()).toBe(400);
+  await page.goto('/console/settings');
+  await expect(page.getByLabel('Monthly hard limit')).toHaveValue('250.50');
+  await page.getByLabel('Monthly hard limit').fill('');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await expect(page.getByLabel('Monthly hard limit')).toHaveValue('');
+});
+
 test("a viewer's pages have no mutating control, and a forged POST is refused", async ({ page }) => {
   await signIn(page, viewer);
-  for (const p of ['/console/clusters', '/console/clusters/shop', '/console/members']) {
+  for (const p of ['/console/clusters', '/console/clusters/shop', '/console/members', '/console/settings']) {
     await page.goto(p);
     // The only form is signing out.
     await expect(page.locator('form')).toHaveCount(1);

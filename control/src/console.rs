@@ -16,7 +16,7 @@
 //!
 //! One module per page family: [`login`] (sign in and out), [`clusters`] (and their
 //! [`charts`]), [`members`]
-//! (and the audit log), [`billing`] (usage and invoices), [`keys`]; this
+//! (and the audit log), [`billing`] (usage and invoices), [`keys`], [`settings`]; this
 //! one holds what they share (the in-process API client, the session and form extractors,
 //! the CSRF tokens); [`page`] the layout, [`assets`] the embedded files.
 
@@ -28,6 +28,7 @@ mod keys;
 mod login;
 mod members;
 mod page;
+mod settings;
 
 use crate::access::Action;
 use crate::AppState;
@@ -96,6 +97,8 @@ pub fn router(state: Arc<AppState>, api: Router) -> Router {
         .route("/console/audit", get(members::audit))
         .route("/console/billing", get(billing::show))
         .route("/console/invoices/{month}/{kind}", get(billing::document))
+        .route("/console/settings", get(settings::show))
+        .route("/console/settings/billing", post(settings::set_billing))
         .route("/console/api-keys", get(keys::list).post(keys::create))
         .route("/console/api-keys/{id}/revoke", post(keys::revoke))
         .route("/console/assets/{file}", get(assets::serve))
@@ -219,6 +222,11 @@ impl Api {
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, Failure> {
         let body = serde_json::to_vec(body).map_err(|e| Failure::internal("write an API request", e))?;
         self.json(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, Failure> {
+        let body = serde_json::to_vec(body).map_err(|e| Failure::internal("write an API request", e))?;
+        self.json(Method::PUT, path, Some(body)).await
     }
 
     /// A `PATCH` whose answer the console does not read.

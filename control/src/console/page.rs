@@ -16,7 +16,7 @@ pub struct Section {
     pub needs: Action,
 }
 
-pub const SECTIONS: [Section; 5] = [
+pub const SECTIONS: [Section; 6] = [
     Section {
         id: "clusters",
         path: "/console/clusters",
@@ -46,6 +46,12 @@ pub const SECTIONS: [Section; 5] = [
         path: "/console/api-keys",
         label: "API keys",
         needs: Action::ReadKeys,
+    },
+    Section {
+        id: "settings",
+        path: "/console/settings",
+        label: "Settings",
+        needs: Action::ReadProjects,
     },
 ];
 
