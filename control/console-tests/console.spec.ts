@@ -79,6 +79,11 @@ test('a form without its CSRF token is refused, signed in or not', async ({ page
 });
 
 test('sign in, create a cluster with its estimate, watch it run, query it with psql', async ({ page }) => {
+  // The pages work under their content security policy: nothing they load is refused.
+  const refused: string[] = [];
+  page.on('console', (m) => {
+    if (/Content Security Policy|Refused to/.test(m.text())) refused.push(m.text());
+  });
   await page.goto('/console/login');
   await accessible(page);
   await screenshots(page, 'login');
@@ -122,6 +127,11 @@ test('sign in, create a cluster with its estimate, watch it run, query it with p
   await expect(page.locator('td').getByRole('link', { name: 'shop' })).toBeVisible();
   await accessible(page);
   await screenshots(page, 'clusters');
+  expect(refused).toEqual([]);
+  const headers = (await page.request.get('/console/clusters/shop')).headers();
+  expect(headers['content-security-policy']).toContain("frame-ancestors 'none'");
+  expect(headers['content-security-policy']).toContain("script-src 'self'");
+  expect(headers['cache-control']).toBe('no-store');
 });
 
 test('take a backup and restore to a moment', async ({ page }) => {

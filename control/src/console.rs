@@ -103,7 +103,31 @@ pub fn router(state: Arc<AppState>, api: Router) -> Router {
         .route("/console/api-keys/{id}/revoke", post(keys::revoke))
         .route("/console/assets/{file}", get(assets::serve))
         .route("/console/{*rest}", get(|| async { page::not_found() }))
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(console)
+}
+
+/// What every console answer carries: a content security policy that admits only the
+/// console's own files (no inline script or style, no framing — no clickjacking), no
+/// caching of pages (one may show a password or a secret once), no referrer off-site.
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        if !h.contains_key(&name) {
+            h.insert(name, header::HeaderValue::from_static(value));
+        }
+    }
+    res
 }
 
 // ---------------------------------------------------------------------------------------
@@ -295,8 +319,14 @@ fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
 
+/// To the sign-in page, dropping the session cookie (a session the API no longer takes
+/// is not sent again).
 fn to_login() -> Response {
-    Redirect::to("/console/login").into_response()
+    (
+        [(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0))],
+        Redirect::to("/console/login"),
+    )
+        .into_response()
 }
 
 /// A signed-in user: their session's API, who they are, and their forms' CSRF token.
@@ -316,7 +346,9 @@ impl Signed {
 impl FromRequestParts<Arc<Console>> for Signed {
     type Rejection = Response;
     async fn from_request_parts(parts: &mut Parts, console: &Arc<Console>) -> Result<Self, Response> {
-        let secret = cookie(parts, SESSION_COOKIE).ok_or_else(to_login)?;
+        let secret = cookie(parts, SESSION_COOKIE)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(to_login)?;
         let api = Api::new(console, Some(secret.clone()), parts);
         let me: Me = api.get("/v1/me").await.map_err(IntoResponse::into_response)?;
         Ok(Self {

@@ -10,7 +10,8 @@ use axum::response::Html;
 use highrise_api::{ClusterMetrics, MemberMetrics, MetricSample};
 use maud::{html, Markup};
 
-/// Lines' colours, a member each (the primary first).
+/// Lines' colours, a member each (the primary first); the legend's swatches are the
+/// stylesheet's `.swatch.c0` … `.c3`.
 const COLOURS: [&str; 4] = ["#1f5fbf", "#c2410c", "#15803d", "#7c3aed"];
 const W: f64 = 360.0;
 /// The shortest span a chart shows.
@@ -66,7 +67,7 @@ fn line_chart(id: &str, title: &str, unit: Unit, series: &[(String, Vec<(i64, f6
             }
             @if series.len() > 1 {
                 p.legend { @for (i, (label, _)) in series.iter().enumerate() {
-                    span { span.swatch style={ "background:" (COLOURS[i % COLOURS.len()]) } {} (label) }
+                    span { span class={ "swatch c" (i % COLOURS.len()) } {} (label) }
                 } }
             }
         }

@@ -66,6 +66,8 @@ pub fn page(title: &str, signed: Option<&Signed>, active: &str, body: Markup) ->
                 title { (title) " · Highrise" }
                 link rel="icon" href="data:,";
                 link rel="stylesheet" href="/console/assets/console.css";
+                // No inline style from htmx: the content security policy admits none.
+                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false}"#;
                 script src="/console/assets/htmx.min.js" defer {}
                 script src="/console/assets/console.js" defer {}
                 @if let Some(s) = signed {
@@ -113,7 +115,7 @@ pub fn error(status: StatusCode, message: &str) -> Response {
         section.card.error {
             h1 { (title) }
             p role="alert" { (message) }
-            p { a href="javascript:history.back()" { "Go back" } " or " a href="/console/clusters" { "open your clusters" } "." }
+            p { "Go back to the page you came from, or " a href="/console" { "open the console" } "." }
         }
     };
     (status, Html(page(title, None, "", body).into_string())).into_response()
