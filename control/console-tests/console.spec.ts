@@ -109,7 +109,12 @@ test('sign in, create a cluster with its estimate, watch it run, query it with p
   await page.getByRole('button', { name: 'Create cluster' }).click();
   await expect(page.getByRole('heading', { name: 'Cluster shop is being created' })).toBeVisible();
   await expect(page.getByText('shown only this once')).toBeVisible();
-  uri = (await page.locator('[data-name="connection-uri"]').getAttribute('data-value'))!;
+  // Copied as a user copies it: the button puts it on the clipboard.
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write']);
+  await page.getByRole('button', { name: 'Copy Connection string' }).click();
+  await expect(page.getByRole('button', { name: 'Copy Connection string' })).toHaveText('Copied');
+  uri = await page.evaluate(() => navigator.clipboard.readText());
+  expect(uri).toBe(await page.locator('[data-name="connection-uri"]').getAttribute('data-value'));
   expect(uri).toContain('postgres');
   expect(uri).toMatch(/:[^@/]+@/); // the password is in it, this once
   await screenshots(page, 'cluster-created');
