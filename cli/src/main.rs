@@ -141,6 +141,22 @@ struct ProxyArgs {
     tls_key: Option<PathBuf>,
     #[arg(long, default_value = "localhost")]
     domain: String,
+    /// The proxy's name, stable across its restarts: with it the proxy counts the bytes it
+    /// relays per endpoint and reports them for billing (needs --cloud, --region and
+    /// --meter-file).
+    #[arg(long, requires_all = ["cloud", "region", "meter_file"])]
+    name: Option<String>,
+    /// The cloud and region the proxy runs in (its traffic is priced there).
+    #[arg(long, requires = "name")]
+    cloud: Option<String>,
+    #[arg(long, requires = "name")]
+    region: Option<String>,
+    /// Where the traffic counters are kept across restarts.
+    #[arg(long, requires = "name")]
+    meter_file: Option<PathBuf>,
+    /// How often the traffic counters are reported.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    meter_every: std::time::Duration,
 }
 
 /// A CA certificate file's PEM text, checked to hold a certificate.
@@ -218,6 +234,16 @@ fn main() -> std::process::ExitCode {
                         tls: p.tls_cert.zip(p.tls_key),
                         domain: p.domain,
                         startup_timeout: highrise_proxy::STARTUP_TIMEOUT,
+                        meter: match (p.name, p.cloud, p.region, p.meter_file) {
+                            (Some(name), Some(cloud), Some(region), Some(file)) => Some(highrise_proxy::MeterConfig {
+                                name,
+                                cloud,
+                                region,
+                                file,
+                                every: p.meter_every,
+                            }),
+                            _ => None,
+                        },
                     },
                     rx,
                 )

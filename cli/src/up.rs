@@ -401,8 +401,11 @@ fn list_prices(path: Option<&Path>) -> Result<(highrise_billing::prices::PriceBo
         None => "the repository's list prices".to_string(),
     };
     let (book, version) = PriceBook::parse(&text).with_context(|| format!("read {where_}"))?;
-    // Every dimension agents meter needs a price, or no invoice with it could be made.
-    let mut metered = vec![MeterKind::DiskMibMs.as_str().to_string()];
+    // Every dimension agents and proxies meter needs a price, or no invoice with it could
+    // be made.
+    let mut metered: Vec<String> = [MeterKind::DiskMibMs, MeterKind::ProxyBytesIn, MeterKind::ProxyBytesOut]
+        .map(|k| k.as_str().to_string())
+        .to_vec();
     for plan in highrise_planner::PLANS {
         for market in ["on_demand", "spot"] {
             metered.push(highrise_billing::meter::dimension(
@@ -447,13 +450,14 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         for (cloud, addr) in clouds.iter().zip(proxy_addrs(&args.proxy_listen, clouds.len())) {
             let l = highrise_proxy::listen(addr)
                 .with_context(|| format!("listen for {}'s clients on {addr}", cloud.name))?;
-            proxy_listeners.push((cloud.name.clone(), l));
+            let region = cloud.regions.first().map(|r| r.name.clone()).unwrap_or_default();
+            proxy_listeners.push((cloud.name.clone(), region, l));
         }
     }
     let proxy_public: Vec<SocketAddr> = if with_proxy {
         proxy_listeners
             .iter()
-            .map(|(_, l)| l.local_addr())
+            .map(|(_, _, l)| l.local_addr())
             .collect::<std::io::Result<_>>()?
     } else {
         args.proxy_listen.clone()
@@ -590,7 +594,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     }
     let mut plane = ControlPlane::start(control, api_listener, agent_listener, reconcile)?;
     let mut proxies = Vec::new();
-    for (cloud, listener) in proxy_listeners {
+    for (cloud, region, listener) in proxy_listeners {
         let cfg = highrise_proxy::ProxyConfig {
             control_url: agent_url.clone(),
             control_url_source: Some(format!("http://{land_addr}/land/control-url")),
@@ -601,6 +605,15 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             tls: Some((tls_cert.clone(), tls_key.clone())),
             domain: domain.clone(),
             startup_timeout: highrise_proxy::STARTUP_TIMEOUT,
+            // Traffic reported every second, as the local land's agents report theirs, so
+            // usage shows quickly.
+            meter: Some(highrise_proxy::MeterConfig {
+                name: format!("proxy-{cloud}"),
+                file: dir.join(format!("proxy-traffic-{cloud}.json")),
+                cloud: cloud.clone(),
+                region,
+                every: std::time::Duration::from_secs(1),
+            }),
         };
         proxies.push(spawn_proxy(cloud, listener, cfg, stop_rx.clone(), land.watch_down())?);
     }
@@ -1000,7 +1013,8 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", super::list_prices(Some(&file)).unwrap_err());
         assert!(
-            err.contains("price no disk_mib_ms, instance_ms:small:on_demand") && !err.contains("small:spot"),
+            err.contains("price no disk_mib_ms, proxy_bytes_in, proxy_bytes_out, instance_ms:small:on_demand")
+                && !err.contains("small:spot"),
             "{err}"
         );
     }

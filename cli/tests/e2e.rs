@@ -757,30 +757,82 @@ fn control_plane_and_proxy_run_as_separate_processes() {
     let control = Up::start_command(tmp.path(), "control", &proxy_addr, &[]);
     assert_eq!(control.proxy_addr, proxy_addr);
     let token = std::fs::read_to_string(control.data_dir.join("proxy-token")).unwrap();
-    let proxy = std::process::Command::new(BIN)
-        .args([
-            "proxy",
-            "--listen",
-            &proxy_addr,
-            "--control-url",
-            &control.agent_url,
-            "--control-ca",
-            control.data_dir.join("tls/ca.crt").to_str().unwrap(),
-            "--cache-file",
-        ])
-        .arg(control.root.join("routes.json"))
-        .env("HIGHRISE_PROXY_TOKEN", token.trim())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(Reaped)
-        .unwrap();
+    let meter_file = control.root.join("traffic.json");
+    // Named, the proxy counts its traffic per endpoint (kept in `meter_file`) and reports
+    // it every second.
+    let start_proxy = || {
+        std::process::Command::new(BIN)
+            .args([
+                "proxy",
+                "--listen",
+                &proxy_addr,
+                "--control-url",
+                &control.agent_url,
+                "--control-ca",
+                control.data_dir.join("tls/ca.crt").to_str().unwrap(),
+                "--name",
+                "edge-1",
+                "--cloud",
+                "local-a",
+                "--region",
+                "region-1",
+                "--meter-every",
+                "1s",
+                "--meter-file",
+                meter_file.to_str().unwrap(),
+                "--cache-file",
+            ])
+            .arg(control.root.join("routes.json"))
+            .env("HIGHRISE_PROXY_TOKEN", token.trim())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map(Reaped)
+            .unwrap()
+    };
+    let proxy = start_proxy();
     let uri = control.create_cluster("shop");
     assert!(uri.contains(&proxy_addr), "{uri}");
     wait_for("the proxy to route", Duration::from_secs(30), || {
         psql(&uri, "select 1").0
     });
     assert_eq!(psql_ok(&uri, "select current_database()"), "shop");
+
+    // Its traffic, as recorded: 1 MB results counted once each, across a kill -9 of the
+    // proxy (taken after the control plane recorded the first).
+    let out_bytes = || -> u64 {
+        let v: Value = serde_json::from_str(&control.cli_ok(&["usage", "--output", "json"])).unwrap();
+        v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["dimension"] == "proxy_bytes_out")
+            .inspect(|r| {
+                assert_eq!(
+                    (r["cloud"].as_str(), r["cluster"].as_str()),
+                    (Some("local-a"), Some("shop")),
+                    "{r}"
+                )
+            })
+            .map(|r| r["quantity"].as_u64().unwrap())
+            .sum()
+    };
+    let big = "select repeat('y', 1000000)";
+    let start = out_bytes();
+    psql_ok(&uri, big);
+    wait_for("the first result to be metered", Duration::from_secs(30), || {
+        out_bytes() >= start + 1_000_000
+    });
+    drop(proxy);
+    let proxy = start_proxy();
+    wait_for("the restarted proxy to route", Duration::from_secs(30), || {
+        psql(&uri, big).0
+    });
+    wait_for("the second result to be metered", Duration::from_secs(30), || {
+        out_bytes() >= start + 2_000_000
+    });
+    let total = out_bytes() - start;
+    assert!(total < 2_020_000, "{total} bytes out for two 1 MB results");
     drop(proxy);
 }
 

@@ -3,7 +3,8 @@
 //! the test itself saw of the instance's life — from "running" to "delete asked" at least,
 //! from "create asked" to "deleted" at most — and stops growing once the cluster is gone;
 //! `highrise usage` shows it, for the deleted cluster by id too, and this month's invoice
-//! prices it. Its disk is metered beside it, at its data directory's size.
+//! prices it. Its disk is metered beside it, at its data directory's size, and the bytes
+//! its clients exchange through the proxies.
 
 mod common;
 
@@ -71,6 +72,40 @@ fn an_instances_time_is_metered_from_creation_to_deletion() {
     });
     let mib = (to.1 - from.1) / (to.0 - from.0);
     assert!((10..=1024).contains(&mib), "{from:?} to {to:?}: {mib} MiB");
+
+    // Traffic through the proxies: a 5 MB result is counted out to the client, the query
+    // in, once each, under the cloud of the proxy that relayed it.
+    let traffic = || {
+        let (_, v) = usage_ms(&up, &[]);
+        let mut by = std::collections::BTreeMap::<String, u64>::new();
+        for r in v["records"].as_array().unwrap() {
+            let d = r["dimension"].as_str().unwrap();
+            if d.starts_with("proxy_bytes_") {
+                assert!(["local-a", "local-b"].contains(&r["cloud"].as_str().unwrap()), "{r}");
+                *by.entry(d.to_string()).or_default() += r["quantity"].as_u64().unwrap();
+            }
+        }
+        (
+            by.get("proxy_bytes_in").copied().unwrap_or(0),
+            by.get("proxy_bytes_out").copied().unwrap_or(0),
+        )
+    };
+    let before = traffic();
+    let query = "select length(repeat('x', 5000000) || '') as n, repeat('x', 5000000) as payload";
+    assert!(psql_ok(&uri, query).len() > 5_000_000);
+    let mut after = before;
+    wait_for("the result's bytes to be metered", Duration::from_secs(30), || {
+        after = traffic();
+        after.1 >= before.1 + 5_000_000
+    });
+    eprintln!("traffic (in, out): {before:?} before the query, {after:?} after");
+    // The session's own messages (authentication, parameters, the query, the row
+    // description) are a few KiB beside the result.
+    assert!(after.1 < before.1 + 5_100_000, "{before:?} to {after:?}");
+    assert!(
+        after.0 >= before.0 + query.len() as u64 && after.0 < before.0 + 20_000,
+        "{before:?} to {after:?}"
+    );
 
     let delete_asked = Instant::now();
     up.cli_ok(&["cluster", "delete", "metered", "--wait"]);

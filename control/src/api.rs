@@ -893,7 +893,7 @@ fn view_of(
         clusters::cancel_move,
         hosts::list_hosts, hosts::list_clouds, evacuations::evacuate_cloud, evacuations::get_evacuation,
         evacuations::pause_evacuation, evacuations::resume_evacuation, operations::list_operations, operations::get_operation, agents::agent_register,
-        agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes,
+        agents::agent_desired, agents::agent_heartbeat, agents::proxy_routes, agents::proxy_usage,
         backups::list_backups, backups::list_ledger, backups::create_backup, backups::verify_backup,
         backups::verify_any_backup, tls::ca_certificate, usage::get_usage,
         invoices::list_invoices, invoices::get_invoice, invoices::invoice_pdf, invoices::invoice_html, billing::get_billing, billing::set_billing,
@@ -1165,6 +1165,7 @@ fn api_router(state: Arc<AppState>) -> Router {
         .route("/v1/operations/{id}", get(operations::get_operation))
         .route("/v1/agent/register", post(agents::agent_register))
         .route("/v1/agent/heartbeat", post(agents::agent_heartbeat))
+        .route("/v1/proxy/usage", post(agents::proxy_usage))
         .route_layer(axum::middleware::from_fn(|req, next| within(REQUEST_LIMIT, req, next)))
         .merge(long_polls)
         .merge(verify)

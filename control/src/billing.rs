@@ -51,10 +51,18 @@ pub async fn spent(state: &AppState, org_id: &str, from: i64, to: i64) -> Result
 /// What one unit of `dimension` costs us in `cloud`/`region` by the land's price book: an
 /// instance-millisecond of a plan is its share of a host (its slots of the host's) at the
 /// host type's hourly price on its market; disk is the host's own (its local disk is in
-/// its hourly price), so it costs nothing more. `None` for what the book does not price.
+/// its hourly price), so it costs nothing more; a byte of traffic out is the region's
+/// internet egress price per GB (10^9 bytes), in is free. `None` for what the book does
+/// not price.
 pub fn unit_cost(land: &LandPrices, dimension: &str, cloud: &str, region: &str) -> Option<Decimal> {
-    if dimension == "disk_mib_ms" {
-        return land.region(cloud, region).map(|_| Decimal::ZERO);
+    match dimension {
+        "disk_mib_ms" | "proxy_bytes_in" => return land.region(cloud, region).map(|_| Decimal::ZERO),
+        "proxy_bytes_out" => {
+            return land
+                .region(cloud, region)
+                .map(|r| r.internet_egress_gb / Decimal::from(1_000_000_000u64))
+        }
+        _ => {}
     }
     let mut parts = dimension.split(':');
     let (Some("instance_ms"), Some(plan), Some(market), None) =
@@ -288,5 +296,24 @@ mod tests {
             assert_eq!(per_hour(unpriced), None, "{unpriced}");
         }
         assert_eq!(unit_cost(&land, "instance_ms:small:spot", "nowhere", "r"), None);
+    }
+
+    #[test]
+    fn traffic_out_costs_the_regions_internet_egress_and_in_is_free() {
+        let land = LandPrices::repository().unwrap();
+        let per_gb = |d: &str, cloud: &str| {
+            unit_cost(&land, d, cloud, "region-1").map(|c| (c * Decimal::from(1_000_000_000u64)).normalize())
+        };
+        // local-a is priced as aws/us-east-1, local-b as gcp/us-central1.
+        assert_eq!(
+            per_gb("proxy_bytes_out", "local-a"),
+            Some(Decimal::from_str("0.09").unwrap())
+        );
+        assert_eq!(
+            per_gb("proxy_bytes_out", "local-b"),
+            Some(Decimal::from_str("0.12").unwrap())
+        );
+        assert_eq!(per_gb("proxy_bytes_in", "local-a"), Some(Decimal::ZERO));
+        assert_eq!(unit_cost(&land, "proxy_bytes_out", "nowhere", "r"), None);
     }
 }

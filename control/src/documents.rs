@@ -26,12 +26,14 @@ pub(crate) fn unit(l: &InvoiceLine) -> String {
     highrise_billing::meter::readable_price(&l.dimension, &l.unit_price, l.per)
 }
 
-/// What a line is: the plan and market of an instance's time; a line carried from an
-/// earlier month says so.
+/// What a line is: the plan and market of an instance's time, disk, traffic; a line
+/// carried from an earlier month says so.
 pub(crate) fn what(l: &InvoiceLine) -> String {
     let item = match l.dimension.split(':').collect::<Vec<_>>()[..] {
         ["instance_ms", plan, market] => format!("{plan} instance, {}", market.replace('_', "-")),
         ["disk_mib_ms"] => "disk (data and WAL)".to_string(),
+        ["proxy_bytes_in"] => "traffic in (from clients)".to_string(),
+        ["proxy_bytes_out"] => "traffic out (to clients)".to_string(),
         _ => l.dimension.clone(),
     };
     if !l.carried {

@@ -582,3 +582,103 @@ async fn a_month_of_metering_on_postgres() {
     a_month_of_heartbeats(&pg.admin_url()).await;
     terms_and_alerts(&pg.admin_url()).await;
 }
+
+/// A proxy's traffic: each proxy's counter of an endpoint is a meter of its own, recorded
+/// under the endpoint's cluster and the proxy's place, spread over the hours it spans; a
+/// repeat adds nothing, a closed endpoint's last reading is taken, unknown endpoints and
+/// kinds a proxy does not count add nothing, and a host cannot move a proxy's meter.
+async fn traffic(url: &str) {
+    use highrise_api::MeterKind;
+    let store = Store::open(url).await.unwrap();
+    metered_org(&store).await;
+    store
+        .create_cluster(
+            &cluster_row("c1", "o1", "p1", "db1", "ep-1"),
+            &op_row("op1", "o1", "c1", "create"),
+        )
+        .await
+        .unwrap();
+    let reading = |kind, value, at_ms, closed| MeterReading {
+        source: "ep-1".into(),
+        kind,
+        value,
+        at_ms,
+        since_ms: MONTH_START_MS,
+        closed,
+    };
+    let t0 = MONTH_START_MS;
+    // Half an hour into hour 0 to half an hour into hour 1: 3,000 bytes out, 10 in.
+    let first = [
+        reading(MeterKind::ProxyBytesIn, 10, t0 + 90 * 60_000, false),
+        reading(MeterKind::ProxyBytesOut, 3_000, t0 + 90 * 60_000, false),
+    ];
+    let o = store
+        .record_proxy_readings("proxy-a", "local-a", "region-1", &first)
+        .await
+        .unwrap();
+    assert_eq!((o.taken, o.stale, o.unknown), (2, 0, 0));
+    let again = store
+        .record_proxy_readings("proxy-a", "local-a", "region-1", &first)
+        .await
+        .unwrap();
+    assert_eq!((again.taken, again.stale), (0, 2));
+    // The other cloud's proxy relays for the same endpoint: its own meter, its own place.
+    let b = [reading(MeterKind::ProxyBytesOut, 500, t0 + 30 * 60_000, true)];
+    let o = store
+        .record_proxy_readings("proxy-b", "local-b", "region-1", &b)
+        .await
+        .unwrap();
+    assert_eq!(o.taken, 1);
+    // Unknown endpoint; a kind a proxy does not count; a host moving the proxy's meter.
+    let mut stray = reading(MeterKind::ProxyBytesOut, 1, t0 + 100 * 60_000, false);
+    stray.source = "ep-nobody".into();
+    let instance = reading(MeterKind::InstanceMs, 1, t0 + 100 * 60_000, false);
+    let o = store
+        .record_proxy_readings("proxy-a", "local-a", "region-1", &[stray, instance])
+        .await
+        .unwrap();
+    assert_eq!((o.taken, o.unknown), (0, 2));
+    let mut as_host = reading(MeterKind::ProxyBytesOut, 9_999, t0 + 100 * 60_000, false);
+    as_host.source = "proxy:proxy-a:ep-1".into();
+    let o = store.record_readings("h-od", &[as_host]).await.unwrap();
+    assert_eq!((o.taken, o.unknown), (0, 1));
+
+    let rows = store
+        .metered_usage("o1", None, t0 / 1000, t0 / 1000 + 4 * 3600, true)
+        .await
+        .unwrap();
+    let mut got: Vec<(String, String, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.dimension.clone(),
+                r.cloud.clone(),
+                r.hour.unwrap() - t0 / 1000,
+                r.quantity,
+            )
+        })
+        .collect();
+    got.sort();
+    let want = [
+        ("proxy_bytes_in", "local-a", 0, 6),
+        ("proxy_bytes_in", "local-a", 3600, 4),
+        ("proxy_bytes_out", "local-a", 0, 2_000),
+        ("proxy_bytes_out", "local-a", 3600, 1_000),
+        ("proxy_bytes_out", "local-b", 0, 500),
+    ]
+    .map(|(d, c, h, q)| (d.to_string(), c.to_string(), h, q));
+    assert_eq!(got, want);
+    assert!(rows.iter().all(|r| r.cluster_id == "c1" && r.region == "region-1"));
+}
+
+#[tokio::test]
+async fn a_proxys_traffic_is_metered_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    traffic(&format!("sqlite://{}", dir.path().join("control.db").display())).await;
+}
+
+#[tokio::test]
+async fn a_proxys_traffic_is_metered_on_postgres() {
+    let pg = ScratchServer::start(&[]).await.unwrap();
+    traffic(&pg.admin_url()).await;
+}

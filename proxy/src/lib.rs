@@ -20,11 +20,13 @@ mod auth;
 mod backend;
 pub mod fuzzing;
 mod listeners;
+mod meters;
 mod protocol;
 mod routes;
 mod scram;
 mod splice;
 
+pub use meters::MeterConfig;
 pub use protocol::{Startup, StartupError};
 pub use routes::RouteCache;
 
@@ -66,6 +68,9 @@ pub struct ProxyConfig {
     /// How long a client may take to negotiate encryption and send its startup packet
     /// ([`STARTUP_TIMEOUT`] by default) before it is told so and closed.
     pub startup_timeout: Duration,
+    /// Count the bytes relayed per endpoint and report them for billing ([`meters`]);
+    /// `None`: nothing is counted.
+    pub meter: Option<MeterConfig>,
 }
 
 /// How long a new connection is held while its cluster has no reachable primary.
@@ -121,8 +126,28 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
     if let Some(m) = &on_miss {
         m.refresh(&routes).await;
     }
-    let refresher = tokio::spawn(routes::refresh(routes.clone(), cfg.clone(), control, shutdown.clone()));
+    let refresher = tokio::spawn(routes::refresh(
+        routes.clone(),
+        cfg.clone(),
+        control.clone(),
+        shutdown.clone(),
+    ));
+    let traffic = Arc::new(match &cfg.meter {
+        Some(m) => meters::Traffic::open(&m.file),
+        None => meters::Traffic::off(),
+    });
+    let reporter = cfg.meter.clone().map(|m| {
+        tokio::spawn(meters::report(
+            Arc::clone(&traffic),
+            m,
+            cfg.clone(),
+            control,
+            routes.clone(),
+            shutdown.clone(),
+        ))
+    });
     let ctx = Arc::new(Ctx {
+        traffic,
         cancels: Mutex::new(HashMap::new()),
         on_miss,
         routes,
@@ -138,6 +163,10 @@ pub async fn run(listener: TcpListener, cfg: ProxyConfig, mut shutdown: watch::R
     }
     // The keeper closes the private listeners it opened once it sees the shutdown.
     let _ = private.await;
+    // The reporter writes the counters to its file a last time once it sees the shutdown.
+    if let Some(r) = reporter {
+        let _ = r.await;
+    }
     refresher.abort();
     Ok(())
 }
@@ -183,6 +212,7 @@ type CancelMap = Mutex<HashMap<(u32, u32), String>>;
 
 struct Ctx {
     cancels: CancelMap,
+    traffic: Arc<meters::Traffic>,
     routes: RouteCache,
     on_miss: Option<routes::OnMiss>,
     acceptor: Option<TlsAcceptor>,
@@ -324,10 +354,10 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
         }
         refused = Some(addr);
     };
-    backend
-        .write_all(&startup.encode())
-        .await
-        .context("forward startup packet")?;
+    let tally = ctx.traffic.tally(&endpoint, meters::now_ms());
+    let packet = startup.encode();
+    backend.write_all(&packet).await.context("forward startup packet")?;
+    tally.add_in(packet.len());
     if let Some((verifier, verified)) = &login {
         match tokio::time::timeout(HOLD, auth::login(&mut backend, verifier, &verified.client_key)).await {
             Ok(Ok(())) => client
@@ -352,7 +382,7 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
     tokio::pin!(moved);
     let notice = ctx.routes.get(&endpoint).and_then(|r| r.notice);
     let started = tokio::select! {
-        r = relay_startup(&mut client, &mut backend, notice.as_deref()) => r?,
+        r = relay_startup(&mut client, &mut backend, notice.as_deref(), &tally) => r?,
         () = &mut moved => {
             tracing::debug!(%endpoint, %addr, "primary moved during the session's startup: closing it");
             return Ok(());
@@ -369,7 +399,7 @@ async fn route<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
             .insert(k, addr.clone());
     }
     let res = tokio::select! {
-        r = relay(client, backend) => r,
+        r = relay(client, backend, &tally) => r,
         () = moved => {
             tracing::debug!(%endpoint, %addr, "primary moved: closing the session");
             Ok(())
@@ -427,11 +457,12 @@ enum Session {
 /// Relays the authentication exchange both ways, watching the server's messages for
 /// `BackendKeyData` until `ReadyForQuery`. Reads are single `read` calls on either side,
 /// so whichever side is not ready loses nothing. A `notice` (the route's) goes to the
-/// client as a warning just before the session is ready.
+/// client as a warning just before the session is ready. What passes is added to `tally`.
 async fn relay_startup<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     backend: &mut Backend,
     notice: Option<&str>,
+    tally: &meters::Tally,
 ) -> Result<Session> {
     let mut from_client = vec![0u8; 8192];
     let mut from_server: Vec<u8> = Vec::with_capacity(8192);
@@ -444,6 +475,7 @@ async fn relay_startup<S: AsyncRead + AsyncWrite + Unpin>(
                     return Ok(Session::Ended);
                 }
                 backend.write_all(&from_client[..n]).await.context("write to server")?;
+                tally.add_in(n);
             }
             n = backend.read_buf(&mut from_server) => {
                 if n.context("read from server")? == 0 {
@@ -459,8 +491,12 @@ async fn relay_startup<S: AsyncRead + AsyncWrite + Unpin>(
                         out.extend_from_slice(&notice_response(n));
                         out.extend_from_slice(&from_server[used - 6..used]);
                         client.write_all(&out).await.context("write to client")?;
+                        tally.add_out(out.len());
                     }
-                    _ => client.write_all(&from_server[..used]).await.context("write to client")?,
+                    _ => {
+                        client.write_all(&from_server[..used]).await.context("write to client")?;
+                        tally.add_out(used);
+                    }
                 }
                 from_server.drain(..used);
                 for ev in events {
@@ -468,10 +504,12 @@ async fn relay_startup<S: AsyncRead + AsyncWrite + Unpin>(
                         ServerEvent::KeyData { pid, secret } => key = Some((pid, secret)),
                         ServerEvent::Error => {
                             client.write_all(&from_server).await.context("write to client")?;
+                            tally.add_out(from_server.len());
                             return Ok(Session::Ended);
                         }
                         ServerEvent::Ready => {
                             client.write_all(&from_server).await.context("write to client")?;
+                            tally.add_out(from_server.len());
                             return Ok(Session::Ready(key));
                         }
                     }
@@ -504,20 +542,25 @@ async fn forward_cancel(ctx: &Ctx, pid: u32, secret: u32) -> Result<()> {
     Ok(())
 }
 
-async fn relay<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(mut client: S, backend: Backend) -> Result<()> {
+/// Relays the session both ways until it ends, adding what passes to `tally`.
+async fn relay<S: AsyncRead + AsyncWrite + Unpin + IntoTcp>(
+    client: S,
+    backend: Backend,
+    tally: &meters::Tally,
+) -> Result<()> {
     // Plain TCP on both sides takes the leaner relay; TLS on either goes through the
     // generic copy.
     match backend {
         Backend::Plain(mut server) => match client.into_tcp() {
-            Ok(tcp) => splice::relay(tcp, server).await.context("relay")?,
-            Err(mut client) => {
-                tokio::io::copy_bidirectional(&mut client, &mut server)
+            Ok(tcp) => splice::relay(tcp, server, tally).await.context("relay")?,
+            Err(client) => {
+                tokio::io::copy_bidirectional(&mut meters::Counted::new(client, tally), &mut server)
                     .await
                     .context("relay")?;
             }
         },
         mut backend => {
-            tokio::io::copy_bidirectional(&mut client, &mut backend)
+            tokio::io::copy_bidirectional(&mut meters::Counted::new(client, tally), &mut backend)
                 .await
                 .context("relay")?;
         }

@@ -261,7 +261,7 @@ impl ControlUrl {
 /// must chain to it and to no other root. A CA that cannot be read is logged and leaves
 /// the client trusting nothing, so an `https` control plane is refused rather than
 /// reached unverified.
-fn control_client(cfg: &ProxyConfig, connect: Duration) -> reqwest::ClientBuilder {
+pub(crate) fn control_client(cfg: &ProxyConfig, connect: Duration) -> reqwest::ClientBuilder {
     let mut b = reqwest::Client::builder()
         .connect_timeout(connect)
         .tls_built_in_root_certs(false);
@@ -334,16 +334,23 @@ fn install(cache: &RouteCache, cfg: &ProxyConfig, t: RouteTable) {
 /// Writes the table for the next start: readable by the proxy's user alone (it holds the
 /// owners' SCRAM verifiers).
 fn persist(path: &Path, t: &RouteTable) -> std::io::Result<()> {
+    write_private(path, &serde_json::to_vec(t).map_err(std::io::Error::other)?)
+}
+
+/// Replaces `path` with `bytes` whole (a new file, synced, renamed over the old one),
+/// readable by the proxy's user alone.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    std::fs::OpenOptions::new()
+    let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)?
-        .write_all(&serde_json::to_vec(t).map_err(std::io::Error::other)?)?;
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
     std::fs::rename(tmp, path)
 }
 

@@ -8,6 +8,7 @@
 //! clears readiness that was observed before the read; data that arrives meanwhile sets it
 //! again.
 
+use crate::meters::Tally;
 use std::io;
 use std::os::fd::AsRawFd;
 use tokio::io::Interest;
@@ -15,8 +16,9 @@ use tokio::net::TcpStream;
 
 const BUF: usize = 16 * 1024;
 
-/// Copies `src` to `dst` until `src` reaches end of file, then half-closes `dst`.
-async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<()> {
+/// Copies `src` to `dst` until `src` reaches end of file, then half-closes `dst`; `copied`
+/// is told every chunk written.
+async fn pump(src: &TcpStream, dst: &TcpStream, copied: impl Fn(usize)) -> io::Result<()> {
     let mut buf = vec![0u8; BUF];
     loop {
         src.readable().await?;
@@ -52,13 +54,15 @@ async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<()> {
                 Err(e) => return Err(e),
             }
         }
+        copied(n);
     }
 }
 
-/// Relays both ways until both directions have ended, or either fails.
-pub async fn relay(a: TcpStream, b: TcpStream) -> io::Result<()> {
-    let up = pump(&a, &b);
-    let down = pump(&b, &a);
+/// Relays both ways between a client and a server until both directions have ended, or
+/// either fails; what passes is added to `tally`.
+pub(crate) async fn relay(client: TcpStream, server: TcpStream, tally: &Tally) -> io::Result<()> {
+    let up = pump(&client, &server, |n| tally.add_in(n));
+    let down = pump(&server, &client, |n| tally.add_out(n));
     tokio::pin!(up, down);
     tokio::select! {
         r = &mut up => { r?; down.await }
@@ -87,7 +91,7 @@ mod tests {
         tokio::spawn(async move {
             let (c, _) = front.accept().await.unwrap();
             let b = TcpStream::connect(baddr).await.unwrap();
-            relay(c, b).await.unwrap();
+            relay(c, b, &Tally::none()).await.unwrap();
         });
         let mut client = TcpStream::connect(faddr).await.unwrap();
         let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();

@@ -146,6 +146,51 @@ pub(super) async fn agent_heartbeat(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A proxy's traffic counters, taken into hourly usage per endpoint's cluster (see
+/// `Store::record_proxy_readings`). A failure answers with an error and the proxy sends
+/// its counters again (a reading taken twice adds nothing).
+#[utoipa::path(post, path = "/v1/proxy/usage", request_body = ProxyUsage,
+    responses((status = 200, body = ProxyUsageTaken), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
+pub(super) async fn proxy_usage(
+    State(state): State<Arc<AppState>>,
+    _proxy: ProxyCaller,
+    ApiJson(u): ApiJson<ProxyUsage>,
+) -> ApiResult<Json<ProxyUsageTaken>> {
+    for (what, v) in [("proxy", &u.proxy), ("cloud", &u.cloud), ("region", &u.region)] {
+        validate_name(what, v)?;
+    }
+    if u.readings.len() > MAX_PROXY_READINGS {
+        return Err(ApiError::invalid(format!(
+            "{} readings in one report: at most {MAX_PROXY_READINGS}",
+            u.readings.len()
+        )));
+    }
+    if let Some(r) = u
+        .readings
+        .iter()
+        .find(|r| !matches!(r.kind, MeterKind::ProxyBytesIn | MeterKind::ProxyBytesOut))
+    {
+        return Err(ApiError::invalid(format!(
+            "a proxy counts traffic only, not {}",
+            r.kind.as_str()
+        )));
+    }
+    let o = state
+        .store
+        .record_proxy_readings(&u.proxy, &u.cloud, &u.region, &u.readings)
+        .await
+        .map_err(store_err("proxy usage readings"))?;
+    for (source, last, now) in &o.regressed {
+        tracing::warn!(proxy = %u.proxy, %source, "traffic counter went down from {last} to {now}: taken as the new baseline");
+    }
+    Ok(Json(ProxyUsageTaken {
+        taken: o.taken + o.regressed.len(),
+        stale: o.stale,
+        unknown: o.unknown,
+    }))
+}
+
 /// The routing table of the proxies (long-poll with `known` and `wait`).
 #[utoipa::path(get, path = "/v1/proxy/routes", params(LongPoll),
     responses((status = 200, body = RouteTable), (status = 401, body = ErrorBody)))]

@@ -2,7 +2,7 @@
 //! readings add to.
 
 use super::*;
-use highrise_api::MeterReading;
+use highrise_api::{MeterKind, MeterReading};
 use highrise_billing::meter::{self, Reading, Spread};
 
 /// What one heartbeat's readings did.
@@ -17,6 +17,43 @@ pub struct MeterOutcome {
     pub regressed: Vec<(String, u64, u64)>,
     /// Sources this host has no instance of (already forgotten, or never its own).
     pub unknown: usize,
+}
+
+/// Who sends readings: a host's agent (its instances' counters) or a proxy (its
+/// endpoints' traffic, where it runs).
+enum Reporter<'a> {
+    Host(&'a str),
+    Proxy {
+        proxy: &'a str,
+        cloud: &'a str,
+        region: &'a str,
+    },
+}
+
+impl Reporter<'_> {
+    /// What its meters are kept under (`meters.host_id`): a host's id, `proxy:<name>`.
+    fn id(&self) -> String {
+        match self {
+            Reporter::Host(h) => (*h).to_string(),
+            Reporter::Proxy { proxy, .. } => format!("proxy:{proxy}"),
+        }
+    }
+
+    /// The meter a reading of `source` moves: an instance's id is its own; an endpoint's
+    /// traffic is counted by every proxy apart.
+    fn source(&self, source: &str) -> String {
+        match self {
+            Reporter::Host(_) => source.to_string(),
+            Reporter::Proxy { proxy, .. } => format!("proxy:{proxy}:{source}"),
+        }
+    }
+
+    /// Whether it counts this kind (a proxy does not count instances' time, nor an agent
+    /// traffic).
+    fn counts(&self, kind: MeterKind) -> bool {
+        let traffic = matches!(kind, MeterKind::ProxyBytesIn | MeterKind::ProxyBytesOut);
+        traffic == matches!(self, Reporter::Proxy { .. })
+    }
 }
 
 /// A usage record: per cluster, dimension, place and hour (`hour` is `None` in a sum).
@@ -53,10 +90,29 @@ impl Store {
     /// cannot both add it). A source read for the first time starts from 0 at its
     /// counter's start, under the org, cluster, plan, market and place it has then.
     pub async fn record_readings(&self, host_id: &str, readings: &[MeterReading]) -> Result<MeterOutcome> {
+        self.record(&Reporter::Host(host_id), readings).await
+    }
+
+    /// Takes a proxy's traffic readings (per endpoint) into hourly usage, as
+    /// [`Store::record_readings`] does an agent's: the proxy's meter of an endpoint is
+    /// recorded under the endpoint's cluster (the one that has it when first read) and the
+    /// place the proxy runs in.
+    pub async fn record_proxy_readings(
+        &self,
+        proxy: &str,
+        cloud: &str,
+        region: &str,
+        readings: &[MeterReading],
+    ) -> Result<MeterOutcome> {
+        self.record(&Reporter::Proxy { proxy, cloud, region }, readings).await
+    }
+
+    async fn record(&self, reporter: &Reporter<'_>, readings: &[MeterReading]) -> Result<MeterOutcome> {
         let mut out = MeterOutcome::default();
         if readings.is_empty() {
             return Ok(out);
         }
+        let reporter_id = reporter.id();
         let mut tx = self.begin().await?;
         for r in readings {
             let kind = r.kind.as_str();
@@ -64,17 +120,22 @@ impl Store {
                 out.unknown += 1;
                 continue;
             };
+            if !reporter.counts(r.kind) {
+                out.unknown += 1;
+                continue;
+            }
+            let source = reporter.source(&r.source);
             let row = sqlx::query(
                 "SELECT host_id, org_id, cluster_id, cluster_name, dimension, cloud, region, last_value, last_at_ms \
                  FROM meters WHERE source = $1 AND kind = $2",
             )
-            .bind(&r.source)
+            .bind(&source)
             .bind(kind)
             .fetch_optional(&mut *tx)
             .await?;
             let (org, (cluster, name), dimension, cloud, region, last) = match row {
                 Some(m) => {
-                    if m.try_get::<String, _>("host_id")? != host_id {
+                    if m.try_get::<String, _>("host_id")? != reporter_id {
                         out.unknown += 1;
                         continue;
                     }
@@ -95,52 +156,72 @@ impl Store {
                     )
                 }
                 None => {
-                    let Some(i) = sqlx::query(
-                        "SELECT c.org_id, c.id AS cluster_id, c.name, c.plan, h.market, h.cloud, h.region \
-                         FROM instances i JOIN clusters c ON c.id = i.cluster_id JOIN hosts h ON h.id = i.host_id \
-                         WHERE i.id = $1 AND i.host_id = $2",
-                    )
-                    .bind(&r.source)
-                    .bind(host_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    else {
+                    let found = match reporter {
+                        Reporter::Host(host_id) => sqlx::query(
+                            "SELECT c.org_id, c.id AS cluster_id, c.name, c.plan, h.market, h.cloud, h.region \
+                             FROM instances i JOIN clusters c ON c.id = i.cluster_id JOIN hosts h ON h.id = i.host_id \
+                             WHERE i.id = $1 AND i.host_id = $2",
+                        )
+                        .bind(&r.source)
+                        .bind(*host_id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|i| -> Result<_> {
+                            Ok((
+                                i.try_get::<String, _>("org_id")?,
+                                (i.try_get::<String, _>("cluster_id")?, i.try_get::<String, _>("name")?),
+                                meter::dimension(
+                                    kind,
+                                    &i.try_get::<String, _>("plan")?,
+                                    &i.try_get::<String, _>("market")?,
+                                ),
+                                i.try_get::<String, _>("cloud")?,
+                                i.try_get::<String, _>("region")?,
+                            ))
+                        })
+                        .transpose()?,
+                        Reporter::Proxy { cloud, region, .. } => {
+                            sqlx::query("SELECT org_id, id AS cluster_id, name FROM clusters WHERE endpoint = $1")
+                                .bind(&r.source)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .map(|c| -> Result<_> {
+                                    Ok((
+                                        c.try_get::<String, _>("org_id")?,
+                                        (c.try_get::<String, _>("cluster_id")?, c.try_get::<String, _>("name")?),
+                                        kind.to_string(),
+                                        (*cloud).to_string(),
+                                        (*region).to_string(),
+                                    ))
+                                })
+                                .transpose()?
+                        }
+                    };
+                    let Some((org, cluster, dimension, cloud, region)) = found else {
                         out.unknown += 1;
                         continue;
                     };
-                    let dimension = meter::dimension(
-                        kind,
-                        &i.try_get::<String, _>("plan")?,
-                        &i.try_get::<String, _>("market")?,
-                    );
-                    let m = (
-                        i.try_get::<String, _>("org_id")?,
-                        (i.try_get::<String, _>("cluster_id")?, i.try_get::<String, _>("name")?),
-                        dimension,
-                        i.try_get::<String, _>("cloud")?,
-                        i.try_get::<String, _>("region")?,
-                        Reading {
-                            value: 0,
-                            at_ms: r.since_ms,
-                        },
-                    );
                     sqlx::query(
                         "INSERT INTO meters (source, kind, host_id, org_id, cluster_id, cluster_name, dimension, \
                          cloud, region, last_value, last_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)",
                     )
-                    .bind(&r.source)
+                    .bind(&source)
                     .bind(kind)
-                    .bind(host_id)
-                    .bind(&m.0)
-                    .bind(&m.1 .0)
-                    .bind(&m.1 .1)
-                    .bind(&m.2)
-                    .bind(&m.3)
-                    .bind(&m.4)
+                    .bind(&reporter_id)
+                    .bind(&org)
+                    .bind(&cluster.0)
+                    .bind(&cluster.1)
+                    .bind(&dimension)
+                    .bind(&cloud)
+                    .bind(&region)
                     .bind(r.since_ms)
                     .execute(&mut *tx)
                     .await?;
-                    m
+                    let start = Reading {
+                        value: 0,
+                        at_ms: r.since_ms,
+                    };
+                    (org, cluster, dimension, cloud, region, start)
                 }
             };
             let next = Reading {
@@ -152,7 +233,7 @@ impl Store {
                     out.stale += 1;
                     continue;
                 }
-                Spread::Regressed => out.regressed.push((r.source.clone(), last.value, r.value)),
+                Spread::Regressed => out.regressed.push((source.clone(), last.value, r.value)),
                 Spread::Added(shares) => {
                     out.taken += 1;
                     for s in shares {
@@ -182,7 +263,7 @@ impl Store {
             .bind(value)
             .bind(r.at_ms)
             .bind(i64::from(r.closed))
-            .bind(&r.source)
+            .bind(&source)
             .bind(kind)
             .bind(i64::try_from(last.value).unwrap_or(i64::MAX))
             .bind(last.at_ms)
@@ -191,7 +272,7 @@ impl Store {
             if moved.rows_affected() != 1 {
                 // Another writer took a reading of this meter meanwhile: add nothing here;
                 // the agent sends the counter again with its next heartbeat.
-                return Err(StoreError::Conflict(format!("meter {} moved meanwhile", r.source)));
+                return Err(StoreError::Conflict(format!("meter {source} moved meanwhile")));
             }
         }
         tx.commit().await?;

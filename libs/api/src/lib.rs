@@ -1562,12 +1562,12 @@ pub struct Heartbeat {
     pub meters: Vec<MeterReading>,
 }
 
-/// One reading of a usage counter an agent keeps on its disk: cumulative, never going
-/// down across the agent's restarts (see `highrise_billing::meter`).
+/// One reading of a usage counter an agent or a proxy keeps on its disk: cumulative, never
+/// going down across its restarts (see `highrise_billing::meter`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MeterReading {
-    /// What is counted for: an instance id.
+    /// What is counted for: an instance id (an agent's counters), an endpoint (a proxy's).
     pub source: String,
     pub kind: MeterKind,
     /// The counter (in the kind's unit).
@@ -1590,6 +1590,11 @@ pub enum MeterKind {
     /// MiB-milliseconds of the host's disk the instance's data directory (data and WAL)
     /// held: its size as last measured, over time.
     DiskMibMs,
+    /// Bytes a proxy relayed from clients to an endpoint's server (the PostgreSQL
+    /// protocol's bytes, before TLS).
+    ProxyBytesIn,
+    /// Bytes a proxy relayed from an endpoint's server to its clients.
+    ProxyBytesOut,
 }
 
 impl MeterKind {
@@ -1597,8 +1602,38 @@ impl MeterKind {
         match self {
             MeterKind::InstanceMs => "instance_ms",
             MeterKind::DiskMibMs => "disk_mib_ms",
+            MeterKind::ProxyBytesIn => "proxy_bytes_in",
+            MeterKind::ProxyBytesOut => "proxy_bytes_out",
         }
     }
+}
+
+/// A proxy's traffic counters (`POST /v1/proxy/usage`): per endpoint it relayed for, the
+/// bytes each way, kept on the proxy's disk across its restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyUsage {
+    /// The proxy's name, stable across its restarts (its counters are its own).
+    pub proxy: String,
+    /// Where the proxy runs: traffic is recorded (and priced) there.
+    pub cloud: String,
+    pub region: String,
+    /// `proxy_bytes_in` and `proxy_bytes_out` readings, `source` the endpoint.
+    pub readings: Vec<MeterReading>,
+}
+
+/// The most readings one [`ProxyUsage`] may carry (a proxy with more sends several).
+pub const MAX_PROXY_READINGS: usize = 10_000;
+
+/// What the control plane did with a proxy's readings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProxyUsageTaken {
+    /// Readings that added usage (possibly none).
+    pub taken: usize,
+    /// Readings not newer than the last one taken (sent before): nothing added.
+    pub stale: usize,
+    /// Readings of endpoints no cluster has (deleted before the proxy's first report).
+    pub unknown: usize,
 }
 
 /// A host's disk as its agent last read it, in bytes.

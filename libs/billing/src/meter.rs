@@ -60,10 +60,27 @@ pub enum Spread {
 /// or GiB-month.
 pub const DISK_MIB_MS_PER_GIB_HOUR: u64 = 1024 * 3_600_000;
 
+/// Bytes in a GiB: traffic is priced, and sold on marketplaces, by the GiB.
+pub const BYTES_PER_GIB: u64 = 1 << 30;
+
+/// Whether a dimension counts a proxy's traffic (bytes).
+pub fn is_traffic(dimension: &str) -> bool {
+    matches!(dimension, "proxy_bytes_in" | "proxy_bytes_out")
+}
+
 /// A quantity of `dimension` as people read it: an instance's time as hours, minutes and
-/// seconds; disk as GiB-hours (two decimals, rounded down); else the number.
+/// seconds; disk as GiB-hours and traffic as GiB, or MiB below one GiB (two decimals,
+/// rounded down); else the number.
 pub fn readable(dimension: &str, quantity: u64) -> String {
-    if dimension.starts_with("instance_ms:") {
+    if is_traffic(dimension) {
+        let (unit, per) = if quantity < BYTES_PER_GIB {
+            ("MiB", 1 << 20)
+        } else {
+            ("GiB", BYTES_PER_GIB)
+        };
+        let centi = u128::from(quantity) * 100 / u128::from(per);
+        format!("{}.{:02} {unit}", centi / 100, centi % 100)
+    } else if dimension.starts_with("instance_ms:") {
         let s = quantity / 1000;
         format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
     } else if dimension == "disk_mib_ms" {
@@ -75,9 +92,11 @@ pub fn readable(dimension: &str, quantity: u64) -> String {
 }
 
 /// A unit price as people read it: `0.16 / h` for instance time, `0.125 / GiB-month` for
-/// disk by the month of 730 hours, else `price / per`.
+/// disk by the month of 730 hours, `0.10 / GiB` for traffic, else `price / per`.
 pub fn readable_price(dimension: &str, price: &str, per: u64) -> String {
-    if dimension.starts_with("instance_ms:") && per == 3_600_000 {
+    if is_traffic(dimension) && per == BYTES_PER_GIB {
+        format!("{price} / GiB")
+    } else if dimension.starts_with("instance_ms:") && per == 3_600_000 {
         format!("{price} / h")
     } else if dimension == "disk_mib_ms" && per == 730 * DISK_MIB_MS_PER_GIB_HOUR {
         format!("{price} / GiB-month")
@@ -162,6 +181,11 @@ mod tests {
         );
         assert_eq!(readable("disk_mib_ms", 40 * 3_600_000), "0.03 GiB-h");
         assert_eq!(readable("bytes", 12), "12");
+        assert_eq!(readable("proxy_bytes_out", 0), "0.00 MiB");
+        assert_eq!(readable("proxy_bytes_out", 3 << 19), "1.50 MiB");
+        assert_eq!(readable("proxy_bytes_in", BYTES_PER_GIB - 1), "1023.99 MiB");
+        assert_eq!(readable("proxy_bytes_in", 5 * BYTES_PER_GIB + (1 << 29)), "5.50 GiB");
+        assert_eq!(readable_price("proxy_bytes_out", "0.10", BYTES_PER_GIB), "0.10 / GiB");
         assert_eq!(readable_price("instance_ms:small:spot", "0.16", 3_600_000), "0.16 / h");
         assert_eq!(
             readable_price("disk_mib_ms", "0.125", 730 * DISK_MIB_MS_PER_GIB_HOUR),

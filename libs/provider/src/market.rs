@@ -70,6 +70,8 @@ pub struct RegionPrices {
     pub root_disk_gb_month: Decimal,
     /// Replication traffic between zones, per GB.
     pub cross_zone_gb: Decimal,
+    /// Traffic out to the internet (what clients receive through a proxy), per GB.
+    pub internet_egress_gb: Decimal,
     pub managed_storage_gb_month: Decimal,
     #[serde(rename = "instance")]
     pub instances: Vec<InstanceType>,
@@ -143,6 +145,7 @@ impl PriceBook {
                 r.object_storage_gb_month,
                 r.root_disk_gb_month,
                 r.cross_zone_gb,
+                r.internet_egress_gb,
                 r.managed_storage_gb_month,
             ];
             if money.iter().any(|m| m.is_sign_negative()) {
