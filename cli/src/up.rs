@@ -44,6 +44,11 @@ pub struct UpArgs {
     /// machine); by default they reach public addresses only.
     #[arg(long)]
     webhooks_to_private_addresses: bool,
+    /// How often every cluster's objects (WAL, backups, copies) are measured in every
+    /// object store for billing; each round lists every cluster's objects, so a large land
+    /// on a cloud's store measures every few minutes.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    storage_meter_every: std::time::Duration,
     /// Address clients connect to with psql: the proxy of the land's first cloud; repeat
     /// for the next clouds' proxies. A cloud without one gets the port after the last
     /// (any free port when that is 0). Every proxy serves every cluster; connection URIs
@@ -403,9 +408,14 @@ fn list_prices(path: Option<&Path>) -> Result<(highrise_billing::prices::PriceBo
     let (book, version) = PriceBook::parse(&text).with_context(|| format!("read {where_}"))?;
     // Every dimension agents and proxies meter needs a price, or no invoice with it could
     // be made.
-    let mut metered: Vec<String> = [MeterKind::DiskMibMs, MeterKind::ProxyBytesIn, MeterKind::ProxyBytesOut]
-        .map(|k| k.as_str().to_string())
-        .to_vec();
+    let mut metered: Vec<String> = [
+        MeterKind::DiskMibMs,
+        MeterKind::ProxyBytesIn,
+        MeterKind::ProxyBytesOut,
+        MeterKind::ObjectStorageMibMs,
+    ]
+    .map(|k| k.as_str().to_string())
+    .to_vec();
     for plan in highrise_planner::PLANS {
         for market in ["on_demand", "spot"] {
             metered.push(highrise_billing::meter::dimension(
@@ -550,6 +560,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             None => Vec::new(),
         },
         webhooks_to_private: args.webhooks_to_private_addresses,
+        storage_meter_every: args.storage_meter_every,
     };
     let control = Arc::new(Control::open(control_cfg.clone(), land.clone()).await?);
     // A rotation interrupted after the store was re-sealed: the new key is now the key.
@@ -1013,7 +1024,7 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", super::list_prices(Some(&file)).unwrap_err());
         assert!(
-            err.contains("price no disk_mib_ms, proxy_bytes_in, proxy_bytes_out, instance_ms:small:on_demand")
+            err.contains("price no disk_mib_ms, proxy_bytes_in, proxy_bytes_out, object_storage_mib_ms, instance_ms:small:on_demand")
                 && !err.contains("small:spot"),
             "{err}"
         );

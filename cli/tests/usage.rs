@@ -4,7 +4,7 @@
 //! from "create asked" to "deleted" at most — and stops growing once the cluster is gone;
 //! `highrise usage` shows it, for the deleted cluster by id too, and this month's invoice
 //! prices it. Its disk is metered beside it, at its data directory's size, and the bytes
-//! its clients exchange through the proxies.
+//! its clients exchange through the proxies and what it keeps in object storage.
 
 mod common;
 
@@ -28,7 +28,9 @@ fn usage_ms(up: &Up, args: &[&str]) -> (u64, Value) {
 
 #[test]
 fn an_instances_time_is_metered_from_creation_to_deletion() {
-    let up = Up::start();
+    let tmp = temp_root();
+    // Object storage measured every second (not every minute), so it shows quickly.
+    let up = Up::start_with(tmp.path(), &["--storage-meter-every", "1s"]);
     let asked = Instant::now();
     let uri = up.create_cluster("metered");
     let running = Instant::now();
@@ -72,6 +74,44 @@ fn an_instances_time_is_metered_from_creation_to_deletion() {
     });
     let mib = (to.1 - from.1) / (to.0 - from.0);
     assert!((10..=1024).contains(&mib), "{from:?} to {to:?}: {mib} MiB");
+
+    // Object storage: the cluster's WAL and backups in every store, measured by the control
+    // plane. Between two readings its MiB-milliseconds grow at the objects' size in MiB
+    // as last measured: more than nothing (a new cluster's backup and archived WAL), no
+    // more than the store's files for the cluster hold now.
+    psql_ok(
+        &uri,
+        "create table filler as select md5(random()::text) || md5(random()::text) as v \
+         from generate_series(1, 200000)",
+    );
+    let objects_and_time = || {
+        let (ms, v) = usage_ms(&up, &[]);
+        let objects: u64 = v["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["dimension"] == "object_storage_mib_ms")
+            .map(|r| r["quantity"].as_u64().unwrap())
+            .sum();
+        (ms, objects)
+    };
+    let mut from = (0, 0);
+    wait_for("object storage to be metered", Duration::from_secs(30), || {
+        from = objects_and_time();
+        from.1 > 0
+    });
+    let mut to = from;
+    wait_for("three more seconds of usage", Duration::from_secs(30), || {
+        to = objects_and_time();
+        to.0 >= from.0 + 3_000 && to.1 > from.1
+    });
+    let stored_mib = files_bytes(&up.data_dir.join("objects"), &id) >> 20;
+    let mib = (to.1 - from.1) / (to.0 - from.0);
+    eprintln!("objects: {mib} MiB by usage, {stored_mib} MiB in the stores' files now");
+    assert!(
+        mib >= 1 && mib <= stored_mib * 2 + 1,
+        "{from:?} to {to:?}: {mib} MiB, {stored_mib} MiB stored"
+    );
 
     // Traffic through the proxies: a 5 MB result is counted out to the client, the query
     // in, once each, under the cloud of the proxy that relayed it.
@@ -220,4 +260,27 @@ fn an_instances_time_is_metered_from_creation_to_deletion() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("use a time with its offset"), "{err}");
+}
+
+/// Bytes of the files under `objects/<cloud>/<org>/<cluster>/` of every cloud's store.
+fn files_bytes(objects: &std::path::Path, cluster: &str) -> u64 {
+    fn walk(p: &std::path::Path) -> u64 {
+        std::fs::read_dir(p).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    Ok(_) => e.metadata().map_or(0, |m| m.len()),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+    }
+    let mut total = 0;
+    for cloud in std::fs::read_dir(objects).unwrap().flatten() {
+        for org in std::fs::read_dir(cloud.path()).unwrap().flatten() {
+            total += walk(&org.path().join(cluster));
+        }
+    }
+    total
 }

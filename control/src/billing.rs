@@ -51,12 +51,21 @@ pub async fn spent(state: &AppState, org_id: &str, from: i64, to: i64) -> Result
 /// What one unit of `dimension` costs us in `cloud`/`region` by the land's price book: an
 /// instance-millisecond of a plan is its share of a host (its slots of the host's) at the
 /// host type's hourly price on its market; disk is the host's own (its local disk is in
-/// its hourly price), so it costs nothing more; a byte of traffic out is the region's
+/// its hourly price), so it costs nothing more; object storage the region's price per
+/// GB-month; a byte of traffic out is the region's
 /// internet egress price per GB (10^9 bytes), in is free. `None` for what the book does
 /// not price.
 pub fn unit_cost(land: &LandPrices, dimension: &str, cloud: &str, region: &str) -> Option<Decimal> {
     match dimension {
         "disk_mib_ms" | "proxy_bytes_in" => return land.region(cloud, region).map(|_| Decimal::ZERO),
+        // A GB-month of 730 hours, in MiB-milliseconds.
+        "object_storage_mib_ms" => {
+            return land.region(cloud, region).map(|r| {
+                r.object_storage_gb_month * Decimal::from(1u64 << 20)
+                    / Decimal::from(1_000_000_000u64)
+                    / Decimal::from(730u64 * 3_600_000)
+            })
+        }
         "proxy_bytes_out" => {
             return land
                 .region(cloud, region)
@@ -315,5 +324,9 @@ mod tests {
         );
         assert_eq!(per_gb("proxy_bytes_in", "local-a"), Some(Decimal::ZERO));
         assert_eq!(unit_cost(&land, "proxy_bytes_out", "nowhere", "r"), None);
+        // Object storage: S3's $0.023 a GB-month in local-a, by the GiB-month.
+        let gib_month = unit_cost(&land, "object_storage_mib_ms", "local-a", "region-1").unwrap()
+            * Decimal::from(1024u64 * 730 * 3_600_000);
+        assert_eq!(gib_month.round_dp(6), Decimal::from_str("0.024696").unwrap());
     }
 }

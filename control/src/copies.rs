@@ -62,7 +62,7 @@ pub async fn run(state: std::sync::Arc<AppState>, mut shutdown: watch::Receiver<
 }
 
 /// Every object of the cluster's corner of a store, with its stored size.
-async fn listing(repo: &Repo) -> Result<BTreeMap<String, u64>> {
+pub(crate) async fn listing(repo: &Repo) -> Result<BTreeMap<String, u64>> {
     let mut out = BTreeMap::new();
     for dir in ["wal", "base"] {
         out.extend(repo.list(dir).await?);
@@ -73,13 +73,7 @@ async fn listing(repo: &Repo) -> Result<BTreeMap<String, u64>> {
 async fn copy_cluster(state: &AppState, c: &ClusterRow, lagging: &mut HashSet<String>) -> Result<()> {
     let _objects = state.objects_lock.lock().await;
     let targets = state.cfg.storage.stores_of(c);
-    let unreachable: Vec<String> = state
-        .unreachable
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect();
+    let unreachable = state.unreachable_clouds();
     let mut stores: Vec<(String, ObjectStore, Repo, BTreeMap<String, u64>)> = Vec::new();
     let mut all_listed = true;
     for (cloud, store) in state.cfg.storage.distinct() {

@@ -32,6 +32,7 @@ pub(crate) fn what(l: &InvoiceLine) -> String {
     let item = match l.dimension.split(':').collect::<Vec<_>>()[..] {
         ["instance_ms", plan, market] => format!("{plan} instance, {}", market.replace('_', "-")),
         ["disk_mib_ms"] => "disk (data and WAL)".to_string(),
+        ["object_storage_mib_ms"] => "object storage (WAL and backups, every copy)".to_string(),
         ["proxy_bytes_in"] => "traffic in (from clients)".to_string(),
         ["proxy_bytes_out"] => "traffic out (to clients)".to_string(),
         _ => l.dimension.clone(),

@@ -26,6 +26,7 @@ mod reconcile;
 mod reseal;
 mod spot;
 pub mod store;
+mod stored;
 pub mod tls_listener;
 pub mod webhook;
 
@@ -79,6 +80,9 @@ pub struct ControlConfig {
     /// Spend-alert webhooks may reach private and loopback addresses (`up`'s local land
     /// only; see `webhook`).
     pub webhooks_to_private: bool,
+    /// How often every cluster's objects are measured in every store for billing (see
+    /// `stored`).
+    pub storage_meter_every: std::time::Duration,
 }
 
 /// The cell a new org is placed in (the planner's choice, from how many orgs each holds).
@@ -119,6 +123,16 @@ pub(crate) struct AppState {
 impl AppState {
     pub fn notify(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The clouds whose API does not answer now.
+    pub fn unreachable_clouds(&self) -> Vec<String> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 

@@ -44,6 +44,8 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let copier = tokio::spawn(crate::copies::run(Arc::clone(&state), shutdown.clone()));
     // Spend alerts, likewise.
     let alerts = tokio::spawn(crate::billing::run(Arc::clone(&state), shutdown.clone()));
+    // What clusters keep in object storage, for their bills.
+    let measurer = tokio::spawn(crate::stored::run(Arc::clone(&state), shutdown.clone()));
     // Usage to the marketplaces orgs pay through.
     let exports = crate::marketplace::Exports::new(state.store.clone(), state.cfg.exporters.clone());
     let exporter = tokio::spawn(crate::marketplace::run(exports, shutdown.clone()));
@@ -55,6 +57,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             let _ = copier.await;
             let _ = alerts.await;
+            let _ = measurer.await;
             let _ = exporter.await;
             return;
         }
@@ -118,13 +121,7 @@ const LAND_LOOK: Duration = Duration::from_secs(2);
 /// with the cloud — is terminated again once its cloud answers.
 async fn give_up_terminated(state: &AppState) -> Result<bool> {
     let land = state.provider.list_hosts().await.context("list the land's hosts")?;
-    let unreachable: Vec<String> = state
-        .unreachable
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect();
+    let unreachable = state.unreachable_clouds();
     let mut changed = false;
     for h in state.store.list_hosts().await.context("list hosts")? {
         let still_runs = || {

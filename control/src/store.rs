@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (32, include_str!("../migrations/0032_marketplace.sql")),
     (33, include_str!("../migrations/0033_marketplace_outbox.sql")),
     (34, include_str!("../migrations/0034_invoices.sql")),
+    (35, include_str!("../migrations/0035_object_storage_meter.sql")),
 ];
 
 mod audit;
@@ -81,7 +82,7 @@ mod projects;
 mod quotas;
 mod settings;
 mod usage;
-pub use usage::{MeterOutcome, UsageRow};
+pub use usage::{MeterOutcome, MeteredCluster, Stored, UsageRow};
 mod world;
 
 #[derive(Debug, thiserror::Error)]

@@ -682,3 +682,94 @@ async fn a_proxys_traffic_is_metered_on_postgres() {
     let pg = ScratchServer::start(&[]).await.unwrap();
     traffic(&pg.admin_url()).await;
 }
+
+/// Object storage, measured by the control plane: a measurement starts a cluster's meter
+/// in a store, each next one adds the time since at the size measured before (MiB-ms,
+/// spread over the hours), a repeat adds nothing, each store is a meter of its own, and a
+/// store holding nothing of the cluster gets none.
+async fn objects(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    metered_org(&store).await;
+    store
+        .create_cluster(
+            &cluster_row("c1", "o1", "p1", "db1", "ep-1"),
+            &op_row("op1", "o1", "c1", "create"),
+        )
+        .await
+        .unwrap();
+    let listed = store.metered_clusters().await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|c| (c.cluster_id.as_str(), c.cloud.as_str()))
+            .collect::<Vec<_>>(),
+        [("c1", "local-a")]
+    );
+    let t0 = MONTH_START_MS;
+    const MIB: u64 = 1 << 20;
+    let at = |cloud: &'static str, bytes: u64, at_ms: i64| Stored {
+        org_id: "o1",
+        cluster_id: "c1",
+        cluster_name: "db1",
+        cloud,
+        region: "region-1",
+        bytes,
+        at_ms,
+    };
+    assert!(!store.record_stored(&at("local-b", 0, t0)).await.unwrap());
+    assert!(store
+        .record_stored(&at("local-a", 10 * MIB + 5, t0 + 30 * 60_000))
+        .await
+        .unwrap());
+    assert!(store
+        .record_stored(&at("local-a", 20 * MIB, t0 + 90 * 60_000))
+        .await
+        .unwrap());
+    assert!(!store
+        .record_stored(&at("local-a", 99 * MIB, t0 + 90 * 60_000))
+        .await
+        .unwrap());
+    assert!(store.record_stored(&at("local-a", 0, t0 + 120 * 60_000)).await.unwrap());
+    // Nothing stored since: the meter stays, adding nothing.
+    assert!(store.record_stored(&at("local-a", 0, t0 + 200 * 60_000)).await.unwrap());
+    assert!(store.record_stored(&at("local-b", 3 * MIB, t0)).await.unwrap());
+    assert!(store
+        .record_stored(&at("local-b", 3 * MIB, t0 + 60 * 60_000))
+        .await
+        .unwrap());
+
+    let rows = store
+        .metered_usage("o1", None, t0 / 1000, t0 / 1000 + 4 * 3600, true)
+        .await
+        .unwrap();
+    let mut got: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|r| (r.cloud.clone(), r.hour.unwrap() - t0 / 1000, r.quantity))
+        .collect();
+    got.sort();
+    let min = 60_000;
+    assert_eq!(
+        got,
+        [
+            // 10 MiB for 30 min of hour 0 and 30 of hour 1, then 20 MiB for 30 more.
+            ("local-a".to_string(), 0, 10 * 30 * min),
+            ("local-a".to_string(), 3600, 10 * 30 * min + 20 * 30 * min),
+            ("local-b".to_string(), 0, 3 * 60 * min),
+        ]
+    );
+    assert!(rows
+        .iter()
+        .all(|r| r.dimension == "object_storage_mib_ms" && r.cluster_id == "c1"));
+}
+
+#[tokio::test]
+async fn object_storage_is_metered_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    objects(&format!("sqlite://{}", dir.path().join("control.db").display())).await;
+}
+
+#[tokio::test]
+async fn object_storage_is_metered_on_postgres() {
+    let pg = ScratchServer::start(&[]).await.unwrap();
+    objects(&pg.admin_url()).await;
+}

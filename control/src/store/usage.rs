@@ -3,7 +3,7 @@
 
 use super::*;
 use highrise_api::{MeterKind, MeterReading};
-use highrise_billing::meter::{self, Reading, Spread};
+use highrise_billing::meter::{self, Reading, Share, Spread};
 
 /// What one heartbeat's readings did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -49,10 +49,10 @@ impl Reporter<'_> {
     }
 
     /// Whether it counts this kind (a proxy does not count instances' time, nor an agent
-    /// traffic).
+    /// traffic; object storage is the control plane's own measurement).
     fn counts(&self, kind: MeterKind) -> bool {
         let traffic = matches!(kind, MeterKind::ProxyBytesIn | MeterKind::ProxyBytesOut);
-        traffic == matches!(self, Reporter::Proxy { .. })
+        kind != MeterKind::ObjectStorageMibMs && traffic == matches!(self, Reporter::Proxy { .. })
     }
 }
 
@@ -80,6 +80,76 @@ pub(super) fn usage_row(r: &AnyRow, hourly: bool) -> Result<UsageRow> {
         hour: if hourly { Some(r.try_get("hour")?) } else { None },
         quantity: r.try_get("quantity")?,
     })
+}
+
+/// A cluster whose objects are measured (deleted ones too, while their row is kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeteredCluster {
+    pub org_id: String,
+    pub cluster_id: String,
+    pub name: String,
+    pub cloud: String,
+    pub region: String,
+}
+
+/// One measurement of a cluster's objects in one cloud's object store.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub org_id: &'a str,
+    pub cluster_id: &'a str,
+    pub cluster_name: &'a str,
+    /// The store's cloud and region: the usage is recorded (and priced) there.
+    pub cloud: &'a str,
+    pub region: &'a str,
+    pub bytes: u64,
+    pub at_ms: i64,
+}
+
+/// Where usage is recorded: org, cluster and its name, dimension, cloud, region.
+struct Labels {
+    org: String,
+    cluster: String,
+    name: String,
+    dimension: String,
+    cloud: String,
+    region: String,
+}
+
+impl Labels {
+    /// What a meter's usage is recorded under (fixed at its first reading).
+    fn of_meter(m: &AnyRow) -> Result<Self> {
+        Ok(Self {
+            org: m.try_get("org_id")?,
+            cluster: m.try_get("cluster_id")?,
+            name: m.try_get("cluster_name")?,
+            dimension: m.try_get("dimension")?,
+            cloud: m.try_get("cloud")?,
+            region: m.try_get("region")?,
+        })
+    }
+}
+
+/// Adds `shares` to the hourly usage under `l`.
+async fn add_usage(tx: &mut sqlx::Transaction<'static, sqlx::Any>, l: &Labels, shares: &[Share]) -> Result<()> {
+    for s in shares {
+        sqlx::query(
+            "INSERT INTO usage_hourly (org_id, cluster_id, cluster_name, dimension, cloud, region, \
+             hour, quantity) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (cluster_id, dimension, cloud, region, hour) \
+             DO UPDATE SET quantity = usage_hourly.quantity + excluded.quantity",
+        )
+        .bind(&l.org)
+        .bind(&l.cluster)
+        .bind(&l.name)
+        .bind(&l.dimension)
+        .bind(&l.cloud)
+        .bind(&l.region)
+        .bind(s.hour)
+        .bind(i64::try_from(s.quantity).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -133,7 +203,7 @@ impl Store {
             .bind(kind)
             .fetch_optional(&mut *tx)
             .await?;
-            let (org, (cluster, name), dimension, cloud, region, last) = match row {
+            let (labels, last) = match row {
                 Some(m) => {
                     if m.try_get::<String, _>("host_id")? != reporter_id {
                         out.unknown += 1;
@@ -143,17 +213,7 @@ impl Store {
                         value: u64::try_from(m.try_get::<i64, _>("last_value")?).unwrap_or(0),
                         at_ms: m.try_get("last_at_ms")?,
                     };
-                    (
-                        m.try_get::<String, _>("org_id")?,
-                        (
-                            m.try_get::<String, _>("cluster_id")?,
-                            m.try_get::<String, _>("cluster_name")?,
-                        ),
-                        m.try_get::<String, _>("dimension")?,
-                        m.try_get::<String, _>("cloud")?,
-                        m.try_get::<String, _>("region")?,
-                        last,
-                    )
+                    (Labels::of_meter(&m)?, last)
                 }
                 None => {
                     let found = match reporter {
@@ -167,17 +227,18 @@ impl Store {
                         .fetch_optional(&mut *tx)
                         .await?
                         .map(|i| -> Result<_> {
-                            Ok((
-                                i.try_get::<String, _>("org_id")?,
-                                (i.try_get::<String, _>("cluster_id")?, i.try_get::<String, _>("name")?),
-                                meter::dimension(
+                            Ok(Labels {
+                                org: i.try_get("org_id")?,
+                                cluster: i.try_get("cluster_id")?,
+                                name: i.try_get("name")?,
+                                dimension: meter::dimension(
                                     kind,
                                     &i.try_get::<String, _>("plan")?,
                                     &i.try_get::<String, _>("market")?,
                                 ),
-                                i.try_get::<String, _>("cloud")?,
-                                i.try_get::<String, _>("region")?,
-                            ))
+                                cloud: i.try_get("cloud")?,
+                                region: i.try_get("region")?,
+                            })
                         })
                         .transpose()?,
                         Reporter::Proxy { cloud, region, .. } => {
@@ -186,18 +247,19 @@ impl Store {
                                 .fetch_optional(&mut *tx)
                                 .await?
                                 .map(|c| -> Result<_> {
-                                    Ok((
-                                        c.try_get::<String, _>("org_id")?,
-                                        (c.try_get::<String, _>("cluster_id")?, c.try_get::<String, _>("name")?),
-                                        kind.to_string(),
-                                        (*cloud).to_string(),
-                                        (*region).to_string(),
-                                    ))
+                                    Ok(Labels {
+                                        org: c.try_get("org_id")?,
+                                        cluster: c.try_get("cluster_id")?,
+                                        name: c.try_get("name")?,
+                                        dimension: kind.to_string(),
+                                        cloud: (*cloud).to_string(),
+                                        region: (*region).to_string(),
+                                    })
                                 })
                                 .transpose()?
                         }
                     };
-                    let Some((org, cluster, dimension, cloud, region)) = found else {
+                    let Some(labels) = found else {
                         out.unknown += 1;
                         continue;
                     };
@@ -208,12 +270,12 @@ impl Store {
                     .bind(&source)
                     .bind(kind)
                     .bind(&reporter_id)
-                    .bind(&org)
-                    .bind(&cluster.0)
-                    .bind(&cluster.1)
-                    .bind(&dimension)
-                    .bind(&cloud)
-                    .bind(&region)
+                    .bind(&labels.org)
+                    .bind(&labels.cluster)
+                    .bind(&labels.name)
+                    .bind(&labels.dimension)
+                    .bind(&labels.cloud)
+                    .bind(&labels.region)
                     .bind(r.since_ms)
                     .execute(&mut *tx)
                     .await?;
@@ -221,7 +283,7 @@ impl Store {
                         value: 0,
                         at_ms: r.since_ms,
                     };
-                    (org, cluster, dimension, cloud, region, start)
+                    (labels, start)
                 }
             };
             let next = Reading {
@@ -236,24 +298,7 @@ impl Store {
                 Spread::Regressed => out.regressed.push((source.clone(), last.value, r.value)),
                 Spread::Added(shares) => {
                     out.taken += 1;
-                    for s in shares {
-                        sqlx::query(
-                            "INSERT INTO usage_hourly (org_id, cluster_id, cluster_name, dimension, cloud, region, \
-                             hour, quantity) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                             ON CONFLICT (cluster_id, dimension, cloud, region, hour) \
-                             DO UPDATE SET quantity = usage_hourly.quantity + excluded.quantity",
-                        )
-                        .bind(&org)
-                        .bind(&cluster)
-                        .bind(&name)
-                        .bind(&dimension)
-                        .bind(&cloud)
-                        .bind(&region)
-                        .bind(s.hour)
-                        .bind(i64::try_from(s.quantity).unwrap_or(i64::MAX))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                    add_usage(&mut tx, &labels, &shares).await?;
                 }
             }
             let moved = sqlx::query(
@@ -277,6 +322,109 @@ impl Store {
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// Every cluster whose objects are measured: all with a row, deleted ones too (their
+    /// backups are kept for their retention).
+    pub async fn metered_clusters(&self) -> Result<Vec<MeteredCluster>> {
+        let rows = sqlx::query("SELECT org_id, id, name, cloud, region FROM clusters ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MeteredCluster {
+                    org_id: r.try_get("org_id")?,
+                    cluster_id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    cloud: r.try_get("cloud")?,
+                    region: r.try_get("region")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes one measurement of a cluster's objects in a store into usage, in one
+    /// transaction: the time since the meter's last measurement at the size measured then
+    /// (whole MiB, the meter's `rate`) is spread over the hours between
+    /// ([`meter::spread`]) and the new size becomes the rate — only if the meter is still
+    /// as read (two control planes measuring at once add the time once). The first
+    /// measurement in a store starts the meter (nothing before it is counted); a store that
+    /// holds none of the cluster's objects gets no meter. Whether it was taken (not: no
+    /// meter needed, or not newer than the last measurement).
+    pub async fn record_stored(&self, s: &Stored<'_>) -> Result<bool> {
+        let source = format!("objects:{}:{}", s.cluster_id, s.cloud);
+        let kind = MeterKind::ObjectStorageMibMs.as_str();
+        let mib = i64::try_from(s.bytes >> 20).unwrap_or(i64::MAX);
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(
+            "SELECT org_id, cluster_id, cluster_name, dimension, cloud, region, last_value, last_at_ms, rate \
+             FROM meters WHERE source = $1 AND kind = $2",
+        )
+        .bind(&source)
+        .bind(kind)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(m) = row else {
+            if s.bytes == 0 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO meters (source, kind, host_id, org_id, cluster_id, cluster_name, dimension, \
+                 cloud, region, last_value, last_at_ms, rate) VALUES ($1, $2, 'control', $3, $4, $5, $2, $6, $7, 0, $8, $9) \
+                 ON CONFLICT (source, kind) DO NOTHING",
+            )
+            .bind(&source)
+            .bind(kind)
+            .bind(s.org_id)
+            .bind(s.cluster_id)
+            .bind(s.cluster_name)
+            .bind(s.cloud)
+            .bind(s.region)
+            .bind(s.at_ms)
+            .bind(mib)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(true);
+        };
+        let last_value: i64 = m.try_get("last_value")?;
+        let last_at: i64 = m.try_get("last_at_ms")?;
+        let rate: i64 = m.try_get("rate")?;
+        if s.at_ms <= last_at {
+            return Ok(false);
+        }
+        let last = Reading {
+            value: u64::try_from(last_value).unwrap_or(0),
+            at_ms: last_at,
+        };
+        let grown = u64::try_from(rate)
+            .unwrap_or(0)
+            .saturating_mul((s.at_ms - last_at).unsigned_abs());
+        let next = Reading {
+            value: last.value.saturating_add(grown),
+            at_ms: s.at_ms,
+        };
+        if let Spread::Added(shares) = meter::spread(last, next) {
+            add_usage(&mut tx, &Labels::of_meter(&m)?, &shares).await?;
+        }
+        let moved = sqlx::query(
+            "UPDATE meters SET last_value = $1, last_at_ms = $2, rate = $3 \
+             WHERE source = $4 AND kind = $5 AND last_value = $6 AND last_at_ms = $7",
+        )
+        .bind(i64::try_from(next.value).unwrap_or(i64::MAX))
+        .bind(s.at_ms)
+        .bind(mib)
+        .bind(&source)
+        .bind(kind)
+        .bind(last_value)
+        .bind(last_at)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!("meter {source} moved meanwhile")));
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The first hour the org has usage in (Unix seconds), if any.

@@ -1595,6 +1595,9 @@ pub enum MeterKind {
     ProxyBytesIn,
     /// Bytes a proxy relayed from an endpoint's server to its clients.
     ProxyBytesOut,
+    /// MiB-milliseconds of a cloud's object store a cluster's objects (WAL, base backups,
+    /// the second copy) held: measured by the control plane itself, never sent.
+    ObjectStorageMibMs,
 }
 
 impl MeterKind {
@@ -1604,6 +1607,7 @@ impl MeterKind {
             MeterKind::DiskMibMs => "disk_mib_ms",
             MeterKind::ProxyBytesIn => "proxy_bytes_in",
             MeterKind::ProxyBytesOut => "proxy_bytes_out",
+            MeterKind::ObjectStorageMibMs => "object_storage_mib_ms",
         }
     }
 }

@@ -55,7 +55,8 @@ pub fn expired(m: Marketplace, hour: i64, now: i64) -> bool {
 /// units make one of the marketplace's: an instance's milliseconds of plan `small` on spot
 /// (`instance_ms:small:spot`) are sold as `small_spot_seconds`, 1,000 to the unit; disk
 /// (`disk_mib_ms`) as `disk_gib_hours`; traffic out to clients (`proxy_bytes_out`) as
-/// `data_out_gib`. Traffic in is free and not sold.
+/// `data_out_gib`; object storage (`object_storage_mib_ms`) as `object_storage_gib_hours`.
+/// Traffic in is free and not sold.
 pub fn dimension(usage_dimension: &str) -> Option<(String, u64)> {
     let mut parts = usage_dimension.split(':');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -69,6 +70,10 @@ pub fn dimension(usage_dimension: &str) -> Option<(String, u64)> {
         (Some("disk_mib_ms"), None, None, None) => {
             Some(("disk_gib_hours".into(), crate::meter::DISK_MIB_MS_PER_GIB_HOUR))
         }
+        (Some("object_storage_mib_ms"), None, None, None) => Some((
+            "object_storage_gib_hours".into(),
+            crate::meter::DISK_MIB_MS_PER_GIB_HOUR,
+        )),
         (Some("proxy_bytes_out"), None, None, None) => Some(("data_out_gib".into(), crate::meter::BYTES_PER_GIB)),
         _ => None,
     }
@@ -312,6 +317,10 @@ mod tests {
         assert_eq!(
             dimension("disk_mib_ms"),
             Some(("disk_gib_hours".to_string(), 3_686_400_000))
+        );
+        assert_eq!(
+            dimension("object_storage_mib_ms"),
+            Some(("object_storage_gib_hours".to_string(), 3_686_400_000))
         );
         assert_eq!(
             dimension("proxy_bytes_out"),

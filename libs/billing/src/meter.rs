@@ -63,6 +63,12 @@ pub const DISK_MIB_MS_PER_GIB_HOUR: u64 = 1024 * 3_600_000;
 /// Bytes in a GiB: traffic is priced, and sold on marketplaces, by the GiB.
 pub const BYTES_PER_GIB: u64 = 1 << 30;
 
+/// Whether a dimension counts space over time in MiB-milliseconds: a host's disk, object
+/// storage.
+pub fn is_mib_ms(dimension: &str) -> bool {
+    matches!(dimension, "disk_mib_ms" | "object_storage_mib_ms")
+}
+
 /// Whether a dimension counts a proxy's traffic (bytes).
 pub fn is_traffic(dimension: &str) -> bool {
     matches!(dimension, "proxy_bytes_in" | "proxy_bytes_out")
@@ -83,7 +89,7 @@ pub fn readable(dimension: &str, quantity: u64) -> String {
     } else if dimension.starts_with("instance_ms:") {
         let s = quantity / 1000;
         format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-    } else if dimension == "disk_mib_ms" {
+    } else if is_mib_ms(dimension) {
         let centi = u128::from(quantity) * 100 / u128::from(DISK_MIB_MS_PER_GIB_HOUR);
         format!("{}.{:02} GiB-h", centi / 100, centi % 100)
     } else {
@@ -98,7 +104,7 @@ pub fn readable_price(dimension: &str, price: &str, per: u64) -> String {
         format!("{price} / GiB")
     } else if dimension.starts_with("instance_ms:") && per == 3_600_000 {
         format!("{price} / h")
-    } else if dimension == "disk_mib_ms" && per == 730 * DISK_MIB_MS_PER_GIB_HOUR {
+    } else if is_mib_ms(dimension) && per == 730 * DISK_MIB_MS_PER_GIB_HOUR {
         format!("{price} / GiB-month")
     } else {
         format!("{price} / {per}")
@@ -180,6 +186,10 @@ mod tests {
             "1.49 GiB-h"
         );
         assert_eq!(readable("disk_mib_ms", 40 * 3_600_000), "0.03 GiB-h");
+        assert_eq!(
+            readable("object_storage_mib_ms", 2 * DISK_MIB_MS_PER_GIB_HOUR),
+            "2.00 GiB-h"
+        );
         assert_eq!(readable("bytes", 12), "12");
         assert_eq!(readable("proxy_bytes_out", 0), "0.00 MiB");
         assert_eq!(readable("proxy_bytes_out", 3 << 19), "1.50 MiB");
