@@ -3,7 +3,9 @@
 //! seconds: the commitment is drawn down by the usage's cost; alerts fire at 50% and 80%,
 //! once each, and reach the webhook — whose first answer is a 500, so the alert is sent
 //! again until it is taken; once the month's spend reaches the hard limit a new cluster is
-//! refused with the reason. And the operator's margin report, spot HA against on-demand.
+//! refused with the reason. And the operator's margin report, spot HA against on-demand;
+//! an org billed through a marketplace kept on its cloud, by its own moves and by an
+//! operator's evacuation.
 
 mod common;
 
@@ -307,6 +309,33 @@ fn an_org_billed_through_a_marketplace_cannot_take_its_clusters_to_another_cloud
         !out.status.success() && err.contains("moving it to local-b/region-1 (gcp) would take its usage off"),
         "{err}"
     );
+    // Nor does the operator's evacuation of its cloud take it off: the land has no other
+    // cloud priced as AWS, so it stays, saying why, and the evacuation does not wait on it.
+    let e: Value = serde_json::from_str(&up.cli_ok(&["cloud", "evacuate", "local-a", "--output", "json"])).unwrap();
+    let id = e["id"].as_str().unwrap().to_string();
+    let mut seen = Value::Null;
+    wait_for("the evacuation to finish", Duration::from_secs(30), || {
+        seen = serde_json::from_str(&up.cli_ok(&["cloud", "evacuation", &id, "--output", "json"])).unwrap();
+        seen["status"] == "finished"
+    });
+    let member = &seen["clusters"][0];
+    assert_eq!(
+        (member["name"].as_str(), member["state"].as_str()),
+        (Some("shop"), Some("staying")),
+        "{seen}"
+    );
+    assert!(
+        member["why"]
+            .as_str()
+            .unwrap()
+            .contains("pays through the AWS Marketplace, which counts only what runs on aws"),
+        "{seen}"
+    );
+    let shown: Value = serde_json::from_str(&String::from_utf8_lossy(
+        &as_acme(&["cluster", "show", "shop", "--output", "json"]).stdout,
+    ))
+    .unwrap();
+    assert_eq!(shown["cloud"], "local-a");
     // An org with a cluster on another cloud is not linked until it moves.
     let beta: Value = serde_json::from_str(&up.cli_ok(&["org", "create", "beta", "--output", "json"])).unwrap();
     let beta_key = beta["api_key"]["secret"].as_str().unwrap();

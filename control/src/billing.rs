@@ -99,6 +99,51 @@ pub fn cloud_family(land: &LandPrices, cloud: &str, region: &str) -> String {
         .to_string()
 }
 
+/// The land's clouds a marketplace counts (those with a region priced as its cloud), in
+/// the land's order.
+pub fn marketplace_clouds(state: &AppState, m: Marketplace) -> Vec<String> {
+    let land = &state.cfg.land_prices;
+    state
+        .provider
+        .clouds()
+        .into_iter()
+        .filter(|c| {
+            c.regions
+                .iter()
+                .any(|r| cloud_family(land, &c.name, &r.name) == m.cloud())
+        })
+        .map(|c| c.name)
+        .collect()
+}
+
+/// What holds the clusters of orgs that pay through a marketplace to its cloud, for the
+/// evacuations of `world` (an evacuation must not take them off it).
+pub async fn hold_evacuated(state: &AppState, world: &mut highrise_planner::World) -> Result<()> {
+    if world.evacuations.is_empty() {
+        return Ok(());
+    }
+    let held = state.store.marketplace_clusters().await?;
+    for e in &mut world.evacuations {
+        for (cluster, marketplace) in &held {
+            let Some(m) = Marketplace::parse(marketplace) else {
+                continue;
+            };
+            if e.members.iter().any(|x| &x.cluster_id == cluster) {
+                let hold = highrise_planner::evacuate::Hold {
+                    clouds: marketplace_clouds(state, m),
+                    why: format!(
+                        "its org pays through the {}, which counts only what runs on {}",
+                        m.title(),
+                        m.cloud()
+                    ),
+                };
+                e.holds.insert(cluster.clone(), hold);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The marketplace the org pays through, if any.
 pub async fn marketplace_of(state: &AppState, org_id: &str) -> Result<Option<Marketplace>> {
     Ok(state

@@ -218,6 +218,9 @@ async fn step(state: &AppState, started: i64) -> Result<(usize, Option<i64>)> {
         .collect();
     world.spot = state.cfg.spot.clone();
     world.unreachable = state.unreachable.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    crate::billing::hold_evacuated(state, &mut world)
+        .await
+        .context("hold marketplace clusters to their cloud")?;
     world.pools = crate::spot::pools_view(state.provider.pools(), &state.store, world.now(), &world.spot)
         .await
         .context("load the pools' record")?;

@@ -354,17 +354,7 @@ pub(super) async fn marketplace_cloud(state: &AppState, org_id: &str) -> ApiResu
     else {
         return Ok(None);
     };
-    let land = &state.cfg.land_prices;
-    Ok(state
-        .provider
-        .clouds()
-        .into_iter()
-        .find(|c| {
-            c.regions
-                .iter()
-                .any(|r| billing::cloud_family(land, &c.name, &r.name) == m.cloud())
-        })
-        .map(|c| c.name))
+    Ok(billing::marketplace_clouds(state, m).into_iter().next())
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -170,6 +170,20 @@ impl Store {
         .transpose()
     }
 
+    /// Every live cluster of an org that pays through a marketplace, and which one:
+    /// `(cluster id, marketplace)`.
+    pub async fn marketplace_clusters(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT c.id, m.marketplace FROM clusters c JOIN marketplace_links m ON m.org_id = c.org_id \
+             WHERE c.deleted_at IS NULL ORDER BY c.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("marketplace")?)))
+            .collect()
+    }
+
     /// Links the org to a marketplace account (replacing a link it had).
     pub async fn link_marketplace(&self, org_id: &str, m: &MarketplaceRow) -> Result<()> {
         sqlx::query(

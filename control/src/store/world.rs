@@ -211,6 +211,8 @@ impl Store {
                 concurrency: u32::try_from(e.concurrency).unwrap_or(1).max(1),
                 paused: e.status == "paused",
                 members,
+                // The reconciler adds what the org's bill holds clusters to.
+                holds: Default::default(),
             });
         }
         Ok(out)

@@ -71,8 +71,13 @@ pub fn dark(world: &World, cloud: &str) -> bool {
 /// cloud, in the land's order, in a region of the same name where that cloud has one.
 /// A cloud the cluster was moved off comes last.
 pub fn refuge(world: &World, c: &ClusterIntent) -> Option<(String, String)> {
+    refuge_within(world, c, |_| true)
+}
+
+/// [`refuge`] among the clouds `allowed` takes.
+pub fn refuge_within(world: &World, c: &ClusterIntent, allowed: impl Fn(&str) -> bool) -> Option<(String, String)> {
     let open = |cloud: &str, avoided: bool| {
-        cloud != c.cloud && unreachable(world, cloud).is_none() && c.avoids(cloud) == avoided
+        cloud != c.cloud && allowed(cloud) && unreachable(world, cloud).is_none() && c.avoids(cloud) == avoided
     };
     [false, true].into_iter().find_map(|avoided| {
         world

@@ -2,7 +2,8 @@
 //!
 //! An evacuation lists the clusters that were in its cloud when it began, in order. Each
 //! is `waiting`, `moving` (its move operation runs), `moved`, `failed` (its move failed or
-//! was cancelled, with why) or `staying` (it must stay, with why). While
+//! was cancelled, with why) or `staying` (it must stay, with why: its org's bill holds it
+//! to clouds the evacuation cannot take it to, see [`Hold`]). While
 //! the evacuation runs — not paused — waiting clusters start moving in order as long as
 //! fewer than its concurrency are moving; a pause starts no new move and lets running
 //! ones finish. A spread cluster moves like any other and then keeps out of the evacuated
@@ -11,6 +12,7 @@
 
 use crate::{clouds, Action, ClusterIntent, World};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemberState {
@@ -73,6 +75,17 @@ pub struct Evacuation {
     pub paused: bool,
     /// In the order they move.
     pub members: Vec<Member>,
+    /// Members that may run on some clouds only (by cluster id): an org that pays through
+    /// a cloud's marketplace keeps its clusters on that cloud.
+    #[serde(default)]
+    pub holds: BTreeMap<String, Hold>,
+}
+
+/// The clouds a cluster may run on, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub clouds: Vec<String>,
+    pub why: String,
 }
 
 /// The cluster has something in `cloud`: its home (where its primary belongs), or a live
@@ -88,20 +101,33 @@ pub fn in_cloud(world: &World, c: &ClusterIntent, cloud: &str) -> bool {
 
 /// Where a cluster of `e` goes: a cluster whose home is elsewhere (a spread cluster with
 /// a standby in the evacuated cloud) stays home; else `e.to` (its region of the cluster's
-/// region's name, else its first), or the first other reachable cloud.
-pub fn destination(world: &World, e: &Evacuation, c: &ClusterIntent) -> Option<(String, String)> {
+/// region's name, else its first), or the first other reachable cloud — of the clouds it
+/// is held to, if it is ([`Hold`]). `Ok(None)`: nowhere to go right now (it waits);
+/// `Err(why)`: it must stay.
+pub fn destination(world: &World, e: &Evacuation, c: &ClusterIntent) -> Result<Option<(String, String)>, String> {
     if c.cloud != e.cloud {
-        return Some((c.cloud.clone(), c.region.clone()));
+        return Ok(Some((c.cloud.clone(), c.region.clone())));
     }
-    match &e.to {
+    let hold = e.holds.get(&c.id);
+    let allowed = |cloud: &str| hold.is_none_or(|h| h.clouds.iter().any(|k| k == cloud));
+    if let Some(h) = hold {
+        let to_allowed = match &e.to {
+            Some(to) => allowed(to),
+            None => world.locations.iter().any(|(k, _)| k != &e.cloud && allowed(k)),
+        };
+        if !to_allowed {
+            return Err(h.why.clone());
+        }
+    }
+    Ok(match &e.to {
         Some(to) => world
             .locations
             .iter()
             .find(|(cloud, region)| cloud == to && region == &c.region)
             .or_else(|| world.locations.iter().find(|(cloud, _)| cloud == to))
             .cloned(),
-        None => clouds::refuge(world, c),
-    }
+        None => clouds::refuge_within(world, c, allowed),
+    })
 }
 
 /// The next steps of every evacuation in the world.
@@ -175,7 +201,11 @@ fn plan_one(world: &World, e: &Evacuation) -> Vec<Action> {
             continue;
         }
         match destination(world, e, c) {
-            Some((cloud, region)) => {
+            Err(why) => {
+                actions.push(settle(&m.cluster_id, MemberState::Staying, Some(why)));
+                open -= 1;
+            }
+            Ok(Some((cloud, region))) => {
                 actions.push(Action::EvacuationMove {
                     evacuation_id: e.id.clone(),
                     cluster_id: c.id.clone(),
@@ -185,7 +215,7 @@ fn plan_one(world: &World, e: &Evacuation) -> Vec<Action> {
                 });
                 moving += 1;
             }
-            None => {
+            Ok(None) => {
                 // No cloud to go to right now: it waits, and the evacuation with it.
             }
         }

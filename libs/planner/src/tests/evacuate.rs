@@ -20,6 +20,7 @@ fn evac_world(n: usize, concurrency: u32) -> World {
                     outcome: None,
                 })
                 .collect(),
+            holds: Default::default(),
         }],
         ..Default::default()
     }
@@ -188,4 +189,61 @@ fn a_cluster_its_tenant_is_moving_waits_and_no_reachable_cloud_means_waiting() {
     );
     let p = plan(&w);
     assert!(started(&p).is_empty() && !done(&p), "{p:?}");
+}
+
+#[test]
+fn a_held_cluster_moves_only_to_a_cloud_it_is_held_to_or_stays_with_why() {
+    use crate::evacuate::Hold;
+    // Clouds a and c are one real cloud (its marketplace's), b another.
+    let mut w = evac_world(3, 3);
+    w.locations.push(("c".into(), "r1".into()));
+    let hold = |clouds: &[&str]| Hold {
+        clouds: clouds.iter().map(|c| c.to_string()).collect(),
+        why: "its org pays through the X Marketplace".into(),
+    };
+    w.evacuations[0].holds.insert("c0".into(), hold(&["a", "c"]));
+    w.evacuations[0].holds.insert("c1".into(), hold(&["a"]));
+    let moves = |p: &[Action]| -> Vec<(String, String)> {
+        p.iter()
+            .filter_map(|a| match a {
+                Action::EvacuationMove { cluster_id, cloud, .. } => Some((cluster_id.clone(), cloud.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    let p = plan(&w);
+    // c0 goes to the other cloud it may run on; c2, free, to the first other cloud.
+    assert_eq!(moves(&p), [("c0".into(), "c".into()), ("c2".into(), "b".into())]);
+    // c1 has nowhere to go: it stays, saying why, and the evacuation does not wait on it.
+    let stays = Action::EvacuationMember {
+        evacuation_id: "ev".into(),
+        cluster_id: "c1".into(),
+        state: MemberState::Staying,
+        why: Some("its org pays through the X Marketplace".into()),
+    };
+    assert!(p.contains(&stays), "{p:?}");
+    // Its cloud c out of reach: c0 waits (it may go there later), it does not stay.
+    w.unreachable.insert(
+        "c".into(),
+        crate::clouds::Unreachable {
+            since_ms: 0,
+            error: "timed out".into(),
+        },
+    );
+    let p = plan(&w);
+    assert_eq!(moves(&p), [("c2".into(), "b".into())]);
+    assert!(!p
+        .iter()
+        .any(|a| matches!(a, Action::EvacuationMember { cluster_id, .. } if cluster_id == "c0")));
+    // Sent to b by name, a held cluster stays.
+    w.unreachable.clear();
+    w.evacuations[0].to = Some("b".into());
+    let p = plan(&w);
+    assert_eq!(moves(&p), [("c2".into(), "b".into())]);
+    assert!(p.iter().any(|a| matches!(a,
+        Action::EvacuationMember { cluster_id, state: MemberState::Staying, .. } if cluster_id == "c0")));
+    // Once the held ones stay and the free one moved, the evacuation is done.
+    apply(&mut w, &p);
+    w.evacuations[0].members[2].outcome = Some(MoveOutcome::Succeeded);
+    assert!(done(&plan(&w)), "{:?}", w.evacuations);
 }
