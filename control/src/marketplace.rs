@@ -24,6 +24,7 @@ use tokio::sync::watch;
 pub mod aws;
 pub mod azure;
 pub mod gcp;
+pub mod tokens;
 
 /// How often hours are staged and due records sent.
 const ROUND: Duration = Duration::from_secs(10);
@@ -84,25 +85,7 @@ pub trait Exporter: Send + Sync {
     async fn send(&self, records: &[OutboxRow]) -> Result<Vec<Outcome>, SendError>;
 }
 
-/// An access token for a marketplace API: given, or read from a file at every call (kept
-/// fresh by whatever the operator runs to refresh it: Entra ID and Google OAuth tokens
-/// last an hour).
-#[derive(Debug, Clone)]
-pub enum Token {
-    Given(String),
-    File(PathBuf),
-}
-
-impl Token {
-    pub(crate) fn read(&self) -> Result<String, SendError> {
-        match self {
-            Self::Given(t) => Ok(t.clone()),
-            Self::File(p) => std::fs::read_to_string(p)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| SendError::refused(format!("read the access token {}: {e}", p.display()))),
-        }
-    }
-}
+pub use tokens::{Fetcher, Token};
 
 /// The marketplaces' APIs as the operator configures them: a TOML file with an `[aws]`,
 /// `[azure]` and `[gcp]` table for each marketplace usage is sent to (`highrise up
@@ -134,9 +117,24 @@ pub struct AzureSection {
     #[serde(default = "azure_url")]
     pub base_url: String,
     pub plan_id: String,
-    pub token_file: PathBuf,
+    /// A token kept fresh by something else, read at every call; or
+    pub token_file: Option<PathBuf>,
+    /// the publisher's app in Entra ID, whose tokens the control plane fetches.
+    pub entra_id: Option<EntraIdSection>,
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+}
+
+/// The publisher's app registration (client credentials).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntraIdSection {
+    #[serde(default = "entra_authority")]
+    pub authority: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    /// Read at every fetch, so a rotated secret is taken up without a restart.
+    pub client_secret_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,7 +143,11 @@ pub struct GcpSection {
     #[serde(default = "gcp_url")]
     pub base_url: String,
     pub service: String,
-    pub token_file: PathBuf,
+    /// A token kept fresh by something else, read at every call; or
+    pub token_file: Option<PathBuf>,
+    /// the service account's key file (JSON, as Google issues it): the control plane
+    /// fetches its tokens.
+    pub service_account_file: Option<PathBuf>,
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
 }
@@ -156,6 +158,10 @@ fn default_timeout() -> u64 {
 
 fn azure_url() -> String {
     "https://marketplaceapi.microsoft.com".into()
+}
+
+fn entra_authority() -> String {
+    "https://login.microsoftonline.com".into()
 }
 
 fn gcp_url() -> String {
@@ -180,9 +186,30 @@ pub fn exporters(text: &str) -> Result<Vec<Arc<dyn Exporter>>> {
     if let Some(a) = f.azure {
         anyhow::ensure!(url_ok(&a.base_url), "azure.base_url: an http(s) URL");
         anyhow::ensure!(!a.plan_id.is_empty(), "azure.plan_id: the offer's plan");
+        let token = match (a.token_file, a.entra_id) {
+            (Some(file), None) => Token::File(file),
+            (None, Some(e)) => {
+                anyhow::ensure!(url_ok(&e.authority), "azure.entra_id.authority: an http(s) URL");
+                let id_ok =
+                    |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
+                anyhow::ensure!(
+                    id_ok(&e.tenant_id),
+                    "azure.entra_id.tenant_id: the directory's id or domain"
+                );
+                anyhow::ensure!(id_ok(&e.client_id), "azure.entra_id.client_id: the app's id");
+                Token::Fetched(Arc::new(Fetcher::entra_id(
+                    &e.authority,
+                    &e.tenant_id,
+                    &e.client_id,
+                    e.client_secret_file,
+                    timeout(a.timeout_secs)?,
+                )?))
+            }
+            _ => anyhow::bail!("azure: give either token_file or [azure.entra_id]"),
+        };
         out.push(Arc::new(azure::AzureExporter::new(azure::AzureConfig {
             base_url: a.base_url,
-            token: Token::File(a.token_file),
+            token,
             plan_id: a.plan_id,
             timeout: timeout(a.timeout_secs)?,
         })?));
@@ -199,7 +226,13 @@ pub fn exporters(text: &str) -> Result<Vec<Arc<dyn Exporter>>> {
         out.push(Arc::new(gcp::GcpExporter::new(gcp::GcpConfig {
             base_url: g.base_url,
             service: g.service,
-            token: Token::File(g.token_file),
+            token: match (g.token_file, g.service_account_file) {
+                (Some(file), None) => Token::File(file),
+                (None, Some(key)) => Token::Fetched(Arc::new(
+                    Fetcher::service_account(&key, timeout(g.timeout_secs)?).context("gcp.service_account_file")?,
+                )),
+                _ => anyhow::bail!("gcp: give either token_file or service_account_file"),
+            },
             timeout: timeout(g.timeout_secs)?,
         })?));
     }
@@ -476,8 +509,14 @@ mod tests {
         .unwrap();
         let kinds: Vec<Marketplace> = both.iter().map(|e| e.marketplace()).collect();
         assert_eq!(kinds, [Marketplace::Azure, Marketplace::Gcp]);
+        let fetched = exporters(
+            "[azure]\nplan_id = \"payg\"\n[azure.entra_id]\ntenant_id = \"contoso.onmicrosoft.com\"\n\
+             client_id = \"00001111-aaaa-2222-bbbb-3333cccc4444\"\nclient_secret_file = \"/run/azure.secret\"\n",
+        )
+        .unwrap();
+        assert_eq!(fetched.len(), 1);
         for (bad, why) in [
-            ("[azure]\nplan_id = \"p\"\n", "token_file"),
+            ("[azure]\nplan_id = \"p\"\n", "either token_file or [azure.entra_id]"),
             ("[azure]\nplan_id = \"\"\ntoken_file = \"t\"\n", "azure.plan_id"),
             (
                 "[azure]\nplan_id = \"p\"\ntoken_file = \"t\"\nbase_url = \"ftp://x\"\n",
@@ -488,6 +527,19 @@ mod tests {
                 "timeout_secs",
             ),
             ("[gcp]\nservice = \"a b\"\ntoken_file = \"t\"\n", "gcp.service"),
+            (
+                "[azure]\nplan_id = \"p\"\ntoken_file = \"t\"\n[azure.entra_id]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret_file = \"s\"\n",
+                "either token_file or [azure.entra_id]",
+            ),
+            (
+                "[azure]\nplan_id = \"p\"\n[azure.entra_id]\ntenant_id = \"a/b\"\nclient_id = \"c\"\nclient_secret_file = \"s\"\n",
+                "azure.entra_id.tenant_id",
+            ),
+            ("[gcp]\nservice = \"s\"\n", "either token_file or service_account_file"),
+            (
+                "[gcp]\nservice = \"s\"\nservice_account_file = \"/nonexistent/key.json\"\n",
+                "gcp.service_account_file",
+            ),
             ("[oracle]\n", "unknown field"),
             (
                 "[aws]\nregion = \"us-east-1\"\nproduct_code = \"\"\n",
@@ -501,16 +553,16 @@ mod tests {
         assert!(refusal("[aws]\nregion = \"us-east-1\"\nproduct_code = \"p\"\n").contains("without the `aws` feature"));
     }
 
-    #[test]
-    fn a_token_file_is_read_at_every_call() {
+    #[tokio::test]
+    async fn a_token_file_is_read_at_every_call() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         let token = Token::File(path.clone());
-        let missing = token.read().unwrap_err();
+        let missing = token.get().await.unwrap_err();
         assert!(!missing.in_doubt && missing.message.contains("read the access token"));
         std::fs::write(&path, "first\n").unwrap();
-        assert_eq!(token.read().unwrap(), "first");
+        assert_eq!(token.get().await.unwrap(), "first");
         std::fs::write(&path, "refreshed").unwrap();
-        assert_eq!(token.read().unwrap(), "refreshed");
+        assert_eq!(token.get().await.unwrap(), "refreshed");
     }
 }

@@ -12,7 +12,7 @@ use highrise_billing::export::State;
 use highrise_billing::marketplace::Marketplace;
 use highrise_control::marketplace::azure::{AzureConfig, AzureExporter};
 use highrise_control::marketplace::gcp::{GcpConfig, GcpExporter};
-use highrise_control::marketplace::{Exporter, Exports, Token};
+use highrise_control::marketplace::{Exporter, Exports, Fetcher, Token};
 use highrise_control::store::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -373,4 +373,130 @@ mod aws {
             .unwrap_err();
         assert!(e.message.contains("BatchMeterUsage"), "{e}");
     }
+}
+
+/// A service account key for the tests alone (generated for them; it opens nothing).
+const SA_EMAIL: &str = "meter@vendor.iam.gserviceaccount.com";
+const SA_KEY: &str = include_str!("doubles/service-account-test-key.pem");
+const SA_PUBLIC: &str = include_str!("doubles/service-account-test-key.pub.pem");
+
+/// A service account key file as Google issues it, its `token_uri` the double's.
+fn key_file(dir: &std::path::Path, email: &str, token_uri: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("{email}.json"));
+    let key = serde_json::json!({
+        "type": "service_account",
+        "project_id": "vendor",
+        "private_key_id": "k1",
+        "private_key": SA_KEY,
+        "client_email": email,
+        "token_uri": token_uri,
+    });
+    std::fs::write(&path, key.to_string()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn azure_usage_goes_out_under_tokens_the_control_plane_fetches_from_entra_id() {
+    let entra = doubles::tokens::entra_id("tenant-1", "app-1", "s3cret", "az-fetched", "3599").await;
+    let double = doubles::azure("az-fetched", "highrise-payg", &[AZURE_SUB], &DIMENSIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let fetcher = Fetcher::entra_id(&entra.url, "tenant-1", "app-1", secret, Duration::from_secs(5)).unwrap();
+    let exporter = AzureExporter::new(AzureConfig {
+        base_url: double.url.clone(),
+        token: Token::Fetched(Arc::new(fetcher)),
+        plan_id: "highrise-payg".into(),
+        timeout: Duration::from_millis(300),
+    })
+    .unwrap();
+    export_through_failures(Marketplace::Azure, &double, Arc::new(exporter), AZURE_SUB, None).await;
+    // One token for the whole run: kept until five minutes before it expires.
+    assert_eq!((entra.issued(), entra.refused()), (1, vec![]));
+}
+
+#[tokio::test]
+async fn gcp_usage_goes_out_under_tokens_the_control_plane_fetches_with_its_service_account() {
+    let google = doubles::tokens::google_oauth(SA_EMAIL, SA_PUBLIC, "gcp-fetched").await;
+    let service = "highrise.endpoints.vendor.cloud.goog";
+    let double = doubles::gcp("gcp-fetched", service, &[GCP_ID], &DIMENSIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), SA_EMAIL, &format!("{}/token", google.url));
+    let exporter = GcpExporter::new(GcpConfig {
+        base_url: double.url.clone(),
+        service: service.into(),
+        token: Token::Fetched(Arc::new(
+            Fetcher::service_account(&key, Duration::from_secs(5)).unwrap(),
+        )),
+        timeout: Duration::from_millis(300),
+    })
+    .unwrap();
+    export_through_failures(Marketplace::Gcp, &double, Arc::new(exporter), GCP_ID, None).await;
+    assert_eq!((google.issued(), google.refused()), (1, vec![]));
+}
+
+#[tokio::test]
+async fn a_token_is_fetched_again_before_it_expires_and_a_refused_fetch_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    // Good for five minutes only: kept for none of them, so every call fetches.
+    let entra = doubles::tokens::entra_id("tenant-1", "app-1", "s3cret", "az-short", "300").await;
+    let token = Token::Fetched(Arc::new(
+        Fetcher::entra_id(&entra.url, "tenant-1", "app-1", secret.clone(), Duration::from_secs(5)).unwrap(),
+    ));
+    assert_eq!(token.get().await.unwrap(), "az-short");
+    assert_eq!(token.get().await.unwrap(), "az-short");
+    assert_eq!(entra.issued(), 2);
+    // A rotated secret is read at the next fetch: the old one is refused, with Entra ID's
+    // words, and nothing is kept.
+    std::fs::write(&secret, "old-secret").unwrap();
+    let err = token.get().await.unwrap_err();
+    assert!(
+        !err.in_doubt && err.message.contains("AADSTS7000215"),
+        "{}",
+        err.message
+    );
+    std::fs::write(&secret, "s3cret").unwrap();
+    assert_eq!(token.get().await.unwrap(), "az-short");
+    // Another tenant does not know the app.
+    let other = Token::Fetched(Arc::new(
+        Fetcher::entra_id(&entra.url, "tenant-2", "app-1", secret, Duration::from_secs(5)).unwrap(),
+    ));
+    assert!(other.get().await.unwrap_err().message.contains("AADSTS90002"));
+    // A key signed for another account is refused by Google; a file that is not a
+    // service account key is refused at start.
+    let google = doubles::tokens::google_oauth(SA_EMAIL, SA_PUBLIC, "gcp-token").await;
+    let key = key_file(
+        dir.path(),
+        "intruder@other.iam.gserviceaccount.com",
+        &format!("{}/token", google.url),
+    );
+    let wrong = Token::Fetched(Arc::new(
+        Fetcher::service_account(&key, Duration::from_secs(5)).unwrap(),
+    ));
+    let err = wrong.get().await.unwrap_err();
+    assert!(err.message.contains("Invalid JWT"), "{}", err.message);
+    let not_a_key = dir.path().join("user.json");
+    std::fs::write(
+        &not_a_key,
+        r#"{"type":"authorized_user","client_email":"a","private_key":"b","token_uri":"http://x"}"#,
+    )
+    .unwrap();
+    let err = Fetcher::service_account(&not_a_key, Duration::from_secs(5))
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("not a service account key"), "{err:#}");
+    // Nothing listens: refused, not in doubt (nothing reached the marketplace).
+    let gone = Token::Fetched(Arc::new(
+        Fetcher::entra_id(
+            "http://127.0.0.1:1",
+            "t",
+            "a",
+            dir.path().join("secret"),
+            Duration::from_secs(2),
+        )
+        .unwrap(),
+    ));
+    assert!(!gone.get().await.unwrap_err().in_doubt);
 }

@@ -90,7 +90,7 @@ impl Exporter for AzureExporter {
         let request = self
             .http
             .post(url)
-            .bearer_auth(self.cfg.token.read()?)
+            .bearer_auth(self.cfg.token.get().await?)
             .header("x-ms-requestid", uuid::Uuid::new_v4().to_string())
             .json(&serde_json::json!({ "request": events }));
         let answer: BatchResponse = match call("batchUsageEvent", request).await? {

@@ -99,7 +99,7 @@ impl Exporter for GcpExporter {
         let request = self
             .http
             .post(url)
-            .bearer_auth(self.cfg.token.read()?)
+            .bearer_auth(self.cfg.token.get().await?)
             .json(&json!({ "operations": operations }));
         let answer: ReportResponse = match call("services.report", request).await? {
             Ok(a) => a,

@@ -9,6 +9,8 @@
 //! assert empty.
 #![allow(dead_code)] // each test file uses its own share
 
+pub mod tokens;
+
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
