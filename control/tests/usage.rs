@@ -629,6 +629,15 @@ async fn traffic(url: &str) {
         .await
         .unwrap();
     assert_eq!(o.taken, 1);
+    // proxy-b lost its counters and began again after its last report: the new counter's
+    // bytes are all new (not a regression to take as a baseline).
+    let mut fresh = reading(MeterKind::ProxyBytesOut, 40, t0 + 150 * 60_000, false);
+    fresh.since_ms = t0 + 130 * 60_000;
+    let o = store
+        .record_proxy_readings("proxy-b", "local-b", "region-1", &[fresh])
+        .await
+        .unwrap();
+    assert_eq!((o.taken, o.regressed.len()), (1, 0));
     // Unknown endpoint; a kind a proxy does not count; a host moving the proxy's meter.
     let mut stray = reading(MeterKind::ProxyBytesOut, 1, t0 + 100 * 60_000, false);
     stray.source = "ep-nobody".into();
@@ -665,6 +674,7 @@ async fn traffic(url: &str) {
         ("proxy_bytes_out", "local-a", 0, 2_000),
         ("proxy_bytes_out", "local-a", 3600, 1_000),
         ("proxy_bytes_out", "local-b", 0, 500),
+        ("proxy_bytes_out", "local-b", 7200, 40),
     ]
     .map(|(d, c, h, q)| (d.to_string(), c.to_string(), h, q));
     assert_eq!(got, want);

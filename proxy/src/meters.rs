@@ -159,8 +159,9 @@ impl Traffic {
     }
 
     /// The counters kept in `file`, if any. A file that cannot be read is set aside
-    /// (renamed `.bad`) and said so: counting starts again from zero, and the control
-    /// plane takes the lower values as a new baseline.
+    /// (renamed `.bad`) and said so: counting starts again from zero with new counters,
+    /// which the control plane counts whole from their start (what the lost file held
+    /// since its last report is lost).
     pub fn open(file: &Path) -> Self {
         let kept = match std::fs::read(file) {
             Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {

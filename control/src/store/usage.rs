@@ -158,7 +158,9 @@ impl Store {
     /// between them ([`meter::spread`]), and becomes the last one — only if the last one
     /// is still the one read (so two control planes, or a retry racing the original,
     /// cannot both add it). A source read for the first time starts from 0 at its
-    /// counter's start, under the org, cluster, plan, market and place it has then.
+    /// counter's start, under the org, cluster, plan, market and place it has then; a
+    /// counter begun after the meter's last reading is a new one, counted whole from its
+    /// start ([`meter::spread_since`]).
     pub async fn record_readings(&self, host_id: &str, readings: &[MeterReading]) -> Result<MeterOutcome> {
         self.record(&Reporter::Host(host_id), readings).await
     }
@@ -290,7 +292,7 @@ impl Store {
                 value: r.value,
                 at_ms: r.at_ms,
             };
-            match meter::spread(last, next) {
+            match meter::spread_since(last, next, r.since_ms) {
                 Spread::Stale => {
                     out.stale += 1;
                     continue;

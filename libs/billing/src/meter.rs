@@ -167,6 +167,24 @@ pub fn spread(last: Last, next: Reading) -> Spread {
     Spread::Added(shares)
 }
 
+/// What a reading of a counter begun at `since_ms` adds after `last`. A counter begun
+/// after the last reading taken is another counter — its source lost the old one (a proxy
+/// that forgot an endpoint, a counter file set aside) and started again — so all of it is
+/// new, counted from 0 at its start; else as [`spread`] says.
+pub fn spread_since(last: Last, next: Reading, since_ms: i64) -> Spread {
+    if since_ms > last.at_ms {
+        spread(
+            Reading {
+                value: 0,
+                at_ms: since_ms,
+            },
+            next,
+        )
+    } else {
+        spread(last, next)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +274,35 @@ mod tests {
         assert_eq!(spread(last, r(900, 10 * H)), Spread::Stale, "same instant: a duplicate");
         assert_eq!(spread(last, r(10, 11 * H)), Spread::Regressed);
         assert_eq!(spread(last, r(500, 11 * H)), Spread::Added(vec![]));
+    }
+
+    #[test]
+    fn a_counter_begun_after_the_last_reading_is_new_usage_from_its_start() {
+        let last = r(5_000, 10 * H);
+        let share = |hour, quantity| Share {
+            hour: hour * HOUR,
+            quantity,
+        };
+        // The same counter (begun before the last reading): its difference, or nothing.
+        assert_eq!(
+            spread_since(last, r(5_600, 11 * H), 2 * H),
+            spread(last, r(5_600, 11 * H))
+        );
+        assert_eq!(spread_since(last, r(10, 11 * H), 2 * H), Spread::Regressed);
+        // Begun at the last reading's moment: still the same one (a meter's first `last`
+        // is its counter's start).
+        assert_eq!(spread_since(last, r(10, 11 * H), 10 * H), Spread::Regressed);
+        // Begun after it: all of it, from its start, whether above the old value or not.
+        assert_eq!(
+            spread_since(last, r(30, 12 * H + H / 2), 11 * H + H / 2),
+            Spread::Added(vec![share(11, 15), share(12, 15)])
+        );
+        assert_eq!(
+            spread_since(last, r(9_000, 11 * H), 10 * H + H / 2),
+            Spread::Added(vec![share(10, 9_000)])
+        );
+        // Read at its very start: nothing yet.
+        assert_eq!(spread_since(last, r(0, 11 * H), 11 * H), Spread::Stale);
     }
 
     proptest! {
