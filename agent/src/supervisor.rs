@@ -916,6 +916,7 @@ impl Instance {
         if spec.role != "standby" {
             let conn = self.admin().await?;
             highrise_pg::ensure_owner(conn, &spec.owner, &spec.owner_scram, &spec.database).await?;
+            highrise_pg::wall::limit_connections(conn, &spec.owner, spec.connection_limit).await?;
             highrise_pg::ensure_replicator(conn, REPL_USER, &spec.replication_scram).await?;
             // The extension allow-list lives in the tenant's database (replicated with it,
             // so a promoted standby has it already): never holds a primary back from
@@ -975,6 +976,7 @@ fn same_roles(a: &InstanceSpec, b: &InstanceSpec) -> bool {
         && a.owner_scram == b.owner_scram
         && a.database == b.database
         && a.replication_scram == b.replication_scram
+        && a.connection_limit == b.connection_limit
 }
 
 /// The role standbys stream as; created on every primary with the cluster's verifier.

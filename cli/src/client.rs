@@ -46,6 +46,10 @@ pub struct AccessArgs {
     /// Admit every source again (clears the allow-list).
     #[arg(long, conflicts_with = "allow")]
     allow_any: bool,
+    /// The most sessions the database's role may hold at once (1–1000; `0`: no limit but
+    /// the server's). PostgreSQL refuses the next one; the role cannot raise it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    connection_limit: Option<u32>,
 }
 
 impl AccessArgs {
@@ -740,6 +744,9 @@ fn show_cluster(c: &Cluster, ca: Option<&std::path::Path>) {
         (true, true) => println!("access:     public, from any address"),
         (true, false) => println!("access:     public, from {} only", c.allowed_cidrs.join(", ")),
     }
+    if let Some(limit) = c.connection_limit {
+        println!("sessions:   at most {limit} at once for {}", c.user);
+    }
     println!("term:       {}", c.term);
     println!(
         "durability: {}  (base backup every {} s, keep {} / {} days)",
@@ -902,6 +909,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 on_cloud_loss: on_cloud_loss.map(Into::into),
                 public: access.public,
                 allowed_cidrs: access.allowed(),
+                connection_limit: access.connection_limit,
             };
             api.create_cluster(&body, wait, &conn).await
         }
@@ -937,6 +945,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 on_cloud_loss: None,
                 public: None,
                 allowed_cidrs: None,
+                connection_limit: None,
             };
             api.create_cluster(&body, wait, &conn).await
         }
@@ -1013,6 +1022,7 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<()> {
                 on_cloud_loss: on_cloud_loss.map(Into::into),
                 public: access.public,
                 allowed_cidrs: access.allowed(),
+                connection_limit: access.connection_limit,
             };
             let c: Cluster = api
                 .send(api.http.patch(api.cluster_path(&name, &conn.project)).json(&body))

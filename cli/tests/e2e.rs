@@ -1565,3 +1565,63 @@ fn each_member_reports_its_storage_and_the_cluster_its_use_of_the_plan() {
     let text = up.cli_ok(&["cluster", "show", "sized"]);
     assert!(text.contains("storage:") && text.contains("of 10.0 GiB"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tenants_sessions_are_capped_by_the_clusters_connection_limit() {
+    use sqlx::Executor;
+    let up = tokio::task::spawn_blocking(Up::start).await.unwrap();
+    let out = up.cli_ok(&["cluster", "create", "capped", "--connection-limit", "2", "--wait"]);
+    let uri = out.lines().last().expect("a URI line").trim().to_string();
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "capped", "--output", "json"])).unwrap();
+    assert_eq!(shown["connection_limit"], 2, "{shown}");
+    assert!(up
+        .cli_ok(&["cluster", "show", "capped"])
+        .contains("at most 2 at once for owner"));
+
+    // Two sessions through the proxies; PostgreSQL refuses the third, and the client hears
+    // why.
+    let mut first = connect_any(&uri).await.unwrap();
+    let _second = connect_any(&uri).await.unwrap();
+    let (ok, _, err) = psql(&uri, "select 1");
+    assert!(!ok && err.contains("too many connections for role \"owner\""), "{err}");
+    // The role cannot raise its own limit.
+    let e = first
+        .execute("alter role owner connection limit -1")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("permission denied"), "{e}");
+
+    // Out of range: refused by the API with nothing changed.
+    let r = reqwest::Client::new()
+        .patch(format!("{}/v1/clusters/capped", up.api_url))
+        .bearer_auth(&up.api_key)
+        .json(&json!({ "connection_limit": 1001, "replicas": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("connection_limit"),
+        "{body}"
+    );
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "capped", "--output", "json"])).unwrap();
+    assert_eq!(
+        (shown["connection_limit"].clone(), shown["replicas"].clone()),
+        (json!(2), json!(0))
+    );
+
+    // Raised: the primary's agent sets it on the role within seconds; lifted with 0.
+    up.cli_ok(&["cluster", "update", "capped", "--connection-limit", "3"]);
+    wait_for("a third session", Duration::from_secs(30), || psql(&uri, "select 1").0);
+    up.cli_ok(&["cluster", "update", "capped", "--connection-limit", "0"]);
+    wait_for("the limit to be lifted", Duration::from_secs(30), || {
+        psql(&uri, "select rolconnlimit from pg_roles where rolname = current_user")
+            .1
+            .trim()
+            == "-1"
+    });
+    let shown: Value = serde_json::from_str(&up.cli_ok(&["cluster", "show", "capped", "--output", "json"])).unwrap();
+    assert!(shown.get("connection_limit").is_none(), "{shown}");
+}

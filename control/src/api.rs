@@ -863,6 +863,7 @@ fn view_of(
         endpoint: c.endpoint.clone(),
         public: c.public_endpoint,
         allowed_cidrs: c.allowed_cidrs.clone(),
+        connection_limit: u32::try_from(c.connection_limit).ok().filter(|&l| l > 0),
         term: c.term,
         database: c.db_name.clone(),
         user: c.owner_name.clone(),

@@ -48,6 +48,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (33, include_str!("../migrations/0033_marketplace_outbox.sql")),
     (34, include_str!("../migrations/0034_invoices.sql")),
     (35, include_str!("../migrations/0035_object_storage_meter.sql")),
+    (36, include_str!("../migrations/0036_connection_limit.sql")),
 ];
 
 mod audit;
@@ -236,6 +237,8 @@ pub struct ClusterRow {
     pub public_endpoint: bool,
     /// Source networks the public endpoint admits (canonical CIDRs; empty: any).
     pub allowed_cidrs: Vec<String>,
+    /// The most sessions the tenant's role may hold at once (`0`: none but the server's).
+    pub connection_limit: i64,
 }
 
 /// One instance of a host's desired state, before the keys are filled in.
@@ -428,7 +431,8 @@ const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name
     c.plan, c.pg_version, c.replicas, c.spot, c.endpoint, c.db_name, c.owner_name, c.owner_scram, c.repl_password, \
     c.repl_scram, c.spread_clouds, c.term, c.created_at, c.deleted_at, c.durability, c.backup_interval, \
     c.backup_retain_count, c.backup_retain_days, c.restore_json, c.autoscale_max_bytes, c.disk_bytes, \
-    c.backup_copies, c.copy_lag_bytes, c.copied_at, c.on_cloud_loss, c.avoid_cloud, c.public_endpoint, c.allowed_cidrs";
+    c.backup_copies, c.copy_lag_bytes, c.copied_at, c.on_cloud_loss, c.avoid_cloud, c.public_endpoint, c.allowed_cidrs, \
+    c.connection_limit";
 
 fn cluster(r: &AnyRow) -> Result<ClusterRow> {
     Ok(ClusterRow {
@@ -467,6 +471,7 @@ fn cluster(r: &AnyRow) -> Result<ClusterRow> {
         avoid_cloud: r.try_get("avoid_cloud")?,
         public_endpoint: r.try_get::<i64, _>("public_endpoint")? != 0,
         allowed_cidrs: id_list(&r.try_get::<String, _>("allowed_cidrs")?),
+        connection_limit: r.try_get("connection_limit")?,
     })
 }
 

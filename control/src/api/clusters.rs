@@ -106,6 +106,7 @@ pub(super) async fn create_cluster(
     let policy = req.backup_policy.unwrap_or_default();
     backups::validate_policy(&policy)?;
     let allowed_cidrs = allow_list(req.allowed_cidrs.as_deref().unwrap_or_default())?;
+    let connection_limit = connection_limit(req.connection_limit.unwrap_or(0))?;
     billing::check_hard_limit(&state, &caller.org_id).await?;
     let (restore_json, db_name) = match &req.restore {
         Some(r) => {
@@ -168,6 +169,7 @@ pub(super) async fn create_cluster(
         avoid_cloud: None,
         public_endpoint: req.public.unwrap_or(true),
         allowed_cidrs,
+        connection_limit,
     };
     let op = OperationRow {
         id: auth::new_id("op"),
@@ -228,6 +230,16 @@ pub(super) async fn update_cluster(
     let c = find_cluster(&state, &caller, q.project.as_deref(), &cluster).await?;
     // Checked before anything changes.
     let allowed_cidrs = req.allowed_cidrs.as_deref().map(allow_list).transpose()?;
+    let limit = req.connection_limit.map(connection_limit).transpose()?;
+    if let Some(limit) = limit {
+        state
+            .store
+            .set_connection_limit(&c.id, limit)
+            .await
+            .map_err(store_err("cluster"))?;
+        state.notify();
+        tracing::info!(cluster = %c.id, limit, "connection limit changed");
+    }
     if req.public.is_some() || allowed_cidrs.is_some() {
         let public = req.public.unwrap_or(c.public_endpoint);
         let allowed = allowed_cidrs.unwrap_or_else(|| c.allowed_cidrs.clone());
@@ -325,6 +337,20 @@ pub(super) async fn update_cluster(
     }
     let c = find_cluster(&state, &caller, q.project.as_deref(), &c.id).await?;
     Ok(Json(cluster_view(&state, &c).await?))
+}
+
+/// The most sessions a tenant's role may be limited to: what the biggest plan's server
+/// allows.
+const MAX_CONNECTION_LIMIT: u32 = 1000;
+
+/// A connection limit as stored (`0`: none), checked.
+fn connection_limit(limit: u32) -> ApiResult<i64> {
+    if limit > MAX_CONNECTION_LIMIT {
+        return Err(ApiError::invalid(format!(
+            "connection_limit is between 1 and {MAX_CONNECTION_LIMIT} (0: no limit), not {limit}"
+        )));
+    }
+    Ok(i64::from(limit))
 }
 
 /// An allow-list entry as the OpenAPI document states it (unanchored): an IPv4 address,

@@ -20,9 +20,9 @@ impl Store {
             "INSERT INTO clusters (id, org_id, project_id, name, cloud, region, plan, pg_version, replicas, spot, \
              endpoint, db_name, owner_name, owner_scram, term, created_at, repl_password, repl_scram, spread_clouds, \
              durability, backup_interval, backup_retain_count, backup_retain_days, restore_json, autoscale_max_bytes, \
-             backup_copies, on_cloud_loss, public_endpoint, allowed_cidrs) \
+             backup_copies, on_cloud_loss, public_endpoint, allowed_cidrs, connection_limit) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-             $23, $24, $25, $26, $27, $28, $29)",
+             $23, $24, $25, $26, $27, $28, $29, $30)",
         )
         .bind(&c.id)
         .bind(&c.org_id)
@@ -53,6 +53,7 @@ impl Store {
         .bind(&c.on_cloud_loss)
         .bind(i64::from(c.public_endpoint))
         .bind(c.allowed_cidrs.join(","))
+        .bind(c.connection_limit)
         .execute(&mut *tx)
         .await;
         match res {
@@ -279,6 +280,17 @@ impl Store {
     pub async fn set_durability(&self, id: &str, durability: &str) -> Result<()> {
         sqlx::query("UPDATE clusters SET durability = $1 WHERE id = $2 AND deleted_at IS NULL")
             .bind(durability)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The most sessions the tenant's role may hold at once (`0`: none but the server's);
+    /// the primary's agent sets it on the role.
+    pub async fn set_connection_limit(&self, id: &str, limit: i64) -> Result<()> {
+        sqlx::query("UPDATE clusters SET connection_limit = $1 WHERE id = $2 AND deleted_at IS NULL")
+            .bind(limit)
             .bind(id)
             .execute(&self.pool)
             .await?;

@@ -76,7 +76,7 @@ impl Store {
     pub async fn desired_for_host(&self, host_id: &str) -> Result<Vec<DesiredRow>> {
         let rows = sqlx::query(
             "SELECT i.id, i.cluster_id, i.slots, i.role, i.draining, i.addr, c.plan, c.pg_version, c.db_name, c.owner_name, c.owner_scram, \
-             c.repl_password, c.repl_scram, c.term, c.durability, c.restore_json, h.cloud AS host_cloud, \
+             c.repl_password, c.repl_scram, c.term, c.durability, c.restore_json, c.connection_limit, h.cloud AS host_cloud, \
              (SELECT b.id FROM backups b WHERE b.cluster_id = c.id AND b.status = 'pending' ORDER BY b.created_at LIMIT 1) \
              AS backup_id \
              FROM instances i JOIN clusters c ON c.id = i.cluster_id JOIN hosts h ON h.id = i.host_id \
@@ -153,6 +153,9 @@ impl Store {
                 storage_limit_bytes: planner::plan_storage_bytes(&r.try_get::<String, _>("plan")?),
                 storage_read_only: primary && standby_nearly_full,
                 tls: None,
+                connection_limit: u32::try_from(r.try_get::<i64, _>("connection_limit")?)
+                    .ok()
+                    .filter(|&l| l > 0),
             };
             specs.push(DesiredRow {
                 restore_json: if primary { r.try_get("restore_json")? } else { None },

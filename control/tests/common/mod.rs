@@ -100,6 +100,7 @@ pub fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &st
         avoid_cloud: None,
         public_endpoint: true,
         allowed_cidrs: Vec::new(),
+        connection_limit: 0,
     }
 }
 

@@ -476,6 +476,12 @@ pub struct CreateCluster {
     #[serde(default)]
     #[schema(max_items = 64)]
     pub allowed_cidrs: Option<Vec<String>>,
+    /// The most sessions the tenant's role may hold at once (1–1000; PostgreSQL refuses
+    /// the next with SQLSTATE 53300); absent or `0`: only the server's own
+    /// `max_connections`. The role cannot raise it.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000)]
+    pub connection_limit: Option<u32>,
 }
 
 /// What a cluster does when every member was in a cloud that went dark (its API failing,
@@ -662,6 +668,9 @@ pub struct Cluster {
     pub public: bool,
     /// Source networks the public endpoint takes connections from (empty: any).
     pub allowed_cidrs: Vec<String>,
+    /// The most sessions the tenant's role may hold at once, when limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_limit: Option<u32>,
     /// Fencing generation; increments whenever the primary changes.
     pub term: i64,
     pub database: String,
@@ -738,6 +747,11 @@ pub struct UpdateCluster {
     #[serde(default)]
     #[schema(max_items = 64)]
     pub allowed_cidrs: Option<Vec<String>>,
+    /// A new limit on the tenant role's sessions (see [`CreateCluster`]); `0` lifts it.
+    /// Sessions already open stay.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000)]
+    pub connection_limit: Option<u32>,
 }
 
 /// Evacuate a cloud: move every cluster off it (`POST /v1/clouds/{cloud}/evacuate`).
@@ -1278,6 +1292,10 @@ pub struct InstanceSpec {
     /// standby verifies its primary by the same name and CA (`sslmode=verify-full`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<MemberTls>,
+    /// The most sessions the owner role may hold at once (a primary sets it on the role;
+    /// standbys receive it by replication); `None`: no limit of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_limit: Option<u32>,
 }
 
 /// A cluster's TLS identity, the same on every member: a certificate for `server_name`

@@ -8,7 +8,9 @@
 //! [`EXTENSIONS`] with an event trigger that only a superuser can drop or disable, which
 //! undoes a `CREATE EXTENSION` or `ALTER EXTENSION` of anything else. Settings kept on
 //! the tenant's role or database are narrowed to [`PARAMETERS`] by
-//! [`reset_parameters`].
+//! [`reset_parameters`]; the sessions its role may hold at once, by
+//! [`limit_connections`] (PostgreSQL's own per-role limit, which a role without
+//! CREATEROLE cannot change).
 
 use crate::{quote_ident, quote_literal, ADMIN_USER};
 use anyhow::{Context, Result};
@@ -205,4 +207,25 @@ pub async fn reset_parameters(conn: &mut sqlx::PgConnection, owner: &str, databa
         done.push(sql);
     }
     Ok(done)
+}
+
+/// Sets, as the admin, the most sessions `role` may hold at once (`None`: no limit of its
+/// own, only the server's `max_connections`). PostgreSQL refuses a session beyond it with
+/// SQLSTATE 53300; sessions already open stay. Idempotent; standbys get it by replication.
+pub async fn limit_connections(conn: &mut sqlx::PgConnection, role: &str, limit: Option<u32>) -> Result<()> {
+    use sqlx::Executor;
+    let limit = limit.map_or(-1, i64::from);
+    let current: Option<i32> = sqlx::query_scalar("SELECT rolconnlimit FROM pg_catalog.pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("read the role's connection limit")?;
+    if current.map(i64::from) == Some(limit) {
+        return Ok(());
+    }
+    let sql = format!("ALTER ROLE {} CONNECTION LIMIT {limit}", quote_ident(role));
+    conn.execute(sql.as_str())
+        .await
+        .context("set the role's connection limit")?;
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! The tenant's side of the wall, on a real PostgreSQL 15 (issue 14): the owner role gets
 //! allow-listed extensions only, and still has no path to the host — no untrusted
 //! extension or language, no `COPY … PROGRAM`, no server files, no way around the
-//! allow-list; it sees and cancels its own sessions and nobody else's.
+//! allow-list; it sees and cancels its own sessions and nobody else's; it holds no more
+//! sessions than its limit, which it cannot raise.
 
 use highrise_pg::scratch::ScratchServer;
 use sqlx::{Connection, Executor, PgConnection};
@@ -188,4 +189,53 @@ async fn only_allow_listed_parameters_stay_set_on_the_role_and_database() {
     }
     assert!(highrise_pg::wall::parameter_allowed("Work_Mem"));
     assert!(!highrise_pg::wall::parameter_allowed("synchronous_commit"));
+}
+
+#[tokio::test]
+async fn the_owner_holds_no_more_sessions_than_its_limit_and_cannot_raise_it() {
+    let pg = ScratchServer::start(&[("owner", "shop")]).await.unwrap();
+    let mut admin = pg.admin().await.unwrap();
+    highrise_pg::ensure_owner(&mut admin, "owner", &highrise_pg::scram_sha256_verifier("pw"), "shop")
+        .await
+        .unwrap();
+    highrise_pg::wall::limit_connections(&mut admin, "owner", Some(2))
+        .await
+        .unwrap();
+    // Idempotent: the agent applies it whenever the desired state changes.
+    highrise_pg::wall::limit_connections(&mut admin, "owner", Some(2))
+        .await
+        .unwrap();
+    let url = format!("postgres://owner:pw@127.0.0.1:{}/shop", pg.port());
+    let mut first = PgConnection::connect(&url).await.unwrap();
+    let _second = PgConnection::connect(&url).await.unwrap();
+    let e = PgConnection::connect(&url).await.unwrap_err();
+    let code = e.as_database_error().and_then(|d| d.code()).map(|c| c.to_string());
+    assert_eq!(code.as_deref(), Some("53300"), "{e}");
+    assert!(e.to_string().contains("too many connections for role \"owner\""), "{e}");
+    // The admin still gets in (the agent's own sessions never count against the tenant).
+    let _admin_too = pg.admin().await.unwrap();
+    // The role cannot raise its own limit, nor make a role without one.
+    for sql in [
+        "alter role owner connection limit -1",
+        "alter role owner connection limit 100",
+        "create role helper login password 'x'",
+    ] {
+        let e = refused(&mut first, sql).await;
+        assert!(e.contains("permission denied"), "{sql}: {e}");
+    }
+    // Raised by the admin: one more session gets in; lifted: any number.
+    highrise_pg::wall::limit_connections(&mut admin, "owner", Some(3))
+        .await
+        .unwrap();
+    let _third = PgConnection::connect(&url).await.unwrap();
+    assert!(PgConnection::connect(&url).await.is_err());
+    highrise_pg::wall::limit_connections(&mut admin, "owner", None)
+        .await
+        .unwrap();
+    let limit: i32 = sqlx::query_scalar("select rolconnlimit from pg_roles where rolname = 'owner'")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(limit, -1);
+    let _fourth = PgConnection::connect(&url).await.unwrap();
 }
