@@ -157,6 +157,11 @@ struct ProxyArgs {
     /// How often the traffic counters are reported.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     meter_every: std::time::Duration,
+    /// Serve the orgs of this cell only (the control plane gives the proxy their routes
+    /// alone, and sends their clients here with `control --cell-proxy`); every cell's
+    /// when omitted.
+    #[arg(long)]
+    cell: Option<String>,
 }
 
 /// A CA certificate file's PEM text, checked to hold a certificate.
@@ -244,6 +249,7 @@ fn main() -> std::process::ExitCode {
                             }),
                             _ => None,
                         },
+                        cell: p.cell,
                     },
                     rx,
                 )

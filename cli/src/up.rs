@@ -49,12 +49,18 @@ pub struct UpArgs {
     /// on a cloud's store measures every few minutes.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     storage_meter_every: std::time::Duration,
-    /// Address clients connect to with psql: the proxy of the land's first cloud; repeat
-    /// for the next clouds' proxies. A cloud without one gets the port after the last
-    /// (any free port when that is 0). Every proxy serves every cluster; connection URIs
-    /// list them all.
+    /// Address clients connect to with psql: the proxy of the land's first cloud (in the
+    /// first cell); repeat for the next clouds' proxies, then the next cells'. One without
+    /// an address gets the port after the last (any free port when that is 0). Each cell
+    /// has proxies of its own, one per cloud, serving its orgs only; an org's connection
+    /// URIs list its cell's. With `control`: where the separate proxies are reached.
     #[arg(long, default_value = "127.0.0.1:7432")]
     proxy_listen: Vec<SocketAddr>,
+    /// With `control`: where the separate proxies of a cell are reached
+    /// (`CELL=HOST:PORT`, repeatable; run them with `highrise proxy --cell CELL`). Orgs of
+    /// a cell without any are sent to --proxy-listen.
+    #[arg(long, value_name = "CELL=ADDR", value_parser = parse_cell_proxy)]
+    cell_proxy: Vec<(String, SocketAddr)>,
     /// Metadata store; SQLite under the data directory when omitted.
     #[arg(long)]
     database_url: Option<String>,
@@ -293,6 +299,34 @@ fn adopt_unsorted_objects(objects: &Path, clouds: &[highrise_provider::Cloud]) -
     Ok(())
 }
 
+/// A `--cell-proxy` value: `CELL=HOST:PORT`.
+fn parse_cell_proxy(s: &str) -> Result<(String, SocketAddr), String> {
+    let (cell, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not CELL=HOST:PORT"))?;
+    let addr = addr.parse().map_err(|e| format!("{addr:?} is not HOST:PORT ({e})"))?;
+    Ok((cell.to_string(), addr))
+}
+
+/// An embedded proxy: the cell whose orgs it serves (`None`: a land without cells), its
+/// cloud and region, and its listener.
+struct EmbeddedProxy {
+    cell: Option<String>,
+    cloud: String,
+    region: String,
+    listener: std::net::TcpListener,
+}
+
+impl EmbeddedProxy {
+    /// What its files and meter are named by: its cloud, after its cell when it has one.
+    fn tag(&self) -> String {
+        match &self.cell {
+            Some(cell) => format!("{cell}-{}", self.cloud),
+            None => self.cloud.clone(),
+        }
+    }
+}
+
 /// Where each cloud's proxy listens: the addresses given, in the land's cloud order, then
 /// the ports after the last one given (port 0 stays 0: any free port).
 fn proxy_addrs(given: &[SocketAddr], clouds: usize) -> Vec<SocketAddr> {
@@ -453,21 +487,65 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         .await
         .with_context(|| format!("listen for the API on {}", args.api_listen))?;
     let clouds = default_clouds();
-    // One proxy per cloud; without embedded proxies, --proxy-listen is where the separate
-    // proxies are reached.
+    let cells: Vec<String> = if args.cells > 1 {
+        (1..=args.cells).map(|n| format!("c{n}")).collect()
+    } else {
+        Vec::new()
+    };
+    // Proxies of their own per cell, one per cloud in each (the first cell's first), so a
+    // proxy that fails or is overwhelmed touches one cell's tenants; a land without cells
+    // has one per cloud for everyone. Without embedded proxies, --proxy-listen and
+    // --cell-proxy say where the separate proxies are reached.
+    let proxy_cells: Vec<Option<String>> = if cells.is_empty() {
+        vec![None]
+    } else {
+        cells.iter().cloned().map(Some).collect()
+    };
     let mut proxy_listeners = Vec::new();
     if with_proxy {
-        for (cloud, addr) in clouds.iter().zip(proxy_addrs(&args.proxy_listen, clouds.len())) {
-            let l = highrise_proxy::listen(addr)
+        let places = proxy_cells
+            .iter()
+            .flat_map(|cell| clouds.iter().map(move |cloud| (cell, cloud)));
+        for ((cell, cloud), addr) in places.zip(proxy_addrs(&args.proxy_listen, clouds.len() * proxy_cells.len())) {
+            let listener = highrise_proxy::listen(addr)
                 .with_context(|| format!("listen for {}'s clients on {addr}", cloud.name))?;
-            let region = cloud.regions.first().map(|r| r.name.clone()).unwrap_or_default();
-            proxy_listeners.push((cloud.name.clone(), region, l));
+            proxy_listeners.push(EmbeddedProxy {
+                cell: cell.clone(),
+                cloud: cloud.name.clone(),
+                region: cloud.regions.first().map(|r| r.name.clone()).unwrap_or_default(),
+                listener,
+            });
         }
+    }
+    for (cell, _) in &args.cell_proxy {
+        if with_proxy || !cells.contains(cell) {
+            anyhow::bail!(
+                "--cell-proxy {cell}=…: {}",
+                if with_proxy {
+                    "`up` runs each cell's proxies itself (use `control` for separate ones)".to_string()
+                } else {
+                    format!("the land has no cell {cell:?} (see --cells)")
+                }
+            );
+        }
+    }
+    let mut cell_proxies: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for p in &proxy_listeners {
+        if let Some(cell) = &p.cell {
+            cell_proxies
+                .entry(cell.clone())
+                .or_default()
+                .push(p.listener.local_addr()?.to_string());
+        }
+    }
+    for (cell, addr) in &args.cell_proxy {
+        cell_proxies.entry(cell.clone()).or_default().push(addr.to_string());
     }
     let proxy_public: Vec<SocketAddr> = if with_proxy {
         proxy_listeners
             .iter()
-            .map(|(_, _, l)| l.local_addr())
+            .filter(|p| p.cell == proxy_cells[0])
+            .map(|p| p.listener.local_addr())
             .collect::<std::io::Result<_>>()?
     } else {
         args.proxy_listen.clone()
@@ -536,6 +614,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         agent_url: agent_url.clone(),
         proxy_token: proxy_token.clone(),
         proxy_public_addrs: proxy_public.iter().map(ToString::to_string).collect(),
+        cell_proxy_addrs: cell_proxies.clone(),
         storage,
         master_key,
         previous_master_keys,
@@ -545,11 +624,7 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             ..Default::default()
         },
         auth_failures_per_minute: args.auth_failures_per_minute,
-        cells: if args.cells > 1 {
-            (1..=args.cells).map(|n| format!("c{n}")).collect()
-        } else {
-            Vec::new()
-        },
+        cells,
         ca: Some(Arc::new(ca)),
         tls_domain: domain.clone(),
         list_prices: Arc::new(list_prices(args.list_prices.as_deref())?),
@@ -605,26 +680,36 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
     }
     let mut plane = ControlPlane::start(control, api_listener, agent_listener, reconcile)?;
     let mut proxies = Vec::new();
-    for (cloud, region, listener) in proxy_listeners {
+    let mut shown = Vec::new();
+    for p in proxy_listeners {
+        let tag = p.tag();
+        shown.push((p.cell.clone(), p.cloud.clone(), p.listener.local_addr()?));
+        let EmbeddedProxy {
+            cell,
+            cloud,
+            region,
+            listener,
+        } = p;
         let cfg = highrise_proxy::ProxyConfig {
             control_url: agent_url.clone(),
             control_url_source: Some(format!("http://{land_addr}/land/control-url")),
             control_ca: Some(ca_pem.clone()),
             token: proxy_token.clone(),
             // Each proxy keeps routes of its own: it serves on from them alone.
-            cache_file: dir.join(format!("proxy-routes-{cloud}.json")),
+            cache_file: dir.join(format!("proxy-routes-{tag}.json")),
             tls: Some((tls_cert.clone(), tls_key.clone())),
             domain: domain.clone(),
             startup_timeout: highrise_proxy::STARTUP_TIMEOUT,
             // Traffic reported every second, as the local land's agents report theirs, so
             // usage shows quickly.
             meter: Some(highrise_proxy::MeterConfig {
-                name: format!("proxy-{cloud}"),
-                file: dir.join(format!("proxy-traffic-{cloud}.json")),
+                name: format!("proxy-{tag}"),
+                file: dir.join(format!("proxy-traffic-{tag}.json")),
                 cloud: cloud.clone(),
                 region,
                 every: std::time::Duration::from_secs(1),
             }),
+            cell,
         };
         proxies.push(spawn_proxy(cloud, listener, cfg, stop_rx.clone(), land.watch_down())?);
     }
@@ -637,11 +722,16 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         dir.join("tls/ca.crt").display()
     );
     if with_proxy {
-        for (cloud, addr) in clouds.iter().zip(&proxy_public) {
-            println!(
-                "  proxy:         {addr}  ({}: psql; TLS host names <endpoint>.{domain})",
-                cloud.name
-            );
+        for (cell, cloud, addr) in &shown {
+            match cell {
+                // The first cell's (the operator's org's) proxies, or everyone's.
+                c if *c == proxy_cells[0] => println!(
+                    "  proxy:         {addr}  ({cloud}{}: psql; TLS host names <endpoint>.{domain})",
+                    c.as_ref().map(|c| format!(", cell {c}")).unwrap_or_default()
+                ),
+                Some(c) => println!("  proxy of {c}:   {addr}  ({cloud}, for orgs of cell {c})"),
+                None => {}
+            }
         }
     } else {
         let addrs: Vec<String> = proxy_public.iter().map(ToString::to_string).collect();
@@ -651,6 +741,12 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             dir.join("tls/ca.crt").display(),
             addrs.join(",")
         );
+        for (cell, addrs) in &cell_proxies {
+            println!(
+                "  proxies of {cell}: {}  (`highrise proxy --cell {cell}`)",
+                addrs.join(",")
+            );
+        }
     }
     println!("  land:          http://{land_addr}  (host metadata and test controls)");
     println!("  client config: {}", config_path.display());

@@ -1,6 +1,7 @@
 //! Cells (issue 14), on the real `highrise up` (two cells by default): orgs are placed in
 //! cells, every cluster of an org runs on its cell's hosts only, and killing every host of
-//! one cell leaves the other cell's clusters serving without a single error.
+//! one cell leaves the other cell's clusters serving without a single error. Each cell has
+//! proxies of its own: they serve its orgs only, and killing one touches no other cell.
 
 mod common;
 
@@ -104,20 +105,187 @@ async fn losing_every_host_of_a_cell_leaves_the_other_cells_clusters_untouched()
     .await;
     eprintln!("A seen {} after {:?}", show(&up, "a")["status"], t.elapsed());
     // … while B's writer kept going a while longer.
-    let acked_before = psql_ok(&b_uri, "select count(*) from ledger").parse::<u64>().unwrap();
+    went_on_untouched(&b_uri, &stop, writer).await;
+    let after: Value = json(&up.cli_ok(&["cluster", "show", "b", "--output", "json", &b_key]));
+    assert_eq!(after["status"], "running");
+    assert_eq!(after["term"], shown_b["term"], "B's cluster did not even fail over");
+}
+
+/// The proxies a connection URI names (`host:port` each).
+fn uri_proxies(uri: &str) -> Vec<String> {
+    let hosts = uri.split_once('@').unwrap().1;
+    let hosts = &hosts[..hosts.find('/').unwrap()];
+    hosts.split(',').map(str::to_string).collect()
+}
+
+#[test]
+fn each_cell_has_proxies_of_its_own_and_they_serve_its_orgs_only() {
+    let up = Up::start();
+    let created = json(&up.cli_ok(&["org", "create", "globex", "--output", "json"]));
+    assert_eq!(created["org"]["cell"], "c2", "{created}");
+    let b_key = format!("--api-key={}", created["api_key"]["secret"].as_str().unwrap());
+    let a_uri = up.create_cluster("a");
+    let out = up.cli_ok(&["cluster", "create", "b", "--wait", &b_key]);
+    let b_uri = out.lines().last().unwrap().trim().to_string();
+    // Each org's URIs name its cell's proxies, one per cloud: none in common.
+    let (a_proxies, b_proxies) = (uri_proxies(&a_uri), uri_proxies(&b_uri));
+    assert_eq!((a_proxies.len(), b_proxies.len()), (2, 2), "{a_uri} {b_uri}");
+    assert!(a_proxies.iter().all(|p| !b_proxies.contains(p)), "{a_uri} {b_uri}");
+    assert_eq!(a_proxies, up.proxy_addrs, "the operator's org is in the first cell");
+    assert_eq!(psql_ok(&a_uri, "select 1"), "1");
+    assert_eq!(psql_ok(&b_uri, "select 1"), "1");
+    // A cell's proxies do not know the other cell's endpoints.
+    let b_endpoint = json(&up.cli_ok(&["cluster", "show", "b", "--output", "json", &b_key]))["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a_endpoint = a_uri_endpoint(&a_uri);
+    for (proxies, uri, endpoint) in [(&a_proxies, &b_uri, &b_endpoint), (&b_proxies, &a_uri, &a_endpoint)] {
+        for p in proxies {
+            let elsewhere = uri.replace(&uri_proxies(uri).join(","), p);
+            let (ok, _, err) = psql(&elsewhere, "select 1");
+            assert!(
+                !ok && err.contains(&format!("endpoint \"{endpoint}\" not found")),
+                "{elsewhere}: {err}"
+            );
+        }
+    }
+}
+
+/// The endpoint a plain URI names in its `options`.
+fn a_uri_endpoint(uri: &str) -> String {
+    uri.split("endpoint%3D")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cells_proxy_killed_leaves_the_other_cells_clients_untouched() {
+    let tmp = temp_root();
+    let root = tmp.path().to_path_buf();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let (c1_addr, c2_addr) = (free(), free());
+    // The control plane with separate proxies, one per cell.
+    let (control, a_uri, b_uri, proxy_of) = {
+        let (root, c1_addr, c2_addr) = (root.clone(), c1_addr.clone(), c2_addr.clone());
+        tokio::task::spawn_blocking(move || {
+            let control = Up::start_command(
+                &root,
+                "control",
+                &c1_addr,
+                &[
+                    "--cell-proxy",
+                    &format!("c1={c1_addr}"),
+                    "--cell-proxy",
+                    &format!("c2={c2_addr}"),
+                ],
+            );
+            let token = std::fs::read_to_string(control.data_dir.join("proxy-token")).unwrap();
+            let (agent_url, ca) = (control.agent_url.clone(), control.data_dir.join("tls/ca.crt"));
+            let root = control.root.clone();
+            let proxy_of = move |cell: &str, listen: &str| {
+                std::process::Command::new(BIN)
+                    .args(["proxy", "--listen", listen, "--control-url", &agent_url, "--cell", cell])
+                    .arg("--control-ca")
+                    .arg(&ca)
+                    .arg("--cache-file")
+                    .arg(root.join(format!("routes-{cell}.json")))
+                    .env("HIGHRISE_PROXY_TOKEN", token.trim())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .map(Reaped)
+                    .unwrap()
+            };
+            let created = json(&control.cli_ok(&["org", "create", "globex", "--output", "json"]));
+            let b_key = format!("--api-key={}", created["api_key"]["secret"].as_str().unwrap());
+            let a_uri = control.create_cluster("a");
+            let out = control.cli_ok(&["cluster", "create", "b", "--wait", &b_key]);
+            let b_uri = out.lines().last().unwrap().trim().to_string();
+            (control, a_uri, b_uri, proxy_of)
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(uri_proxies(&a_uri), vec![c1_addr.clone()]);
+    assert_eq!(uri_proxies(&b_uri), vec![c2_addr.clone()]);
+    let c1_proxy = proxy_of("c1", &c1_addr);
+    let _c2_proxy = proxy_of("c2", &c2_addr);
+    wait_for(
+        "both cells' proxies to route",
+        std::time::Duration::from_secs(30),
+        || psql(&a_uri, "select 1").0 && psql(&b_uri, "select 1").0,
+    );
+    psql_ok(&b_uri, "create table ledger (id bigserial primary key)");
+
+    // Org B (cell c2) writes all along; cell c1's proxy is killed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(ledger_writer(b_uri.clone(), Arc::clone(&stop)));
+    wait_for_async("B's writer to commit", || async {
+        psql(&b_uri, "select count(*) from ledger").1 != "0"
+    })
+    .await;
+    drop(c1_proxy);
+    let (ok, _, err) = psql(&a_uri, "select 1");
+    assert!(!ok && err.contains("refused"), "A's clients lose their proxy: {err}");
+    went_on_untouched(&b_uri, &stop, writer).await;
+
+    // Back: cell c1's proxy serves A again from where it was.
+    let _c1_proxy = proxy_of("c1", &c1_addr);
+    wait_for("A to be served again", std::time::Duration::from_secs(30), || {
+        psql(&a_uri, "select 1").0
+    });
+    // A proxy that names a cell the land does not have is told so by the control plane
+    // (and serves nobody).
+    let r = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(control.data_dir.join("tls/ca.crt")).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap()
+        .get(format!("{}/v1/proxy/routes?cell=c9", control.agent_url))
+        .bearer_auth(
+            std::fs::read_to_string(control.data_dir.join("proxy-token"))
+                .unwrap()
+                .trim(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no cell \"c9\" (its cells: c1, c2)"), "{body}");
+    drop(tmp);
+}
+
+/// Lets B's ledger writer commit 50 more times, stops it, and checks that it never saw a
+/// failed attempt and that nothing it was told committed is lost.
+async fn went_on_untouched(b_uri: &str, stop: &AtomicBool, writer: tokio::task::JoinHandle<Ledger>) {
+    let acked_before = psql_ok(b_uri, "select count(*) from ledger").parse::<u64>().unwrap();
     wait_for_async("B's writer to go on", || async {
-        psql_ok(&b_uri, "select count(*) from ledger").parse::<u64>().unwrap() > acked_before + 50
+        psql_ok(b_uri, "select count(*) from ledger").parse::<u64>().unwrap() > acked_before + 50
     })
     .await;
     stop.store(true, Ordering::Relaxed);
     let (acked, timeline) = writer.await.unwrap();
     let failed = timeline.iter().filter(|(_, ok)| !ok).count();
     assert_eq!(failed, 0, "B's writer saw {failed} failed attempts");
-    check_ledger(&b_uri, &acked);
-    let after: Value = json(&up.cli_ok(&["cluster", "show", "b", "--output", "json", &b_key]));
-    assert_eq!(after["status"], "running");
-    assert_eq!(after["term"], shown_b["term"], "B's cluster did not even fail over");
+    check_ledger(b_uri, &acked);
 }
+
+/// What a ledger writer returns: the ids it was told committed, and each attempt.
+type Ledger = (Vec<i64>, Vec<(std::time::Instant, bool)>);
 
 /// [`wait_for`] for async conditions (60 s).
 async fn wait_for_async<F, Fut>(what: &str, mut cond: F)

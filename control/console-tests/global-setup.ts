@@ -34,12 +34,13 @@ export default async function globalSetup() {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'hr-console-'));
   fs.chmodSync(work, 0o711);
   const api = `127.0.0.1:${await freePort()}`;
-  const proxy = `127.0.0.1:${await freePort()}`;
-  const proxyB = `127.0.0.1:${await freePort()}`;
+  // Two clouds' proxies in each of the two cells.
+  const proxies: string[] = [];
+  for (let i = 0; i < 4; i++) proxies.push('--proxy-listen', `127.0.0.1:${await freePort()}`);
   const log = fs.openSync(path.join(work, 'up.log'), 'w');
   const up = spawn(
     bin,
-    ['up', '--data-dir', path.join(work, 'data'), '--api-listen', api, '--proxy-listen', proxy, '--proxy-listen', proxyB],
+    ['up', '--data-dir', path.join(work, 'data'), '--api-listen', api, ...proxies],
     { env: { ...process.env, HIGHRISE_CONFIG: path.join(work, 'client.json') }, stdio: ['ignore', log, log] },
   );
   let exited = false;

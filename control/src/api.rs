@@ -647,7 +647,7 @@ fn connection_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> S
     let auth = user_info(c, password);
     format!(
         "postgresql://{auth}@{}/{}?options=endpoint%3D{}",
-        state.cfg.proxy_public_addrs.join(","),
+        proxies_of(state, c).join(","),
         c.db_name,
         c.endpoint
     )
@@ -658,7 +658,14 @@ fn connection_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> S
 /// as SNI, so no routing option is needed) and, when the proxies have IP addresses,
 /// `hostaddr` for where to connect (no DNS needed). `None` without a CA.
 fn verified_uri(state: &AppState, c: &ClusterRow, password: Option<&str>) -> Option<String> {
-    verified_uri_to(state, c, &c.endpoint, &state.cfg.proxy_public_addrs, password)
+    verified_uri_to(state, c, &c.endpoint, proxies_of(state, c), password)
+}
+
+/// The proxies that serve the cluster: its org's cell's, or the land's shared ones.
+fn proxies_of<'a>(state: &'a AppState, c: &ClusterRow) -> &'a [String] {
+    highrise_planner::cells::proxy_cell(&state.cfg.cells, &c.cell)
+        .and_then(|cell| state.cfg.cell_proxy_addrs.get(cell))
+        .unwrap_or(&state.cfg.proxy_public_addrs)
 }
 
 /// The verifying URI of `endpoint` served at `addrs` (`host:port` each).

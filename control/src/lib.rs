@@ -49,6 +49,10 @@ pub struct ControlConfig {
     /// `host:port` of every proxy clients connect to (one per cloud), listed in
     /// connection URIs so that a client survives losing one of them.
     pub proxy_public_addrs: Vec<String>,
+    /// Proxies of their own per cell (`host:port` each, by cell): an org's clusters are
+    /// reached through its cell's (see [`highrise_planner::cells::proxy_cell`]); a cell
+    /// absent here is served by `proxy_public_addrs`.
+    pub cell_proxy_addrs: std::collections::BTreeMap<String, Vec<String>>,
     /// Where clusters' WAL and backups go.
     pub storage: durability::StorageConfig,
     /// The key that wraps every tenant's data key (hex, 32 bytes); kept outside the

@@ -239,6 +239,9 @@ pub struct ClusterRow {
     pub allowed_cidrs: Vec<String>,
     /// The most sessions the tenant's role may hold at once (`0`: none but the server's).
     pub connection_limit: i64,
+    /// The cell of the cluster's org (read, never written with the cluster): whose
+    /// proxies serve it.
+    pub cell: String,
 }
 
 /// One instance of a host's desired state, before the keys are filled in.
@@ -432,7 +435,7 @@ const CLUSTER_COLS: &str = "c.id, c.org_id, c.project_id, p.name AS project_name
     c.repl_scram, c.spread_clouds, c.term, c.created_at, c.deleted_at, c.durability, c.backup_interval, \
     c.backup_retain_count, c.backup_retain_days, c.restore_json, c.autoscale_max_bytes, c.disk_bytes, \
     c.backup_copies, c.copy_lag_bytes, c.copied_at, c.on_cloud_loss, c.avoid_cloud, c.public_endpoint, c.allowed_cidrs, \
-    c.connection_limit";
+    c.connection_limit, (SELECT o.cell FROM orgs o WHERE o.id = c.org_id) AS org_cell";
 
 fn cluster(r: &AnyRow) -> Result<ClusterRow> {
     Ok(ClusterRow {
@@ -472,6 +475,7 @@ fn cluster(r: &AnyRow) -> Result<ClusterRow> {
         public_endpoint: r.try_get::<i64, _>("public_endpoint")? != 0,
         allowed_cidrs: id_list(&r.try_get::<String, _>("allowed_cidrs")?),
         connection_limit: r.try_get("connection_limit")?,
+        cell: r.try_get::<Option<String>, _>("org_cell")?.unwrap_or_default(),
     })
 }
 

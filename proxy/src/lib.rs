@@ -71,6 +71,9 @@ pub struct ProxyConfig {
     /// Count the bytes relayed per endpoint and report them for billing ([`meters`]);
     /// `None`: nothing is counted.
     pub meter: Option<MeterConfig>,
+    /// The cell whose orgs the proxy serves (it is given their routes only); `None`:
+    /// every cell's.
+    pub cell: Option<String>,
 }
 
 /// How long a new connection is held while its cluster has no reachable primary.

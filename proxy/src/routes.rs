@@ -193,6 +193,7 @@ impl OnMiss {
         let fetched = async {
             self.client
                 .get(format!("{}/v1/proxy/routes", self.control.get()))
+                .query(&cell_query(&self.cfg))
                 .bearer_auth(&self.cfg.token)
                 .send()
                 .await?
@@ -212,6 +213,11 @@ impl OnMiss {
             }
         }
     }
+}
+
+/// The routing table's query for the proxy's cell: its cell's routes only.
+fn cell_query(cfg: &ProxyConfig) -> Vec<(&'static str, &str)> {
+    cfg.cell.as_deref().map(|c| ("cell", c)).into_iter().collect()
 }
 
 /// Where the control plane is now: the configured URL, then what
@@ -291,6 +297,7 @@ pub(crate) async fn refresh(cache: RouteCache, cfg: ProxyConfig, control: Contro
         let res = client
             .get(format!("{}/v1/proxy/routes", control.get()))
             .query(&[("known", known.as_str()), ("wait", "25")])
+            .query(&cell_query(&cfg))
             .bearer_auth(&cfg.token)
             .timeout(Duration::from_secs(35))
             .send()

@@ -60,6 +60,7 @@ async fn thousands_of_half_open_connections_do_not_delay_a_valid_client() {
         // Long enough that none of the slow clients is timed out during the test.
         startup_timeout: Duration::from_secs(300),
         meter: None,
+        cell: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

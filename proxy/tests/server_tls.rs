@@ -79,6 +79,7 @@ async fn proxy(dir: &std::path::Path, table: &RouteTable) -> (std::net::SocketAd
         domain: "db.example".into(),
         startup_timeout: highrise_proxy::STARTUP_TIMEOUT,
         meter: None,
+        cell: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

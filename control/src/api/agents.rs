@@ -40,6 +40,19 @@ pub(super) struct LongPoll {
     wait: Option<u64>,
 }
 
+/// A proxy's long-poll for its routing table.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RoutesQuery {
+    /// The version the caller has; the call returns when the table differs from it.
+    known: Option<String>,
+    /// Seconds to wait for a change (0–60).
+    wait: Option<u64>,
+    /// The cell the proxy serves: only routes of clusters whose org that cell's proxies
+    /// serve. All routes when omitted.
+    cell: Option<String>,
+}
+
 /// Waits until `fetch()`'s version differs from `known` or the wait runs out.
 pub(super) async fn long_poll<T, F, Fut>(state: &AppState, q: &LongPoll, fetch: F) -> ApiResult<T>
 where
@@ -192,15 +205,43 @@ pub(super) async fn proxy_usage(
 }
 
 /// The routing table of the proxies (long-poll with `known` and `wait`).
-#[utoipa::path(get, path = "/v1/proxy/routes", params(LongPoll),
+#[utoipa::path(get, path = "/v1/proxy/routes", params(RoutesQuery),
     responses((status = 200, body = RouteTable), (status = 401, body = ErrorBody)))]
 pub(super) async fn proxy_routes(
     State(state): State<Arc<AppState>>,
     _proxy: ProxyCaller,
-    ApiQuery(q): ApiQuery<LongPoll>,
+    ApiQuery(q): ApiQuery<RoutesQuery>,
 ) -> ApiResult<Json<RouteTable>> {
-    let doc = long_poll(&state, &q, || async {
-        let mut routes = state.store.routes().await.map_err(store_err("routes"))?;
+    if let Some(cell) = &q.cell {
+        if !state.cfg.cells.contains(cell) {
+            return Err(ApiError::invalid(format!(
+                "the land has no cell {cell:?} (its cells: {})",
+                if state.cfg.cells.is_empty() {
+                    "none".to_string()
+                } else {
+                    state.cfg.cells.join(", ")
+                }
+            )));
+        }
+    }
+    let poll = LongPoll {
+        known: q.known.clone(),
+        wait: q.wait,
+    };
+    let doc = long_poll(&state, &poll, || async {
+        let mut routes: Vec<Route> = state
+            .store
+            .routes_with_cells()
+            .await
+            .map_err(store_err("routes"))?
+            .into_iter()
+            .filter(|(org_cell, _)| {
+                q.cell
+                    .as_deref()
+                    .is_none_or(|cell| highrise_planner::cells::proxy_cell(&state.cfg.cells, org_cell) == Some(cell))
+            })
+            .map(|(_, r)| r)
+            .collect();
         // With a CA every member serves TLS with its cluster's certificate: the proxy
         // verifies the cluster's name with the CA, and authenticates clients itself
         // (SCRAM through a proxy that speaks TLS to the server cannot be end to end).

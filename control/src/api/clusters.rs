@@ -129,6 +129,13 @@ pub(super) async fn create_cluster(
         .await
         .map_err(|e| ApiError::internal("compute password verifiers", e))?
     };
+    // Its org's cell says which proxies serve it (the URIs answered below).
+    let cell = state
+        .store
+        .get_org(&caller.org_id)
+        .await
+        .map_err(store_err("org"))?
+        .cell;
     let created = now();
     let c = ClusterRow {
         id: auth::new_id("cl"),
@@ -170,6 +177,7 @@ pub(super) async fn create_cluster(
         public_endpoint: req.public.unwrap_or(true),
         allowed_cidrs,
         connection_limit,
+        cell,
     };
     let op = OperationRow {
         id: auth::new_id("op"),

@@ -171,8 +171,13 @@ impl Store {
     /// current-term primary has not (yet) reported itself promoted has no address. Each
     /// route names the owner and its verifier (the caller decides whether proxies get it).
     pub async fn routes(&self) -> Result<Vec<Route>> {
+        Ok(self.routes_with_cells().await?.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// [`Store::routes`], each with the cell of the cluster's org (whose proxies serve it).
+    pub async fn routes_with_cells(&self) -> Result<Vec<(String, Route)>> {
         let rows = sqlx::query(
-            "SELECT c.endpoint, c.id, c.term, c.storage_level, c.public_endpoint, c.allowed_cidrs, c.owner_name, c.owner_scram, \
+            "SELECT (SELECT o.cell FROM orgs o WHERE o.id = c.org_id) AS cell, c.endpoint, c.id, c.term, c.storage_level, c.public_endpoint, c.allowed_cidrs, c.owner_name, c.owner_scram, \
              (SELECT i.addr FROM instances i WHERE i.cluster_id = c.id AND i.deleting = 0 AND i.draining = 0 AND i.role = 'primary' \
               AND i.in_recovery = 0 AND i.observed_term = c.term AND i.observed IN ('running', 'unhealthy') \
               AND i.addr IS NOT NULL ORDER BY i.id LIMIT 1) AS addr \
@@ -183,7 +188,8 @@ impl Store {
         let mut routes = rows
             .iter()
             .map(|r| {
-                Ok(Route {
+                let cell = r.try_get::<Option<String>, _>("cell")?.unwrap_or_default();
+                let route = Route {
                     endpoint: r.try_get("endpoint")?,
                     cluster_id: r.try_get("id")?,
                     addr: r.try_get("addr")?,
@@ -197,28 +203,34 @@ impl Store {
                         user: r.try_get("owner_name")?,
                         scram: r.try_get("owner_scram")?,
                     }),
-                })
+                };
+                Ok((cell, route))
             })
             .collect::<Result<Vec<_>>>()?;
         // A private endpoint routes where its cluster's public one does, through its own
         // listener only.
-        let by_cluster: std::collections::HashMap<String, Route> =
-            routes.iter().map(|r| (r.cluster_id.clone(), r.clone())).collect();
+        let by_cluster: std::collections::HashMap<String, (String, Route)> = routes
+            .iter()
+            .map(|(c, r)| (r.cluster_id.clone(), (c.clone(), r.clone())))
+            .collect();
         for (e, namespace) in self.private_listeners().await? {
-            let Some(public) = by_cluster.get(&e.cluster_id) else {
+            let Some((cell, public)) = by_cluster.get(&e.cluster_id) else {
                 continue;
             };
-            routes.push(Route {
-                endpoint: e.id,
-                public: false,
-                allowed_cidrs: Vec::new(),
-                private: Some(highrise_api::PrivateListener {
-                    network_id: e.network_id,
-                    namespace,
-                    listen: e.address,
-                }),
-                ..public.clone()
-            });
+            routes.push((
+                cell.clone(),
+                Route {
+                    endpoint: e.id,
+                    public: false,
+                    allowed_cidrs: Vec::new(),
+                    private: Some(highrise_api::PrivateListener {
+                        network_id: e.network_id,
+                        namespace,
+                        listen: e.address,
+                    }),
+                    ..public.clone()
+                },
+            ));
         }
         Ok(routes)
     }

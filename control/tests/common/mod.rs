@@ -101,6 +101,7 @@ pub fn cluster_row(id: &str, org: &str, project: &str, name: &str, endpoint: &st
         public_endpoint: true,
         allowed_cidrs: Vec::new(),
         connection_limit: 0,
+        cell: String::new(),
     }
 }
 

@@ -16,9 +16,30 @@ pub fn choose_cell<'a>(cells: &'a [String], orgs_in: &BTreeMap<String, usize>) -
         .map(|(_, c)| c.as_str())
 }
 
+/// The cell whose proxies serve an org of `org_cell`: its own, or — for an org of a cell
+/// the land does not have (made before the land had cells, `""`) — the land's first, so
+/// every org has proxies. `None` when the land has no cells (its proxies serve everyone).
+pub fn proxy_cell<'a>(cells: &'a [String], org_cell: &str) -> Option<&'a str> {
+    cells
+        .iter()
+        .find(|c| c.as_str() == org_cell)
+        .or_else(|| cells.first())
+        .map(String::as_str)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_org_is_served_by_its_cells_proxies_or_else_the_first_cells() {
+        let cells: Vec<String> = ["c1", "c2"].iter().map(|c| c.to_string()).collect();
+        for (org, want) in [("c1", "c1"), ("c2", "c2"), ("", "c1"), ("c9", "c1")] {
+            assert_eq!(proxy_cell(&cells, org), Some(want), "{org:?}");
+        }
+        assert_eq!(proxy_cell(&[], ""), None);
+        assert_eq!(proxy_cell(&[], "c1"), None);
+    }
 
     #[test]
     fn new_orgs_fill_the_emptiest_cell_in_the_lands_order() {
