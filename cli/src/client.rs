@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use highrise_api::{
     Backup, BackupPolicy, BackupVerification, Cluster, ClusterEvent, CreateCluster, CreateOrg, CreatedCluster,
     CreatedOrg, DataKeyInfo, ErrorBody, MoveCluster, Operation, OperationStatus, OrgQuotas, QuotaUsage, RestoreFrom,
-    RetiredKeys, StorageLevel, Switchover, UpdateCluster,
+    StorageLevel, Switchover, UpdateCluster,
 };
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -430,8 +430,12 @@ pub enum OrgCommand {
         conn: Conn,
     },
     /// Retire your org's older data key generations: everything they sealed is sealed again
-    /// under the newest, then they are destroyed.
+    /// under the newest, then they are destroyed (an operation in the background; waits
+    /// for it unless --no-wait).
     RetireKeys {
+        /// Print the operation and return (`GET /v1/operations/{id}` follows it).
+        #[arg(long)]
+        no_wait: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -1267,24 +1271,22 @@ pub async fn org(cmd: OrgCommand) -> Result<()> {
             );
             Ok(())
         }
-        OrgCommand::RetireKeys { conn } => {
+        OrgCommand::RetireKeys { no_wait, conn } => {
             let api = Api::from(&conn)?;
-            let r: RetiredKeys = api
+            let op: Operation = api
                 .send(api.http.post(format!("{}/v1/data-keys/retire", api.url)))
                 .await?;
-            if conn.output == Output::Json {
-                return print_json(&r);
-            }
-            if r.retired.is_empty() {
-                println!("only one data key generation: nothing to retire");
+            let op = if no_wait {
+                op
             } else {
-                let gens: Vec<String> = r.retired.iter().map(u32::to_string).collect();
-                println!(
-                    "generation(s) {} retired: {} of {} objects sealed again under the newest",
-                    gens.join(", "),
-                    r.resealed,
-                    r.objects
-                );
+                wait_operation(&api, &op, "retire older data keys").await?
+            };
+            if conn.output == Output::Json {
+                return print_json(&op);
+            }
+            match &op.outcome {
+                Some(outcome) => println!("{outcome}"),
+                None => println!("retiring the older data keys: operation {}", op.id),
             }
             Ok(())
         }

@@ -196,8 +196,14 @@ fn a_rotated_key_seals_new_objects_and_backups_from_both_sides_restore() {
         retired = json(&String::from_utf8_lossy(&out.stdout));
         true
     });
-    assert_eq!(retired["retired"], serde_json::json!([1]), "{retired}");
-    assert!(retired["resealed"].as_u64().unwrap() > 0, "{retired}");
+    // An operation in the background, waited for: its outcome says what it did.
+    assert_eq!(retired["kind"], "retire_data_keys", "{retired}");
+    assert_eq!(retired["status"], "succeeded", "{retired}");
+    let outcome = retired["outcome"].as_str().unwrap_or_default();
+    assert!(
+        outcome.starts_with("generation(s) 1 retired: ") && !outcome.contains(": 0 of"),
+        "{retired}"
+    );
     let left = generations(&up, &org, &id);
     assert!(!left.is_empty() && left.iter().all(|g| *g == 2), "{left:?}");
     let keys = up.cli_ok(&["org", "keys"]);
@@ -304,4 +310,84 @@ fn a_deleted_org_leaves_objects_no_key_opens() {
         assert!(ring.open(name, bytes).is_err(), "{name} opened with the master key");
     }
     up.cli_ok(&["org", "create", "globex"]);
+}
+
+#[test]
+fn a_retirement_cut_short_by_a_restart_is_taken_up_again() {
+    let tmp = temp_root();
+    let mut up = Up::start_in(tmp.path());
+    cluster_with_backup(&up, "ledger", &[]);
+    let shown = json(&up.cli_ok(&["cluster", "show", "ledger", "--output", "json"]));
+    let (org, id) = (
+        shown["org_id"].as_str().unwrap().to_string(),
+        shown["id"].as_str().unwrap().to_string(),
+    );
+    up.cli_ok(&["org", "rotate-key"]);
+    assert!(
+        generations(&up, &org, &id).contains(&1),
+        "the backup before the rotation"
+    );
+    // The control plane stops with a retirement it had taken on still running (its
+    // operation in the store, as a process killed mid-way leaves it).
+    up.stop();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let db = format!("sqlite://{}", up.data_dir.join("control.db").display());
+        let pool = sqlx::sqlite::SqlitePoolOptions::new().connect(&db).await.unwrap();
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        sqlx::query(
+            "INSERT INTO operations (id, org_id, cluster_id, kind, status, error, created_at, updated_at) \
+             VALUES ('op_cut_short', $1, NULL, 'retire_data_keys', 'running', NULL, $2, $2)",
+        )
+        .bind(&org)
+        .bind(at)
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    });
+    // Started again, the control plane carries it out.
+    let up = Up::start_in(tmp.path());
+    let op = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let op: Value = http
+                .get(format!("{}/v1/operations/op_cut_short", up.api_url))
+                .bearer_auth(&up.api_key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if op["status"] != "running" {
+                return op;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running: {op}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert_eq!(op["status"], "succeeded", "{op}");
+    assert!(
+        op["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("generation(s) 1 retired: "),
+        "{op}"
+    );
+    let left = generations(&up, &org, &id);
+    assert!(!left.is_empty() && left.iter().all(|g| *g == 2), "{left:?}");
+    // Asked for again, there is nothing left to retire.
+    let done = json(&up.cli_ok(&["org", "retire-keys", "--output", "json"]));
+    assert_eq!(
+        done["outcome"], "only one data key generation: nothing to retire",
+        "{done}"
+    );
 }

@@ -637,6 +637,7 @@ fn operation_view(o: &OperationRow) -> Operation {
                 steps: p.steps,
                 doing: p.doing,
             }),
+        outcome: o.outcome.clone(),
     }
 }
 

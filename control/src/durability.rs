@@ -439,6 +439,7 @@ pub(crate) async fn restore_primary(
         created_at: at,
         updated_at: at,
         progress_json: None,
+        outcome: None,
     };
     let why = match cloud_lost {
         None => format!(

@@ -46,6 +46,8 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let alerts = tokio::spawn(crate::billing::run(Arc::clone(&state), shutdown.clone()));
     // What clusters keep in object storage, for their bills.
     let measurer = tokio::spawn(crate::stored::run(Arc::clone(&state), shutdown.clone()));
+    // Orgs' older data keys retired, in the background (and again after a restart).
+    let retirer = tokio::spawn(crate::reseal::run(Arc::clone(&state), shutdown.clone()));
     // Usage to the marketplaces orgs pay through.
     let exports = crate::marketplace::Exports::new(state.store.clone(), state.cfg.exporters.clone());
     let exporter = tokio::spawn(crate::marketplace::run(exports, shutdown.clone()));
@@ -58,6 +60,7 @@ pub async fn run(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             let _ = copier.await;
             let _ = alerts.await;
             let _ = measurer.await;
+            let _ = retirer.await;
             let _ = exporter.await;
             return;
         }
@@ -414,6 +417,7 @@ async fn perform(state: &AppState, action: &Action) -> Result<bool> {
                 created_at: at,
                 updated_at: at,
                 progress_json: None,
+                outcome: None,
             };
             let why = if c.cloud == *cloud {
                 format!(

@@ -49,6 +49,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (34, include_str!("../migrations/0034_invoices.sql")),
     (35, include_str!("../migrations/0035_object_storage_meter.sql")),
     (36, include_str!("../migrations/0036_connection_limit.sql")),
+    (37, include_str!("../migrations/0037_operation_outcome.sql")),
 ];
 
 mod audit;
@@ -384,6 +385,8 @@ pub struct OperationRow {
     pub updated_at: i64,
     /// The step a running move is at (JSON of `planner::moves::Progress`).
     pub progress_json: Option<String>,
+    /// What it did, once finished, for a person (when it says).
+    pub outcome: Option<String>,
 }
 
 fn org(r: &AnyRow) -> Result<OrgRow> {
@@ -576,6 +579,7 @@ fn operation(r: &AnyRow) -> Result<OperationRow> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         progress_json: r.try_get("progress_json")?,
+        outcome: r.try_get("outcome")?,
     })
 }
 

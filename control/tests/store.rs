@@ -434,6 +434,48 @@ async fn exercise(store: Store) {
 
     evacuations(&store, c5).await;
     access(&store).await;
+    org_operations(&store).await;
+}
+
+/// An org's own operations (no cluster's): one of a kind at a time, listed while they
+/// run, with what they did once finished.
+async fn org_operations(store: &Store) {
+    let op = |id: &str, org: &str| OperationRow {
+        cluster_id: None,
+        ..op_row(id, org, "", "retire_data_keys")
+    };
+    assert_eq!(store.begin_org_operation(&op("r1", "o1")).await.unwrap(), None);
+    // Another of the same org while it runs: refused, naming it; another org's: taken.
+    assert_eq!(
+        store.begin_org_operation(&op("r2", "o1")).await.unwrap().as_deref(),
+        Some("r1")
+    );
+    assert_eq!(store.begin_org_operation(&op("r3", "o2")).await.unwrap(), None);
+    let running: Vec<String> = store
+        .running_operations("retire_data_keys")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(running, ["r1", "r3"]);
+    store
+        .set_operation_outcome("r1", "generation(s) 1 retired")
+        .await
+        .unwrap();
+    store.complete_operation("r1", None, 9).await.unwrap();
+    let done = store.get_operation("o1", "r1").await.unwrap();
+    assert_eq!(
+        (done.status.as_str(), done.outcome.as_deref()),
+        ("succeeded", Some("generation(s) 1 retired"))
+    );
+    // Finished, a new one may begin; a finished one's outcome stays as it was.
+    assert_eq!(store.begin_org_operation(&op("r4", "o1")).await.unwrap(), None);
+    store.set_operation_outcome("r1", "changed").await.unwrap();
+    assert_eq!(
+        store.get_operation("o1", "r1").await.unwrap().outcome.as_deref(),
+        Some("generation(s) 1 retired")
+    );
 }
 
 /// An evacuation of the cloud `c` is in: its clusters wait, move with their operation in

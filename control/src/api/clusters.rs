@@ -189,6 +189,7 @@ pub(super) async fn create_cluster(
         created_at: created,
         updated_at: created,
         progress_json: None,
+        outcome: None,
     };
     state
         .store
@@ -500,6 +501,7 @@ pub(super) async fn delete_cluster(
         created_at: at,
         updated_at: at,
         progress_json: None,
+        outcome: None,
     };
     let op = state
         .store
@@ -608,6 +610,7 @@ fn cluster_operation(caller: &Caller, cluster_id: &str, kind: &str) -> Operation
         created_at: at,
         updated_at: at,
         progress_json: None,
+        outcome: None,
     }
 }
 

@@ -65,21 +65,51 @@ pub(super) async fn rotate_data_key(
     ))
 }
 
-/// Retire the org's older data key generations: every object sealed under one is sealed
-/// again under the newest, then the older generations are destroyed. Refused (409) while
-/// a primary of the org's clusters does not yet report sealing with the newest, or a base
-/// backup is running.
+/// Retire the org's older data key generations, in the background: a `retire_data_keys`
+/// operation seals every object sealed under one of them again under the newest, then
+/// destroys them; its progress is a step per cluster, its outcome says what it did.
+/// Refused (409) while a primary of the org's clusters does not yet report sealing with
+/// the newest, a base backup is running, or a retirement runs already.
 #[utoipa::path(post, path = "/v1/data-keys/retire",
-    responses((status = 200, body = RetiredKeys), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 202, body = Operation), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub(super) async fn retire_data_keys(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-) -> ApiResult<Json<RetiredKeys>> {
+) -> ApiResult<(StatusCode, Json<Operation>)> {
     caller.audit_target("data-keys".to_string());
     require(&caller, Action::WriteKeys)?;
-    match crate::reseal::retire_older_keys(&state, &caller.org_id).await {
-        Ok(r) => Ok(Json(r)),
-        Err(crate::reseal::RetireError::NotYet(why)) => Err(ApiError::conflict(why)),
-        Err(crate::reseal::RetireError::Other(e)) => Err(ApiError::internal("retire data keys", format!("{e:#}"))),
+    match crate::reseal::ready(&state, &caller.org_id).await {
+        Ok(_) => {}
+        Err(crate::reseal::RetireError::NotYet(why)) => return Err(ApiError::conflict(why)),
+        Err(crate::reseal::RetireError::Other(e)) => {
+            return Err(ApiError::internal("check the data keys", format!("{e:#}")))
+        }
     }
+    let created = now();
+    let op = OperationRow {
+        id: auth::new_id("op"),
+        org_id: caller.org_id.clone(),
+        cluster_id: None,
+        kind: crate::reseal::KIND.into(),
+        status: "running".into(),
+        error: None,
+        created_at: created,
+        updated_at: created,
+        progress_json: None,
+        outcome: None,
+    };
+    if let Some(running) = state
+        .store
+        .begin_org_operation(&op)
+        .await
+        .map_err(store_err("operation"))?
+    {
+        return Err(ApiError::conflict(format!(
+            "a retirement of the org's older data keys is running ({running})"
+        )));
+    }
+    tracing::info!(org = %caller.org_id, operation = %op.id, "older data keys to be retired");
+    // The retirer (beside the reconciler) takes it up now.
+    state.notify();
+    Ok((StatusCode::ACCEPTED, Json(operation_view(&op))))
 }

@@ -149,7 +149,7 @@ impl Store {
             .await?;
         if res.rows_affected() == 0 {
             let row = sqlx::query(
-                "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at, progress_json FROM operations \
+                "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at, progress_json, outcome FROM operations \
                  WHERE cluster_id = $1 AND kind = 'delete_cluster' ORDER BY created_at DESC",
             )
             .bind(&c.id)

@@ -6,7 +6,7 @@ use super::*;
 impl Store {
     pub async fn get_operation(&self, org_id: &str, id: &str) -> Result<OperationRow> {
         let row = sqlx::query(
-            "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at, progress_json FROM operations WHERE id = $1 AND org_id = $2",
+            "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at, progress_json, outcome FROM operations WHERE id = $1 AND org_id = $2",
         )
         .bind(id)
         .bind(org_id)
@@ -27,7 +27,7 @@ impl Store {
     ) -> Result<Vec<OperationRow>> {
         let (after_at, after_id) = after.unwrap_or((i64::MAX, ""));
         let rows = sqlx::query(
-            "SELECT o.id, o.org_id, o.cluster_id, o.kind, o.status, o.error, o.created_at, o.updated_at, o.progress_json \
+            "SELECT o.id, o.org_id, o.cluster_id, o.kind, o.status, o.error, o.created_at, o.updated_at, o.progress_json, o.outcome \
              FROM operations o LEFT JOIN clusters c ON c.id = o.cluster_id \
              WHERE o.org_id = $1 AND ($2 IS NULL OR c.project_id = $2) \
              AND (o.created_at < $3 OR (o.created_at = $3 AND o.id > $4)) \
@@ -41,6 +41,49 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(operation).collect()
+    }
+
+    /// Running operations of one kind, oldest first.
+    pub async fn running_operations(&self, kind: &str) -> Result<Vec<OperationRow>> {
+        let rows = sqlx::query(
+            "SELECT id, org_id, cluster_id, kind, status, error, created_at, updated_at, progress_json, outcome \
+             FROM operations WHERE kind = $1 AND status = 'running' ORDER BY created_at, id",
+        )
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(operation).collect()
+    }
+
+    /// Records a new operation of an org (no cluster's) unless one of its kind runs for the
+    /// org already: then nothing is recorded and that one's id is returned.
+    pub async fn begin_org_operation(&self, op: &OperationRow) -> Result<Option<String>> {
+        let mut tx = self.begin().await?;
+        let running: Option<String> = sqlx::query(
+            "SELECT id FROM operations WHERE org_id = $1 AND kind = $2 AND status = 'running' ORDER BY id LIMIT 1",
+        )
+        .bind(&op.org_id)
+        .bind(&op.kind)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get("id"))
+        .transpose()?;
+        if running.is_some() {
+            return Ok(running);
+        }
+        insert_operation(&mut tx, op).await?;
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    /// What a running operation did, recorded before it is completed.
+    pub async fn set_operation_outcome(&self, id: &str, outcome: &str) -> Result<()> {
+        sqlx::query("UPDATE operations SET outcome = $1 WHERE id = $2 AND status = 'running'")
+            .bind(outcome)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn open_operations_of(&self, cluster_id: &str, kind: &str) -> Result<Vec<String>> {

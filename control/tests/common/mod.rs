@@ -116,6 +116,7 @@ pub fn op_row(id: &str, org: &str, cluster: &str, kind: &str) -> OperationRow {
         created_at: 5,
         updated_at: 5,
         progress_json: None,
+        outcome: None,
     }
 }
 

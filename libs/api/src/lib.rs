@@ -68,17 +68,6 @@ pub struct DataKeyInfo {
     pub created_at: UnixSeconds,
 }
 
-/// What retiring the older data key generations did.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct RetiredKeys {
-    /// The generations destroyed.
-    pub retired: Vec<u32>,
-    /// Objects looked at, in every store.
-    pub objects: u64,
-    /// Of those, sealed again under the newest generation.
-    pub resealed: u64,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Project {
     pub id: String,
@@ -910,9 +899,13 @@ pub struct Operation {
     pub error: Option<String>,
     pub created_at: UnixSeconds,
     pub updated_at: UnixSeconds,
-    /// The step a running move or resize is at.
+    /// The step a running move, resize or key retirement is at.
     #[serde(default)]
     pub progress: Option<OperationProgress>,
+    /// What it did, once finished, for a person (a key retirement: the generations
+    /// retired and the objects sealed again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 /// The step of a multi-step operation: a move or resize builds its new members (1),
