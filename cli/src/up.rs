@@ -591,6 +591,12 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         )?
     })?;
     let proxy_token = secret_file(&dir.join("proxy-token"), || highrise_control::random_hex(32))?;
+    // Each cell's proxies' own token (derived from the land's, written again at every
+    // start): a separate proxy of one cell is given that cell's routes alone.
+    for cell in &cells {
+        let token = highrise_control::cell_proxy_token(&proxy_token, cell);
+        write_private(&dir.join(format!("proxy-token-{cell}")), token.as_bytes())?;
+    }
     let database_url = args
         .database_url
         .clone()
@@ -694,7 +700,11 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
             control_url: agent_url.clone(),
             control_url_source: Some(format!("http://{land_addr}/land/control-url")),
             control_ca: Some(ca_pem.clone()),
-            token: proxy_token.clone(),
+            // A cell's proxies hold its token: they are given its routes alone.
+            token: match &cell {
+                Some(cell) => highrise_control::cell_proxy_token(&proxy_token, cell),
+                None => proxy_token.clone(),
+            },
             // Each proxy keeps routes of its own: it serves on from them alone.
             cache_file: dir.join(format!("proxy-routes-{tag}.json")),
             tls: Some((tls_cert.clone(), tls_key.clone())),
@@ -743,8 +753,9 @@ pub async fn run(args: UpArgs, with_proxy: bool) -> Result<()> {
         );
         for (cell, addrs) in &cell_proxies {
             println!(
-                "  proxies of {cell}: {}  (`highrise proxy --cell {cell}`)",
-                addrs.join(",")
+                "  proxies of {cell}: {}  (`highrise proxy --cell {cell}`, token in {})",
+                addrs.join(","),
+                dir.join(format!("proxy-token-{cell}")).display()
             );
         }
     }

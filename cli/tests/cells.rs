@@ -139,7 +139,7 @@ fn each_cell_has_proxies_of_its_own_and_they_serve_its_orgs_only() {
         .as_str()
         .unwrap()
         .to_string();
-    let a_endpoint = a_uri_endpoint(&a_uri);
+    let a_endpoint = uri_endpoint(&a_uri);
     for (proxies, uri, endpoint) in [(&a_proxies, &b_uri, &b_endpoint), (&b_proxies, &a_uri, &a_endpoint)] {
         for p in proxies {
             let elsewhere = uri.replace(&uri_proxies(uri).join(","), p);
@@ -153,7 +153,7 @@ fn each_cell_has_proxies_of_its_own_and_they_serve_its_orgs_only() {
 }
 
 /// The endpoint a plain URI names in its `options`.
-fn a_uri_endpoint(uri: &str) -> String {
+fn uri_endpoint(uri: &str) -> String {
     uri.split("endpoint%3D")
         .nth(1)
         .unwrap()
@@ -190,10 +190,11 @@ async fn a_cells_proxy_killed_leaves_the_other_cells_clients_untouched() {
                     &format!("c2={c2_addr}"),
                 ],
             );
-            let token = std::fs::read_to_string(control.data_dir.join("proxy-token")).unwrap();
             let (agent_url, ca) = (control.agent_url.clone(), control.data_dir.join("tls/ca.crt"));
-            let root = control.root.clone();
+            let (root, data) = (control.root.clone(), control.data_dir.clone());
+            // Each proxy with its cell's own token.
             let proxy_of = move |cell: &str, listen: &str| {
+                let token = std::fs::read_to_string(data.join(format!("proxy-token-{cell}"))).unwrap();
                 std::process::Command::new(BIN)
                     .args(["proxy", "--listen", listen, "--control-url", &agent_url, "--cell", cell])
                     .arg("--control-ca")
@@ -245,25 +246,49 @@ async fn a_cells_proxy_killed_leaves_the_other_cells_clients_untouched() {
     wait_for("A to be served again", std::time::Duration::from_secs(30), || {
         psql(&a_uri, "select 1").0
     });
-    // A proxy that names a cell the land does not have is told so by the control plane
-    // (and serves nobody).
-    let r = reqwest::Client::builder()
+    // What the control plane gives each token: a cell's, its cell's routes (and owners'
+    // verifiers) alone, whatever it asks for; the land's, any cell's it names.
+    let http = reqwest::Client::builder()
         .add_root_certificate(
             reqwest::Certificate::from_pem(&std::fs::read(control.data_dir.join("tls/ca.crt")).unwrap()).unwrap(),
         )
         .build()
-        .unwrap()
-        .get(format!("{}/v1/proxy/routes?cell=c9", control.agent_url))
-        .bearer_auth(
-            std::fs::read_to_string(control.data_dir.join("proxy-token"))
-                .unwrap()
-                .trim(),
-        )
-        .send()
-        .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    let body: Value = r.json().await.unwrap();
+    let token = |name: &str| {
+        std::fs::read_to_string(control.data_dir.join(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let routes = |token: String, query: &'static str| {
+        let (http, url) = (http.clone(), format!("{}/v1/proxy/routes{query}", control.agent_url));
+        async move {
+            let r = http.get(url).bearer_auth(token).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            let endpoints: Vec<String> = body["routes"]
+                .as_array()
+                .map(|rs| rs.iter().map(|r| r["endpoint"].as_str().unwrap().to_string()).collect())
+                .unwrap_or_default();
+            (status, endpoints, body)
+        }
+    };
+    let (a_endpoint, b_endpoint) = (uri_endpoint(&a_uri), uri_endpoint(&b_uri));
+    let (status, endpoints, _) = routes(token("proxy-token-c1"), "").await;
+    assert_eq!((status, endpoints), (200, vec![a_endpoint.clone()]));
+    let (status, endpoints, _) = routes(token("proxy-token-c2"), "").await;
+    assert_eq!((status, endpoints), (200, vec![b_endpoint.clone()]));
+    let (status, _, body) = routes(token("proxy-token-c1"), "?cell=c2").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, endpoints, _) = routes(token("proxy-token"), "?cell=c2").await;
+    assert_eq!((status, endpoints), (200, vec![b_endpoint.clone()]));
+    let (status, endpoints, _) = routes(token("proxy-token"), "").await;
+    assert_eq!((status, endpoints.len()), (200, 2));
+    // A forged cell token, and a cell the land does not have, are refused.
+    let forged = format!("hrpc_c2_{}", "0".repeat(64));
+    assert_eq!(routes(forged, "").await.0, 401);
+    let (status, _, body) = routes(token("proxy-token"), "?cell=c9").await;
+    assert_eq!(status, 400);
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("no cell \"c9\" (its cells: c1, c2)"), "{body}");
     drop(tmp);

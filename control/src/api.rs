@@ -426,14 +426,24 @@ impl FromRequestParts<Arc<AppState>> for HostCaller {
 }
 
 /// A proxy, authenticated by the proxies' shared token.
-struct ProxyCaller;
+struct ProxyCaller {
+    /// The cell whose proxies it is one of (a cell's token); `None`: the land's token,
+    /// good for every cell.
+    cell: Option<String>,
+}
 
 impl FromRequestParts<Arc<AppState>> for ProxyCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        match bearer(parts) {
-            Some(t) if auth::ct_eq(t, &state.cfg.proxy_token) => Ok(Self),
-            _ => Err(ApiError::unauthorized()),
+        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        if auth::ct_eq(token, &state.cfg.proxy_token) {
+            return Ok(Self { cell: None });
+        }
+        match auth::cell_of_proxy_token(&state.cfg.proxy_token, &state.cfg.cells, token) {
+            Some(cell) => Ok(Self {
+                cell: Some(cell.to_string()),
+            }),
+            None => Err(ApiError::unauthorized()),
         }
     }
 }

@@ -209,6 +209,27 @@ pub fn check_password(phc: Option<&str>, password: &str) -> bool {
     ok && real
 }
 
+/// The token of one cell's proxies: `hrpc_<cell>_<HMAC(the land's proxy token, cell)>`.
+/// A proxy holding it is given its cell's routes alone — and with them only its cell's
+/// owners' verifiers — so a proxy host broken into gives away one cell's, not the land's.
+/// Derivable again from the land's proxy token, which only the operator keeps.
+pub fn cell_proxy_token(proxy_token: &str, cell: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(proxy_token.as_bytes()).expect("HMAC takes any key length");
+    mac.update(b"cell:");
+    mac.update(cell.as_bytes());
+    format!("{CELL_PROXY_PREFIX}{cell}_{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// How a cell's proxy token begins.
+const CELL_PROXY_PREFIX: &str = "hrpc_";
+
+/// The cell a cell proxy token is good for, when it is one of `cells`' and genuine.
+pub fn cell_of_proxy_token<'a>(proxy_token: &str, cells: &'a [String], token: &str) -> Option<&'a str> {
+    let (cell, _) = token.strip_prefix(CELL_PROXY_PREFIX)?.rsplit_once('_')?;
+    let cell = cells.iter().find(|c| c.as_str() == cell)?;
+    ct_eq(token, &cell_proxy_token(proxy_token, cell)).then_some(cell.as_str())
+}
+
 /// The bootstrap token of a host: HMAC(bootstrap key, host id). Derivable again after a
 /// control-plane restart, so an interrupted launch can be re-driven with the same token.
 pub fn bootstrap_token(state: &AppState, host_id: &str) -> String {
@@ -247,4 +268,39 @@ pub async fn new_operator_key(state: &AppState) -> Result<String> {
     let (key, secret) = make_key(&org.id, "admin", KeyGrant::owner());
     state.store.create_api_key(&key).await.context("create API key")?;
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cell_proxy_token_is_good_for_its_cell_of_its_land_only() {
+        let cells: Vec<String> = ["c1", "c2"].iter().map(|c| c.to_string()).collect();
+        let c1 = cell_proxy_token("land-token", "c1");
+        assert!(c1.starts_with("hrpc_c1_"), "{c1}");
+        assert_eq!(cell_of_proxy_token("land-token", &cells, &c1), Some("c1"));
+        let c2 = cell_proxy_token("land-token", "c2");
+        assert_eq!(cell_of_proxy_token("land-token", &cells, &c2), Some("c2"));
+        // Another land's, a cell the land lacks, a cell name swapped in, bits changed,
+        // the land's own token, junk.
+        let other_land = cell_proxy_token("other-land", "c1");
+        let c9 = cell_proxy_token("land-token", "c9");
+        let swapped = c1.replacen("hrpc_c1_", "hrpc_c2_", 1);
+        let mut flipped = c1.clone();
+        flipped.pop();
+        flipped.push(if c1.ends_with('0') { '1' } else { '0' });
+        for bad in [
+            other_land.as_str(),
+            &c9,
+            &swapped,
+            &flipped,
+            "land-token",
+            "hrpc_",
+            "hrpc_c1",
+            "",
+        ] {
+            assert_eq!(cell_of_proxy_token("land-token", &cells, bad), None, "{bad:?}");
+        }
+    }
 }

@@ -35,7 +35,7 @@ use highrise_provider::Provider;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-pub use auth::{hash_secret, random_hex, KEY_PREFIX};
+pub use auth::{cell_proxy_token, hash_secret, random_hex, KEY_PREFIX};
 
 #[derive(Clone)]
 pub struct ControlConfig {

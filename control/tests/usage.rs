@@ -707,6 +707,21 @@ async fn objects(url: &str) {
         )
         .await
         .unwrap();
+    // An org that is gone (its clusters deleted first): its clusters are not measured.
+    store
+        .create_org(&org_row("o9", "gone"), "p9", &key_row("k9", "o9"))
+        .await
+        .unwrap();
+    let c9 = cluster_row("c9", "o9", "p9", "db9", "ep-9");
+    store
+        .create_cluster(&c9, &op_row("op9", "o9", "c9", "create"))
+        .await
+        .unwrap();
+    store
+        .delete_cluster(&c9, &op_row("op9d", "o9", "c9", "delete_cluster"))
+        .await
+        .unwrap();
+    store.delete_org("o9", 1).await.unwrap();
     let listed = store.metered_clusters().await.unwrap();
     assert_eq!(
         listed

@@ -318,14 +318,14 @@ pub(crate) async fn report(
         tokio::select! {
             () = tokio::time::sleep(meter.every) => {}
             _ = stop.changed() => {
-                if let Err(e) = traffic.read(|e| routes.get(e).is_some()) {
+                if let Err(e) = traffic.read(|e| routes.contains(e)) {
                     tracing::error!("write traffic counters {}: {e}", meter.file.display());
                 }
                 return;
             }
         }
         let at_ms = now_ms();
-        let sent = match traffic.read(|e| routes.get(e).is_some()) {
+        let sent = match traffic.read(|e| routes.contains(e)) {
             Ok(s) => s,
             Err(e) => {
                 // Nothing is sent that the file does not hold.

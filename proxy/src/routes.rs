@@ -57,6 +57,15 @@ impl RouteCache {
             .cloned()
     }
 
+    /// Whether the table routes `endpoint` (without copying its route).
+    pub fn contains(&self, endpoint: &str) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .contains_key(endpoint)
+    }
+
     pub fn version(&self) -> String {
         self.inner.read().unwrap_or_else(|p| p.into_inner()).0.clone()
     }

@@ -204,14 +204,27 @@ pub(super) async fn proxy_usage(
     }))
 }
 
-/// The routing table of the proxies (long-poll with `known` and `wait`).
+/// The routing table of the proxies (long-poll with `known` and `wait`): a cell's proxy
+/// (its cell's token) gets its cell's routes only; the land's token gets every cell's, or
+/// the one named by `cell`.
 #[utoipa::path(get, path = "/v1/proxy/routes", params(RoutesQuery),
-    responses((status = 200, body = RouteTable), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = RouteTable), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 pub(super) async fn proxy_routes(
     State(state): State<Arc<AppState>>,
-    _proxy: ProxyCaller,
-    ApiQuery(q): ApiQuery<RoutesQuery>,
+    proxy: ProxyCaller,
+    ApiQuery(mut q): ApiQuery<RoutesQuery>,
 ) -> ApiResult<Json<RouteTable>> {
+    // A cell's proxy gets its cell's routes, whatever it asks for.
+    match (&proxy.cell, &q.cell) {
+        (Some(mine), Some(asked)) if mine != asked => {
+            return Err(ApiError::forbidden(format!(
+                "this proxy's token is cell {mine}'s, not {asked}'s"
+            )))
+        }
+        (Some(mine), _) => q.cell = Some(mine.clone()),
+        (None, _) => {}
+    }
     if let Some(cell) = &q.cell {
         if !state.cfg.cells.contains(cell) {
             return Err(ApiError::invalid(format!(

@@ -327,11 +327,15 @@ impl Store {
     }
 
     /// Every cluster whose objects are measured: all with a row, deleted ones too (their
-    /// backups are kept for their retention).
+    /// backups are kept for their retention), but for those of deleted orgs — nobody is
+    /// billed for them, and with the org's keys gone their store cannot even be opened.
     pub async fn metered_clusters(&self) -> Result<Vec<MeteredCluster>> {
-        let rows = sqlx::query("SELECT org_id, id, name, cloud, region FROM clusters ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT c.org_id, c.id, c.name, c.cloud, c.region FROM clusters c \
+             WHERE c.org_id IN (SELECT o.id FROM orgs o WHERE o.deleted_at IS NULL) ORDER BY c.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(MeteredCluster {
